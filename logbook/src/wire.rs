@@ -1,0 +1,178 @@
+//! Messages between roles in the ordering protocol (DESIGN.md section 3), and the payload a
+//! gateway replicates to its shard's storage nodes.
+//!
+//! A gateway owns one shard. Its appends get a `LocalId` (the view and a counter), are
+//! replicated to the shard's storage nodes, whose `ShardProgress` reaches the sequencer; the
+//! sequencer's `MetalogEntry` then gives each shard's next records their seqnums.
+
+use crate::{BookId, Cond, Seqnum, Tag, ViewId};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A node of the cluster: sequencer, storage node or gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u32);
+
+/// A shard of the physical log: the records appended through one gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShardId(pub u32);
+
+/// A record's id before it is ordered: the view it was appended in (high 16 bits) and its
+/// 0-based index among its shard's appends in that view (low 48 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LocalId(pub u64);
+
+impl LocalId {
+    const COUNTER_BITS: u32 = 48;
+
+    pub fn new(view: ViewId, counter: u64) -> LocalId {
+        assert!(
+            counter < (1 << Self::COUNTER_BITS),
+            "local counter {counter} overflows a view"
+        );
+        LocalId(((view.0 as u64) << Self::COUNTER_BITS) | counter)
+    }
+
+    pub fn view(self) -> ViewId {
+        ViewId((self.0 >> Self::COUNTER_BITS) as u16)
+    }
+
+    pub fn counter(self) -> u64 {
+        self.0 & ((1 << Self::COUNTER_BITS) - 1)
+    }
+}
+
+/// What a record does to the log once ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordKind {
+    /// An ordinary record.
+    Data,
+    /// A conditional append: indexed only if it lands at `cond.position` of `cond.tag`.
+    Cond(Cond),
+    /// A trim marker: removes `tag`'s stream (`Tag::ANY`: the whole book) below `below`.
+    Trim { tag: Tag, below: Seqnum },
+}
+
+/// The payload a gateway replicates for one append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub book: BookId,
+    pub tags: Vec<Tag>,
+    pub kind: RecordKind,
+    pub data: Bytes,
+}
+
+/// What the index needs of an ordered record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub seqnum: Seqnum,
+    pub book: BookId,
+    pub tags: Vec<Tag>,
+    pub kind: RecordKind,
+}
+
+/// A storage node's report: it holds, durably, the first `durable` records of `shard` in
+/// `view` (local counters `0..durable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardProgress {
+    pub node: NodeId,
+    pub shard: ShardId,
+    pub view: ViewId,
+    pub durable: u64,
+}
+
+/// One shard's part of a metalog entry: its local counters `start..start + delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCut {
+    pub shard: ShardId,
+    pub start: u64,
+    pub delta: u64,
+}
+
+/// One entry of the metalog: the next seqnums, from `start_seqnum`, go to each listed shard's
+/// records in turn (shard order as listed, local counter order within a shard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetalogEntry {
+    /// This entry's index in the metalog; contiguous from 0.
+    pub position: u64,
+    pub view: ViewId,
+    pub start_seqnum: Seqnum,
+    pub cuts: Vec<ShardCut>,
+}
+
+impl MetalogEntry {
+    /// How many records the entry orders.
+    pub fn record_count(&self) -> u64 {
+        self.cuts.iter().map(|c| c.delta).sum()
+    }
+
+    /// The first seqnum after this entry's records.
+    pub fn end_seqnum(&self) -> Seqnum {
+        Seqnum(self.start_seqnum.0 + self.record_count())
+    }
+
+    /// The seqnum of `shard`'s record with local counter `counter`, if the entry orders it.
+    pub fn seqnum_of(&self, shard: ShardId, counter: u64) -> Option<Seqnum> {
+        let mut next = self.start_seqnum.0;
+        for cut in &self.cuts {
+            if cut.shard == shard && counter >= cut.start && counter < cut.start + cut.delta {
+                return Some(Seqnum(next + (counter - cut.start)));
+            }
+            next += cut.delta;
+        }
+        None
+    }
+
+    /// Every (shard, local counter, seqnum) the entry orders, in seqnum order.
+    pub fn assignments(&self) -> impl Iterator<Item = (ShardId, u64, Seqnum)> + '_ {
+        let mut next = self.start_seqnum.0;
+        self.cuts.iter().flat_map(move |cut| {
+            let base = next;
+            next += cut.delta;
+            (0..cut.delta).map(move |i| (cut.shard, cut.start + i, Seqnum(base + i)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metalog_entry_assigns_shards_in_listed_order() {
+        let entry = MetalogEntry {
+            position: 0,
+            view: ViewId(1),
+            start_seqnum: Seqnum::new(ViewId(1), 10),
+            cuts: vec![
+                ShardCut {
+                    shard: ShardId(2),
+                    start: 5,
+                    delta: 2,
+                },
+                ShardCut {
+                    shard: ShardId(0),
+                    start: 0,
+                    delta: 1,
+                },
+            ],
+        };
+        let got: Vec<_> = entry
+            .assignments()
+            .map(|(s, c, q)| (s.0, c, q.position()))
+            .collect();
+        assert_eq!(got, vec![(2, 5, 10), (2, 6, 11), (0, 0, 12)]);
+        assert_eq!(
+            entry.seqnum_of(ShardId(0), 0),
+            Some(Seqnum::new(ViewId(1), 12))
+        );
+        assert_eq!(entry.seqnum_of(ShardId(0), 1), None);
+        assert_eq!(entry.end_seqnum(), Seqnum::new(ViewId(1), 13));
+    }
+
+    #[test]
+    fn local_id_keeps_view_in_high_bits() {
+        let id = LocalId::new(ViewId(7), 99);
+        assert_eq!((id.view(), id.counter()), (ViewId(7), 99));
+    }
+}
