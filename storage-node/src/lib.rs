@@ -1,1 +1,437 @@
-//! Placeholder while the crate is written.
+//! The storage node's durable store: one series of append-only segment files holding every
+//! shard's records, the metalog entries that order them, and reclaim checkpoints.
+//!
+//! Writes and syncs go through io_uring on one IO thread with group commit (`writer`); reads
+//! are positional reads on a blocking thread, located through an in-memory index (`index`)
+//! rebuilt at open by `recovery`. The byte layout is in `codec` and FORMAT.md. This crate
+//! does not talk to the network, decide views or order records: it stores what it is given.
+
+pub mod codec;
+mod error;
+mod index;
+mod recovery;
+mod uring;
+mod writer;
+
+pub use codec::{CHECKPOINT_BYTES_MAX, FORMAT_VERSION};
+pub use error::StoreError;
+
+use bytes::Bytes;
+use logbook::wire::{IndexEntry, LocalId, LogRecord, MetalogEntry, ShardId};
+use logbook::{Seqnum, ViewId, BATCH_RECORDS_MAX, RECORD_BYTES_MAX, TAGS_PER_RECORD_MAX};
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use tokio::sync::{oneshot, Semaphore};
+use writer::{Op, Request, Writer};
+
+/// Default size at which the active segment is sealed and a new one started, in bytes.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest accepted `segment_bytes_max`, in bytes.
+pub const SEGMENT_BYTES_MIN: u64 = 4096;
+/// Requests queued for or held by the IO thread at once; callers beyond it wait.
+pub const INFLIGHT_REQUESTS_MAX: usize = 1024;
+
+/// When an append or metalog entry counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Reply after the batch's fdatasync (group commit).
+    Fsync,
+    /// Reply once written; fdatasync at most every `flush_interval_ms` in the background.
+    Async { flush_interval_ms: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub segment_bytes_max: u64,
+    pub durability: Durability,
+}
+
+impl StoreConfig {
+    /// A config with the defaults: 64 MiB segments, fsync durability.
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            durability: Durability::Fsync,
+        }
+    }
+
+    fn validate(&self) -> Result<(), StoreError> {
+        if self.segment_bytes_max < SEGMENT_BYTES_MIN {
+            return Err(StoreError::BadArgument(format!(
+                "segment_bytes_max is {}; the minimum is {SEGMENT_BYTES_MIN}",
+                self.segment_bytes_max
+            )));
+        }
+        if let Durability::Async {
+            flush_interval_ms: 0,
+        } = self.durability
+        {
+            return Err(StoreError::BadArgument(
+                "flush_interval_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What `open` found on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Durable metalog entries still on disk, in position order.
+    pub metalog: Vec<MetalogEntry>,
+    /// The newest metalog entry, even if its segment was reclaimed.
+    pub last_metalog: Option<MetalogEntry>,
+    /// The newest checkpoint: its `below` and the caller's bytes.
+    pub checkpoint: Option<(Seqnum, Bytes)>,
+    /// Every ordered record still on disk at or above the checkpoint's `below`, by seqnum.
+    pub ordered: Vec<IndexEntry>,
+    /// The highest view in records or metalog entries.
+    pub max_view: ViewId,
+    /// Bytes of torn tail cut from the last segment.
+    pub truncated_tail_bytes: u64,
+    pub records: u64,
+    pub segments: usize,
+}
+
+/// An ordered record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub seqnum: Seqnum,
+    pub shard: ShardId,
+    pub local_id: LocalId,
+    pub record: LogRecord,
+}
+
+/// What a reclaim freed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+/// Counters since open.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    appends: AtomicU64,
+    records: AtomicU64,
+    metalog_entries: AtomicU64,
+    writes: AtomicU64,
+    fsyncs: AtomicU64,
+    bytes_written: AtomicU64,
+    segments_created: AtomicU64,
+    segments_deleted: AtomicU64,
+}
+
+/// A snapshot of the store's counters since open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// `append_records` calls accepted.
+    pub appends: u64,
+    pub records: u64,
+    pub metalog_entries: u64,
+    /// io_uring write submissions that completed (one per batch unless a batch is large).
+    pub writes: u64,
+    /// fdatasyncs of segments.
+    pub fsyncs: u64,
+    pub bytes_written: u64,
+    pub segments_created: u64,
+    pub segments_deleted: u64,
+}
+
+/// The durable store of one storage node. Cheap to clone; all clones share one IO thread.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: SyncSender<Request>,
+    permits: Arc<Semaphore>,
+    index: Arc<RwLock<index::Index>>,
+    stats: Arc<Stats>,
+    closed: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Inner {
+    fn stop(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            self.permits.close();
+            // The channel has one slot beyond the permits, so this cannot find it full; if
+            // the thread is already gone there is nothing to stop.
+            let _ = self.tx.try_send(Request {
+                op: Op::Shutdown,
+                permit: None,
+            });
+        }
+        let handle = self
+            .thread
+            .lock()
+            .expect("thread handle lock poisoned")
+            .take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("storage IO thread panicked");
+            }
+        }
+    }
+}
+
+/// The file name of segment `number`.
+pub fn segment_name(number: u64) -> String {
+    format!("{number:020}.seg")
+}
+
+/// The path of segment `number` in `dir`.
+pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(segment_name(number))
+}
+
+impl Store {
+    /// Opens (creating if absent) and recovers the data dir; starts the IO thread.
+    pub fn open(config: StoreConfig) -> Result<(Store, Recovery), StoreError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StoreError::io(format!("create {}", config.data_dir.display()), &e))?;
+        let ring = uring::Uring::new().map_err(|e| StoreError::Io {
+            message: format!(
+                "io_uring is not usable on this kernel ({e}); the storage node requires it \
+                 (check kernel.io_uring_disabled and seccomp)"
+            ),
+            errno: e.raw_os_error(),
+        })?;
+        let recovered = recovery::recover(&config.data_dir)?;
+        let index = Arc::new(RwLock::new(recovered.index));
+        let stats = Arc::new(Stats::default());
+        let writer = Writer::start(
+            ring,
+            config.data_dir.clone(),
+            config.segment_bytes_max,
+            config.durability,
+            recovered.next_segment,
+            index.clone(),
+            stats.clone(),
+        )?;
+        let (tx, rx) = sync_channel(INFLIGHT_REQUESTS_MAX + 1);
+        let thread = std::thread::Builder::new()
+            .name("storage-io".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io("spawn the storage IO thread", &e))?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                tx,
+                permits: Arc::new(Semaphore::new(INFLIGHT_REQUESTS_MAX)),
+                index,
+                stats,
+                closed: AtomicBool::new(false),
+                thread: Mutex::new(Some(thread)),
+            }),
+        };
+        Ok((store, recovered.recovery))
+    }
+
+    /// Appends `records` of `shard`, whose local ids are consecutive from `first`. Resolves
+    /// once durable under the durability mode. Per shard, local ids must continue exactly
+    /// where the previous append ended (or start at counter 0 of a newer view).
+    pub async fn append_records(
+        &self,
+        shard: ShardId,
+        first: LocalId,
+        records: Vec<LogRecord>,
+    ) -> Result<(), StoreError> {
+        check_records(&records)?;
+        let (reply, rx) = oneshot::channel();
+        self.submit(Op::Append {
+            shard,
+            first,
+            records,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Persists a metalog entry (it orders records already stored). Resolves once durable.
+    /// Entries must come in position order without gaps.
+    pub async fn append_metalog(&self, entry: MetalogEntry) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Op::Metalog { entry, reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The ordered record at `seqnum`: None if no such ordered record is stored here, or it
+    /// was reclaimed.
+    pub async fn read(&self, seqnum: Seqnum) -> Result<Option<StoredRecord>, StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        let located = self
+            .inner
+            .index
+            .read()
+            .expect("index lock poisoned")
+            .locate(seqnum);
+        let Some(loc) = located else {
+            return Ok(None);
+        };
+        let record = tokio::task::spawn_blocking(move || read_record(&loc))
+            .await
+            .map_err(|e| StoreError::Io {
+                message: format!("read task failed: {e}"),
+                errno: None,
+            })??;
+        Ok(Some(StoredRecord {
+            seqnum,
+            shard: record.shard,
+            local_id: record.local_id,
+            record: record.record,
+        }))
+    }
+
+    /// Writes `checkpoint` in a checkpoint frame, syncs, then deletes the oldest sealed
+    /// segments all of whose records are ordered below `below` or are unordered leftovers of
+    /// a view older than the last metalog entry's. Only a prefix of the series is deleted.
+    pub async fn reclaim(&self, below: Seqnum, checkpoint: Bytes) -> Result<Reclaimed, StoreError> {
+        if checkpoint.len() > CHECKPOINT_BYTES_MAX {
+            return Err(StoreError::BadArgument(format!(
+                "checkpoint is {} bytes; the limit is {CHECKPOINT_BYTES_MAX}",
+                checkpoint.len()
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.submit(Op::Reclaim {
+            below,
+            checkpoint,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Per shard: the view of its newest durable records and how many records of that view
+    /// are durable (contiguous from counter 0).
+    pub fn progress(&self) -> BTreeMap<ShardId, (ViewId, u64)> {
+        self.inner
+            .index
+            .read()
+            .expect("index lock poisoned")
+            .shards
+            .clone()
+    }
+
+    /// The counters since open.
+    pub fn stats(&self) -> StoreStats {
+        let s = &self.inner.stats;
+        StoreStats {
+            appends: s.appends.load(Ordering::Relaxed),
+            records: s.records.load(Ordering::Relaxed),
+            metalog_entries: s.metalog_entries.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            bytes_written: s.bytes_written.load(Ordering::Relaxed),
+            segments_created: s.segments_created.load(Ordering::Relaxed),
+            segments_deleted: s.segments_deleted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The newest checkpoint written or recovered: its `below` and the caller's bytes.
+    pub fn checkpoint(&self) -> Option<(Seqnum, Bytes)> {
+        self.inner
+            .index
+            .read()
+            .expect("index lock poisoned")
+            .checkpoint
+            .clone()
+    }
+
+    /// Stops the IO thread after the requests already queued; later calls return `Closed`.
+    /// Blocks until the thread has exited.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+
+    async fn submit(&self, op: Op) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match self.inner.tx.try_send(Request {
+            op,
+            permit: Some(permit),
+        }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+            Err(TrySendError::Full(_)) => Err(StoreError::Io {
+                message: "request queue full despite the in-flight limit".into(),
+                errno: None,
+            }),
+        }
+    }
+}
+
+fn check_records(records: &[LogRecord]) -> Result<(), StoreError> {
+    if records.is_empty() || records.len() > BATCH_RECORDS_MAX {
+        return Err(StoreError::BadArgument(format!(
+            "an append carries 1 to {BATCH_RECORDS_MAX} records, not {}",
+            records.len()
+        )));
+    }
+    for r in records {
+        if r.data.len() > RECORD_BYTES_MAX {
+            return Err(StoreError::BadArgument(format!(
+                "record data is {} bytes; the limit is {RECORD_BYTES_MAX}",
+                r.data.len()
+            )));
+        }
+        if r.tags.len() > TAGS_PER_RECORD_MAX {
+            return Err(StoreError::BadArgument(format!(
+                "record has {} tags; the limit is {TAGS_PER_RECORD_MAX}",
+                r.tags.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and checks the frame at `loc` (CRC, kind, and that it is the expected record).
+fn read_record(loc: &index::Located) -> Result<codec::RecordFrame, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        segment: segment_name(loc.slot.segment),
+        offset_bytes: loc.slot.offset,
+        reason,
+    };
+    let mut buf = vec![0u8; loc.slot.len as usize];
+    loc.file
+        .read_exact_at(&mut buf, loc.slot.offset)
+        .map_err(|e| StoreError::io(format!("read {}", segment_name(loc.slot.segment)), &e))?;
+    match codec::decode(&Bytes::from(buf)) {
+        Ok((codec::Frame::Record(r), _)) if r.shard == loc.shard && r.local_id == loc.local_id => {
+            Ok(r)
+        }
+        Ok((codec::Frame::Record(r), _)) => Err(corrupt(format!(
+            "expected shard {} local id {:#x}, found shard {} local id {:#x}",
+            loc.shard.0, loc.local_id.0, r.shard.0, r.local_id.0
+        ))),
+        Ok(_) => Err(corrupt("expected a record frame".into())),
+        Err(e) => Err(corrupt(e.to_string())),
+    }
+}

@@ -1,0 +1,83 @@
+//! The functions `tally up` ships: `echo`, and `guestbook`, which appends tagged records and
+//! reads them back by tag.
+
+use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};
+use bytes::Bytes;
+use logbook::{ReadRange, Seqnum, Tag};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Registers every example function.
+pub fn register(registry: &mut Registry) {
+    registry.register("echo", |_ctx, input| async move { Ok(input) });
+    registry.register("guestbook", guestbook);
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+enum GuestbookRequest {
+    /// Appends an entry to the room's stream.
+    Sign {
+        room: String,
+        name: String,
+        message: String,
+    },
+    /// Reads the room's entries back, oldest first.
+    List { room: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    name: String,
+    message: String,
+}
+
+/// A room's tag: FNV-1a of its name, never zero or reserved.
+pub fn room_tag(room: &str) -> Tag {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in room.bytes() {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    Tag(hash.clamp(1, u64::MAX - 1))
+}
+
+/// `{"action":"sign","room":"lobby","name":"ana","message":"hi"}` appends an entry tagged with
+/// the room; `{"action":"list","room":"lobby"}` reads the room's entries back by tag.
+async fn guestbook(ctx: Ctx, input: Bytes) -> FunctionResult {
+    let request: GuestbookRequest = serde_json::from_slice(&input).map_err(|e| {
+        FunctionError::bad_input(format!(
+            "expected {{\"action\":\"sign\"|\"list\",\"room\":...}}: {e}"
+        ))
+    })?;
+    match request {
+        GuestbookRequest::Sign {
+            room,
+            name,
+            message,
+        } => {
+            let tag = room_tag(&room);
+            let entry = serde_json::to_vec(&Entry { name, message })?;
+            let seqnum = ctx.append(&[tag], entry).await?;
+            Ok(Bytes::from(
+                json!({"seqnum": seqnum.0, "room": room, "tag": tag.0}).to_string(),
+            ))
+        }
+        GuestbookRequest::List { room } => {
+            let tag = room_tag(&room);
+            let range = ReadRange {
+                from: Seqnum::ZERO,
+                to: Seqnum::MAX,
+                limit: logbook::READ_RANGE_RECORDS_MAX,
+            };
+            let mut entries = Vec::new();
+            for record in ctx.read_range(tag, range).await? {
+                let entry: Entry = serde_json::from_slice(&record.data)?;
+                entries.push(json!({"seqnum": record.seqnum.0, "name": entry.name, "message": entry.message}));
+            }
+            Ok(Bytes::from(
+                json!({"room": room, "tag": tag.0, "entries": entries}).to_string(),
+            ))
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Functions: the registry of in-process handlers, the `Ctx` each invocation gets (the LogBook
+//! calls bound to the request's book), and the invocation table behind async calls and
+//! idempotency keys.
+//!
+//! Invocations are kept in memory, bounded by `INVOCATIONS_MAX`; they do not survive a restart.
+
+use bytes::Bytes;
+use logbook::{AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Finished invocations kept for `GET /invocations/{id}` and idempotency keys, at most.
+pub const INVOCATIONS_MAX: usize = 100_000;
+/// Longest a function name may be, in bytes.
+pub const FUNCTION_NAME_BYTES_MAX: usize = 128;
+
+/// A function's failure: the caller gets its message, with 400 for bad input and 500 else.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FunctionError {
+    pub message: String,
+    /// The input was malformed: the caller's fault, not the function's.
+    pub bad_input: bool,
+}
+
+impl FunctionError {
+    pub fn new(message: impl Into<String>) -> FunctionError {
+        FunctionError {
+            message: message.into(),
+            bad_input: false,
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> FunctionError {
+        FunctionError {
+            message: message.into(),
+            bad_input: true,
+        }
+    }
+}
+
+impl From<LogError> for FunctionError {
+    fn from(e: LogError) -> FunctionError {
+        FunctionError::new(format!("log: {e}"))
+    }
+}
+
+impl From<serde_json::Error> for FunctionError {
+    fn from(e: serde_json::Error) -> FunctionError {
+        FunctionError::new(format!("json: {e}"))
+    }
+}
+
+/// What a function returns.
+pub type FunctionResult = Result<Bytes, FunctionError>;
+type BoxFuture = Pin<Box<dyn Future<Output = FunctionResult> + Send>>;
+type Handler = Arc<dyn Fn(Ctx, Bytes) -> BoxFuture + Send + Sync>;
+
+/// An invocation's view of the log: every LogBook call, bound to the invocation's book.
+#[derive(Clone)]
+pub struct Ctx {
+    log: Arc<dyn LogBook>,
+    book: BookId,
+    invocation_id: String,
+}
+
+impl Ctx {
+    pub fn new(log: Arc<dyn LogBook>, book: BookId, invocation_id: String) -> Ctx {
+        Ctx {
+            log,
+            book,
+            invocation_id,
+        }
+    }
+
+    pub fn book(&self) -> BookId {
+        self.book
+    }
+
+    pub fn invocation_id(&self) -> &str {
+        &self.invocation_id
+    }
+
+    pub async fn append(&self, tags: &[Tag], data: impl Into<Bytes>) -> Result<Seqnum, LogError> {
+        self.log.append(self.book, tags, data.into()).await
+    }
+
+    pub async fn cond_append(
+        &self,
+        tags: &[Tag],
+        data: impl Into<Bytes>,
+        cond: Cond,
+    ) -> Result<Seqnum, LogError> {
+        self.log
+            .cond_append(self.book, tags, data.into(), cond)
+            .await
+    }
+
+    pub async fn append_batch(&self, records: Vec<AppendRequest>) -> Result<Vec<Seqnum>, LogError> {
+        self.log.append_batch(self.book, records).await
+    }
+
+    pub async fn read_next(
+        &self,
+        tag: Tag,
+        min_seqnum: Seqnum,
+    ) -> Result<Option<Record>, LogError> {
+        self.log.read_next(self.book, tag, min_seqnum).await
+    }
+
+    pub async fn read_prev(
+        &self,
+        tag: Tag,
+        max_seqnum: Seqnum,
+    ) -> Result<Option<Record>, LogError> {
+        self.log.read_prev(self.book, tag, max_seqnum).await
+    }
+
+    pub async fn read_next_blocking(
+        &self,
+        tag: Tag,
+        min_seqnum: Seqnum,
+        timeout: Duration,
+    ) -> Result<Option<Record>, LogError> {
+        self.log
+            .read_next_blocking(self.book, tag, min_seqnum, timeout)
+            .await
+    }
+
+    pub async fn check_tail(&self, tag: Tag) -> Result<Option<Record>, LogError> {
+        self.log.check_tail(self.book, tag).await
+    }
+
+    pub async fn set_aux_data(
+        &self,
+        seqnum: Seqnum,
+        aux: impl Into<Bytes>,
+    ) -> Result<(), LogError> {
+        self.log.set_aux_data(self.book, seqnum, aux.into()).await
+    }
+
+    pub async fn trim(&self, tag: Tag, below: Seqnum) -> Result<(), LogError> {
+        self.log.trim(self.book, tag, below).await
+    }
+
+    pub async fn read_range(&self, tag: Tag, range: ReadRange) -> Result<Vec<Record>, LogError> {
+        self.log.read_range(self.book, tag, range).await
+    }
+}
+
+/// The functions a gateway serves, registered at start-up.
+#[derive(Default, Clone)]
+pub struct Registry {
+    handlers: BTreeMap<String, Handler>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers `handler` under `name`. Panics on a duplicate or malformed name: that is a
+    /// programming error in the binary that wires the functions.
+    pub fn register<F, Fut>(&mut self, name: &str, handler: F) -> &mut Registry
+    where
+        F: Fn(Ctx, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = FunctionResult> + Send + 'static,
+    {
+        assert!(valid_function_name(name), "invalid function name {name:?}");
+        let handler: Handler = Arc::new(move |ctx, input| Box::pin(handler(ctx, input)));
+        assert!(
+            self.handlers.insert(name.to_string(), handler).is_none(),
+            "function {name} registered twice"
+        );
+        self
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(String::as_str)
+    }
+
+    fn get(&self, name: &str) -> Option<Handler> {
+        self.handlers.get(name).cloned()
+    }
+}
+
+/// Names are 1 to 128 bytes of ASCII letters, digits, `-`, `_` and `.`.
+pub fn valid_function_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= FUNCTION_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// One invocation, as `GET /invocations/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invocation {
+    pub id: String,
+    pub function: String,
+    pub book: u32,
+    pub status: Status,
+    #[serde(skip)]
+    pub output: Option<FunctionResult>,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Default)]
+struct Table {
+    invocations: HashMap<String, watch::Sender<Invocation>>,
+    by_key: HashMap<String, String>,
+    /// The idempotency key each keyed invocation was started with.
+    key_of: HashMap<String, String>,
+    /// Ids in creation order, for evicting the oldest finished invocations.
+    order: VecDeque<String>,
+    next_id: u64,
+}
+
+/// Why an invocation could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("no function named {0:?}")]
+    UnknownFunction(String),
+}
+
+/// Runs functions and keeps their invocations.
+pub struct Dispatcher {
+    registry: Registry,
+    log: Arc<dyn LogBook>,
+    metrics: Arc<crate::metrics::Metrics>,
+    table: Mutex<Table>,
+    node_tag: u64,
+}
+
+impl Dispatcher {
+    pub fn new(
+        registry: Registry,
+        log: Arc<dyn LogBook>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Dispatcher> {
+        // Ids differ across restarts of the same node so an old id never names a new call.
+        let node_tag = now_ms() & 0xffff_ffff;
+        Arc::new(Dispatcher {
+            registry,
+            log,
+            metrics,
+            table: Mutex::new(Table::default()),
+            node_tag,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table
+            .lock()
+            .expect("no panics while holding the invocation table")
+    }
+
+    /// Starts an invocation (or finds the one its idempotency key already started) and
+    /// returns a receiver that sees its status change.
+    pub fn start(
+        self: &Arc<Self>,
+        function: &str,
+        book: BookId,
+        input: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<watch::Receiver<Invocation>, InvokeError> {
+        let handler = self
+            .registry
+            .get(function)
+            .ok_or_else(|| InvokeError::UnknownFunction(function.into()))?;
+        let mut table = self.table();
+        let scoped_key = idempotency_key.map(|k| format!("{function}\u{0}{}\u{0}{k}", book.0));
+        if let Some(key) = &scoped_key {
+            if let Some(existing) = table
+                .by_key
+                .get(key)
+                .and_then(|id| table.invocations.get(id))
+            {
+                return Ok(existing.subscribe());
+            }
+        }
+        table.next_id += 1;
+        let id = format!("{:08x}{:08x}", self.node_tag, table.next_id);
+        let invocation = Invocation {
+            id: id.clone(),
+            function: function.to_string(),
+            book: book.0,
+            status: Status::Pending,
+            output: None,
+            created_at_ms: now_ms(),
+            started_at_ms: None,
+            finished_at_ms: None,
+        };
+        let (tx, rx) = watch::channel(invocation);
+        table.invocations.insert(id.clone(), tx);
+        if let Some(key) = scoped_key {
+            table.by_key.insert(key.clone(), id.clone());
+            table.key_of.insert(id.clone(), key);
+        }
+        table.order.push_back(id.clone());
+        self.evict(&mut table);
+        drop(table);
+
+        let ctx = Ctx::new(self.log.clone(), book, id.clone());
+        let dispatcher = self.clone();
+        let function = function.to_string();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            dispatcher.update(&id, |inv| {
+                inv.status = Status::Running;
+                inv.started_at_ms = Some(now_ms());
+            });
+            // A panicking function fails its invocation, not the gateway.
+            let result = tokio::spawn(handler(ctx, input))
+                .await
+                .unwrap_or_else(|e| Err(FunctionError::new(format!("function panicked: {e}"))));
+            dispatcher
+                .metrics
+                .observe_invocation(&function, result.is_ok(), started.elapsed());
+            dispatcher.update(&id, |inv| {
+                inv.status = if result.is_ok() {
+                    Status::Succeeded
+                } else {
+                    Status::Failed
+                };
+                inv.finished_at_ms = Some(now_ms());
+                inv.output = Some(result);
+            });
+        });
+        Ok(rx)
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut Invocation)) {
+        if let Some(tx) = self.table().invocations.get(id) {
+            tx.send_modify(change);
+        }
+    }
+
+    /// Drops the oldest finished invocations beyond the limit.
+    fn evict(&self, table: &mut Table) {
+        while table.order.len() > INVOCATIONS_MAX {
+            let Some(oldest) = table.order.pop_front() else {
+                break;
+            };
+            let finished = table
+                .invocations
+                .get(&oldest)
+                .is_some_and(|tx| tx.borrow().finished_at_ms.is_some());
+            if !finished {
+                // Still running: keep it, and stop evicting; the table is briefly over the limit.
+                table.order.push_front(oldest);
+                break;
+            }
+            table.invocations.remove(&oldest);
+            if let Some(key) = table.key_of.remove(&oldest) {
+                table.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// The invocation with this id, if it is still kept.
+    pub fn get(&self, id: &str) -> Option<Invocation> {
+        self.table()
+            .invocations
+            .get(id)
+            .map(|tx| tx.borrow().clone())
+    }
+
+    /// Waits until the invocation finishes and returns it.
+    pub async fn wait(mut rx: watch::Receiver<Invocation>) -> Invocation {
+        if let Ok(inv) = rx.wait_for(|inv| inv.finished_at_ms.is_some()).await {
+            return inv.clone();
+        }
+        // The sender is gone only if the invocation was evicted once finished.
+        let last = rx.borrow().clone();
+        last
+    }
+}

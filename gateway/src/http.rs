@@ -1,0 +1,382 @@
+//! The gateway's HTTP API (axum): function calls, invocations, the log, health and metrics.
+//! Every error is JSON: `{"error": {"code": "...", "message": "..."}}`.
+
+use crate::functions::{Dispatcher, Invocation, InvokeError, Status};
+use crate::metrics::Metrics;
+use crate::runtime::GatewayLog;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use logbook::{BookId, LogBook, LogError, ReadRange, Record, Seqnum, Tag};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body, in bytes: a record at its limit plus room for framing.
+pub const REQUEST_BODY_BYTES_MAX: usize = logbook::RECORD_BYTES_MAX + 64 * 1024;
+/// Records a `GET /log/{book}/records` returns when no limit is given.
+pub const READ_LIMIT_DEFAULT: usize = 1000;
+/// Header naming the LogBook of a call.
+pub const BOOK_HEADER: &str = "x-tally-book";
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Longest idempotency key, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+
+/// What the HTTP handlers share.
+pub struct AppState {
+    pub dispatcher: Arc<Dispatcher>,
+    pub log: Arc<dyn LogBook>,
+    pub metrics: Arc<Metrics>,
+    /// The engine behind the log, for gauges; absent when serving another `LogBook`.
+    pub engine: Option<Arc<GatewayLog>>,
+}
+
+/// An error response.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> ApiError {
+        let status = match &e {
+            LogError::BadArgument(_) => StatusCode::BAD_REQUEST,
+            LogError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            LogError::Discarded | LogError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LogError::CondFailed { .. } => StatusCode::CONFLICT,
+            LogError::Trimmed(_) => StatusCode::GONE,
+            LogError::Corrupt { .. } | LogError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> ApiError {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_request"
+        };
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body exceeds {REQUEST_BODY_BYTES_MAX} bytes")
+        } else {
+            r.body_text()
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+/// The router of a gateway.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/function/{name}", post(call_function))
+        .route("/asyncFunction/{name}", post(call_function_async))
+        .route("/invocations/{id}", get(get_invocation))
+        .route("/functions", get(list_functions))
+        .route("/log/{book}/append", post(log_append))
+        .route("/log/{book}/records", get(log_records))
+        .route("/log/{book}/next", get(log_next))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+fn book_of(headers: &HeaderMap) -> Result<BookId, ApiError> {
+    match headers.get(BOOK_HEADER) {
+        None => Ok(BookId(0)),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .map(BookId)
+            .ok_or_else(|| ApiError::bad_request("X-Tally-Book must be a u32")),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn start(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<tokio::sync::watch::Receiver<Invocation>, ApiError> {
+    let input = body?;
+    let book = book_of(headers)?;
+    let key = idempotency_key(headers)?;
+    state
+        .dispatcher
+        .start(name, book, input, key.as_deref())
+        .map_err(|e| match e {
+            InvokeError::UnknownFunction(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_function", e.to_string())
+            }
+        })
+}
+
+async fn call_function(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let rx = start(&state, &name, &headers, body)?;
+    let invocation = Dispatcher::wait(rx).await;
+    let mut response = match invocation.output {
+        Some(Ok(output)) => (StatusCode::OK, output).into_response(),
+        Some(Err(e)) if e.bad_input => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_input", e.message).into_response()
+        }
+        Some(Err(e)) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "function_failed",
+            e.message,
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "lost",
+            "the invocation's result was evicted",
+        )
+        .into_response(),
+    };
+    if let Ok(id) = HeaderValue::from_str(&invocation.id) {
+        response.headers_mut().insert("x-tally-invocation", id);
+    }
+    Ok(response)
+}
+
+async fn call_function_async(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let rx = start(&state, &name, &headers, body)?;
+    let id = rx.borrow().id.clone();
+    let mut response = (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/invocations/{id}")) {
+        response.headers_mut().insert("location", location);
+    }
+    Ok(response)
+}
+
+fn invocation_json(inv: &Invocation) -> Value {
+    let mut v = serde_json::to_value(inv).expect("an invocation serializes");
+    match &inv.output {
+        Some(Ok(output)) => match std::str::from_utf8(output) {
+            Ok(text) => v["output"] = json!(text),
+            Err(_) => {
+                v["output_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(output))
+            }
+        },
+        Some(Err(e)) => v["error"] = json!(e.message),
+        None => {}
+    }
+    v
+}
+
+async fn get_invocation(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let inv = state.dispatcher.get(&id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_invocation",
+            format!("no invocation {id:?}"),
+        )
+    })?;
+    debug_assert!(inv.status != Status::Succeeded || inv.output.is_some());
+    Ok(Json(invocation_json(&inv)))
+}
+
+async fn list_functions(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"functions": state.dispatcher.registry().names().collect::<Vec<_>>()}))
+}
+
+/// Query parameters of the log endpoints. `tag` may repeat.
+#[derive(Default)]
+struct LogQuery {
+    tags: Vec<u64>,
+    from: Option<u64>,
+    limit: Option<usize>,
+    timeout_ms: Option<u64>,
+}
+
+fn parse_query(raw: Option<String>) -> Result<LogQuery, ApiError> {
+    let mut q = LogQuery::default();
+    let raw = raw.unwrap_or_default();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("{key} must be an unsigned integer, got {value:?}"))
+            })
+        };
+        match key {
+            "tag" => q.tags.push(number()?),
+            "from" => q.from = Some(number()?),
+            "limit" => q.limit = Some(number()? as usize),
+            "timeout_ms" => q.timeout_ms = Some(number()?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn parse_book(raw: &str) -> Result<BookId, ApiError> {
+    raw.parse::<u32>()
+        .map(BookId)
+        .map_err(|_| ApiError::bad_request(format!("book must be a u32, got {raw:?}")))
+}
+
+fn single_tag(q: &LogQuery) -> Result<Tag, ApiError> {
+    match q.tags.as_slice() {
+        [] => Ok(Tag::ANY),
+        [t] => Ok(Tag(*t)),
+        _ => Err(ApiError::bad_request("reads take one tag")),
+    }
+}
+
+fn record_json(r: &Record) -> Value {
+    json!({
+        "seqnum": r.seqnum.0,
+        "tags": r.tags.iter().map(|t| t.0).collect::<Vec<_>>(),
+        "data": base64::engine::general_purpose::STANDARD.encode(&r.data),
+    })
+}
+
+async fn log_append(
+    State(state): State<Arc<AppState>>,
+    Path(book): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let data = body?;
+    let book = parse_book(&book)?;
+    let q = parse_query(raw)?;
+    let tags: Vec<Tag> = q.tags.into_iter().map(Tag).collect();
+    let seqnum = state.log.append(book, &tags, data).await?;
+    Ok(Json(json!({"seqnum": seqnum.0})))
+}
+
+async fn log_records(
+    State(state): State<Arc<AppState>>,
+    Path(book): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let book = parse_book(&book)?;
+    let q = parse_query(raw)?;
+    let tag = single_tag(&q)?;
+    let limit = q.limit.unwrap_or(READ_LIMIT_DEFAULT);
+    let range = ReadRange {
+        from: Seqnum(q.from.unwrap_or(0)),
+        to: Seqnum::MAX,
+        limit,
+    };
+    let records = state.log.read_range(book, tag, range).await?;
+    let next = records.last().map(|r| r.seqnum.0 + 1);
+    let more = records.len() == limit;
+    Ok(Json(json!({
+        "records": records.iter().map(record_json).collect::<Vec<_>>(),
+        "next": if more { next } else { None },
+    })))
+}
+
+async fn log_next(
+    State(state): State<Arc<AppState>>,
+    Path(book): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let book = parse_book(&book)?;
+    let q = parse_query(raw)?;
+    let tag = single_tag(&q)?;
+    let from = Seqnum(q.from.unwrap_or(0));
+    let record = match q.timeout_ms {
+        Some(ms) => {
+            state
+                .log
+                .read_next_blocking(book, tag, from, Duration::from_millis(ms))
+                .await?
+        }
+        None => state.log.read_next(book, tag, from).await?,
+    };
+    Ok(Json(json!({"record": record.as_ref().map(record_json)})))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(engine) = &state.engine {
+        let e = engine.engine_stats();
+        let r = engine.runtime_stats();
+        let m = &state.metrics;
+        m.pending_appends.set(e.pending_records as i64);
+        m.cache_bytes.set(e.cache_bytes as i64);
+        m.cache_hits.set(e.cache_hits as i64);
+        m.cache_misses.set(e.cache_misses as i64);
+        m.index_records.set(e.index_records as i64);
+        m.metalog_position.set(e.metalog_position as i64);
+        m.storage_reads.set(r.storage_reads as i64);
+        m.replicate_calls.set(r.replicate_calls as i64);
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,307 @@
+//! Prometheus metrics of a gateway: log calls and their latency (through `MeteredLog`, a
+//! `LogBook` wrapper), invocations per function, and gauges read from the engine at scrape
+//! time.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use logbook::{AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub function: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionName {
+    pub function: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to ~10 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 21))
+}
+
+/// Every metric a gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    pub log_ops: Family<OpLabels, Counter>,
+    pub log_latency_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
+    pub appended_records: Counter,
+    pub appended_bytes: Counter,
+    pub invocations: Family<FunctionLabels, Counter>,
+    pub invocation_latency_seconds: Family<FunctionName, Histogram, fn() -> Histogram>,
+    pub pending_appends: Gauge,
+    pub cache_bytes: Gauge,
+    pub cache_hits: Gauge,
+    pub cache_misses: Gauge,
+    pub index_records: Gauge,
+    pub metalog_position: Gauge,
+    pub storage_reads: Gauge,
+    pub replicate_calls: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("tally");
+        let m = Metrics {
+            log_ops: Family::default(),
+            log_latency_seconds: Family::new_with_constructor(latency_histogram),
+            appended_records: Counter::default(),
+            appended_bytes: Counter::default(),
+            invocations: Family::default(),
+            invocation_latency_seconds: Family::new_with_constructor(latency_histogram),
+            pending_appends: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            cache_hits: Gauge::default(),
+            cache_misses: Gauge::default(),
+            index_records: Gauge::default(),
+            metalog_position: Gauge::default(),
+            storage_reads: Gauge::default(),
+            replicate_calls: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "log_ops",
+            "LogBook calls by operation and outcome",
+            m.log_ops.clone(),
+        );
+        registry.register(
+            "log_latency_seconds",
+            "LogBook call latency",
+            m.log_latency_seconds.clone(),
+        );
+        registry.register(
+            "appended_records",
+            "Records appended",
+            m.appended_records.clone(),
+        );
+        registry.register(
+            "appended_bytes",
+            "Record bytes appended",
+            m.appended_bytes.clone(),
+        );
+        registry.register(
+            "invocations",
+            "Function invocations by function and final status",
+            m.invocations.clone(),
+        );
+        registry.register(
+            "invocation_latency_seconds",
+            "Function invocation latency, start to finish",
+            m.invocation_latency_seconds.clone(),
+        );
+        registry.register(
+            "pending_appends",
+            "Appends replicated but not yet ordered",
+            m.pending_appends.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the record cache",
+            m.cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Reads served from the record cache",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Reads that went to storage",
+            m.cache_misses.clone(),
+        );
+        registry.register(
+            "index_records",
+            "Records in the tag index",
+            m.index_records.clone(),
+        );
+        registry.register(
+            "metalog_position",
+            "Metalog entries applied",
+            m.metalog_position.clone(),
+        );
+        registry.register(
+            "storage_reads",
+            "Records fetched from storage",
+            m.storage_reads.clone(),
+        );
+        registry.register(
+            "replicate_calls",
+            "Batches handed to storage",
+            m.replicate_calls.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn observe(&self, op: &'static str, started: Instant, ok: bool) {
+        let labels = OpLabels {
+            op,
+            outcome: if ok { "ok" } else { "error" },
+        };
+        self.log_ops.get_or_create(&labels).inc();
+        self.log_latency_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn observe_invocation(&self, function: &str, succeeded: bool, latency: Duration) {
+        let status = if succeeded { "succeeded" } else { "failed" };
+        self.invocations
+            .get_or_create(&FunctionLabels {
+                function: function.to_string(),
+                status,
+            })
+            .inc();
+        self.invocation_latency_seconds
+            .get_or_create(&FunctionName {
+                function: function.to_string(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+}
+
+/// A `LogBook` that counts and times every call of the log it wraps.
+pub struct MeteredLog {
+    log: Arc<dyn LogBook>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredLog {
+    pub fn new(log: Arc<dyn LogBook>, metrics: Arc<Metrics>) -> MeteredLog {
+        MeteredLog { log, metrics }
+    }
+
+    fn appended(&self, records: u64, bytes: usize) {
+        self.metrics.appended_records.inc_by(records);
+        self.metrics.appended_bytes.inc_by(bytes as u64);
+    }
+}
+
+macro_rules! timed {
+    ($self:ident, $op:literal, $call:expr) => {{
+        let started = Instant::now();
+        let result = $call.await;
+        $self.metrics.observe($op, started, result.is_ok());
+        result
+    }};
+}
+
+#[async_trait]
+impl LogBook for MeteredLog {
+    async fn append(&self, book: BookId, tags: &[Tag], data: Bytes) -> Result<Seqnum, LogError> {
+        let bytes = data.len();
+        let result = timed!(self, "append", self.log.append(book, tags, data));
+        if result.is_ok() {
+            self.appended(1, bytes);
+        }
+        result
+    }
+
+    async fn cond_append(
+        &self,
+        book: BookId,
+        tags: &[Tag],
+        data: Bytes,
+        cond: Cond,
+    ) -> Result<Seqnum, LogError> {
+        let bytes = data.len();
+        let result = timed!(
+            self,
+            "cond_append",
+            self.log.cond_append(book, tags, data, cond)
+        );
+        if result.is_ok() {
+            self.appended(1, bytes);
+        }
+        result
+    }
+
+    async fn append_batch(
+        &self,
+        book: BookId,
+        records: Vec<AppendRequest>,
+    ) -> Result<Vec<Seqnum>, LogError> {
+        let bytes = records.iter().map(|r| r.data.len()).sum();
+        let result = timed!(self, "append_batch", self.log.append_batch(book, records));
+        if let Ok(seqnums) = &result {
+            self.appended(seqnums.len() as u64, bytes);
+        }
+        result
+    }
+
+    async fn read_next(
+        &self,
+        book: BookId,
+        tag: Tag,
+        min_seqnum: Seqnum,
+    ) -> Result<Option<Record>, LogError> {
+        timed!(self, "read_next", self.log.read_next(book, tag, min_seqnum))
+    }
+
+    async fn read_prev(
+        &self,
+        book: BookId,
+        tag: Tag,
+        max_seqnum: Seqnum,
+    ) -> Result<Option<Record>, LogError> {
+        timed!(self, "read_prev", self.log.read_prev(book, tag, max_seqnum))
+    }
+
+    async fn read_next_blocking(
+        &self,
+        book: BookId,
+        tag: Tag,
+        min_seqnum: Seqnum,
+        timeout: Duration,
+    ) -> Result<Option<Record>, LogError> {
+        timed!(
+            self,
+            "read_next_blocking",
+            self.log.read_next_blocking(book, tag, min_seqnum, timeout)
+        )
+    }
+
+    async fn set_aux_data(&self, book: BookId, seqnum: Seqnum, aux: Bytes) -> Result<(), LogError> {
+        timed!(
+            self,
+            "set_aux_data",
+            self.log.set_aux_data(book, seqnum, aux)
+        )
+    }
+
+    async fn trim(&self, book: BookId, tag: Tag, below: Seqnum) -> Result<(), LogError> {
+        timed!(self, "trim", self.log.trim(book, tag, below))
+    }
+
+    async fn read_range(
+        &self,
+        book: BookId,
+        tag: Tag,
+        range: ReadRange,
+    ) -> Result<Vec<Record>, LogError> {
+        timed!(self, "read_range", self.log.read_range(book, tag, range))
+    }
+}

@@ -1,0 +1,386 @@
+//! The gateway's log runtime: drives the sans-IO `LogEngine` with tokio and implements the
+//! `LogBook` trait on top of it. Appends become `Replicate` commands handed, in local-id order,
+//! to the shard's storage replicas through the `Shard` trait; metalog entries arrive through
+//! `GatewayLog::on_metalog` and complete them. Reads ask the engine for a plan and fetch
+//! uncached records from the shard.
+//!
+//! The runtime does not know how records reach storage or how the metalog is made: the binary
+//! wires a `Shard` (in-process on one node, gRPC in a cluster) and feeds metalog entries.
+
+use crate::engine::{Command, EngineConfig, LogEngine, OpId, ReadPlan, Reply};
+use async_trait::async_trait;
+use bytes::Bytes;
+use logbook::wire::{LocalId, LogRecord, MetalogEntry, RecordKind};
+use logbook::{
+    validate_append, validate_aux, validate_batch, validate_cond, validate_range, validate_timeout,
+    AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag, ViewId,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Bytes of records handed to the shard in one `replicate` call, at most.
+const REPLICATE_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// How often parked blocking reads are checked for their deadline.
+const TICK_INTERVAL_MS: u64 = 5;
+
+/// Where a gateway's records go: its shard's storage replicas.
+#[async_trait]
+pub trait Shard: Send + Sync + 'static {
+    /// Stores records whose local ids are consecutive from `first`; resolves once they are
+    /// durable under the configured durability mode. Calls come in local-id order.
+    async fn replicate(&self, first: LocalId, records: Vec<LogRecord>) -> Result<(), LogError>;
+    /// Reads the ordered record at `seqnum` from a replica.
+    async fn read_at(&self, seqnum: Seqnum) -> Result<Option<Record>, LogError>;
+    /// The gateway sealed its view after a replication failure and starts `next`; the
+    /// ordering side must follow.
+    async fn seal(&self, next: ViewId);
+}
+
+struct Inner {
+    engine: LogEngine,
+    waiters: HashMap<OpId, oneshot::Sender<Reply>>,
+    next_op: OpId,
+    replicate_tx: mpsc::UnboundedSender<(LocalId, Vec<LogRecord>)>,
+}
+
+impl Inner {
+    fn op(&mut self) -> (OpId, oneshot::Receiver<Reply>) {
+        self.next_op += 1;
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(self.next_op, tx);
+        (self.next_op, rx)
+    }
+
+    /// Executes the engine's commands. Runs under the lock so replication keeps local-id
+    /// order; the channel is unbounded but the engine's pending-append limit bounds it.
+    fn execute(&mut self, commands: Vec<Command>) {
+        for command in commands {
+            match command {
+                Command::Replicate { first, records } => {
+                    // The receiver lives as long as the runtime; a send after shutdown is moot.
+                    let _ = self.replicate_tx.send((first, records));
+                }
+                Command::Reply { op, result } => {
+                    if let Some(waiter) = self.waiters.remove(&op) {
+                        let _ = waiter.send(result);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counters the gateway exports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RuntimeStats {
+    pub replicate_calls: u64,
+    pub replicated_records: u64,
+    pub storage_reads: u64,
+}
+
+/// The real `LogBook` of one gateway.
+pub struct GatewayLog {
+    inner: Mutex<Inner>,
+    shard: Arc<dyn Shard>,
+    started: Instant,
+    stats: Mutex<RuntimeStats>,
+}
+
+impl GatewayLog {
+    /// Starts the runtime: a replication task and a ticker, both ending when the log is dropped.
+    pub fn start(config: EngineConfig, shard: Arc<dyn Shard>, restore: Restore) -> Arc<GatewayLog> {
+        let mut engine = LogEngine::new(config);
+        engine.restore(restore.entries, restore.next_position);
+        let (replicate_tx, replicate_rx) = mpsc::unbounded_channel();
+        let log = Arc::new(GatewayLog {
+            inner: Mutex::new(Inner {
+                engine,
+                waiters: HashMap::new(),
+                next_op: 0,
+                replicate_tx,
+            }),
+            shard,
+            started: Instant::now(),
+            stats: Mutex::new(RuntimeStats::default()),
+        });
+        tokio::spawn(replicate_loop(Arc::downgrade(&log), replicate_rx));
+        tokio::spawn(tick_loop(Arc::downgrade(&log)));
+        log
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .expect("no panics while holding the engine lock")
+    }
+
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// A committed metalog entry, in position order.
+    pub fn on_metalog(&self, entry: &MetalogEntry) {
+        let mut inner = self.lock();
+        let commands = inner.engine.on_metalog(entry);
+        inner.execute(commands);
+    }
+
+    pub fn engine_stats(&self) -> crate::engine::EngineStats {
+        self.lock().engine.stats()
+    }
+
+    pub fn runtime_stats(&self) -> RuntimeStats {
+        *self.stats.lock().expect("stats lock")
+    }
+
+    async fn submit(
+        &self,
+        book: BookId,
+        records: Vec<(Vec<Tag>, RecordKind, Bytes)>,
+    ) -> Result<Vec<Seqnum>, LogError> {
+        let rx = {
+            let mut inner = self.lock();
+            let (op, rx) = inner.op();
+            let commands = inner.engine.append(op, book, records);
+            inner.execute(commands);
+            rx
+        };
+        match rx
+            .await
+            .map_err(|_| LogError::Unavailable("gateway is shutting down".into()))?
+        {
+            Reply::Appended(seqnums) => Ok(seqnums),
+            Reply::Err(e) => Err(e),
+            other => unreachable!("an append is answered with seqnums or an error, got {other:?}"),
+        }
+    }
+
+    async fn resolve(&self, plan: ReadPlan) -> Result<Option<Record>, LogError> {
+        match plan {
+            ReadPlan::Empty => Ok(None),
+            ReadPlan::Cached(record) => Ok(Some(record)),
+            ReadPlan::Fetch { seqnum } => {
+                self.stats.lock().expect("stats lock").storage_reads += 1;
+                let record = self
+                    .shard
+                    .read_at(seqnum)
+                    .await?
+                    .ok_or(LogError::Trimmed(seqnum))?;
+                self.lock().engine.cache_insert(record.clone());
+                Ok(Some(record))
+            }
+        }
+    }
+}
+
+/// What a gateway restores at start: the ordered records from storage, in seqnum order.
+#[derive(Default)]
+pub struct Restore {
+    pub entries: Vec<logbook::wire::IndexEntry>,
+    pub next_position: u64,
+}
+
+async fn replicate_loop(
+    log: std::sync::Weak<GatewayLog>,
+    mut rx: mpsc::UnboundedReceiver<(LocalId, Vec<LogRecord>)>,
+) {
+    while let Some((first, mut records)) = rx.recv().await {
+        // Coalesce queued consecutive batches into one call: they share one group commit.
+        let mut bytes: usize = records.iter().map(|r| r.data.len()).sum();
+        while bytes < REPLICATE_BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok((next, more)) => {
+                    debug_assert_eq!(
+                        next.0,
+                        first.0 + records.len() as u64,
+                        "replication keeps local-id order"
+                    );
+                    bytes += more.iter().map(|r| r.data.len()).sum::<usize>();
+                    records.extend(more);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(log) = log.upgrade() else { return };
+        let count = records.len() as u64;
+        let result = log.shard.replicate(first, records).await;
+        {
+            let mut stats = log.stats.lock().expect("stats lock");
+            stats.replicate_calls += 1;
+            stats.replicated_records += count;
+        }
+        if let Err(e) = result {
+            if first.view() < log.lock().engine.view() {
+                // A batch of a view already sealed: its appends were discarded with the view.
+                continue;
+            }
+            tracing::error!(error = %e, "replication failed; sealing the view and discarding pending appends");
+            let next = {
+                let mut inner = log.lock();
+                let next = ViewId(inner.engine.view().0 + 1);
+                let commands = inner.engine.seal(next);
+                inner.execute(commands);
+                // Everything queued behind the failed batch belongs to the sealed view.
+                while rx.try_recv().is_ok() {}
+                next
+            };
+            log.shard.seal(next).await;
+        }
+    }
+}
+
+async fn tick_loop(log: std::sync::Weak<GatewayLog>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(log) = log.upgrade() else { return };
+        let now_us = log.now_us();
+        let mut inner = log.lock();
+        let commands = inner.engine.on_tick(now_us);
+        inner.execute(commands);
+    }
+}
+
+#[async_trait]
+impl LogBook for GatewayLog {
+    async fn append(&self, book: BookId, tags: &[Tag], data: Bytes) -> Result<Seqnum, LogError> {
+        let tags = validate_append(tags, &data)?;
+        let seqnums = self
+            .submit(book, vec![(tags, RecordKind::Data, data)])
+            .await?;
+        Ok(seqnums[0])
+    }
+
+    async fn cond_append(
+        &self,
+        book: BookId,
+        tags: &[Tag],
+        data: Bytes,
+        cond: Cond,
+    ) -> Result<Seqnum, LogError> {
+        let tags = validate_append(tags, &data)?;
+        validate_cond(&tags, cond)?;
+        let seqnums = self
+            .submit(book, vec![(tags, RecordKind::Cond(cond), data)])
+            .await?;
+        Ok(seqnums[0])
+    }
+
+    async fn append_batch(
+        &self,
+        book: BookId,
+        records: Vec<AppendRequest>,
+    ) -> Result<Vec<Seqnum>, LogError> {
+        validate_batch(&records)?;
+        let records = records
+            .into_iter()
+            .map(|r| Ok((validate_append(&r.tags, &r.data)?, RecordKind::Data, r.data)))
+            .collect::<Result<Vec<_>, LogError>>()?;
+        self.submit(book, records).await
+    }
+
+    async fn read_next(
+        &self,
+        book: BookId,
+        tag: Tag,
+        min_seqnum: Seqnum,
+    ) -> Result<Option<Record>, LogError> {
+        let plan = self.lock().engine.read_next(book, tag, min_seqnum);
+        self.resolve(plan).await
+    }
+
+    async fn read_prev(
+        &self,
+        book: BookId,
+        tag: Tag,
+        max_seqnum: Seqnum,
+    ) -> Result<Option<Record>, LogError> {
+        let plan = self.lock().engine.read_prev(book, tag, max_seqnum);
+        self.resolve(plan).await
+    }
+
+    async fn read_next_blocking(
+        &self,
+        book: BookId,
+        tag: Tag,
+        min_seqnum: Seqnum,
+        timeout: Duration,
+    ) -> Result<Option<Record>, LogError> {
+        validate_timeout(timeout)?;
+        let deadline_us = self.now_us() + timeout.as_micros() as u64;
+        let parked = {
+            let mut inner = self.lock();
+            let (op, rx) = inner.op();
+            match inner
+                .engine
+                .read_next_blocking(op, book, tag, min_seqnum, deadline_us)
+            {
+                Ok(Some(plan)) => {
+                    inner.waiters.remove(&op);
+                    Err(Ok(plan))
+                }
+                Ok(None) => Ok(rx),
+                Err(e) => {
+                    inner.waiters.remove(&op);
+                    Err(Err(e))
+                }
+            }
+        };
+        let plan = match parked {
+            Err(now) => now?,
+            Ok(rx) => match rx
+                .await
+                .map_err(|_| LogError::Unavailable("gateway is shutting down".into()))?
+            {
+                Reply::Plan(plan) => plan,
+                Reply::Err(e) => return Err(e),
+                other => unreachable!("a parked read is answered with a plan, got {other:?}"),
+            },
+        };
+        self.resolve(plan).await
+    }
+
+    async fn set_aux_data(&self, book: BookId, seqnum: Seqnum, aux: Bytes) -> Result<(), LogError> {
+        validate_aux(&aux)?;
+        self.lock().engine.set_aux_data(book, seqnum, aux)
+    }
+
+    async fn trim(&self, book: BookId, tag: Tag, below: Seqnum) -> Result<(), LogError> {
+        if tag == Tag::RESERVED {
+            return Err(LogError::BadArgument("tag u64::MAX is reserved".into()));
+        }
+        self.submit(
+            book,
+            vec![(Vec::new(), RecordKind::Trim { tag, below }, Bytes::new())],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn read_range(
+        &self,
+        book: BookId,
+        tag: Tag,
+        range: ReadRange,
+    ) -> Result<Vec<Record>, LogError> {
+        validate_range(range)?;
+        let plans = self
+            .lock()
+            .engine
+            .read_range(book, tag, range.from, range.to, range.limit);
+        let mut records = Vec::with_capacity(plans.len());
+        for plan in plans {
+            match self.resolve(plan).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                // Trimmed between planning and fetching: the range simply starts later.
+                Err(LogError::Trimmed(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(records)
+    }
+}

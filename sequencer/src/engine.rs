@@ -1,0 +1,556 @@
+//! `SequencerEngine`: the deterministic core of the sequencer. It takes storage nodes' shard
+//! progress reports, computes each shard's write-quorum progress, and proposes the next
+//! metalog entry (a Scalog-style cut) when some shard has records that are durable on a
+//! quorum but not yet ordered.
+//!
+//! It does no IO, reads no clock and keeps no randomness: the runtime feeds it progress,
+//! ticks (every cut interval) and commit notifications, and carries the proposed entries
+//! through Raft (or an fsync on a single node). At most one entry is in flight, as in Boki:
+//! the next entry is proposed only after the previous one is committed, so entries never
+//! need to be reconciled against each other.
+
+use logbook::wire::{MetalogEntry, NodeId, ShardCut, ShardId, ShardProgress};
+use logbook::{Seqnum, ViewId};
+use std::collections::{BTreeMap, BTreeSet};
+use thiserror::Error;
+
+/// What a sequencer needs to know about its view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequencerConfig {
+    pub view: ViewId,
+    /// The first seqnum this engine assigns; normally `Seqnum::new(view, 0)`.
+    pub first_seqnum: Seqnum,
+    /// The metalog position of the first entry this engine proposes.
+    pub first_position: u64,
+    /// Each shard's storage replicas.
+    pub shards: BTreeMap<ShardId, Vec<NodeId>>,
+    /// A record is ordered once this many replicas of its shard hold it durably. Fewer than
+    /// all replicas, so one slow replica does not stall ordering.
+    pub write_quorum: usize,
+}
+
+/// Why a `SequencerConfig` was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("a view needs at least one shard")]
+    NoShards,
+    #[error("shard {0} has no replicas")]
+    NoReplicas(u32),
+    #[error("shard {shard} lists replica {node} twice")]
+    DuplicateReplica { shard: u32, node: u32 },
+    #[error(
+        "write quorum {quorum} must be 1..={replicas} (shard {shard} has {replicas} replicas)"
+    )]
+    BadQuorum {
+        quorum: usize,
+        shard: u32,
+        replicas: usize,
+    },
+    #[error("first seqnum {seqnum} is not in view {view}")]
+    SeqnumOutsideView { seqnum: Seqnum, view: u16 },
+}
+
+/// Counters for operators; they never influence decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SequencerStats {
+    /// Entries committed since the engine started.
+    pub entries_committed: u64,
+    /// Records ordered by committed entries.
+    pub records_ordered: u64,
+    /// Progress reports for another view.
+    pub progress_other_view: u64,
+    /// Progress reports from a node or for a shard this view does not know.
+    pub progress_unknown: u64,
+    /// Progress reports lower than an earlier report of the same (node, shard).
+    pub progress_stale: u64,
+    /// Commit notifications that did not match the entry in flight.
+    pub commits_ignored: u64,
+}
+
+/// The sequencer's ordering state machine for one view.
+#[derive(Debug)]
+pub struct SequencerEngine {
+    view: ViewId,
+    write_quorum: usize,
+    /// Durable counts reported by each replica of each shard; replicas that have not
+    /// reported yet hold 0.
+    durable: BTreeMap<ShardId, BTreeMap<NodeId, u64>>,
+    /// Per shard, how many of its local counters committed entries have ordered.
+    ordered: BTreeMap<ShardId, u64>,
+    next_seqnum: Seqnum,
+    next_position: u64,
+    in_flight: Option<MetalogEntry>,
+    stats: SequencerStats,
+}
+
+impl SequencerEngine {
+    pub fn new(config: SequencerConfig) -> Result<SequencerEngine, ConfigError> {
+        if config.shards.is_empty() {
+            return Err(ConfigError::NoShards);
+        }
+        if config.first_seqnum.view() != config.view {
+            return Err(ConfigError::SeqnumOutsideView {
+                seqnum: config.first_seqnum,
+                view: config.view.0,
+            });
+        }
+        let mut durable = BTreeMap::new();
+        for (shard, replicas) in &config.shards {
+            if replicas.is_empty() {
+                return Err(ConfigError::NoReplicas(shard.0));
+            }
+            let mut seen = BTreeSet::new();
+            for node in replicas {
+                if !seen.insert(*node) {
+                    return Err(ConfigError::DuplicateReplica {
+                        shard: shard.0,
+                        node: node.0,
+                    });
+                }
+            }
+            if config.write_quorum == 0 || config.write_quorum > replicas.len() {
+                return Err(ConfigError::BadQuorum {
+                    quorum: config.write_quorum,
+                    shard: shard.0,
+                    replicas: replicas.len(),
+                });
+            }
+            durable.insert(*shard, replicas.iter().map(|n| (*n, 0)).collect());
+        }
+        Ok(SequencerEngine {
+            view: config.view,
+            write_quorum: config.write_quorum,
+            ordered: config.shards.keys().map(|s| (*s, 0)).collect(),
+            durable,
+            next_seqnum: config.first_seqnum,
+            next_position: config.first_position,
+            in_flight: None,
+            stats: SequencerStats::default(),
+        })
+    }
+
+    /// A storage node's progress report. Reports for another view, or from a node that is
+    /// not a replica of the shard, are ignored (and counted). A report lower than an earlier
+    /// one of the same (node, shard) is stale (reordered in the network) and ignored.
+    pub fn on_progress(&mut self, progress: ShardProgress) {
+        if progress.view != self.view {
+            self.stats.progress_other_view += 1;
+            return;
+        }
+        let Some(durable) = self
+            .durable
+            .get_mut(&progress.shard)
+            .and_then(|replicas| replicas.get_mut(&progress.node))
+        else {
+            self.stats.progress_unknown += 1;
+            return;
+        };
+        if progress.durable < *durable {
+            self.stats.progress_stale += 1;
+            return;
+        }
+        *durable = progress.durable;
+    }
+
+    /// A cut interval passed. Proposes the next metalog entry if none is in flight and some
+    /// shard's quorum progress exceeds what is ordered. The entry lists cuts in shard-id
+    /// order, only for shards with new records. The runtime must carry it through Raft and
+    /// call `on_committed` once it is durable.
+    pub fn on_tick(&mut self) -> Option<MetalogEntry> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let cuts: Vec<ShardCut> = self
+            .ordered
+            .iter()
+            .filter_map(|(shard, ordered)| {
+                let quorum = self.quorum_progress(*shard);
+                (quorum > *ordered).then(|| ShardCut {
+                    shard: *shard,
+                    start: *ordered,
+                    delta: quorum - *ordered,
+                })
+            })
+            .collect();
+        if cuts.is_empty() {
+            return None;
+        }
+        let entry = MetalogEntry {
+            position: self.next_position,
+            view: self.view,
+            start_seqnum: self.next_seqnum,
+            cuts,
+        };
+        assert!(
+            entry.start_seqnum.position() + entry.record_count() <= Seqnum::POSITION_MAX + 1,
+            "view {} ran out of seqnums; a view change is required",
+            self.view.0
+        );
+        self.in_flight = Some(entry.clone());
+        Some(entry)
+    }
+
+    /// The entry at `position` is durable (Raft-committed; on one node: fsynced). Advances
+    /// the ordered counts and allows the next proposal. A position that does not match the
+    /// entry in flight (a duplicate notification) is ignored and counted.
+    pub fn on_committed(&mut self, position: u64) {
+        let matches = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|entry| entry.position == position);
+        if !matches {
+            self.stats.commits_ignored += 1;
+            return;
+        }
+        let entry = self.in_flight.take().expect("checked just above");
+        for cut in &entry.cuts {
+            let ordered = self
+                .ordered
+                .get_mut(&cut.shard)
+                .expect("cuts name only the view's shards");
+            assert_eq!(*ordered, cut.start, "cuts are contiguous per shard");
+            *ordered += cut.delta;
+        }
+        self.next_seqnum = entry.end_seqnum();
+        self.next_position = entry.position + 1;
+        self.stats.entries_committed += 1;
+        self.stats.records_ordered += entry.record_count();
+    }
+
+    /// The `write_quorum`-th largest durable count among `shard`'s replicas.
+    pub fn quorum_progress(&self, shard: ShardId) -> u64 {
+        let Some(replicas) = self.durable.get(&shard) else {
+            return 0;
+        };
+        let mut counts: Vec<u64> = replicas.values().copied().collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        counts[self.write_quorum - 1]
+    }
+
+    /// Per shard, how many local counters committed entries have ordered.
+    pub fn ordered(&self) -> BTreeMap<ShardId, u64> {
+        self.ordered.clone()
+    }
+
+    /// The seqnum the next proposed entry starts at (after the committed entries).
+    pub fn next_seqnum(&self) -> Seqnum {
+        self.next_seqnum
+    }
+
+    /// The metalog position of the next proposed entry (after the committed entries).
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// The proposed entry awaiting `on_committed`, if any.
+    pub fn in_flight(&self) -> Option<&MetalogEntry> {
+        self.in_flight.as_ref()
+    }
+
+    pub fn view(&self) -> ViewId {
+        self.view
+    }
+
+    pub fn stats(&self) -> SequencerStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VIEW: ViewId = ViewId(1);
+
+    fn config(shards: &[(u32, &[u32])], write_quorum: usize) -> SequencerConfig {
+        SequencerConfig {
+            view: VIEW,
+            first_seqnum: Seqnum::new(VIEW, 0),
+            first_position: 0,
+            shards: shards
+                .iter()
+                .map(|(s, nodes)| (ShardId(*s), nodes.iter().map(|n| NodeId(*n)).collect()))
+                .collect(),
+            write_quorum,
+        }
+    }
+
+    fn engine(shards: &[(u32, &[u32])], write_quorum: usize) -> SequencerEngine {
+        SequencerEngine::new(config(shards, write_quorum)).expect("valid test config")
+    }
+
+    fn progress(node: u32, shard: u32, durable: u64) -> ShardProgress {
+        ShardProgress {
+            node: NodeId(node),
+            shard: ShardId(shard),
+            view: VIEW,
+            durable,
+        }
+    }
+
+    /// Cuts as (shard, start, delta) for compact expectations.
+    fn cuts(entry: &MetalogEntry) -> Vec<(u32, u64, u64)> {
+        entry
+            .cuts
+            .iter()
+            .map(|c| (c.shard.0, c.start, c.delta))
+            .collect()
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let cases: Vec<(SequencerConfig, ConfigError)> = vec![
+            (config(&[], 1), ConfigError::NoShards),
+            (config(&[(0, &[])], 1), ConfigError::NoReplicas(0)),
+            (
+                config(&[(0, &[1, 1])], 1),
+                ConfigError::DuplicateReplica { shard: 0, node: 1 },
+            ),
+            (
+                config(&[(0, &[1])], 0),
+                ConfigError::BadQuorum {
+                    quorum: 0,
+                    shard: 0,
+                    replicas: 1,
+                },
+            ),
+            (
+                config(&[(0, &[1, 2, 3]), (1, &[4])], 2),
+                ConfigError::BadQuorum {
+                    quorum: 2,
+                    shard: 1,
+                    replicas: 1,
+                },
+            ),
+            (
+                SequencerConfig {
+                    first_seqnum: Seqnum::new(ViewId(2), 0),
+                    ..config(&[(0, &[1])], 1)
+                },
+                ConfigError::SeqnumOutsideView {
+                    seqnum: Seqnum::new(ViewId(2), 0),
+                    view: 1,
+                },
+            ),
+        ];
+        for (config, expect) in cases {
+            assert_eq!(SequencerEngine::new(config).unwrap_err(), expect);
+        }
+    }
+
+    #[test]
+    fn single_replica_progress_is_ordered() {
+        let mut seq = engine(&[(0, &[10])], 1);
+        assert_eq!(seq.on_tick(), None, "nothing durable yet");
+        seq.on_progress(progress(10, 0, 3));
+        let entry = seq.on_tick().expect("three records to order");
+        assert_eq!(
+            entry,
+            MetalogEntry {
+                position: 0,
+                view: VIEW,
+                start_seqnum: Seqnum::new(VIEW, 0),
+                cuts: vec![ShardCut {
+                    shard: ShardId(0),
+                    start: 0,
+                    delta: 3
+                }],
+            }
+        );
+        seq.on_committed(0);
+        assert_eq!(seq.ordered(), BTreeMap::from([(ShardId(0), 3)]));
+        assert_eq!(seq.next_seqnum(), Seqnum::new(VIEW, 3));
+        assert_eq!(seq.next_position(), 1);
+        assert_eq!(seq.on_tick(), None, "everything durable is ordered");
+    }
+
+    #[test]
+    fn quorum_of_two_keeps_ordering_with_one_replica_stalled() {
+        let mut seq = engine(&[(0, &[1, 2, 3])], 2);
+        seq.on_progress(progress(1, 0, 5));
+        assert_eq!(seq.on_tick(), None, "one replica is not a quorum");
+        seq.on_progress(progress(2, 0, 4));
+        let first = seq.on_tick().expect("four records on two replicas");
+        assert_eq!(cuts(&first), vec![(0, 0, 4)]);
+        seq.on_committed(0);
+        // Replica 3 never reports; 1 and 2 keep going.
+        seq.on_progress(progress(1, 0, 9));
+        seq.on_progress(progress(2, 0, 7));
+        let second = seq.on_tick().expect("replica 3 must not stall ordering");
+        assert_eq!(cuts(&second), vec![(0, 4, 3)]);
+        assert_eq!(second.start_seqnum, Seqnum::new(VIEW, 4));
+        assert_eq!(seq.quorum_progress(ShardId(0)), 7);
+    }
+
+    #[test]
+    fn nothing_is_proposed_while_an_entry_is_in_flight() {
+        let mut seq = engine(&[(0, &[1])], 1);
+        seq.on_progress(progress(1, 0, 2));
+        let first = seq.on_tick().expect("two records");
+        seq.on_progress(progress(1, 0, 5));
+        assert_eq!(seq.on_tick(), None);
+        assert_eq!(seq.in_flight(), Some(&first));
+        seq.on_committed(7);
+        assert_eq!(
+            seq.on_tick(),
+            None,
+            "a commit of another position frees nothing"
+        );
+        assert_eq!(seq.stats().commits_ignored, 1);
+        seq.on_committed(0);
+        let second = seq.on_tick().expect("three more records");
+        assert_eq!((second.position, cuts(&second)), (1, vec![(0, 2, 3)]));
+    }
+
+    #[test]
+    fn seqnums_are_contiguous_across_entries_and_shards() {
+        let mut seq = engine(&[(0, &[1]), (1, &[2]), (2, &[3])], 1);
+        seq.on_progress(progress(3, 2, 2));
+        seq.on_progress(progress(1, 0, 1));
+        let first = seq.on_tick().expect("records of shards 0 and 2");
+        assert_eq!(cuts(&first), vec![(0, 0, 1), (2, 0, 2)], "shard-id order");
+        seq.on_committed(first.position);
+        seq.on_progress(progress(2, 1, 4));
+        let second = seq.on_tick().expect("records of shard 1");
+        assert_eq!(second.start_seqnum, first.end_seqnum());
+        assert_eq!(cuts(&second), vec![(1, 0, 4)]);
+        seq.on_committed(second.position);
+        assert_eq!(seq.next_seqnum(), Seqnum::new(VIEW, 7));
+    }
+
+    #[test]
+    fn other_views_unknown_nodes_and_stale_reports_are_ignored() {
+        let mut seq = engine(&[(0, &[1])], 1);
+        seq.on_progress(ShardProgress {
+            view: ViewId(0),
+            ..progress(1, 0, 8)
+        });
+        seq.on_progress(progress(9, 0, 8));
+        seq.on_progress(progress(1, 5, 8));
+        assert_eq!(seq.on_tick(), None);
+        seq.on_progress(progress(1, 0, 3));
+        seq.on_progress(progress(1, 0, 2));
+        assert_eq!(
+            seq.quorum_progress(ShardId(0)),
+            3,
+            "progress never goes back"
+        );
+        let stats = seq.stats();
+        assert_eq!(
+            (
+                stats.progress_other_view,
+                stats.progress_unknown,
+                stats.progress_stale
+            ),
+            (1, 2, 1)
+        );
+    }
+
+    #[test]
+    fn first_entry_starts_at_configured_position_and_seqnum() {
+        let mut seq = SequencerEngine::new(SequencerConfig {
+            first_seqnum: Seqnum::new(VIEW, 100),
+            first_position: 42,
+            ..config(&[(0, &[1])], 1)
+        })
+        .expect("valid config");
+        seq.on_progress(progress(1, 0, 1));
+        let entry = seq.on_tick().expect("one record");
+        assert_eq!(
+            (entry.position, entry.start_seqnum),
+            (42, Seqnum::new(VIEW, 100))
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Input {
+        Progress { node: u32, shard: u32, durable: u64 },
+        Tick,
+        Commit,
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            (0u32..4, 0u32..3, 0u64..50).prop_map(|(node, shard, durable)| Input::Progress {
+                node,
+                shard,
+                durable
+            }),
+            Just(Input::Tick),
+            Just(Input::Commit),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the progress reports, entries' cuts are contiguous per shard, never exceed
+        /// the quorum progress at proposal time, and seqnums and positions are contiguous.
+        #[test]
+        fn cuts_are_contiguous_and_within_quorum_progress(
+            inputs in proptest::collection::vec(input(), 0..200),
+            write_quorum in 1usize..=3,
+        ) {
+            let shards: &[(u32, &[u32])] = &[(0, &[0, 1, 2]), (1, &[1, 2, 3]), (2, &[0, 2, 3])];
+            let mut seq = engine(shards, write_quorum);
+            // The model: max report per (shard, node), and per shard the next expected start.
+            let mut reports: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+            let mut next_start: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut next_seqnum = Seqnum::new(VIEW, 0);
+            let mut next_position = 0;
+            let mut in_flight: Option<MetalogEntry> = None;
+            for input in inputs {
+                match input {
+                    Input::Progress { node, shard, durable } => {
+                        seq.on_progress(progress(node, shard, durable));
+                        let known = (shard == 0 && node != 3)
+                            || (shard == 1 && node != 0)
+                            || (shard == 2 && node != 1);
+                        if known {
+                            let r = reports.entry((shard, node)).or_default();
+                            *r = (*r).max(durable);
+                        }
+                    }
+                    Input::Tick => {
+                        let proposed = seq.on_tick();
+                        if in_flight.is_some() {
+                            prop_assert_eq!(proposed, None);
+                            continue;
+                        }
+                        let Some(entry) = proposed else { continue };
+                        prop_assert_eq!(entry.position, next_position);
+                        prop_assert_eq!(entry.start_seqnum, next_seqnum);
+                        prop_assert!(!entry.cuts.is_empty());
+                        let mut last_shard = None;
+                        for cut in &entry.cuts {
+                            prop_assert!(cut.delta > 0);
+                            prop_assert!(last_shard < Some(cut.shard), "shard-id order");
+                            last_shard = Some(cut.shard);
+                            let start = next_start.entry(cut.shard.0).or_default();
+                            prop_assert_eq!(cut.start, *start, "contiguous per shard");
+                            let mut counts: Vec<u64> = reports
+                                .iter()
+                                .filter(|((s, _), _)| *s == cut.shard.0)
+                                .map(|(_, d)| *d)
+                                .collect();
+                            counts.resize(3.max(counts.len()), 0);
+                            counts.sort_unstable_by(|a, b| b.cmp(a));
+                            prop_assert!(cut.start + cut.delta <= counts[write_quorum - 1]);
+                        }
+                        in_flight = Some(entry);
+                    }
+                    Input::Commit => {
+                        if let Some(entry) = in_flight.take() {
+                            seq.on_committed(entry.position);
+                            for cut in &entry.cuts {
+                                *next_start.entry(cut.shard.0).or_default() += cut.delta;
+                            }
+                            next_seqnum = entry.end_seqnum();
+                            next_position += 1;
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(seq.next_seqnum(), next_seqnum);
+        }
+    }
+}
