@@ -57,8 +57,8 @@ struct UpArgs {
     /// When an append is acknowledged.
     #[arg(long, value_enum, default_value = "fsync")]
     durability: DurabilityArg,
-    /// Interval between the sequencer's cuts, in microseconds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+    /// Least time between two of the sequencer's cuts, in microseconds.
+    #[arg(long, default_value_t = tally_cli::node::CUT_INTERVAL_US_DEFAULT, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     cut_interval_us: u64,
     /// Record cache size, in MiB.
     #[arg(long, default_value_t = 256)]

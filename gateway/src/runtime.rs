@@ -186,22 +186,34 @@ async fn replicate_loop(
     log: std::sync::Weak<GatewayLog>,
     mut rx: mpsc::UnboundedReceiver<(LocalId, Vec<LogRecord>)>,
 ) {
-    while let Some((first, mut records)) = rx.recv().await {
+    // A batch taken from the queue that did not fit into the previous call.
+    let mut carried: Option<(LocalId, Vec<LogRecord>)> = None;
+    loop {
+        let next = match carried.take() {
+            Some(batch) => batch,
+            None => match rx.recv().await {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
+        let (first, mut records) = next;
         // Coalesce queued consecutive batches into one call: they share one group commit.
         let mut bytes: usize = records.iter().map(|r| r.data.len()).sum();
-        while bytes < REPLICATE_BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok((next, more)) => {
-                    debug_assert_eq!(
-                        next.0,
-                        first.0 + records.len() as u64,
-                        "replication keeps local-id order"
-                    );
-                    bytes += more.iter().map(|r| r.data.len()).sum::<usize>();
-                    records.extend(more);
-                }
-                Err(_) => break,
+        while let Ok((next, more)) = rx.try_recv() {
+            debug_assert_eq!(
+                next.0,
+                first.0 + records.len() as u64,
+                "replication keeps local-id order"
+            );
+            let more_bytes: usize = more.iter().map(|r| r.data.len()).sum();
+            if records.len() + more.len() > logbook::BATCH_RECORDS_MAX
+                || bytes + more_bytes > REPLICATE_BATCH_BYTES_MAX
+            {
+                carried = Some((next, more));
+                break;
             }
+            bytes += more_bytes;
+            records.extend(more);
         }
         let Some(log) = log.upgrade() else { return };
         let count = records.len() as u64;
@@ -223,6 +235,7 @@ async fn replicate_loop(
                 let commands = inner.engine.seal(next);
                 inner.execute(commands);
                 // Everything queued behind the failed batch belongs to the sealed view.
+                carried = None;
                 while rx.try_recv().is_ok() {}
                 next
             };
