@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use gateway::engine::EngineConfig;
 use gateway::{GatewayLog, Restore, Shard};
 use logbook::wire::{LocalId, LogRecord, MetalogEntry, NodeId, ShardId, ShardProgress};
-use logbook::{LogError, Record, Seqnum, ViewId};
+use logbook::{IndexCheckpoint, LogError, Record, Seqnum, ViewId};
 use sequencer::{SequencerConfig, SequencerEngine};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -111,6 +111,19 @@ impl Shard for LocalShard {
     async fn seal(&self, next: ViewId) {
         let _ = self.sequencer.send(SequencerMsg::NewView(next)).await;
     }
+
+    async fn reclaim(&self, checkpoint: IndexCheckpoint) -> Result<(), LogError> {
+        let bytes = serde_json::to_vec(&checkpoint).expect("a checkpoint serializes");
+        let reclaimed = self.store.reclaim(checkpoint.below, bytes.into()).await?;
+        if reclaimed.segments > 0 {
+            tracing::info!(
+                segments = reclaimed.segments,
+                bytes = reclaimed.bytes,
+                "reclaimed trimmed segments"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Node {
@@ -151,7 +164,15 @@ impl Node {
             cache_bytes_max: config.cache_bytes_max,
             pending_appends_max: config.pending_appends_max,
         };
+        let checkpoint = match &recovery.checkpoint {
+            Some((_, bytes)) => Some(
+                serde_json::from_slice::<IndexCheckpoint>(bytes)
+                    .context("decoding the index checkpoint")?,
+            ),
+            None => None,
+        };
         let restore = Restore {
+            checkpoint,
             entries: recovery.ordered,
             next_position,
         };

@@ -31,8 +31,8 @@ use bytes::Bytes;
 use cache::RecordCache;
 use logbook::wire::{IndexEntry, LocalId, LogRecord, MetalogEntry, RecordKind, ShardId};
 use logbook::{
-    validate_append, validate_aux, validate_cond, Applied, BookId, LogError, Record, Seqnum, Tag,
-    TagIndex, ViewId, BATCH_RECORDS_MAX, READ_RANGE_RECORDS_MAX,
+    validate_append, validate_aux, validate_cond, Applied, BookId, IndexCheckpoint, LogError,
+    Record, Seqnum, Tag, TagIndex, ViewId, BATCH_RECORDS_MAX, READ_RANGE_RECORDS_MAX,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -191,6 +191,8 @@ pub struct LogEngine {
     parked_by_deadline: BTreeSet<(u64, OpId)>,
     metalog_entries_ignored: u64,
     index_data_ignored: u64,
+    /// The index forgot the records below this: their segments may be reclaimed.
+    reclaimed_below: Seqnum,
 }
 
 impl LogEngine {
@@ -214,14 +216,23 @@ impl LogEngine {
             parked_by_deadline: BTreeSet::new(),
             metalog_entries_ignored: 0,
             index_data_ignored: 0,
+            reclaimed_below: Seqnum::ZERO,
         }
     }
 
     /// Recovery at startup: rebuilds the index from ordered entries (in seqnum order, as the
     /// storage node returns them) and sets the next metalog position to apply. The cache is
     /// emptied; buffered metalog entries before `next_position` are dropped.
-    pub fn restore(&mut self, entries: impl IntoIterator<Item = IndexEntry>, next_position: u64) {
-        let mut index = TagIndex::new();
+    /// A checkpoint, when given, summarises the records below its `below`; `entries` start
+    /// there.
+    pub fn restore(
+        &mut self,
+        checkpoint: Option<&IndexCheckpoint>,
+        entries: impl IntoIterator<Item = IndexEntry>,
+        next_position: u64,
+    ) {
+        let mut index = checkpoint.map_or_else(TagIndex::new, TagIndex::from_checkpoint);
+        self.reclaimed_below = checkpoint.map_or(Seqnum::ZERO, |c| c.below);
         for entry in entries {
             index.apply(&entry);
         }
@@ -717,6 +728,20 @@ impl LogEngine {
     /// The metalog position of the next entry to apply: entries before it are in the index.
     pub fn metalog_position(&self) -> u64 {
         self.metalog_position
+    }
+
+    /// When trims have made a longer prefix of the log invisible than last time: a summary
+    /// of that prefix for the storage node (which may then delete segments holding only
+    /// records below it), after which the index forgets the prefix's seqnums.
+    pub fn take_reclaim_checkpoint(&mut self) -> Option<IndexCheckpoint> {
+        let below = self.index.reclaimable_below();
+        if below <= self.reclaimed_below {
+            return None;
+        }
+        let checkpoint = self.index.checkpoint(below);
+        self.index.compact(below);
+        self.reclaimed_below = below;
+        Some(checkpoint)
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use logbook::wire::{LocalId, LogRecord, MetalogEntry, RecordKind};
 use logbook::{
     validate_append, validate_aux, validate_batch, validate_cond, validate_range, validate_timeout,
-    AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag, ViewId,
+    AppendRequest, BookId, Cond, IndexCheckpoint, LogBook, LogError, ReadRange, Record, Seqnum,
+    Tag, ViewId,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,9 @@ pub trait Shard: Send + Sync + 'static {
     /// The gateway sealed its view after a replication failure and starts `next`; the
     /// ordering side must follow.
     async fn seal(&self, next: ViewId);
+    /// Trims made every record below `checkpoint.below` invisible: the storage replicas may
+    /// delete the segments that hold only such records, keeping the checkpoint for recovery.
+    async fn reclaim(&self, checkpoint: IndexCheckpoint) -> Result<(), LogError>;
 }
 
 struct Inner {
@@ -92,7 +96,11 @@ impl GatewayLog {
     /// Starts the runtime: a replication task and a ticker, both ending when the log is dropped.
     pub fn start(config: EngineConfig, shard: Arc<dyn Shard>, restore: Restore) -> Arc<GatewayLog> {
         let mut engine = LogEngine::new(config);
-        engine.restore(restore.entries, restore.next_position);
+        engine.restore(
+            restore.checkpoint.as_ref(),
+            restore.entries,
+            restore.next_position,
+        );
         let (replicate_tx, replicate_rx) = mpsc::unbounded_channel();
         let log = Arc::new(GatewayLog {
             inner: Mutex::new(Inner {
@@ -175,9 +183,11 @@ impl GatewayLog {
     }
 }
 
-/// What a gateway restores at start: the ordered records from storage, in seqnum order.
+/// What a gateway restores at start: the checkpoint of reclaimed records, if any, and the
+/// ordered records from storage after it, in seqnum order.
 #[derive(Default)]
 pub struct Restore {
+    pub checkpoint: Option<IndexCheckpoint>,
     pub entries: Vec<logbook::wire::IndexEntry>,
     pub next_position: u64,
 }
@@ -370,6 +380,15 @@ impl LogBook for GatewayLog {
             vec![(Vec::new(), RecordKind::Trim { tag, below }, Bytes::new())],
         )
         .await?;
+        if tag == Tag::ANY {
+            let checkpoint = self.lock().engine.take_reclaim_checkpoint();
+            if let Some(checkpoint) = checkpoint {
+                // The trim holds whether or not space comes back now; a later trim retries.
+                if let Err(e) = self.shard.reclaim(checkpoint).await {
+                    tracing::warn!(error = %e, "reclaiming trimmed segments failed");
+                }
+            }
+        }
         Ok(())
     }
 

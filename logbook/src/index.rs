@@ -6,6 +6,7 @@
 
 use crate::wire::{IndexEntry, RecordKind};
 use crate::{BookId, Seqnum, Tag};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
 /// What applying one entry did.
@@ -22,51 +23,107 @@ pub enum Applied {
 /// One stream: the seqnums that carry a tag (or every seqnum of a book).
 #[derive(Debug, Default, Clone)]
 struct Stream {
-    /// Seqnums at or above the trim point, ascending.
+    /// Indexed seqnums, ascending, from the last compaction on. Those below `trimmed_below`
+    /// are invisible; compaction drops them once their segments are reclaimed.
     seqnums: Vec<Seqnum>,
-    /// Records ever indexed into the stream, trimmed ones included: positions never move.
-    len: u64,
+    /// Records dropped from the front by compaction: positions never move.
+    compacted: u64,
     trimmed_below: Seqnum,
 }
 
 impl Stream {
-    /// Adds a record; one below the trim point (a trim may name a future seqnum) is counted
-    /// for positions but born invisible.
+    fn len(&self) -> u64 {
+        self.compacted + self.seqnums.len() as u64
+    }
+
     fn push(&mut self, seqnum: Seqnum) {
-        if seqnum >= self.trimmed_below {
-            self.seqnums.push(seqnum);
-        }
-        self.len += 1;
+        self.seqnums.push(seqnum);
     }
 
     fn trim(&mut self, below: Seqnum) {
-        if below <= self.trimmed_below {
-            return;
-        }
-        self.trimmed_below = below;
-        let cut = self.seqnums.partition_point(|s| *s < below);
-        self.seqnums.drain(..cut);
+        self.trimmed_below = self.trimmed_below.max(below);
+    }
+
+    /// Visible seqnums: those at or above the trim point.
+    fn visible(&self) -> &[Seqnum] {
+        let start = self.seqnums.partition_point(|s| *s < self.trimmed_below);
+        &self.seqnums[start..]
     }
 
     fn next(&self, min: Seqnum) -> Option<Seqnum> {
-        let i = self.seqnums.partition_point(|s| *s < min);
-        self.seqnums.get(i).copied()
+        let visible = self.visible();
+        visible.get(visible.partition_point(|s| *s < min)).copied()
     }
 
     fn prev(&self, max: Seqnum) -> Option<Seqnum> {
-        let i = self.seqnums.partition_point(|s| *s <= max);
-        i.checked_sub(1).map(|i| self.seqnums[i])
+        let visible = self.visible();
+        let i = visible.partition_point(|s| *s <= max);
+        i.checked_sub(1).map(|i| visible[i])
     }
 
     fn range(&self, from: Seqnum, to: Seqnum, limit: usize) -> Vec<Seqnum> {
-        let start = self.seqnums.partition_point(|s| *s < from);
-        self.seqnums[start..]
+        let visible = self.visible();
+        let start = visible.partition_point(|s| *s < from);
+        visible[start..]
             .iter()
             .take_while(|s| **s < to)
             .take(limit)
             .copied()
             .collect()
     }
+
+    fn contains(&self, seqnum: Seqnum) -> bool {
+        self.visible().binary_search(&seqnum).is_ok()
+    }
+
+    /// Records below `below`, compacted or not.
+    fn len_below(&self, below: Seqnum) -> u64 {
+        self.compacted + self.seqnums.partition_point(|s| *s < below) as u64
+    }
+
+    fn compact(&mut self, below: Seqnum) {
+        let cut = self.seqnums.partition_point(|s| *s < below);
+        self.seqnums.drain(..cut);
+        self.compacted += cut as u64;
+    }
+
+    fn checkpoint(&self, below: Seqnum) -> StreamCheckpoint {
+        StreamCheckpoint {
+            len: self.len_below(below),
+            trimmed_below: self.trimmed_below,
+        }
+    }
+
+    fn from_checkpoint(cp: &StreamCheckpoint) -> Stream {
+        Stream {
+            seqnums: Vec::new(),
+            compacted: cp.len,
+            trimmed_below: cp.trimmed_below,
+        }
+    }
+}
+
+/// What the index must remember of the records below a checkpoint once their segments are
+/// gone: each stream's length (conditional appends count positions from the first record) and
+/// trim point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexCheckpoint {
+    /// The records below this seqnum are summarised here; those at or above it are replayed.
+    pub below: Seqnum,
+    pub books: Vec<BookCheckpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookCheckpoint {
+    pub book: BookId,
+    pub all: StreamCheckpoint,
+    pub tags: Vec<(Tag, StreamCheckpoint)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamCheckpoint {
+    pub len: u64,
+    pub trimmed_below: Seqnum,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +133,15 @@ struct BookIndex {
 }
 
 impl BookIndex {
+    /// A tag's stream, created on first use under the book's trim point.
+    fn stream_mut(&mut self, tag: Tag) -> &mut Stream {
+        let trimmed_below = self.all.trimmed_below;
+        self.tags.entry(tag).or_insert_with(|| Stream {
+            trimmed_below,
+            ..Stream::default()
+        })
+    }
+
     fn stream(&self, tag: Tag) -> Option<&Stream> {
         if tag == Tag::ANY {
             Some(&self.all)
@@ -117,12 +183,12 @@ impl TagIndex {
                         stream.trim(below);
                     }
                 } else {
-                    book.tags.entry(tag).or_default().trim(below);
+                    book.stream_mut(tag).trim(below);
                 }
                 Applied::Trimmed
             }
             RecordKind::Cond(cond) => {
-                let stream_len = book.tags.get(&cond.tag).map_or(0, |s| s.len);
+                let stream_len = book.tags.get(&cond.tag).map_or(0, Stream::len);
                 if stream_len != cond.position {
                     return Applied::CondFailed { stream_len };
                 }
@@ -141,11 +207,7 @@ impl TagIndex {
     fn index(book: &mut BookIndex, entry: &IndexEntry) {
         book.all.push(entry.seqnum);
         for &tag in &entry.tags {
-            let stream = book.tags.entry(tag).or_insert_with(|| Stream {
-                trimmed_below: book.all.trimmed_below,
-                ..Stream::default()
-            });
-            stream.push(entry.seqnum);
+            book.stream_mut(tag).push(entry.seqnum);
         }
     }
 
@@ -178,7 +240,7 @@ impl TagIndex {
     pub fn contains(&self, book: BookId, seqnum: Seqnum) -> bool {
         self.books
             .get(&book)
-            .is_some_and(|b| b.all.seqnums.binary_search(&seqnum).is_ok())
+            .is_some_and(|b| b.all.contains(seqnum))
     }
 
     /// The trim point of `book` as a whole.
@@ -193,7 +255,84 @@ impl TagIndex {
         self.books
             .get(&book)
             .and_then(|b| b.stream(tag))
-            .map_or(0, |s| s.len)
+            .map_or(0, Stream::len)
+    }
+
+    /// The highest seqnum below which no record of any book is visible: segments holding
+    /// only records below it may be deleted once a checkpoint summarises them.
+    pub fn reclaimable_below(&self) -> Seqnum {
+        self.books
+            .values()
+            .filter_map(|b| b.all.next(Seqnum::ZERO))
+            .min()
+            .unwrap_or(self.applied_end)
+    }
+
+    /// Summarises the records below `below` (at most `reclaimable_below()`).
+    pub fn checkpoint(&self, below: Seqnum) -> IndexCheckpoint {
+        assert!(
+            below <= self.reclaimable_below(),
+            "checkpoint at {below} would forget visible records"
+        );
+        let books = self
+            .books
+            .iter()
+            .map(|(&book, b)| {
+                let mut tags: Vec<(Tag, StreamCheckpoint)> = b
+                    .tags
+                    .iter()
+                    .map(|(&tag, s)| (tag, s.checkpoint(below)))
+                    .collect();
+                tags.sort_by_key(|(tag, _)| *tag);
+                BookCheckpoint {
+                    book,
+                    all: b.all.checkpoint(below),
+                    tags,
+                }
+            })
+            .collect();
+        IndexCheckpoint { below, books }
+    }
+
+    /// Drops the seqnums below `below` from memory; they must be invisible already.
+    pub fn compact(&mut self, below: Seqnum) {
+        assert!(
+            below <= self.reclaimable_below(),
+            "compaction at {below} would drop visible records"
+        );
+        for book in self.books.values_mut() {
+            book.all.compact(below);
+            for stream in book.tags.values_mut() {
+                stream.compact(below);
+            }
+        }
+    }
+
+    /// An index that remembers a checkpoint; entries from `checkpoint.below` on follow.
+    pub fn from_checkpoint(checkpoint: &IndexCheckpoint) -> TagIndex {
+        let books = checkpoint
+            .books
+            .iter()
+            .map(|b| {
+                let tags = b
+                    .tags
+                    .iter()
+                    .map(|(tag, s)| (*tag, Stream::from_checkpoint(s)))
+                    .collect();
+                (
+                    b.book,
+                    BookIndex {
+                        all: Stream::from_checkpoint(&b.all),
+                        tags,
+                    },
+                )
+            })
+            .collect();
+        TagIndex {
+            books,
+            applied_end: checkpoint.below,
+            records: 0,
+        }
     }
 
     /// The seqnum after the last applied entry.
@@ -284,6 +423,56 @@ mod tests {
         assert!(
             !index.contains(BookId(0), Seqnum(3)),
             "a trim marker is not a record"
+        );
+    }
+
+    #[test]
+    fn checkpoint_then_replay_equals_the_full_index() {
+        let trim = |seqnum: u64, book: u32, below: u64| IndexEntry {
+            kind: RecordKind::Trim {
+                tag: Tag::ANY,
+                below: Seqnum(below),
+            },
+            ..data(seqnum, book, &[])
+        };
+        let entries = vec![
+            data(1, 0, &[5]),
+            cond(2, 9, 0),
+            data(3, 1, &[5]),
+            trim(4, 0, 3),
+            trim(5, 1, 6),
+            data(6, 0, &[5, 9]),
+            cond(7, 9, 1),
+            cond(8, 9, 2),
+            data(9, 1, &[5]),
+        ];
+        let mut full = TagIndex::new();
+        for e in &entries[..6] {
+            full.apply(e);
+        }
+        let below = full.reclaimable_below();
+        assert_eq!(
+            below,
+            Seqnum(6),
+            "book 0 is visible from 6, book 1 has nothing visible"
+        );
+        let checkpoint = full.checkpoint(below);
+        full.compact(below);
+        let mut restored = TagIndex::from_checkpoint(&checkpoint);
+        restored.apply(&entries[5]);
+        for e in &entries[6..] {
+            assert_eq!(full.apply(e), restored.apply(e), "{e:?} is decided alike");
+        }
+        for (book, tag) in [(0, 5), (0, 9), (1, 5), (0, 0), (1, 0)] {
+            let (book, tag) = (BookId(book), Tag(tag));
+            let all = |i: &TagIndex| i.range(book, tag, Seqnum::ZERO, Seqnum::MAX, 100);
+            assert_eq!(all(&full), all(&restored));
+            assert_eq!(full.stream_len(book, tag), restored.stream_len(book, tag));
+        }
+        assert_eq!(
+            full.stream_len(BookId(0), Tag(9)),
+            3,
+            "stale condition at 7 lost, 8 won"
         );
     }
 

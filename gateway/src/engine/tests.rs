@@ -583,7 +583,7 @@ fn restore_then_reads_and_conditions_continue_from_the_log() {
             kind: RecordKind::Data,
         },
     ];
-    engine.restore(restored, 4);
+    engine.restore(None, restored, 4);
     assert_eq!(engine.stats().index_records, 2);
     assert_eq!(
         engine.read_next(BOOK, Tag(5), s(0)),
