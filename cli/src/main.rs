@@ -202,7 +202,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP gateway to {}", args.http_addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
 
-    let metrics = gateway::metrics::Metrics::new();
+    let metrics = node.metrics.clone();
     let log: Arc<dyn logbook::LogBook> = Arc::new(gateway::metrics::MeteredLog::new(
         node.log.clone(),
         metrics.clone(),
@@ -238,7 +238,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
     node.shutdown();
-    println!("tally up: stopped");
+    let stats = node.store.stats();
+    println!(
+        "tally up: stopped ({} records in {} appends, {} metalog entries, {} fsyncs, {} bytes written)",
+        stats.records, stats.appends, stats.metalog_entries, stats.fsyncs, stats.bytes_written
+    );
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 use anyhow::Context as _;
 use async_trait::async_trait;
 use gateway::engine::EngineConfig;
+use gateway::metrics::Metrics;
 use gateway::{GatewayLog, Restore, Shard};
 use logbook::wire::{LocalId, LogRecord, MetalogEntry, NodeId, ShardId, ShardProgress};
 use logbook::{IndexCheckpoint, LogError, Record, Seqnum, ViewId};
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use storage_node::{Durability, Store, StoreConfig, StoreError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 const SHARD: ShardId = ShardId(0);
 const STORAGE_NODE: NodeId = NodeId(0);
@@ -67,11 +68,16 @@ pub struct Recovered {
 pub struct Node {
     pub log: Arc<GatewayLog>,
     pub store: Store,
+    pub metrics: Arc<Metrics>,
     pub recovered: Recovered,
 }
 
 enum SequencerMsg {
-    Progress(ShardProgress),
+    /// The shard's records are durable up to here. The sender is answered once the sequencer
+    /// has taken the progress in: queued a metalog entry covering it, or found one in flight.
+    /// Replication waits for that answer, so the next records and the entry that orders the
+    /// previous ones reach the store together and share one group commit.
+    Progress(ShardProgress, oneshot::Sender<()>),
     NewView(ViewId),
 }
 
@@ -92,10 +98,14 @@ impl Shard for LocalShard {
             view: first.view(),
             durable: first.counter() + count,
         };
+        let (taken, taken_rx) = oneshot::channel();
         self.sequencer
-            .send(SequencerMsg::Progress(progress))
+            .send(SequencerMsg::Progress(progress, taken))
             .await
-            .map_err(|_| LogError::Unavailable("sequencer stopped".into()))
+            .map_err(|_| LogError::Unavailable("sequencer stopped".into()))?;
+        // The records are durable either way; the answer only paces replication.
+        let _ = taken_rx.await;
+        Ok(())
     }
 
     async fn read_at(&self, seqnum: Seqnum) -> Result<Option<Record>, LogError> {
@@ -176,18 +186,22 @@ impl Node {
             entries: recovery.ordered,
             next_position,
         };
-        let log = GatewayLog::start(engine_config, shard, restore);
+        let metrics = Metrics::new();
+        let log = GatewayLog::start(engine_config, shard, restore, metrics.clone());
         let sequencer = sequencer_engine(view, next_position)?;
-        tokio::spawn(run_sequencer(
-            sequencer,
-            sequencer_rx,
-            store.clone(),
-            Arc::downgrade(&log),
-            config.cut_interval_us,
-        ));
+        let task = SequencerTask {
+            engine: sequencer,
+            rx: sequencer_rx,
+            store: store.clone(),
+            log: Arc::downgrade(&log),
+            interval: Duration::from_micros(config.cut_interval_us),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(task.run());
         Ok(Node {
             log,
             store,
+            metrics,
             recovered,
         })
     }
@@ -211,68 +225,105 @@ fn sequencer_engine(view: ViewId, next_position: u64) -> anyhow::Result<Sequence
 /// The sequencer role: turns the shard's progress into metalog entries, makes each entry
 /// durable, then hands it to the gateway. One entry is in flight at a time, so while one is
 /// being synced the next cut gathers everything that arrives meanwhile; entries are at least
-/// `cut_interval_us` apart.
-async fn run_sequencer(
-    mut engine: SequencerEngine,
-    mut rx: mpsc::Receiver<SequencerMsg>,
+/// `interval` apart.
+struct SequencerTask {
+    engine: SequencerEngine,
+    rx: mpsc::Receiver<SequencerMsg>,
     store: Store,
     log: std::sync::Weak<GatewayLog>,
-    cut_interval_us: u64,
-) {
-    let interval = Duration::from_micros(cut_interval_us);
-    let mut next_cut = tokio::time::Instant::now();
-    loop {
-        let msg = if tokio::time::Instant::now() >= next_cut {
-            if let Some(entry) = engine.on_tick() {
-                next_cut = tokio::time::Instant::now() + interval;
-                if !commit(&store, &log, &entry).await {
-                    return;
+    interval: Duration,
+    metrics: Arc<Metrics>,
+}
+
+type Commit = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
+/// The metalog entry being made durable.
+struct InFlight {
+    entry: MetalogEntry,
+    commit: Commit,
+    started: std::time::Instant,
+}
+
+impl SequencerTask {
+    async fn run(mut self) {
+        let mut in_flight: Option<InFlight> = None;
+        let mut next_cut = tokio::time::Instant::now();
+        let mut taken: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            if in_flight.is_none() && tokio::time::Instant::now() >= next_cut {
+                if let Some(entry) = self.engine.on_tick() {
+                    next_cut = tokio::time::Instant::now() + self.interval;
+                    let commit = Box::pin(self.store.append_metalog(entry.clone()));
+                    let started = std::time::Instant::now();
+                    in_flight = Some(InFlight {
+                        entry,
+                        commit,
+                        started,
+                    });
                 }
-                engine.on_committed(entry.position);
-                continue;
             }
-            // Nothing to order: wait for progress.
-            rx.recv().await
-        } else {
+            for sender in taken.drain(..) {
+                let _ = sender.send(());
+            }
+            let wait_for_cut = in_flight.is_none() && next_cut > tokio::time::Instant::now();
             tokio::select! {
-                msg = rx.recv() => msg,
-                _ = tokio::time::sleep_until(next_cut) => continue,
-            }
-        };
-        match msg {
-            None => return,
-            Some(SequencerMsg::Progress(p)) => engine.on_progress(p),
-            Some(SequencerMsg::NewView(view)) => {
-                match sequencer_engine(view, engine.next_position()) {
-                    Ok(e) => engine = e,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start the next view");
+                biased;
+                result = async { in_flight.as_mut().expect("guarded").commit.as_mut().await },
+                    if in_flight.is_some() =>
+                {
+                    let done = in_flight.take().expect("guarded");
+                    if !self.apply(done, result) {
                         return;
                     }
                 }
+                msg = self.rx.recv() => match msg {
+                    None => return,
+                    Some(SequencerMsg::Progress(p, sender)) => {
+                        self.engine.on_progress(p);
+                        taken.push(sender);
+                    }
+                    Some(SequencerMsg::NewView(view)) => {
+                        if let Some(mut done) = in_flight.take() {
+                            let result = done.commit.as_mut().await;
+                            if !self.apply(done, result) {
+                                return;
+                            }
+                        }
+                        match sequencer_engine(view, self.engine.next_position()) {
+                            Ok(e) => self.engine = e,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot start the next view");
+                                return;
+                            }
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(next_cut), if wait_for_cut => {}
             }
         }
     }
-}
 
-/// Makes a metalog entry durable and applies it at the gateway. False when the node stops.
-async fn commit(store: &Store, log: &std::sync::Weak<GatewayLog>, entry: &MetalogEntry) -> bool {
-    // A metalog entry that cannot be made durable must never be applied. The store refuses
-    // writes after a failed write or sync (a failed fsync cannot be retried safely), so the
-    // sequencer stops: appends are no longer acknowledged until a restart recovers the files.
-    match store.append_metalog(entry.clone()).await {
-        Ok(()) => {}
-        Err(StoreError::Closed) => return false,
-        Err(e) => {
-            tracing::error!(error = %e, position = entry.position, "persisting a metalog entry failed; ordering stops until restart");
+    /// Applies a metalog entry at the gateway once it is durable. False when the node stops.
+    fn apply(&mut self, done: InFlight, result: Result<(), StoreError>) -> bool {
+        // A metalog entry that cannot be made durable must never be applied. The store refuses
+        // writes after a failed write or sync (a failed fsync cannot be retried safely), so the
+        // sequencer stops: appends are no longer acknowledged until a restart recovers the
+        // files.
+        match result {
+            Ok(()) => self
+                .metrics
+                .observe_stage("metalog_commit", done.started.elapsed()),
+            Err(StoreError::Closed) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, position = done.entry.position, "persisting a metalog entry failed; ordering stops until restart");
+                return false;
+            }
+        }
+        let Some(log) = self.log.upgrade() else {
             return false;
-        }
-    }
-    match log.upgrade() {
-        Some(log) => {
-            log.on_metalog(entry);
-            true
-        }
-        None => false,
+        };
+        log.on_metalog(&done.entry);
+        self.engine.on_committed(done.entry.position);
+        true
     }
 }

@@ -21,6 +21,11 @@ pub struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
     pub function: String,
     pub status: &'static str,
@@ -53,6 +58,9 @@ pub struct Metrics {
     pub metalog_position: Gauge,
     pub storage_reads: Gauge,
     pub replicate_calls: Gauge,
+    /// Time spent in each stage of the append path: `replicate` (records to durable storage),
+    /// `metalog_commit` (a metalog entry made durable).
+    pub stage_latency_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
@@ -73,6 +81,7 @@ impl Metrics {
             metalog_position: Gauge::default(),
             storage_reads: Gauge::default(),
             replicate_calls: Gauge::default(),
+            stage_latency_seconds: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -145,6 +154,11 @@ impl Metrics {
             "Batches handed to storage",
             m.replicate_calls.clone(),
         );
+        registry.register(
+            "stage_latency_seconds",
+            "Latency of each stage of the append path",
+            m.stage_latency_seconds.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -165,6 +179,12 @@ impl Metrics {
         self.log_latency_seconds
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn observe_stage(&self, stage: &'static str, latency: Duration) {
+        self.stage_latency_seconds
+            .get_or_create(&StageLabels { stage })
+            .observe(latency.as_secs_f64());
     }
 
     pub fn observe_invocation(&self, function: &str, succeeded: bool, latency: Duration) {

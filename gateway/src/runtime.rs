@@ -8,6 +8,7 @@
 //! wires a `Shard` (in-process on one node, gRPC in a cluster) and feeds metalog entries.
 
 use crate::engine::{Command, EngineConfig, LogEngine, OpId, ReadPlan, Reply};
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use logbook::wire::{LocalId, LogRecord, MetalogEntry, RecordKind};
@@ -90,11 +91,17 @@ pub struct GatewayLog {
     shard: Arc<dyn Shard>,
     started: Instant,
     stats: Mutex<RuntimeStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl GatewayLog {
     /// Starts the runtime: a replication task and a ticker, both ending when the log is dropped.
-    pub fn start(config: EngineConfig, shard: Arc<dyn Shard>, restore: Restore) -> Arc<GatewayLog> {
+    pub fn start(
+        config: EngineConfig,
+        shard: Arc<dyn Shard>,
+        restore: Restore,
+        metrics: Arc<Metrics>,
+    ) -> Arc<GatewayLog> {
         let mut engine = LogEngine::new(config);
         engine.restore(
             restore.checkpoint.as_ref(),
@@ -112,6 +119,7 @@ impl GatewayLog {
             shard,
             started: Instant::now(),
             stats: Mutex::new(RuntimeStats::default()),
+            metrics,
         });
         tokio::spawn(replicate_loop(Arc::downgrade(&log), replicate_rx));
         tokio::spawn(tick_loop(Arc::downgrade(&log)));
@@ -227,7 +235,9 @@ async fn replicate_loop(
         }
         let Some(log) = log.upgrade() else { return };
         let count = records.len() as u64;
+        let started = Instant::now();
         let result = log.shard.replicate(first, records).await;
+        log.metrics.observe_stage("replicate", started.elapsed());
         {
             let mut stats = log.stats.lock().expect("stats lock");
             stats.replicate_calls += 1;

@@ -225,7 +225,8 @@ impl Store {
             index.clone(),
             stats.clone(),
         )?;
-        let (tx, rx) = sync_channel(INFLIGHT_REQUESTS_MAX + 1);
+        // Room for the permitted requests, the metalog entry in flight, and a shutdown.
+        let (tx, rx) = sync_channel(INFLIGHT_REQUESTS_MAX + 2);
         let thread = std::thread::Builder::new()
             .name("storage-io".into())
             .spawn(move || writer.run(rx))
@@ -264,12 +265,28 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Persists a metalog entry (it orders records already stored). Resolves once durable.
-    /// Entries must come in position order without gaps.
-    pub async fn append_metalog(&self, entry: MetalogEntry) -> Result<(), StoreError> {
+    /// Persists a metalog entry (it orders records already stored); the returned future
+    /// resolves once it is durable. The entry is queued before this returns, so requests made
+    /// after the call are written after it, usually in the same group commit. Entries must come
+    /// in position order without gaps, one at a time: a metalog entry takes no in-flight
+    /// permit, the channel keeps a slot for it.
+    pub fn append_metalog(
+        &self,
+        entry: MetalogEntry,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        self.submit(Op::Metalog { entry, reply }).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let queued = if self.inner.closed.load(Ordering::SeqCst) {
+            Err(StoreError::Closed)
+        } else {
+            self.enqueue(Request {
+                op: Op::Metalog { entry, reply },
+                permit: None,
+            })
+        };
+        async move {
+            queued?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     /// The ordered record at `seqnum`: None if no such ordered record is stored here, or it
@@ -374,10 +391,14 @@ impl Store {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Closed)?;
-        match self.inner.tx.try_send(Request {
+        self.enqueue(Request {
             op,
             permit: Some(permit),
-        }) {
+        })
+    }
+
+    fn enqueue(&self, request: Request) -> Result<(), StoreError> {
+        match self.inner.tx.try_send(request) {
             Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
             Err(TrySendError::Full(_)) => Err(StoreError::Io {

@@ -434,11 +434,39 @@ impl Writer {
             self.effects.clear();
             return Err(e.clone());
         }
-        self.write_buf()?;
+        if self.durability == Durability::Fsync && !self.buf.is_empty() {
+            self.write_buf_synced()?;
+        } else {
+            self.write_buf()?;
+        }
         if self.dirty && (self.durability == Durability::Fsync || self.dir_dirty) {
             self.sync_active()?;
         }
         self.publish();
+        Ok(())
+    }
+
+    /// Writes the buffer and fdatasyncs the active segment in one linked submission.
+    fn write_buf_synced(&mut self) -> Result<(), StoreError> {
+        let fd = self.active.file.as_raw_fd();
+        let result = self
+            .ring
+            .write_all_at_and_fdatasync(fd, &self.buf, self.active.written);
+        if let Err(e) = result {
+            let err = StoreError::io(format!("write and sync segment {}", self.active.number), &e);
+            self.failed = Some(err.clone());
+            return Err(err);
+        }
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_written
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        self.active.written += self.buf.len() as u64;
+        self.buf.clear();
+        // Synced, unless a segment was created: its directory entry still needs a sync.
+        self.dirty = self.dir_dirty;
+        self.last_sync = Instant::now();
         Ok(())
     }
 
