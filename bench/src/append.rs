@@ -520,7 +520,9 @@ fn describe_request_error(addr: &str, error: &reqwest::Error) -> String {
     }
 }
 
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+/// The innermost cause of an error chain in words, naming refused and reset connections
+/// plainly.
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut source = Some(error);
     let mut last = error.to_string();
     while let Some(e) = source {

@@ -289,7 +289,7 @@ impl Client {
         if error.is_timeout() {
             return anyhow::anyhow!("request to {addr} timed out");
         }
-        let cause = root_cause(error);
+        let cause = bench::root_cause(error);
         if error.is_connect() {
             anyhow::anyhow!("cannot connect to {addr}: {cause} (is `tally up` running?)")
         } else {
@@ -319,23 +319,6 @@ fn server_error(status: reqwest::StatusCode, body: &[u8]) -> ServerError {
 fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_SNIPPET_BYTES_MAX)]);
     text.trim().to_string()
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut source = Some(error);
-    let mut last = error.to_string();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-                std::io::ErrorKind::ConnectionReset => "connection reset".to_string(),
-                _ => io.to_string(),
-            };
-        }
-        last = e.to_string();
-        source = e.source();
-    }
-    last
 }
 
 impl RecordOut {

@@ -13,9 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use logbook::wire::{LocalId, LogRecord, MetalogEntry, RecordKind};
 use logbook::{
-    validate_append, validate_aux, validate_batch, validate_cond, validate_range, validate_timeout,
-    AppendRequest, BookId, Cond, IndexCheckpoint, LogBook, LogError, ReadRange, Record, Seqnum,
-    Tag, ViewId,
+    validate_range, validate_timeout, AppendRequest, BookId, Cond, IndexCheckpoint, LogBook,
+    LogError, ReadRange, Record, Seqnum, Tag, ViewId,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -280,9 +279,8 @@ async fn tick_loop(log: std::sync::Weak<GatewayLog>) {
 #[async_trait]
 impl LogBook for GatewayLog {
     async fn append(&self, book: BookId, tags: &[Tag], data: Bytes) -> Result<Seqnum, LogError> {
-        let tags = validate_append(tags, &data)?;
         let seqnums = self
-            .submit(book, vec![(tags, RecordKind::Data, data)])
+            .submit(book, vec![(tags.to_vec(), RecordKind::Data, data)])
             .await?;
         Ok(seqnums[0])
     }
@@ -294,10 +292,8 @@ impl LogBook for GatewayLog {
         data: Bytes,
         cond: Cond,
     ) -> Result<Seqnum, LogError> {
-        let tags = validate_append(tags, &data)?;
-        validate_cond(&tags, cond)?;
         let seqnums = self
-            .submit(book, vec![(tags, RecordKind::Cond(cond), data)])
+            .submit(book, vec![(tags.to_vec(), RecordKind::Cond(cond), data)])
             .await?;
         Ok(seqnums[0])
     }
@@ -307,11 +303,10 @@ impl LogBook for GatewayLog {
         book: BookId,
         records: Vec<AppendRequest>,
     ) -> Result<Vec<Seqnum>, LogError> {
-        validate_batch(&records)?;
         let records = records
             .into_iter()
-            .map(|r| Ok((validate_append(&r.tags, &r.data)?, RecordKind::Data, r.data)))
-            .collect::<Result<Vec<_>, LogError>>()?;
+            .map(|r| (r.tags, RecordKind::Data, r.data))
+            .collect();
         self.submit(book, records).await
     }
 
@@ -377,14 +372,10 @@ impl LogBook for GatewayLog {
     }
 
     async fn set_aux_data(&self, book: BookId, seqnum: Seqnum, aux: Bytes) -> Result<(), LogError> {
-        validate_aux(&aux)?;
         self.lock().engine.set_aux_data(book, seqnum, aux)
     }
 
     async fn trim(&self, book: BookId, tag: Tag, below: Seqnum) -> Result<(), LogError> {
-        if tag == Tag::RESERVED {
-            return Err(LogError::BadArgument("tag u64::MAX is reserved".into()));
-        }
         self.submit(
             book,
             vec![(Vec::new(), RecordKind::Trim { tag, below }, Bytes::new())],
