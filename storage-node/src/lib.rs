@@ -158,6 +158,38 @@ struct Inner {
     stats: Arc<Stats>,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Held until shutdown: one store per data dir.
+    lock: Mutex<Option<std::fs::File>>,
+}
+
+/// The lock file that keeps a second store (in this or another process) off a data dir.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Takes an exclusive `flock` on the data dir's lock file, released when the file closes
+/// (also when the process dies).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(format!("open {}", path.display()), &e))?;
+    // SAFETY: flock(2) on a file descriptor this function owns.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(StoreError::Io {
+            message: format!("{} is in use by another running store ({e})", dir.display()),
+            errno: e.raw_os_error(),
+        });
+    }
+    Ok(file)
 }
 
 impl Drop for Inner {
@@ -187,6 +219,8 @@ impl Inner {
                 tracing::error!("storage IO thread panicked");
             }
         }
+        // The files are quiet now: another store may open the dir.
+        self.lock.lock().expect("lock file mutex poisoned").take();
     }
 }
 
@@ -206,6 +240,7 @@ impl Store {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StoreError::io(format!("create {}", config.data_dir.display()), &e))?;
+        let lock = lock_dir(&config.data_dir)?;
         let ring = uring::Uring::new().map_err(|e| StoreError::Io {
             message: format!(
                 "io_uring is not usable on this kernel ({e}); the storage node requires it \
@@ -239,6 +274,7 @@ impl Store {
                 stats,
                 closed: AtomicBool::new(false),
                 thread: Mutex::new(Some(thread)),
+                lock: Mutex::new(Some(lock)),
             }),
         };
         Ok((store, recovered.recovery))

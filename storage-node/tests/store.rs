@@ -618,3 +618,15 @@ async fn oversized_records_and_bad_configs_are_refused() {
     assert_eq!(got.record, max);
     store.shutdown();
 }
+
+#[test]
+fn a_second_store_on_the_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let second = Store::open(StoreConfig::new(dir.path()));
+    let err = second.err().expect("the dir is locked");
+    assert!(err.to_string().contains("in use"), "{err}");
+    first.shutdown();
+    drop(first);
+    Store::open(StoreConfig::new(dir.path())).expect("the lock goes with the store");
+}

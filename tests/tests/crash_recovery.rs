@@ -150,3 +150,32 @@ fn clean_restart_keeps_every_record() {
     let records: Vec<(u64, Vec<u8>)> = read_book(&tally).into_iter().collect();
     assert_eq!(records, appended);
 }
+
+#[test]
+fn a_second_tally_up_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Tally::up(dir.path(), &[]).unwrap();
+    let mut second = Command::new(tally_bin())
+        .args(["up", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(30), || {
+        status = second.try_wait().unwrap();
+        status.is_some()
+    });
+    if exited.is_err() {
+        second.kill().unwrap();
+        panic!("a second tally up on the same data dir kept running");
+    }
+    assert!(!status.unwrap().success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("in use by another running store"),
+        "{stderr}"
+    );
+}
