@@ -78,7 +78,6 @@ enum SequencerMsg {
     /// Replication waits for that answer, so the next records and the entry that orders the
     /// previous ones reach the store together and share one group commit.
     Progress(ShardProgress, oneshot::Sender<()>),
-    NewView(ViewId),
 }
 
 /// The gateway's shard on one node: the local store.
@@ -116,10 +115,6 @@ impl Shard for LocalShard {
             data: stored.record.data,
             aux: None,
         }))
-    }
-
-    async fn seal(&self, next: ViewId) {
-        let _ = self.sequencer.send(SequencerMsg::NewView(next)).await;
     }
 
     async fn reclaim(&self, checkpoint: IndexCheckpoint) -> Result<(), LogError> {
@@ -282,21 +277,6 @@ impl SequencerTask {
                         self.engine.on_progress(p);
                         taken.push(sender);
                     }
-                    Some(SequencerMsg::NewView(view)) => {
-                        if let Some(mut done) = in_flight.take() {
-                            let result = done.commit.as_mut().await;
-                            if !self.apply(done, result) {
-                                return;
-                            }
-                        }
-                        match sequencer_engine(view, self.engine.next_position()) {
-                            Ok(e) => self.engine = e,
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot start the next view");
-                                return;
-                            }
-                        }
-                    }
                 },
                 _ = tokio::time::sleep_until(next_cut), if wait_for_cut => {}
             }
@@ -307,18 +287,19 @@ impl SequencerTask {
     fn apply(&mut self, done: InFlight, result: Result<(), StoreError>) -> bool {
         // A metalog entry that cannot be made durable must never be applied. The store refuses
         // writes after a failed write or sync (a failed fsync cannot be retried safely), so the
-        // sequencer stops: appends are no longer acknowledged until a restart recovers the
-        // files.
-        match result {
-            Ok(()) => self
-                .metrics
-                .observe_stage("metalog_commit", done.started.elapsed()),
-            Err(StoreError::Closed) => return false,
-            Err(e) => {
+        // sequencer stops and the gateway fails its pending appends (their records may be
+        // stored, but they will never be ordered: a restart starts a new view).
+        if let Err(e) = result {
+            if !matches!(e, StoreError::Closed) {
                 tracing::error!(error = %e, position = done.entry.position, "persisting a metalog entry failed; ordering stops until restart");
-                return false;
             }
+            if let Some(log) = self.log.upgrade() {
+                log.fail(e.into());
+            }
+            return false;
         }
+        self.metrics
+            .observe_stage("metalog_commit", done.started.elapsed());
         let Some(log) = self.log.upgrade() else {
             return false;
         };

@@ -193,6 +193,8 @@ pub struct LogEngine {
     index_data_ignored: u64,
     /// The index forgot the records below this: their segments may be reclaimed.
     reclaimed_below: Seqnum,
+    /// Set when the shard can no longer store records: every append gets this error.
+    failed: Option<LogError>,
 }
 
 impl LogEngine {
@@ -217,6 +219,7 @@ impl LogEngine {
             metalog_entries_ignored: 0,
             index_data_ignored: 0,
             reclaimed_below: Seqnum::ZERO,
+            failed: None,
         }
     }
 
@@ -258,7 +261,11 @@ impl LogEngine {
             !self.ops.contains_key(&op),
             "op {op} is already a pending append"
         );
-        let records = match self.validate(book, records) {
+        let validated = match &self.failed {
+            Some(error) => Err(error.clone()),
+            None => self.validate(book, records),
+        };
+        let records = match validated {
             Ok(records) => records,
             Err(error) => {
                 return vec![Command::Reply {
@@ -720,6 +727,37 @@ impl LogEngine {
             .collect()
     }
 
+    /// The shard can no longer store records (a write or sync failed, or the metalog can no
+    /// longer be made durable). Fails with `error` every pending op that has a record at or
+    /// after `from` (every pending op when `from` is `None`), and every later append. Ops
+    /// whose records all precede `from` stay pending: they are stored, and a metalog entry may
+    /// still order them. Records of failed ops that were stored are kept like discarded ones,
+    /// so an entry that orders them anyway indexes them as every replica would.
+    pub fn fail(&mut self, from: Option<LocalId>, error: LogError) -> Vec<Command> {
+        self.failed = Some(error.clone());
+        let failing: BTreeSet<OpId> = self
+            .pending
+            .range(from.unwrap_or(LocalId(0))..)
+            .map(|(_, p)| p.op)
+            .collect();
+        let pending = std::mem::take(&mut self.pending);
+        for (id, p) in pending {
+            if !failing.contains(&p.op) {
+                self.pending.insert(id, p);
+            } else if from.is_none_or(|from| id < from) {
+                self.discarded.insert(id, p.record);
+            }
+        }
+        failing
+            .into_iter()
+            .filter(|op| self.ops.remove(op).is_some())
+            .map(|op| Command::Reply {
+                op,
+                result: Reply::Err(error.clone()),
+            })
+            .collect()
+    }
+
     /// The view appends are made in.
     pub fn view(&self) -> ViewId {
         self.view
@@ -730,18 +768,25 @@ impl LogEngine {
         self.metalog_position
     }
 
-    /// When trims have made a longer prefix of the log invisible than last time: a summary
-    /// of that prefix for the storage node (which may then delete segments holding only
-    /// records below it), after which the index forgets the prefix's seqnums.
-    pub fn take_reclaim_checkpoint(&mut self) -> Option<IndexCheckpoint> {
+    /// When trims have made a longer prefix of the log invisible than last reclaimed: a
+    /// summary of that prefix for the storage node, which may then delete the segments holding
+    /// only records below it. Call `reclaimed` once the storage node has kept it.
+    pub fn reclaim_checkpoint(&self) -> Option<IndexCheckpoint> {
         let below = self.index.reclaimable_below();
         if below <= self.reclaimed_below {
             return None;
         }
-        let checkpoint = self.index.checkpoint(below);
-        self.index.compact(below);
-        self.reclaimed_below = below;
-        Some(checkpoint)
+        Some(self.index.checkpoint(below))
+    }
+
+    /// The storage node kept `checkpoint` and reclaimed below it: the index forgets the
+    /// seqnums below it.
+    pub fn reclaimed(&mut self, checkpoint: &IndexCheckpoint) {
+        if checkpoint.below <= self.reclaimed_below {
+            return;
+        }
+        self.index.compact(checkpoint.below);
+        self.reclaimed_below = checkpoint.below;
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use logbook::wire::{LocalId, LogRecord, MetalogEntry, RecordKind};
 use logbook::{
     validate_range, validate_timeout, AppendRequest, BookId, Cond, IndexCheckpoint, LogBook,
-    LogError, ReadRange, Record, Seqnum, Tag, ViewId,
+    LogError, ReadRange, Record, Seqnum, Tag,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,9 +34,6 @@ pub trait Shard: Send + Sync + 'static {
     async fn replicate(&self, first: LocalId, records: Vec<LogRecord>) -> Result<(), LogError>;
     /// Reads the ordered record at `seqnum` from a replica.
     async fn read_at(&self, seqnum: Seqnum) -> Result<Option<Record>, LogError>;
-    /// The gateway sealed its view after a replication failure and starts `next`; the
-    /// ordering side must follow.
-    async fn seal(&self, next: ViewId);
     /// Trims made every record below `checkpoint.below` invisible: the storage replicas may
     /// delete the segments that hold only such records, keeping the checkpoint for recovery.
     async fn reclaim(&self, checkpoint: IndexCheckpoint) -> Result<(), LogError>;
@@ -91,6 +88,7 @@ pub struct GatewayLog {
     started: Instant,
     stats: Mutex<RuntimeStats>,
     metrics: Arc<Metrics>,
+    reclaiming: tokio::sync::Mutex<()>,
 }
 
 impl GatewayLog {
@@ -119,6 +117,7 @@ impl GatewayLog {
             started: Instant::now(),
             stats: Mutex::new(RuntimeStats::default()),
             metrics,
+            reclaiming: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(replicate_loop(Arc::downgrade(&log), replicate_rx));
         tokio::spawn(tick_loop(Arc::downgrade(&log)));
@@ -133,6 +132,14 @@ impl GatewayLog {
 
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
+    }
+
+    /// The ordering side can no longer make metalog entries durable: every pending append
+    /// and every later one fails with `cause`.
+    pub fn fail(&self, cause: LogError) {
+        let mut inner = self.lock();
+        let commands = inner.engine.fail(None, stopped(cause));
+        inner.execute(commands);
     }
 
     /// A committed metalog entry, in position order.
@@ -243,24 +250,22 @@ async fn replicate_loop(
             stats.replicated_records += count;
         }
         if let Err(e) = result {
-            if first.view() < log.lock().engine.view() {
-                // A batch of a view already sealed: its appends were discarded with the view.
-                continue;
-            }
-            tracing::error!(error = %e, "replication failed; sealing the view and discarding pending appends");
-            let next = {
-                let mut inner = log.lock();
-                let next = ViewId(inner.engine.view().0 + 1);
-                let commands = inner.engine.seal(next);
-                inner.execute(commands);
-                // Everything queued behind the failed batch belongs to the sealed view.
-                carried = None;
-                while rx.try_recv().is_ok() {}
-                next
-            };
-            log.shard.seal(next).await;
+            tracing::error!(error = %e, "replication failed; the log stops accepting appends");
+            let mut inner = log.lock();
+            let commands = inner.engine.fail(Some(first), stopped(e));
+            inner.execute(commands);
+            // Everything queued behind the failed batch belongs to failed ops.
+            carried = None;
+            while rx.try_recv().is_ok() {}
         }
     }
+}
+
+/// The error appends get once the shard can no longer store records.
+fn stopped(cause: LogError) -> LogError {
+    LogError::Io(format!(
+        "the log stopped accepting appends after a storage failure ({cause}); restart to recover"
+    ))
 }
 
 async fn tick_loop(log: std::sync::Weak<GatewayLog>) {
@@ -382,11 +387,14 @@ impl LogBook for GatewayLog {
         )
         .await?;
         if tag == Tag::ANY {
-            let checkpoint = self.lock().engine.take_reclaim_checkpoint();
+            // One reclaim at a time, so checkpoints reach storage in increasing order.
+            let _reclaiming = self.reclaiming.lock().await;
+            let checkpoint = self.lock().engine.reclaim_checkpoint();
             if let Some(checkpoint) = checkpoint {
                 // The trim holds whether or not space comes back now; a later trim retries.
-                if let Err(e) = self.shard.reclaim(checkpoint).await {
-                    tracing::warn!(error = %e, "reclaiming trimmed segments failed");
+                match self.shard.reclaim(checkpoint.clone()).await {
+                    Ok(()) => self.lock().engine.reclaimed(&checkpoint),
+                    Err(e) => tracing::warn!(error = %e, "reclaiming trimmed segments failed"),
                 }
             }
         }

@@ -134,7 +134,14 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
                             if let Some(e) = &c.last_metalog {
                                 index.note_last_metalog(e);
                             }
-                            recovery.checkpoint = Some((c.below, c.data));
+                            // The newest checkpoint summarises the most; never step back.
+                            if recovery
+                                .checkpoint
+                                .as_ref()
+                                .is_none_or(|(b, _)| c.below > *b)
+                            {
+                                recovery.checkpoint = Some((c.below, c.data));
+                            }
                         }
                     }
                     offset += len;

@@ -494,6 +494,18 @@ impl Writer {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
+        let newest = self
+            .index
+            .read()
+            .expect("index lock poisoned")
+            .checkpoint
+            .as_ref()
+            .map(|c| c.0);
+        if newest.is_some_and(|newest| below <= newest) {
+            // A checkpoint at or below the newest one summarises less: keeping it would make
+            // recovery forget records whose segments are already gone.
+            return Ok(Reclaimed::default());
+        }
         let start = self.buf.len();
         let len =
             codec::encode_checkpoint(below, checkpoint, self.last_metalog.as_ref(), &mut self.buf);

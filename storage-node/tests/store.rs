@@ -630,3 +630,40 @@ fn a_second_store_on_the_same_dir_is_refused() {
     drop(first);
     Store::open(StoreConfig::new(dir.path())).expect("the lock goes with the store");
 }
+
+#[tokio::test]
+async fn a_lower_checkpoint_after_a_higher_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_bytes_max = 4096;
+    let (store, _) = open(cfg.clone());
+    let records: Vec<LogRecord> = (0..100).map(|i| record(1, &"x".repeat(200 + i))).collect();
+    for (i, r) in records.into_iter().enumerate() {
+        store
+            .append_records(ShardId(0), id(1, i as u64), vec![r])
+            .await
+            .unwrap();
+        store
+            .append_metalog(entry(i as u64, 1, i as u64, &[(0, i as u64, 1)]))
+            .await
+            .unwrap();
+    }
+    let high = store
+        .reclaim(seq(1, 80), Bytes::from_static(b"high"))
+        .await
+        .unwrap();
+    assert!(high.segments > 0);
+    let low = store
+        .reclaim(seq(1, 20), Bytes::from_static(b"low"))
+        .await
+        .unwrap();
+    assert_eq!(low.segments, 0);
+    store.shutdown();
+    drop(store);
+    let (_store, recovery) = open(cfg);
+    assert_eq!(
+        recovery.checkpoint,
+        Some((seq(1, 80), Bytes::from_static(b"high")))
+    );
+    assert_eq!(recovery.ordered.first().map(|e| e.seqnum), Some(seq(1, 80)));
+}

@@ -857,3 +857,34 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_storage_failure_fails_ops_from_the_failed_record_and_every_later_append() {
+    let mut engine = engine();
+    append_ok(&mut engine, 1, vec![data(&[1], "stored")]);
+    append_ok(
+        &mut engine,
+        2,
+        vec![data(&[1], "lost"), data(&[1], "lost too")],
+    );
+    append_ok(&mut engine, 3, vec![data(&[1], "queued")]);
+    let error = LogError::Io("disk full".into());
+    let failed_from = LocalId::new(engine.view(), 1);
+    assert_eq!(
+        engine.fail(Some(failed_from), error.clone()),
+        vec![
+            reply(2, Reply::Err(error.clone())),
+            reply(3, Reply::Err(error.clone()))
+        ]
+    );
+    assert_eq!(
+        engine.append(4, BOOK, vec![data(&[1], "later")]),
+        vec![reply(4, Reply::Err(error.clone()))]
+    );
+    // The stored record may still be ordered, and is acknowledged then.
+    assert_eq!(
+        engine.on_metalog(&entry(0, 0, &[(OWN, 0, 1)])),
+        vec![appended(1, &[s(0)])]
+    );
+    assert_eq!(engine.fail(None, error), vec![], "nothing is left pending");
+}
