@@ -16,6 +16,8 @@ use tokio::sync::watch;
 
 /// Finished invocations kept for `GET /invocations/{id}` and idempotency keys, at most.
 pub const INVOCATIONS_MAX: usize = 100_000;
+/// Bytes of output the kept invocations may hold, at most.
+pub const INVOCATION_OUTPUT_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Longest a function name may be, in bytes.
 pub const FUNCTION_NAME_BYTES_MAX: usize = 128;
 
@@ -230,12 +232,30 @@ fn now_ms() -> u64 {
 #[derive(Default)]
 struct Table {
     invocations: HashMap<String, watch::Sender<Invocation>>,
-    by_key: HashMap<String, String>,
+    /// Idempotency key to (invocation id, hash of the input it was called with).
+    by_key: HashMap<String, (String, u64)>,
     /// The idempotency key each keyed invocation was started with.
     key_of: HashMap<String, String>,
     /// Ids in creation order, for evicting the oldest finished invocations.
     order: VecDeque<String>,
+    /// Output bytes held by finished invocations.
+    output_bytes: usize,
     next_id: u64,
+}
+
+fn output_len(inv: &Invocation) -> usize {
+    match &inv.output {
+        Some(Ok(output)) => output.len(),
+        Some(Err(e)) => e.message.len(),
+        None => 0,
+    }
+}
+
+fn input_hash(input: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    input.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Why an invocation could not start.
@@ -243,6 +263,8 @@ struct Table {
 pub enum InvokeError {
     #[error("no function named {0:?}")]
     UnknownFunction(String),
+    #[error("idempotency key {0:?} was used with another input")]
+    KeyReused(String),
 }
 
 /// Runs functions and keeps their invocations.
@@ -296,13 +318,22 @@ impl Dispatcher {
             .ok_or_else(|| InvokeError::UnknownFunction(function.into()))?;
         let mut table = self.table();
         let scoped_key = idempotency_key.map(|k| format!("{function}\u{0}{}\u{0}{k}", book.0));
+        let hash = input_hash(&input);
         if let Some(key) = &scoped_key {
-            if let Some(existing) = table
-                .by_key
-                .get(key)
-                .and_then(|id| table.invocations.get(id))
-            {
-                return Ok(existing.subscribe());
+            if let Some((id, known_hash)) = table.by_key.get(key) {
+                if *known_hash != hash {
+                    return Err(InvokeError::KeyReused(
+                        idempotency_key.unwrap_or_default().to_string(),
+                    ));
+                }
+                let existing = table
+                    .invocations
+                    .get(id)
+                    .expect("keyed invocations are kept");
+                // A failed call may be retried under its key; any other is answered again.
+                if existing.borrow().status != Status::Failed {
+                    return Ok(existing.subscribe());
+                }
             }
         }
         table.next_id += 1;
@@ -320,7 +351,9 @@ impl Dispatcher {
         let (tx, rx) = watch::channel(invocation);
         table.invocations.insert(id.clone(), tx);
         if let Some(key) = scoped_key {
-            table.by_key.insert(key.clone(), id.clone());
+            if let Some((replaced, _)) = table.by_key.insert(key.clone(), (id.clone(), hash)) {
+                table.key_of.remove(&replaced);
+            }
             table.key_of.insert(id.clone(), key);
         }
         table.order.push_back(id.clone());
@@ -343,15 +376,24 @@ impl Dispatcher {
             dispatcher
                 .metrics
                 .observe_invocation(&function, result.is_ok(), started.elapsed());
-            dispatcher.update(&id, |inv| {
-                inv.status = if result.is_ok() {
-                    Status::Succeeded
-                } else {
-                    Status::Failed
-                };
-                inv.finished_at_ms = Some(now_ms());
-                inv.output = Some(result);
+            let mut table = dispatcher.table();
+            let finished = table.invocations.get(&id).map(|tx| {
+                tx.send_modify(|inv| {
+                    inv.status = if result.is_ok() {
+                        Status::Succeeded
+                    } else {
+                        Status::Failed
+                    };
+                    inv.finished_at_ms = Some(now_ms());
+                    inv.output = Some(result);
+                });
+                let bytes = output_len(&tx.borrow());
+                bytes
             });
+            if let Some(bytes) = finished {
+                table.output_bytes += bytes;
+                dispatcher.evict(&mut table);
+            }
         });
         Ok(rx)
     }
@@ -362,25 +404,33 @@ impl Dispatcher {
         }
     }
 
-    /// Drops the oldest finished invocations beyond the limit.
+    /// Drops the oldest finished invocations while the table is over its count or byte
+    /// limit. Running ones stay, wherever they are in the order.
     fn evict(&self, table: &mut Table) {
-        while table.order.len() > INVOCATIONS_MAX {
+        let mut running = Vec::new();
+        while table.order.len() > INVOCATIONS_MAX
+            || table.output_bytes > INVOCATION_OUTPUT_BYTES_MAX
+        {
             let Some(oldest) = table.order.pop_front() else {
                 break;
             };
-            let finished = table
-                .invocations
-                .get(&oldest)
-                .is_some_and(|tx| tx.borrow().finished_at_ms.is_some());
-            if !finished {
-                // Still running: keep it, and stop evicting; the table is briefly over the limit.
-                table.order.push_front(oldest);
-                break;
+            let Some(tx) = table.invocations.get(&oldest) else {
+                continue;
+            };
+            if tx.borrow().finished_at_ms.is_none() {
+                running.push(oldest);
+                continue;
             }
+            table.output_bytes -= output_len(&tx.borrow());
             table.invocations.remove(&oldest);
             if let Some(key) = table.key_of.remove(&oldest) {
-                table.by_key.remove(&key);
+                if table.by_key.get(&key).is_some_and(|(id, _)| *id == oldest) {
+                    table.by_key.remove(&key);
+                }
             }
+        }
+        for id in running.into_iter().rev() {
+            table.order.push_front(id);
         }
     }
 
@@ -400,5 +450,56 @@ impl Dispatcher {
         // The sender is gone only if the invocation was evicted once finished.
         let last = rx.borrow().clone();
         last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn dispatcher(registry: Registry) -> Arc<Dispatcher> {
+        let log: Arc<dyn LogBook> = Arc::new(logbook::memory::MemoryLogBook::new());
+        Dispatcher::new(registry, log, crate::metrics::Metrics::new())
+    }
+
+    #[tokio::test]
+    async fn a_failed_keyed_call_runs_again_when_retried() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut registry = Registry::new();
+        let counter = calls.clone();
+        registry.register("flaky", move |_ctx, input| {
+            let attempt = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match attempt {
+                    0 => Err(FunctionError::new("first attempt fails")),
+                    _ => Ok(input),
+                }
+            }
+        });
+        let d = dispatcher(registry);
+        let call = || d.start("flaky", BookId(0), Bytes::from_static(b"x"), Some("k"));
+        let first = Dispatcher::wait(call().unwrap()).await;
+        assert_eq!(first.status, Status::Failed);
+        let second = Dispatcher::wait(call().unwrap()).await;
+        assert_eq!(second.status, Status::Succeeded);
+        let third = Dispatcher::wait(call().unwrap()).await;
+        assert_eq!(third.id, second.id, "a success is answered again");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_key_reused_with_another_input_is_refused() {
+        let mut registry = Registry::new();
+        registry.register("echo", |_ctx, input| async move { Ok(input) });
+        let d = dispatcher(registry);
+        let first = d
+            .start("echo", BookId(0), Bytes::from_static(b"a"), Some("k"))
+            .unwrap();
+        Dispatcher::wait(first).await;
+        let other = d.start("echo", BookId(0), Bytes::from_static(b"b"), Some("k"));
+        assert!(matches!(other, Err(InvokeError::KeyReused(_))));
+        let other_book = d.start("echo", BookId(1), Bytes::from_static(b"b"), Some("k"));
+        assert!(other_book.is_ok(), "keys are scoped by book");
     }
 }

@@ -155,6 +155,11 @@ fn start(
         .dispatcher
         .start(name, book, input, key.as_deref())
         .map_err(|e| match e {
+            InvokeError::KeyReused(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                e.to_string(),
+            ),
             InvokeError::UnknownFunction(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_function", e.to_string())
             }
@@ -328,7 +333,10 @@ async fn log_records(
     };
     let records = state.log.read_range(book, tag, range).await?;
     let next = records.last().map(|r| r.seqnum.0 + 1);
-    let more = records.len() == limit;
+    // Full by count, or possibly cut by the byte budget: there may be more.
+    let bytes: usize = records.iter().map(|r| r.data.len()).sum();
+    let more =
+        records.len() == limit || bytes + logbook::RECORD_BYTES_MAX > logbook::READ_RANGE_BYTES_MAX;
     Ok(Json(json!({
         "records": records.iter().map(record_json).collect::<Vec<_>>(),
         "next": if more { next } else { None },

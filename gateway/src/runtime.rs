@@ -14,7 +14,7 @@ use bytes::Bytes;
 use logbook::wire::{LocalId, LogRecord, MetalogEntry, RecordKind};
 use logbook::{
     validate_range, validate_timeout, AppendRequest, BookId, Cond, IndexCheckpoint, LogBook,
-    LogError, ReadRange, Record, Seqnum, Tag,
+    LogError, ReadBudget, ReadRange, Record, Seqnum, Tag,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -413,9 +413,11 @@ impl LogBook for GatewayLog {
             .engine
             .read_range(book, tag, range.from, range.to, range.limit);
         let mut records = Vec::with_capacity(plans.len());
+        let mut budget = ReadBudget::default();
         for plan in plans {
             match self.resolve(plan).await {
-                Ok(Some(record)) => records.push(record),
+                Ok(Some(record)) if budget.admit(record.data.len()) => records.push(record),
+                Ok(Some(_)) => break,
                 Ok(None) => {}
                 // Trimmed between planning and fetching: the range simply starts later.
                 Err(LogError::Trimmed(_)) => {}

@@ -81,7 +81,9 @@ pub trait LogBook: Send + Sync {
     /// Trims only move forward; a lower trim point than an earlier one changes nothing.
     async fn trim(&self, book: BookId, tag: Tag, below: Seqnum) -> Result<(), LogError>;
 
-    /// The records with `tag` in `range`, in seqnum order.
+    /// The records with `tag` in `range`, in seqnum order: at most `range.limit` records and,
+    /// past the first, at most `READ_RANGE_BYTES_MAX` bytes of data. Continue from the last
+    /// seqnum plus one for more.
     async fn read_range(
         &self,
         book: BookId,
@@ -165,6 +167,25 @@ pub fn validate_range(range: ReadRange) -> Result<(), LogError> {
         )));
     }
     Ok(())
+}
+
+/// Counts a range read's records against `READ_RANGE_BYTES_MAX`.
+#[derive(Debug, Default)]
+pub struct ReadBudget {
+    bytes: usize,
+    records: usize,
+}
+
+impl ReadBudget {
+    /// Whether a record of `data_bytes` still fits; the first always does.
+    pub fn admit(&mut self, data_bytes: usize) -> bool {
+        if self.records > 0 && self.bytes + data_bytes > crate::READ_RANGE_BYTES_MAX {
+            return false;
+        }
+        self.bytes += data_bytes;
+        self.records += 1;
+        true
+    }
 }
 
 /// Checks a blocking read's timeout.

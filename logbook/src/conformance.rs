@@ -472,6 +472,46 @@ pub async fn read_range_is_half_open_and_limited(log: &dyn LogBook) {
     assert_eq!(got.len(), 2);
 }
 
+/// A range read stops before its byte budget runs out, and continues where it stopped.
+pub async fn read_range_stops_at_its_byte_budget(log: &dyn LogBook) {
+    let record = Bytes::from(vec![3u8; RECORD_BYTES_MAX]);
+    let count = crate::READ_RANGE_BYTES_MAX / RECORD_BYTES_MAX + 4;
+    let mut appended = Vec::new();
+    for _ in 0..count {
+        appended.push(
+            log.append(B, &[Tag(96)], record.clone())
+                .await
+                .expect("append"),
+        );
+    }
+    let mut read = Vec::new();
+    let mut from = Seqnum::ZERO;
+    loop {
+        let page = log
+            .read_range(
+                B,
+                Tag(96),
+                ReadRange {
+                    from,
+                    to: Seqnum::MAX,
+                    limit: 1000,
+                },
+            )
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(
+            page.len() < count,
+            "one page holds {} records of 1 MiB",
+            page.len()
+        );
+        assert!(page.iter().map(|r| r.data.len()).sum::<usize>() <= crate::READ_RANGE_BYTES_MAX);
+        from = last.seqnum.next();
+        read.extend(page.iter().map(|r| r.seqnum));
+    }
+    assert_eq!(read, appended);
+}
+
 /// Records up to the size limit are accepted whole; larger ones, too many tags or too big a
 /// batch are refused with `TooLarge` or `BadArgument`.
 pub async fn limits_are_enforced(log: &dyn LogBook) {
@@ -572,6 +612,7 @@ macro_rules! conformance_tests {
             aux_data_is_returned_with_its_record,
             append_batch_keeps_batch_order,
             read_range_is_half_open_and_limited,
+            read_range_stops_at_its_byte_budget,
             limits_are_enforced,
             bad_arguments_are_refused
         );

@@ -20,7 +20,7 @@ pub mod memory;
 
 pub use book::{
     validate_append, validate_aux, validate_batch, validate_cond, validate_range, validate_timeout,
-    LogBook, ReadRange,
+    LogBook, ReadBudget, ReadRange,
 };
 pub use error::LogError;
 pub use ids::{BookId, Seqnum, Tag, ViewId};
@@ -37,5 +37,8 @@ pub const TAGS_PER_RECORD_MAX: usize = 16;
 pub const BATCH_RECORDS_MAX: usize = 1024;
 /// Most records one `read_range` call returns.
 pub const READ_RANGE_RECORDS_MAX: usize = 10_000;
+/// Most data bytes one `read_range` call returns: it stops before the record that would pass
+/// this, but always returns at least one record when there is one.
+pub const READ_RANGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest a blocking read may wait, in milliseconds.
 pub const READ_BLOCKING_TIMEOUT_MS_MAX: u64 = 60_000;

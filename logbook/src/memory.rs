@@ -4,8 +4,8 @@
 use crate::wire::{IndexEntry, RecordKind};
 use crate::{
     validate_append, validate_aux, validate_batch, validate_cond, validate_range, validate_timeout,
-    AppendRequest, Applied, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag,
-    TagIndex,
+    AppendRequest, Applied, BookId, Cond, LogBook, LogError, ReadBudget, ReadRange, Record, Seqnum,
+    Tag, TagIndex,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -210,11 +210,13 @@ impl LogBook for MemoryLogBook {
     ) -> Result<Vec<Record>, LogError> {
         validate_range(range)?;
         let state = self.state();
+        let mut budget = ReadBudget::default();
         Ok(state
             .index
             .range(book, tag, range.from, range.to, range.limit)
             .into_iter()
             .filter_map(|s| state.record(book, Some(s)))
+            .take_while(|r| budget.admit(r.data.len()))
             .collect())
     }
 }

@@ -317,6 +317,12 @@ impl Index {
     fn trim_metalog(&mut self) {
         let below = self.reclaimed_below;
         self.metalog.retain(|_, e| e.end_seqnum() > below);
+        // Cuts wholly below the reclaim point map no stored record; each (shard, view) keeps
+        // its last cut, which says how far it was ordered.
+        for cuts in self.cuts.values_mut() {
+            let last = cuts.keys().next_back().copied();
+            cuts.retain(|start, (delta, seq)| Some(*start) == last || seq.0 + *delta > below.0);
+        }
     }
 }
 

@@ -292,6 +292,17 @@ fn async_invocations_and_idempotency_keys() {
     };
     let first = call();
     assert_eq!(call(), first, "the same key returns the same result");
+    let reused = http
+        .post(tally.url("/function/guestbook"))
+        .header("Idempotency-Key", "k1")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(
+        reused.status(),
+        422,
+        "a key reused with another input is refused"
+    );
     let list = http
         .post(tally.url("/function/guestbook"))
         .body(json!({"action": "list", "room": "once"}).to_string())
