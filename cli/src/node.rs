@@ -137,7 +137,7 @@ impl Node {
         let store_config = StoreConfig {
             data_dir: config.data_dir.join("log"),
             segment_bytes_max: config.segment_bytes_max,
-            durability: config.durability.clone(),
+            durability: config.durability,
         };
         let (store, recovery) = tokio::task::spawn_blocking(move || Store::open(store_config))
             .await
