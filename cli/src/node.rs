@@ -245,9 +245,12 @@ impl SequencerTask {
         let mut next_cut = tokio::time::Instant::now();
         let mut taken: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
-            if in_flight.is_none() && tokio::time::Instant::now() >= next_cut {
+            // One reading of the clock per turn: deciding "not yet" with one reading and "no
+            // need to wait" with a later one would leave progress uncut until the next message.
+            let now = tokio::time::Instant::now();
+            if in_flight.is_none() && now >= next_cut {
                 if let Some(entry) = self.engine.on_tick() {
-                    next_cut = tokio::time::Instant::now() + self.interval;
+                    next_cut = now + self.interval;
                     let commit = Box::pin(self.store.append_metalog(entry.clone()));
                     let started = std::time::Instant::now();
                     in_flight = Some(InFlight {
@@ -260,7 +263,7 @@ impl SequencerTask {
             for sender in taken.drain(..) {
                 let _ = sender.send(());
             }
-            let wait_for_cut = in_flight.is_none() && next_cut > tokio::time::Instant::now();
+            let wait_for_cut = in_flight.is_none() && next_cut > now;
             tokio::select! {
                 biased;
                 result = async { in_flight.as_mut().expect("guarded").commit.as_mut().await },
