@@ -77,6 +77,10 @@ impl RecordCache {
     /// Caches `record` as the most recently used. A record already cached keeps its aux
     /// data unless the new copy carries some (storage does not keep aux data).
     pub(super) fn insert(&mut self, mut record: Record) {
+        // A record's data may be a slice of a larger buffer (an HTTP request's read buffer):
+        // keeping the slice would keep the whole buffer, and the cache's byte bound would not
+        // bound memory. Cache a compact copy.
+        record.data = Bytes::copy_from_slice(&record.data);
         if let Some(old) = self.remove(record.seqnum) {
             if record.aux.is_none() {
                 record.aux = old.aux;

@@ -888,3 +888,21 @@ fn a_storage_failure_fails_ops_from_the_failed_record_and_every_later_append() {
     );
     assert_eq!(engine.fail(None, error), vec![], "nothing is left pending");
 }
+
+#[test]
+fn cached_records_do_not_keep_the_buffer_their_data_came_in() {
+    let mut engine = engine();
+    let request_buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+    let body = request_buffer.slice(0..4);
+    engine.append(1, BOOK, vec![(tags(&[1]), RecordKind::Data, body.clone())]);
+    engine.on_metalog(&entry(0, 0, &[(OWN, 0, 1)]));
+    let ReadPlan::Cached(cached) = engine.read_next(BOOK, Tag(1), s(0)) else {
+        panic!("the record is cached");
+    };
+    assert_eq!(cached.data, body);
+    assert_ne!(
+        cached.data.as_ptr(),
+        body.as_ptr(),
+        "the cache holds a compact copy"
+    );
+}
