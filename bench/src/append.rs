@@ -117,12 +117,12 @@ impl AppendConfig {
     }
 }
 
-/// "host:port" or "http://host:port[/]" as "http://host:port".
-fn base_url(addr: &str) -> anyhow::Result<String> {
+/// A gateway address, "host:port" or "http://host:port[/]", as "http://host:port".
+pub fn base_url(addr: &str) -> anyhow::Result<String> {
     let addr = addr.trim().trim_end_matches('/');
     ensure!(
         !addr.starts_with("https://"),
-        "{addr}: https is not supported, the benchmark speaks plain HTTP"
+        "{addr}: https is not supported, gateways speak plain HTTP"
     );
     let url = if addr.starts_with("http://") {
         addr.to_string()

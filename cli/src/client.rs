@@ -116,22 +116,9 @@ struct ErrorBody {
 impl Client {
     /// A client for the gateway at `addr`: "host:port" or "http://host:port". Connects lazily.
     pub fn new(addr: &str) -> anyhow::Result<Client> {
+        let url = bench::base_url(addr)?;
+        let base = reqwest::Url::parse(&url).expect("base_url returns a parsed URL");
         let addr = addr.trim().trim_end_matches('/');
-        ensure!(
-            !addr.starts_with("https://"),
-            "{addr}: https is not supported, the gateway speaks plain HTTP"
-        );
-        let url = if addr.starts_with("http://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let base = reqwest::Url::parse(&url)
-            .with_context(|| format!("bad gateway address {addr:?}, expected host:port"))?;
-        ensure!(
-            base.host().is_some() && base.path() == "/" && base.query().is_none(),
-            "bad gateway address {addr:?}, expected host:port"
-        );
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
