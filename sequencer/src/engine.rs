@@ -50,6 +50,19 @@ pub enum ConfigError {
     SeqnumOutsideView { seqnum: Seqnum, view: u16 },
 }
 
+/// Why `apply_committed` did not apply an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ApplyError {
+    /// Not the next position: a duplicate, or a deposed leader's proposal whose position a
+    /// different entry already took. Expected after leader changes; ignore it.
+    #[error("entry at position {position} is stale (expected {expected})")]
+    Stale { position: u64, expected: u64 },
+    /// The next position, but its seqnum or cut starts do not continue the committed metalog
+    /// (or it names a shard twice or a shard the view lacks). Every member rejects it alike.
+    #[error("entry at position {position} does not continue the committed metalog")]
+    Inconsistent { position: u64 },
+}
+
 /// Counters for operators; they never influence decisions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SequencerStats {
@@ -215,6 +228,55 @@ impl SequencerEngine {
         self.next_position = entry.position + 1;
         self.stats.entries_committed += 1;
         self.stats.records_ordered += entry.record_count();
+    }
+
+    /// A committed metalog entry, whoever proposed it: a replicated sequencer applies every
+    /// entry Raft commits, in log order, so a member that becomes leader continues from the
+    /// committed metalog. Only the entry at `next_position` applies; any other position (a
+    /// deposed leader's late proposal, a duplicate) is `Stale` and changes nothing. An entry at
+    /// the right position whose seqnum or cut starts do not continue the committed state is
+    /// `Inconsistent` and changes nothing. Applying an entry clears the entry in flight, if
+    /// any: it held the same position, so it either is this entry or lost to it.
+    pub fn apply_committed(&mut self, entry: &MetalogEntry) -> Result<(), ApplyError> {
+        if entry.position != self.next_position {
+            self.stats.commits_ignored += 1;
+            return Err(ApplyError::Stale {
+                position: entry.position,
+                expected: self.next_position,
+            });
+        }
+        let continues = entry.view == self.view
+            && entry.start_seqnum == self.next_seqnum
+            && entry
+                .cuts
+                .iter()
+                .all(|cut| self.ordered.get(&cut.shard) == Some(&cut.start));
+        let shards: BTreeSet<ShardId> = entry.cuts.iter().map(|cut| cut.shard).collect();
+        let distinct = shards.len() == entry.cuts.len();
+        if !continues || !distinct {
+            return Err(ApplyError::Inconsistent {
+                position: entry.position,
+            });
+        }
+        for cut in &entry.cuts {
+            *self
+                .ordered
+                .get_mut(&cut.shard)
+                .expect("checked that the view has the shard") += cut.delta;
+        }
+        self.in_flight = None;
+        self.next_seqnum = entry.end_seqnum();
+        self.next_position = entry.position + 1;
+        self.stats.entries_committed += 1;
+        self.stats.records_ordered += entry.record_count();
+        Ok(())
+    }
+
+    /// Forgets the entry in flight without committing it, so `on_tick` can propose again: a
+    /// leader that lost leadership (or whose proposal Raft dropped) calls this, as the entry
+    /// may never commit. Should it commit after all, `apply_committed` still applies it.
+    pub fn abandon_in_flight(&mut self) -> Option<MetalogEntry> {
+        self.in_flight.take()
     }
 
     /// The `write_quorum`-th largest durable count among `shard`'s replicas.
@@ -461,6 +523,73 @@ mod tests {
             (entry.position, entry.start_seqnum),
             (42, Seqnum::new(VIEW, 100))
         );
+    }
+
+    #[test]
+    fn a_follower_applies_entries_another_member_proposed() {
+        let mut leader = engine(&[(0, &[1]), (1, &[2])], 1);
+        let mut follower = engine(&[(0, &[1]), (1, &[2])], 1);
+        leader.on_progress(progress(1, 0, 2));
+        leader.on_progress(progress(2, 1, 3));
+        let first = leader.on_tick().expect("five records");
+        leader.on_committed(first.position);
+        assert_eq!(follower.apply_committed(&first), Ok(()));
+        assert_eq!(follower.ordered(), leader.ordered());
+        assert_eq!(follower.next_seqnum(), Seqnum::new(VIEW, 5));
+        assert_eq!(follower.next_position(), 1);
+        // The follower takes over: it continues the metalog where the leader left it.
+        follower.on_progress(progress(1, 0, 4));
+        let second = follower.on_tick().expect("two more records of shard 0");
+        assert_eq!(
+            (second.position, second.start_seqnum, cuts(&second)),
+            (1, Seqnum::new(VIEW, 5), vec![(0, 2, 2)])
+        );
+    }
+
+    #[test]
+    fn stale_and_inconsistent_entries_are_not_applied() {
+        let mut seq = engine(&[(0, &[1])], 1);
+        seq.on_progress(progress(1, 0, 2));
+        let mine = seq.on_tick().expect("two records");
+        // Another leader's entry took position 0 first: mine lost and is no longer in flight.
+        let theirs = MetalogEntry {
+            cuts: vec![ShardCut {
+                shard: ShardId(0),
+                start: 0,
+                delta: 1,
+            }],
+            ..mine.clone()
+        };
+        assert_eq!(seq.apply_committed(&theirs), Ok(()));
+        assert_eq!(seq.in_flight(), None);
+        assert_eq!(
+            seq.apply_committed(&mine),
+            Err(ApplyError::Stale {
+                position: 0,
+                expected: 1
+            })
+        );
+        let wrong_start = MetalogEntry {
+            position: 1,
+            start_seqnum: Seqnum::new(VIEW, 1),
+            ..mine.clone()
+        };
+        assert_eq!(
+            seq.apply_committed(&wrong_start),
+            Err(ApplyError::Inconsistent { position: 1 }),
+            "shard 0's counter 0 is already ordered"
+        );
+        let next = seq.on_tick().expect("counter 1 is not ordered yet");
+        assert_eq!((next.position, cuts(&next)), (1, vec![(0, 1, 1)]));
+    }
+
+    #[test]
+    fn an_abandoned_entry_is_proposed_again() {
+        let mut seq = engine(&[(0, &[1])], 1);
+        seq.on_progress(progress(1, 0, 2));
+        let first = seq.on_tick().expect("two records");
+        assert_eq!(seq.abandon_in_flight(), Some(first.clone()));
+        assert_eq!(seq.on_tick(), Some(first), "same state, same entry");
     }
 
     #[derive(Debug, Clone)]

@@ -2,5 +2,6 @@
 //! section 3). The engine here is sans-IO; Raft, the network and timers live in the runtime.
 
 mod engine;
+pub mod group;
 
-pub use engine::{ConfigError, SequencerConfig, SequencerEngine, SequencerStats};
+pub use engine::{ApplyError, ConfigError, SequencerConfig, SequencerEngine, SequencerStats};

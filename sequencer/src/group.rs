@@ -1,0 +1,310 @@
+//! `GroupNode`: one member of the replicated sequencer group, a sans-IO Raft node (raft-rs's
+//! `RawNode` over its in-memory `MemStorage`) wrapped around a `SequencerEngine`.
+//!
+//! The leader cuts metalog entries from shard progress and proposes them through Raft; every
+//! member applies each committed entry, in log order, to its own engine and emits it as
+//! `Output::Committed`. Keeping every engine in step with the committed metalog is what lets
+//! a new leader continue it: positions and seqnums stay contiguous and each shard's ordered
+//! counter continues from the last committed entry.
+//!
+//! It does no IO, reads no clock and draws no randomness: the runtime (or a simulator) calls
+//! `tick` once per logical tick, delivers Raft messages with `step`, and carries out the
+//! returned `Output`s. Each member's election timeout is passed in (`election_tick`), so raft-rs
+//! draws its randomized timeout from a one-value range. It does not persist Raft state to disk,
+//! compact the log, take snapshots or change membership; those are the runtime's next steps.
+
+use crate::engine::{ApplyError, ConfigError, SequencerConfig, SequencerEngine};
+use logbook::wire::{MetalogEntry, NodeId, ShardProgress};
+use raft::prelude::{ConfState, Entry, EntryType, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+use std::collections::BTreeSet;
+use thiserror::Error;
+
+/// The smallest election timeout, in ticks, a member may be given. Raft's base election
+/// timeout (used by check-quorum and pre-vote leases) is this value.
+pub const ELECTION_TICKS_MIN: usize = 10;
+/// A leader sends heartbeats every this many ticks; well under `ELECTION_TICKS_MIN`.
+pub const HEARTBEAT_TICKS: usize = 2;
+/// The most entry bytes one append message carries.
+pub const MESSAGE_BYTES_MAX: u64 = 1024 * 1024;
+/// The most append messages in flight to one follower.
+pub const INFLIGHT_MESSAGES_MAX: usize = 256;
+
+/// One member's view of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// This member. Its Raft id is `NodeId.0 + 1`, since Raft reserves id 0 for "none".
+    pub id: NodeId,
+    /// Every member of the group, this one included.
+    pub members: Vec<NodeId>,
+    /// This member's election timeout in ticks, at least `ELECTION_TICKS_MIN`. Members should
+    /// differ (a simulator draws them from its seed) so that elections do not split forever.
+    pub election_tick: usize,
+    /// The view's shards, their replicas and the write quorum.
+    pub sequencer: SequencerConfig,
+}
+
+/// Why a `GroupNode` could not be built.
+#[derive(Debug, Error)]
+pub enum GroupError {
+    #[error("sequencer config: {0}")]
+    Sequencer(#[from] ConfigError),
+    #[error("the group has no members")]
+    NoMembers,
+    #[error("member {0} is listed twice")]
+    DuplicateMember(u32),
+    #[error("node {0} is not a member of the group")]
+    NotAMember(u32),
+    #[error("election tick {election_tick} is below the minimum {ELECTION_TICKS_MIN}")]
+    ElectionTickTooSmall { election_tick: usize },
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// What the runtime must do after an input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Deliver `message` to member `to` (unreliably is fine: Raft retries).
+    Send { to: NodeId, message: Message },
+    /// The next metalog entry is committed. Every member emits every committed entry exactly
+    /// once, in position order.
+    Committed(MetalogEntry),
+}
+
+/// Counters for operators; they never influence decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Entries this member proposed as leader.
+    pub proposals: u64,
+    /// Proposals Raft refused (e.g. during a leadership transfer).
+    pub proposals_dropped: u64,
+    /// In-flight proposals forgotten because leadership changed.
+    pub proposals_abandoned: u64,
+    /// Committed entries at a position already taken (a deposed leader's late proposal).
+    pub entries_stale: u64,
+    /// Committed entries at the next position that did not continue the metalog.
+    pub entries_inconsistent: u64,
+    /// Committed entries whose bytes are not a `MetalogEntry`.
+    pub entries_undecodable: u64,
+    /// Messages Raft rejected (e.g. from a non-member).
+    pub messages_rejected: u64,
+}
+
+/// One member of the sequencer group.
+pub struct GroupNode {
+    raw: RawNode<MemStorage>,
+    store: MemStorage,
+    engine: SequencerEngine,
+    /// The term this member leads in, if it leads. When it changes, the engine's in-flight
+    /// entry is abandoned: it may never commit, and the new leader must be free to propose.
+    leading_term: Option<u64>,
+    /// Committed metalog entries applied.
+    metalog_len: u64,
+    stats: GroupStats,
+}
+
+/// Raft id of a member: Raft reserves 0 for "no node".
+fn raft_id(node: NodeId) -> u64 {
+    u64::from(node.0) + 1
+}
+
+/// The member with Raft id `id`, if `id` names one.
+fn node_id(id: u64) -> Option<NodeId> {
+    let node = id.checked_sub(1)?;
+    u32::try_from(node).ok().map(NodeId)
+}
+
+impl GroupNode {
+    pub fn new(config: GroupConfig) -> Result<GroupNode, GroupError> {
+        if config.members.is_empty() {
+            return Err(GroupError::NoMembers);
+        }
+        let mut seen = BTreeSet::new();
+        for member in &config.members {
+            if !seen.insert(*member) {
+                return Err(GroupError::DuplicateMember(member.0));
+            }
+        }
+        if !seen.contains(&config.id) {
+            return Err(GroupError::NotAMember(config.id.0));
+        }
+        if config.election_tick < ELECTION_TICKS_MIN {
+            return Err(GroupError::ElectionTickTooSmall {
+                election_tick: config.election_tick,
+            });
+        }
+        let engine = SequencerEngine::new(config.sequencer)?;
+        let raft_config = raft::Config {
+            id: raft_id(config.id),
+            election_tick: ELECTION_TICKS_MIN,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            // A one-value range: raft-rs's "random" timeout is always `election_tick`.
+            min_election_tick: config.election_tick,
+            max_election_tick: config.election_tick + 1,
+            max_size_per_msg: MESSAGE_BYTES_MAX,
+            max_inflight_msgs: INFLIGHT_MESSAGES_MAX,
+            pre_vote: true,
+            check_quorum: true,
+            ..Default::default()
+        };
+        let voters: Vec<u64> = seen.iter().map(|member| raft_id(*member)).collect();
+        let store = MemStorage::new_with_conf_state(ConfState::from((voters, vec![])));
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&raft_config, store.clone(), &logger)?;
+        Ok(GroupNode {
+            raw,
+            store,
+            engine,
+            leading_term: None,
+            metalog_len: 0,
+            stats: GroupStats::default(),
+        })
+    }
+
+    /// One logical tick. Raft counts it towards heartbeats and elections; the leader also
+    /// cuts the next metalog entry, if any, and proposes it.
+    pub fn tick(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.raw.tick();
+        self.process_ready(&mut out);
+        self.propose();
+        self.process_ready(&mut out);
+        out
+    }
+
+    /// A Raft message from another member.
+    pub fn step(&mut self, message: Message) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.raw.step(message).is_err() {
+            self.stats.messages_rejected += 1;
+        }
+        self.process_ready(&mut out);
+        out
+    }
+
+    /// A storage node's progress report. Every member records it, so that a new leader can
+    /// cut at once; only the leader turns it into proposals (on its next tick).
+    pub fn on_progress(&mut self, progress: ShardProgress) {
+        self.engine.on_progress(progress);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this member knows of, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        node_id(self.raw.raft.leader_id)
+    }
+
+    /// How many committed metalog entries this member has applied.
+    pub fn metalog_len(&self) -> u64 {
+        self.metalog_len
+    }
+
+    /// The engine, kept in step with the committed metalog.
+    pub fn engine(&self) -> &SequencerEngine {
+        &self.engine
+    }
+
+    pub fn stats(&self) -> GroupStats {
+        self.stats
+    }
+
+    /// Proposes the engine's next entry if this member leads and may propose. A new leader
+    /// first waits until an entry of its own term commits (raft-rs appends an empty one on
+    /// election) and it has applied everything committed: only then does its engine hold the
+    /// whole committed metalog, so that its entry continues it.
+    fn propose(&mut self) {
+        self.sync_leadership();
+        if self.leading_term.is_none() {
+            return;
+        }
+        let log = &self.raw.raft.raft_log;
+        if !self.raw.raft.commit_to_current_term() || log.applied < log.committed {
+            return;
+        }
+        let Some(entry) = self.engine.on_tick() else {
+            return;
+        };
+        let data = serde_json::to_vec(&entry).expect("a MetalogEntry always serializes");
+        if self.raw.propose(vec![], data).is_ok() {
+            self.stats.proposals += 1;
+        } else {
+            self.engine.abandon_in_flight();
+            self.stats.proposals_dropped += 1;
+        }
+    }
+
+    /// Abandons the engine's in-flight entry when this member gains or loses leadership.
+    fn sync_leadership(&mut self) {
+        let leading = self.is_leader().then_some(self.raw.raft.term);
+        if leading != self.leading_term {
+            if self.engine.abandon_in_flight().is_some() {
+                self.stats.proposals_abandoned += 1;
+            }
+            self.leading_term = leading;
+        }
+    }
+
+    /// Handles raft-rs's `Ready`s: persist (to memory), send, apply committed entries.
+    fn process_ready(&mut self, out: &mut Vec<Output>) {
+        while self.raw.has_ready() {
+            let mut ready = self.raw.ready();
+            Self::send(ready.take_messages(), out);
+            assert!(
+                ready.snapshot().is_empty(),
+                "the group never compacts its log, so no member is ever sent a snapshot"
+            );
+            self.apply(ready.take_committed_entries(), out);
+            if !ready.entries().is_empty() {
+                self.store
+                    .wl()
+                    .append(ready.entries())
+                    .expect("raft-rs hands out entries that continue the stored log");
+            }
+            if let Some(hard_state) = ready.hs() {
+                self.store.wl().set_hardstate(hard_state.clone());
+            }
+            Self::send(ready.take_persisted_messages(), out);
+            let mut light = self.raw.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                self.store.wl().mut_hard_state().set_commit(commit);
+            }
+            Self::send(light.take_messages(), out);
+            self.apply(light.take_committed_entries(), out);
+            self.raw.advance_apply();
+        }
+        self.sync_leadership();
+    }
+
+    fn send(messages: Vec<Message>, out: &mut Vec<Output>) {
+        for message in messages {
+            let to = node_id(message.to).expect("raft-rs sends only to members");
+            out.push(Output::Send { to, message });
+        }
+    }
+
+    /// Applies committed Raft entries to the engine, in log order. Empty entries (a new
+    /// leader's) carry no metalog entry; stale ones lost their position to an earlier entry.
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Vec<Output>) {
+        for entry in entries {
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.get_data().is_empty() {
+                continue;
+            }
+            let Ok(metalog_entry) = serde_json::from_slice::<MetalogEntry>(entry.get_data()) else {
+                self.stats.entries_undecodable += 1;
+                continue;
+            };
+            match self.engine.apply_committed(&metalog_entry) {
+                Ok(()) => {
+                    self.metalog_len += 1;
+                    out.push(Output::Committed(metalog_entry));
+                }
+                Err(ApplyError::Stale { .. }) => self.stats.entries_stale += 1,
+                Err(ApplyError::Inconsistent { .. }) => self.stats.entries_inconsistent += 1,
+            }
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Deterministic in-memory cluster tests of the replicated sequencer group (`GroupNode`):
+//! three members, one shard with one storage replica, a FIFO network that drops messages
+//! from or to dead members, and seeds that choose election timeouts and which member dies.
+
+use logbook::wire::{MetalogEntry, NodeId, ShardId, ShardProgress};
+use logbook::{Seqnum, ViewId};
+use raft::prelude::Message;
+use sequencer::group::{GroupConfig, GroupNode, Output};
+use sequencer::SequencerConfig;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+const VIEW: ViewId = ViewId(1);
+const SHARD: ShardId = ShardId(0);
+const STORAGE: NodeId = NodeId(100);
+const MEMBERS: [NodeId; 3] = [NodeId(0), NodeId(1), NodeId(2)];
+/// Deliveries one call to `deliver` may make before the test calls it a message storm.
+const DELIVERIES_MAX: usize = 100_000;
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, GroupNode>,
+    alive: BTreeSet<NodeId>,
+    /// (from, to, message) in send order.
+    network: VecDeque<(NodeId, NodeId, Message)>,
+    /// Each member's `Output::Committed` entries, in emission order.
+    committed: BTreeMap<NodeId, Vec<MetalogEntry>>,
+    /// Records the storage replica holds durably; reported to live members.
+    durable: u64,
+}
+
+impl Cluster {
+    fn new(election_ticks: [usize; 3]) -> Cluster {
+        let nodes = MEMBERS
+            .iter()
+            .zip(election_ticks)
+            .map(|(id, election_tick)| {
+                let config = GroupConfig {
+                    id: *id,
+                    members: MEMBERS.to_vec(),
+                    election_tick,
+                    sequencer: SequencerConfig {
+                        view: VIEW,
+                        first_seqnum: Seqnum::new(VIEW, 0),
+                        first_position: 0,
+                        shards: BTreeMap::from([(SHARD, vec![STORAGE])]),
+                        write_quorum: 1,
+                    },
+                };
+                (*id, GroupNode::new(config).expect("valid group config"))
+            })
+            .collect();
+        Cluster {
+            nodes,
+            alive: MEMBERS.into_iter().collect(),
+            network: VecDeque::new(),
+            committed: MEMBERS.iter().map(|id| (*id, Vec::new())).collect(),
+            durable: 0,
+        }
+    }
+
+    fn absorb(&mut self, from: NodeId, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Send { to, message } => self.network.push_back((from, to, message)),
+                Output::Committed(entry) => self
+                    .committed
+                    .get_mut(&from)
+                    .expect("members only")
+                    .push(entry),
+            }
+        }
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut GroupNode {
+        self.nodes.get_mut(&id).expect("members only")
+    }
+
+    /// Ticks one member without delivering what it sends.
+    fn tick_one(&mut self, id: NodeId) {
+        let outputs = self.node(id).tick();
+        self.absorb(id, outputs);
+    }
+
+    /// Ticks every live member, then delivers messages until the network is quiet, checking
+    /// after each tick that members agree on every committed prefix.
+    fn tick(&mut self) {
+        for id in self.alive.clone() {
+            self.tick_one(id);
+        }
+        self.deliver();
+        self.check_prefixes();
+    }
+
+    fn deliver(&mut self) {
+        let mut deliveries = 0;
+        while let Some((from, to, message)) = self.network.pop_front() {
+            if !self.alive.contains(&from) || !self.alive.contains(&to) {
+                continue;
+            }
+            let outputs = self.node(to).step(message);
+            self.absorb(to, outputs);
+            deliveries += 1;
+            assert!(deliveries < DELIVERIES_MAX, "message storm");
+        }
+    }
+
+    /// The storage replica makes `records` more records durable and reports to live members.
+    fn append(&mut self, records: u64) {
+        self.durable += records;
+        let progress = ShardProgress {
+            node: STORAGE,
+            shard: SHARD,
+            view: VIEW,
+            durable: self.durable,
+        };
+        for id in self.alive.clone() {
+            self.node(id).on_progress(progress);
+        }
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.alive
+            .iter()
+            .copied()
+            .find(|id| self.nodes[id].is_leader())
+    }
+
+    /// Ticks until `done` holds, at most `ticks_max` times; returns the ticks taken.
+    fn run_until(&mut self, ticks_max: usize, done: impl Fn(&Cluster) -> bool) -> usize {
+        for ticks in 0..ticks_max {
+            if done(self) {
+                return ticks;
+            }
+            self.tick();
+        }
+        assert!(done(self), "condition not reached in {ticks_max} ticks");
+        ticks_max
+    }
+
+    fn elect(&mut self) -> NodeId {
+        self.run_until(200, |c| c.leader().is_some());
+        self.leader().expect("just elected")
+    }
+
+    /// Records ordered by `id`'s committed metalog.
+    fn ordered(&self, id: NodeId) -> u64 {
+        self.committed[&id].iter().map(|e| e.record_count()).sum()
+    }
+
+    fn all_alive_ordered_everything(&self) -> bool {
+        self.alive
+            .iter()
+            .all(|id| self.ordered(*id) == self.durable)
+    }
+
+    /// Every member's committed sequence, dead ones included, is a prefix of the longest,
+    /// and the longest is a well-formed metalog.
+    fn check_prefixes(&self) {
+        let longest = self
+            .committed
+            .values()
+            .max_by_key(|entries| entries.len())
+            .expect("three members");
+        for (id, entries) in &self.committed {
+            assert_eq!(
+                entries[..],
+                longest[..entries.len()],
+                "member {id:?} diverged"
+            );
+        }
+        check_metalog(longest, self.durable);
+    }
+}
+
+/// Positions from 0, contiguous seqnums from the view's first, and the shard's cuts
+/// contiguous from 0 (no record ordered twice or skipped), never past what is durable.
+fn check_metalog(entries: &[MetalogEntry], durable: u64) {
+    let mut next_seqnum = Seqnum::new(VIEW, 0);
+    let mut next_counter = 0;
+    for (position, entry) in entries.iter().enumerate() {
+        assert_eq!(entry.position, position as u64, "{entries:?}");
+        assert_eq!(entry.start_seqnum, next_seqnum, "{entries:?}");
+        for cut in &entry.cuts {
+            assert_eq!((cut.shard, cut.start), (SHARD, next_counter), "{entries:?}");
+            assert!(cut.delta > 0);
+            next_counter += cut.delta;
+        }
+        next_seqnum = entry.end_seqnum();
+    }
+    assert!(
+        next_counter <= durable,
+        "ordered records that are not durable"
+    );
+}
+
+#[test]
+fn a_leader_is_elected_and_orders_progress() {
+    let mut cluster = Cluster::new([10, 13, 16]);
+    let leader = cluster.elect();
+    assert_eq!(leader, NodeId(0), "the shortest election timeout wins");
+    for records in [5, 1, 7] {
+        cluster.append(records);
+        cluster.run_until(20, Cluster::all_alive_ordered_everything);
+    }
+    let metalog = &cluster.committed[&leader];
+    assert!(!metalog.is_empty());
+    check_metalog(metalog, cluster.durable);
+    for id in MEMBERS {
+        assert_eq!(&cluster.committed[&id], metalog, "member {id:?}");
+        assert_eq!(cluster.nodes[&id].metalog_len(), metalog.len() as u64);
+        assert_eq!(cluster.nodes[&id].leader(), Some(leader));
+    }
+}
+
+#[test]
+fn a_new_leader_continues_the_metalog_after_the_leader_dies() {
+    let mut cluster = Cluster::new([10, 13, 16]);
+    let old = cluster.elect();
+    cluster.append(4);
+    cluster.run_until(20, Cluster::all_alive_ordered_everything);
+    let before = cluster.committed[&old].len();
+
+    cluster.alive.remove(&old);
+    cluster.append(6);
+    let ticks = cluster.run_until(100, |c| c.leader().is_some());
+    assert!(ticks <= 40, "re-election took {ticks} ticks");
+    let new = cluster.leader().expect("just elected");
+    assert_ne!(new, old);
+    cluster.run_until(20, Cluster::all_alive_ordered_everything);
+    cluster.append(2);
+    cluster.run_until(20, Cluster::all_alive_ordered_everything);
+
+    let metalog = &cluster.committed[&new];
+    assert!(
+        metalog.len() > before,
+        "the new leader ordered more entries"
+    );
+    check_metalog(metalog, cluster.durable);
+    assert_eq!(cluster.ordered(new), 12);
+    for id in cluster.alive.clone() {
+        assert_eq!(&cluster.committed[&id], metalog);
+    }
+
+    // The old leader comes back as a follower and catches up on what it missed.
+    cluster.alive.insert(old);
+    cluster.run_until(100, |c| c.committed[&old].len() == c.committed[&new].len());
+    assert_eq!(cluster.committed[&old], cluster.committed[&new]);
+}
+
+#[test]
+fn a_proposal_in_flight_when_the_leader_dies_commits_at_most_once() {
+    let mut cluster = Cluster::new([10, 13, 16]);
+    let old = cluster.elect();
+    cluster.append(3);
+    cluster.run_until(20, Cluster::all_alive_ordered_everything);
+    // The leader proposes; only one follower receives the proposal before the leader dies.
+    cluster.append(5);
+    cluster.tick_one(old);
+    assert_eq!(
+        cluster.nodes[&old].engine().in_flight().map(|e| e.position),
+        Some(1)
+    );
+    let lucky = NodeId((old.0 + 1) % 3);
+    let sent: Vec<_> = cluster.network.drain(..).collect();
+    for (from, to, message) in sent {
+        if from == old && to == lucky {
+            let outputs = cluster.node(to).step(message);
+            cluster.absorb(to, outputs);
+        }
+    }
+    cluster.alive.remove(&old);
+    cluster.network.clear();
+    cluster.append(1);
+    let new = cluster.elect();
+    assert_eq!(
+        new, lucky,
+        "only the member holding the entry can win the vote"
+    );
+    cluster.run_until(40, Cluster::all_alive_ordered_everything);
+    check_metalog(&cluster.committed[&new], cluster.durable);
+    assert_eq!(cluster.ordered(new), 9);
+    let taken_over: Vec<(u64, u64, u64)> = cluster.committed[&new]
+        .iter()
+        .map(|e| (e.position, e.cuts[0].start, e.cuts[0].delta))
+        .collect();
+    assert_eq!(
+        taken_over,
+        vec![(0, 0, 3), (1, 3, 5), (2, 8, 1)],
+        "the dead leader's proposal (position 1) committed once, under the new leader"
+    );
+
+    // The old leader returns: its abandoned proposal never shows up twice.
+    cluster.alive.insert(old);
+    cluster.run_until(100, |c| c.committed[&old].len() == c.committed[&new].len());
+    assert_eq!(cluster.committed[&old], cluster.committed[&new]);
+    assert!(!cluster.nodes[&old].is_leader());
+    assert_eq!(cluster.nodes[&old].engine().in_flight(), None);
+}
+
+/// A small deterministic generator (SplitMix64) so seeds replay exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn members_agree_on_every_committed_prefix() {
+    let mut seeds_with_a_leader_change = 0;
+    for seed in 0..24u64 {
+        let mut rng = Rng(seed);
+        let ticks = [0, 1, 2].map(|_| 10 + rng.below(10) as usize);
+        let mut cluster = Cluster::new(ticks);
+        let death_tick = 20 + rng.below(60);
+        let kill_leader = rng.below(2) == 0;
+        let revive_tick = death_tick + 30 + rng.below(60);
+        for tick in 0..200 {
+            if rng.below(3) == 0 {
+                cluster.append(1 + rng.below(5));
+            }
+            if tick == death_tick {
+                let victim = match cluster.leader() {
+                    Some(leader) if kill_leader => leader,
+                    _ => MEMBERS[rng.below(3) as usize],
+                };
+                // Half the time the victim dies right after proposing, before delivery.
+                if rng.below(2) == 0 {
+                    cluster.tick_one(victim);
+                }
+                cluster.alive.remove(&victim);
+            }
+            if tick == revive_tick {
+                cluster.alive = MEMBERS.into_iter().collect();
+            }
+            cluster.tick(); // checks prefixes after every tick
+        }
+        // Liveness with everyone up and no new records: everything durable gets ordered.
+        cluster.alive = MEMBERS.into_iter().collect();
+        cluster.run_until(200, Cluster::all_alive_ordered_everything);
+        let metalog = &cluster.committed[&MEMBERS[0]];
+        let proposers = MEMBERS
+            .iter()
+            .filter(|id| cluster.nodes[id].stats().proposals > 0)
+            .count();
+        seeds_with_a_leader_change += usize::from(proposers > 1);
+        check_metalog(metalog, cluster.durable);
+        for id in MEMBERS {
+            assert_eq!(
+                &cluster.committed[&id], metalog,
+                "seed {seed} member {id:?}"
+            );
+        }
+    }
+    assert!(
+        seeds_with_a_leader_change >= 8,
+        "only {seeds_with_a_leader_change} seeds changed leaders"
+    );
+}
