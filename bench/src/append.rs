@@ -441,15 +441,16 @@ struct AppendReply {
     seqnum: u64,
 }
 
+/// A gateway's error response: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Deserialize)]
-struct ErrorReply {
-    error: ErrorBody,
+pub struct ErrorReply {
+    pub error: ErrorBody,
 }
 
 #[derive(Deserialize)]
-struct ErrorBody {
-    code: String,
-    message: String,
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
 }
 
 async fn append_once(target: &Target, book: u32, tag: u64, record: Bytes) -> Result<u64, Failure> {

@@ -13,8 +13,8 @@ mod report;
 
 pub use ack_log::{read_ack_log, Ack};
 pub use append::{
-    base_url, root_cause, run_append, AppendConfig, CLIENTS_MAX, DURATION_MAX, RECORD_BYTES_MAX,
-    TAGS_MAX,
+    base_url, root_cause, run_append, AppendConfig, ErrorBody, ErrorReply, CLIENTS_MAX,
+    DURATION_MAX, RECORD_BYTES_MAX, TAGS_MAX,
 };
 pub use filler::{filler, filler_origin, FILLER_HEADER_BYTES};
 pub use report::{AppendReport, Percentiles};

@@ -102,17 +102,6 @@ struct NextReply {
     record: Option<RecordWire>,
 }
 
-#[derive(Deserialize)]
-struct ErrorReply {
-    error: ErrorBody,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    code: String,
-    message: String,
-}
-
 impl Client {
     /// A client for the gateway at `addr`: "host:port" or "http://host:port". Connects lazily.
     pub fn new(addr: &str) -> anyhow::Result<Client> {
@@ -286,8 +275,8 @@ impl Client {
 }
 
 fn server_error(status: reqwest::StatusCode, body: &[u8]) -> ServerError {
-    match serde_json::from_slice::<ErrorReply>(body) {
-        Ok(ErrorReply { error }) => ServerError {
+    match serde_json::from_slice::<bench::ErrorReply>(body) {
+        Ok(bench::ErrorReply { error }) => ServerError {
             status: status.as_u16(),
             code: error.code,
             message: error.message,
