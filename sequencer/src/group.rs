@@ -1,5 +1,7 @@
-//! `GroupNode`: one member of the replicated sequencer group, a sans-IO Raft node (raft-rs's
-//! `RawNode` over its in-memory `MemStorage`) wrapped around a `SequencerEngine`.
+//! `GroupNode`: one member of the replicated sequencer group, a Raft node (raft-rs's `RawNode`)
+//! wrapped around a `SequencerEngine`. Its Raft log is a `RaftStore`: raft-rs's in-memory
+//! `MemStorage` (`GroupNode::new`, for tests and simulation) or a `DiskStorage` in a directory
+//! (`GroupNode::open`), which is the only IO a member does.
 //!
 //! The leader cuts metalog entries from shard progress and proposes them through Raft; every
 //! member applies each committed entry, in log order, to its own engine and emits it as
@@ -7,18 +9,27 @@
 //! a new leader continue it: positions and seqnums stay contiguous and each shard's ordered
 //! counter continues from the last committed entry.
 //!
-//! It does no IO, reads no clock and draws no randomness: the runtime (or a simulator) calls
+//! It reads no clock and draws no randomness: the runtime (or a simulator) calls
 //! `tick` once per logical tick, delivers Raft messages with `step`, and carries out the
 //! returned `Output`s. Each member's election timeout is passed in (`election_tick`), so raft-rs
-//! draws its randomized timeout from a one-value range. It does not persist Raft state to disk,
-//! compact the log, take snapshots or change membership; those are the runtime's next steps.
+//! draws its randomized timeout from a one-value range.
+//!
+//! Each `Ready`'s entries and hard state are written and synced before its persisted messages
+//! are returned, so a vote or an acknowledgement never outlives a crash that loses its state.
+//! A member whose Raft log cannot be written or synced panics (fail-stop): after a failed
+//! fsync the file's contents are unknown, and going on could break a promise already made.
+//! A member reopened from its directory replays its committed entries into a fresh engine
+//! (raft-rs hands them out again from index 1), re-emitting them as `Output::Committed`.
+//! It does not compact the log, take snapshots or change membership.
 
 use crate::engine::{ApplyError, ConfigError, SequencerConfig, SequencerEngine};
+use crate::raft_log::{DiskStorage, RaftLogError, RaftStore};
 use logbook::wire::{MetalogEntry, NodeId, ShardProgress};
 use raft::prelude::{ConfState, Entry, EntryType, Message};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 use std::collections::BTreeSet;
+use std::path::Path;
 use thiserror::Error;
 
 /// The smallest election timeout, in ticks, a member may be given. Raft's base election
@@ -60,6 +71,8 @@ pub enum GroupError {
     ElectionTickTooSmall { election_tick: usize },
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    #[error("raft log: {0}")]
+    RaftLog(#[from] RaftLogError),
 }
 
 /// What the runtime must do after an input.
@@ -91,10 +104,9 @@ pub struct GroupStats {
     pub messages_rejected: u64,
 }
 
-/// One member of the sequencer group.
-pub struct GroupNode {
-    raw: RawNode<MemStorage>,
-    store: MemStorage,
+/// One member of the sequencer group, its Raft log kept in `S`.
+pub struct GroupNode<S: RaftStore = MemStorage> {
+    raw: RawNode<S>,
     engine: SequencerEngine,
     /// The term this member leads in, if it leads. When it changes, the engine's in-flight
     /// entry is abandoned: it may never commit, and the new leader must be free to propose.
@@ -115,8 +127,28 @@ fn node_id(id: u64) -> Option<NodeId> {
     u32::try_from(node).ok().map(NodeId)
 }
 
-impl GroupNode {
+impl GroupNode<MemStorage> {
+    /// A member whose Raft log lives in memory only: for tests and simulation.
     pub fn new(config: GroupConfig) -> Result<GroupNode, GroupError> {
+        GroupNode::with_store(config, |conf_state| {
+            Ok(MemStorage::new_with_conf_state(conf_state))
+        })
+    }
+}
+
+impl GroupNode<DiskStorage> {
+    /// A member whose Raft log is kept in `dir`, created if missing. A member reopened after a
+    /// crash keeps its term, vote and log, and re-applies its committed entries.
+    pub fn open(config: GroupConfig, dir: &Path) -> Result<GroupNode<DiskStorage>, GroupError> {
+        GroupNode::with_store(config, |conf_state| DiskStorage::open(dir, conf_state))
+    }
+}
+
+impl<S: RaftStore> GroupNode<S> {
+    fn with_store(
+        config: GroupConfig,
+        open: impl FnOnce(ConfState) -> Result<S, RaftLogError>,
+    ) -> Result<GroupNode<S>, GroupError> {
         if config.members.is_empty() {
             return Err(GroupError::NoMembers);
         }
@@ -149,12 +181,11 @@ impl GroupNode {
             ..Default::default()
         };
         let voters: Vec<u64> = seen.iter().map(|member| raft_id(*member)).collect();
-        let store = MemStorage::new_with_conf_state(ConfState::from((voters, vec![])));
+        let store = open(ConfState::from((voters, vec![])))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let raw = RawNode::new(&raft_config, store.clone(), &logger)?;
+        let raw = RawNode::new(&raft_config, store, &logger)?;
         Ok(GroupNode {
             raw,
-            store,
             engine,
             leading_term: None,
             metalog_len: 0,
@@ -208,6 +239,11 @@ impl GroupNode {
         &self.engine
     }
 
+    /// The Raft log: entries, hard state and conf state as this member stores them.
+    pub fn raft_log(&self) -> &S {
+        self.raw.store()
+    }
+
     pub fn stats(&self) -> GroupStats {
         self.stats
     }
@@ -248,8 +284,10 @@ impl GroupNode {
         }
     }
 
-    /// Handles raft-rs's `Ready`s: persist (to memory), send, apply committed entries.
+    /// Handles raft-rs's `Ready`s: send what needs no persistence, apply committed entries,
+    /// persist and sync the entries and hard state, and only then send the persisted messages.
     fn process_ready(&mut self, out: &mut Vec<Output>) {
+        const WRITE_FAILED: &str = "a member whose Raft log cannot be written must stop";
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
             Self::send(ready.take_messages(), out);
@@ -258,19 +296,16 @@ impl GroupNode {
                 "the group never compacts its log, so no member is ever sent a snapshot"
             );
             self.apply(ready.take_committed_entries(), out);
-            if !ready.entries().is_empty() {
-                self.store
-                    .wl()
-                    .append(ready.entries())
-                    .expect("raft-rs hands out entries that continue the stored log");
-            }
+            let store = self.raw.mut_store();
+            store.append(ready.entries()).expect(WRITE_FAILED);
             if let Some(hard_state) = ready.hs() {
-                self.store.wl().set_hardstate(hard_state.clone());
+                store.set_hard_state(hard_state).expect(WRITE_FAILED);
             }
+            store.sync().expect(WRITE_FAILED);
             Self::send(ready.take_persisted_messages(), out);
             let mut light = self.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
-                self.store.wl().mut_hard_state().set_commit(commit);
+                self.raw.mut_store().set_commit(commit).expect(WRITE_FAILED);
             }
             Self::send(light.take_messages(), out);
             self.apply(light.take_committed_entries(), out);

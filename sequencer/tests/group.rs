@@ -4,10 +4,14 @@
 
 use logbook::wire::{MetalogEntry, NodeId, ShardId, ShardProgress};
 use logbook::{Seqnum, ViewId};
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
+use raft::storage::MemStorage;
+use raft::Storage;
 use sequencer::group::{GroupConfig, GroupNode, Output};
+use sequencer::raft_log::{DiskStorage, RaftStore};
 use sequencer::SequencerConfig;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
 
 const VIEW: ViewId = ViewId(1);
 const SHARD: ShardId = ShardId(0);
@@ -16,8 +20,8 @@ const MEMBERS: [NodeId; 3] = [NodeId(0), NodeId(1), NodeId(2)];
 /// Deliveries one call to `deliver` may make before the test calls it a message storm.
 const DELIVERIES_MAX: usize = 100_000;
 
-struct Cluster {
-    nodes: BTreeMap<NodeId, GroupNode>,
+struct Cluster<S: RaftStore = MemStorage> {
+    nodes: BTreeMap<NodeId, GroupNode<S>>,
     alive: BTreeSet<NodeId>,
     /// (from, to, message) in send order.
     network: VecDeque<(NodeId, NodeId, Message)>,
@@ -27,26 +31,63 @@ struct Cluster {
     durable: u64,
 }
 
+fn config(id: NodeId, election_tick: usize) -> GroupConfig {
+    GroupConfig {
+        id,
+        members: MEMBERS.to_vec(),
+        election_tick,
+        sequencer: SequencerConfig {
+            view: VIEW,
+            first_seqnum: Seqnum::new(VIEW, 0),
+            first_position: 0,
+            shards: BTreeMap::from([(SHARD, vec![STORAGE])]),
+            write_quorum: 1,
+        },
+    }
+}
+
 impl Cluster {
     fn new(election_ticks: [usize; 3]) -> Cluster {
+        Cluster::with_nodes(election_ticks, |config| {
+            GroupNode::new(config).expect("valid group config")
+        })
+    }
+}
+
+impl Cluster<DiskStorage> {
+    /// Members whose Raft logs live in `dir/<member>`.
+    fn open(election_ticks: [usize; 3], dir: &Path) -> Cluster<DiskStorage> {
+        Cluster::with_nodes(election_ticks, |config| {
+            let member_dir = member_dir(dir, config.id);
+            GroupNode::open(config, &member_dir).expect("open member")
+        })
+    }
+
+    /// Drops `id` (like SIGKILL: nothing unsynced survives, nothing is flushed on the way
+    /// out) and opens it again from its directory.
+    fn restart(&mut self, id: NodeId, dir: &Path, election_tick: usize) {
+        self.nodes.remove(&id);
+        let node = GroupNode::open(config(id, election_tick), &member_dir(dir, id))
+            .expect("reopen member");
+        self.nodes.insert(id, node);
+        // It replays its committed metalog into a fresh engine and emits it again.
+        self.committed.insert(id, Vec::new());
+    }
+}
+
+fn member_dir(dir: &Path, id: NodeId) -> PathBuf {
+    dir.join(format!("member-{}", id.0))
+}
+
+impl<S: RaftStore> Cluster<S> {
+    fn with_nodes(
+        election_ticks: [usize; 3],
+        mut open: impl FnMut(GroupConfig) -> GroupNode<S>,
+    ) -> Cluster<S> {
         let nodes = MEMBERS
             .iter()
             .zip(election_ticks)
-            .map(|(id, election_tick)| {
-                let config = GroupConfig {
-                    id: *id,
-                    members: MEMBERS.to_vec(),
-                    election_tick,
-                    sequencer: SequencerConfig {
-                        view: VIEW,
-                        first_seqnum: Seqnum::new(VIEW, 0),
-                        first_position: 0,
-                        shards: BTreeMap::from([(SHARD, vec![STORAGE])]),
-                        write_quorum: 1,
-                    },
-                };
-                (*id, GroupNode::new(config).expect("valid group config"))
-            })
+            .map(|(id, election_tick)| (*id, open(config(*id, election_tick))))
             .collect();
         Cluster {
             nodes,
@@ -70,7 +111,7 @@ impl Cluster {
         }
     }
 
-    fn node(&mut self, id: NodeId) -> &mut GroupNode {
+    fn node(&mut self, id: NodeId) -> &mut GroupNode<S> {
         self.nodes.get_mut(&id).expect("members only")
     }
 
@@ -125,7 +166,7 @@ impl Cluster {
     }
 
     /// Ticks until `done` holds, at most `ticks_max` times; returns the ticks taken.
-    fn run_until(&mut self, ticks_max: usize, done: impl Fn(&Cluster) -> bool) -> usize {
+    fn run_until(&mut self, ticks_max: usize, done: impl Fn(&Cluster<S>) -> bool) -> usize {
         for ticks in 0..ticks_max {
             if done(self) {
                 return ticks;
@@ -364,4 +405,139 @@ fn members_agree_on_every_committed_prefix() {
         seeds_with_a_leader_change >= 8,
         "only {seeds_with_a_leader_change} seeds changed leaders"
     );
+}
+
+/// Raft id of a member (Raft reserves 0 for "none").
+fn raft_id(id: NodeId) -> u64 {
+    u64::from(id.0) + 1
+}
+
+/// (term, vote) as `id` has stored them.
+fn term_and_vote<S: RaftStore>(node: &GroupNode<S>) -> (u64, u64) {
+    let hard_state = node
+        .raft_log()
+        .initial_state()
+        .expect("initial state")
+        .hard_state;
+    (hard_state.term, hard_state.vote)
+}
+
+#[test]
+fn a_member_restarted_from_disk_keeps_its_vote_and_rejoins() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ticks = [10, 13, 16];
+    let mut cluster = Cluster::open(ticks, dir.path());
+    let leader = cluster.elect();
+    for records in [5, 3] {
+        cluster.append(records);
+        cluster.run_until(20, Cluster::all_alive_ordered_everything);
+    }
+    let follower = NodeId((leader.0 + 1) % 3);
+    let before = term_and_vote(&cluster.nodes[&follower]);
+    assert_eq!(
+        before.1,
+        raft_id(leader),
+        "the follower voted for the leader"
+    );
+    let engine_state = |node: &GroupNode<DiskStorage>| {
+        let engine = node.engine();
+        (
+            engine.ordered(),
+            engine.next_seqnum(),
+            engine.next_position(),
+        )
+    };
+    let engine_before = engine_state(&cluster.nodes[&follower]);
+
+    // SIGKILL: the follower is gone; the others order more records meanwhile.
+    cluster.alive.remove(&follower);
+    cluster.append(4);
+    cluster.run_until(20, Cluster::all_alive_ordered_everything);
+    cluster.restart(follower, dir.path(), ticks[follower.0 as usize]);
+    assert_eq!(term_and_vote(&cluster.nodes[&follower]), before);
+
+    // Its first tick replays its own committed log into a fresh engine.
+    cluster.tick_one(follower);
+    cluster.network.clear();
+    assert_eq!(cluster.ordered(follower), 8);
+    assert_eq!(engine_state(&cluster.nodes[&follower]), engine_before);
+
+    cluster.alive.insert(follower);
+    cluster.run_until(100, |c| {
+        c.committed[&follower].len() == c.committed[&leader].len()
+    });
+    assert_eq!(cluster.committed[&follower], cluster.committed[&leader]);
+    assert_eq!(cluster.ordered(follower), 12);
+    assert_eq!(
+        cluster.nodes[&follower].metalog_len(),
+        cluster.nodes[&leader].metalog_len()
+    );
+    assert_eq!(
+        cluster.leader(),
+        Some(leader),
+        "a returning follower deposes no one"
+    );
+    cluster.append(2);
+    cluster.run_until(20, Cluster::all_alive_ordered_everything);
+    for id in MEMBERS {
+        assert_eq!(cluster.committed[&id], cluster.committed[&leader]);
+    }
+}
+
+#[test]
+fn a_restarted_leader_does_not_vote_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ticks = [10, 13, 16];
+    let mut cluster = Cluster::open(ticks, dir.path());
+    let leader = cluster.elect();
+    cluster.append(3);
+    cluster.run_until(20, Cluster::all_alive_ordered_everything);
+    let (term, vote) = term_and_vote(&cluster.nodes[&leader]);
+    assert_eq!(vote, raft_id(leader), "the leader voted for itself");
+
+    cluster.restart(leader, dir.path(), ticks[leader.0 as usize]);
+    assert_eq!(term_and_vote(&cluster.nodes[&leader]), (term, vote));
+
+    // Another member asks for its vote in the same term, with a log as long as its own.
+    let candidate = NodeId((leader.0 + 1) % 3);
+    let log = cluster.nodes[&leader].raft_log();
+    let last_index = log.last_index().expect("last index");
+    let last_term = log.term(last_index).expect("term");
+    let mut request = Message::default();
+    request.set_msg_type(MessageType::MsgRequestVote);
+    request.from = raft_id(candidate);
+    request.to = raft_id(leader);
+    request.term = term;
+    request.index = last_index;
+    request.log_term = last_term;
+    let outputs = cluster.node(leader).step(request);
+    let responses: Vec<&Message> = outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Send { to, message }
+                if *to == candidate
+                    && message.get_msg_type() == MessageType::MsgRequestVoteResponse =>
+            {
+                Some(message)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(responses.len(), 1, "{outputs:?}");
+    assert!(
+        responses[0].reject,
+        "it already voted for itself in term {term}"
+    );
+    // The same step replayed its committed metalog, which the cluster must see.
+    cluster.absorb(leader, outputs);
+
+    // The group carries on: a leader is elected and the metalog continues everywhere.
+    cluster.network.clear();
+    cluster.append(4);
+    cluster.run_until(200, Cluster::all_alive_ordered_everything);
+    let reference = cluster.committed[&candidate].clone();
+    check_metalog(&reference, cluster.durable);
+    for id in MEMBERS {
+        assert_eq!(cluster.committed[&id], reference, "member {id:?}");
+    }
 }
