@@ -146,7 +146,13 @@ fn log_cli_appends_and_reads_by_tag_and_book() {
 fn bad_input_gets_clear_json_errors_and_harms_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let tally = Tally::up(dir.path(), &[]).unwrap();
-    let http = client();
+    // A server may close a connection after refusing an oversized body unread; fresh
+    // connections keep one refusal from failing the next request.
+    let http = Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client");
     let expect = |response: reqwest::blocking::Response, status: u16, code: &str| {
         assert_eq!(response.status().as_u16(), status);
         let body: Value = response.json().expect("errors are JSON");
