@@ -72,18 +72,19 @@ pub struct Node {
     pub recovered: Recovered,
 }
 
-enum SequencerMsg {
-    /// The shard's records are durable up to here. The sender is answered once the sequencer
-    /// has taken the progress in: queued a metalog entry covering it, or found one in flight.
-    /// Replication waits for that answer, so the next records and the entry that orders the
-    /// previous ones reach the store together and share one group commit.
-    Progress(ShardProgress, oneshot::Sender<()>),
+/// The shard's records are durable up to `progress`. `taken` is answered once the sequencer
+/// has taken the progress in: queued a metalog entry covering it, or found one in flight.
+/// Replication waits for that answer, so the next records and the entry that orders the
+/// previous ones reach the store together and share one group commit.
+struct ProgressReport {
+    progress: ShardProgress,
+    taken: oneshot::Sender<()>,
 }
 
 /// The gateway's shard on one node: the local store.
 struct LocalShard {
     store: Store,
-    sequencer: mpsc::Sender<SequencerMsg>,
+    sequencer: mpsc::Sender<ProgressReport>,
 }
 
 #[async_trait]
@@ -99,7 +100,7 @@ impl Shard for LocalShard {
         };
         let (taken, taken_rx) = oneshot::channel();
         self.sequencer
-            .send(SequencerMsg::Progress(progress, taken))
+            .send(ProgressReport { progress, taken })
             .await
             .map_err(|_| LogError::Unavailable("sequencer stopped".into()))?;
         // The records are durable either way; the answer only paces replication.
@@ -223,7 +224,7 @@ fn sequencer_engine(view: ViewId, next_position: u64) -> anyhow::Result<Sequence
 /// `interval` apart.
 struct SequencerTask {
     engine: SequencerEngine,
-    rx: mpsc::Receiver<SequencerMsg>,
+    rx: mpsc::Receiver<ProgressReport>,
     store: Store,
     log: std::sync::Weak<GatewayLog>,
     interval: Duration,
@@ -274,13 +275,11 @@ impl SequencerTask {
                         return;
                     }
                 }
-                msg = self.rx.recv() => match msg {
-                    None => return,
-                    Some(SequencerMsg::Progress(p, sender)) => {
-                        self.engine.on_progress(p);
-                        taken.push(sender);
-                    }
-                },
+                report = self.rx.recv() => {
+                    let Some(report) = report else { return };
+                    self.engine.on_progress(report.progress);
+                    taken.push(report.taken);
+                }
                 _ = tokio::time::sleep_until(next_cut), if wait_for_cut => {}
             }
         }

@@ -31,8 +31,8 @@ use bytes::Bytes;
 use cache::RecordCache;
 use logbook::wire::{IndexEntry, LocalId, LogRecord, MetalogEntry, RecordKind, ShardId};
 use logbook::{
-    validate_append, validate_aux, validate_cond, Applied, BookId, IndexCheckpoint, LogError,
-    Record, Seqnum, Tag, TagIndex, ViewId, BATCH_RECORDS_MAX, READ_RANGE_RECORDS_MAX,
+    validate_append, validate_aux, validate_batch_len, validate_cond, Applied, BookId,
+    IndexCheckpoint, LogError, Record, Seqnum, Tag, TagIndex, ViewId, READ_RANGE_RECORDS_MAX,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -303,15 +303,7 @@ impl LogEngine {
         book: BookId,
         records: Vec<(Vec<Tag>, RecordKind, Bytes)>,
     ) -> Result<Vec<LogRecord>, LogError> {
-        if records.is_empty() {
-            return Err(LogError::BadArgument("append has no records".into()));
-        }
-        if records.len() > BATCH_RECORDS_MAX {
-            return Err(LogError::BadArgument(format!(
-                "an append holds at most {BATCH_RECORDS_MAX} records, got {}",
-                records.len()
-            )));
-        }
+        validate_batch_len(records.len())?;
         let single = records.len() == 1;
         let records = records
             .into_iter()

@@ -128,13 +128,17 @@ pub fn validate_append(tags: &[Tag], data: &[u8]) -> Result<Vec<Tag>, LogError> 
 
 /// Checks a batch's size; each record is checked by `validate_append`.
 pub fn validate_batch(records: &[AppendRequest]) -> Result<(), LogError> {
-    if records.is_empty() {
-        return Err(LogError::BadArgument("append batch is empty".into()));
+    validate_batch_len(records.len())
+}
+
+/// Checks how many records one append carries: 1 to `BATCH_RECORDS_MAX`.
+pub fn validate_batch_len(records: usize) -> Result<(), LogError> {
+    if records == 0 {
+        return Err(LogError::BadArgument("append has no records".into()));
     }
-    if records.len() > BATCH_RECORDS_MAX {
+    if records > BATCH_RECORDS_MAX {
         return Err(LogError::BadArgument(format!(
-            "a batch holds at most {BATCH_RECORDS_MAX} records, got {}",
-            records.len()
+            "an append holds at most {BATCH_RECORDS_MAX} records, got {records}"
         )));
     }
     Ok(())

@@ -19,8 +19,8 @@ pub mod conformance;
 pub mod memory;
 
 pub use book::{
-    validate_append, validate_aux, validate_batch, validate_cond, validate_range, validate_timeout,
-    LogBook, ReadBudget, ReadRange,
+    validate_append, validate_aux, validate_batch, validate_batch_len, validate_cond,
+    validate_range, validate_timeout, LogBook, ReadBudget, ReadRange,
 };
 pub use error::LogError;
 pub use ids::{BookId, Seqnum, Tag, ViewId};

@@ -380,12 +380,15 @@ impl Writer {
             return Ok(());
         }
         let fd = self.active.file.as_raw_fd();
-        let result = self.ring.write_all_at(fd, &self.buf, self.active.written);
-        if let Err(e) = result {
-            let err = StoreError::io(format!("write segment {}", self.active.number), &e);
-            self.failed = Some(err.clone());
-            return Err(err);
+        if let Err(e) = self.ring.write_all_at(fd, &self.buf, self.active.written) {
+            return Err(self.fail(format!("write segment {}", self.active.number), &e));
         }
+        self.buffer_written();
+        Ok(())
+    }
+
+    /// The buffer reached the active segment: count it and move the segment's end past it.
+    fn buffer_written(&mut self) {
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_written
@@ -393,7 +396,13 @@ impl Writer {
         self.active.written += self.buf.len() as u64;
         self.buf.clear();
         self.dirty = true;
-        Ok(())
+    }
+
+    /// A write or sync failed: the files' state is unknown, so the writer stops for good.
+    fn fail(&mut self, context: String, e: &std::io::Error) -> StoreError {
+        let err = StoreError::io(context, e);
+        self.failed = Some(err.clone());
+        err
     }
 
     /// fdatasyncs the active segment (and the directory if a segment was created).
@@ -408,9 +417,7 @@ impl Writer {
                 Ok(())
             });
         if let Err(e) = result {
-            let err = StoreError::io(format!("sync segment {}", self.active.number), &e);
-            self.failed = Some(err.clone());
-            return Err(err);
+            return Err(self.fail(format!("sync segment {}", self.active.number), &e));
         }
         self.dir_dirty = false;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -453,17 +460,10 @@ impl Writer {
             .ring
             .write_all_at_and_fdatasync(fd, &self.buf, self.active.written);
         if let Err(e) = result {
-            let err = StoreError::io(format!("write and sync segment {}", self.active.number), &e);
-            self.failed = Some(err.clone());
-            return Err(err);
+            return Err(self.fail(format!("write and sync segment {}", self.active.number), &e));
         }
-        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.buffer_written();
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes_written
-            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-        self.active.written += self.buf.len() as u64;
-        self.buf.clear();
         // Synced, unless a segment was created: its directory entry still needs a sync.
         self.dirty = self.dir_dirty;
         self.last_sync = Instant::now();

@@ -2,7 +2,7 @@
 
 use super::*;
 use logbook::wire::ShardCut;
-use logbook::Cond;
+use logbook::{Cond, BATCH_RECORDS_MAX};
 
 const VIEW: ViewId = ViewId(1);
 const OWN: ShardId = ShardId(0);
