@@ -13,6 +13,9 @@ mod index;
 mod record;
 pub mod wire;
 
+#[cfg(feature = "rpc")]
+pub mod rpc;
+
 #[cfg(feature = "testkit")]
 pub mod conformance;
 #[cfg(feature = "testkit")]

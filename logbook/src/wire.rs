@@ -8,6 +8,7 @@
 use crate::{BookId, Cond, Seqnum, Tag, ViewId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A node of the cluster: sequencer, storage node or gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -132,6 +133,46 @@ impl MetalogEntry {
             (0..cut.delta).map(move |i| (cut.shard, cut.start + i, Seqnum(base + i)))
         })
     }
+}
+
+/// A gateway in a view: it owns the shard with its node id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayMember {
+    /// Differs on every start of the gateway process, so a restarted gateway gets a new view
+    /// (and local ids that no earlier record of its shard has).
+    pub incarnation: u64,
+    pub http_addr: String,
+}
+
+/// An epoch of the cluster: who is in it and where each shard's records go. Its metalog
+/// entries start at `start_position`, with seqnums from `Seqnum::new(id, 0)`; records of
+/// older views that no entry ordered before it are discarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub id: ViewId,
+    pub start_position: u64,
+    /// A record is ordered once this many replicas of its shard hold it durably.
+    pub write_quorum: usize,
+    /// Each shard's storage replicas. A shard's id is its gateway's node id.
+    pub shards: BTreeMap<ShardId, Vec<NodeId>>,
+    pub gateways: BTreeMap<NodeId, GatewayMember>,
+    /// Every storage node and its gRPC address.
+    pub storage: BTreeMap<NodeId, String>,
+}
+
+impl View {
+    /// The shard a gateway owns.
+    pub fn shard_of(gateway: NodeId) -> ShardId {
+        ShardId(gateway.0)
+    }
+}
+
+/// One committed event of the sequencer group, in the order every member applies them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupEvent {
+    Metalog(MetalogEntry),
+    /// The previous view is sealed: no later metalog entry orders its records.
+    View(View),
 }
 
 #[cfg(test)]

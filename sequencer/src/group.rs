@@ -20,15 +20,25 @@
 //! fsync the file's contents are unknown, and going on could break a promise already made.
 //! A member reopened from its directory replays its committed entries into a fresh engine
 //! (raft-rs hands them out again from index 1), re-emitting them as `Output::Committed`.
-//! It does not compact the log, take snapshots or change membership.
+//!
+//! Views go through the same Raft log as metalog entries (`GroupEvent::View`). Gateways send
+//! heartbeats to the leader (`on_gateway_heartbeat`); when the live gateways differ from the
+//! current view's (one joined, restarted with a new incarnation, or missed heartbeats for
+//! `gateway_timeout_ticks`), the leader lets the metalog entry in flight commit, then proposes
+//! the next view starting at the next metalog position. Once it commits, every member's
+//! engine starts over for the new view: its shards, their replicas, seqnums from
+//! `Seqnum::new(view, 0)`. An entry of an older view that commits after it is stale.
+//!
+//! It does not compact the log, take snapshots or change the group's own membership.
 
-use crate::engine::{ApplyError, ConfigError, SequencerConfig, SequencerEngine};
+use crate::engine::{ApplyError, SequencerConfig, SequencerEngine};
 use crate::raft_log::{DiskStorage, RaftLogError, RaftStore};
-use logbook::wire::{MetalogEntry, NodeId, ShardProgress};
+use logbook::wire::{GatewayMember, GroupEvent, NodeId, ShardId, ShardProgress, View};
+use logbook::{Seqnum, ViewId};
 use raft::prelude::{ConfState, Entry, EntryType, Message};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use thiserror::Error;
 
@@ -52,15 +62,22 @@ pub struct GroupConfig {
     /// This member's election timeout in ticks, at least `ELECTION_TICKS_MIN`. Members should
     /// differ (a simulator draws them from its seed) so that elections do not split forever.
     pub election_tick: usize,
-    /// The view's shards, their replicas and the write quorum.
-    pub sequencer: SequencerConfig,
+    /// Every storage node and its gRPC address; views place shards on them.
+    pub storage: BTreeMap<NodeId, String>,
+    /// Replicas per shard, at most the number of storage nodes. Records are ordered once a
+    /// majority of a shard's replicas hold them.
+    pub replication: usize,
+    /// A gateway that sent no heartbeat for this many ticks leaves the next view.
+    pub gateway_timeout_ticks: u64,
 }
 
 /// Why a `GroupNode` could not be built.
 #[derive(Debug, Error)]
 pub enum GroupError {
-    #[error("sequencer config: {0}")]
-    Sequencer(#[from] ConfigError),
+    #[error("the group needs at least one storage node")]
+    NoStorage,
+    #[error("replication {replication} must be 1..={storage} (the number of storage nodes)")]
+    BadReplication { replication: usize, storage: usize },
     #[error("the group has no members")]
     NoMembers,
     #[error("member {0} is listed twice")]
@@ -80,9 +97,9 @@ pub enum GroupError {
 pub enum Output {
     /// Deliver `message` to member `to` (unreliably is fine: Raft retries).
     Send { to: NodeId, message: Message },
-    /// The next metalog entry is committed. Every member emits every committed entry exactly
-    /// once, in position order.
-    Committed(MetalogEntry),
+    /// The next event (a metalog entry or a view) is committed. Every member emits every
+    /// committed event exactly once, in order; `index` counts them from 0.
+    Committed { index: u64, event: GroupEvent },
 }
 
 /// Counters for operators; they never influence decisions.
@@ -98,8 +115,12 @@ pub struct GroupStats {
     pub entries_stale: u64,
     /// Committed entries at the next position that did not continue the metalog.
     pub entries_inconsistent: u64,
-    /// Committed entries whose bytes are not a `MetalogEntry`.
+    /// Committed entries whose bytes are not a `GroupEvent`.
     pub entries_undecodable: u64,
+    /// Views proposed by this member as leader.
+    pub views_proposed: u64,
+    /// Committed views that did not follow the current one (a deposed leader's late proposal).
+    pub views_stale: u64,
     /// Messages Raft rejected (e.g. from a non-member).
     pub messages_rejected: u64,
 }
@@ -107,7 +128,23 @@ pub struct GroupStats {
 /// One member of the sequencer group, its Raft log kept in `S`.
 pub struct GroupNode<S: RaftStore = MemStorage> {
     raw: RawNode<S>,
-    engine: SequencerEngine,
+    /// The current view's engine; none before the first view or in a view without shards.
+    engine: Option<SequencerEngine>,
+    view: Option<View>,
+    storage: BTreeMap<NodeId, String>,
+    replication: usize,
+    gateway_timeout_ticks: u64,
+    /// Ticks since start: the clock of gateway heartbeats.
+    ticks: u64,
+    /// Gateways heard from (as leader), with the tick of their last heartbeat.
+    gateways_seen: BTreeMap<NodeId, (GatewayMember, u64)>,
+    /// The newest progress report of each (storage node, shard), handed to the engine of a
+    /// view installed after it arrived.
+    progress: BTreeMap<(NodeId, ShardId), ShardProgress>,
+    /// A view this member proposed that has not committed yet.
+    view_in_flight: bool,
+    /// Committed events applied (metalog entries and views).
+    events_len: u64,
     /// The term this member leads in, if it leads. When it changes, the engine's in-flight
     /// entry is abandoned: it may never commit, and the new leader must be free to propose.
     leading_term: Option<u64>,
@@ -166,7 +203,15 @@ impl<S: RaftStore> GroupNode<S> {
                 election_tick: config.election_tick,
             });
         }
-        let engine = SequencerEngine::new(config.sequencer)?;
+        if config.storage.is_empty() {
+            return Err(GroupError::NoStorage);
+        }
+        if config.replication == 0 || config.replication > config.storage.len() {
+            return Err(GroupError::BadReplication {
+                replication: config.replication,
+                storage: config.storage.len(),
+            });
+        }
         let raft_config = raft::Config {
             id: raft_id(config.id),
             election_tick: ELECTION_TICKS_MIN,
@@ -186,19 +231,38 @@ impl<S: RaftStore> GroupNode<S> {
         let raw = RawNode::new(&raft_config, store, &logger)?;
         Ok(GroupNode {
             raw,
-            engine,
+            engine: None,
+            view: None,
+            storage: config.storage,
+            replication: config.replication,
+            gateway_timeout_ticks: config.gateway_timeout_ticks,
+            ticks: 0,
+            gateways_seen: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            view_in_flight: false,
+            events_len: 0,
             leading_term: None,
             metalog_len: 0,
             stats: GroupStats::default(),
         })
     }
 
-    /// One logical tick. Raft counts it towards heartbeats and elections; the leader also
-    /// cuts the next metalog entry, if any, and proposes it.
+    /// One logical tick. Raft counts it towards heartbeats and elections, gateway heartbeats
+    /// age by it; the leader also proposes the next view or metalog entry, if any.
     pub fn tick(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
+        self.ticks += 1;
         self.raw.tick();
         self.process_ready(&mut out);
+        self.propose();
+        self.process_ready(&mut out);
+        out
+    }
+
+    /// A cut interval passed (or progress arrived): the leader proposes the next view or
+    /// metalog entry, if any. Unlike `tick`, no Raft time passes.
+    pub fn cut(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
         self.propose();
         self.process_ready(&mut out);
         out
@@ -217,7 +281,33 @@ impl<S: RaftStore> GroupNode<S> {
     /// A storage node's progress report. Every member records it, so that a new leader can
     /// cut at once; only the leader turns it into proposals (on its next tick).
     pub fn on_progress(&mut self, progress: ShardProgress) {
-        self.engine.on_progress(progress);
+        let newest = self
+            .progress
+            .get(&(progress.node, progress.shard))
+            .is_none_or(|p| (p.view, p.durable) <= (progress.view, progress.durable));
+        if newest {
+            self.progress
+                .insert((progress.node, progress.shard), progress);
+        }
+        if let Some(engine) = &mut self.engine {
+            engine.on_progress(progress);
+        }
+    }
+
+    /// A gateway's heartbeat. The leader puts a gateway it hears from into the next view, and
+    /// leaves out one it has not heard from for `gateway_timeout_ticks`.
+    pub fn on_gateway_heartbeat(&mut self, node: NodeId, member: GatewayMember) {
+        self.gateways_seen.insert(node, (member, self.ticks));
+    }
+
+    /// The current view, once one has committed.
+    pub fn view(&self) -> Option<&View> {
+        self.view.as_ref()
+    }
+
+    /// How many committed events this member has applied: the index of the next.
+    pub fn events_len(&self) -> u64 {
+        self.events_len
     }
 
     pub fn is_leader(&self) -> bool {
@@ -234,9 +324,9 @@ impl<S: RaftStore> GroupNode<S> {
         self.metalog_len
     }
 
-    /// The engine, kept in step with the committed metalog.
-    pub fn engine(&self) -> &SequencerEngine {
-        &self.engine
+    /// The current view's engine, kept in step with the committed metalog.
+    pub fn engine(&self) -> Option<&SequencerEngine> {
+        self.engine.as_ref()
     }
 
     /// The Raft log: entries, hard state and conf state as this member stores them.
@@ -248,39 +338,114 @@ impl<S: RaftStore> GroupNode<S> {
         self.stats
     }
 
-    /// Proposes the engine's next entry if this member leads and may propose. A new leader
-    /// first waits until an entry of its own term commits (raft-rs appends an empty one on
-    /// election) and it has applied everything committed: only then does its engine hold the
-    /// whole committed metalog, so that its entry continues it.
+    /// Proposes the next view, or else the engine's next entry, if this member leads and may
+    /// propose. A new leader first waits until an entry of its own term commits (raft-rs
+    /// appends an empty one on election) and it has applied everything committed: only then
+    /// does its engine hold the whole committed metalog, so that its entry continues it.
     fn propose(&mut self) {
         self.sync_leadership();
-        if self.leading_term.is_none() {
+        if self.leading_term.is_none() || self.view_in_flight {
             return;
         }
         let log = &self.raw.raft.raft_log;
         if !self.raw.raft.commit_to_current_term() || log.applied < log.committed {
             return;
         }
-        let Some(entry) = self.engine.on_tick() else {
+        if let Some(view) = self.next_view() {
+            // The view starts after the entry in flight: let that one commit first.
+            if self
+                .engine
+                .as_ref()
+                .is_some_and(|e| e.in_flight().is_some())
+            {
+                return;
+            }
+            if self.propose_event(&GroupEvent::View(view)) {
+                self.view_in_flight = true;
+                self.stats.views_proposed += 1;
+            }
+            return;
+        }
+        let Some(entry) = self.engine.as_mut().and_then(SequencerEngine::on_tick) else {
             return;
         };
-        let data = serde_json::to_vec(&entry).expect("a MetalogEntry always serializes");
-        if self.raw.propose(vec![], data).is_ok() {
+        if !self.propose_event(&GroupEvent::Metalog(entry)) {
+            if let Some(engine) = &mut self.engine {
+                engine.abandon_in_flight();
+            }
+        }
+    }
+
+    fn propose_event(&mut self, event: &GroupEvent) -> bool {
+        let data = serde_json::to_vec(event).expect("a GroupEvent always serializes");
+        let proposed = self.raw.propose(vec![], data).is_ok();
+        if proposed {
             self.stats.proposals += 1;
         } else {
-            self.engine.abandon_in_flight();
             self.stats.proposals_dropped += 1;
         }
+        proposed
+    }
+
+    /// The view the live gateways call for, if it differs from the current one.
+    fn next_view(&self) -> Option<View> {
+        let live: BTreeMap<NodeId, GatewayMember> = self
+            .gateways_seen
+            .iter()
+            .filter(|(_, (_, seen))| self.ticks.saturating_sub(*seen) <= self.gateway_timeout_ticks)
+            .map(|(node, (member, _))| (*node, member.clone()))
+            .collect();
+        let current = self.view.as_ref();
+        let unchanged = match current {
+            Some(view) => view.gateways == live,
+            None => live.is_empty(),
+        };
+        let id = current.map_or(Some(1), |view| view.id.0.checked_add(1))?;
+        if unchanged {
+            return None;
+        }
+        let storage: Vec<NodeId> = self.storage.keys().copied().collect();
+        let shards = live
+            .keys()
+            .map(|gateway| {
+                let first = gateway.0 as usize % storage.len();
+                let replicas = (0..self.replication)
+                    .map(|i| storage[(first + i) % storage.len()])
+                    .collect();
+                (View::shard_of(*gateway), replicas)
+            })
+            .collect::<BTreeMap<ShardId, Vec<NodeId>>>();
+        Some(View {
+            id: ViewId(id),
+            start_position: self.metalog_len,
+            write_quorum: self.replication / 2 + 1,
+            shards,
+            gateways: live,
+            storage: self.storage.clone(),
+        })
     }
 
     /// Abandons the engine's in-flight entry when this member gains or loses leadership.
     fn sync_leadership(&mut self) {
         let leading = self.is_leader().then_some(self.raw.raft.term);
         if leading != self.leading_term {
-            if self.engine.abandon_in_flight().is_some() {
+            let abandoned = self.engine.as_mut().and_then(|e| e.abandon_in_flight());
+            if abandoned.is_some() || self.view_in_flight {
                 self.stats.proposals_abandoned += 1;
             }
+            self.view_in_flight = false;
             self.leading_term = leading;
+            // A new leader has heard no heartbeats yet: give the view's gateways a full timeout.
+            if leading.is_some() {
+                if let Some(view) = &self.view {
+                    for (node, member) in &view.gateways {
+                        self.gateways_seen
+                            .entry(*node)
+                            .or_insert((member.clone(), self.ticks))
+                            .1 = self.ticks;
+                    }
+                }
+            }
         }
     }
 
@@ -321,25 +486,83 @@ impl<S: RaftStore> GroupNode<S> {
         }
     }
 
-    /// Applies committed Raft entries to the engine, in log order. Empty entries (a new
-    /// leader's) carry no metalog entry; stale ones lost their position to an earlier entry.
+    /// Applies committed Raft entries, in log order. Empty entries (a new leader's) carry no
+    /// event; stale ones lost their place to an earlier entry.
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Vec<Output>) {
         for entry in entries {
             if entry.get_entry_type() != EntryType::EntryNormal || entry.get_data().is_empty() {
                 continue;
             }
-            let Ok(metalog_entry) = serde_json::from_slice::<MetalogEntry>(entry.get_data()) else {
+            let Ok(event) = serde_json::from_slice::<GroupEvent>(entry.get_data()) else {
                 self.stats.entries_undecodable += 1;
                 continue;
             };
-            match self.engine.apply_committed(&metalog_entry) {
-                Ok(()) => {
-                    self.metalog_len += 1;
-                    out.push(Output::Committed(metalog_entry));
-                }
-                Err(ApplyError::Stale { .. }) => self.stats.entries_stale += 1,
-                Err(ApplyError::Inconsistent { .. }) => self.stats.entries_inconsistent += 1,
+            let applied = match &event {
+                GroupEvent::Metalog(metalog_entry) => self.apply_metalog(metalog_entry),
+                GroupEvent::View(view) => self.apply_view(view),
+            };
+            if applied {
+                out.push(Output::Committed {
+                    index: self.events_len,
+                    event,
+                });
+                self.events_len += 1;
             }
         }
+    }
+
+    fn apply_metalog(&mut self, entry: &logbook::wire::MetalogEntry) -> bool {
+        let Some(engine) = &mut self.engine else {
+            self.stats.entries_stale += 1;
+            return false;
+        };
+        match engine.apply_committed(entry) {
+            Ok(()) => {
+                self.metalog_len += 1;
+                true
+            }
+            Err(ApplyError::Stale { .. }) => {
+                self.stats.entries_stale += 1;
+                false
+            }
+            Err(ApplyError::Inconsistent { .. }) => {
+                self.stats.entries_inconsistent += 1;
+                false
+            }
+        }
+    }
+
+    /// A view applies if it follows the current one and starts at the next metalog position;
+    /// the engine then starts over for it.
+    fn apply_view(&mut self, view: &View) -> bool {
+        let follows = self
+            .view
+            .as_ref()
+            .is_none_or(|current| view.id > current.id)
+            && view.start_position == self.metalog_len;
+        if !follows {
+            self.stats.views_stale += 1;
+            return false;
+        }
+        self.view_in_flight = false;
+        self.engine = (!view.shards.is_empty())
+            .then(|| {
+                SequencerEngine::new(SequencerConfig {
+                    view: view.id,
+                    first_seqnum: Seqnum::new(view.id, 0),
+                    first_position: view.start_position,
+                    shards: view.shards.clone(),
+                    write_quorum: view.write_quorum,
+                })
+            })
+            .and_then(Result::ok);
+        self.progress.retain(|_, p| p.view >= view.id);
+        if let Some(engine) = &mut self.engine {
+            for progress in self.progress.values() {
+                engine.on_progress(*progress);
+            }
+        }
+        self.view = Some(view.clone());
+        true
     }
 }

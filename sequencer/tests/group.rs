@@ -2,19 +2,20 @@
 //! three members, one shard with one storage replica, a FIFO network that drops messages
 //! from or to dead members, and seeds that choose election timeouts and which member dies.
 
-use logbook::wire::{MetalogEntry, NodeId, ShardId, ShardProgress};
+use logbook::wire::{GatewayMember, GroupEvent, MetalogEntry, NodeId, ShardId, ShardProgress};
 use logbook::{Seqnum, ViewId};
 use raft::prelude::{Message, MessageType};
 use raft::storage::MemStorage;
 use raft::Storage;
 use sequencer::group::{GroupConfig, GroupNode, Output};
 use sequencer::raft_log::{DiskStorage, RaftStore};
-use sequencer::SequencerConfig;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 const VIEW: ViewId = ViewId(1);
-const SHARD: ShardId = ShardId(0);
+/// The one gateway; its shard has its id.
+const GATEWAY: NodeId = NodeId(50);
+const SHARD: ShardId = ShardId(50);
 const STORAGE: NodeId = NodeId(100);
 const MEMBERS: [NodeId; 3] = [NodeId(0), NodeId(1), NodeId(2)];
 /// Deliveries one call to `deliver` may make before the test calls it a message storm.
@@ -36,13 +37,9 @@ fn config(id: NodeId, election_tick: usize) -> GroupConfig {
         id,
         members: MEMBERS.to_vec(),
         election_tick,
-        sequencer: SequencerConfig {
-            view: VIEW,
-            first_seqnum: Seqnum::new(VIEW, 0),
-            first_position: 0,
-            shards: BTreeMap::from([(SHARD, vec![STORAGE])]),
-            write_quorum: 1,
-        },
+        storage: BTreeMap::from([(STORAGE, "storage".to_string())]),
+        replication: 1,
+        gateway_timeout_ticks: 1_000_000,
     }
 }
 
@@ -102,11 +99,18 @@ impl<S: RaftStore> Cluster<S> {
         for output in outputs {
             match output {
                 Output::Send { to, message } => self.network.push_back((from, to, message)),
-                Output::Committed(entry) => self
+                Output::Committed {
+                    event: GroupEvent::Metalog(entry),
+                    ..
+                } => self
                     .committed
                     .get_mut(&from)
                     .expect("members only")
                     .push(entry),
+                Output::Committed {
+                    event: GroupEvent::View(view),
+                    ..
+                } => assert_eq!(view.id, VIEW, "the gateway never leaves, so one view"),
             }
         }
     }
@@ -117,6 +121,11 @@ impl<S: RaftStore> Cluster<S> {
 
     /// Ticks one member without delivering what it sends.
     fn tick_one(&mut self, id: NodeId) {
+        let gateway = GatewayMember {
+            incarnation: 1,
+            http_addr: "gateway".into(),
+        };
+        self.node(id).on_gateway_heartbeat(GATEWAY, gateway);
         let outputs = self.node(id).tick();
         self.absorb(id, outputs);
     }
@@ -297,7 +306,10 @@ fn a_proposal_in_flight_when_the_leader_dies_commits_at_most_once() {
     cluster.append(5);
     cluster.tick_one(old);
     assert_eq!(
-        cluster.nodes[&old].engine().in_flight().map(|e| e.position),
+        cluster.nodes[&old]
+            .engine()
+            .and_then(|e| e.in_flight())
+            .map(|e| e.position),
         Some(1)
     );
     let lucky = NodeId((old.0 + 1) % 3);
@@ -334,7 +346,10 @@ fn a_proposal_in_flight_when_the_leader_dies_commits_at_most_once() {
     cluster.run_until(100, |c| c.committed[&old].len() == c.committed[&new].len());
     assert_eq!(cluster.committed[&old], cluster.committed[&new]);
     assert!(!cluster.nodes[&old].is_leader());
-    assert_eq!(cluster.nodes[&old].engine().in_flight(), None);
+    assert_eq!(
+        cluster.nodes[&old].engine().and_then(|e| e.in_flight()),
+        None
+    );
 }
 
 /// A small deterministic generator (SplitMix64) so seeds replay exactly.
@@ -440,7 +455,7 @@ fn a_member_restarted_from_disk_keeps_its_vote_and_rejoins() {
         "the follower voted for the leader"
     );
     let engine_state = |node: &GroupNode<DiskStorage>| {
-        let engine = node.engine();
+        let engine = node.engine().expect("the view has a shard");
         (
             engine.ordered(),
             engine.next_seqnum(),

@@ -1,0 +1,15 @@
+//! Compiles `proto/tally.proto` when the `rpc` feature is on. The parser is protox (pure
+//! Rust), so no `protoc` needs to be installed.
+
+fn main() {
+    println!("cargo:rerun-if-changed=proto/tally.proto");
+    #[cfg(feature = "rpc")]
+    {
+        let descriptors = protox::compile(["proto/tally.proto"], ["proto"])
+            .expect("proto/tally.proto must parse");
+        tonic_prost_build::configure()
+            .bytes(".")
+            .compile_fds(descriptors)
+            .expect("generate the gRPC code");
+    }
+}

@@ -1,0 +1,340 @@
+//! The gRPC wire protocol between roles (`proto/tally.proto`): the generated messages, clients
+//! and servers (`pb`), and conversions between them and the domain types of `wire`.
+//! Decoding checks every id that is narrower in the domain than on the wire and rejects
+//! malformed messages with `WireError`, never panics.
+
+use crate::wire::{
+    GatewayMember, GroupEvent, LogRecord, MetalogEntry, NodeId, RecordKind, ShardCut, ShardId, View,
+};
+use crate::{BookId, Cond, Seqnum, Tag, ViewId};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// The generated code of `proto/tally.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/tally.v1.rs"));
+}
+
+/// A message that does not decode into the domain type.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("malformed message: {0}")]
+pub struct WireError(pub String);
+
+impl From<WireError> for tonic::Status {
+    fn from(e: WireError) -> tonic::Status {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// A view id from its wire form.
+pub fn view_id(view: u32) -> Result<ViewId, WireError> {
+    u16::try_from(view)
+        .map(ViewId)
+        .map_err(|_| WireError(format!("view {view} is out of range")))
+}
+
+impl From<&LogRecord> for pb::LogRecord {
+    fn from(r: &LogRecord) -> pb::LogRecord {
+        let (cond, trim) = match r.kind {
+            RecordKind::Data => (None, None),
+            RecordKind::Cond(c) => (
+                Some(pb::Cond {
+                    tag: c.tag.0,
+                    position: c.position,
+                }),
+                None,
+            ),
+            RecordKind::Trim { tag, below } => (
+                None,
+                Some(pb::Trim {
+                    tag: tag.0,
+                    below: below.0,
+                }),
+            ),
+        };
+        pb::LogRecord {
+            book: r.book.0,
+            tags: r.tags.iter().map(|t| t.0).collect(),
+            data: r.data.clone(),
+            cond,
+            trim,
+        }
+    }
+}
+
+impl pb::LogRecord {
+    /// The record's kind, from its optional `cond` and `trim`.
+    pub fn kind(&self) -> Result<RecordKind, WireError> {
+        match (&self.cond, &self.trim) {
+            (None, None) => Ok(RecordKind::Data),
+            (Some(c), None) => Ok(RecordKind::Cond(Cond {
+                tag: Tag(c.tag),
+                position: c.position,
+            })),
+            (None, Some(t)) => Ok(RecordKind::Trim {
+                tag: Tag(t.tag),
+                below: Seqnum(t.below),
+            }),
+            (Some(_), Some(_)) => Err(WireError("a record is both a cond and a trim".into())),
+        }
+    }
+}
+
+impl TryFrom<pb::LogRecord> for LogRecord {
+    type Error = WireError;
+    fn try_from(r: pb::LogRecord) -> Result<LogRecord, WireError> {
+        let kind = r.kind()?;
+        Ok(LogRecord {
+            book: BookId(r.book),
+            tags: r.tags.into_iter().map(Tag).collect(),
+            kind,
+            data: r.data,
+        })
+    }
+}
+
+impl From<&MetalogEntry> for pb::MetalogEntry {
+    fn from(e: &MetalogEntry) -> pb::MetalogEntry {
+        pb::MetalogEntry {
+            position: e.position,
+            view: u32::from(e.view.0),
+            start_seqnum: e.start_seqnum.0,
+            cuts: e
+                .cuts
+                .iter()
+                .map(|c| pb::ShardCut {
+                    shard: c.shard.0,
+                    start: c.start,
+                    delta: c.delta,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::MetalogEntry> for MetalogEntry {
+    type Error = WireError;
+    fn try_from(e: pb::MetalogEntry) -> Result<MetalogEntry, WireError> {
+        let view = view_id(e.view)?;
+        let start_seqnum = Seqnum(e.start_seqnum);
+        if start_seqnum.view() != view {
+            return Err(WireError(format!(
+                "metalog entry {} starts outside its view {}",
+                e.position, e.view
+            )));
+        }
+        let entry = MetalogEntry {
+            position: e.position,
+            view,
+            start_seqnum,
+            cuts: e
+                .cuts
+                .into_iter()
+                .map(|c| ShardCut {
+                    shard: ShardId(c.shard),
+                    start: c.start,
+                    delta: c.delta,
+                })
+                .collect(),
+        };
+        let end = entry
+            .cuts
+            .iter()
+            .try_fold(start_seqnum.position(), |at, c| at.checked_add(c.delta))
+            .filter(|end| *end <= Seqnum::POSITION_MAX + 1);
+        if end.is_none() {
+            return Err(WireError(format!(
+                "metalog entry {} runs past its view's seqnums",
+                entry.position
+            )));
+        }
+        Ok(entry)
+    }
+}
+
+impl From<&View> for pb::View {
+    fn from(v: &View) -> pb::View {
+        pb::View {
+            id: u32::from(v.id.0),
+            start_position: v.start_position,
+            write_quorum: v.write_quorum as u32,
+            shards: v
+                .shards
+                .iter()
+                .map(|(shard, replicas)| pb::ShardReplicas {
+                    shard: shard.0,
+                    replicas: replicas.iter().map(|n| n.0).collect(),
+                })
+                .collect(),
+            gateways: v
+                .gateways
+                .iter()
+                .map(|(node, g)| pb::GatewayMember {
+                    node: node.0,
+                    incarnation: g.incarnation,
+                    http_addr: g.http_addr.clone(),
+                })
+                .collect(),
+            storage: v
+                .storage
+                .iter()
+                .map(|(node, addr)| pb::StorageMember {
+                    node: node.0,
+                    rpc_addr: addr.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::View> for View {
+    type Error = WireError;
+    fn try_from(v: pb::View) -> Result<View, WireError> {
+        let mut shards = BTreeMap::new();
+        for s in v.shards {
+            let replicas = s.replicas.into_iter().map(NodeId).collect();
+            if shards.insert(ShardId(s.shard), replicas).is_some() {
+                return Err(WireError(format!("view lists shard {} twice", s.shard)));
+            }
+        }
+        let mut gateways = BTreeMap::new();
+        for g in v.gateways {
+            let member = GatewayMember {
+                incarnation: g.incarnation,
+                http_addr: g.http_addr,
+            };
+            if gateways.insert(NodeId(g.node), member).is_some() {
+                return Err(WireError(format!("view lists gateway {} twice", g.node)));
+            }
+        }
+        let mut storage = BTreeMap::new();
+        for s in v.storage {
+            if storage.insert(NodeId(s.node), s.rpc_addr).is_some() {
+                return Err(WireError(format!(
+                    "view lists storage node {} twice",
+                    s.node
+                )));
+            }
+        }
+        Ok(View {
+            id: view_id(v.id)?,
+            start_position: v.start_position,
+            write_quorum: v.write_quorum as usize,
+            shards,
+            gateways,
+            storage,
+        })
+    }
+}
+
+impl pb::Event {
+    pub fn new(index: u64, event: &GroupEvent) -> pb::Event {
+        let kind = match event {
+            GroupEvent::Metalog(e) => pb::event::Kind::Metalog(e.into()),
+            GroupEvent::View(v) => pb::event::Kind::View(v.into()),
+        };
+        pb::Event {
+            index,
+            kind: Some(kind),
+        }
+    }
+
+    /// The event's index and domain form.
+    pub fn decode(self) -> Result<(u64, GroupEvent), WireError> {
+        let event = match self.kind {
+            Some(pb::event::Kind::Metalog(e)) => GroupEvent::Metalog(e.try_into()?),
+            Some(pb::event::Kind::View(v)) => GroupEvent::View(v.try_into()?),
+            None => return Err(WireError(format!("event {} is empty", self.index))),
+        };
+        Ok((self.index, event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn records_entries_and_views_round_trip() {
+        for kind in [
+            RecordKind::Data,
+            RecordKind::Cond(Cond {
+                tag: Tag(3),
+                position: 9,
+            }),
+            RecordKind::Trim {
+                tag: Tag::ANY,
+                below: Seqnum(77),
+            },
+        ] {
+            let record = LogRecord {
+                book: BookId(4),
+                tags: vec![Tag(1), Tag(2)],
+                kind,
+                data: Bytes::from_static(b"abc"),
+            };
+            let wire = pb::LogRecord::from(&record);
+            assert_eq!(LogRecord::try_from(wire).unwrap(), record);
+        }
+        let entry = MetalogEntry {
+            position: 5,
+            view: ViewId(2),
+            start_seqnum: Seqnum::new(ViewId(2), 10),
+            cuts: vec![ShardCut {
+                shard: ShardId(7),
+                start: 3,
+                delta: 4,
+            }],
+        };
+        let view = View {
+            id: ViewId(2),
+            start_position: 5,
+            write_quorum: 2,
+            shards: [(ShardId(7), vec![NodeId(10), NodeId(11)])].into(),
+            gateways: [(
+                NodeId(7),
+                GatewayMember {
+                    incarnation: 99,
+                    http_addr: "127.0.0.1:1".into(),
+                },
+            )]
+            .into(),
+            storage: [(NodeId(10), "a".into()), (NodeId(11), "b".into())].into(),
+        };
+        for event in [GroupEvent::Metalog(entry), GroupEvent::View(view)] {
+            let wire = pb::Event::new(3, &event);
+            assert_eq!(wire.decode().unwrap(), (3, event));
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        let both = pb::LogRecord {
+            cond: Some(pb::Cond::default()),
+            trim: Some(pb::Trim::default()),
+            ..Default::default()
+        };
+        assert!(LogRecord::try_from(both).is_err());
+        let outside = pb::MetalogEntry {
+            view: 3,
+            start_seqnum: Seqnum::new(ViewId(2), 0).0,
+            ..Default::default()
+        };
+        assert!(MetalogEntry::try_from(outside).is_err());
+        let overflow = pb::MetalogEntry {
+            view: 1,
+            start_seqnum: Seqnum::new(ViewId(1), 5).0,
+            cuts: vec![pb::ShardCut {
+                shard: 0,
+                start: 0,
+                delta: u64::MAX,
+            }],
+            ..Default::default()
+        };
+        assert!(MetalogEntry::try_from(overflow).is_err());
+        assert!(view_id(70_000).is_err());
+        assert!(pb::Event::default().decode().is_err());
+    }
+}
