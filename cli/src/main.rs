@@ -6,7 +6,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tally_cli::client::Client;
 use tally_cli::node::{Node, NodeConfig};
@@ -36,6 +35,107 @@ enum Command {
     /// Measure a running Tally.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a cluster role (interim flags).
+    #[command(hide = true)]
+    Role(RoleArgs),
+}
+
+#[derive(Args)]
+struct RoleArgs {
+    role: String,
+    #[arg(long)]
+    id: u32,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value = "./d")]
+    data_dir: PathBuf,
+    #[arg(long, value_delimiter = ',')]
+    sequencers: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    storage: Vec<String>,
+}
+
+fn id_map(items: &[String]) -> std::collections::BTreeMap<logbook::wire::NodeId, String> {
+    items
+        .iter()
+        .map(|i| {
+            let (id, addr) = i.split_once('=').expect("id=addr");
+            (
+                logbook::wire::NodeId(id.parse().expect("id")),
+                addr.to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn role(args: RoleArgs) -> anyhow::Result<()> {
+    use tally_cli::roles::*;
+    let id = logbook::wire::NodeId(args.id);
+    let sequencers = id_map(&args.sequencers);
+    match args.role.as_str() {
+        "status-seq" => {
+            let mut c = logbook::rpc::pb::sequencer_client::SequencerClient::new(channel(
+                &args.listen.to_string(),
+            )?);
+            println!(
+                "{}",
+                c.status(logbook::rpc::pb::StatusRequest {})
+                    .await?
+                    .into_inner()
+                    .json
+            );
+            Ok(())
+        }
+        "status-st" => {
+            let mut c = logbook::rpc::pb::storage_client::StorageClient::new(channel(
+                &args.listen.to_string(),
+            )?);
+            println!(
+                "{}",
+                c.status(logbook::rpc::pb::StatusRequest {})
+                    .await?
+                    .into_inner()
+                    .json
+            );
+            Ok(())
+        }
+        "sequencer" => {
+            sequencer::run(SequencerOptions {
+                id,
+                data_dir: args.data_dir,
+                listen: args.listen,
+                sequencers,
+                storage: id_map(&args.storage),
+                replication: 3,
+                cut_interval: std::time::Duration::from_micros(CUT_INTERVAL_US_DEFAULT),
+                raft_tick: std::time::Duration::from_millis(RAFT_TICK_MS_DEFAULT),
+                election_ticks: ELECTION_TICKS_DEFAULT,
+                gateway_timeout: std::time::Duration::from_millis(GATEWAY_TIMEOUT_MS_DEFAULT),
+            })
+            .await
+        }
+        "storage" => {
+            storage::run(StorageOptions {
+                id,
+                data_dir: args.data_dir,
+                listen: args.listen,
+                sequencers,
+                durability: storage_node::Durability::Fsync,
+                segment_bytes_max: 64 << 20,
+            })
+            .await
+        }
+        _ => {
+            gateway::run(GatewayOptions {
+                id,
+                http: args.listen,
+                sequencers,
+                cache_bytes_max: 256 << 20,
+                pending_appends_max: 100_000,
+            })
+            .await
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -191,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Invoke(args) => invoke(args).await,
             Command::Log(cmd) => log(cmd).await,
             Command::Bench(cmd) => bench(cmd).await,
+            Command::Role(args) => role(args).await,
         }
     })
 }
@@ -213,20 +314,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP gateway to {}", args.http_addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
 
-    let metrics = node.metrics.clone();
-    let log: Arc<dyn logbook::LogBook> = Arc::new(gateway::metrics::MeteredLog::new(
-        node.log.clone(),
-        metrics.clone(),
-    ));
-    let mut registry = gateway::Registry::new();
-    gateway::examples::register(&mut registry);
-    let dispatcher = gateway::Dispatcher::new(registry, log.clone(), metrics.clone());
-    let state = Arc::new(gateway::http::AppState {
-        dispatcher,
-        log,
-        metrics,
-        engine: Some(node.log.clone()),
-    });
+    let app = gateway::http::default_app(node.log.clone(), node.metrics.clone());
 
     let r = &node.recovered;
     println!(
@@ -244,7 +332,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("try: curl -X POST http://{addr}/function/echo -d hi");
     std::io::stdout().flush().ok();
 
-    axum::serve(listener, gateway::http::router(state))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;

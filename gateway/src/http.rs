@@ -98,6 +98,24 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+/// The HTTP app of one gateway serving `log` with the built-in example functions, its
+/// calls timed in `metrics`: what `tally up` and `tally gateway` serve.
+pub fn default_app(log: Arc<GatewayLog>, metrics: Arc<Metrics>) -> axum::Router {
+    let metered: Arc<dyn LogBook> = Arc::new(crate::metrics::MeteredLog::new(
+        log.clone(),
+        metrics.clone(),
+    ));
+    let mut registry = crate::Registry::new();
+    crate::examples::register(&mut registry);
+    let dispatcher = Dispatcher::new(registry, metered.clone(), metrics.clone());
+    router(Arc::new(AppState {
+        dispatcher,
+        log: metered,
+        metrics,
+        engine: Some(log),
+    }))
+}
+
 /// The router of a gateway.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()

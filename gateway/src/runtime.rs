@@ -23,6 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Bytes of records handed to the shard in one `replicate` call, at most.
 const REPLICATE_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// How many times an append discarded by view changes is made again before the caller
+/// sees `Discarded`.
+const DISCARDED_RETRIES: usize = 5;
 /// How often parked blocking reads are checked for their deadline.
 const TICK_INTERVAL_MS: u64 = 5;
 
@@ -148,6 +151,35 @@ impl GatewayLog {
         inner.execute(commands);
     }
 
+    /// Index data for records this gateway did not append (other shards', or its own from an
+    /// earlier run), needed before the metalog entries that order them can apply.
+    pub fn on_index_data(&self, entries: Vec<logbook::wire::IndexEntry>) {
+        let mut inner = self.lock();
+        let commands = inner.engine.on_index_data(entries);
+        inner.execute(commands);
+    }
+
+    /// The view before `next` is sealed: pending appends fail with the retryable `Discarded`
+    /// (which `append` retries itself) and later ones are made in `next`. Call it only once
+    /// every metalog entry of the sealed views is applied (`metalog_position` has reached
+    /// `next`'s first position): then no discarded record can still be ordered, so retrying
+    /// it cannot make a duplicate.
+    pub fn seal(&self, next: logbook::ViewId) {
+        let mut inner = self.lock();
+        let commands = inner.engine.seal(next);
+        inner.execute(commands);
+    }
+
+    /// The metalog position of the next entry to apply.
+    pub fn metalog_position(&self) -> u64 {
+        self.lock().engine.metalog_position()
+    }
+
+    /// The view appends are made in.
+    pub fn view(&self) -> logbook::ViewId {
+        self.lock().engine.view()
+    }
+
     pub fn engine_stats(&self) -> crate::engine::EngineStats {
         self.lock().engine.stats()
     }
@@ -156,7 +188,24 @@ impl GatewayLog {
         *self.stats.lock().expect("stats lock")
     }
 
+    /// Appends an op, retrying it when a view change discarded it. A discarded op was never
+    /// ordered and never will be (see `seal`), so appending it again is safe.
     async fn submit(
+        &self,
+        book: BookId,
+        records: Vec<(Vec<Tag>, RecordKind, Bytes)>,
+    ) -> Result<Vec<Seqnum>, LogError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.submit_once(book, records.clone()).await {
+                Err(LogError::Discarded) if attempts < DISCARDED_RETRIES => continue,
+                result => return result,
+            }
+        }
+    }
+
+    async fn submit_once(
         &self,
         book: BookId,
         records: Vec<(Vec<Tag>, RecordKind, Bytes)>,

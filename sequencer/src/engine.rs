@@ -289,6 +289,11 @@ impl SequencerEngine {
         counts[self.write_quorum - 1]
     }
 
+    /// The durable count each replica of `shard` last reported.
+    pub fn durable(&self, shard: ShardId) -> BTreeMap<NodeId, u64> {
+        self.durable.get(&shard).cloned().unwrap_or_default()
+    }
+
     /// Per shard, how many local counters committed entries have ordered.
     pub fn ordered(&self) -> BTreeMap<ShardId, u64> {
         self.ordered.clone()

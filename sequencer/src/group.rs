@@ -314,6 +314,11 @@ impl<S: RaftStore> GroupNode<S> {
         self.raw.raft.state == StateRole::Leader
     }
 
+    /// The Raft term this member is in.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
     /// The leader this member knows of, if any.
     pub fn leader(&self) -> Option<NodeId> {
         node_id(self.raw.raft.leader_id)

@@ -167,7 +167,7 @@ pub const LOCK_FILE: &str = "LOCK";
 
 /// Takes an exclusive `flock` on the data dir's lock file, released when the file closes
 /// (also when the process dies).
-fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -289,6 +289,22 @@ impl Store {
         first: LocalId,
         records: Vec<LogRecord>,
     ) -> Result<(), StoreError> {
+        self.enqueue_records(shard, first, records).await?.await
+    }
+
+    /// Like `append_records`, in two steps: the first resolves once the records are queued
+    /// (after waiting for an in-flight permit), the returned future once they are durable.
+    /// Requests queued one after another are written in that order, so a caller can queue
+    /// the next batch before the previous one is durable.
+    pub async fn enqueue_records(
+        &self,
+        shard: ShardId,
+        first: LocalId,
+        records: Vec<LogRecord>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+        StoreError,
+    > {
         check_records(&records)?;
         let (reply, rx) = oneshot::channel();
         self.submit(Op::Append {
@@ -298,7 +314,7 @@ impl Store {
             reply,
         })
         .await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
     }
 
     /// Persists a metalog entry (it orders records already stored); the returned future

@@ -75,3 +75,104 @@ pub fn grpc_uri(addr: &str) -> String {
         format!("http://{addr}")
     }
 }
+
+/// A gRPC channel to `addr`, connected lazily (the first call connects; a broken connection
+/// is re-established by a later call). Channels are shared per address: one HTTP/2
+/// connection carries every call to a node.
+pub fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+    static CHANNELS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
+    > = std::sync::OnceLock::new();
+    let mut channels = CHANNELS
+        .get_or_init(Default::default)
+        .lock()
+        .expect("channel cache lock");
+    if let Some(channel) = channels.get(addr) {
+        return Ok(channel.clone());
+    }
+    let channel = tonic::transport::Endpoint::from_shared(grpc_uri(addr))?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .timeout(RPC_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+        .keep_alive_timeout(std::time::Duration::from_secs(3))
+        .connect_lazy();
+    channels.insert(addr.to_string(), channel.clone());
+    Ok(channel)
+}
+
+/// The longest a unary call may take before it fails.
+pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The sequencer group as a client sees it: one channel per member and the leader last
+/// heard of, tried first.
+pub struct SequencerClients {
+    clients: BTreeMap<
+        NodeId,
+        logbook::rpc::pb::sequencer_client::SequencerClient<tonic::transport::Channel>,
+    >,
+    leader: std::sync::Mutex<Option<NodeId>>,
+}
+
+impl SequencerClients {
+    pub fn new(sequencers: &BTreeMap<NodeId, String>) -> anyhow::Result<SequencerClients> {
+        let clients = sequencers
+            .iter()
+            .map(|(id, addr)| {
+                let client =
+                    logbook::rpc::pb::sequencer_client::SequencerClient::new(channel(addr)?)
+                        .max_decoding_message_size(64 * 1024 * 1024);
+                Ok((*id, client))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(SequencerClients {
+            clients,
+            leader: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The members in the order to try: the known leader first.
+    pub fn candidates(
+        &self,
+    ) -> Vec<(
+        NodeId,
+        logbook::rpc::pb::sequencer_client::SequencerClient<tonic::transport::Channel>,
+    )> {
+        let leader = *self.leader.lock().expect("leader lock");
+        let mut all: Vec<_> = self
+            .clients
+            .iter()
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        all.sort_by_key(|(id, _)| Some(*id) != leader);
+        all
+    }
+
+    /// Remembers the leader a reply named (`leader_plus_one`, 0 for unknown).
+    pub fn note_leader(&self, leader_plus_one: u32) {
+        if let Some(id) = leader_plus_one.checked_sub(1) {
+            *self.leader.lock().expect("leader lock") = Some(NodeId(id));
+        }
+    }
+
+    pub fn note_leader_is(&self, id: NodeId) {
+        *self.leader.lock().expect("leader lock") = Some(id);
+    }
+
+    /// Subscribes to committed events from metalog position `from` at the leader, trying
+    /// every member until one serves (waiting between rounds).
+    pub async fn subscribe(&self, from: u64) -> tonic::Streaming<logbook::rpc::pb::Event> {
+        loop {
+            for (id, mut client) in self.candidates() {
+                let request = logbook::rpc::pb::SubscribeRequest {
+                    from_position: from,
+                };
+                if let Ok(response) = client.subscribe(request).await {
+                    self.note_leader_is(id);
+                    return response.into_inner();
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
