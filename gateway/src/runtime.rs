@@ -26,6 +26,8 @@ const REPLICATE_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// How many times an append discarded by view changes is made again before the caller
 /// sees `Discarded`.
 const DISCARDED_RETRIES: usize = 5;
+/// Records fetched from storage in one `read_many` call, at most.
+const READ_MANY_CHUNK: usize = 256;
 /// How often parked blocking reads are checked for their deadline.
 const TICK_INTERVAL_MS: u64 = 5;
 
@@ -37,6 +39,14 @@ pub trait Shard: Send + Sync + 'static {
     async fn replicate(&self, first: LocalId, records: Vec<LogRecord>) -> Result<(), LogError>;
     /// Reads the ordered record at `seqnum` from a replica.
     async fn read_at(&self, seqnum: Seqnum) -> Result<Option<Record>, LogError>;
+    /// Reads several ordered records (in the order given); by default one `read_at` each.
+    async fn read_many(&self, seqnums: &[Seqnum]) -> Result<Vec<Option<Record>>, LogError> {
+        let mut records = Vec::with_capacity(seqnums.len());
+        for seqnum in seqnums {
+            records.push(self.read_at(*seqnum).await?);
+        }
+        Ok(records)
+    }
     /// Trims made every record below `checkpoint.below` invisible: the storage replicas may
     /// delete the segments that hold only such records, keeping the checkpoint for recovery.
     async fn reclaim(&self, checkpoint: IndexCheckpoint) -> Result<(), LogError>;
@@ -455,16 +465,37 @@ impl LogBook for GatewayLog {
             .lock()
             .engine
             .read_range(book, tag, range.from, range.to, range.limit);
+        // Fetch what the cache lacks in one call per chunk, then assemble in order.
+        let wanted: Vec<Seqnum> = plans
+            .iter()
+            .filter_map(|plan| match plan {
+                ReadPlan::Fetch { seqnum } => Some(*seqnum),
+                _ => None,
+            })
+            .collect();
+        let mut fetched = HashMap::with_capacity(wanted.len());
+        for chunk in wanted.chunks(READ_MANY_CHUNK) {
+            self.stats.lock().expect("stats lock").storage_reads += chunk.len() as u64;
+            let records = self.shard.read_many(chunk).await?;
+            let mut inner = self.lock();
+            for record in records.into_iter().flatten() {
+                inner.engine.cache_insert(record.clone());
+                fetched.insert(record.seqnum, record);
+            }
+        }
         let mut records = Vec::with_capacity(plans.len());
         let mut budget = ReadBudget::default();
         for plan in plans {
-            match self.resolve(plan).await {
-                Ok(Some(record)) if budget.admit(record.data.len()) => records.push(record),
-                Ok(Some(_)) => break,
-                Ok(None) => {}
-                // Trimmed between planning and fetching: the range simply starts later.
-                Err(LogError::Trimmed(_)) => {}
-                Err(e) => return Err(e),
+            let record = match plan {
+                ReadPlan::Empty => None,
+                ReadPlan::Cached(record) => Some(record),
+                // Missing: trimmed between planning and fetching; the range starts later.
+                ReadPlan::Fetch { seqnum } => fetched.remove(&seqnum),
+            };
+            match record {
+                Some(record) if budget.admit(record.data.len()) => records.push(record),
+                Some(_) => break,
+                None => {}
             }
         }
         Ok(records)

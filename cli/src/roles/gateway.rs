@@ -178,31 +178,57 @@ impl Shard for ClusterShard {
     }
 
     async fn read_at(&self, seqnum: Seqnum) -> Result<Option<Record>, LogError> {
+        Ok(self.read_many(&[seqnum]).await?.pop().flatten())
+    }
+
+    /// Asks the storage nodes in turn (the shard's own replicas first) for the records the
+    /// earlier ones did not hold. A record no reachable node holds was reclaimed (`None`).
+    async fn read_many(&self, seqnums: &[Seqnum]) -> Result<Vec<Option<Record>>, LogError> {
         let min_position = *self.applied.borrow();
+        let mut found: BTreeMap<Seqnum, Record> = BTreeMap::new();
         let mut last_error = None;
         for addr in self.storage_nodes() {
-            match fetch(&addr, seqnum, Seqnum(seqnum.0 + 1), min_position, false).await {
+            let missing: Vec<u64> = seqnums
+                .iter()
+                .filter(|s| !found.contains_key(s))
+                .map(|s| s.0)
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            let request = pb::FetchRequest {
+                min_position,
+                seqnums: missing,
+                ..Default::default()
+            };
+            match fetch(&addr, request).await {
                 Ok(records) => {
-                    if let Some(r) = records.into_iter().next() {
+                    for r in records {
                         let record = r.record.unwrap_or_default();
-                        return Ok(Some(Record {
+                        let seqnum = Seqnum(r.seqnum);
+                        found.insert(
                             seqnum,
-                            book: logbook::BookId(record.book),
-                            tags: record.tags.into_iter().map(logbook::Tag).collect(),
-                            data: record.data,
-                            aux: None,
-                        }));
+                            Record {
+                                seqnum,
+                                book: logbook::BookId(record.book),
+                                tags: record.tags.into_iter().map(logbook::Tag).collect(),
+                                data: record.data,
+                                aux: None,
+                            },
+                        );
                     }
                 }
                 Err(e) => last_error = Some(e),
             }
         }
-        match last_error {
-            Some(e) => Err(LogError::Unavailable(format!(
-                "no storage node served seqnum {seqnum}: {e}"
-            ))),
-            None => Ok(None),
+        if found.len() < seqnums.len() {
+            if let Some(e) = last_error {
+                return Err(LogError::Unavailable(format!(
+                    "storage nodes unreachable: {e}"
+                )));
+            }
         }
+        Ok(seqnums.iter().map(|s| found.remove(s)).collect())
     }
 
     async fn reclaim(&self, _checkpoint: IndexCheckpoint) -> Result<(), LogError> {
@@ -214,24 +240,9 @@ impl Shard for ClusterShard {
 
 /// The ordered records in `[from, to)` a storage node holds, once it applied the metalog up
 /// to `min_position`.
-async fn fetch(
-    addr: &str,
-    from: Seqnum,
-    to: Seqnum,
-    min_position: u64,
-    index_only: bool,
-) -> anyhow::Result<Vec<pb::FetchedRecord>> {
+async fn fetch(addr: &str, request: pb::FetchRequest) -> anyhow::Result<Vec<pb::FetchedRecord>> {
     let mut client = StorageClient::new(channel(addr)?).max_decoding_message_size(64 << 20);
-    let reply = client
-        .fetch(pb::FetchRequest {
-            from_seqnum: from.0,
-            to_seqnum: to.0,
-            min_position,
-            index_only,
-        })
-        .await?
-        .into_inner();
-    Ok(reply.records)
+    Ok(client.fetch(request).await?.into_inner().records)
 }
 
 /// Sends batches to one replica over a replication stream, in order, and publishes what it
@@ -656,7 +667,14 @@ async fn fetch_range(
     let mut at = from;
     while at < to {
         let upto = Seqnum(to.0.min(at.0 + 1024));
-        records.extend(fetch(addr, at, upto, min_position, true).await?);
+        let request = pb::FetchRequest {
+            from_seqnum: at.0,
+            to_seqnum: upto.0,
+            min_position,
+            index_only: true,
+            seqnums: Vec::new(),
+        };
+        records.extend(fetch(addr, request).await?);
         at = upto;
     }
     Ok(records)

@@ -352,6 +352,7 @@ async fn fetch_from(
                 to_seqnum: upto,
                 min_position,
                 index_only: false,
+                seqnums: Vec::new(),
             })
             .await?
             .into_inner();
@@ -427,11 +428,16 @@ impl Storage for Service {
                 request.min_position
             )));
         }
-        let to = request
-            .to_seqnum
-            .min(request.from_seqnum.saturating_add(FETCH_RECORDS_MAX));
+        let seqnums: Vec<u64> = if request.seqnums.is_empty() {
+            let to = request
+                .to_seqnum
+                .min(request.from_seqnum.saturating_add(FETCH_RECORDS_MAX));
+            (request.from_seqnum..to).collect()
+        } else {
+            request.seqnums.iter().copied().take(FETCH_RECORDS_MAX as usize).collect()
+        };
         let mut records = Vec::new();
-        for seqnum in request.from_seqnum..to {
+        for seqnum in seqnums {
             let stored = self
                 .node
                 .store
