@@ -1,45 +1,23 @@
-//! The closed-loop append benchmark: `clients` tasks, spread round-robin over the gateway
-//! addresses, each append a record, wait for its seqnum, and append again until the duration
-//! ends. It measures latency per client and merges the histograms at the end; the only state
-//! shared per append is a pair of atomic counters for progress.
-//!
-//! It keeps going when requests start failing after some were acknowledged (a crash test kills
-//! the server mid-run and then checks the ack log), but gives up quickly when nothing has ever
-//! succeeded, so a wrong address is an error rather than a report of zeros.
+//! The append benchmark against Tally: closed-loop clients (see `closed_loop`), spread
+//! round-robin over the gateway addresses, each append a record over HTTP, wait for its
+//! seqnum, and append again until the duration ends.
 
-use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize, Serializer};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 
-use crate::ack_log::{write_acks, Ack, ACK_QUEUE_DEPTH};
-use crate::filler::{filler, FILLER_HEADER_BYTES};
-use crate::progress::{Progress, Timeline};
-use crate::report::{AppendReport, Percentiles};
+use crate::closed_loop::{self, Failure, Load};
+use crate::report::{AppendReport, RunConfig};
 
-pub const CLIENTS_MAX: usize = 4096;
-pub const RECORD_BYTES_MAX: usize = 16 << 20;
+pub use crate::closed_loop::{CLIENTS_MAX, DURATION_MAX, RECORD_BYTES_MAX};
 pub const TAGS_MAX: usize = 1 << 20;
-pub const DURATION_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Backoff between attempts after a failure, doubling from min to max, reset by a success.
-const BACKOFF_MIN: Duration = Duration::from_millis(1);
-const BACKOFF_MAX: Duration = Duration::from_millis(100);
-/// Retries of one record answered `discarded`/`unavailable` before it counts as an error.
-const RETRIES_PER_RECORD_MAX: u32 = 50;
-/// Failures in a row, by one client, with nothing acknowledged by anyone, that end the run.
-const FAILURES_BEFORE_ABORT: u32 = 3;
-const LATENCY_US_MAX: u64 = 60_000_000;
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to run. `Default` gives one local gateway, 4 clients, 1 KiB records for 10 s.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -62,7 +40,7 @@ pub struct AppendConfig {
     pub ack_log: Option<PathBuf>,
 }
 
-fn as_secs_f64<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_secs_f64<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(duration.as_secs_f64())
 }
 
@@ -87,33 +65,54 @@ impl AppendConfig {
         for addr in &self.addrs {
             base_url(addr)?;
         }
-        ensure!(
-            (1..=CLIENTS_MAX).contains(&self.clients),
-            "clients must be 1..={CLIENTS_MAX}, not {}",
-            self.clients
-        );
-        ensure!(
-            (FILLER_HEADER_BYTES..=RECORD_BYTES_MAX).contains(&self.record_bytes),
-            "record_bytes must be {FILLER_HEADER_BYTES}..={RECORD_BYTES_MAX} (each record \
-             starts with its client id and counter), not {}",
-            self.record_bytes
-        );
+        self.load().validate()?;
         ensure!(
             self.tags <= TAGS_MAX,
             "tags must be at most {TAGS_MAX}, not {}",
             self.tags
         );
-        ensure!(
-            !self.duration.is_zero() && self.duration <= DURATION_MAX,
-            "duration must be above 0 and at most {} s",
-            DURATION_MAX.as_secs()
-        );
-        ensure!(
-            self.warmup <= DURATION_MAX,
-            "warmup must be at most {} s",
-            DURATION_MAX.as_secs()
-        );
         Ok(())
+    }
+
+    fn load(&self) -> Load {
+        Load {
+            clients: self.clients,
+            record_bytes: self.record_bytes,
+            duration: self.duration,
+            warmup: self.warmup,
+        }
+    }
+}
+
+impl RunConfig for AppendConfig {
+    const TITLE: &'static str = "append benchmark";
+    const BENCHMARK: &'static str = "append";
+    const TOOL: &'static str = "tally-bench";
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        let tags = match self.tags {
+            0 => "0 (untagged)".to_string(),
+            n => format!("{n} (round-robin over 1..={n})"),
+        };
+        let mut lines = vec![
+            ("addrs", self.addrs.join(", ")),
+            ("book", self.book.to_string()),
+            ("clients", self.clients.to_string()),
+            ("record_bytes", self.record_bytes.to_string()),
+            ("tags", tags),
+            (
+                "duration_s",
+                format!(
+                    "{:.1} (warmup {:.1})",
+                    self.duration.as_secs_f64(),
+                    self.warmup.as_secs_f64()
+                ),
+            ),
+        ];
+        if let Some(path) = &self.ack_log {
+            lines.push(("ack_log", path.display().to_string()));
+        }
+        lines
     }
 }
 
@@ -139,14 +138,16 @@ pub fn base_url(addr: &str) -> anyhow::Result<String> {
 }
 
 /// One gateway and the connection pool its clients share.
-struct Target {
+struct Gateway {
     addr: String,
     base: String,
     http: reqwest::Client,
+    book: u32,
+    tags: u64,
 }
 
-impl Target {
-    fn new(addr: &str, pool_size: usize) -> anyhow::Result<Target> {
+impl Gateway {
+    fn new(addr: &str, pool_size: usize, book: u32, tags: u64) -> anyhow::Result<Gateway> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -154,64 +155,23 @@ impl Target {
             .tcp_nodelay(true)
             .build()
             .context("building the HTTP client")?;
-        Ok(Target {
+        Ok(Gateway {
             addr: addr.trim().to_string(),
             base: base_url(addr)?,
             http,
+            book,
+            tags,
         })
     }
 }
 
-#[derive(Default)]
-struct Shared {
-    /// Acknowledged appends by every client, warmup included.
-    acked: AtomicU64,
-    errors: AtomicU64,
-    /// Set when the run must end early: nothing succeeds, or the ack log failed.
-    stop: AtomicBool,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Shared {
-    fn note_error(&self, message: &str) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        // A poisoned lock only means another client panicked; the join reports that.
-        if let Ok(mut first) = self.first_error.lock() {
-            first.get_or_insert_with(|| message.to_string());
-        }
-    }
-
-    fn first_error(&self) -> Option<String> {
-        self.first_error.lock().ok().and_then(|first| first.clone())
-    }
-}
-
-/// One client's measurements, merged with the others' at the end.
-struct Tally {
-    latency_us: Histogram<u64>,
-    appends: u64,
-    errors: u64,
-    retried: u64,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        Tally {
-            latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
-                .expect("constant histogram bounds are valid"),
-            appends: 0,
-            errors: 0,
-            retried: 0,
-        }
-    }
-
-    fn merge(&mut self, other: &Tally) {
-        self.latency_us
-            .add(&other.latency_us)
-            .expect("histograms share bounds");
-        self.appends += other.appends;
-        self.errors += other.errors;
-        self.retried += other.retried;
+impl closed_loop::Target for Gateway {
+    async fn append(&self, client: u32, counter: u64, record: Bytes) -> Result<u64, Failure> {
+        let tag = match self.tags {
+            0 => 0,
+            tags => 1 + (u64::from(client) % tags + counter % tags) % tags,
+        };
+        append_once(self, tag, record).await
     }
 }
 
@@ -223,217 +183,19 @@ impl Tally {
 pub async fn run_append(config: AppendConfig, progress: bool) -> anyhow::Result<AppendReport> {
     config.validate()?;
     let pool_size = config.clients.div_ceil(config.addrs.len());
-    let targets = config
+    let gateways = config
         .addrs
         .iter()
-        .map(|addr| Target::new(addr, pool_size).map(Arc::new))
+        .map(|addr| Gateway::new(addr, pool_size, config.book, config.tags as u64).map(Arc::new))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (ack_tx, ack_writer) = match &config.ack_log {
-        Some(path) => {
-            let file = File::create(path)
-                .with_context(|| format!("cannot create ack log {}", path.display()))?;
-            let (tx, rx) = mpsc::channel(ACK_QUEUE_DEPTH);
-            (Some(tx), Some(tokio::spawn(write_acks(file, rx))))
-        }
-        None => (None, None),
-    };
-
-    let shared = Arc::new(Shared::default());
-    let start = Instant::now();
-    let measure_start = start + config.warmup;
-    let end = measure_start + config.duration;
-    let started_unix_ms = (SystemTime::now() + config.warmup)
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let progress = Progress::start(
-        progress,
-        Timeline {
-            start,
-            measure_start,
-            end,
-        },
-        {
-            let shared = Arc::clone(&shared);
-            move || {
-                (
-                    shared.acked.load(Ordering::Relaxed),
-                    shared.errors.load(Ordering::Relaxed),
-                )
-            }
-        },
-    );
-
-    let workers: Vec<_> = (0..config.clients)
-        .map(|client| {
-            let worker = Worker {
-                client: client as u32,
-                target: Arc::clone(&targets[client % targets.len()]),
-                book: config.book,
-                record_bytes: config.record_bytes,
-                tags: config.tags as u64,
-                shared: Arc::clone(&shared),
-                ack_tx: ack_tx.clone(),
-                measure_start,
-                end,
-            };
-            tokio::spawn(worker.run())
-        })
-        .collect();
-    // The writer ends once the last worker drops its sender.
-    drop(ack_tx);
-
-    let mut total = Tally::new();
-    let mut panic = None;
-    for worker in workers {
-        match worker.await {
-            Ok(tally) => total.merge(&tally),
-            Err(e) => panic = Some(e),
-        }
-    }
-    let finished = Instant::now();
-    progress.finish().await;
-    if let Some(writer) = ack_writer {
-        let path = config.ack_log.as_deref().unwrap_or_else(|| "?".as_ref());
-        writer
-            .await
-            .context("the ack log writer panicked")?
-            .with_context(|| format!("writing ack log {}", path.display()))?;
-    }
-    if let Some(e) = panic {
-        bail!("a benchmark client panicked: {e}");
-    }
-    if shared.acked.load(Ordering::Relaxed) == 0 {
-        let reason = shared.first_error().unwrap_or_else(|| {
-            format!("no reply within {:.1} s", (finished - start).as_secs_f64())
-        });
-        bail!("no append was acknowledged: {reason}");
-    }
-
-    let elapsed_s = finished
-        .saturating_duration_since(measure_start)
-        .as_secs_f64();
-    let per_s = |n: f64| if elapsed_s > 0.0 { n / elapsed_s } else { 0.0 };
-    Ok(AppendReport {
-        appends: total.appends,
-        errors: total.errors,
-        retried: total.retried,
-        elapsed_s,
-        appends_per_s: per_s(total.appends as f64),
-        mb_per_s: per_s(total.appends as f64 * config.record_bytes as f64 / 1e6),
-        latency_us: Percentiles::from_histogram(&total.latency_us),
-        first_error: shared.first_error(),
-        started_unix_ms,
-        config,
-    })
-}
-
-struct Worker {
-    client: u32,
-    target: Arc<Target>,
-    book: u32,
-    record_bytes: usize,
-    tags: u64,
-    shared: Arc<Shared>,
-    ack_tx: Option<mpsc::Sender<Ack>>,
-    measure_start: Instant,
-    end: Instant,
-}
-
-impl Worker {
-    async fn run(self) -> Tally {
-        let mut tally = Tally::new();
-        let mut backoff = BACKOFF_MIN;
-        let mut failures_in_row = 0u32;
-        // Bounded by `end`: every iteration either finishes before it or breaks out.
-        for counter in 0u64.. {
-            if Instant::now() >= self.end || self.shared.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let record = Bytes::from(filler(self.client, counter, self.record_bytes));
-            let tag = match self.tags {
-                0 => 0,
-                tags => 1 + (u64::from(self.client) % tags + counter % tags) % tags,
-            };
-            let began = Instant::now();
-            let measured = began >= self.measure_start;
-            // An append still in flight at the end is abandoned: it was never acknowledged.
-            let Ok((outcome, retries)) =
-                tokio::time::timeout_at(self.end, self.append_with_retries(tag, record)).await
-            else {
-                break;
-            };
-            if measured {
-                tally.retried += u64::from(retries);
-            }
-            match outcome {
-                Ok(seqnum) => {
-                    let latency_us = began.elapsed().as_micros() as u64;
-                    if measured {
-                        tally.latency_us.saturating_record(latency_us.max(1));
-                        tally.appends += 1;
-                    }
-                    self.shared.acked.fetch_add(1, Ordering::Relaxed);
-                    backoff = BACKOFF_MIN;
-                    failures_in_row = 0;
-                    if let Some(tx) = &self.ack_tx {
-                        let ack = Ack {
-                            seqnum,
-                            client: self.client,
-                            counter,
-                        };
-                        if tx.send(ack).await.is_err() {
-                            self.shared.note_error("the ack log writer stopped");
-                            self.shared.stop.store(true, Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                }
-                Err(message) => {
-                    if measured {
-                        tally.errors += 1;
-                    }
-                    self.shared.note_error(&message);
-                    failures_in_row += 1;
-                    if failures_in_row >= FAILURES_BEFORE_ABORT
-                        && self.shared.acked.load(Ordering::Relaxed) == 0
-                    {
-                        self.shared.stop.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    // Pause so a dead server is not hammered in a tight loop.
-                    tokio::time::sleep_until((Instant::now() + backoff).min(self.end)).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
-        tally
-    }
-
-    /// Appends `record`, retrying `discarded`/`unavailable` with a capped backoff. Returns the
-    /// seqnum or the error, and how many retries it took.
-    async fn append_with_retries(&self, tag: u64, record: Bytes) -> (Result<u64, String>, u32) {
-        let mut backoff = BACKOFF_MIN;
-        let mut retries = 0;
-        loop {
-            match append_once(&self.target, self.book, tag, record.clone()).await {
-                Ok(seqnum) => return (Ok(seqnum), retries),
-                Err(Failure::Retryable(_)) if retries < RETRIES_PER_RECORD_MAX => {
-                    retries += 1;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-                Err(Failure::Retryable(message) | Failure::Fatal(message)) => {
-                    return (Err(message), retries)
-                }
-            }
-        }
-    }
-}
-
-enum Failure {
-    /// `discarded` or `unavailable`: the same record may be sent again.
-    Retryable(String),
-    Fatal(String),
+    let measured = closed_loop::run(
+        &config.load(),
+        &gateways,
+        config.ack_log.as_deref(),
+        progress.then_some("bench append"),
+    )
+    .await?;
+    Ok(AppendReport::new(config, measured))
 }
 
 #[derive(Deserialize)]
@@ -453,7 +215,8 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-async fn append_once(target: &Target, book: u32, tag: u64, record: Bytes) -> Result<u64, Failure> {
+async fn append_once(target: &Gateway, tag: u64, record: Bytes) -> Result<u64, Failure> {
+    let book = target.book;
     let url = match tag {
         0 => format!("{}/log/{book}/append", target.base),
         tag => format!("{}/log/{book}/append?tag={tag}", target.base),
@@ -543,13 +306,17 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
 
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::task::{JoinHandle, JoinSet};
+    use tokio::time::Instant;
 
     use super::*;
-    use crate::{filler_origin, read_ack_log};
+    use crate::filler::FILLER_HEADER_BYTES;
+    use crate::{filler_origin, read_ack_log, Ack};
 
     /// A minimal HTTP/1.1 gateway stand-in: appends get the next seqnum (the index of the stored
     /// body), except every `discard_every`-th attempt, answered `discarded`.

@@ -36,25 +36,26 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// Starts showing progress if `enabled`; `counts` returns (acknowledged, errors) so far.
+    /// Starts showing progress, each line led by `label`, if there is one; `counts` returns
+    /// (acknowledged, errors) so far.
     pub fn start(
-        enabled: bool,
+        label: Option<&'static str>,
         timeline: Timeline,
         counts: impl Fn() -> (u64, u64) + Send + 'static,
     ) -> Progress {
-        if !enabled {
+        let Some(label) = label else {
             return Progress {
                 stop: None,
                 task: None,
             };
-        }
+        };
         let mode = if std::io::stderr().is_terminal() {
             Mode::Bar
         } else {
             Mode::Lines
         };
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(show(mode, timeline, counts, stopped));
+        let task = tokio::spawn(show(mode, label, timeline, counts, stopped));
         Progress {
             stop: Some(stop),
             task: Some(task),
@@ -76,6 +77,7 @@ impl Progress {
 
 async fn show(
     mode: Mode,
+    label: &'static str,
     timeline: Timeline,
     counts: impl Fn() -> (u64, u64),
     mut stopped: oneshot::Receiver<()>,
@@ -110,7 +112,7 @@ async fn show(
                 bar.set_message(message);
                 bar.tick();
             }
-            Mode::Lines => eprintln!("bench append: {message}"),
+            Mode::Lines => eprintln!("{label}: {message}"),
         }
     }
     bar.finish_and_clear();

@@ -1,12 +1,17 @@
-//! The append benchmark's result: latency percentiles from an hdrhistogram, throughput, and
-//! the configuration that produced them, printed for people or as JSON.
+//! A closed-loop benchmark's result: latency percentiles from an hdrhistogram, throughput, and
+//! the configuration that produced them, printed for people or as JSON. Every load generator
+//! (Tally's append, JetStream's publish) reports in this one shape, so their figures compare
+//! field by field.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::append::AppendConfig;
+use crate::closed_loop::Measured;
 
 /// Latency figures in microseconds. All zero when nothing was measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -33,19 +38,32 @@ impl Percentiles {
     }
 }
 
-/// What one `run_append` measured. Counts cover the measured window only (after warmup).
+/// What a report says about the configuration of the run it describes.
+pub trait RunConfig: Serialize {
+    /// The human report's first words, e.g. "append benchmark".
+    const TITLE: &'static str;
+    /// `benchmark` and `tool` in the JSON report.
+    const BENCHMARK: &'static str;
+    const TOOL: &'static str;
+    /// The configuration as (name, value) lines of the human report, in order.
+    fn describe(&self) -> Vec<(&'static str, String)>;
+}
+
+/// What one closed-loop run measured. Counts cover the measured window only (after warmup).
 #[derive(Clone, Debug, Serialize)]
-pub struct AppendReport {
-    pub config: AppendConfig,
+pub struct AppendReport<C = AppendConfig> {
+    pub config: C,
     /// Acknowledged appends.
     pub appends: u64,
     /// Appends that failed for good (not retried): bad request, connection lost, timeout.
     pub errors: u64,
-    /// Attempts answered `discarded` or `unavailable` and tried again.
+    /// Attempts answered with a retryable failure (Tally's `discarded` or `unavailable`) and
+    /// tried again.
     pub retried: u64,
     pub elapsed_s: f64,
     pub appends_per_s: f64,
-    /// Record payload acknowledged per second, in MB (10^6 bytes); HTTP overhead not counted.
+    /// Record payload acknowledged per second, in MB (10^6 bytes); protocol overhead not
+    /// counted.
     pub mb_per_s: f64,
     pub latency_us: Percentiles,
     /// The first failure seen (warmup included), so a report with errors says what they were.
@@ -54,35 +72,41 @@ pub struct AppendReport {
     pub started_unix_ms: u64,
 }
 
-impl AppendReport {
+impl<C: RunConfig> AppendReport<C> {
+    pub(crate) fn new(config: C, measured: Measured) -> AppendReport<C> {
+        let Measured {
+            appends,
+            errors,
+            retried,
+            elapsed_s,
+            appends_per_s,
+            mb_per_s,
+            latency_us,
+            first_error,
+            started_unix_ms,
+        } = measured;
+        AppendReport {
+            config,
+            appends,
+            errors,
+            retried,
+            elapsed_s,
+            appends_per_s,
+            mb_per_s,
+            latency_us,
+            first_error,
+            started_unix_ms,
+        }
+    }
+
     /// The report as lines of text, configuration first.
     pub fn human(&self) -> String {
-        let c = &self.config;
-        let tags = match c.tags {
-            0 => "0 (untagged)".to_string(),
-            n => format!("{n} (round-robin over 1..={n})"),
-        };
         let l = &self.latency_us;
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = writeln!(
-            out,
-            "append benchmark ({})",
-            rfc3339_utc(self.started_unix_ms)
-        );
-        let _ = writeln!(out, "  addrs         {}", c.addrs.join(", "));
-        let _ = writeln!(out, "  book          {}", c.book);
-        let _ = writeln!(out, "  clients       {}", c.clients);
-        let _ = writeln!(out, "  record_bytes  {}", c.record_bytes);
-        let _ = writeln!(out, "  tags          {tags}");
-        let _ = writeln!(
-            out,
-            "  duration_s    {:.1} (warmup {:.1})",
-            c.duration.as_secs_f64(),
-            c.warmup.as_secs_f64()
-        );
-        if let Some(path) = &c.ack_log {
-            let _ = writeln!(out, "  ack_log       {}", path.display());
+        let _ = writeln!(out, "{} ({})", C::TITLE, rfc3339_utc(self.started_unix_ms));
+        for (name, value) in self.config.describe() {
+            let _ = writeln!(out, "  {name:<14}{value}");
         }
         let _ = writeln!(out, "results");
         let _ = writeln!(
@@ -115,12 +139,18 @@ impl AppendReport {
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).expect("the report has only plain fields");
         if let Some(object) = value.as_object_mut() {
-            object.insert("benchmark".into(), "append".into());
-            object.insert("tool".into(), "tally-bench".into());
+            object.insert("benchmark".into(), C::BENCHMARK.into());
+            object.insert("tool".into(), C::TOOL.into());
             object.insert("version".into(), env!("CARGO_PKG_VERSION").into());
             object.insert("timestamp".into(), rfc3339_utc(self.started_unix_ms).into());
         }
         value
+    }
+
+    /// Writes `to_json()`, pretty-printed, to `path`.
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(&self.to_json()).expect("JSON values serialize");
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 }
 

@@ -476,8 +476,7 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             let report = bench::run_append(config, true).await?;
             report.print_human();
             if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&report.to_json())?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                report.write_json(&path)?;
                 println!("wrote {}", path.display());
             }
         }

@@ -1,0 +1,378 @@
+//! The closed-loop driver every load generator shares: `clients` tasks, spread round-robin
+//! over the targets, each append a record, wait for its acknowledgement, and append again
+//! until the duration ends. It measures latency per client and merges the histograms at the
+//! end; the only state shared per append is a pair of atomic counters for progress.
+//!
+//! What an append is (an HTTP request to a gateway, a JetStream publish awaiting its PubAck)
+//! is the `Target`'s business; retries, backoff, the measured window, the ack log and the
+//! figures are this module's, so every system is measured the same way.
+//!
+//! It keeps going when appends start failing after some were acknowledged (a crash test kills
+//! the server mid-run and then checks the ack log), but gives up quickly when nothing has ever
+//! succeeded, so a wrong address is an error rather than a report of zeros.
+
+use std::fs::File;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::ack_log::{write_acks, Ack, ACK_QUEUE_DEPTH};
+use crate::filler::{filler, FILLER_HEADER_BYTES};
+use crate::progress::{Progress, Timeline};
+use crate::report::Percentiles;
+
+pub const CLIENTS_MAX: usize = 4096;
+pub const RECORD_BYTES_MAX: usize = 16 << 20;
+pub const DURATION_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Backoff between attempts after a failure, doubling from min to max, reset by a success.
+const BACKOFF_MIN: Duration = Duration::from_millis(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// Retries of one record answered with a retryable failure before it counts as an error.
+const RETRIES_PER_RECORD_MAX: u32 = 50;
+/// Failures in a row, by one client, with nothing acknowledged by anyone, that end the run.
+const FAILURES_BEFORE_ABORT: u32 = 3;
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+/// The shape of a run, whatever system it drives.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Load {
+    /// Concurrent closed-loop clients, each with one append in flight.
+    pub clients: usize,
+    pub record_bytes: usize,
+    pub duration: Duration,
+    /// Time spent appending before measuring starts; appends during it are not counted.
+    pub warmup: Duration,
+}
+
+impl Load {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            (1..=CLIENTS_MAX).contains(&self.clients),
+            "clients must be 1..={CLIENTS_MAX}, not {}",
+            self.clients
+        );
+        ensure!(
+            (FILLER_HEADER_BYTES..=RECORD_BYTES_MAX).contains(&self.record_bytes),
+            "record_bytes must be {FILLER_HEADER_BYTES}..={RECORD_BYTES_MAX} (each record \
+             starts with its client id and counter), not {}",
+            self.record_bytes
+        );
+        ensure!(
+            !self.duration.is_zero() && self.duration <= DURATION_MAX,
+            "duration must be above 0 and at most {} s",
+            DURATION_MAX.as_secs()
+        );
+        ensure!(
+            self.warmup <= DURATION_MAX,
+            "warmup must be at most {} s",
+            DURATION_MAX.as_secs()
+        );
+        Ok(())
+    }
+}
+
+/// Why one attempt failed.
+pub(crate) enum Failure {
+    /// The system asked for the same record to be sent again (Tally's `discarded` or
+    /// `unavailable`, JetStream's "no responders" while a stream leader is elected).
+    Retryable(String),
+    Fatal(String),
+}
+
+/// Where a client's appends go: one gateway's connection pool, one NATS connection.
+pub(crate) trait Target: Send + Sync + 'static {
+    /// Makes one attempt to append `record`, the `counter`-th of `client`; on success, the
+    /// position the system gave it (a seqnum, a stream sequence).
+    fn append(
+        &self,
+        client: u32,
+        counter: u64,
+        record: Bytes,
+    ) -> impl Future<Output = Result<u64, Failure>> + Send;
+}
+
+/// What a run measured. Counts cover the measured window only (after warmup).
+#[derive(Clone, Debug)]
+pub(crate) struct Measured {
+    pub appends: u64,
+    pub errors: u64,
+    pub retried: u64,
+    pub elapsed_s: f64,
+    pub appends_per_s: f64,
+    pub mb_per_s: f64,
+    pub latency_us: Percentiles,
+    pub first_error: Option<String>,
+    pub started_unix_ms: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Acknowledged appends by every client, warmup included.
+    acked: AtomicU64,
+    errors: AtomicU64,
+    /// Set when the run must end early: nothing succeeds, or the ack log failed.
+    stop: AtomicBool,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn note_error(&self, message: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        // A poisoned lock only means another client panicked; the join reports that.
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert_with(|| message.to_string());
+        }
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.first_error.lock().ok().and_then(|first| first.clone())
+    }
+}
+
+/// One client's measurements, merged with the others' at the end.
+struct Counts {
+    latency_us: Histogram<u64>,
+    appends: u64,
+    errors: u64,
+    retried: u64,
+}
+
+impl Counts {
+    fn new() -> Counts {
+        Counts {
+            latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+                .expect("constant histogram bounds are valid"),
+            appends: 0,
+            errors: 0,
+            retried: 0,
+        }
+    }
+
+    fn merge(&mut self, other: &Counts) {
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("histograms share bounds");
+        self.appends += other.appends;
+        self.errors += other.errors;
+        self.retried += other.retried;
+    }
+}
+
+/// Runs `load` against `targets` (client `i` uses `targets[i % targets.len()]`), writing every
+/// acknowledged append to `ack_log` when given, and showing progress on stderr under
+/// `progress_label` when given.
+///
+/// Fails when the ack log cannot be written, or no append at all was acknowledged (with the
+/// first error seen, e.g. "cannot connect to ADDR: connection refused").
+pub(crate) async fn run<T: Target>(
+    load: &Load,
+    targets: &[Arc<T>],
+    ack_log: Option<&Path>,
+    progress_label: Option<&'static str>,
+) -> anyhow::Result<Measured> {
+    load.validate()?;
+    ensure!(!targets.is_empty(), "no target to append to");
+    let (ack_tx, ack_writer) = match ack_log {
+        Some(path) => {
+            let file = File::create(path)
+                .with_context(|| format!("cannot create ack log {}", path.display()))?;
+            let (tx, rx) = mpsc::channel(ACK_QUEUE_DEPTH);
+            (Some(tx), Some(tokio::spawn(write_acks(file, rx))))
+        }
+        None => (None, None),
+    };
+
+    let shared = Arc::new(Shared::default());
+    let start = Instant::now();
+    let measure_start = start + load.warmup;
+    let end = measure_start + load.duration;
+    let started_unix_ms = (SystemTime::now() + load.warmup)
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let progress = Progress::start(
+        progress_label,
+        Timeline {
+            start,
+            measure_start,
+            end,
+        },
+        {
+            let shared = Arc::clone(&shared);
+            move || {
+                (
+                    shared.acked.load(Ordering::Relaxed),
+                    shared.errors.load(Ordering::Relaxed),
+                )
+            }
+        },
+    );
+
+    let workers: Vec<_> = (0..load.clients)
+        .map(|client| {
+            let worker = Worker {
+                client: client as u32,
+                target: Arc::clone(&targets[client % targets.len()]),
+                record_bytes: load.record_bytes,
+                shared: Arc::clone(&shared),
+                ack_tx: ack_tx.clone(),
+                measure_start,
+                end,
+            };
+            tokio::spawn(worker.run())
+        })
+        .collect();
+    // The writer ends once the last worker drops its sender.
+    drop(ack_tx);
+
+    let mut total = Counts::new();
+    let mut panic = None;
+    for worker in workers {
+        match worker.await {
+            Ok(counts) => total.merge(&counts),
+            Err(e) => panic = Some(e),
+        }
+    }
+    let finished = Instant::now();
+    progress.finish().await;
+    if let (Some(writer), Some(path)) = (ack_writer, ack_log) {
+        writer
+            .await
+            .context("the ack log writer panicked")?
+            .with_context(|| format!("writing ack log {}", path.display()))?;
+    }
+    if let Some(e) = panic {
+        bail!("a benchmark client panicked: {e}");
+    }
+    if shared.acked.load(Ordering::Relaxed) == 0 {
+        let reason = shared.first_error().unwrap_or_else(|| {
+            format!("no reply within {:.1} s", (finished - start).as_secs_f64())
+        });
+        bail!("no append was acknowledged: {reason}");
+    }
+
+    let elapsed_s = finished
+        .saturating_duration_since(measure_start)
+        .as_secs_f64();
+    let per_s = |n: f64| if elapsed_s > 0.0 { n / elapsed_s } else { 0.0 };
+    Ok(Measured {
+        appends: total.appends,
+        errors: total.errors,
+        retried: total.retried,
+        elapsed_s,
+        appends_per_s: per_s(total.appends as f64),
+        mb_per_s: per_s(total.appends as f64 * load.record_bytes as f64 / 1e6),
+        latency_us: Percentiles::from_histogram(&total.latency_us),
+        first_error: shared.first_error(),
+        started_unix_ms,
+    })
+}
+
+struct Worker<T> {
+    client: u32,
+    target: Arc<T>,
+    record_bytes: usize,
+    shared: Arc<Shared>,
+    ack_tx: Option<mpsc::Sender<Ack>>,
+    measure_start: Instant,
+    end: Instant,
+}
+
+impl<T: Target> Worker<T> {
+    async fn run(self) -> Counts {
+        let mut counts = Counts::new();
+        let mut backoff = BACKOFF_MIN;
+        let mut failures_in_row = 0u32;
+        // Bounded by `end`: every iteration either finishes before it or breaks out.
+        for counter in 0u64.. {
+            if Instant::now() >= self.end || self.shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let record = Bytes::from(filler(self.client, counter, self.record_bytes));
+            let began = Instant::now();
+            let measured = began >= self.measure_start;
+            // An append still in flight at the end is abandoned: it was never acknowledged.
+            let Ok((outcome, retries)) =
+                tokio::time::timeout_at(self.end, self.append_with_retries(counter, record)).await
+            else {
+                break;
+            };
+            if measured {
+                counts.retried += u64::from(retries);
+            }
+            match outcome {
+                Ok(position) => {
+                    let latency_us = began.elapsed().as_micros() as u64;
+                    if measured {
+                        counts.latency_us.saturating_record(latency_us.max(1));
+                        counts.appends += 1;
+                    }
+                    self.shared.acked.fetch_add(1, Ordering::Relaxed);
+                    backoff = BACKOFF_MIN;
+                    failures_in_row = 0;
+                    if let Some(tx) = &self.ack_tx {
+                        let ack = Ack {
+                            seqnum: position,
+                            client: self.client,
+                            counter,
+                        };
+                        if tx.send(ack).await.is_err() {
+                            self.shared.note_error("the ack log writer stopped");
+                            self.shared.stop.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                Err(message) => {
+                    if measured {
+                        counts.errors += 1;
+                    }
+                    self.shared.note_error(&message);
+                    failures_in_row += 1;
+                    if failures_in_row >= FAILURES_BEFORE_ABORT
+                        && self.shared.acked.load(Ordering::Relaxed) == 0
+                    {
+                        self.shared.stop.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    // Pause so a dead server is not hammered in a tight loop.
+                    tokio::time::sleep_until((Instant::now() + backoff).min(self.end)).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        counts
+    }
+
+    /// Appends `record`, retrying retryable failures with a capped backoff. Returns the
+    /// position or the error, and how many retries it took.
+    async fn append_with_retries(&self, counter: u64, record: Bytes) -> (Result<u64, String>, u32) {
+        let mut backoff = BACKOFF_MIN;
+        let mut retries = 0;
+        loop {
+            match self
+                .target
+                .append(self.client, counter, record.clone())
+                .await
+            {
+                Ok(position) => return (Ok(position), retries),
+                Err(Failure::Retryable(_)) if retries < RETRIES_PER_RECORD_MAX => {
+                    retries += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(Failure::Retryable(message) | Failure::Fatal(message)) => {
+                    return (Err(message), retries)
+                }
+            }
+        }
+    }
+}
