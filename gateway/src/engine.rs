@@ -755,6 +755,12 @@ impl LogEngine {
         self.view
     }
 
+    /// The seqnum after the last record the index has applied: every record below it is in
+    /// the index (or trimmed).
+    pub fn applied_end(&self) -> Seqnum {
+        self.index.applied_end()
+    }
+
     /// The metalog position of the next entry to apply: entries before it are in the index.
     pub fn metalog_position(&self) -> u64 {
         self.metalog_position

@@ -23,6 +23,13 @@ pub const REQUEST_BODY_BYTES_MAX: usize = logbook::RECORD_BYTES_MAX + 64 * 1024;
 pub const READ_LIMIT_DEFAULT: usize = 1000;
 /// Header naming the LogBook of a call.
 pub const BOOK_HEADER: &str = "x-tally-book";
+/// The highest seqnum a client has seen (appended or read, at any gateway). A read carrying
+/// it waits until this gateway's index covers it; every log reply carries the highest seqnum
+/// the client has now seen. Threading it through gives read-your-writes and monotonic reads
+/// across gateways.
+pub const SEEN_HEADER: &str = "x-tally-seen";
+/// How long a read waits for the gateway to catch up with `SEEN_HEADER`.
+const SEEN_WAIT: Duration = Duration::from_secs(10);
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Longest idempotency key, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
@@ -321,27 +328,67 @@ fn record_json(r: &Record) -> Value {
     })
 }
 
+/// The `SEEN_HEADER` of a request, if any.
+fn seen_of(headers: &HeaderMap) -> Result<Option<Seqnum>, ApiError> {
+    let Some(value) = headers.get(SEEN_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|v| Some(Seqnum(v)))
+        .ok_or_else(|| ApiError::bad_request(format!("{SEEN_HEADER} must be a seqnum (u64)")))
+}
+
+/// Waits until this gateway covers what the caller has seen.
+async fn catch_up(state: &AppState, seen: Option<Seqnum>) -> Result<(), ApiError> {
+    if let (Some(seen), Some(engine)) = (seen, &state.engine) {
+        engine.wait_covered(seen, SEEN_WAIT).await?;
+    }
+    Ok(())
+}
+
+/// A JSON reply carrying the highest seqnum the caller has seen.
+fn with_seen(seen: Option<Seqnum>, body: Value) -> Response {
+    let mut response = Json(body).into_response();
+    if let Some(seen) = seen {
+        response
+            .headers_mut()
+            .insert(SEEN_HEADER, axum::http::HeaderValue::from(seen.0));
+    }
+    response
+}
+
 async fn log_append(
     State(state): State<Arc<AppState>>,
     Path(book): Path<String>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let data = body?;
     let book = parse_book(&book)?;
     let q = parse_query(raw)?;
+    let seen = seen_of(&headers)?;
     let tags: Vec<Tag> = q.tags.into_iter().map(Tag).collect();
     let seqnum = state.log.append(book, &tags, data).await?;
-    Ok(Json(json!({"seqnum": seqnum.0})))
+    Ok(with_seen(
+        Some(seen.map_or(seqnum, |s| s.max(seqnum))),
+        json!({"seqnum": seqnum.0}),
+    ))
 }
 
 async fn log_records(
     State(state): State<Arc<AppState>>,
     Path(book): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let book = parse_book(&book)?;
     let q = parse_query(raw)?;
+    let seen = seen_of(&headers)?;
+    catch_up(&state, seen).await?;
     let tag = single_tag(&q)?;
     let limit = q.limit.unwrap_or(READ_LIMIT_DEFAULT);
     let range = ReadRange {
@@ -355,19 +402,26 @@ async fn log_records(
     let bytes: usize = records.iter().map(|r| r.data.len()).sum();
     let more =
         records.len() == limit || bytes + logbook::RECORD_BYTES_MAX > logbook::READ_RANGE_BYTES_MAX;
-    Ok(Json(json!({
-        "records": records.iter().map(record_json).collect::<Vec<_>>(),
-        "next": if more { next } else { None },
-    })))
+    let last = records.last().map(|r| r.seqnum);
+    Ok(with_seen(
+        seen.max(last),
+        json!({
+            "records": records.iter().map(record_json).collect::<Vec<_>>(),
+            "next": if more { next } else { None },
+        }),
+    ))
 }
 
 async fn log_next(
     State(state): State<Arc<AppState>>,
     Path(book): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let book = parse_book(&book)?;
     let q = parse_query(raw)?;
+    let seen = seen_of(&headers)?;
+    catch_up(&state, seen).await?;
     let tag = single_tag(&q)?;
     let from = Seqnum(q.from.unwrap_or(0));
     let record = match q.timeout_ms {
@@ -379,7 +433,10 @@ async fn log_next(
         }
         None => state.log.read_next(book, tag, from).await?,
     };
-    Ok(Json(json!({"record": record.as_ref().map(record_json)})))
+    Ok(with_seen(
+        seen.max(record.as_ref().map(|r| r.seqnum)),
+        json!({"record": record.as_ref().map(record_json)}),
+    ))
 }
 
 async fn health() -> Json<Value> {

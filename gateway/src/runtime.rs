@@ -96,6 +96,8 @@ pub struct RuntimeStats {
 /// The real `LogBook` of one gateway.
 pub struct GatewayLog {
     inner: Mutex<Inner>,
+    /// The index's applied end (see `LogEngine::applied_end`), for `wait_covered`.
+    covered: tokio::sync::watch::Sender<Seqnum>,
     shard: Arc<dyn Shard>,
     started: Instant,
     stats: Mutex<RuntimeStats>,
@@ -118,7 +120,9 @@ impl GatewayLog {
             restore.next_position,
         );
         let (replicate_tx, replicate_rx) = mpsc::unbounded_channel();
+        let covered = tokio::sync::watch::channel(engine.applied_end()).0;
         let log = Arc::new(GatewayLog {
+            covered,
             inner: Mutex::new(Inner {
                 engine,
                 waiters: HashMap::new(),
@@ -159,6 +163,21 @@ impl GatewayLog {
         let mut inner = self.lock();
         let commands = inner.engine.on_metalog(entry);
         inner.execute(commands);
+        self.covered.send_replace(inner.engine.applied_end());
+    }
+
+    /// Waits until the index holds every record at or below `seqnum` (a seqnum the caller
+    /// appended or read, here or at another gateway): then reads here see what the caller
+    /// saw. Fails with `Unavailable` after `timeout`.
+    pub async fn wait_covered(&self, seqnum: Seqnum, timeout: Duration) -> Result<(), LogError> {
+        let mut covered = self.covered.subscribe();
+        let reached = tokio::time::timeout(timeout, covered.wait_for(|end| *end > seqnum)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(LogError::Unavailable(format!(
+                "this gateway has not applied the log up to seqnum {seqnum} yet"
+            ))),
+        }
     }
 
     /// Index data for records this gateway did not append (other shards', or its own from an
@@ -167,6 +186,7 @@ impl GatewayLog {
         let mut inner = self.lock();
         let commands = inner.engine.on_index_data(entries);
         inner.execute(commands);
+        self.covered.send_replace(inner.engine.applied_end());
     }
 
     /// The view before `next` is sealed: pending appends fail with the retryable `Discarded`

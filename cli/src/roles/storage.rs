@@ -434,7 +434,12 @@ impl Storage for Service {
                 .min(request.from_seqnum.saturating_add(FETCH_RECORDS_MAX));
             (request.from_seqnum..to).collect()
         } else {
-            request.seqnums.iter().copied().take(FETCH_RECORDS_MAX as usize).collect()
+            request
+                .seqnums
+                .iter()
+                .copied()
+                .take(FETCH_RECORDS_MAX as usize)
+                .collect()
         };
         let mut records = Vec::new();
         for seqnum in seqnums {
