@@ -237,6 +237,7 @@ impl pb::Event {
         pb::Event {
             index,
             kind: Some(kind),
+            ..Default::default()
         }
     }
 

@@ -279,6 +279,22 @@ impl SequencerEngine {
         self.in_flight.take()
     }
 
+    /// Whether some shard has records durable on a quorum that neither a committed entry nor
+    /// the entry in flight orders: the next entry will.
+    pub fn orderable(&self) -> bool {
+        self.ordered.iter().any(|(shard, ordered)| {
+            let in_flight = self.in_flight.as_ref().map_or(0, |entry| {
+                entry
+                    .cuts
+                    .iter()
+                    .filter(|cut| cut.shard == *shard)
+                    .map(|cut| cut.delta)
+                    .sum()
+            });
+            self.quorum_progress(*shard) > *ordered + in_flight
+        })
+    }
+
     /// The `write_quorum`-th largest durable count among `shard`'s replicas.
     pub fn quorum_progress(&self, shard: ShardId) -> u64 {
         let Some(replicas) = self.durable.get(&shard) else {

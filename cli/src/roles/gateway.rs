@@ -399,6 +399,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         applied_tx,
         shard.clone(),
         ready_tx,
+        metrics.clone(),
     ));
     ready_rx
         .wait_for(|ready| *ready)
@@ -438,6 +439,9 @@ async fn heartbeats(
     }
 }
 
+/// Most events taken from the stream and applied together.
+const EVENT_BATCH_MAX: usize = 512;
+
 /// Applies committed events in order, resubscribing after any break.
 #[allow(clippy::too_many_arguments)]
 async fn event_loop(
@@ -449,101 +453,205 @@ async fn event_loop(
     applied: watch::Sender<u64>,
     shard: Arc<ClusterShard>,
     ready: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 ) {
-    // A view that includes this gateway, sealed into the engine once the metalog before it
-    // is applied.
-    let mut to_seal: Option<ViewId> = None;
+    let mut follower = Follower {
+        id,
+        incarnation,
+        log,
+        views,
+        applied,
+        shard,
+        ready,
+        metrics,
+        to_seal: None,
+    };
     loop {
-        let mut stream = sequencers.subscribe(log.metalog_position()).await;
-        loop {
-            let event = match stream.message().await {
-                Ok(Some(event)) => event,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "event stream broke; resubscribing");
+        let mut stream = sequencers.subscribe(follower.log.metalog_position()).await;
+        'stream: loop {
+            // Everything the stream holds already, up to a batch: metalog entries in a row
+            // fetch their index data together.
+            let mut events = Vec::new();
+            let mut next = stream.message().await;
+            loop {
+                match next {
+                    Ok(Some(event)) => events.push(event),
+                    Ok(None) => break 'stream,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "event stream broke; resubscribing");
+                        break 'stream;
+                    }
+                }
+                if events.len() >= EVENT_BATCH_MAX {
                     break;
                 }
-            };
-            let Ok((_, event)) = event.decode() else {
-                break;
-            };
-            tracing::trace!(?event, "event");
-            match event {
-                GroupEvent::View(view) => {
-                    let newer = views
-                        .borrow()
-                        .latest
-                        .as_ref()
-                        .is_none_or(|l| view.id > l.id);
-                    if !newer {
-                        continue;
-                    }
-                    let member = view
-                        .gateways
-                        .get(&id)
-                        .is_some_and(|g| g.incarnation == incarnation);
-                    if member || view.id > log.view() {
-                        to_seal = Some(view.id);
-                    }
-                    views.send_modify(|v| {
-                        if member {
-                            v.member_of.insert(view.id, view.clone());
-                            while v.member_of.len() > 4 {
-                                v.member_of.pop_first();
-                            }
-                        }
-                        v.all.insert(view.id, view.clone());
-                        while v.all.len() > 8 {
-                            v.all.pop_first();
-                        }
-                        v.latest = Some(view.clone());
-                    });
-                }
-                GroupEvent::Metalog(entry) => {
-                    if entry.position < log.metalog_position() {
-                        continue;
-                    }
-                    log.on_metalog(&entry);
-                    if log.metalog_position() <= entry.position {
-                        if let Err(e) = index_data(&log, &shard, &entry).await {
-                            tracing::warn!(error = %e, position = entry.position, "index data unavailable; resubscribing");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            break;
-                        }
-                    }
-                    applied.send_replace(log.metalog_position());
+                match futures::FutureExt::now_or_never(stream.message()) {
+                    Some(more) => next = more,
+                    None => break,
                 }
             }
-            // Seal once every entry of the older views is applied.
-            if let Some(view_id) = to_seal {
-                let start = views
-                    .borrow()
-                    .latest
-                    .as_ref()
-                    .filter(|l| l.id == view_id)
-                    .map(|l| l.start_position);
-                if start.is_some_and(|start| log.metalog_position() >= start) {
-                    if view_id > log.view() {
-                        log.seal(view_id);
-                    }
-                    to_seal = None;
-                    if views.borrow().member_of.contains_key(&view_id) {
-                        ready.send_replace(true);
+            let mut entries = Vec::new();
+            for event in events {
+                let timings = (event.cut_us, event.commit_us, event.committed_unix_us);
+                let Ok((_, event)) = event.decode() else {
+                    break 'stream;
+                };
+                match event {
+                    GroupEvent::Metalog(entry) => entries.push((entry, timings)),
+                    GroupEvent::View(view) => {
+                        if !follower.apply_entries(std::mem::take(&mut entries)).await {
+                            break 'stream;
+                        }
+                        follower.on_view(view);
                     }
                 }
+                follower.try_seal();
             }
+            if !follower.apply_entries(entries).await {
+                break 'stream;
+            }
+            follower.try_seal();
         }
     }
 }
 
-/// Fetches, from storage, the index data of the records `entry` orders that the engine does
-/// not know, until the entry applies: first from the replicas' memory by local id (no wait
-/// for them to apply the entry), else by seqnum once a storage node has applied it.
-async fn index_data(
-    log: &GatewayLog,
-    shard: &ClusterShard,
-    entry: &MetalogEntry,
-) -> anyhow::Result<()> {
+/// The gateway's side of the committed event stream.
+struct Follower {
+    id: NodeId,
+    incarnation: u64,
+    log: Arc<GatewayLog>,
+    views: watch::Sender<Views>,
+    applied: watch::Sender<u64>,
+    shard: Arc<ClusterShard>,
+    ready: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+    /// A newer view, sealed into the engine once the metalog before it is applied.
+    to_seal: Option<ViewId>,
+}
+
+impl Follower {
+    fn on_view(&mut self, view: View) {
+        let newer = self
+            .views
+            .borrow()
+            .latest
+            .as_ref()
+            .is_none_or(|l| view.id > l.id);
+        if !newer {
+            return;
+        }
+        let member = view
+            .gateways
+            .get(&self.id)
+            .is_some_and(|g| g.incarnation == self.incarnation);
+        if member || view.id > self.log.view() {
+            self.to_seal = Some(view.id);
+        }
+        self.views.send_modify(|v| {
+            if member {
+                v.member_of.insert(view.id, view.clone());
+                while v.member_of.len() > 4 {
+                    v.member_of.pop_first();
+                }
+            }
+            v.all.insert(view.id, view.clone());
+            while v.all.len() > 8 {
+                v.all.pop_first();
+            }
+            v.latest = Some(view);
+        });
+    }
+
+    /// Seals the view to seal once every entry of the older views is applied.
+    fn try_seal(&mut self) {
+        let Some(view_id) = self.to_seal else {
+            return;
+        };
+        let start = self
+            .views
+            .borrow()
+            .latest
+            .as_ref()
+            .filter(|l| l.id == view_id)
+            .map(|l| l.start_position);
+        if start.is_some_and(|start| self.log.metalog_position() >= start) {
+            if view_id > self.log.view() {
+                self.log.seal(view_id);
+            }
+            self.to_seal = None;
+            if self.views.borrow().member_of.contains_key(&view_id) {
+                self.ready.send_replace(true);
+            }
+        }
+    }
+
+    /// Applies metalog entries in order, fetching the index data they need. False when some
+    /// entry's index data could not be had (the caller resubscribes).
+    async fn apply_entries(&mut self, entries: Vec<(MetalogEntry, (u64, u64, u64))>) -> bool {
+        if entries.is_empty() {
+            return true;
+        }
+        let log = &self.log;
+        let entries: Vec<_> = entries
+            .into_iter()
+            .filter(|(entry, _)| entry.position >= log.metalog_position())
+            .collect();
+        for (entry, _) in &entries {
+            log.on_metalog(entry);
+        }
+        let waiting: Vec<&MetalogEntry> = entries
+            .iter()
+            .map(|(entry, _)| entry)
+            .filter(|entry| entry.position >= log.metalog_position())
+            .collect();
+        if !waiting.is_empty() {
+            let found = futures::future::join_all(
+                waiting
+                    .iter()
+                    .map(|entry| recent_index_of(&self.shard, entry)),
+            )
+            .await;
+            log.on_index_data(found.into_iter().flatten().collect());
+            for entry in waiting {
+                if entry.position < log.metalog_position() {
+                    continue;
+                }
+                if let Err(e) = index_data_by_seqnum(log, &self.shard, entry).await {
+                    tracing::warn!(error = %e, position = entry.position, "index data unavailable; resubscribing");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return false;
+                }
+            }
+        }
+        self.applied.send_replace(log.metalog_position());
+        for (_, timings) in entries {
+            observe_stages(&self.metrics, timings);
+        }
+        true
+    }
+}
+
+/// Records the leader's cut and commit latencies of an entry it proposed, and the time from
+/// its commit to its application here (across machines, as good as their clocks agree).
+fn observe_stages(metrics: &Metrics, (cut_us, commit_us, committed_unix_us): (u64, u64, u64)) {
+    if committed_unix_us == 0 {
+        return;
+    }
+    metrics.observe_stage("cut", Duration::from_micros(cut_us));
+    metrics.observe_stage("metalog_commit", Duration::from_micros(commit_us));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    metrics.observe_stage(
+        "propagate",
+        Duration::from_micros(now.saturating_sub(committed_unix_us)),
+    );
+}
+
+/// The index data of the records `entry` orders that the engine does not know (other
+/// shards' records, or this shard's from before a restart), from the replicas' memory by local
+/// id: no wait for them to apply the entry. What they no longer hold is fetched by seqnum.
+async fn recent_index_of(shard: &ClusterShard, entry: &MetalogEntry) -> Vec<IndexEntry> {
     let (view, own_known) = {
         let views = shard.views.borrow();
         (
@@ -551,24 +659,20 @@ async fn index_data(
             views.member_of.contains_key(&entry.view),
         )
     };
-    if let Some(view) = view {
-        let own = View::shard_of(shard.id);
-        let wanted = entry
-            .cuts
-            .iter()
-            .filter(|cut| cut.shard != own || !own_known)
-            .map(|cut| recent_index(&view, entry, *cut));
-        let found: Vec<IndexEntry> = futures::future::join_all(wanted)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        log.on_index_data(found);
-        if log.metalog_position() > entry.position {
-            return Ok(());
-        }
-    }
-    index_data_by_seqnum(log, shard, entry).await
+    let Some(view) = view else {
+        return Vec::new();
+    };
+    let own = View::shard_of(shard.id);
+    let wanted = entry
+        .cuts
+        .iter()
+        .filter(|cut| cut.shard != own || !own_known)
+        .map(|cut| recent_index(&view, entry, *cut));
+    futures::future::join_all(wanted)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The index data of `cut`'s records from the memory of one of its shard's replicas.

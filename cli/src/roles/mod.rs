@@ -176,3 +176,9 @@ impl SequencerClients {
         }
     }
 }
+
+/// The connections a role's gRPC server accepts on `listener`, with Nagle's algorithm off:
+/// replies and stream messages are small and latency-bound.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}

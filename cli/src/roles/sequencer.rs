@@ -7,7 +7,7 @@ use super::{grpc_uri, SequencerOptions};
 use logbook::rpc::pb::sequencer_client::SequencerClient;
 use logbook::rpc::pb::sequencer_server::{Sequencer, SequencerServer};
 use logbook::rpc::pb::{self, Event};
-use logbook::wire::{GatewayMember, NodeId, ShardId, ShardProgress};
+use logbook::wire::{GatewayMember, GroupEvent, NodeId, ShardId, ShardProgress};
 use protobuf::Message as _;
 use raft::prelude::Message;
 use sequencer::group::{GroupConfig, GroupNode, Output};
@@ -125,6 +125,8 @@ pub async fn run(options: SequencerOptions) -> anyhow::Result<()> {
         cut_interval: options.cut_interval,
         storage_seen: BTreeMap::new(),
         gateway_seen: BTreeMap::new(),
+        orderable_since: None,
+        proposed: None,
     };
     tokio::spawn(driver.run(inputs_rx, options.raft_tick));
 
@@ -135,7 +137,7 @@ pub async fn run(options: SequencerOptions) -> anyhow::Result<()> {
     println!("tally sequencer {} ready: {local}", options.id.0);
     tonic::transport::Server::builder()
         .add_service(SequencerServer::new(Service { shared }))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(super::incoming(listener))
         .await
         .context("serving gRPC")?;
     Ok(())
@@ -149,6 +151,11 @@ struct Driver {
     /// Storage nodes: when last heard from and the metalog position they applied.
     storage_seen: BTreeMap<NodeId, (Instant, u64)>,
     gateway_seen: BTreeMap<NodeId, (Instant, u64)>,
+    /// Since when some records are orderable but not yet proposed.
+    orderable_since: Option<Instant>,
+    /// The metalog entry this member proposed and is waiting for: position, when proposed,
+    /// and how long its records waited for the cut.
+    proposed: Option<(u64, Instant, Duration)>,
 }
 
 impl Driver {
@@ -198,6 +205,11 @@ impl Driver {
                         durable: p.durable,
                     });
                 }
+                if self.orderable_since.is_none()
+                    && self.node.engine().is_some_and(|e| e.orderable())
+                {
+                    self.orderable_since = Some(Instant::now());
+                }
                 Vec::new()
             }
             Input::Heartbeat(heartbeat, reply) => {
@@ -224,6 +236,7 @@ impl Driver {
     }
 
     fn carry_out(&mut self, outputs: Vec<Output>) {
+        let now = Instant::now();
         let mut committed = Vec::new();
         for output in outputs {
             match output {
@@ -233,9 +246,25 @@ impl Driver {
                         let _ = peer.try_send(message);
                     }
                 }
-                Output::Committed { index, event } => committed.push(Event::new(index, &event)),
+                Output::Committed { index, event } => {
+                    let mut wire = Event::new(index, &event);
+                    if let (GroupEvent::Metalog(entry), Some((position, at, cut))) =
+                        (&event, self.proposed)
+                    {
+                        if entry.position == position {
+                            wire.cut_us = cut.as_micros() as u64;
+                            wire.commit_us = now.duration_since(at).as_micros() as u64;
+                            wire.committed_unix_us = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_micros() as u64);
+                            self.proposed = None;
+                        }
+                    }
+                    committed.push(wire);
+                }
             }
         }
+        self.track_proposals(now);
         if !committed.is_empty() {
             let len = {
                 let mut history = self.shared.history.write().expect("history lock");
@@ -250,6 +279,29 @@ impl Driver {
             *known = leader;
             changed
         });
+    }
+
+    /// Notes when records became orderable and when the engine proposed an entry for them.
+    fn track_proposals(&mut self, now: Instant) {
+        let Some(engine) = self.node.engine() else {
+            self.orderable_since = None;
+            return;
+        };
+        if let Some(entry) = engine.in_flight() {
+            if self
+                .proposed
+                .is_none_or(|(position, _, _)| position != entry.position)
+            {
+                let waited = self
+                    .orderable_since
+                    .map_or(Duration::ZERO, |since| now - since);
+                self.proposed = Some((entry.position, now, waited));
+                self.orderable_since = None;
+            }
+        }
+        if self.orderable_since.is_none() && engine.orderable() {
+            self.orderable_since = Some(now);
+        }
     }
 
     fn status(&self) -> serde_json::Value {

@@ -157,7 +157,7 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     println!("tally storage {} ready: {local}", options.id.0);
     tonic::transport::Server::builder()
         .add_service(StorageServer::new(Service { node: node.clone() }))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(super::incoming(listener))
         .await
         .context("serving gRPC")?;
     Ok(())
