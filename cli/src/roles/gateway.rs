@@ -439,6 +439,8 @@ async fn heartbeats(
     }
 }
 
+/// Most index records asked of a storage node in one `FetchIndex` (its limit too).
+const FETCH_INDEX_MAX: usize = 1024;
 /// Most events taken from the stream and applied together.
 const EVENT_BATCH_MAX: usize = 512;
 
@@ -605,13 +607,27 @@ impl Follower {
             .filter(|entry| entry.position >= log.metalog_position())
             .collect();
         if !waiting.is_empty() {
-            let found = futures::future::join_all(
-                waiting
-                    .iter()
-                    .map(|entry| recent_index_of(&self.shard, entry)),
-            )
-            .await;
-            log.on_index_data(found.into_iter().flatten().collect());
+            log.on_index_data(recent_index_of(&self.shard, &waiting).await);
+            // What the replicas no longer hold in memory (after a restart, catching up on a
+            // long log): the whole span by seqnum, in one go, from a node that applied it.
+            let waiting: Vec<&MetalogEntry> = waiting
+                .into_iter()
+                .filter(|entry| entry.position >= log.metalog_position())
+                .collect();
+            if let (Some(first), Some(last)) = (waiting.first(), waiting.last()) {
+                for addr in self.shard.storage_nodes() {
+                    let span = fetch_range(
+                        &addr,
+                        first.start_seqnum,
+                        last.end_seqnum(),
+                        last.position + 1,
+                    );
+                    if let Ok(records) = span.await {
+                        log.on_index_data(index_entries(records));
+                        break;
+                    }
+                }
+            }
             for entry in waiting {
                 if entry.position < log.metalog_position() {
                     continue;
@@ -648,26 +664,58 @@ fn observe_stages(metrics: &Metrics, (cut_us, commit_us, committed_unix_us): (u6
     );
 }
 
-/// The index data of the records `entry` orders that the engine does not know (other
+/// The index data of the records `entries` order that the engine does not know (other
 /// shards' records, or this shard's from before a restart), from the replicas' memory by local
-/// id: no wait for them to apply the entry. What they no longer hold is fetched by seqnum.
-async fn recent_index_of(shard: &ClusterShard, entry: &MetalogEntry) -> Vec<IndexEntry> {
-    let (view, own_known) = {
+/// id: no wait for them to apply the entries. One request per shard covers all the entries
+/// (a shard's cuts are consecutive). What the replicas no longer hold is fetched by seqnum.
+async fn recent_index_of(shard: &ClusterShard, entries: &[&MetalogEntry]) -> Vec<IndexEntry> {
+    let (views, member_of) = {
         let views = shard.views.borrow();
-        (
-            views.all.get(&entry.view).cloned(),
-            views.member_of.contains_key(&entry.view),
-        )
-    };
-    let Some(view) = view else {
-        return Vec::new();
+        (views.all.clone(), views.member_of.clone())
     };
     let own = View::shard_of(shard.id);
-    let wanted = entry
-        .cuts
-        .iter()
-        .filter(|cut| cut.shard != own || !own_known)
-        .map(|cut| recent_index(&view, entry, *cut));
+    // Per (view, shard): the local counters wanted, and the seqnum of each.
+    let mut spans: BTreeMap<(ViewId, ShardId), (u64, Vec<Seqnum>)> = BTreeMap::new();
+    for entry in entries {
+        let own_known = member_of.contains_key(&entry.view);
+        for (cut_shard, counter, seqnum) in entry.assignments() {
+            if cut_shard == own && own_known {
+                continue;
+            }
+            let span = spans
+                .entry((entry.view, cut_shard))
+                .or_insert_with(|| (counter, Vec::new()));
+            if span.0 + span.1.len() as u64 == counter {
+                span.1.push(seqnum);
+            }
+        }
+    }
+    let wanted = spans
+        .into_iter()
+        .filter_map(|((view_id, cut_shard), (start, seqnums))| {
+            let view = views.get(&view_id)?.clone();
+            Some(async move {
+                let records = recent_index(
+                    &view,
+                    cut_shard,
+                    LocalId::new(view_id, start),
+                    seqnums.len(),
+                )
+                .await;
+                records
+                    .into_iter()
+                    .zip(seqnums)
+                    .filter_map(|(record, seqnum)| {
+                        Some(IndexEntry {
+                            seqnum,
+                            book: logbook::BookId(record.book),
+                            kind: record.kind().ok()?,
+                            tags: record.tags.into_iter().map(logbook::Tag).collect(),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+        });
     futures::future::join_all(wanted)
         .await
         .into_iter()
@@ -675,43 +723,38 @@ async fn recent_index_of(shard: &ClusterShard, entry: &MetalogEntry) -> Vec<Inde
         .collect()
 }
 
-/// The index data of `cut`'s records from the memory of one of its shard's replicas.
+/// The index data of `count` records of `cut_shard` from `first`, from the memory of one of
+/// its replicas that holds them all (else none).
 async fn recent_index(
     view: &View,
-    entry: &MetalogEntry,
-    cut: logbook::wire::ShardCut,
-) -> Vec<IndexEntry> {
-    let replicas = view.shards.get(&cut.shard).cloned().unwrap_or_default();
+    cut_shard: ShardId,
+    first: LocalId,
+    count: usize,
+) -> Vec<pb::LogRecord> {
+    let replicas = view.shards.get(&cut_shard).cloned().unwrap_or_default();
     for node in replicas {
         let Some(addr) = view.storage.get(&node) else {
             continue;
         };
         let Ok(channel) = channel(addr) else { continue };
-        let request = pb::FetchIndexRequest {
-            shard: cut.shard.0,
-            first_local_id: LocalId::new(entry.view, cut.start).0,
-            count: cut.delta as u32,
-        };
-        let Ok(reply) = StorageClient::new(channel).fetch_index(request).await else {
-            continue;
-        };
-        let records = reply.into_inner().records;
-        if records.len() as u64 != cut.delta {
-            continue;
+        let mut client = StorageClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut records = Vec::with_capacity(count);
+        while records.len() < count {
+            let request = pb::FetchIndexRequest {
+                shard: cut_shard.0,
+                first_local_id: first.0 + records.len() as u64,
+                count: (count - records.len()).min(FETCH_INDEX_MAX) as u32,
+            };
+            match client.fetch_index(request).await {
+                Ok(reply) if !reply.get_ref().records.is_empty() => {
+                    records.extend(reply.into_inner().records)
+                }
+                _ => break,
+            }
         }
-        return records
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, record)| {
-                let seqnum = entry.seqnum_of(cut.shard, cut.start + i as u64)?;
-                Some(IndexEntry {
-                    seqnum,
-                    book: logbook::BookId(record.book),
-                    kind: record.kind().ok()?,
-                    tags: record.tags.into_iter().map(logbook::Tag).collect(),
-                })
-            })
-            .collect();
+        if records.len() == count {
+            return records;
+        }
     }
     Vec::new()
 }
@@ -722,36 +765,24 @@ async fn index_data_by_seqnum(
     shard: &ClusterShard,
     entry: &MetalogEntry,
 ) -> anyhow::Result<()> {
-    let from = entry.start_seqnum;
-    let to = entry.end_seqnum();
     for attempt in 0..50u32 {
         for addr in shard.storage_nodes() {
-            tracing::trace!(%addr, position = entry.position, "fetching index data");
-            let records = match fetch_range(&addr, from, to, entry.position + 1).await {
-                Ok(records) => records,
+            let span = fetch_range(
+                &addr,
+                entry.start_seqnum,
+                entry.end_seqnum(),
+                entry.position + 1,
+            );
+            match span.await {
+                Ok(records) => log.on_index_data(index_entries(records)),
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, position = entry.position, "index data fetch failed");
                     continue;
                 }
-            };
-            let entries: Vec<IndexEntry> = records
-                .into_iter()
-                .filter_map(|r| {
-                    let record = r.record?;
-                    let kind = record.kind().ok()?;
-                    Some(IndexEntry {
-                        seqnum: Seqnum(r.seqnum),
-                        book: logbook::BookId(record.book),
-                        tags: record.tags.into_iter().map(logbook::Tag).collect(),
-                        kind,
-                    })
-                })
-                .collect();
-            log.on_index_data(entries);
+            }
             if log.metalog_position() > entry.position {
                 return Ok(());
             }
-            tracing::debug!(%addr, position = entry.position, stats = ?log.engine_stats(), "entry still incomplete");
         }
         tokio::time::sleep(Duration::from_millis(if attempt < 10 { 5 } else { 100 })).await;
     }
@@ -759,6 +790,23 @@ async fn index_data_by_seqnum(
         "no storage node had the records of metalog entry {}",
         entry.position
     )
+}
+
+/// The index entries of records fetched by seqnum.
+fn index_entries(records: Vec<pb::FetchedRecord>) -> Vec<IndexEntry> {
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let record = r.record?;
+            let kind = record.kind().ok()?;
+            Some(IndexEntry {
+                seqnum: Seqnum(r.seqnum),
+                book: logbook::BookId(record.book),
+                tags: record.tags.into_iter().map(logbook::Tag).collect(),
+                kind,
+            })
+        })
+        .collect()
 }
 
 async fn fetch_range(

@@ -155,6 +155,11 @@ impl SequencerClients {
         }
     }
 
+    /// The leader last heard of.
+    pub fn leader(&self) -> Option<NodeId> {
+        *self.leader.lock().expect("leader lock")
+    }
+
     pub fn note_leader_is(&self, id: NodeId) {
         *self.leader.lock().expect("leader lock") = Some(id);
     }

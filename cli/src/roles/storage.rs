@@ -145,8 +145,9 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
         recent: Default::default(),
     });
     let sequencers = Arc::new(SequencerClients::new(&options.sequencers)?);
-    for addr in options.sequencers.values() {
-        tokio::spawn(report_progress(node.clone(), channel(addr)?));
+    for (id, addr) in &options.sequencers {
+        let reporter = report_progress(node.clone(), *id, sequencers.clone(), channel(addr)?);
+        tokio::spawn(reporter);
     }
     tokio::spawn(apply_loop(node.clone(), sequencers));
 
@@ -163,11 +164,16 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends this node's progress to one sequencer whenever records become durable or the
-/// metalog advances, and at least every `REPORT_INTERVAL`.
-async fn report_progress(node: Arc<Node>, channel: tonic::transport::Channel) {
+/// Sends this node's progress to sequencer `id` every `REPORT_INTERVAL` (a heartbeat, and
+/// what a newly elected leader starts from), and whenever records become durable while `id`
+/// leads (the reports the leader cuts from; other members need not hear every one).
+async fn report_progress(
+    node: Arc<Node>,
+    id: NodeId,
+    sequencers: Arc<SequencerClients>,
+    channel: tonic::transport::Channel,
+) {
     let mut durable = node.durable.subscribe();
-    let mut applied = node.applied.subscribe();
     loop {
         let (tx, rx) = mpsc::channel(16);
         let mut client = SequencerClient::new(channel.clone());
@@ -176,10 +182,17 @@ async fn report_progress(node: Arc<Node>, channel: tonic::transport::Channel) {
             if tx.send(node.report()).await.is_err() {
                 break;
             }
-            tokio::select! {
-                _ = durable.changed() => {}
-                _ = applied.changed() => {}
-                _ = tokio::time::sleep(REPORT_INTERVAL) => {}
+            let tick = tokio::time::sleep(REPORT_INTERVAL);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    _ = durable.changed() => {
+                        if sequencers.leader().is_none_or(|leader| leader == id) {
+                            break;
+                        }
+                    }
+                    _ = &mut tick => break,
+                }
             }
         }
         call.abort();
