@@ -242,7 +242,7 @@ impl Shard for ClusterShard {
 /// to `min_position`.
 async fn fetch(addr: &str, request: pb::FetchRequest) -> anyhow::Result<Vec<pb::FetchedRecord>> {
     let mut client = StorageClient::new(channel(addr)?).max_decoding_message_size(64 << 20);
-    Ok(client.fetch(request).await?.into_inner().records)
+    Ok(super::unary(client.fetch(request)).await?.records)
 }
 
 /// Sends batches to one replica over a replication stream, in order, and publishes what it
@@ -427,10 +427,9 @@ async fn heartbeats(
             applied: log.metalog_position(),
         };
         for (_, mut client) in sequencers.candidates() {
-            let Ok(reply) = client.heartbeat(heartbeat.clone()).await else {
+            let Ok(hint) = super::unary(client.heartbeat(heartbeat.clone())).await else {
                 continue;
             };
-            let hint = reply.into_inner();
             sequencers.note_leader(hint.leader_plus_one);
             if hint.is_leader {
                 break;
@@ -745,10 +744,8 @@ async fn recent_index(
                 first_local_id: first.0 + records.len() as u64,
                 count: (count - records.len()).min(FETCH_INDEX_MAX) as u32,
             };
-            match client.fetch_index(request).await {
-                Ok(reply) if !reply.get_ref().records.is_empty() => {
-                    records.extend(reply.into_inner().records)
-                }
+            match super::unary(client.fetch_index(request)).await {
+                Ok(reply) if !reply.records.is_empty() => records.extend(reply.records),
                 _ => break,
             }
         }

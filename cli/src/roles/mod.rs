@@ -92,7 +92,6 @@ pub fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
     }
     let channel = tonic::transport::Endpoint::from_shared(grpc_uri(addr))?
         .connect_timeout(std::time::Duration::from_secs(1))
-        .timeout(RPC_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(1))
         .keep_alive_timeout(std::time::Duration::from_secs(3))
@@ -103,6 +102,20 @@ pub fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
 
 /// The longest a unary call may take before it fails.
 pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A unary call (or a stream's opening), failing with DEADLINE_EXCEEDED after `RPC_TIMEOUT`.
+/// Channels carry no timeout of their own: it would also end long-lived streams.
+pub async fn unary<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(RPC_TIMEOUT, call).await {
+        Ok(reply) => reply.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no reply within {} s",
+            RPC_TIMEOUT.as_secs()
+        ))),
+    }
+}
 
 /// The sequencer group as a client sees it: one channel per member and the leader last
 /// heard of, tried first.
@@ -172,9 +185,9 @@ impl SequencerClients {
                 let request = logbook::rpc::pb::SubscribeRequest {
                     from_position: from,
                 };
-                if let Ok(response) = client.subscribe(request).await {
+                if let Ok(stream) = unary(client.subscribe(request)).await {
                     self.note_leader_is(id);
-                    return response.into_inner();
+                    return stream;
                 }
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -359,16 +359,14 @@ async fn fetch_from(
     let mut at = from.0;
     while at < to.0 {
         let upto = to.0.min(at + FETCH_RECORDS_MAX);
-        let reply = client
-            .fetch(pb::FetchRequest {
-                from_seqnum: at,
-                to_seqnum: upto,
-                min_position,
-                index_only: false,
-                seqnums: Vec::new(),
-            })
-            .await?
-            .into_inner();
+        let reply = super::unary(client.fetch(pb::FetchRequest {
+            from_seqnum: at,
+            to_seqnum: upto,
+            min_position,
+            index_only: false,
+            seqnums: Vec::new(),
+        }))
+        .await?;
         records.extend(reply.records);
         at = upto;
     }
