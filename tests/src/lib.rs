@@ -2,6 +2,8 @@
 //! `tally up` on an ephemeral loopback port in a temp dir, wait for it to be ready, kill it.
 //! Tests wait on conditions with deadlines, never on fixed sleeps.
 
+pub mod history;
+
 use anyhow::{bail, Context as _};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
