@@ -1,6 +1,9 @@
 //! What the `tally` binary wires: the single-node assembly behind `tally up` (every role in
-//! one process) and the HTTP client the log and invoke commands use.
+//! one process), the roles of a multi-process cluster and their configuration, the local
+//! cluster manager behind `tally cluster`, and the HTTP client the log and invoke commands use.
 
 pub mod client;
+pub mod cluster;
+pub mod config;
 pub mod node;
 pub mod roles;

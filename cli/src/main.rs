@@ -1,13 +1,18 @@
-//! The `tally` binary: `tally up` runs every role in one process; the other commands are
+//! The `tally` binary: `tally up` runs every role in one process; `tally sequencer`,
+//! `tally storage` and `tally gateway` run one role of a cluster from its config file;
+//! `tally cluster` starts and watches a local multi-process cluster; the other commands are
 //! clients of a running gateway.
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tally_cli::client::Client;
+use tally_cli::cluster;
+use tally_cli::config::{self, ClusterFile, DurabilityMode, NodeFile, Role, RoleOptions};
 use tally_cli::node::{Node, NodeConfig};
 
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
@@ -35,115 +40,192 @@ enum Command {
     /// Measure a running Tally.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Run a cluster role (interim flags).
-    #[command(hide = true)]
-    Role(RoleArgs),
+    /// Run one sequencer of a cluster (a member of the Raft group that orders the log).
+    Sequencer(SequencerArgs),
+    /// Run one storage node of a cluster.
+    Storage(StorageArgs),
+    /// Run one gateway of a cluster (HTTP, functions, one shard of the log).
+    Gateway(GatewayArgs),
+    /// Start, watch and stop a multi-process cluster on this machine.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// What every role takes. Flags override the config file's values.
+#[derive(Args)]
+struct NodeArgs {
+    /// The node's TOML file (see cli/examples/cluster.toml); flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The node's id, unique across all roles.
+    #[arg(long)]
+    id: Option<u32>,
+    /// Every sequencer and its gRPC address: ID=HOST:PORT,... ([cluster] sequencers).
+    #[arg(long, value_name = "ID=HOST:PORT,...", value_parser = config::parse_node_map)]
+    sequencers: Option<BTreeMap<String, String>>,
+}
+
+impl NodeArgs {
+    fn overrides(&self) -> NodeFile {
+        NodeFile {
+            id: self.id,
+            cluster: ClusterFile {
+                sequencers: self.sequencers.clone(),
+                ..ClusterFile::default()
+            },
+            ..NodeFile::default()
+        }
+    }
 }
 
 #[derive(Args)]
-struct RoleArgs {
-    role: String,
+struct SequencerArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Where the Raft log lives.
     #[arg(long)]
-    id: u32,
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: std::net::SocketAddr,
-    #[arg(long, default_value = "./d")]
-    data_dir: PathBuf,
-    #[arg(long, value_delimiter = ',')]
-    sequencers: Vec<String>,
-    #[arg(long, value_delimiter = ',')]
-    storage: Vec<String>,
+    data_dir: Option<PathBuf>,
+    /// The gRPC address to bind (default: this node's address in the sequencers map).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Every storage node and its gRPC address: ID=HOST:PORT,... ([cluster] storage).
+    #[arg(long, value_name = "ID=HOST:PORT,...", value_parser = config::parse_node_map)]
+    storage: Option<BTreeMap<String, String>>,
+    /// Storage replicas of each shard (default 3).
+    #[arg(long)]
+    replication: Option<usize>,
+    /// Least time between two metalog entries, in microseconds (default 1000).
+    #[arg(long)]
+    cut_interval_us: Option<u64>,
+    /// The Raft tick, in milliseconds (default 50).
+    #[arg(long)]
+    raft_tick_ms: Option<u64>,
+    /// A gateway silent this long leaves the next view, in milliseconds (default 2000).
+    #[arg(long)]
+    gateway_timeout_ms: Option<u64>,
 }
 
-fn id_map(items: &[String]) -> std::collections::BTreeMap<logbook::wire::NodeId, String> {
-    items
-        .iter()
-        .map(|i| {
-            let (id, addr) = i.split_once('=').expect("id=addr");
-            (
-                logbook::wire::NodeId(id.parse().expect("id")),
-                addr.to_string(),
-            )
-        })
-        .collect()
+#[derive(Args)]
+struct StorageArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Where the segment files live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The gRPC address to bind (default: this node's address in the storage map).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Every storage node and its gRPC address: ID=HOST:PORT,... ([cluster] storage).
+    #[arg(long, value_name = "ID=HOST:PORT,...", value_parser = config::parse_node_map)]
+    storage: Option<BTreeMap<String, String>>,
+    /// When a record is acknowledged (default fsync).
+    #[arg(long, value_enum)]
+    durability: Option<DurabilityArg>,
+    /// With --durability async: how often to fdatasync, in milliseconds (default 5).
+    #[arg(long)]
+    flush_interval_ms: Option<u64>,
 }
 
-async fn role(args: RoleArgs) -> anyhow::Result<()> {
-    use tally_cli::roles::*;
-    let id = logbook::wire::NodeId(args.id);
-    let sequencers = id_map(&args.sequencers);
-    match args.role.as_str() {
-        "status-seq" => {
-            let mut c = logbook::rpc::pb::sequencer_client::SequencerClient::new(channel(
-                &args.listen.to_string(),
-            )?);
-            println!(
-                "{}",
-                c.status(logbook::rpc::pb::StatusRequest {})
-                    .await?
-                    .into_inner()
-                    .json
-            );
-            Ok(())
-        }
-        "status-st" => {
-            let mut c = logbook::rpc::pb::storage_client::StorageClient::new(channel(
-                &args.listen.to_string(),
-            )?);
-            println!(
-                "{}",
-                c.status(logbook::rpc::pb::StatusRequest {})
-                    .await?
-                    .into_inner()
-                    .json
-            );
-            Ok(())
-        }
-        "sequencer" => {
-            sequencer::run(SequencerOptions {
-                id,
-                data_dir: args.data_dir,
-                listen: args.listen,
-                sequencers,
-                storage: id_map(&args.storage),
-                replication: 3,
-                cut_interval: std::time::Duration::from_micros(CUT_INTERVAL_US_DEFAULT),
-                raft_tick: std::time::Duration::from_millis(RAFT_TICK_MS_DEFAULT),
-                election_ticks: ELECTION_TICKS_DEFAULT,
-                gateway_timeout: std::time::Duration::from_millis(GATEWAY_TIMEOUT_MS_DEFAULT),
-            })
-            .await
-        }
-        "storage" => {
-            storage::run(StorageOptions {
-                id,
-                data_dir: args.data_dir,
-                listen: args.listen,
-                sequencers,
-                durability: storage_node::Durability::Fsync,
-                segment_bytes_max: 64 << 20,
-            })
-            .await
-        }
-        _ => {
-            gateway::run(GatewayOptions {
-                id,
-                http: args.listen,
-                sequencers,
-                cache_bytes_max: 256 << 20,
-                pending_appends_max: 100_000,
-            })
-            .await
-        }
-    }
+#[derive(Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The HTTP address to serve on (default 127.0.0.1:8080; port 0 picks one).
+    #[arg(long)]
+    http: Option<String>,
+    /// Record cache size, in MiB (default 256).
+    #[arg(long)]
+    cache_mb: Option<usize>,
+}
+
+#[derive(Args)]
+struct ClusterDirArg {
+    /// The cluster's directory: its nodes' config files, data and logs, and cluster.json.
+    #[arg(long, default_value = cluster::CLUSTER_DIR_DEFAULT)]
+    dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start a cluster on 127.0.0.1 (or start a stopped one again from its files) and wait
+    /// until every gateway is in the view.
+    Up {
+        #[command(flatten)]
+        dir: ClusterDirArg,
+        /// Sequencers, ids 0, 1, ... (default 3).
+        #[arg(long)]
+        sequencers: Option<usize>,
+        /// Storage nodes, ids 10, 11, ... (default 3).
+        #[arg(long)]
+        storage: Option<usize>,
+        /// Gateways, ids 20, 21, ... (default 2).
+        #[arg(long)]
+        gateways: Option<usize>,
+        /// Storage replicas of each shard (default: 3, or every storage node if fewer).
+        #[arg(long)]
+        replication: Option<usize>,
+        /// When storage nodes acknowledge a record (default fsync).
+        #[arg(long, value_enum)]
+        durability: Option<DurabilityArg>,
+        /// Least time between two metalog entries, in microseconds (default 1000).
+        #[arg(long)]
+        cut_interval_us: Option<u64>,
+        /// How long to wait for the cluster to be ready, in seconds.
+        #[arg(long, default_value_t = cluster::READY_TIMEOUT_SECS_DEFAULT)]
+        timeout_secs: u64,
+    },
+    /// Print the nodes, the leader, the view and the progress of shards and nodes.
+    Status {
+        #[command(flatten)]
+        dir: ClusterDirArg,
+        /// Print the leader's status and the nodes' liveness as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every node (SIGTERM, then SIGKILL after the grace period); data is kept.
+    Down {
+        #[command(flatten)]
+        dir: ClusterDirArg,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(long, default_value_t = cluster::GRACE_SECS_DEFAULT)]
+        grace_secs: u64,
+    },
+    /// SIGKILL one node.
+    Kill {
+        #[command(flatten)]
+        dir: ClusterDirArg,
+        /// The node's id.
+        #[arg(long)]
+        node: u32,
+    },
+    /// Start one stopped node again from its config file and wait until it is ready.
+    Start {
+        #[command(flatten)]
+        dir: ClusterDirArg,
+        /// The node's id.
+        #[arg(long)]
+        node: u32,
+        /// How long to wait for it to be ready, in seconds.
+        #[arg(long, default_value_t = cluster::READY_TIMEOUT_SECS_DEFAULT)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum DurabilityArg {
     /// Acknowledge an append after it is fsynced (group commit).
     Fsync,
-    /// Acknowledge after the write; fsync in the background every 10 ms.
+    /// Acknowledge after the write; fsync in the background (`tally up`: every 10 ms).
     Async,
+}
+
+impl DurabilityArg {
+    fn mode(self) -> DurabilityMode {
+        match self {
+            DurabilityArg::Fsync => DurabilityMode::Fsync,
+            DurabilityArg::Async => DurabilityMode::Async,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -291,9 +373,108 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Invoke(args) => invoke(args).await,
             Command::Log(cmd) => log(cmd).await,
             Command::Bench(cmd) => bench(cmd).await,
-            Command::Role(args) => role(args).await,
+            Command::Sequencer(args) => run_role(Role::Sequencer, args.into()).await,
+            Command::Storage(args) => run_role(Role::Storage, args.into()).await,
+            Command::Gateway(args) => run_role(Role::Gateway, args.into()).await,
+            Command::Cluster(cmd) => cluster_command(cmd).await,
         }
     })
+}
+
+/// A role's config file and the flags that override it.
+struct RoleArgs {
+    config: Option<PathBuf>,
+    overrides: NodeFile,
+}
+
+impl From<SequencerArgs> for RoleArgs {
+    fn from(args: SequencerArgs) -> RoleArgs {
+        let mut overrides = args.node.overrides();
+        overrides.data_dir = args.data_dir;
+        overrides.listen = args.listen;
+        overrides.cluster.storage = args.storage;
+        overrides.cluster.replication = args.replication;
+        overrides.cluster.cut_interval_us = args.cut_interval_us;
+        overrides.cluster.raft_tick_ms = args.raft_tick_ms;
+        overrides.cluster.gateway_timeout_ms = args.gateway_timeout_ms;
+        RoleArgs {
+            config: args.node.config,
+            overrides,
+        }
+    }
+}
+
+impl From<StorageArgs> for RoleArgs {
+    fn from(args: StorageArgs) -> RoleArgs {
+        let mut overrides = args.node.overrides();
+        overrides.data_dir = args.data_dir;
+        overrides.listen = args.listen;
+        overrides.cluster.storage = args.storage;
+        overrides.cluster.durability = args.durability.map(DurabilityArg::mode);
+        overrides.cluster.flush_interval_ms = args.flush_interval_ms;
+        RoleArgs {
+            config: args.node.config,
+            overrides,
+        }
+    }
+}
+
+impl From<GatewayArgs> for RoleArgs {
+    fn from(args: GatewayArgs) -> RoleArgs {
+        let mut overrides = args.node.overrides();
+        overrides.http = args.http;
+        overrides.cache_mb = args.cache_mb;
+        RoleArgs {
+            config: args.node.config,
+            overrides,
+        }
+    }
+}
+
+async fn run_role(role: Role, args: RoleArgs) -> anyhow::Result<()> {
+    let options = config::load(role, args.config.as_deref(), args.overrides)?;
+    match options {
+        RoleOptions::Sequencer(o) => tally_cli::roles::sequencer::run(o).await,
+        RoleOptions::Storage(o) => tally_cli::roles::storage::run(o).await,
+        RoleOptions::Gateway(o) => tally_cli::roles::gateway::run(o).await,
+    }
+}
+
+async fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Up {
+            dir,
+            sequencers,
+            storage,
+            gateways,
+            replication,
+            durability,
+            cut_interval_us,
+            timeout_secs,
+        } => {
+            cluster::up(cluster::UpOptions {
+                dir: dir.dir,
+                sequencers,
+                storage,
+                gateways,
+                replication,
+                durability: durability.map(DurabilityArg::mode),
+                cut_interval_us,
+                timeout: Duration::from_secs(timeout_secs),
+            })
+            .await
+        }
+        ClusterCommand::Status { dir, json } => cluster::status(&dir.dir, json).await,
+        ClusterCommand::Down { dir, grace_secs } => {
+            cluster::down(&dir.dir, Duration::from_secs(grace_secs)).await
+        }
+        ClusterCommand::Kill { dir, node } => cluster::kill(&dir.dir, node).await,
+        ClusterCommand::Start {
+            dir,
+            node,
+            timeout_secs,
+        } => cluster::start(&dir.dir, node, Duration::from_secs(timeout_secs)).await,
+    }
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -482,4 +663,65 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Parses `tally <args>` as a role command and returns its config file and overrides.
+    fn role_args(args: &[&str]) -> RoleArgs {
+        let cli = Cli::try_parse_from(std::iter::once("tally").chain(args.iter().copied()))
+            .expect("the arguments parse");
+        match cli.command {
+            Command::Sequencer(a) => a.into(),
+            Command::Storage(a) => a.into(),
+            Command::Gateway(a) => a.into(),
+            _ => panic!("not a role command"),
+        }
+    }
+
+    #[test]
+    fn role_flags_become_config_overrides() {
+        let a = role_args(&[
+            "storage",
+            "--config",
+            "s.toml",
+            "--id",
+            "11",
+            "--data-dir",
+            "/d",
+            "--listen",
+            "0.0.0.0:7100",
+            "--durability",
+            "async",
+            "--flush-interval-ms",
+            "3",
+            "--sequencers",
+            "0=h:1,1=h:2",
+        ]);
+        assert_eq!(a.config, Some(PathBuf::from("s.toml")));
+        let o = a.overrides;
+        assert_eq!(o.id, Some(11));
+        assert_eq!(o.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(o.listen.as_deref(), Some("0.0.0.0:7100"));
+        assert_eq!(o.cluster.durability, Some(DurabilityMode::Async));
+        assert_eq!(o.cluster.flush_interval_ms, Some(3));
+        assert_eq!(o.cluster.sequencers.map(|m| m.len()), Some(2));
+        assert_eq!(o.role, None);
+
+        let o = role_args(&["gateway", "--http", "0.0.0.0:0", "--cache-mb", "64"]).overrides;
+        assert_eq!(o.http.as_deref(), Some("0.0.0.0:0"));
+        assert_eq!(o.cache_mb, Some(64));
+
+        let o = role_args(&["sequencer", "--replication", "2", "--raft-tick-ms", "10"]).overrides;
+        assert_eq!(o.cluster.replication, Some(2));
+        assert_eq!(o.cluster.raft_tick_ms, Some(10));
+    }
 }

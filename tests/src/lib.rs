@@ -1,6 +1,7 @@
 //! Helpers for integration tests that start real `tally` processes: find the binary, start
-//! `tally up` on an ephemeral loopback port in a temp dir, wait for it to be ready, kill it.
-//! Tests wait on conditions with deadlines, never on fixed sleeps.
+//! `tally up` on an ephemeral loopback port in a temp dir, wait for it to be ready, kill it;
+//! or start a multi-process cluster with `tally cluster up` (`Cluster`) and kill, restart and
+//! watch its nodes. Tests wait on conditions with deadlines, never on fixed sleeps.
 
 pub mod history;
 
@@ -152,4 +153,220 @@ pub fn run_tally(args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// One node of a `Cluster`, as cluster.json lists it.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    /// `sequencer`, `storage` or `gateway`.
+    pub role: String,
+    pub id: u32,
+    /// The last process started for it (it may have stopped since).
+    pub pid: Option<u32>,
+    /// gRPC address (sequencers and storage nodes).
+    pub rpc: Option<String>,
+    /// `http://127.0.0.1:PORT` (gateways).
+    pub http: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+/// A multi-process cluster on loopback, started by `tally cluster up` in `dir`. Dropping it
+/// runs `tally cluster down` (data stays in `dir`). A cluster brought down can be started
+/// again on the same `dir` with `Cluster::up`: same ids, ports and data.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<ClusterNode>,
+    running: bool,
+}
+
+impl Cluster {
+    /// `tally cluster up` with `sequencers`, `storage` nodes and `gateways`; returns once every
+    /// node is ready and every gateway is in the view.
+    pub fn up(
+        dir: &Path,
+        sequencers: usize,
+        storage: usize,
+        gateways: usize,
+    ) -> anyhow::Result<Cluster> {
+        Cluster::up_with(dir, sequencers, storage, gateways, &[])
+    }
+
+    /// `up` with more flags for `tally cluster up` (`--replication 2`, `--durability async`).
+    pub fn up_with(
+        dir: &Path,
+        sequencers: usize,
+        storage: usize,
+        gateways: usize,
+        extra: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let counts = [
+            sequencers.to_string(),
+            storage.to_string(),
+            gateways.to_string(),
+        ];
+        let mut args = vec![
+            "cluster",
+            "up",
+            "--dir",
+            &dir_arg,
+            "--sequencers",
+            &counts[0],
+            "--storage",
+            &counts[1],
+            "--gateways",
+            &counts[2],
+        ];
+        args.extend_from_slice(extra);
+        if let Err(e) = run_tally(&args) {
+            bail!("{e:#}\n{}", logs_tail(dir));
+        }
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            nodes: Vec::new(),
+            running: true,
+        };
+        cluster.reload()?;
+        Ok(cluster)
+    }
+
+    /// Reads cluster.json again (pids change when nodes are started).
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        let path = self.dir.join("cluster.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).context("parsing cluster.json")?;
+        let nodes = json["nodes"]
+            .as_array()
+            .context("cluster.json has no nodes")?;
+        let string = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        self.nodes = nodes
+            .iter()
+            .map(|n| {
+                Ok(ClusterNode {
+                    role: string(&n["role"]).context("a node without a role")?,
+                    id: n["id"].as_u64().context("a node without an id")? as u32,
+                    pid: n["pid"].as_u64().map(|p| p as u32),
+                    rpc: string(&n["rpc"]),
+                    http: string(&n["http"]),
+                    data_dir: string(&n["data_dir"]).map(PathBuf::from),
+                    config: string(&n["config"])
+                        .context("a node without a config")?
+                        .into(),
+                    log: string(&n["log"]).context("a node without a log")?.into(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(())
+    }
+
+    /// The gateways' URLs (`http://127.0.0.1:PORT`), by id.
+    pub fn gateways(&self) -> Vec<String> {
+        let mut gateways: Vec<&ClusterNode> =
+            self.nodes.iter().filter(|n| n.role == "gateway").collect();
+        gateways.sort_by_key(|n| n.id);
+        gateways.iter().filter_map(|n| n.http.clone()).collect()
+    }
+
+    /// The ids of the nodes of `role`.
+    pub fn ids(&self, role: &str) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == role)
+            .map(|n| n.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn node(&self, id: u32) -> Option<&ClusterNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// SIGKILL one node (`tally cluster kill`); returns once it is gone.
+    pub fn kill(&mut self, id: u32) -> anyhow::Result<()> {
+        self.cluster(&["kill", "--node", &id.to_string()])?;
+        Ok(())
+    }
+
+    /// Starts one stopped node again from its file (`tally cluster start`); returns once it
+    /// printed its ready line.
+    pub fn start(&mut self, id: u32) -> anyhow::Result<()> {
+        self.cluster(&["start", "--node", &id.to_string()])?;
+        self.reload()
+    }
+
+    /// `tally cluster status --json`: the leader's status (`leader`, null without one) and
+    /// every node's liveness (`nodes`).
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self.cluster(&["status", "--json"])?;
+        serde_json::from_str(&out).context("parsing tally cluster status --json")
+    }
+
+    /// The sequencer that answers as leader, if one does.
+    pub fn leader(&self) -> Option<u32> {
+        let status = self.status().ok()?;
+        status["leader"]["id"].as_u64().map(|id| id as u32)
+    }
+
+    /// `tally cluster down`: stops every node (SIGTERM, then SIGKILL), keeps the data.
+    pub fn down(&mut self) -> anyhow::Result<()> {
+        self.running = false;
+        self.cluster(&["down", "--grace-secs", "10"])?;
+        Ok(())
+    }
+
+    /// A node's log, for a failing test's message.
+    pub fn log(&self, id: u32) -> String {
+        self.node(id)
+            .and_then(|n| std::fs::read_to_string(&n.log).ok())
+            .unwrap_or_default()
+    }
+
+    fn cluster(&self, args: &[&str]) -> anyhow::Result<String> {
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut all = vec!["cluster", args[0], "--dir", &dir];
+        all.extend_from_slice(&args[1..]);
+        run_tally(&all).map_err(|e| anyhow::anyhow!("{e:#}\n{}", logs_tail(&self.dir)))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            if let Err(e) = self.down() {
+                eprintln!("stopping the cluster in {}: {e:#}", self.dir.display());
+            }
+        }
+    }
+}
+
+/// The last lines of every node log in a cluster's dir, for an error message (the temp dir
+/// is gone once the test fails).
+fn logs_tail(dir: &Path) -> String {
+    const LINES: usize = 20;
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    let mut out = String::new();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out += &format!("---- {} (last {LINES} lines)\n", log.display());
+        for line in &lines[lines.len().saturating_sub(LINES)..] {
+            out += line;
+            out += "\n";
+        }
+    }
+    out
 }

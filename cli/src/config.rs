@@ -1,0 +1,950 @@
+//! A cluster node's configuration: one TOML file per node (`tally <role> --config FILE`),
+//! overridable by flags, checked and turned into the `Options` of its role (`crate::roles`).
+//!
+//! The file has the node's own keys (`role`, `id`, `data_dir`, `listen`, `http`, `cache_mb`)
+//! and a `[cluster]` section that is the same on every node (the members and the cluster-wide
+//! settings). The layout is documented in the README and `cli/examples/cluster.toml`.
+//!
+//! Identity and safety values (`role`, `id`, `data_dir`, the `sequencers` map, and the
+//! `storage` map on sequencers and storage nodes) have no defaults: a node that guessed them
+//! could join the wrong group or write over another node's data. Every error is one line that
+//! names the key and where it came from (the file, or the flag that overrode it).
+//!
+//! This module reads the one file it is given and resolves addresses; it starts nothing.
+
+use crate::roles::{
+    GatewayOptions, SequencerOptions, StorageOptions, CUT_INTERVAL_US_DEFAULT,
+    ELECTION_TICKS_DEFAULT, GATEWAY_TIMEOUT_MS_DEFAULT, RAFT_TICK_MS_DEFAULT, REPLICATION_DEFAULT,
+};
+use anyhow::{anyhow, bail, Context as _};
+use logbook::wire::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use storage_node::{Durability, SEGMENT_BYTES_MAX_DEFAULT};
+
+/// With `durability = "async"`, a storage node syncs its writes this often.
+pub const FLUSH_INTERVAL_MS_DEFAULT: u64 = 5;
+/// A gateway's record cache, in MiB.
+pub const CACHE_MB_DEFAULT: usize = 256;
+pub const CACHE_MB_MAX: usize = 1024 * 1024;
+/// A gateway's HTTP address when none is given: loopback, like `tally up`.
+pub const GATEWAY_HTTP_DEFAULT: &str = "127.0.0.1:8080";
+/// Appends a gateway holds until they are ordered, at most.
+pub const PENDING_APPENDS_MAX_DEFAULT: usize = 100_000;
+/// Upper bounds of the durations, so a typo in units is an error rather than a cluster that
+/// takes an hour to notice a failure.
+pub const CUT_INTERVAL_US_MAX: u64 = 1_000_000;
+pub const FLUSH_INTERVAL_MS_MAX: u64 = 60_000;
+pub const GATEWAY_TIMEOUT_MS_MAX: u64 = 600_000;
+pub const RAFT_TICK_MS_MAX: u64 = 10_000;
+
+/// The role a node plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Sequencer,
+    Storage,
+    Gateway,
+}
+
+impl Role {
+    /// The name used in files, commands and ready lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Sequencer => "sequencer",
+            Role::Storage => "storage",
+            Role::Gateway => "gateway",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// When a storage node acknowledges a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// After its fdatasync (group commit).
+    Fsync,
+    /// Once written (replicated in memory); synced every `flush_interval_ms`.
+    Async,
+}
+
+impl DurabilityMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DurabilityMode::Fsync => "fsync",
+            DurabilityMode::Async => "async",
+        }
+    }
+}
+
+/// A node file as written, or the flags that override one: every key optional, so a missing
+/// one can be reported by name. Map keys are node ids as strings (TOML keys are strings).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub role: Option<Role>,
+    pub id: Option<u32>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub http: Option<String>,
+    pub cache_mb: Option<usize>,
+    #[serde(default)]
+    pub cluster: ClusterFile,
+}
+
+/// The `[cluster]` section: the same on every node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub sequencers: Option<BTreeMap<String, String>>,
+    pub storage: Option<BTreeMap<String, String>>,
+    pub replication: Option<usize>,
+    pub cut_interval_us: Option<u64>,
+    pub durability: Option<DurabilityMode>,
+    pub flush_interval_ms: Option<u64>,
+    pub gateway_timeout_ms: Option<u64>,
+    pub raft_tick_ms: Option<u64>,
+}
+
+/// A role's options, ready to run.
+#[derive(Debug, Clone)]
+pub enum RoleOptions {
+    Sequencer(SequencerOptions),
+    Storage(StorageOptions),
+    Gateway(GatewayOptions),
+}
+
+/// Reads `path` (if any), applies `flags` over it, and checks the result as the config of a
+/// `role` node.
+pub fn load(role: Role, path: Option<&Path>, flags: NodeFile) -> anyhow::Result<RoleOptions> {
+    let file = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the config file {}", path.display()))?;
+            Some((path, parse_file(path, &text)?))
+        }
+        None => None,
+    };
+    resolve(role, file, flags)
+}
+
+/// Parses the text of a node file; errors name the file and line.
+pub fn parse_file(path: &Path, text: &str) -> anyhow::Result<NodeFile> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let message = e.message().trim().replace('\n', " ");
+        match line {
+            Some(line) => anyhow!("{}:{line}: {message}", path.display()),
+            None => anyhow!("{}: {message}", path.display()),
+        }
+    })
+}
+
+/// Checks a parsed file (with its path) overridden by `flags` as the config of a `role` node.
+pub fn resolve(
+    role: Role,
+    file: Option<(&Path, NodeFile)>,
+    flags: NodeFile,
+) -> anyhow::Result<RoleOptions> {
+    let (path, file) = match file {
+        Some((path, file)) => (Some(path.to_path_buf()), file),
+        None => (None, NodeFile::default()),
+    };
+    let merged = Merged::new(path, file, flags);
+    merged.check(role)
+}
+
+/// Parses `--sequencers 0=host:port,1=host:port` into the map a file would hold; the ids and
+/// addresses are checked with the rest of the config.
+pub fn parse_node_map(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}` is not ID=HOST:PORT"))?;
+        if map
+            .insert(id.trim().to_string(), addr.trim().to_string())
+            .is_some()
+        {
+            return Err(format!("node {} is listed twice", id.trim()));
+        }
+    }
+    if map.is_empty() {
+        return Err("no nodes given (ID=HOST:PORT,...)".into());
+    }
+    Ok(map)
+}
+
+/// A file with flags applied over it, remembering which keys the flags set so that an error
+/// names the flag or the file, whichever the bad value came from.
+struct Merged {
+    path: Option<PathBuf>,
+    values: NodeFile,
+    from_flags: BTreeSet<&'static str>,
+}
+
+impl Merged {
+    fn new(path: Option<PathBuf>, file: NodeFile, flags: NodeFile) -> Merged {
+        let mut values = file;
+        let mut from_flags = BTreeSet::new();
+        macro_rules! over {
+            ($($field:ident).+, $key:literal) => {
+                if flags.$($field).+.is_some() {
+                    values.$($field).+ = flags.$($field).+;
+                    from_flags.insert($key);
+                }
+            };
+        }
+        over!(role, "role");
+        over!(id, "id");
+        over!(data_dir, "data_dir");
+        over!(listen, "listen");
+        over!(http, "http");
+        over!(cache_mb, "cache_mb");
+        over!(cluster.sequencers, "sequencers");
+        over!(cluster.storage, "storage");
+        over!(cluster.replication, "replication");
+        over!(cluster.cut_interval_us, "cut_interval_us");
+        over!(cluster.durability, "durability");
+        over!(cluster.flush_interval_ms, "flush_interval_ms");
+        over!(cluster.gateway_timeout_ms, "gateway_timeout_ms");
+        over!(cluster.raft_tick_ms, "raft_tick_ms");
+        Merged {
+            path,
+            values,
+            from_flags,
+        }
+    }
+
+    /// Where a key's value came from: `--flag`, or `key` in the file.
+    fn at(&self, key: &str) -> String {
+        let flag = format!("--{}", key.replace('_', "-"));
+        match &self.path {
+            Some(path) if !self.from_flags.contains(key) => {
+                format!("`{key}` in {}", path.display())
+            }
+            _ => flag,
+        }
+    }
+
+    fn missing(&self, key: &str, what: &str) -> anyhow::Error {
+        let flag = format!("--{}", key.replace('_', "-"));
+        match &self.path {
+            Some(path) => anyhow!(
+                "{}: missing `{key}` ({what}; no default; or pass {flag})",
+                path.display()
+            ),
+            None => anyhow!("missing {flag} ({what}; no default; or give a --config file)"),
+        }
+    }
+
+    /// Refuses a node key that means nothing for this role, so a misplaced value is noticed.
+    fn refuse<T>(
+        &self,
+        value: &Option<T>,
+        key: &str,
+        role: Role,
+        hint: &str,
+    ) -> anyhow::Result<()> {
+        if value.is_some() {
+            bail!("{}: a {role} has no {key} ({hint})", self.at(key));
+        }
+        Ok(())
+    }
+
+    fn check(&self, role: Role) -> anyhow::Result<RoleOptions> {
+        let v = &self.values;
+        let c = &v.cluster;
+        match v.role {
+            None if self.path.is_some() => {
+                return Err(self.missing("role", "sequencer, storage or gateway"))
+            }
+            Some(file_role) if file_role != role => bail!(
+                "{} says role = \"{file_role}\", but this is `tally {role}`",
+                self.path
+                    .as_deref()
+                    .unwrap_or(Path::new("the config"))
+                    .display()
+            ),
+            _ => {}
+        }
+        let id =
+            v.id.ok_or_else(|| self.missing("id", "the node's id, unique across all roles"))?;
+        let sequencers = self
+            .node_map("sequencers")?
+            .ok_or_else(|| self.missing("sequencers", "every sequencer as ID = \"HOST:PORT\""))?;
+        let storage = self.node_map("storage")?;
+        if let Some(storage) = &storage {
+            if let Some(both) = sequencers.keys().find(|id| storage.contains_key(id)) {
+                bail!(
+                    "{} and {} both name node {}: ids are unique across all roles",
+                    self.at("sequencers"),
+                    self.at("storage"),
+                    both.0
+                );
+            }
+        }
+        // Only sequencers use it; other nodes check it when it is given, since their
+        // [cluster] section should be the same.
+        let replication = c.replication.unwrap_or(REPLICATION_DEFAULT);
+        if let Some(storage) = storage
+            .as_ref()
+            .filter(|_| role == Role::Sequencer || c.replication.is_some())
+        {
+            if replication == 0 || replication > storage.len() {
+                let at = match c.replication {
+                    Some(_) => self.at("replication"),
+                    None => format!("replication (default {REPLICATION_DEFAULT})"),
+                };
+                bail!(
+                    "{at} is {replication}; it must be 1..={} (the number of storage nodes)",
+                    storage.len()
+                );
+            }
+        }
+        let cut_interval_us = self.duration(
+            "cut_interval_us",
+            c.cut_interval_us,
+            CUT_INTERVAL_US_DEFAULT,
+            CUT_INTERVAL_US_MAX,
+        )?;
+        let flush_interval_ms = self.duration(
+            "flush_interval_ms",
+            c.flush_interval_ms,
+            FLUSH_INTERVAL_MS_DEFAULT,
+            FLUSH_INTERVAL_MS_MAX,
+        )?;
+        let gateway_timeout_ms = self.duration(
+            "gateway_timeout_ms",
+            c.gateway_timeout_ms,
+            GATEWAY_TIMEOUT_MS_DEFAULT,
+            GATEWAY_TIMEOUT_MS_MAX,
+        )?;
+        let raft_tick_ms = self.duration(
+            "raft_tick_ms",
+            c.raft_tick_ms,
+            RAFT_TICK_MS_DEFAULT,
+            RAFT_TICK_MS_MAX,
+        )?;
+        if gateway_timeout_ms < raft_tick_ms {
+            bail!(
+                "{} is {gateway_timeout_ms}; it must be at least raft_tick_ms ({raft_tick_ms}): \
+                 the sequencers count it in ticks",
+                self.at("gateway_timeout_ms")
+            );
+        }
+        let node = NodeId(id);
+
+        match role {
+            Role::Sequencer | Role::Storage => {
+                self.refuse(
+                    &v.http,
+                    "http",
+                    role,
+                    "only a gateway serves HTTP; use `listen`",
+                )?;
+                self.refuse(
+                    &v.cache_mb,
+                    "cache_mb",
+                    role,
+                    "only a gateway caches records",
+                )?;
+                let storage = storage.as_ref().ok_or_else(|| {
+                    self.missing("storage", "every storage node as ID = \"HOST:PORT\"")
+                })?;
+                let (map_key, members) = match role {
+                    Role::Sequencer => ("sequencers", &sequencers),
+                    _ => ("storage", storage),
+                };
+                let advertised = members.get(&node).ok_or_else(|| {
+                    anyhow!(
+                        "{}: {role} {id} is not listed there; every {role} must be, with the \
+                         address it listens on",
+                        self.at(map_key)
+                    )
+                })?;
+                let listen = self.listen(map_key, id, advertised)?;
+                let data_dir = v
+                    .data_dir
+                    .clone()
+                    .ok_or_else(|| self.missing("data_dir", "where the node keeps its data"))?;
+                if data_dir.as_os_str().is_empty() {
+                    bail!("{} is empty", self.at("data_dir"));
+                }
+                Ok(match role {
+                    Role::Sequencer => RoleOptions::Sequencer(SequencerOptions {
+                        id: node,
+                        data_dir,
+                        listen,
+                        sequencers: sequencers.clone(),
+                        storage: storage.clone(),
+                        replication,
+                        cut_interval: Duration::from_micros(cut_interval_us),
+                        raft_tick: Duration::from_millis(raft_tick_ms),
+                        election_ticks: ELECTION_TICKS_DEFAULT,
+                        gateway_timeout: Duration::from_millis(gateway_timeout_ms),
+                    }),
+                    _ => RoleOptions::Storage(StorageOptions {
+                        id: node,
+                        data_dir,
+                        listen,
+                        sequencers: sequencers.clone(),
+                        durability: match c.durability.unwrap_or(DurabilityMode::Fsync) {
+                            DurabilityMode::Fsync => Durability::Fsync,
+                            DurabilityMode::Async => Durability::Async { flush_interval_ms },
+                        },
+                        segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+                    }),
+                })
+            }
+            Role::Gateway => {
+                self.refuse(
+                    &v.data_dir,
+                    "data_dir",
+                    role,
+                    "its state is rebuilt from the log",
+                )?;
+                self.refuse(&v.listen, "listen", role, "its address is `http`")?;
+                let other = [
+                    ("sequencers", Some(&sequencers)),
+                    ("storage", storage.as_ref()),
+                ];
+                for (key, map) in other {
+                    if map.is_some_and(|m| m.contains_key(&node)) {
+                        bail!(
+                            "gateway {id} is also listed in {}: ids are unique across all roles",
+                            self.at(key)
+                        );
+                    }
+                }
+                let http_text = v.http.as_deref().unwrap_or(GATEWAY_HTTP_DEFAULT);
+                let http = resolve_one(http_text)
+                    .map_err(|e| anyhow!("{} = {http_text:?}: {e}", self.at("http")))?;
+                let cache_mb = v.cache_mb.unwrap_or(CACHE_MB_DEFAULT);
+                if cache_mb == 0 || cache_mb > CACHE_MB_MAX {
+                    bail!(
+                        "{} is {cache_mb}; it must be 1..={CACHE_MB_MAX}",
+                        self.at("cache_mb")
+                    );
+                }
+                Ok(RoleOptions::Gateway(GatewayOptions {
+                    id: node,
+                    http,
+                    sequencers: sequencers.clone(),
+                    cache_bytes_max: cache_mb * 1024 * 1024,
+                    pending_appends_max: PENDING_APPENDS_MAX_DEFAULT,
+                }))
+            }
+        }
+    }
+
+    /// A map of node ids to `HOST:PORT` addresses, checked.
+    fn node_map(&self, key: &'static str) -> anyhow::Result<Option<BTreeMap<NodeId, String>>> {
+        let map = match key {
+            "sequencers" => &self.values.cluster.sequencers,
+            _ => &self.values.cluster.storage,
+        };
+        let Some(map) = map else {
+            return Ok(None);
+        };
+        if map.is_empty() {
+            bail!("{} lists no nodes", self.at(key));
+        }
+        let mut nodes = BTreeMap::new();
+        for (id_text, addr) in map {
+            let id: u32 = id_text.trim().parse().map_err(|_| {
+                anyhow!(
+                    "{}: `{id_text}` is not a node id (0..=4294967295)",
+                    self.at(key)
+                )
+            })?;
+            check_host_port(addr)
+                .map_err(|e| anyhow!("{}: node {id} = {addr:?}: {e}", self.at(key)))?;
+            if nodes.insert(NodeId(id), addr.clone()).is_some() {
+                bail!("{}: node {id} is listed twice", self.at(key));
+            }
+        }
+        Ok(Some(nodes))
+    }
+
+    /// The address to bind: `listen` if given, else the node's address in its role's map.
+    /// Other nodes dial the map's address, so `listen` must be that address or the same port
+    /// on every interface (`0.0.0.0:PORT`, `[::]:PORT`).
+    fn listen(&self, map_key: &str, id: u32, advertised: &str) -> anyhow::Result<SocketAddr> {
+        let Some(listen_text) = &self.values.listen else {
+            return resolve_one(advertised).map_err(|e| {
+                anyhow!(
+                    "{}: node {id} = {advertised:?} (the address to listen on): {e}",
+                    self.at(map_key)
+                )
+            });
+        };
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| anyhow!("{} = {listen_text:?} is not IP:PORT", self.at("listen")))?;
+        let port = check_host_port(advertised).expect("node_map checked every address");
+        if listen.port() == port
+            && (listen.ip().is_unspecified() || resolve_all(advertised).contains(&listen))
+        {
+            return Ok(listen);
+        }
+        bail!(
+            "{} = \"{listen}\" does not match node {id} = {advertised:?} in {}: other nodes \
+             dial that address, so listen on it or on 0.0.0.0:{port}",
+            self.at("listen"),
+            self.at(map_key)
+        )
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<u64>,
+        default: u64,
+        max: u64,
+    ) -> anyhow::Result<u64> {
+        let value = value.unwrap_or(default);
+        if value == 0 || value > max {
+            bail!("{} is {value}; it must be 1..={max}", self.at(key));
+        }
+        Ok(value)
+    }
+}
+
+/// Checks `HOST:PORT` (a name, an IPv4 address or a bracketed IPv6 address, and a port
+/// 1..=65535) and returns the port.
+fn check_host_port(addr: &str) -> Result<u16, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| "not HOST:PORT".to_string())?;
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err("not HOST:PORT".into());
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err("an IPv6 address needs brackets: [::1]:7000".into());
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("`{port}` is not a port (1..=65535)")),
+    }
+}
+
+/// The addresses `HOST:PORT` stands for: itself if it is an IP address, else what the
+/// resolver says (empty if it cannot tell).
+fn resolve_all(addr: &str) -> Vec<SocketAddr> {
+    if let Ok(ip) = addr.parse::<SocketAddr>() {
+        return vec![ip];
+    }
+    addr.to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default()
+}
+
+fn resolve_one(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = addr.parse::<SocketAddr>() {
+        return Ok(ip);
+    }
+    check_host_port(addr)?;
+    let mut resolved = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve it: {e}"))?;
+    resolved
+        .next()
+        .ok_or_else(|| "it resolves to no address".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEQUENCER: &str = r#"
+role = "sequencer"
+id = 0
+data_dir = "/var/lib/tally/seq0"
+listen = "127.0.0.1:7000"
+
+[cluster]
+sequencers = { 0 = "127.0.0.1:7000", 1 = "127.0.0.1:7001", 2 = "127.0.0.1:7002" }
+storage = { 10 = "127.0.0.1:7100", 11 = "127.0.0.1:7101", 12 = "127.0.0.1:7102" }
+"#;
+
+    const STORAGE: &str = r#"
+role = "storage"
+id = 11
+data_dir = "/var/lib/tally/storage11"
+
+[cluster]
+sequencers = { 0 = "127.0.0.1:7000" }
+storage = { 10 = "127.0.0.1:7100", 11 = "127.0.0.1:7101" }
+replication = 2
+durability = "async"
+flush_interval_ms = 7
+"#;
+
+    const GATEWAY: &str = r#"
+role = "gateway"
+id = 20
+http = "127.0.0.1:8080"
+
+[cluster]
+sequencers = { 0 = "127.0.0.1:7000" }
+"#;
+
+    fn file(text: &str) -> NodeFile {
+        parse_file(Path::new("node.toml"), text).expect("the test file parses")
+    }
+
+    fn load_text(role: Role, text: &str, flags: NodeFile) -> anyhow::Result<RoleOptions> {
+        resolve(role, Some((Path::new("node.toml"), file(text))), flags)
+    }
+
+    fn sequencer(text: &str, flags: NodeFile) -> SequencerOptions {
+        match load_text(Role::Sequencer, text, flags).expect("valid config") {
+            RoleOptions::Sequencer(o) => o,
+            other => panic!("not a sequencer: {other:?}"),
+        }
+    }
+
+    /// Loads `text` as a `role` node with `flags` and expects an error containing `expect`.
+    fn check_error(role: Role, text: &str, flags: NodeFile, expect: &str) {
+        let error = load_text(role, text, flags)
+            .map(|o| format!("{o:?}"))
+            .expect_err("the config must be refused");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains(expect),
+            "error {message:?} does not contain {expect:?}"
+        );
+        assert!(!message.contains('\n'), "error {message:?} is not one line");
+    }
+
+    /// Parses `text` and expects a parse error containing `expect`.
+    fn check_parse_error(text: &str, expect: &str) {
+        let message = format!(
+            "{:#}",
+            parse_file(Path::new("node.toml"), text).expect_err("the file must be refused")
+        );
+        assert!(
+            message.contains(expect),
+            "error {message:?} does not contain {expect:?}"
+        );
+        assert!(!message.contains('\n'), "error {message:?} is not one line");
+    }
+
+    fn without(text: &str, line_start: &str) -> String {
+        text.lines()
+            .filter(|l| !l.starts_with(line_start))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn sequencer_file_parses_with_defaults() {
+        let o = sequencer(SEQUENCER, NodeFile::default());
+        assert_eq!(o.id, NodeId(0));
+        assert_eq!(o.data_dir, PathBuf::from("/var/lib/tally/seq0"));
+        assert_eq!(o.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(o.sequencers.len(), 3);
+        assert_eq!(o.sequencers[&NodeId(2)], "127.0.0.1:7002");
+        assert_eq!(o.storage[&NodeId(12)], "127.0.0.1:7102");
+        assert_eq!(o.replication, REPLICATION_DEFAULT);
+        assert_eq!(
+            o.cut_interval,
+            Duration::from_micros(CUT_INTERVAL_US_DEFAULT)
+        );
+        assert_eq!(o.raft_tick, Duration::from_millis(RAFT_TICK_MS_DEFAULT));
+        assert_eq!(
+            o.gateway_timeout,
+            Duration::from_millis(GATEWAY_TIMEOUT_MS_DEFAULT)
+        );
+        assert_eq!(o.election_ticks, ELECTION_TICKS_DEFAULT);
+    }
+
+    #[test]
+    fn storage_file_parses_durability_and_listen_defaults_to_its_map_address() {
+        let RoleOptions::Storage(o) =
+            load_text(Role::Storage, STORAGE, NodeFile::default()).expect("valid config")
+        else {
+            panic!("not a storage node")
+        };
+        assert_eq!(o.id, NodeId(11));
+        assert_eq!(o.listen, "127.0.0.1:7101".parse().unwrap());
+        assert_eq!(
+            o.durability,
+            Durability::Async {
+                flush_interval_ms: 7
+            }
+        );
+        assert_eq!(o.segment_bytes_max, SEGMENT_BYTES_MAX_DEFAULT);
+        assert_eq!(
+            o.sequencers.keys().copied().collect::<Vec<_>>(),
+            [NodeId(0)]
+        );
+    }
+
+    #[test]
+    fn gateway_file_parses_with_defaults() {
+        let RoleOptions::Gateway(o) =
+            load_text(Role::Gateway, GATEWAY, NodeFile::default()).expect("valid config")
+        else {
+            panic!("not a gateway")
+        };
+        assert_eq!(o.id, NodeId(20));
+        assert_eq!(o.http, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(o.cache_bytes_max, CACHE_MB_DEFAULT * 1024 * 1024);
+        assert_eq!(o.pending_appends_max, PENDING_APPENDS_MAX_DEFAULT);
+        let no_http = without(GATEWAY, "http");
+        let RoleOptions::Gateway(o) =
+            load_text(Role::Gateway, &no_http, NodeFile::default()).expect("valid config")
+        else {
+            panic!("not a gateway")
+        };
+        assert_eq!(o.http, GATEWAY_HTTP_DEFAULT.parse().unwrap());
+    }
+
+    #[test]
+    fn the_example_file_is_a_valid_sequencer_config() {
+        let text = include_str!("../examples/cluster.toml");
+        let parsed = file(text);
+        assert_eq!(parsed.role, Some(Role::Sequencer));
+        // Its addresses are not this machine's, so check it with loopback overrides.
+        let flags = NodeFile {
+            listen: Some("0.0.0.0:7000".into()),
+            ..NodeFile::default()
+        };
+        let o = match resolve(
+            Role::Sequencer,
+            Some((Path::new("cluster.toml"), parsed)),
+            flags,
+        )
+        .expect("the example is valid")
+        {
+            RoleOptions::Sequencer(o) => o,
+            other => panic!("not a sequencer: {other:?}"),
+        };
+        assert_eq!(o.sequencers.len(), 3);
+        assert_eq!(o.storage.len(), 3);
+        assert_eq!(o.replication, 3);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let flags = NodeFile {
+            id: Some(1),
+            data_dir: Some("/other".into()),
+            listen: Some("0.0.0.0:7001".into()),
+            cluster: ClusterFile {
+                replication: Some(2),
+                cut_interval_us: Some(300),
+                raft_tick_ms: Some(10),
+                gateway_timeout_ms: Some(500),
+                ..ClusterFile::default()
+            },
+            ..NodeFile::default()
+        };
+        let o = sequencer(SEQUENCER, flags);
+        assert_eq!(o.id, NodeId(1));
+        assert_eq!(o.data_dir, PathBuf::from("/other"));
+        assert_eq!(o.listen, "0.0.0.0:7001".parse().unwrap());
+        assert_eq!(o.replication, 2);
+        assert_eq!(o.cut_interval, Duration::from_micros(300));
+        assert_eq!(o.raft_tick, Duration::from_millis(10));
+        assert_eq!(o.gateway_timeout, Duration::from_millis(500));
+
+        let flags = NodeFile {
+            cluster: ClusterFile {
+                durability: Some(DurabilityMode::Fsync),
+                ..ClusterFile::default()
+            },
+            ..NodeFile::default()
+        };
+        let RoleOptions::Storage(o) = load_text(Role::Storage, STORAGE, flags).expect("valid")
+        else {
+            panic!("not a storage node")
+        };
+        assert_eq!(o.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn flags_alone_are_enough() {
+        let flags = NodeFile {
+            id: Some(2),
+            data_dir: Some("/d".into()),
+            cluster: ClusterFile {
+                sequencers: Some(parse_node_map("0=127.0.0.1:7000, 2=127.0.0.1:7002").unwrap()),
+                storage: Some(parse_node_map("10=127.0.0.1:7100").unwrap()),
+                replication: Some(1),
+                ..ClusterFile::default()
+            },
+            ..NodeFile::default()
+        };
+        let RoleOptions::Sequencer(o) = resolve(Role::Sequencer, None, flags).expect("valid")
+        else {
+            panic!("not a sequencer")
+        };
+        assert_eq!(o.listen, "127.0.0.1:7002".parse().unwrap());
+        assert_eq!(o.replication, 1);
+    }
+
+    #[test]
+    fn missing_identity_values_name_the_key_and_the_file() {
+        let cases: [(Role, String, &str); 7] = [
+            (
+                Role::Sequencer,
+                without(SEQUENCER, "id ="),
+                "node.toml: missing `id`",
+            ),
+            (
+                Role::Sequencer,
+                without(SEQUENCER, "role ="),
+                "node.toml: missing `role`",
+            ),
+            (
+                Role::Sequencer,
+                without(SEQUENCER, "data_dir ="),
+                "node.toml: missing `data_dir`",
+            ),
+            (
+                Role::Sequencer,
+                without(SEQUENCER, "sequencers ="),
+                "node.toml: missing `sequencers`",
+            ),
+            (
+                Role::Sequencer,
+                without(SEQUENCER, "storage ="),
+                "node.toml: missing `storage`",
+            ),
+            (
+                Role::Storage,
+                without(STORAGE, "storage ="),
+                "node.toml: missing `storage`",
+            ),
+            (
+                Role::Gateway,
+                without(GATEWAY, "sequencers ="),
+                "node.toml: missing `sequencers`",
+            ),
+        ];
+        for (role, text, expect) in cases {
+            check_error(role, &text, NodeFile::default(), expect);
+        }
+        let error = resolve(Role::Gateway, None, NodeFile::default()).unwrap_err();
+        assert!(format!("{error}").starts_with("missing --id"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_one_line_naming_them() {
+        let seq = |extra: &str| format!("{SEQUENCER}{extra}\n");
+        let cases: Vec<(Role, String, &str)> = vec![
+            (Role::Storage, SEQUENCER.into(), "node.toml says role = \"sequencer\", but this is `tally storage`"),
+            (Role::Sequencer, seq("replication = 4"), "`replication` in node.toml is 4; it must be 1..=3"),
+            (Role::Sequencer, seq("replication = 0"), "it must be 1..=3"),
+            (Role::Sequencer, seq("cut_interval_us = 0"), "`cut_interval_us` in node.toml is 0"),
+            (Role::Sequencer, seq("raft_tick_ms = 0"), "`raft_tick_ms` in node.toml is 0"),
+            (Role::Sequencer, seq("gateway_timeout_ms = 0"), "`gateway_timeout_ms` in node.toml is 0"),
+            (Role::Sequencer, seq("gateway_timeout_ms = 10"), "it must be at least raft_tick_ms (50)"),
+            (Role::Storage, format!("{STORAGE}flush_interval_ms = 0\n").replace("flush_interval_ms = 7\n", ""), "`flush_interval_ms` in node.toml is 0"),
+            (Role::Sequencer, SEQUENCER.replace("id = 0", "id = 5"), "sequencer 5 is not listed there"),
+            (Role::Storage, STORAGE.replace("id = 11", "id = 0"), "storage 0 is not listed there"),
+            (Role::Sequencer, SEQUENCER.replace("listen = \"127.0.0.1:7000\"", "listen = \"127.0.0.1:7009\""), "does not match node 0 = \"127.0.0.1:7000\""),
+            (Role::Sequencer, SEQUENCER.replace("listen = \"127.0.0.1:7000\"", "listen = \"nowhere\""), "is not IP:PORT"),
+            (Role::Sequencer, SEQUENCER.replace("1 = \"127.0.0.1:7001\"", "1 = \"127.0.0.1\""), "node 1 = \"127.0.0.1\": not HOST:PORT"),
+            (Role::Sequencer, SEQUENCER.replace("1 = \"127.0.0.1:7001\"", "1 = \"h:99999\""), "is not a port"),
+            (Role::Sequencer, SEQUENCER.replace("1 = \"127.0.0.1:7001\"", "x = \"127.0.0.1:7001\""), "`x` is not a node id"),
+            (Role::Sequencer, SEQUENCER.replace("10 = ", "1 = "), "both name node 1"),
+            (Role::Sequencer, SEQUENCER.replace("sequencers = { 0 = \"127.0.0.1:7000\", 1 = \"127.0.0.1:7001\", 2 = \"127.0.0.1:7002\" }", "sequencers = {}"), "lists no nodes"),
+            (Role::Sequencer, SEQUENCER.replace("[cluster]", "http = \"127.0.0.1:1\"\n[cluster]"), "a sequencer has no http"),
+            (Role::Gateway, GATEWAY.replace("id = 20", "id = 0"), "gateway 0 is also listed in `sequencers`"),
+            (Role::Gateway, GATEWAY.replace("[cluster]", "data_dir = \"/x\"\n[cluster]"), "a gateway has no data_dir"),
+            (Role::Gateway, GATEWAY.replace("[cluster]", "listen = \"127.0.0.1:1\"\n[cluster]"), "a gateway has no listen"),
+            (Role::Gateway, GATEWAY.replace("[cluster]", "cache_mb = 0\n[cluster]"), "`cache_mb` in node.toml is 0"),
+        ];
+        for (role, text, expect) in cases {
+            check_error(role, &text, NodeFile::default(), expect);
+        }
+    }
+
+    #[test]
+    fn a_bad_value_from_a_flag_names_the_flag() {
+        let flags = NodeFile {
+            cluster: ClusterFile {
+                replication: Some(9),
+                ..ClusterFile::default()
+            },
+            ..NodeFile::default()
+        };
+        check_error(Role::Sequencer, SEQUENCER, flags, "--replication is 9");
+        let flags = NodeFile {
+            listen: Some("127.0.0.1:1".into()),
+            ..NodeFile::default()
+        };
+        check_error(
+            Role::Sequencer,
+            SEQUENCER,
+            flags,
+            "--listen = \"127.0.0.1:1\" does not match",
+        );
+    }
+
+    #[test]
+    fn the_default_replication_is_checked_against_the_storage_nodes_on_sequencers() {
+        let two_storage_nodes = SEQUENCER.replace(", 12 = \"127.0.0.1:7102\"", "");
+        check_error(
+            Role::Sequencer,
+            &two_storage_nodes,
+            NodeFile::default(),
+            "replication (default 3) is 3; it must be 1..=2",
+        );
+        // A storage node does not use it, so only a given value is checked there.
+        load_text(
+            Role::Storage,
+            &without(STORAGE, "replication"),
+            NodeFile::default(),
+        )
+        .expect("a storage node without replication is valid");
+    }
+
+    #[test]
+    fn malformed_files_are_refused_with_the_line() {
+        check_parse_error(
+            "role = \"sequencer\"\nid = 0\ncolour = 3\n",
+            "node.toml:3: unknown field `colour`",
+        );
+        check_parse_error(
+            "role = \"sequencer\"\n[cluster]\nshards = 3\n",
+            "node.toml:3: unknown field `shards`",
+        );
+        check_parse_error(
+            "role = \"leader\"\n",
+            "node.toml:1: unknown variant `leader`",
+        );
+        check_parse_error("id = -1\n", "node.toml:1:");
+        check_parse_error("id = \n", "node.toml:1:");
+        check_parse_error(
+            "[cluster]\ndurability = \"sometimes\"\n",
+            "unknown variant `sometimes`",
+        );
+    }
+
+    #[test]
+    fn node_maps_from_flags_are_parsed() {
+        assert_eq!(
+            parse_node_map("0=a:1,1=b:2").unwrap(),
+            BTreeMap::from([("0".into(), "a:1".into()), ("1".into(), "b:2".into())])
+        );
+        assert!(parse_node_map("0=a:1,0=b:2").unwrap_err().contains("twice"));
+        assert!(parse_node_map("0").unwrap_err().contains("ID=HOST:PORT"));
+        assert!(parse_node_map("").is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! A multi-process cluster on loopback (3 sequencers, 3 storage nodes, 2 gateways) under load
+//! from several clients, with one role killed in each test. Each test ends by checking that
+//! every acknowledged append is in the log at its seqnum with its client's data, in its
+//! client's order. The tests share the machine's two cores, so they run one at a time.
+
+use bench::Ack;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tally_tests::history::{ack_lines, check_acks, check_no_duplicates, read_book, read_tag};
+use tally_tests::{tally_bin, wait_until, Cluster};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const TAGS: u64 = 4;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `tally bench append` against `gateways` in the background, logging every ack.
+fn bench(gateways: &[String], acks: &Path, seconds: u32) -> Child {
+    Command::new(tally_bin())
+        .args(["bench", "append", "--addr", &gateways.join(",")])
+        .args(["--clients", "8", "--record-bytes", "200"])
+        .args(["--duration", &seconds.to_string(), "--tags", &TAGS.to_string()])
+        .arg("--ack-log")
+        .arg(acks)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the bench")
+}
+
+/// Waits until the ack log holds at least `count` lines.
+fn wait_acks(acks: &Path, count: usize, cluster: &Cluster) {
+    if wait_until(WAIT, || ack_lines(acks) >= count).is_err() {
+        panic!(
+            "only {} acks, wanted {count}; status: {:?}",
+            ack_lines(acks),
+            cluster.status().ok()
+        );
+    }
+}
+
+fn finish(mut bench: Child) {
+    let status = bench.wait().expect("the bench exits");
+    assert!(status.success(), "the bench failed: {status}");
+}
+
+fn acks_of(path: &Path) -> Vec<Ack> {
+    bench::read_ack_log(path).expect("read the ack log")
+}
+
+fn max_seqnum(acks: &[Ack]) -> Option<u64> {
+    acks.iter().map(|a| a.seqnum).max()
+}
+
+/// The leader's status (`tally cluster status --json`'s `leader`), once a leader answers.
+fn leader_status(cluster: &Cluster) -> Value {
+    let mut status = Value::Null;
+    wait_until(WAIT, || {
+        status = cluster
+            .status()
+            .map(|s| s["leader"].clone())
+            .unwrap_or(Value::Null);
+        status.is_object()
+    })
+    .expect("a sequencer leads");
+    status
+}
+
+#[test]
+fn two_gateways_append_concurrently_and_every_reader_sees_one_order() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(&dir.path().join("cluster"), 3, 3, 2).expect("cluster up");
+    let gateways = cluster.gateways();
+    assert_eq!(gateways.len(), 2);
+    let acks_path = dir.path().join("acks.txt");
+    finish(bench(&gateways, &acks_path, 3));
+    let acks = acks_of(&acks_path);
+    assert!(acks.len() >= 200, "{} acks", acks.len());
+    let seen = max_seqnum(&acks);
+
+    // Both gateways hold the same records in the same order, once they cover what was acked.
+    let first = read_book(&gateways[0], seen);
+    let second = read_book(&gateways[1], seen);
+    assert_eq!(first, second, "the gateways disagree");
+    check_acks(&first, &acks);
+    check_no_duplicates(&first);
+    // No gaps: within a view, the book's seqnums are consecutive (this book is the only one).
+    let mut by_view: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for seqnum in first.keys() {
+        by_view.entry(seqnum >> 48).or_default().push(seqnum & ((1 << 48) - 1));
+    }
+    for (view, positions) in by_view {
+        let expected: Vec<u64> = (0..positions.len() as u64).collect();
+        assert_eq!(positions, expected, "view {view} has a gap");
+    }
+    // A tag's read returns exactly the records with that tag, on either gateway.
+    for tag in 1..=TAGS {
+        let expected: Vec<u64> = first
+            .iter()
+            .filter(|(_, r)| r.tags.contains(&tag))
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(!expected.is_empty(), "tag {tag} has records");
+        for gateway in &gateways {
+            let got: Vec<u64> = read_tag(gateway, tag, seen).into_keys().collect();
+            assert_eq!(got, expected, "tag {tag} at {gateway}");
+        }
+    }
+    // Read-your-writes across gateways: append at one, read it at the other at once.
+    let http = reqwest::blocking::Client::new();
+    for i in 0..20 {
+        let (writer, reader) = (&gateways[i % 2], &gateways[(i + 1) % 2]);
+        let reply = http
+            .post(format!("{writer}/log/0/append?tag=99"))
+            .body(format!("ryw {i}"))
+            .send()
+            .unwrap();
+        let seen: u64 = reply.headers()["x-tally-seen"].to_str().unwrap().parse().unwrap();
+        let page: Value = http
+            .get(format!("{reader}/log/0/records?tag=99&from={seen}"))
+            .header("x-tally-seen", seen)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(page["records"][0]["seqnum"].as_u64(), Some(seen), "append {i}");
+    }
+}
+
+#[test]
+fn a_storage_node_killed_under_load_stalls_nothing_and_catches_up() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::up(&dir.path().join("cluster"), 3, 3, 2).expect("cluster up");
+    let gateways = cluster.gateways();
+    let acks_path = dir.path().join("acks.txt");
+    let load = bench(&gateways, &acks_path, 8);
+    wait_acks(&acks_path, 200, &cluster);
+    let victim = cluster.ids("storage")[1];
+    cluster.kill(victim).unwrap();
+    // Ordering goes on with two of three replicas.
+    let at_kill = ack_lines(&acks_path);
+    wait_acks(&acks_path, at_kill + 500, &cluster);
+    cluster.start(victim).unwrap();
+    finish(load);
+
+    // The restarted node catches up: it applies the whole metalog and holds every ordered
+    // record of every shard (repaired from its peers).
+    let mut last = Value::Null;
+    let caught_up = wait_until(WAIT, || {
+        last = leader_status(&cluster);
+        let position = last["metalog_position"].as_u64();
+        let node = &last["storage_nodes"][victim.to_string()];
+        let applied = node["applied"].as_u64();
+        let shards = last["shards"].as_object().cloned().unwrap_or_default();
+        position.is_some()
+            && applied == position
+            && shards.values().all(|s| s["durable"][victim.to_string()] == s["ordered"])
+    });
+    assert!(caught_up.is_ok(), "storage {victim} did not catch up: {last}");
+
+    let acks = acks_of(&acks_path);
+    let records = read_book(&gateways[0], max_seqnum(&acks));
+    check_acks(&records, &acks);
+    check_no_duplicates(&records);
+}
+
+#[test]
+fn a_killed_sequencer_leader_is_replaced_within_seconds() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::up(&dir.path().join("cluster"), 3, 3, 2).expect("cluster up");
+    let gateways = cluster.gateways();
+    let acks_path = dir.path().join("acks.txt");
+    let load = bench(&gateways, &acks_path, 10);
+    wait_acks(&acks_path, 200, &cluster);
+    let old = cluster.leader().expect("a leader");
+    cluster.kill(old).unwrap();
+    let killed_at = Instant::now();
+    let at_kill = ack_lines(&acks_path);
+    wait_until(WAIT, || cluster.leader().is_some_and(|l| l != old)).expect("a new leader");
+    // Appends flow again through the new leader.
+    wait_acks(&acks_path, at_kill + 500, &cluster);
+    let recovered = killed_at.elapsed();
+    assert!(
+        recovered < Duration::from_secs(10),
+        "appends resumed only after {recovered:?}"
+    );
+    // The old leader comes back as a follower.
+    cluster.start(old).unwrap();
+    finish(load);
+
+    let acks = acks_of(&acks_path);
+    let records = read_book(&gateways[1], max_seqnum(&acks));
+    check_acks(&records, &acks);
+    check_no_duplicates(&records);
+    let status = leader_status(&cluster);
+    assert!(status["term"].as_u64() > Some(1), "a new term: {status}");
+}
+
+#[test]
+fn a_killed_gateway_loses_no_acknowledged_append() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::up(&dir.path().join("cluster"), 3, 3, 2).expect("cluster up");
+    let gateways = cluster.gateways();
+    // One bench per gateway, so the survivor's clients never see the dead one.
+    let (acks_a, acks_b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
+    let survivor = bench(&gateways[..1], &acks_a, 8);
+    let mut doomed = bench(&gateways[1..], &acks_b, 8);
+    wait_acks(&acks_b, 200, &cluster);
+    let victim = cluster.ids("gateway")[1];
+    cluster.kill(victim).unwrap();
+    let _ = doomed.wait();
+    // The sequencers notice and install a view without it; appends go on at the survivor.
+    let without = wait_until(WAIT, || {
+        let status = leader_status(&cluster);
+        let members = status["view"]["gateways"].as_object().map(|g| g.len());
+        members == Some(1) && status["view"]["gateways"][victim.to_string()].is_null()
+    });
+    assert!(without.is_ok(), "no view without gateway {victim}");
+    let at_view = ack_lines(&acks_a);
+    wait_acks(&acks_a, at_view + 300, &cluster);
+    finish(survivor);
+
+    // Everything either gateway acknowledged is readable from the survivor.
+    let mut acks = acks_of(&acks_a);
+    acks.extend(acks_of(&acks_b));
+    let records = read_book(&gateways[0], max_seqnum(&acks));
+    check_acks(&records, &acks);
+    check_no_duplicates(&records);
+}
+
+#[test]
+fn a_whole_cluster_restart_keeps_everything_acknowledged() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("cluster");
+    let mut cluster = Cluster::up(&cluster_dir, 3, 3, 2).expect("cluster up");
+    let acks_path = dir.path().join("acks.txt");
+    let load = bench(&cluster.gateways(), &acks_path, 6);
+    wait_acks(&acks_path, 500, &cluster);
+    // Every process dies at once, mid-load.
+    for node in cluster.nodes.clone() {
+        cluster.kill(node.id).unwrap();
+    }
+    let _ = load.wait_with_output();
+    cluster.down().unwrap();
+    drop(cluster);
+
+    let cluster = Cluster::up(&cluster_dir, 3, 3, 2).expect("the same cluster up again");
+    let acks = acks_of(&acks_path);
+    assert!(acks.len() >= 500);
+    let gateways = cluster.gateways();
+    let first = read_book(&gateways[0], max_seqnum(&acks));
+    check_acks(&first, &acks);
+    check_no_duplicates(&first);
+    assert_eq!(read_book(&gateways[1], max_seqnum(&acks)), first);
+    // And it takes appends again, above everything before.
+    let out = tally_tests::run_tally(&["log", "append", "--addr", &gateways[1], "--tag", "1", "x"])
+        .unwrap();
+    let seqnum: u64 = out.trim().parse().unwrap();
+    assert!(seqnum > *first.keys().last().unwrap());
+}
