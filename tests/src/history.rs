@@ -32,8 +32,9 @@ pub fn read_tag(base: &str, tag: u64, seen: Option<u64>) -> BTreeMap<u64, Stored
         } else {
             format!("&tag={tag}")
         };
-        let mut request =
-            http.get(format!("{base}/log/0/records?from={from}&limit=10000{tag_query}"));
+        let mut request = http.get(format!(
+            "{base}/log/0/records?from={from}&limit=10000{tag_query}"
+        ));
         if let Some(seen) = seen {
             request = request.header("x-tally-seen", seen);
         }
