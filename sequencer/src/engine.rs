@@ -5,13 +5,16 @@
 //!
 //! It does no IO, reads no clock and keeps no randomness: the runtime feeds it progress,
 //! ticks (every cut interval) and commit notifications, and carries the proposed entries
-//! through Raft (or an fsync on a single node). At most one entry is in flight, as in Boki:
-//! the next entry is proposed only after the previous one is committed, so entries never
-//! need to be reconciled against each other.
+//! through Raft (or an fsync on a single node). By default one entry is in flight, as in Boki:
+//! the next entry is proposed only after the previous one is committed. A replicated
+//! sequencer may pipeline a few (`set_max_in_flight`): each continues the one before it, and
+//! Raft commits them in proposal order, so they never need to be reconciled either; if one is
+//! lost (leadership changed), the ones after it are stale and the engine proposes afresh from
+//! the committed metalog.
 
 use logbook::wire::{MetalogEntry, NodeId, ShardCut, ShardId, ShardProgress};
 use logbook::{Seqnum, ViewId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use thiserror::Error;
 
 /// What a sequencer needs to know about its view.
@@ -92,7 +95,9 @@ pub struct SequencerEngine {
     ordered: BTreeMap<ShardId, u64>,
     next_seqnum: Seqnum,
     next_position: u64,
-    in_flight: Option<MetalogEntry>,
+    /// Proposed entries awaiting commit, oldest first; each continues the one before it.
+    in_flight: VecDeque<MetalogEntry>,
+    max_in_flight: usize,
     stats: SequencerStats,
 }
 
@@ -137,7 +142,8 @@ impl SequencerEngine {
             durable,
             next_seqnum: config.first_seqnum,
             next_position: config.first_position,
-            in_flight: None,
+            in_flight: VecDeque::new(),
+            max_in_flight: 1,
             stats: SequencerStats::default(),
         })
     }
@@ -165,33 +171,57 @@ impl SequencerEngine {
         *durable = progress.durable;
     }
 
-    /// A cut interval passed. Proposes the next metalog entry if none is in flight and some
-    /// shard's quorum progress exceeds what is ordered. The entry lists cuts in shard-id
-    /// order, only for shards with new records. The runtime must carry it through Raft and
-    /// call `on_committed` once it is durable.
+    /// How many proposed entries may await commit at once (at least 1; 1 by default).
+    pub fn set_max_in_flight(&mut self, max: usize) {
+        self.max_in_flight = max.max(1);
+    }
+
+    /// Per shard, how many local counters committed entries and the entries in flight order.
+    fn proposed(&self, shard: ShardId) -> u64 {
+        let ordered = self.ordered.get(&shard).copied().unwrap_or(0);
+        let in_flight: u64 = self
+            .in_flight
+            .iter()
+            .flat_map(|entry| entry.cuts.iter())
+            .filter(|cut| cut.shard == shard)
+            .map(|cut| cut.delta)
+            .sum();
+        ordered + in_flight
+    }
+
+    /// A cut interval passed. Proposes the next metalog entry if fewer than the maximum are
+    /// in flight and some shard's quorum progress exceeds what is ordered or proposed. The
+    /// entry continues the last one in flight (or the committed metalog) and lists cuts in
+    /// shard-id order, only for shards with new records. The runtime must carry it through
+    /// Raft and call `on_committed` (or `apply_committed`) once it is durable.
     pub fn on_tick(&mut self) -> Option<MetalogEntry> {
-        if self.in_flight.is_some() {
+        if self.in_flight.len() >= self.max_in_flight {
             return None;
         }
         let cuts: Vec<ShardCut> = self
             .ordered
-            .iter()
-            .filter_map(|(shard, ordered)| {
+            .keys()
+            .filter_map(|shard| {
                 let quorum = self.quorum_progress(*shard);
-                (quorum > *ordered).then(|| ShardCut {
+                let proposed = self.proposed(*shard);
+                (quorum > proposed).then(|| ShardCut {
                     shard: *shard,
-                    start: *ordered,
-                    delta: quorum - *ordered,
+                    start: proposed,
+                    delta: quorum - proposed,
                 })
             })
             .collect();
         if cuts.is_empty() {
             return None;
         }
+        let (position, start_seqnum) = match self.in_flight.back() {
+            Some(last) => (last.position + 1, last.end_seqnum()),
+            None => (self.next_position, self.next_seqnum),
+        };
         let entry = MetalogEntry {
-            position: self.next_position,
+            position,
             view: self.view,
-            start_seqnum: self.next_seqnum,
+            start_seqnum,
             cuts,
         };
         assert!(
@@ -199,23 +229,23 @@ impl SequencerEngine {
             "view {} ran out of seqnums; a view change is required",
             self.view.0
         );
-        self.in_flight = Some(entry.clone());
+        self.in_flight.push_back(entry.clone());
         Some(entry)
     }
 
     /// The entry at `position` is durable (Raft-committed; on one node: fsynced). Advances
     /// the ordered counts and allows the next proposal. A position that does not match the
-    /// entry in flight (a duplicate notification) is ignored and counted.
+    /// oldest entry in flight (a duplicate notification) is ignored and counted.
     pub fn on_committed(&mut self, position: u64) {
         let matches = self
             .in_flight
-            .as_ref()
+            .front()
             .is_some_and(|entry| entry.position == position);
         if !matches {
             self.stats.commits_ignored += 1;
             return;
         }
-        let entry = self.in_flight.take().expect("checked just above");
+        let entry = self.in_flight.pop_front().expect("checked just above");
         for cut in &entry.cuts {
             let ordered = self
                 .ordered
@@ -235,8 +265,9 @@ impl SequencerEngine {
     /// committed metalog. Only the entry at `next_position` applies; any other position (a
     /// deposed leader's late proposal, a duplicate) is `Stale` and changes nothing. An entry at
     /// the right position whose seqnum or cut starts do not continue the committed state is
-    /// `Inconsistent` and changes nothing. Applying an entry clears the entry in flight, if
-    /// any: it held the same position, so it either is this entry or lost to it.
+    /// `Inconsistent` and changes nothing. Applying an entry retires the oldest entry in
+    /// flight if it is this one; if another entry took its position, every entry in flight
+    /// continued a history that did not happen, and all are forgotten.
     pub fn apply_committed(&mut self, entry: &MetalogEntry) -> Result<(), ApplyError> {
         if entry.position != self.next_position {
             self.stats.commits_ignored += 1;
@@ -264,7 +295,11 @@ impl SequencerEngine {
                 .get_mut(&cut.shard)
                 .expect("checked that the view has the shard") += cut.delta;
         }
-        self.in_flight = None;
+        if self.in_flight.front() == Some(entry) {
+            self.in_flight.pop_front();
+        } else {
+            self.in_flight.clear();
+        }
         self.next_seqnum = entry.end_seqnum();
         self.next_position = entry.position + 1;
         self.stats.entries_committed += 1;
@@ -276,23 +311,17 @@ impl SequencerEngine {
     /// leader that lost leadership (or whose proposal Raft dropped) calls this, as the entry
     /// may never commit. Should it commit after all, `apply_committed` still applies it.
     pub fn abandon_in_flight(&mut self) -> Option<MetalogEntry> {
-        self.in_flight.take()
+        let oldest = self.in_flight.pop_front();
+        self.in_flight.clear();
+        oldest
     }
 
     /// Whether some shard has records durable on a quorum that neither a committed entry nor
-    /// the entry in flight orders: the next entry will.
+    /// an entry in flight orders: the next entry will.
     pub fn orderable(&self) -> bool {
-        self.ordered.iter().any(|(shard, ordered)| {
-            let in_flight = self.in_flight.as_ref().map_or(0, |entry| {
-                entry
-                    .cuts
-                    .iter()
-                    .filter(|cut| cut.shard == *shard)
-                    .map(|cut| cut.delta)
-                    .sum()
-            });
-            self.quorum_progress(*shard) > *ordered + in_flight
-        })
+        self.ordered
+            .keys()
+            .any(|shard| self.quorum_progress(*shard) > self.proposed(*shard))
     }
 
     /// The `write_quorum`-th largest durable count among `shard`'s replicas.
@@ -325,9 +354,14 @@ impl SequencerEngine {
         self.next_position
     }
 
-    /// The proposed entry awaiting `on_committed`, if any.
+    /// The oldest proposed entry awaiting `on_committed`, if any.
     pub fn in_flight(&self) -> Option<&MetalogEntry> {
-        self.in_flight.as_ref()
+        self.in_flight.front()
+    }
+
+    /// The newest proposed entry awaiting commit, if any.
+    pub fn in_flight_newest(&self) -> Option<&MetalogEntry> {
+        self.in_flight.back()
     }
 
     pub fn view(&self) -> ViewId {
@@ -484,6 +518,53 @@ mod tests {
         seq.on_committed(0);
         let second = seq.on_tick().expect("three more records");
         assert_eq!((second.position, cuts(&second)), (1, vec![(0, 2, 3)]));
+    }
+
+    #[test]
+    fn pipelined_entries_continue_each_other_and_a_lost_one_voids_the_rest() {
+        let mut seq = engine(&[(0, &[1])], 1);
+        seq.set_max_in_flight(2);
+        seq.on_progress(progress(1, 0, 3));
+        let first = seq.on_tick().expect("three records");
+        seq.on_progress(progress(1, 0, 5));
+        let second = seq
+            .on_tick()
+            .expect("two more, while the first is in flight");
+        assert_eq!((second.position, cuts(&second)), (1, vec![(0, 3, 2)]));
+        assert_eq!(second.start_seqnum, first.end_seqnum());
+        seq.on_progress(progress(1, 0, 6));
+        assert_eq!(seq.on_tick(), None, "two in flight is the most");
+        assert!(seq.orderable());
+
+        seq.apply_committed(&first).unwrap();
+        assert_eq!(seq.in_flight(), Some(&second));
+        let third = seq.on_tick().expect("room for one more");
+        assert_eq!((third.position, cuts(&third)), (2, vec![(0, 5, 1)]));
+
+        // Another leader's entry took position 1: the second and third continued a history
+        // that did not happen; the next proposal starts from the committed metalog.
+        let other = MetalogEntry {
+            position: 1,
+            view: VIEW,
+            start_seqnum: first.end_seqnum(),
+            cuts: vec![ShardCut {
+                shard: ShardId(0),
+                start: 3,
+                delta: 1,
+            }],
+        };
+        seq.apply_committed(&other).unwrap();
+        assert_eq!(seq.in_flight(), None);
+        assert_eq!(
+            seq.apply_committed(&second),
+            Err(ApplyError::Stale {
+                position: 1,
+                expected: 2
+            })
+        );
+        let next = seq.on_tick().expect("records 4 and 5 are still unordered");
+        assert_eq!((next.position, cuts(&next)), (2, vec![(0, 4, 2)]));
+        assert_eq!(next.start_seqnum, other.end_seqnum());
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct GroupConfig {
     pub replication: usize,
     /// A gateway that sent no heartbeat for this many ticks leaves the next view.
     pub gateway_timeout_ticks: u64,
+    /// Metalog entries the leader may have proposed and not yet seen committed (at least 1).
+    pub max_in_flight: usize,
 }
 
 /// Why a `GroupNode` could not be built.
@@ -134,6 +136,7 @@ pub struct GroupNode<S: RaftStore = MemStorage> {
     storage: BTreeMap<NodeId, String>,
     replication: usize,
     gateway_timeout_ticks: u64,
+    max_in_flight: usize,
     /// Ticks since start: the clock of gateway heartbeats.
     ticks: u64,
     /// Gateways heard from (as leader), with the tick of their last heartbeat.
@@ -236,6 +239,7 @@ impl<S: RaftStore> GroupNode<S> {
             storage: config.storage,
             replication: config.replication,
             gateway_timeout_ticks: config.gateway_timeout_ticks,
+            max_in_flight: config.max_in_flight.max(1),
             ticks: 0,
             gateways_seen: BTreeMap::new(),
             progress: BTreeMap::new(),
@@ -371,12 +375,12 @@ impl<S: RaftStore> GroupNode<S> {
             }
             return;
         }
-        let Some(entry) = self.engine.as_mut().and_then(SequencerEngine::on_tick) else {
-            return;
-        };
-        if !self.propose_event(&GroupEvent::Metalog(entry)) {
-            if let Some(engine) = &mut self.engine {
-                engine.abandon_in_flight();
+        while let Some(entry) = self.engine.as_mut().and_then(SequencerEngine::on_tick) {
+            if !self.propose_event(&GroupEvent::Metalog(entry)) {
+                if let Some(engine) = &mut self.engine {
+                    engine.abandon_in_flight();
+                }
+                return;
             }
         }
     }
@@ -560,7 +564,11 @@ impl<S: RaftStore> GroupNode<S> {
                     write_quorum: view.write_quorum,
                 })
             })
-            .and_then(Result::ok);
+            .and_then(Result::ok)
+            .map(|mut engine| {
+                engine.set_max_in_flight(self.max_in_flight);
+                engine
+            });
         self.progress.retain(|_, p| p.view >= view.id);
         if let Some(engine) = &mut self.engine {
             for progress in self.progress.values() {

@@ -40,6 +40,7 @@ fn config(id: NodeId, election_tick: usize) -> GroupConfig {
         storage: BTreeMap::from([(STORAGE, "storage".to_string())]),
         replication: 1,
         gateway_timeout_ticks: 1_000_000,
+        max_in_flight: 3,
     }
 }
 

@@ -38,6 +38,7 @@ impl Group {
                     storage: storage.clone(),
                     replication: 3,
                     gateway_timeout_ticks: TIMEOUT_TICKS,
+                    max_in_flight: 2,
                 };
                 (*id, GroupNode::new(config).expect("valid config"))
             })

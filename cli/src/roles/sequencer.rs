@@ -21,6 +21,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Metalog entries proposed and not yet committed, at most: records that become durable
+/// while entries are in flight go into the next entry at once instead of waiting for a commit.
+const MAX_IN_FLIGHT: usize = 4;
 /// Inputs queued for the driver, at most.
 const INPUTS_MAX: usize = 65_536;
 /// Raft messages queued for one peer while it is unreachable, at most (Raft resends).
@@ -96,6 +99,7 @@ pub async fn run(options: SequencerOptions) -> anyhow::Result<()> {
         storage: options.storage.clone(),
         replication: options.replication,
         gateway_timeout_ticks: ticks(options.gateway_timeout).max(1),
+        max_in_flight: MAX_IN_FLIGHT,
     };
     let node = GroupNode::open(config, &options.data_dir.join("raft"))
         .context("opening the sequencer's Raft log")?;
@@ -126,7 +130,7 @@ pub async fn run(options: SequencerOptions) -> anyhow::Result<()> {
         storage_seen: BTreeMap::new(),
         gateway_seen: BTreeMap::new(),
         orderable_since: None,
-        proposed: None,
+        proposed: BTreeMap::new(),
     };
     tokio::spawn(driver.run(inputs_rx, options.raft_tick));
 
@@ -153,9 +157,9 @@ struct Driver {
     gateway_seen: BTreeMap<NodeId, (Instant, u64)>,
     /// Since when some records are orderable but not yet proposed.
     orderable_since: Option<Instant>,
-    /// The metalog entry this member proposed and is waiting for: position, when proposed,
-    /// and how long its records waited for the cut.
-    proposed: Option<(u64, Instant, Duration)>,
+    /// The metalog entries this member proposed and is waiting for, by position: when
+    /// proposed, and how long their records waited for the cut.
+    proposed: BTreeMap<u64, (Instant, Duration)>,
 }
 
 impl Driver {
@@ -248,16 +252,16 @@ impl Driver {
                 }
                 Output::Committed { index, event } => {
                     let mut wire = Event::new(index, &event);
-                    if let (GroupEvent::Metalog(entry), Some((position, at, cut))) =
-                        (&event, self.proposed)
-                    {
-                        if entry.position == position {
+                    if let GroupEvent::Metalog(entry) = &event {
+                        // Entries at or before this position are decided: forget them.
+                        let later = self.proposed.split_off(&(entry.position + 1));
+                        let decided = std::mem::replace(&mut self.proposed, later);
+                        if let Some((at, cut)) = decided.get(&entry.position) {
                             wire.cut_us = cut.as_micros() as u64;
-                            wire.commit_us = now.duration_since(at).as_micros() as u64;
+                            wire.commit_us = now.duration_since(*at).as_micros() as u64;
                             wire.committed_unix_us = std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .map_or(0, |d| d.as_micros() as u64);
-                            self.proposed = None;
                         }
                     }
                     committed.push(wire);
@@ -287,15 +291,13 @@ impl Driver {
             self.orderable_since = None;
             return;
         };
-        if let Some(entry) = engine.in_flight() {
-            if self
-                .proposed
-                .is_none_or(|(position, _, _)| position != entry.position)
-            {
+        if let Some(entry) = engine.in_flight_newest() {
+            let newest = self.proposed.keys().next_back().copied();
+            if newest.is_none_or(|position| position < entry.position) {
                 let waited = self
                     .orderable_since
                     .map_or(Duration::ZERO, |since| now - since);
-                self.proposed = Some((entry.position, now, waited));
+                self.proposed.insert(entry.position, (now, waited));
                 self.orderable_since = None;
             }
         }
