@@ -156,21 +156,8 @@ pub fn run_tally(args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// One node of a `Cluster`, as cluster.json lists it.
-#[derive(Debug, Clone)]
-pub struct ClusterNode {
-    /// `sequencer`, `storage` or `gateway`.
-    pub role: String,
-    pub id: u32,
-    /// The last process started for it (it may have stopped since).
-    pub pid: Option<u32>,
-    /// gRPC address (sequencers and storage nodes).
-    pub rpc: Option<String>,
-    /// `http://127.0.0.1:PORT` (gateways).
-    pub http: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub config: PathBuf,
-    pub log: PathBuf,
-}
+pub use tally_cli::cluster::NodeEntry as ClusterNode;
+use tally_cli::config::Role;
 
 /// A multi-process cluster on loopback, started by `tally cluster up` in `dir`. Dropping it
 /// runs `tally cluster down` (data stays in `dir`). A cluster brought down can be started
@@ -237,36 +224,16 @@ impl Cluster {
         let path = self.dir.join("cluster.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let json: serde_json::Value =
+        let manifest: tally_cli::cluster::Manifest =
             serde_json::from_str(&text).context("parsing cluster.json")?;
-        let nodes = json["nodes"]
-            .as_array()
-            .context("cluster.json has no nodes")?;
-        let string = |v: &serde_json::Value| v.as_str().map(str::to_string);
-        self.nodes = nodes
-            .iter()
-            .map(|n| {
-                Ok(ClusterNode {
-                    role: string(&n["role"]).context("a node without a role")?,
-                    id: n["id"].as_u64().context("a node without an id")? as u32,
-                    pid: n["pid"].as_u64().map(|p| p as u32),
-                    rpc: string(&n["rpc"]),
-                    http: string(&n["http"]),
-                    data_dir: string(&n["data_dir"]).map(PathBuf::from),
-                    config: string(&n["config"])
-                        .context("a node without a config")?
-                        .into(),
-                    log: string(&n["log"]).context("a node without a log")?.into(),
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
+        self.nodes = manifest.nodes;
         Ok(())
     }
 
     /// The gateways' URLs (`http://127.0.0.1:PORT`), by id.
     pub fn gateways(&self) -> Vec<String> {
         let mut gateways: Vec<&ClusterNode> =
-            self.nodes.iter().filter(|n| n.role == "gateway").collect();
+            self.nodes.iter().filter(|n| n.role == Role::Gateway).collect();
         gateways.sort_by_key(|n| n.id);
         gateways.iter().filter_map(|n| n.http.clone()).collect()
     }
@@ -276,7 +243,7 @@ impl Cluster {
         let mut ids: Vec<u32> = self
             .nodes
             .iter()
-            .filter(|n| n.role == role)
+            .filter(|n| n.role.name() == role)
             .map(|n| n.id)
             .collect();
         ids.sort();
