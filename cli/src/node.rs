@@ -139,6 +139,7 @@ impl Node {
             data_dir: config.data_dir.join("log"),
             segment_bytes_max: config.segment_bytes_max,
             durability: config.durability,
+            sync_metalog: true,
         };
         let (store, recovery) = tokio::task::spawn_blocking(move || Store::open(store_config))
             .await

@@ -50,6 +50,12 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub segment_bytes_max: u64,
     pub durability: Durability,
+    /// Whether a batch holding only metalog entries is synced in `Fsync` mode (true, the
+    /// default: on a single node the store is where the metalog is durable). A cluster's
+    /// storage node keeps a copy of a metalog that the sequencers' Raft log makes durable:
+    /// it lets such batches ride on the next sync of records, and after a crash fetches
+    /// what it lost again.
+    pub sync_metalog: bool,
 }
 
 impl StoreConfig {
@@ -59,6 +65,7 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             durability: Durability::Fsync,
+            sync_metalog: true,
         }
     }
 
@@ -256,6 +263,7 @@ impl Store {
             config.data_dir.clone(),
             config.segment_bytes_max,
             config.durability,
+            config.sync_metalog,
             recovered.next_segment,
             index.clone(),
             stats.clone(),

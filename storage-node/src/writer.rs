@@ -89,6 +89,9 @@ pub(crate) struct Writer {
     dir_file: File,
     segment_bytes_max: u64,
     durability: Durability,
+    sync_metalog: bool,
+    /// Whether the batch being built holds records (not only metalog entries).
+    batch_has_records: bool,
     active: Active,
     buf: Vec<u8>,
     effects: Vec<Effect>,
@@ -115,6 +118,7 @@ impl Writer {
         dir: PathBuf,
         segment_bytes_max: u64,
         durability: Durability,
+        sync_metalog: bool,
         number: u64,
         index: Arc<RwLock<Index>>,
         stats: Arc<Stats>,
@@ -132,6 +136,8 @@ impl Writer {
             dir_file,
             segment_bytes_max,
             durability,
+            sync_metalog,
+            batch_has_records: false,
             active: Active {
                 number,
                 file,
@@ -218,6 +224,7 @@ impl Writer {
                 reply,
             } => {
                 let result = self.accept_records(shard, first, &records);
+                self.batch_has_records |= result.is_ok();
                 self.stage(result, reply);
             }
             Op::Metalog { entry, reply } => {
@@ -441,12 +448,15 @@ impl Writer {
             self.effects.clear();
             return Err(e.clone());
         }
-        if self.durability == Durability::Fsync && !self.buf.is_empty() {
+        let fsync = self.durability == Durability::Fsync
+            && (self.sync_metalog || std::mem::take(&mut self.batch_has_records));
+        self.batch_has_records = false;
+        if fsync && !self.buf.is_empty() {
             self.write_buf_synced()?;
         } else {
             self.write_buf()?;
         }
-        if self.dirty && (self.durability == Durability::Fsync || self.dir_dirty) {
+        if self.dirty && (fsync || self.dir_dirty) {
             self.sync_active()?;
         }
         self.publish();

@@ -232,8 +232,11 @@ impl Cluster {
 
     /// The gateways' URLs (`http://127.0.0.1:PORT`), by id.
     pub fn gateways(&self) -> Vec<String> {
-        let mut gateways: Vec<&ClusterNode> =
-            self.nodes.iter().filter(|n| n.role == Role::Gateway).collect();
+        let mut gateways: Vec<&ClusterNode> = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Gateway)
+            .collect();
         gateways.sort_by_key(|n| n.id);
         gateways.iter().filter_map(|n| n.http.clone()).collect()
     }

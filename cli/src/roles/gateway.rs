@@ -606,7 +606,9 @@ impl Follower {
             .filter(|entry| entry.position >= log.metalog_position())
             .collect();
         if !waiting.is_empty() {
+            let started = std::time::Instant::now();
             log.on_index_data(recent_index_of(&self.shard, &waiting).await);
+            self.metrics.observe_stage("index_data", started.elapsed());
             // What the replicas no longer hold in memory (after a restart, catching up on a
             // long log): the whole span by seqnum, in one go, from a node that applied it.
             let waiting: Vec<&MetalogEntry> = waiting

@@ -127,6 +127,9 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     let mut config = StoreConfig::new(&options.data_dir);
     config.durability = options.durability;
     config.segment_bytes_max = options.segment_bytes_max;
+    // The sequencers' Raft log is where the metalog is durable; this node's copy is synced
+    // with its records, and refetched from the leader after a crash.
+    config.sync_metalog = false;
     let (store, recovery) = Store::open(config)
         .with_context(|| format!("opening the store in {}", options.data_dir.display()))?;
     let applied = recovery.last_metalog.as_ref().map_or(0, |e| e.position + 1);
