@@ -260,10 +260,7 @@ impl Store {
         let stats = Arc::new(Stats::default());
         let writer = Writer::start(
             ring,
-            config.data_dir.clone(),
-            config.segment_bytes_max,
-            config.durability,
-            config.sync_metalog,
+            &config,
             recovered.next_segment,
             index.clone(),
             stats.clone(),

@@ -115,14 +115,14 @@ impl Writer {
     /// Creates the writer and its first segment, numbered `number`, after recovery.
     pub fn start(
         ring: Uring,
-        dir: PathBuf,
-        segment_bytes_max: u64,
-        durability: Durability,
-        sync_metalog: bool,
+        config: &crate::StoreConfig,
         number: u64,
         index: Arc<RwLock<Index>>,
         stats: Arc<Stats>,
     ) -> Result<Writer, StoreError> {
+        let dir = config.data_dir.clone();
+        let (segment_bytes_max, durability, sync_metalog) =
+            (config.segment_bytes_max, config.durability, config.sync_metalog);
         let dir_file =
             File::open(&dir).map_err(|e| StoreError::io(format!("open {}", dir.display()), &e))?;
         let (cursors, last_metalog, max_view) = {
