@@ -299,16 +299,14 @@ async fn replicate_loop(
             },
         };
         let (first, mut records) = next;
-        // Coalesce queued consecutive batches into one call: they share one group commit.
+        // Coalesce queued consecutive batches into one call: they share one group commit. A
+        // batch that does not continue this one (the first of a new view, after a seal) goes
+        // into the next call.
         let mut bytes: usize = records.iter().map(|r| r.data.len()).sum();
         while let Ok((next, more)) = rx.try_recv() {
-            debug_assert_eq!(
-                next.0,
-                first.0 + records.len() as u64,
-                "replication keeps local-id order"
-            );
             let more_bytes: usize = more.iter().map(|r| r.data.len()).sum();
-            if records.len() + more.len() > logbook::BATCH_RECORDS_MAX
+            if next.0 != first.0 + records.len() as u64
+                || records.len() + more.len() > logbook::BATCH_RECORDS_MAX
                 || bytes + more_bytes > REPLICATE_BATCH_BYTES_MAX
             {
                 carried = Some((next, more));

@@ -121,8 +121,11 @@ impl Writer {
         stats: Arc<Stats>,
     ) -> Result<Writer, StoreError> {
         let dir = config.data_dir.clone();
-        let (segment_bytes_max, durability, sync_metalog) =
-            (config.segment_bytes_max, config.durability, config.sync_metalog);
+        let (segment_bytes_max, durability, sync_metalog) = (
+            config.segment_bytes_max,
+            config.durability,
+            config.sync_metalog,
+        );
         let dir_file =
             File::open(&dir).map_err(|e| StoreError::io(format!("open {}", dir.display()), &e))?;
         let (cursors, last_metalog, max_view) = {

@@ -37,8 +37,8 @@ fn bench(gateways: &[String], acks: &Path, seconds: u32) -> Child {
         ])
         .arg("--ack-log")
         .arg(acks)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start the bench")
 }
@@ -54,9 +54,15 @@ fn wait_acks(acks: &Path, count: usize, cluster: &Cluster) {
     }
 }
 
-fn finish(mut bench: Child) {
-    let status = bench.wait().expect("the bench exits");
-    assert!(status.success(), "the bench failed: {status}");
+fn finish(bench: Child) {
+    let out = bench.wait_with_output().expect("the bench exits");
+    assert!(
+        out.status.success(),
+        "the bench failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn acks_of(path: &Path) -> Vec<Ack> {
