@@ -1,5 +1,6 @@
-//! The functions `tally up` ships: `echo`, and `guestbook`, which appends tagged records and
-//! reads them back by tag.
+//! The functions `tally up` ships: `echo`; `guestbook`, which appends tagged records and
+//! reads them back by tag; `hello`, which greets by name; and `welcome`, which calls `hello`
+//! and waits for it, then signs the guestbook in the background (a nested sync and async call).
 
 use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};
 use bytes::Bytes;
@@ -11,6 +12,45 @@ use serde_json::json;
 pub fn register(registry: &mut Registry) {
     registry.register("echo", |_ctx, input| async move { Ok(input) });
     registry.register("guestbook", guestbook);
+    registry.register("hello", hello);
+    registry.register("welcome", welcome);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Person {
+    name: String,
+}
+
+fn person(input: &[u8]) -> Result<Person, FunctionError> {
+    serde_json::from_slice(input)
+        .map_err(|e| FunctionError::bad_input(format!("expected {{\"name\": \"...\"}}: {e}")))
+}
+
+/// `{"name": "x"}` in, `{"greeting": "hello, x"}` out.
+async fn hello(_ctx: Ctx, input: Bytes) -> FunctionResult {
+    let person = person(&input)?;
+    let greeting = format!("hello, {}", person.name);
+    Ok(serde_json::to_vec(&json!({ "greeting": greeting }))?.into())
+}
+
+/// `{"name": "x"}` in: calls `hello` and waits for its greeting, then starts `guestbook` to
+/// sign the "welcome" room with it without waiting. Out: the greeting and the id of the
+/// guestbook call.
+async fn welcome(ctx: Ctx, input: Bytes) -> FunctionResult {
+    let person = person(&input)?;
+    let greeted: serde_json::Value = serde_json::from_slice(&ctx.invoke("hello", input).await?)?;
+    let greeting = greeted["greeting"].as_str().unwrap_or_default().to_string();
+    let sign = json!({
+        "action": "sign",
+        "room": "welcome",
+        "name": person.name,
+        "message": greeting,
+    });
+    let signing = ctx
+        .invoke_async("guestbook", serde_json::to_vec(&sign)?)
+        .await?;
+    Ok(serde_json::to_vec(&json!({ "greeting": greeting, "signing": signing }))?.into())
 }
 
 #[derive(Deserialize)]

@@ -63,21 +63,78 @@ pub type FunctionResult = Result<Bytes, FunctionError>;
 type BoxFuture = Pin<Box<dyn Future<Output = FunctionResult> + Send>>;
 type Handler = Arc<dyn Fn(Ctx, Bytes) -> BoxFuture + Send + Sync>;
 
-/// An invocation's view of the log: every LogBook call, bound to the invocation's book.
+/// How deep calls may nest (a function calling a function calling ...), at most.
+pub const CALL_DEPTH_MAX: u32 = 32;
+
+/// An invocation's view of the log and of other functions: every LogBook call, bound to the
+/// invocation's book, and nested calls (`invoke`, `invoke_async`) that inherit the book.
 #[derive(Clone)]
 pub struct Ctx {
     log: Arc<dyn LogBook>,
     book: BookId,
     invocation_id: String,
+    /// Where nested calls go; none for a context made outside a dispatcher.
+    dispatcher: Option<Arc<Dispatcher>>,
+    /// How many calls this one is nested in (0 for a call from outside).
+    depth: u32,
 }
 
 impl Ctx {
+    /// A context whose nested calls fail (there is no dispatcher to run them).
     pub fn new(log: Arc<dyn LogBook>, book: BookId, invocation_id: String) -> Ctx {
         Ctx {
             log,
             book,
             invocation_id,
+            dispatcher: None,
+            depth: 0,
         }
+    }
+
+    /// Calls `function` with `input` in this call's book and waits for its output. A failed
+    /// callee fails this call with its message (the caller may catch it).
+    pub async fn invoke(&self, function: &str, input: impl Into<Bytes>) -> FunctionResult {
+        let rx = self.start_nested(function, input.into())?;
+        let finished = Dispatcher::wait(rx).await;
+        match finished.output {
+            Some(Ok(output)) => Ok(output),
+            Some(Err(e)) => Err(FunctionError {
+                message: format!("{function}: {}", e.message),
+                bad_input: false,
+            }),
+            None => Err(FunctionError::new(format!("{function} did not finish"))),
+        }
+    }
+
+    /// Starts `function` with `input` in this call's book without waiting; returns the
+    /// invocation id (`GET /invocations/{id}` shows its status).
+    pub async fn invoke_async(
+        &self,
+        function: &str,
+        input: impl Into<Bytes>,
+    ) -> Result<String, FunctionError> {
+        let rx = self.start_nested(function, input.into())?;
+        let id = rx.borrow().id.clone();
+        Ok(id)
+    }
+
+    fn start_nested(
+        &self,
+        function: &str,
+        input: Bytes,
+    ) -> Result<watch::Receiver<Invocation>, FunctionError> {
+        let dispatcher = self
+            .dispatcher
+            .as_ref()
+            .ok_or_else(|| FunctionError::new("nested calls need a dispatcher"))?;
+        if self.depth >= CALL_DEPTH_MAX {
+            return Err(FunctionError::new(format!(
+                "calls nest deeper than {CALL_DEPTH_MAX}: {function} not called"
+            )));
+        }
+        dispatcher
+            .start_at_depth(function, self.book, input, None, self.depth + 1)
+            .map_err(|e| FunctionError::new(e.to_string()))
     }
 
     pub fn book(&self) -> BookId {
@@ -312,6 +369,17 @@ impl Dispatcher {
         input: Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
+        self.start_at_depth(function, book, input, idempotency_key, 0)
+    }
+
+    fn start_at_depth(
+        self: &Arc<Self>,
+        function: &str,
+        book: BookId,
+        input: Bytes,
+        idempotency_key: Option<&str>,
+        depth: u32,
+    ) -> Result<watch::Receiver<Invocation>, InvokeError> {
         let handler = self
             .registry
             .get(function)
@@ -360,7 +428,13 @@ impl Dispatcher {
         self.evict(&mut table);
         drop(table);
 
-        let ctx = Ctx::new(self.log.clone(), book, id.clone());
+        let ctx = Ctx {
+            log: self.log.clone(),
+            book,
+            invocation_id: id.clone(),
+            dispatcher: Some(self.clone()),
+            depth,
+        };
         let dispatcher = self.clone();
         let function = function.to_string();
         tokio::spawn(async move {
@@ -461,6 +535,56 @@ mod tests {
     fn dispatcher(registry: Registry) -> Arc<Dispatcher> {
         let log: Arc<dyn LogBook> = Arc::new(logbook::memory::MemoryLogBook::new());
         Dispatcher::new(registry, log, crate::metrics::Metrics::new())
+    }
+
+    #[tokio::test]
+    async fn a_function_calls_one_function_and_starts_another() {
+        let mut registry = Registry::new();
+        crate::examples::register(&mut registry);
+        let d = dispatcher(registry);
+        let input = Bytes::from_static(br#"{"name":"ana"}"#);
+        let done = Dispatcher::wait(d.start("welcome", BookId(3), input, None).unwrap()).await;
+        assert_eq!(done.status, Status::Succeeded, "{:?}", done.output);
+        let output: serde_json::Value =
+            serde_json::from_slice(done.output.unwrap().as_ref().unwrap()).unwrap();
+        assert_eq!(output["greeting"], "hello, ana");
+        // The background call runs in the caller's book and signs the guestbook.
+        let signing = output["signing"].as_str().unwrap().to_string();
+        let signed = Dispatcher::wait(d.table().invocations[&signing].subscribe()).await;
+        assert_eq!(signed.status, Status::Succeeded, "{:?}", signed.output);
+        assert_eq!(signed.book, 3);
+        let list = br#"{"action":"list","room":"welcome"}"#;
+        let listed = Dispatcher::wait(
+            d.start("guestbook", BookId(3), Bytes::from_static(list), None)
+                .unwrap(),
+        )
+        .await;
+        let entries: serde_json::Value =
+            serde_json::from_slice(listed.output.unwrap().as_ref().unwrap()).unwrap();
+        assert_eq!(entries["entries"][0]["message"], "hello, ana");
+    }
+
+    #[tokio::test]
+    async fn nested_calls_fail_cleanly_past_the_depth_limit_or_an_unknown_callee() {
+        let mut registry = Registry::new();
+        registry.register("forever", |ctx: Ctx, input: Bytes| async move {
+            ctx.invoke("forever", input).await
+        });
+        registry.register("lost", |ctx: Ctx, input: Bytes| async move {
+            ctx.invoke("nobody", input).await
+        });
+        let d = dispatcher(registry);
+        let deep =
+            Dispatcher::wait(d.start("forever", BookId(0), Bytes::new(), None).unwrap()).await;
+        assert_eq!(deep.status, Status::Failed);
+        let message = deep.output.unwrap().unwrap_err().message;
+        assert!(message.contains("deeper than 32"), "{message}");
+        let lost = Dispatcher::wait(d.start("lost", BookId(0), Bytes::new(), None).unwrap()).await;
+        let message = lost.output.unwrap().unwrap_err().message;
+        assert!(
+            message.contains("no function named \"nobody\""),
+            "{message}"
+        );
     }
 
     #[tokio::test]
