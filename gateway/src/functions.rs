@@ -550,7 +550,8 @@ mod tests {
         assert_eq!(output["greeting"], "hello, ana");
         // The background call runs in the caller's book and signs the guestbook.
         let signing = output["signing"].as_str().unwrap().to_string();
-        let signed = Dispatcher::wait(d.table().invocations[&signing].subscribe()).await;
+        let receiver = d.table().invocations[&signing].subscribe();
+        let signed = Dispatcher::wait(receiver).await;
         assert_eq!(signed.status, Status::Succeeded, "{:?}", signed.output);
         assert_eq!(signed.book, 3);
         let list = br#"{"action":"list","room":"welcome"}"#;
