@@ -210,6 +210,17 @@ impl Client {
         Ok(body.to_vec())
     }
 
+    /// The names of the functions the gateway serves.
+    pub async fn functions(&self) -> anyhow::Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            functions: Vec<String>,
+        }
+        let url = self.url(&["functions"]);
+        let reply: Reply = self.call(self.http.get(url), "list functions").await?;
+        Ok(reply.functions)
+    }
+
     /// Succeeds when the gateway answers its health check.
     pub async fn health(&self) -> anyhow::Result<()> {
         let url = self.url(&["health"]);

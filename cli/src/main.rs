@@ -34,6 +34,8 @@ enum Command {
     Up(UpArgs),
     /// Call a function and print its output.
     Invoke(InvokeArgs),
+    /// List the functions each gateway serves.
+    Functions(FunctionsArgs),
     /// Append to and read from a LogBook.
     #[command(subcommand)]
     Log(LogCommand),
@@ -255,6 +257,15 @@ struct AddrArg {
 }
 
 #[derive(Args)]
+struct FunctionsArgs {
+    #[command(flatten)]
+    addr: AddrArg,
+    /// Ask every gateway of the local cluster in this directory instead of `--addr`.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct InvokeArgs {
     /// The function's name.
     name: String,
@@ -371,6 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Invoke(args) => invoke(args).await,
+            Command::Functions(args) => functions(args).await,
             Command::Log(cmd) => log(cmd).await,
             Command::Bench(cmd) => bench(cmd).await,
             Command::Sequencer(args) => run_role(Role::Sequencer, args.into()).await,
@@ -534,6 +546,30 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term.recv() => {},
     }
+}
+
+/// Prints `GATEWAY FUNCTION` lines: every function of every gateway asked.
+async fn functions(args: FunctionsArgs) -> anyhow::Result<()> {
+    let gateways: Vec<String> = match &args.dir {
+        Some(dir) => {
+            let manifest = tally_cli::cluster::Manifest::read(dir)?;
+            let mut gateways: Vec<_> = manifest
+                .nodes
+                .into_iter()
+                .filter(|n| n.role == tally_cli::config::Role::Gateway)
+                .collect();
+            gateways.sort_by_key(|n| n.id);
+            gateways.into_iter().filter_map(|n| n.http).collect()
+        }
+        None => vec![args.addr.addr.clone()],
+    };
+    for gateway in gateways {
+        let client = Client::new(&gateway)?;
+        for name in client.functions().await? {
+            println!("{gateway} {name}");
+        }
+    }
+    Ok(())
 }
 
 async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {

@@ -30,6 +30,47 @@ fn echo_answers_its_input() {
 }
 
 #[test]
+fn welcome_calls_hello_and_signs_the_guestbook_and_the_cli_lists_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let tally = Tally::up(dir.path(), &[]).unwrap();
+    let welcomed: Value = client()
+        .post(tally.url("/function/welcome"))
+        .body(r#"{"name":"ana"}"#)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(welcomed["greeting"], "hello, ana");
+    let signing = welcomed["signing"].as_str().unwrap();
+    let done = tally_tests::wait_until(std::time::Duration::from_secs(10), || {
+        let status: Value = client()
+            .get(tally.url(&format!("/invocations/{signing}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        status["status"] == "succeeded"
+    });
+    assert!(done.is_ok(), "the background guestbook call finished");
+    let listed = run_tally(&[
+        "invoke",
+        "guestbook",
+        r#"{"action":"list","room":"welcome"}"#,
+        "--addr",
+        &tally.addr,
+    ])
+    .unwrap();
+    assert!(listed.contains("hello, ana"), "{listed}");
+
+    let functions = run_tally(&["functions", "--addr", &tally.addr]).unwrap();
+    let names: Vec<&str> = functions
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "guestbook", "hello", "welcome"]);
+}
+
+#[test]
 fn guestbook_appends_tagged_records_and_reads_them_back_by_tag() {
     let dir = tempfile::tempdir().unwrap();
     let tally = Tally::up(dir.path(), &[]).unwrap();
