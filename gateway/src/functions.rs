@@ -63,6 +63,32 @@ pub type FunctionResult = Result<Bytes, FunctionError>;
 type BoxFuture = Pin<Box<dyn Future<Output = FunctionResult> + Send>>;
 type Handler = Arc<dyn Fn(Ctx, Bytes) -> BoxFuture + Send + Sync>;
 
+/// How a function runs: how many calls at once, and how long one may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionConfig {
+    /// Calls running at once, at most; later ones wait their turn (`Pending`).
+    pub max_concurrency: usize,
+    /// A call running longer fails with "timed out".
+    pub timeout: Duration,
+}
+
+impl Default for FunctionConfig {
+    fn default() -> FunctionConfig {
+        FunctionConfig {
+            max_concurrency: 1024,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A registered function: its handler, its config, and the slots of its concurrency limit.
+#[derive(Clone)]
+struct Function {
+    handler: Handler,
+    config: FunctionConfig,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
 /// How deep calls may nest (a function calling a function calling ...), at most.
 pub const CALL_DEPTH_MAX: u32 = 32;
 
@@ -215,7 +241,7 @@ impl Ctx {
 /// The functions a gateway serves, registered at start-up.
 #[derive(Default, Clone)]
 pub struct Registry {
-    handlers: BTreeMap<String, Handler>,
+    functions: BTreeMap<String, Function>,
 }
 
 impl Registry {
@@ -223,28 +249,53 @@ impl Registry {
         Registry::default()
     }
 
-    /// Registers `handler` under `name`. Panics on a duplicate or malformed name: that is a
-    /// programming error in the binary that wires the functions.
+    /// Registers `handler` under `name` with the default `FunctionConfig`. Panics on a
+    /// duplicate or malformed name: that is a programming error in the binary that wires the
+    /// functions.
     pub fn register<F, Fut>(&mut self, name: &str, handler: F) -> &mut Registry
     where
         F: Fn(Ctx, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = FunctionResult> + Send + 'static,
     {
+        self.register_with(name, FunctionConfig::default(), handler)
+    }
+
+    /// Registers `handler` under `name` with its own limits. Panics like `register`, and on a
+    /// zero concurrency limit or timeout.
+    pub fn register_with<F, Fut>(
+        &mut self,
+        name: &str,
+        config: FunctionConfig,
+        handler: F,
+    ) -> &mut Registry
+    where
+        F: Fn(Ctx, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = FunctionResult> + Send + 'static,
+    {
         assert!(valid_function_name(name), "invalid function name {name:?}");
-        let handler: Handler = Arc::new(move |ctx, input| Box::pin(handler(ctx, input)));
         assert!(
-            self.handlers.insert(name.to_string(), handler).is_none(),
+            config.max_concurrency > 0 && !config.timeout.is_zero(),
+            "function {name}: concurrency and timeout must be above zero"
+        );
+        let handler: Handler = Arc::new(move |ctx, input| Box::pin(handler(ctx, input)));
+        let function = Function {
+            handler,
+            config,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency)),
+        };
+        assert!(
+            self.functions.insert(name.to_string(), function).is_none(),
             "function {name} registered twice"
         );
         self
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.handlers.keys().map(String::as_str)
+        self.functions.keys().map(String::as_str)
     }
 
-    fn get(&self, name: &str) -> Option<Handler> {
-        self.handlers.get(name).cloned()
+    fn get(&self, name: &str) -> Option<Function> {
+        self.functions.get(name).cloned()
     }
 }
 
@@ -380,7 +431,7 @@ impl Dispatcher {
         idempotency_key: Option<&str>,
         depth: u32,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
-        let handler = self
+        let target = self
             .registry
             .get(function)
             .ok_or_else(|| InvokeError::UnknownFunction(function.into()))?;
@@ -439,14 +490,34 @@ impl Dispatcher {
         let function = function.to_string();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
+            let (queued, running) = dispatcher.metrics.function_gauges(&function);
+            // Wait for a slot under the function's concurrency limit (still `Pending`).
+            queued.inc();
+            let slot = target.slots.clone().acquire_owned().await;
+            queued.dec();
+            let _slot = slot.expect("a function's slots are never closed");
+            running.inc();
             dispatcher.update(&id, |inv| {
                 inv.status = Status::Running;
                 inv.started_at_ms = Some(now_ms());
             });
-            // A panicking function fails its invocation, not the gateway.
-            let result = tokio::spawn(handler(ctx, input))
-                .await
-                .unwrap_or_else(|e| Err(FunctionError::new(format!("function panicked: {e}"))));
+            // A panicking function fails its invocation, not the gateway; so does one that
+            // runs past its timeout.
+            let timeout = target.config.timeout;
+            let call = tokio::spawn((target.handler)(ctx, input));
+            let abort = call.abort_handle();
+            let result = match tokio::time::timeout(timeout, call).await {
+                Ok(joined) => joined
+                    .unwrap_or_else(|e| Err(FunctionError::new(format!("function panicked: {e}")))),
+                Err(_) => {
+                    abort.abort();
+                    Err(FunctionError::new(format!(
+                        "{function} timed out after {} ms",
+                        timeout.as_millis()
+                    )))
+                }
+            };
+            running.dec();
             dispatcher
                 .metrics
                 .observe_invocation(&function, result.is_ok(), started.elapsed());
@@ -585,6 +656,61 @@ mod tests {
         assert!(
             message.contains("no function named \"nobody\""),
             "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_concurrency_limit_wait_and_slow_ones_time_out() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut registry = Registry::new();
+        let waiting = gate.clone();
+        let two = FunctionConfig {
+            max_concurrency: 2,
+            ..FunctionConfig::default()
+        };
+        registry.register_with("gated", two, move |_ctx, input| {
+            let gate = waiting.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                Ok(input)
+            }
+        });
+        let brief = FunctionConfig {
+            timeout: Duration::from_millis(50),
+            ..FunctionConfig::default()
+        };
+        registry.register_with("sleepy", brief, |_ctx, _input| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(Bytes::new())
+        });
+        let d = dispatcher(registry);
+        let calls: Vec<_> = (0..3)
+            .map(|_| d.start("gated", BookId(0), Bytes::new(), None).unwrap())
+            .collect();
+        let statuses = || calls.iter().map(|c| c.borrow().status).collect::<Vec<_>>();
+        for _ in 0..100 {
+            if statuses().iter().filter(|s| **s == Status::Running).count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut now = statuses();
+        now.sort_by_key(|s| *s != Status::Running);
+        assert_eq!(now, [Status::Running, Status::Running, Status::Pending]);
+        let (queued, running) = d.metrics.function_gauges("gated");
+        assert_eq!((queued.get(), running.get()), (1, 2));
+        gate.add_permits(3);
+        for call in calls {
+            assert_eq!(Dispatcher::wait(call).await.status, Status::Succeeded);
+        }
+        assert_eq!((queued.get(), running.get()), (0, 0));
+
+        let slow =
+            Dispatcher::wait(d.start("sleepy", BookId(0), Bytes::new(), None).unwrap()).await;
+        assert_eq!(slow.status, Status::Failed);
+        assert_eq!(
+            slow.output.unwrap().unwrap_err().message,
+            "sleepy timed out after 50 ms"
         );
     }
 

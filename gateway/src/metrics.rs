@@ -50,6 +50,10 @@ pub struct Metrics {
     pub appended_bytes: Counter,
     pub invocations: Family<FunctionLabels, Counter>,
     pub invocation_latency_seconds: Family<FunctionName, Histogram, fn() -> Histogram>,
+    /// Calls waiting for a free slot under their function's concurrency limit.
+    pub function_queued: Family<FunctionName, Gauge>,
+    /// Calls running.
+    pub function_running: Family<FunctionName, Gauge>,
     pub pending_appends: Gauge,
     pub cache_bytes: Gauge,
     pub cache_hits: Gauge,
@@ -73,6 +77,8 @@ impl Metrics {
             appended_bytes: Counter::default(),
             invocations: Family::default(),
             invocation_latency_seconds: Family::new_with_constructor(latency_histogram),
+            function_queued: Family::default(),
+            function_running: Family::default(),
             pending_appends: Gauge::default(),
             cache_bytes: Gauge::default(),
             cache_hits: Gauge::default(),
@@ -113,6 +119,16 @@ impl Metrics {
             "invocation_latency_seconds",
             "Function invocation latency, start to finish",
             m.invocation_latency_seconds.clone(),
+        );
+        registry.register(
+            "function_queued",
+            "Calls waiting under their function's concurrency limit",
+            m.function_queued.clone(),
+        );
+        registry.register(
+            "function_running",
+            "Calls running, by function",
+            m.function_running.clone(),
         );
         registry.register(
             "pending_appends",
@@ -185,6 +201,17 @@ impl Metrics {
         self.stage_latency_seconds
             .get_or_create(&StageLabels { stage })
             .observe(latency.as_secs_f64());
+    }
+
+    /// The queued and running gauges of `function`.
+    pub fn function_gauges(&self, function: &str) -> (Gauge, Gauge) {
+        let name = FunctionName {
+            function: function.to_string(),
+        };
+        (
+            self.function_queued.get_or_create(&name).clone(),
+            self.function_running.get_or_create(&name).clone(),
+        )
     }
 
     pub fn observe_invocation(&self, function: &str, succeeded: bool, latency: Duration) {
