@@ -1,5 +1,5 @@
 //! The functions `tally up` ships: `echo`; `guestbook`, which appends tagged records and
-//! reads them back by tag; `hello`, which greets by name; and `welcome`, which calls `hello`
+//! reads them back by tag; `greet`, which greets by name; and `welcome`, which calls `greet`
 //! and waits for it, then signs the guestbook in the background (a nested sync and async call).
 
 use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};
@@ -12,7 +12,7 @@ use serde_json::json;
 pub fn register(registry: &mut Registry) {
     registry.register("echo", |_ctx, input| async move { Ok(input) });
     registry.register("guestbook", guestbook);
-    registry.register("hello", hello);
+    registry.register("greet", greet);
     registry.register("welcome", welcome);
 }
 
@@ -28,18 +28,18 @@ fn person(input: &[u8]) -> Result<Person, FunctionError> {
 }
 
 /// `{"name": "x"}` in, `{"greeting": "hello, x"}` out.
-async fn hello(_ctx: Ctx, input: Bytes) -> FunctionResult {
+async fn greet(_ctx: Ctx, input: Bytes) -> FunctionResult {
     let person = person(&input)?;
     let greeting = format!("hello, {}", person.name);
     Ok(serde_json::to_vec(&json!({ "greeting": greeting }))?.into())
 }
 
-/// `{"name": "x"}` in: calls `hello` and waits for its greeting, then starts `guestbook` to
+/// `{"name": "x"}` in: calls `greet` and waits for its greeting, then starts `guestbook` to
 /// sign the "welcome" room with it without waiting. Out: the greeting and the id of the
 /// guestbook call.
 async fn welcome(ctx: Ctx, input: Bytes) -> FunctionResult {
     let person = person(&input)?;
-    let greeted: serde_json::Value = serde_json::from_slice(&ctx.invoke("hello", input).await?)?;
+    let greeted: serde_json::Value = serde_json::from_slice(&ctx.invoke("greet", input).await?)?;
     let greeting = greeted["greeting"].as_str().unwrap_or_default().to_string();
     let sign = json!({
         "action": "sign",

@@ -30,7 +30,7 @@ fn echo_answers_its_input() {
 }
 
 #[test]
-fn welcome_calls_hello_and_signs_the_guestbook_and_the_cli_lists_functions() {
+fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
     let dir = tempfile::tempdir().unwrap();
     let tally = Tally::up(dir.path(), &[]).unwrap();
     let welcomed: Value = client()
@@ -67,7 +67,7 @@ fn welcome_calls_hello_and_signs_the_guestbook_and_the_cli_lists_functions() {
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap())
         .collect();
-    assert_eq!(names, ["echo", "guestbook", "hello", "welcome"]);
+    assert_eq!(names, ["echo", "greet", "guestbook", "welcome"]);
 }
 
 #[test]
