@@ -63,21 +63,43 @@ pub type FunctionResult = Result<Bytes, FunctionError>;
 type BoxFuture = Pin<Box<dyn Future<Output = FunctionResult> + Send>>;
 type Handler = Arc<dyn Fn(Ctx, Bytes) -> BoxFuture + Send + Sync>;
 
-/// How a function runs: how many calls at once, and how long one may take.
+/// How a function runs: how many calls at once, how long one may take, and how often an
+/// asynchronous call that fails is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FunctionConfig {
     /// Calls running at once, at most; later ones wait their turn (`Pending`).
     pub max_concurrency: usize,
     /// A call running longer fails with "timed out".
     pub timeout: Duration,
+    /// An asynchronous call (`/asyncFunction`, `ctx.invoke_async`) that fails is tried again
+    /// this many times (a bad-input failure never is). Synchronous calls are tried once: the
+    /// caller sees the failure and decides.
+    pub retries: u32,
+    /// The wait before the first retry; it doubles with every retry, up to `RETRY_BACKOFF_MAX`.
+    pub backoff: Duration,
 }
+
+/// The longest wait between two tries of an asynchronous call.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 impl Default for FunctionConfig {
     fn default() -> FunctionConfig {
         FunctionConfig {
             max_concurrency: 1024,
             timeout: Duration::from_secs(60),
+            retries: 0,
+            backoff: Duration::from_millis(100),
         }
+    }
+}
+
+impl FunctionConfig {
+    /// The wait before try `attempt + 1`, after `attempt` failed tries.
+    fn backoff_after(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.backoff.saturating_mul(factor).min(RETRY_BACKOFF_MAX)
     }
 }
 
@@ -120,7 +142,7 @@ impl Ctx {
     /// Calls `function` with `input` in this call's book and waits for its output. A failed
     /// callee fails this call with its message (the caller may catch it).
     pub async fn invoke(&self, function: &str, input: impl Into<Bytes>) -> FunctionResult {
-        let rx = self.start_nested(function, input.into())?;
+        let rx = self.start_nested(function, input.into(), false)?;
         let finished = Dispatcher::wait(rx).await;
         match finished.output {
             Some(Ok(output)) => Ok(output),
@@ -139,7 +161,7 @@ impl Ctx {
         function: &str,
         input: impl Into<Bytes>,
     ) -> Result<String, FunctionError> {
-        let rx = self.start_nested(function, input.into())?;
+        let rx = self.start_nested(function, input.into(), true)?;
         let id = rx.borrow().id.clone();
         Ok(id)
     }
@@ -148,6 +170,7 @@ impl Ctx {
         &self,
         function: &str,
         input: Bytes,
+        retried: bool,
     ) -> Result<watch::Receiver<Invocation>, FunctionError> {
         let dispatcher = self
             .dispatcher
@@ -159,7 +182,7 @@ impl Ctx {
             )));
         }
         dispatcher
-            .start_at_depth(function, self.book, input, None, self.depth + 1)
+            .start_at_depth(function, self.book, input, None, self.depth + 1, retried)
             .map_err(|e| FunctionError::new(e.to_string()))
     }
 
@@ -235,6 +258,26 @@ impl Ctx {
 
     pub async fn read_range(&self, tag: Tag, range: ReadRange) -> Result<Vec<Record>, LogError> {
         self.log.read_range(self.book, tag, range).await
+    }
+}
+
+/// One try of a call: the handler in its own task (a panic fails the call, not the
+/// gateway), stopped at the function's timeout.
+async fn run_once(target: &Function, function: &str, ctx: Ctx, input: Bytes) -> FunctionResult {
+    let timeout = target.config.timeout;
+    let call = tokio::spawn((target.handler)(ctx, input));
+    let abort = call.abort_handle();
+    match tokio::time::timeout(timeout, call).await {
+        Ok(joined) => {
+            joined.unwrap_or_else(|e| Err(FunctionError::new(format!("function panicked: {e}"))))
+        }
+        Err(_) => {
+            abort.abort();
+            Err(FunctionError::new(format!(
+                "{function} timed out after {} ms",
+                timeout.as_millis()
+            )))
+        }
     }
 }
 
@@ -329,6 +372,8 @@ pub struct Invocation {
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
+    /// Tries so far (more than one when an asynchronous call was retried).
+    pub attempts: u32,
 }
 
 fn now_ms() -> u64 {
@@ -420,7 +465,19 @@ impl Dispatcher {
         input: Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
-        self.start_at_depth(function, book, input, idempotency_key, 0)
+        self.start_at_depth(function, book, input, idempotency_key, 0, false)
+    }
+
+    /// Like `start`, for a call nobody waits on: a failure is retried as the function's
+    /// config says.
+    pub fn start_async(
+        self: &Arc<Self>,
+        function: &str,
+        book: BookId,
+        input: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<watch::Receiver<Invocation>, InvokeError> {
+        self.start_at_depth(function, book, input, idempotency_key, 0, true)
     }
 
     fn start_at_depth(
@@ -430,6 +487,7 @@ impl Dispatcher {
         input: Bytes,
         idempotency_key: Option<&str>,
         depth: u32,
+        retried: bool,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
         let target = self
             .registry
@@ -466,6 +524,7 @@ impl Dispatcher {
             created_at_ms: now_ms(),
             started_at_ms: None,
             finished_at_ms: None,
+            attempts: 0,
         };
         let (tx, rx) = watch::channel(invocation);
         table.invocations.insert(id.clone(), tx);
@@ -501,20 +560,17 @@ impl Dispatcher {
                 inv.status = Status::Running;
                 inv.started_at_ms = Some(now_ms());
             });
-            // A panicking function fails its invocation, not the gateway; so does one that
-            // runs past its timeout.
-            let timeout = target.config.timeout;
-            let call = tokio::spawn((target.handler)(ctx, input));
-            let abort = call.abort_handle();
-            let result = match tokio::time::timeout(timeout, call).await {
-                Ok(joined) => joined
-                    .unwrap_or_else(|e| Err(FunctionError::new(format!("function panicked: {e}")))),
-                Err(_) => {
-                    abort.abort();
-                    Err(FunctionError::new(format!(
-                        "{function} timed out after {} ms",
-                        timeout.as_millis()
-                    )))
+            let config = target.config;
+            let mut attempt = 0;
+            let result = loop {
+                attempt += 1;
+                dispatcher.update(&id, |inv| inv.attempts = attempt);
+                let result = run_once(&target, &function, ctx.clone(), input.clone()).await;
+                match result {
+                    Err(e) if retried && !e.bad_input && attempt <= config.retries => {
+                        tokio::time::sleep(config.backoff_after(attempt)).await;
+                    }
+                    result => break result,
                 }
             };
             running.dec();
@@ -712,6 +768,57 @@ mod tests {
             slow.output.unwrap().unwrap_err().message,
             "sleepy timed out after 50 ms"
         );
+    }
+
+    #[tokio::test]
+    async fn asynchronous_calls_are_retried_with_backoff_up_to_their_limit() {
+        // Fails its first two tries; a bad input never succeeds.
+        let tries = Arc::new(AtomicUsize::new(0));
+        let counted = tries.clone();
+        let config = |retries| FunctionConfig {
+            retries,
+            backoff: Duration::from_millis(1),
+            ..FunctionConfig::default()
+        };
+        let mut registry = Registry::new();
+        for (name, retries) in [("patient", 3), ("impatient", 1)] {
+            let counted = counted.clone();
+            registry.register_with(name, config(retries), move |_ctx, input: Bytes| {
+                let attempt = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if input.as_ref() == b"bad" {
+                        return Err(FunctionError::bad_input("bad"));
+                    }
+                    match attempt % 3 {
+                        2 => Ok(input),
+                        _ => Err(FunctionError::new("not yet")),
+                    }
+                }
+            });
+        }
+        let d = dispatcher(registry);
+        let run = |name, input: &'static [u8], asynchronous: bool| {
+            let input = Bytes::from_static(input);
+            if asynchronous {
+                d.start_async(name, BookId(0), input, None).unwrap()
+            } else {
+                d.start(name, BookId(0), input, None).unwrap()
+            }
+        };
+        let done = Dispatcher::wait(run("patient", b"x", true)).await;
+        assert_eq!((done.status, done.attempts), (Status::Succeeded, 3));
+        tries.store(0, Ordering::SeqCst);
+        let done = Dispatcher::wait(run("impatient", b"x", true)).await;
+        assert_eq!((done.status, done.attempts), (Status::Failed, 2), "one retry");
+        tries.store(0, Ordering::SeqCst);
+        let done = Dispatcher::wait(run("patient", b"x", false)).await;
+        assert_eq!((done.status, done.attempts), (Status::Failed, 1), "sync: tried once");
+        let done = Dispatcher::wait(run("patient", b"bad", true)).await;
+        assert_eq!((done.status, done.attempts), (Status::Failed, 1), "bad input: not retried");
+        let backoff = config(5);
+        assert_eq!(backoff.backoff_after(1), Duration::from_millis(1));
+        assert_eq!(backoff.backoff_after(4), Duration::from_millis(8));
+        assert_eq!(backoff.backoff_after(40), RETRY_BACKOFF_MAX);
     }
 
     #[tokio::test]

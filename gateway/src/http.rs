@@ -167,28 +167,35 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
+/// Starts a call; an asynchronous one (`asynchronous`) is retried on failure as its function's
+/// config says.
 fn start(
     state: &AppState,
     name: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    asynchronous: bool,
 ) -> Result<tokio::sync::watch::Receiver<Invocation>, ApiError> {
     let input = body?;
     let book = book_of(headers)?;
     let key = idempotency_key(headers)?;
-    state
-        .dispatcher
-        .start(name, book, input, key.as_deref())
-        .map_err(|e| match e {
-            InvokeError::KeyReused(_) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                e.to_string(),
-            ),
-            InvokeError::UnknownFunction(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_function", e.to_string())
-            }
-        })
+    let started = if asynchronous {
+        state
+            .dispatcher
+            .start_async(name, book, input, key.as_deref())
+    } else {
+        state.dispatcher.start(name, book, input, key.as_deref())
+    };
+    started.map_err(|e| match e {
+        InvokeError::KeyReused(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            e.to_string(),
+        ),
+        InvokeError::UnknownFunction(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_function", e.to_string())
+        }
+    })
 }
 
 async fn call_function(
@@ -197,7 +204,7 @@ async fn call_function(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let rx = start(&state, &name, &headers, body)?;
+    let rx = start(&state, &name, &headers, body, false)?;
     let invocation = Dispatcher::wait(rx).await;
     let mut response = match invocation.output {
         Some(Ok(output)) => (StatusCode::OK, output).into_response(),
@@ -229,7 +236,7 @@ async fn call_function_async(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let rx = start(&state, &name, &headers, body)?;
+    let rx = start(&state, &name, &headers, body, true)?;
     let id = rx.borrow().id.clone();
     let mut response = (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/invocations/{id}")) {
