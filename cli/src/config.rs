@@ -99,6 +99,81 @@ pub struct NodeFile {
     pub cache_mb: Option<usize>,
     #[serde(default)]
     pub cluster: ClusterFile,
+    /// `[functions.NAME]` tables (gateways): each function's limits.
+    #[serde(default)]
+    pub functions: BTreeMap<String, FunctionFile>,
+}
+
+/// A `[functions.NAME]` table: a function's limits, each optional (the default otherwise).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionFile {
+    pub max_concurrency: Option<usize>,
+    pub timeout_ms: Option<u64>,
+    pub retries: Option<u32>,
+    pub backoff_ms: Option<u64>,
+}
+
+/// The most retries of one asynchronous call a config may ask for.
+pub const RETRIES_MAX: u32 = 100;
+
+/// Checks `[functions.NAME]` tables into each function's limits; `source` names where they
+/// came from, for errors.
+pub fn function_configs(
+    tables: &BTreeMap<String, FunctionFile>,
+    source: &str,
+) -> anyhow::Result<BTreeMap<String, gateway::functions::FunctionConfig>> {
+    let mut configs = BTreeMap::new();
+    for (name, table) in tables {
+        let at = |key: &str| format!("`functions.{name}.{key}` in {source}");
+        let mut config = gateway::functions::FunctionConfig::default();
+        if let Some(n) = table.max_concurrency {
+            if n == 0 || n > 1_000_000 {
+                bail!("{} is {n}; it must be 1..=1000000", at("max_concurrency"));
+            }
+            config.max_concurrency = n;
+        }
+        if let Some(ms) = table.timeout_ms {
+            if ms == 0 || ms > 86_400_000 {
+                bail!(
+                    "{} is {ms}; it must be 1..=86400000 (a day)",
+                    at("timeout_ms")
+                );
+            }
+            config.timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = table.retries {
+            if n > RETRIES_MAX {
+                bail!("{} is {n}; it must be 0..={RETRIES_MAX}", at("retries"));
+            }
+            config.retries = n;
+        }
+        if let Some(ms) = table.backoff_ms {
+            if ms == 0 || ms > 60_000 {
+                bail!("{} is {ms}; it must be 1..=60000", at("backoff_ms"));
+            }
+            config.backoff = Duration::from_millis(ms);
+        }
+        configs.insert(name.clone(), config);
+    }
+    Ok(configs)
+}
+
+/// A file of `[functions.NAME]` tables only (`tally up --functions FILE`).
+pub fn load_functions(
+    path: &Path,
+) -> anyhow::Result<BTreeMap<String, gateway::functions::FunctionConfig>> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FunctionsOnly {
+        #[serde(default)]
+        functions: BTreeMap<String, FunctionFile>,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: FunctionsOnly = toml::from_str(&text)
+        .map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
+    function_configs(&file.functions, &path.display().to_string())
 }
 
 /// The `[cluster]` section: the same on every node.
@@ -360,6 +435,13 @@ impl Merged {
                     role,
                     "only a gateway caches records",
                 )?;
+                let functions = (!v.functions.is_empty()).then_some(());
+                self.refuse(
+                    &functions,
+                    "functions",
+                    role,
+                    "only a gateway runs functions",
+                )?;
                 let storage = storage.as_ref().ok_or_else(|| {
                     self.missing("storage", "every storage node as ID = \"HOST:PORT\"")
                 })?;
@@ -438,12 +520,17 @@ impl Merged {
                         self.at("cache_mb")
                     );
                 }
+                let source = self
+                    .path
+                    .as_ref()
+                    .map_or("the flags".to_string(), |p| p.display().to_string());
                 Ok(RoleOptions::Gateway(GatewayOptions {
                     id: node,
                     http,
                     sequencers: sequencers.clone(),
                     cache_bytes_max: cache_mb * 1024 * 1024,
                     pending_appends_max: PENDING_APPENDS_MAX_DEFAULT,
+                    functions: function_configs(&v.functions, &source)?,
                 }))
             }
         }
@@ -711,6 +798,47 @@ sequencers = { 0 = "127.0.0.1:7000" }
             panic!("not a gateway")
         };
         assert_eq!(o.http, GATEWAY_HTTP_DEFAULT.parse().unwrap());
+    }
+
+    #[test]
+    fn a_gateway_file_limits_its_functions_and_other_roles_refuse_them() {
+        let text = format!(
+            "{GATEWAY}\n[functions.echo]\nmax_concurrency = 4\ntimeout_ms = 250\nretries = 2\n"
+        );
+        let RoleOptions::Gateway(o) =
+            load_text(Role::Gateway, &text, NodeFile::default()).expect("valid config")
+        else {
+            panic!("not a gateway")
+        };
+        let echo = o.functions["echo"];
+        assert_eq!(echo.max_concurrency, 4);
+        assert_eq!(echo.timeout, Duration::from_millis(250));
+        assert_eq!(echo.retries, 2);
+        assert_eq!(
+            echo.backoff,
+            gateway::functions::FunctionConfig::default().backoff
+        );
+
+        let zero = format!("{GATEWAY}\n[functions.echo]\ntimeout_ms = 0\n");
+        check_error(
+            Role::Gateway,
+            &zero,
+            NodeFile::default(),
+            "`functions.echo.timeout_ms` in node.toml is 0",
+        );
+        let unknown = format!("{GATEWAY}\n[functions.echo]\ncolour = 1\n");
+        let refused = parse_file(Path::new("node.toml"), &unknown).unwrap_err();
+        assert!(
+            refused.to_string().contains("unknown field `colour`"),
+            "{refused}"
+        );
+        let sequencer = format!("{SEQUENCER}\n[functions.echo]\nretries = 1\n");
+        check_error(
+            Role::Sequencer,
+            &sequencer,
+            NodeFile::default(),
+            "a sequencer has no functions",
+        );
     }
 
     #[test]

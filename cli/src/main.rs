@@ -247,6 +247,10 @@ struct UpArgs {
     /// Record cache size, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_mb: usize,
+    /// A TOML file of `[functions.NAME]` tables: each function's max_concurrency,
+    /// timeout_ms, retries and backoff_ms.
+    #[arg(long)]
+    functions: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -490,6 +494,11 @@ async fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<()> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // Checked before anything starts, so a bad file costs nothing.
+    let functions = match &args.functions {
+        Some(path) => tally_cli::config::load_functions(path)?,
+        None => Default::default(),
+    };
     let mut config = NodeConfig::new(args.data_dir.clone());
     config.durability = match args.durability {
         DurabilityArg::Fsync => storage_node::Durability::Fsync,
@@ -507,7 +516,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP gateway to {}", args.http_addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
 
-    let app = gateway::http::default_app(node.log.clone(), node.metrics.clone());
+    let app = gateway::http::default_app(node.log.clone(), node.metrics.clone(), &functions)
+        .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;
 
     let r = &node.recovered;
     println!(

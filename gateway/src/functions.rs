@@ -333,6 +333,27 @@ impl Registry {
         self
     }
 
+    /// Changes a registered function's limits (from a config file, say). Errs on an unknown
+    /// name or a zero concurrency limit or timeout.
+    pub fn configure(&mut self, name: &str, config: FunctionConfig) -> Result<(), String> {
+        let Some(function) = self.functions.get_mut(name) else {
+            return Err(format!("no function named {name:?} is registered"));
+        };
+        if config.max_concurrency == 0 || config.timeout.is_zero() {
+            return Err(format!(
+                "function {name}: concurrency and timeout must be above zero"
+            ));
+        }
+        function.config = config;
+        function.slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrency));
+        Ok(())
+    }
+
+    /// A registered function's limits.
+    pub fn config(&self, name: &str) -> Option<FunctionConfig> {
+        self.functions.get(name).map(|f| f.config)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.functions.keys().map(String::as_str)
     }
@@ -809,12 +830,24 @@ mod tests {
         assert_eq!((done.status, done.attempts), (Status::Succeeded, 3));
         tries.store(0, Ordering::SeqCst);
         let done = Dispatcher::wait(run("impatient", b"x", true)).await;
-        assert_eq!((done.status, done.attempts), (Status::Failed, 2), "one retry");
+        assert_eq!(
+            (done.status, done.attempts),
+            (Status::Failed, 2),
+            "one retry"
+        );
         tries.store(0, Ordering::SeqCst);
         let done = Dispatcher::wait(run("patient", b"x", false)).await;
-        assert_eq!((done.status, done.attempts), (Status::Failed, 1), "sync: tried once");
+        assert_eq!(
+            (done.status, done.attempts),
+            (Status::Failed, 1),
+            "sync: tried once"
+        );
         let done = Dispatcher::wait(run("patient", b"bad", true)).await;
-        assert_eq!((done.status, done.attempts), (Status::Failed, 1), "bad input: not retried");
+        assert_eq!(
+            (done.status, done.attempts),
+            (Status::Failed, 1),
+            "bad input: not retried"
+        );
         let backoff = config(5);
         assert_eq!(backoff.backoff_after(1), Duration::from_millis(1));
         assert_eq!(backoff.backoff_after(4), Duration::from_millis(8));

@@ -105,22 +105,30 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
-/// The HTTP app of one gateway serving `log` with the built-in example functions, its
-/// calls timed in `metrics`: what `tally up` and `tally gateway` serve.
-pub fn default_app(log: Arc<GatewayLog>, metrics: Arc<Metrics>) -> axum::Router {
+/// The HTTP app of one gateway serving `log` with the built-in example functions (limited
+/// as `functions` says, by name), its calls timed in `metrics`: what `tally up` and `tally
+/// gateway` serve. Errs when `functions` names a function that is not there.
+pub fn default_app(
+    log: Arc<GatewayLog>,
+    metrics: Arc<Metrics>,
+    functions: &std::collections::BTreeMap<String, crate::functions::FunctionConfig>,
+) -> Result<axum::Router, String> {
     let metered: Arc<dyn LogBook> = Arc::new(crate::metrics::MeteredLog::new(
         log.clone(),
         metrics.clone(),
     ));
     let mut registry = crate::Registry::new();
     crate::examples::register(&mut registry);
+    for (name, config) in functions {
+        registry.configure(name, *config)?;
+    }
     let dispatcher = Dispatcher::new(registry, metered.clone(), metrics.clone());
-    router(Arc::new(AppState {
+    Ok(router(Arc::new(AppState {
         dispatcher,
         log: metered,
         metrics,
         engine: Some(log),
-    }))
+    })))
 }
 
 /// The router of a gateway.
@@ -276,7 +284,21 @@ async fn get_invocation(
 }
 
 async fn list_functions(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"functions": state.dispatcher.registry().names().collect::<Vec<_>>()}))
+    let registry = state.dispatcher.registry();
+    let limits: serde_json::Map<String, Value> = registry
+        .names()
+        .filter_map(|name| {
+            let c = registry.config(name)?;
+            let limits = json!({
+                "max_concurrency": c.max_concurrency,
+                "timeout_ms": c.timeout.as_millis() as u64,
+                "retries": c.retries,
+                "backoff_ms": c.backoff.as_millis() as u64,
+            });
+            Some((name.to_string(), limits))
+        })
+        .collect();
+    Json(json!({"functions": registry.names().collect::<Vec<_>>(), "limits": limits}))
 }
 
 /// Query parameters of the log endpoints. `tag` may repeat.

@@ -71,6 +71,59 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
 }
 
 #[test]
+fn function_limits_come_from_a_file_and_a_bad_one_stops_tally_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = dir.path().join("functions.toml");
+    std::fs::write(
+        &limits,
+        "[functions.greet]\ntimeout_ms = 5000\nmax_concurrency = 2\n",
+    )
+    .unwrap();
+    let tally = Tally::up(
+        &dir.path().join("data"),
+        &["--functions", limits.to_str().unwrap()],
+    )
+    .unwrap();
+    let greeted = client()
+        .post(tally.url("/function/greet"))
+        .body(r#"{"name":"ana"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(greeted.status(), 200);
+    let listed: Value = client()
+        .get(tally.url("/functions"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        listed["limits"]["greet"],
+        json!({"max_concurrency": 2, "timeout_ms": 5000, "retries": 0, "backoff_ms": 100})
+    );
+    assert_eq!(
+        listed["limits"]["echo"]["max_concurrency"], 1024,
+        "the default"
+    );
+    tally.stop().unwrap();
+
+    std::fs::write(&limits, "[functions.nobody]\nretries = 1\n").unwrap();
+    let refused = run_tally(&[
+        "up",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--functions",
+        limits.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("no function named \"nobody\""),
+        "{refused:#}"
+    );
+}
+
+#[test]
 fn guestbook_appends_tagged_records_and_reads_them_back_by_tag() {
     let dir = tempfile::tempdir().unwrap();
     let tally = Tally::up(dir.path(), &[]).unwrap();

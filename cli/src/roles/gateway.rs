@@ -408,9 +408,9 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     println!("tally gateway {} ready: http://{http_addr}", id.0);
     use std::io::Write;
     std::io::stdout().flush().ok();
-    axum::serve(listener, gateway::http::default_app(log, metrics))
-        .await
-        .context("serving HTTP")?;
+    let app = gateway::http::default_app(log, metrics, &options.functions)
+        .map_err(|e| anyhow::anyhow!("function config: {e}"))?;
+    axum::serve(listener, app).await.context("serving HTTP")?;
     Ok(())
 }
 

@@ -65,6 +65,8 @@ pub struct GatewayOptions {
     pub sequencers: BTreeMap<NodeId, String>,
     pub cache_bytes_max: usize,
     pub pending_appends_max: usize,
+    /// Limits of the gateway's functions, by name (from `[functions.NAME]`).
+    pub functions: BTreeMap<String, ::gateway::functions::FunctionConfig>,
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).
