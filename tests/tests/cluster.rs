@@ -289,10 +289,23 @@ fn a_killed_gateway_loses_no_acknowledged_append() {
 
 #[test]
 fn a_whole_cluster_restart_keeps_everything_acknowledged() {
+    whole_cluster_restart(&[]);
+}
+
+/// With `--durability async` an append is acknowledged once replicated in memory and
+/// written, so a crash of every process (not of the machines) still loses nothing.
+#[test]
+fn in_async_mode_a_crash_of_every_process_keeps_everything_acknowledged() {
+    whole_cluster_restart(&["--durability", "async"]);
+}
+
+/// Every process of a loaded cluster SIGKILLed at once, then the cluster started again on
+/// its data (`extra`: more flags for `tally cluster up`, the same both times).
+fn whole_cluster_restart(extra: &[&str]) {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let cluster_dir = dir.path().join("cluster");
-    let mut cluster = Cluster::up(&cluster_dir, 3, 3, 2).expect("cluster up");
+    let mut cluster = Cluster::up_with(&cluster_dir, 3, 3, 2, extra).expect("cluster up");
     let acks_path = dir.path().join("acks.txt");
     let load = bench(&cluster.gateways(), &acks_path, 6);
     wait_acks(&acks_path, 500, &cluster);
@@ -304,7 +317,8 @@ fn a_whole_cluster_restart_keeps_everything_acknowledged() {
     cluster.down().unwrap();
     drop(cluster);
 
-    let cluster = Cluster::up(&cluster_dir, 3, 3, 2).expect("the same cluster up again");
+    let cluster =
+        Cluster::up_with(&cluster_dir, 3, 3, 2, extra).expect("the same cluster up again");
     let acks = acks_of(&acks_path);
     assert!(acks.len() >= 500);
     let gateways = cluster.gateways();
