@@ -234,7 +234,7 @@ start_jetstream() {
 
 start_tally() {
     local dir=$1 durability=$2 pid
-    "$TALLY" up --data-dir "$dir/data" --http-addr 127.0.0.1:0 --durability "$durability" \
+    "$TALLY" up --data-dir "$dir/data" --http-addr 127.0.0.1:0 --worker-addr 127.0.0.1:0 --durability "$durability" \
         >"$dir/tally.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")

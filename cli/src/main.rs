@@ -251,6 +251,9 @@ struct UpArgs {
     /// timeout_ms, retries and backoff_ms.
     #[arg(long)]
     functions: Option<PathBuf>,
+    /// Where worker processes attach to serve functions (gRPC; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8081", env = "TALLY_WORKER_ADDR")]
+    worker_addr: SocketAddr,
 }
 
 #[derive(Args)]
@@ -516,8 +519,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP gateway to {}", args.http_addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
 
-    let app = gateway::http::default_app(node.log.clone(), node.metrics.clone(), &functions)
+    let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), &functions)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;
+    let workers = tokio::net::TcpListener::bind(args.worker_addr)
+        .await
+        .with_context(|| format!("binding the worker address {}", args.worker_addr))?;
+    let workers_addr = workers.local_addr().context("reading the bound address")?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(gateway::worker::WorkerService::new(
+                state.dispatcher.clone(),
+            ))
+            .serve_with_incoming(tally_cli::roles::incoming(workers)),
+    );
+    let app = gateway::http::router(state);
 
     let r = &node.recovered;
     println!(
@@ -531,6 +546,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    println!("workers attach at {workers_addr}");
     println!("listening on http://{addr}");
     println!("try: curl -X POST http://{addr}/function/echo -d hi");
     std::io::stdout().flush().ok();

@@ -37,7 +37,7 @@ async fn greet(_ctx: Ctx, input: Bytes) -> FunctionResult {
 /// `{"name": "x"}` in: calls `greet` and waits for its greeting, then starts `guestbook` to
 /// sign the "welcome" room with it without waiting. Out: the greeting and the id of the
 /// guestbook call.
-async fn welcome(ctx: Ctx, input: Bytes) -> FunctionResult {
+pub async fn welcome(ctx: Ctx, input: Bytes) -> FunctionResult {
     let person = person(&input)?;
     let greeted: serde_json::Value = serde_json::from_slice(&ctx.invoke("greet", input).await?)?;
     let greeting = greeted["greeting"].as_str().unwrap_or_default().to_string();

@@ -28,6 +28,8 @@ pub struct FunctionError {
     pub message: String,
     /// The input was malformed: the caller's fault, not the function's.
     pub bad_input: bool,
+    /// The function could not run (its worker is gone): HTTP 503, worth retrying later.
+    pub unavailable: bool,
 }
 
 impl FunctionError {
@@ -35,13 +37,21 @@ impl FunctionError {
         FunctionError {
             message: message.into(),
             bad_input: false,
+            unavailable: false,
         }
     }
 
     pub fn bad_input(message: impl Into<String>) -> FunctionError {
         FunctionError {
-            message: message.into(),
             bad_input: true,
+            ..FunctionError::new(message)
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> FunctionError {
+        FunctionError {
+            unavailable: true,
+            ..FunctionError::new(message)
         }
     }
 }
@@ -60,8 +70,10 @@ impl From<serde_json::Error> for FunctionError {
 
 /// What a function returns.
 pub type FunctionResult = Result<Bytes, FunctionError>;
-type BoxFuture = Pin<Box<dyn Future<Output = FunctionResult> + Send>>;
-type Handler = Arc<dyn Fn(Ctx, Bytes) -> BoxFuture + Send + Sync>;
+/// A handler's future.
+pub type BoxFuture = Pin<Box<dyn Future<Output = FunctionResult> + Send>>;
+/// A function's handler as the registry keeps it.
+pub type Handler = Arc<dyn Fn(Ctx, Bytes) -> BoxFuture + Send + Sync>;
 
 /// How a function runs: how many calls at once, how long one may take, and how often an
 /// asynchronous call that fails is tried again.
@@ -109,10 +121,42 @@ struct Function {
     handler: Handler,
     config: FunctionConfig,
     slots: Arc<tokio::sync::Semaphore>,
+    /// The worker serving it, for a function a worker registered.
+    worker: Option<String>,
+}
+
+/// A handler that fails every call: the function's worker is gone.
+fn gone(name: &str) -> Handler {
+    let message = format!("function {name} is unavailable: its worker is not connected");
+    Arc::new(move |_ctx, _input| {
+        let message = message.clone();
+        Box::pin(async move { Err(FunctionError::unavailable(message)) })
+    })
 }
 
 /// How deep calls may nest (a function calling a function calling ...), at most.
 pub const CALL_DEPTH_MAX: u32 = 32;
+
+/// Where a `Ctx`'s nested calls go.
+#[async_trait::async_trait]
+pub trait Invoker: Send + Sync {
+    /// Runs `function` with `input` in `book`, `depth` calls deep, and waits for its output.
+    async fn invoke(
+        &self,
+        function: &str,
+        book: BookId,
+        input: Bytes,
+        depth: u32,
+    ) -> FunctionResult;
+    /// Starts it without waiting (retried as its config says); returns the invocation id.
+    async fn invoke_async(
+        &self,
+        function: &str,
+        book: BookId,
+        input: Bytes,
+        depth: u32,
+    ) -> Result<String, FunctionError>;
+}
 
 /// An invocation's view of the log and of other functions: every LogBook call, bound to the
 /// invocation's book, and nested calls (`invoke`, `invoke_async`) that inherit the book.
@@ -121,8 +165,9 @@ pub struct Ctx {
     log: Arc<dyn LogBook>,
     book: BookId,
     invocation_id: String,
-    /// Where nested calls go; none for a context made outside a dispatcher.
-    dispatcher: Option<Arc<Dispatcher>>,
+    /// Where nested calls go: the gateway's dispatcher (in-process), or the gateway over a
+    /// worker's connection; none for a context made outside either.
+    invoker: Option<Arc<dyn Invoker>>,
     /// How many calls this one is nested in (0 for a call from outside).
     depth: u32,
 }
@@ -134,23 +179,54 @@ impl Ctx {
             log,
             book,
             invocation_id,
-            dispatcher: None,
+            invoker: None,
             depth: 0,
         }
+    }
+
+    /// A context whose nested calls go to `invoker`; `depth` is how many calls this one is
+    /// nested in. Worker runtimes make their calls' contexts with it.
+    pub fn with_invoker(
+        log: Arc<dyn LogBook>,
+        book: BookId,
+        invocation_id: String,
+        invoker: Arc<dyn Invoker>,
+        depth: u32,
+    ) -> Ctx {
+        Ctx {
+            log,
+            book,
+            invocation_id,
+            invoker: Some(invoker),
+            depth,
+        }
+    }
+
+    /// How many calls this one is nested in (0 for a call from outside).
+    pub fn depth(&self) -> u32 {
+        self.depth
     }
 
     /// Calls `function` with `input` in this call's book and waits for its output. A failed
     /// callee fails this call with its message (the caller may catch it).
     pub async fn invoke(&self, function: &str, input: impl Into<Bytes>) -> FunctionResult {
-        let rx = self.start_nested(function, input.into(), false)?;
-        let finished = Dispatcher::wait(rx).await;
-        match finished.output {
-            Some(Ok(output)) => Ok(output),
-            Some(Err(e)) => Err(FunctionError {
-                message: format!("{function}: {}", e.message),
+        let invoker = self.invoker(function)?;
+        match invoker
+            .invoke(function, self.book, input.into(), self.depth + 1)
+            .await
+        {
+            Ok(output) => Ok(output),
+            // The callee's bad input is this function's fault, not its caller's. (A worker's
+            // nested call comes back already named by the gateway's side.)
+            Err(e) => Err(FunctionError {
+                message: if e.message.starts_with(&format!("{function}: ")) {
+                    e.message
+                } else {
+                    format!("{function}: {}", e.message)
+                },
                 bad_input: false,
+                unavailable: e.unavailable,
             }),
-            None => Err(FunctionError::new(format!("{function} did not finish"))),
         }
     }
 
@@ -161,19 +237,15 @@ impl Ctx {
         function: &str,
         input: impl Into<Bytes>,
     ) -> Result<String, FunctionError> {
-        let rx = self.start_nested(function, input.into(), true)?;
-        let id = rx.borrow().id.clone();
-        Ok(id)
+        let invoker = self.invoker(function)?;
+        invoker
+            .invoke_async(function, self.book, input.into(), self.depth + 1)
+            .await
     }
 
-    fn start_nested(
-        &self,
-        function: &str,
-        input: Bytes,
-        retried: bool,
-    ) -> Result<watch::Receiver<Invocation>, FunctionError> {
-        let dispatcher = self
-            .dispatcher
+    fn invoker(&self, function: &str) -> Result<&Arc<dyn Invoker>, FunctionError> {
+        let invoker = self
+            .invoker
             .as_ref()
             .ok_or_else(|| FunctionError::new("nested calls need a dispatcher"))?;
         if self.depth >= CALL_DEPTH_MAX {
@@ -181,9 +253,7 @@ impl Ctx {
                 "calls nest deeper than {CALL_DEPTH_MAX}: {function} not called"
             )));
         }
-        dispatcher
-            .start_at_depth(function, self.book, input, None, self.depth + 1, retried)
-            .map_err(|e| FunctionError::new(e.to_string()))
+        Ok(invoker)
     }
 
     pub fn book(&self) -> BookId {
@@ -281,10 +351,11 @@ async fn run_once(target: &Function, function: &str, ctx: Ctx, input: Bytes) -> 
     }
 }
 
-/// The functions a gateway serves, registered at start-up.
+/// The functions a gateway serves: registered in-process at start-up, or by workers while it
+/// runs. Clones share the same functions.
 #[derive(Default, Clone)]
 pub struct Registry {
-    functions: BTreeMap<String, Function>,
+    functions: Arc<std::sync::RwLock<BTreeMap<String, Function>>>,
 }
 
 impl Registry {
@@ -325,18 +396,79 @@ impl Registry {
             handler,
             config,
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency)),
+            worker: None,
         };
         assert!(
-            self.functions.insert(name.to_string(), function).is_none(),
+            self.write().insert(name.to_string(), function).is_none(),
             "function {name} registered twice"
         );
         self
     }
 
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Function>> {
+        self.functions
+            .write()
+            .expect("no panics under the registry lock")
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Function>> {
+        self.functions
+            .read()
+            .expect("no panics under the registry lock")
+    }
+
+    /// A worker serves `name` from now on (replacing the worker that served it before).
+    /// Errs when the name is malformed or an in-process function has it.
+    pub fn set_remote(
+        &self,
+        name: &str,
+        worker: &str,
+        config: FunctionConfig,
+        handler: Handler,
+    ) -> Result<(), String> {
+        if !valid_function_name(name) {
+            return Err(format!("invalid function name {name:?}"));
+        }
+        if config.max_concurrency == 0 || config.timeout.is_zero() {
+            return Err(format!(
+                "function {name}: concurrency and timeout must be above zero"
+            ));
+        }
+        let mut functions = self.write();
+        if functions.get(name).is_some_and(|f| f.worker.is_none()) {
+            return Err(format!(
+                "function {name} is served in-process by the gateway"
+            ));
+        }
+        let function = Function {
+            handler,
+            config,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency)),
+            worker: Some(worker.to_string()),
+        };
+        functions.insert(name.to_string(), function);
+        Ok(())
+    }
+
+    /// `worker` disconnected: its functions stay listed, and their calls fail at once as
+    /// unavailable until a worker registers them again. Functions another worker took over
+    /// since are left alone.
+    pub fn worker_gone(&self, worker: &str, names: &[String]) {
+        let mut functions = self.write();
+        for name in names {
+            if let Some(f) = functions.get_mut(name) {
+                if f.worker.as_deref() == Some(worker) {
+                    f.handler = gone(name);
+                }
+            }
+        }
+    }
+
     /// Changes a registered function's limits (from a config file, say). Errs on an unknown
     /// name or a zero concurrency limit or timeout.
     pub fn configure(&mut self, name: &str, config: FunctionConfig) -> Result<(), String> {
-        let Some(function) = self.functions.get_mut(name) else {
+        let mut functions = self.write();
+        let Some(function) = functions.get_mut(name) else {
             return Err(format!("no function named {name:?} is registered"));
         };
         if config.max_concurrency == 0 || config.timeout.is_zero() {
@@ -351,15 +483,20 @@ impl Registry {
 
     /// A registered function's limits.
     pub fn config(&self, name: &str) -> Option<FunctionConfig> {
-        self.functions.get(name).map(|f| f.config)
+        self.read().get(name).map(|f| f.config)
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.functions.keys().map(String::as_str)
+    /// The worker serving a function, if a worker does.
+    pub fn worker_of(&self, name: &str) -> Option<String> {
+        self.read().get(name).and_then(|f| f.worker.clone())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 
     fn get(&self, name: &str) -> Option<Function> {
-        self.functions.get(name).cloned()
+        self.read().get(name).cloned()
     }
 }
 
@@ -441,6 +578,41 @@ pub enum InvokeError {
     KeyReused(String),
 }
 
+#[async_trait::async_trait]
+impl Invoker for Dispatcher {
+    async fn invoke(
+        &self,
+        function: &str,
+        book: BookId,
+        input: Bytes,
+        depth: u32,
+    ) -> FunctionResult {
+        let me = self.me();
+        let rx = me
+            .start_at_depth(function, book, input, None, depth, false)
+            .map_err(|e| FunctionError::new(e.to_string()))?;
+        match Dispatcher::wait(rx).await.output {
+            Some(result) => result,
+            None => Err(FunctionError::new(format!("{function} did not finish"))),
+        }
+    }
+
+    async fn invoke_async(
+        &self,
+        function: &str,
+        book: BookId,
+        input: Bytes,
+        depth: u32,
+    ) -> Result<String, FunctionError> {
+        let me = self.me();
+        let rx = me
+            .start_at_depth(function, book, input, None, depth, true)
+            .map_err(|e| FunctionError::new(e.to_string()))?;
+        let id = rx.borrow().id.clone();
+        Ok(id)
+    }
+}
+
 /// Runs functions and keeps their invocations.
 pub struct Dispatcher {
     registry: Registry,
@@ -448,6 +620,8 @@ pub struct Dispatcher {
     metrics: Arc<crate::metrics::Metrics>,
     table: Mutex<Table>,
     node_tag: u64,
+    /// This dispatcher, for the calls it starts (their contexts call back into it).
+    me: std::sync::Weak<Dispatcher>,
 }
 
 impl Dispatcher {
@@ -458,13 +632,18 @@ impl Dispatcher {
     ) -> Arc<Dispatcher> {
         // Ids differ across restarts of the same node so an old id never names a new call.
         let node_tag = now_ms() & 0xffff_ffff;
-        Arc::new(Dispatcher {
+        Arc::new_cyclic(|me| Dispatcher {
             registry,
             log,
             metrics,
             table: Mutex::new(Table::default()),
             node_tag,
+            me: me.clone(),
         })
+    }
+
+    fn me(&self) -> Arc<Dispatcher> {
+        self.me.upgrade().expect("a dispatcher in use is alive")
     }
 
     pub fn registry(&self) -> &Registry {
@@ -563,7 +742,7 @@ impl Dispatcher {
             log: self.log.clone(),
             book,
             invocation_id: id.clone(),
-            dispatcher: Some(self.clone()),
+            invoker: Some(self.clone()),
             depth,
         };
         let dispatcher = self.clone();

@@ -105,14 +105,15 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
-/// The HTTP app of one gateway serving `log` with the built-in example functions (limited
-/// as `functions` says, by name), its calls timed in `metrics`: what `tally up` and `tally
-/// gateway` serve. Errs when `functions` names a function that is not there.
-pub fn default_app(
+/// The state of one gateway serving `log` with the built-in example functions (limited as
+/// `functions` says, by name), its calls timed in `metrics`: what `tally up` and `tally
+/// gateway` serve (`router(state)`; workers attach to `state.dispatcher`). Errs when
+/// `functions` names a function that is not there.
+pub fn default_state(
     log: Arc<GatewayLog>,
     metrics: Arc<Metrics>,
     functions: &std::collections::BTreeMap<String, crate::functions::FunctionConfig>,
-) -> Result<axum::Router, String> {
+) -> Result<Arc<AppState>, String> {
     let metered: Arc<dyn LogBook> = Arc::new(crate::metrics::MeteredLog::new(
         log.clone(),
         metrics.clone(),
@@ -123,12 +124,12 @@ pub fn default_app(
         registry.configure(name, *config)?;
     }
     let dispatcher = Dispatcher::new(registry, metered.clone(), metrics.clone());
-    Ok(router(Arc::new(AppState {
+    Ok(Arc::new(AppState {
         dispatcher,
         log: metered,
         metrics,
         engine: Some(log),
-    })))
+    }))
 }
 
 /// The router of a gateway.
@@ -219,6 +220,12 @@ async fn call_function(
         Some(Err(e)) if e.bad_input => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_input", e.message).into_response()
         }
+        Some(Err(e)) if e.unavailable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "function_unavailable",
+            e.message,
+        )
+        .into_response(),
         Some(Err(e)) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "function_failed",
@@ -285,20 +292,24 @@ async fn get_invocation(
 
 async fn list_functions(State(state): State<Arc<AppState>>) -> Json<Value> {
     let registry = state.dispatcher.registry();
-    let limits: serde_json::Map<String, Value> = registry
-        .names()
+    let names = registry.names();
+    let limits: serde_json::Map<String, Value> = names
+        .iter()
         .filter_map(|name| {
             let c = registry.config(name)?;
-            let limits = json!({
+            let mut limits = json!({
                 "max_concurrency": c.max_concurrency,
                 "timeout_ms": c.timeout.as_millis() as u64,
                 "retries": c.retries,
                 "backoff_ms": c.backoff.as_millis() as u64,
             });
-            Some((name.to_string(), limits))
+            if let Some(worker) = registry.worker_of(name) {
+                limits["worker"] = json!(worker);
+            }
+            Some((name.clone(), limits))
         })
         .collect();
-    Json(json!({"functions": registry.names().collect::<Vec<_>>(), "limits": limits}))
+    Json(json!({"functions": names, "limits": limits}))
 }
 
 /// Query parameters of the log endpoints. `tag` may repeat.

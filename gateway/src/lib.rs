@@ -12,6 +12,7 @@ pub mod functions;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod worker;
 
 pub use functions::{Ctx, Dispatcher, FunctionError, FunctionResult, Registry};
 pub use runtime::{GatewayLog, Restore, Shard};

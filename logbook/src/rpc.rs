@@ -16,6 +16,12 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/tally.v1.rs"));
 }
 
+/// The generated code of `proto/worker.proto`: the worker protocol.
+#[allow(clippy::all, missing_docs)]
+pub mod worker_pb {
+    include!(concat!(env!("OUT_DIR"), "/tally.worker.v1.rs"));
+}
+
 /// A message that does not decode into the domain type.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("malformed message: {0}")]

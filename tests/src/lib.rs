@@ -46,7 +46,7 @@ impl Tally {
             .arg("up")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--http-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0", "--worker-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

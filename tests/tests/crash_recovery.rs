@@ -95,7 +95,14 @@ fn a_second_tally_up_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Tally::up(dir.path(), &[]).unwrap();
     let mut second = Command::new(tally_bin())
-        .args(["up", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "up",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--worker-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

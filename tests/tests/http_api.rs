@@ -113,6 +113,8 @@ fn function_limits_come_from_a_file_and_a_bad_one_stops_tally_up() {
         dir.path().join("data").to_str().unwrap(),
         "--http-addr",
         "127.0.0.1:0",
+        "--worker-addr",
+        "127.0.0.1:0",
         "--functions",
         limits.to_str().unwrap(),
     ])

@@ -408,8 +408,9 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     println!("tally gateway {} ready: http://{http_addr}", id.0);
     use std::io::Write;
     std::io::stdout().flush().ok();
-    let app = gateway::http::default_app(log, metrics, &options.functions)
+    let state = gateway::http::default_state(log, metrics, &options.functions)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;
+    let app = gateway::http::router(state);
     axum::serve(listener, app).await.context("serving HTTP")?;
     Ok(())
 }

@@ -1,0 +1,80 @@
+//! `hello-worker`: a worker process serving functions for a gateway, built apart from the
+//! `tally` binary. Run `tally up`, then `cargo run --example hello-worker -- --gateway
+//! 127.0.0.1:8081` and `curl -X POST http://127.0.0.1:8080/function/hello -d '{"name":"x"}'`.
+//!
+//! - `hello`: `{"name": "x"}` in, a greeting out.
+//! - `visit`: appends the input to the caller's book under tag 7 and returns the stream's tail:
+//!   log calls from a worker.
+//! - `welcome-worker`: the very `welcome` the gateway runs in-process (it calls `greet` and
+//!   waits, then starts `guestbook`), unchanged, here in a worker.
+
+use bytes::Bytes;
+use clap::Parser;
+use gateway::functions::{Ctx, FunctionError, FunctionResult};
+use gateway::worker::Worker;
+use logbook::Tag;
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    /// The gateway's worker address (`tally up` prints it: "workers attach at ...").
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    gateway: String,
+    /// This worker's name, as the gateway shows it.
+    #[arg(long, default_value = "hello-worker")]
+    name: String,
+    /// Also register `echo` (a gateway that serves `echo` itself refuses this worker).
+    #[arg(long)]
+    also_echo: bool,
+}
+
+async fn hello(_ctx: Ctx, input: Bytes) -> FunctionResult {
+    #[derive(serde::Deserialize)]
+    struct Person {
+        name: String,
+    }
+    let person: Person = serde_json::from_slice(&input)
+        .map_err(|e| FunctionError::bad_input(format!("expected {{\"name\": \"...\"}}: {e}")))?;
+    let reply = json!({ "greeting": format!("hello, {}", person.name), "from": "hello-worker" });
+    Ok(serde_json::to_vec(&reply)?.into())
+}
+
+async fn visit(ctx: Ctx, input: Bytes) -> FunctionResult {
+    let seqnum = ctx.append(&[Tag(7)], input).await?;
+    let tail = ctx.check_tail(Tag(7)).await?;
+    let reply = json!({
+        "appended": seqnum.0,
+        "tail": tail.map(|r| r.seqnum.0),
+        "book": ctx.book().0,
+    });
+    Ok(serde_json::to_vec(&reply)?.into())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut worker = Worker::new(&args.name);
+    worker
+        .register("hello", hello)
+        .register("visit", visit)
+        .register("welcome-worker", gateway::examples::welcome);
+    if args.also_echo {
+        worker.register("echo", |_ctx, input| async move { Ok(input) });
+    }
+    match worker.serve(&args.gateway).await {
+        Ok(()) => {
+            eprintln!("hello-worker: the gateway closed the connection");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! A worker process (the `hello-worker` example, built apart from `tally`) serving functions
+//! for a real `tally up`: its functions answer over HTTP, use the log and call other
+//! functions; when it dies their calls fail at once with 503, and work again once it is back.
+
+use reqwest::blocking::Client;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tally_tests::{tally_bin, wait_until, Tally};
+
+fn hello_worker() -> PathBuf {
+    // target/<profile>/tally -> target/<profile>/examples/hello-worker
+    let bin = tally_bin()
+        .parent()
+        .expect("the binary lives in target/<profile>")
+        .join("examples/hello-worker");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p gateway --example hello-worker` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+fn start_worker(gateway: &str) -> Child {
+    Command::new(hello_worker())
+        .args(["--gateway", gateway])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hello-worker")
+}
+
+fn post(http: &Client, url: &str, body: &'static str) -> (u16, String) {
+    let response = http
+        .post(url)
+        .body(body)
+        .send()
+        .expect("the gateway answers");
+    (
+        response.status().as_u16(),
+        response.text().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn a_worker_serves_functions_and_its_death_fails_calls_fast_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let tally = Tally::up(dir.path(), &[]).unwrap();
+    let workers = tally
+        .stdout_lines
+        .iter()
+        .find_map(|l| l.strip_prefix("workers attach at "))
+        .expect("tally up prints the worker address")
+        .to_string();
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let hello = tally.url("/function/hello");
+
+    let mut worker = start_worker(&workers);
+    wait_until(Duration::from_secs(30), || {
+        post(&http, &hello, r#"{"name":"x"}"#).0 == 200
+    })
+    .expect("the worker's hello answers");
+    let (_, body) = post(&http, &hello, r#"{"name":"x"}"#);
+    let greeting: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(greeting["greeting"], "hello, x");
+    assert_eq!(
+        post(&http, &hello, "not json").0,
+        400,
+        "a worker's bad input is the caller's"
+    );
+
+    // Log calls from the worker, in the caller's book.
+    let visited: Value = http
+        .post(tally.url("/function/visit"))
+        .header("X-Tally-Book", "5")
+        .body("v1")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(visited["book"], 5);
+    assert_eq!(visited["tail"], visited["appended"]);
+    let page: Value = http
+        .get(tally.url("/log/5/records?tag=7"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["records"][0]["seqnum"], visited["appended"]);
+
+    // The in-process `welcome`, unchanged, in the worker: a sync and an async nested call.
+    let (status, body) = post(
+        &http,
+        &tally.url("/function/welcome-worker"),
+        r#"{"name":"bo"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let welcomed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(welcomed["greeting"], "hello, bo");
+    let signing = welcomed["signing"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(10), || {
+        let status: Value = http
+            .get(tally.url(&format!("/invocations/{signing}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        status["status"] == "succeeded"
+    })
+    .expect("the background guestbook call finishes");
+
+    // The worker dies: calls fail at once with a clear 503.
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    wait_until(Duration::from_secs(10), || {
+        post(&http, &hello, r#"{"name":"x"}"#).0 == 503
+    })
+    .expect("calls fail with 503 once the worker is gone");
+    let started = Instant::now();
+    let (status, body) = post(&http, &hello, r#"{"name":"x"}"#);
+    assert_eq!(status, 503);
+    assert!(body.contains("function_unavailable"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
+
+    // Back again: calls work.
+    let mut worker = start_worker(&workers);
+    wait_until(Duration::from_secs(30), || {
+        post(&http, &hello, r#"{"name":"x"}"#).0 == 200
+    })
+    .expect("a restarted worker serves again");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}
+
+#[test]
+fn a_worker_cannot_take_an_in_process_functions_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let tally = Tally::up(dir.path(), &[]).unwrap();
+    let workers = tally
+        .stdout_lines
+        .iter()
+        .find_map(|l| l.strip_prefix("workers attach at "))
+        .unwrap()
+        .to_string();
+    // `echo` is served in-process; a worker registering it is refused and exits.
+    let out = Command::new(hello_worker())
+        .args(["--gateway", &workers, "--also-echo"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("served in-process"), "{stderr}");
+}
