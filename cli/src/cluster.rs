@@ -78,6 +78,9 @@ pub struct NodeEntry {
     pub rpc: Option<String>,
     /// The HTTP URL (gateways).
     pub http: Option<String>,
+    /// Where workers attach (gateways).
+    #[serde(default)]
+    pub workers: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -229,8 +232,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         }
     };
     for gateway in manifest.of(Role::Gateway) {
+        let workers = gateway
+            .workers
+            .as_deref()
+            .map_or(String::new(), |w| format!(" (workers attach at {w})"));
         println!(
-            "gateway {}: {}",
+            "gateway {}: {}{workers}",
             gateway.id,
             gateway.http.as_deref().unwrap_or("?")
         );
@@ -444,7 +451,8 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
         replication,
         cut_interval_us,
     } = layout(options)?;
-    let ports = free_ports(sequencers + storage + gateways)?;
+    // A gateway takes two ports: HTTP, and one for its workers.
+    let ports = free_ports(sequencers + storage + 2 * gateways)?;
     let mut ports = ports.into_iter();
     let mut next_addr = || format!("127.0.0.1:{}", ports.next().expect("one port per node"));
     let ids = |first: u32, n: usize| (first..).take(n).collect::<Vec<u32>>();
@@ -460,6 +468,8 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
         .into_iter()
         .map(|id| (id, next_addr()))
         .collect();
+    let workers_map: BTreeMap<u32, String> =
+        gateway_map.keys().map(|id| (*id, next_addr())).collect();
     let cluster = cluster_section(
         &sequencer_map,
         &storage_map,
@@ -490,7 +500,10 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
                     text += &format!("data_dir = {}\n", toml_string(&data_dir.to_string_lossy()));
                     text += &format!("listen = {}\n", toml_string(addr));
                 }
-                None => text += &format!("http = {}\n", toml_string(addr)),
+                None => {
+                    text += &format!("http = {}\n", toml_string(addr));
+                    text += &format!("workers = {}\n", toml_string(&workers_map[&id]));
+                }
             }
             text += &cluster;
             fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
@@ -504,6 +517,7 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
                 pid: None,
                 rpc: (role != Role::Gateway).then(|| addr.clone()),
                 http: (role == Role::Gateway).then(|| format!("http://{addr}")),
+                workers: (role == Role::Gateway).then(|| workers_map[&id].clone()),
                 data_dir,
                 config,
                 log: dir.join(format!("{stem}.log")),

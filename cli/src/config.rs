@@ -32,6 +32,8 @@ pub const CACHE_MB_DEFAULT: usize = 256;
 pub const CACHE_MB_MAX: usize = 1024 * 1024;
 /// A gateway's HTTP address when none is given: loopback, like `tally up`.
 pub const GATEWAY_HTTP_DEFAULT: &str = "127.0.0.1:8080";
+/// Where a gateway takes workers unless its file says otherwise.
+pub const GATEWAY_WORKERS_DEFAULT: &str = "127.0.0.1:8081";
 /// Appends a gateway holds until they are ordered, at most.
 pub const PENDING_APPENDS_MAX_DEFAULT: usize = 100_000;
 /// Upper bounds of the durations, so a typo in units is an error rather than a cluster that
@@ -97,6 +99,8 @@ pub struct NodeFile {
     pub listen: Option<String>,
     pub http: Option<String>,
     pub cache_mb: Option<usize>,
+    /// The address worker processes attach at (gateways).
+    pub workers: Option<String>,
     #[serde(default)]
     pub cluster: ClusterFile,
     /// `[functions.NAME]` tables (gateways): each function's limits.
@@ -287,6 +291,7 @@ impl Merged {
         over!(listen, "listen");
         over!(http, "http");
         over!(cache_mb, "cache_mb");
+        over!(workers, "workers");
         over!(cluster.sequencers, "sequencers");
         over!(cluster.storage, "storage");
         over!(cluster.replication, "replication");
@@ -442,6 +447,7 @@ impl Merged {
                     role,
                     "only a gateway runs functions",
                 )?;
+                self.refuse(&v.workers, "workers", role, "only a gateway takes workers")?;
                 let storage = storage.as_ref().ok_or_else(|| {
                     self.missing("storage", "every storage node as ID = \"HOST:PORT\"")
                 })?;
@@ -520,6 +526,9 @@ impl Merged {
                         self.at("cache_mb")
                     );
                 }
+                let workers_text = v.workers.as_deref().unwrap_or(GATEWAY_WORKERS_DEFAULT);
+                let workers = resolve_one(workers_text)
+                    .map_err(|e| anyhow!("{} = {workers_text:?}: {e}", self.at("workers")))?;
                 let source = self
                     .path
                     .as_ref()
@@ -531,6 +540,7 @@ impl Merged {
                     cache_bytes_max: cache_mb * 1024 * 1024,
                     pending_appends_max: PENDING_APPENDS_MAX_DEFAULT,
                     functions: function_configs(&v.functions, &source)?,
+                    workers,
                 }))
             }
         }
@@ -801,7 +811,7 @@ sequencers = { 0 = "127.0.0.1:7000" }
     }
 
     #[test]
-    fn a_gateway_file_limits_its_functions_and_other_roles_refuse_them() {
+    fn a_gateway_file_limits_its_functions_and_takes_workers_and_other_roles_refuse_both() {
         let text = format!(
             "{GATEWAY}\n[functions.echo]\nmax_concurrency = 4\ntimeout_ms = 250\nretries = 2\n"
         );
@@ -817,6 +827,23 @@ sequencers = { 0 = "127.0.0.1:7000" }
         assert_eq!(
             echo.backoff,
             gateway::functions::FunctionConfig::default().backoff
+        );
+
+        assert_eq!(o.workers, GATEWAY_WORKERS_DEFAULT.parse().unwrap());
+        let elsewhere = GATEWAY.replace("[cluster]", "workers = \"127.0.0.1:9999\"\n[cluster]");
+        let RoleOptions::Gateway(o) =
+            load_text(Role::Gateway, &elsewhere, NodeFile::default()).expect("valid config")
+        else {
+            panic!("not a gateway")
+        };
+        assert_eq!(o.workers, "127.0.0.1:9999".parse().unwrap());
+        let workers_on_sequencer =
+            SEQUENCER.replace("[cluster]", "workers = \"127.0.0.1:9999\"\n[cluster]");
+        check_error(
+            Role::Sequencer,
+            &workers_on_sequencer,
+            NodeFile::default(),
+            "a sequencer has no workers",
         );
 
         let zero = format!("{GATEWAY}\n[functions.echo]\ntimeout_ms = 0\n");

@@ -138,6 +138,9 @@ struct GatewayArgs {
     /// Record cache size, in MiB (default 256).
     #[arg(long)]
     cache_mb: Option<usize>,
+    /// The address worker processes attach at (default 127.0.0.1:8081; port 0 picks one).
+    #[arg(long)]
+    workers: Option<String>,
 }
 
 #[derive(Args)]
@@ -443,6 +446,7 @@ impl From<GatewayArgs> for RoleArgs {
         let mut overrides = args.node.overrides();
         overrides.http = args.http;
         overrides.cache_mb = args.cache_mb;
+        overrides.workers = args.workers;
         RoleArgs {
             config: args.node.config,
             overrides,

@@ -156,3 +156,28 @@ fn a_worker_cannot_take_an_in_process_functions_name() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("served in-process"), "{stderr}");
 }
+
+#[test]
+fn a_worker_attached_to_one_gateway_of_a_cluster_serves_calls_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tally_tests::Cluster::up(&dir.path().join("cluster"), 3, 3, 2).unwrap();
+    let gateway = cluster
+        .nodes
+        .iter()
+        .find(|n| n.http.as_deref() == Some(cluster.gateways()[0].as_str()))
+        .unwrap();
+    let workers = gateway.workers.clone().expect("a gateway takes workers");
+    let http = Client::new();
+    let hello = format!("{}/function/hello", cluster.gateways()[0]);
+    let mut worker = start_worker(&workers);
+    wait_until(Duration::from_secs(30), || {
+        post(&http, &hello, r#"{"name":"c"}"#).0 == 200
+    })
+    .expect("the worker's hello answers through its gateway");
+    // Its log calls go to the replicated log.
+    let visit = format!("{}/function/visit", cluster.gateways()[0]);
+    let (status, body) = post(&http, &visit, "in a cluster");
+    assert_eq!(status, 200, "{body}");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}

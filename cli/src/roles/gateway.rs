@@ -410,6 +410,21 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     std::io::stdout().flush().ok();
     let state = gateway::http::default_state(log, metrics, &options.functions)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;
+    let workers = tokio::net::TcpListener::bind(options.workers)
+        .await
+        .with_context(|| format!("binding the worker address {}", options.workers))?;
+    println!(
+        "tally gateway {} workers attach at {}",
+        id.0,
+        workers.local_addr()?
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(gateway::worker::WorkerService::new(
+                state.dispatcher.clone(),
+            ))
+            .serve_with_incoming(super::incoming(workers)),
+    );
     let app = gateway::http::router(state);
     axum::serve(listener, app).await.context("serving HTTP")?;
     Ok(())

@@ -65,6 +65,8 @@ pub struct GatewayOptions {
     pub sequencers: BTreeMap<NodeId, String>,
     pub cache_bytes_max: usize,
     pub pending_appends_max: usize,
+    /// The address worker processes attach at (gRPC; port 0 picks one).
+    pub workers: SocketAddr,
     /// Limits of the gateway's functions, by name (from `[functions.NAME]`).
     pub functions: BTreeMap<String, ::gateway::functions::FunctionConfig>,
 }
