@@ -154,6 +154,16 @@ impl Manifest {
     }
 }
 
+/// The HTTP URLs of the gateways among `nodes`, by id.
+pub fn gateway_urls(nodes: &[NodeEntry]) -> Vec<String> {
+    let mut gateways: Vec<&NodeEntry> = nodes.iter().filter(|n| n.role == Role::Gateway).collect();
+    gateways.sort_by_key(|n| n.id);
+    gateways
+        .into_iter()
+        .filter_map(|n| n.http.clone())
+        .collect()
+}
+
 /// What `tally cluster up` was asked for; `None` is the default (or, on a restart, what the
 /// files say).
 #[derive(Debug, Clone)]

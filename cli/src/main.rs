@@ -583,13 +583,7 @@ async fn functions(args: FunctionsArgs) -> anyhow::Result<()> {
     let gateways: Vec<String> = match &args.dir {
         Some(dir) => {
             let manifest = tally_cli::cluster::Manifest::read(dir)?;
-            let mut gateways: Vec<_> = manifest
-                .nodes
-                .into_iter()
-                .filter(|n| n.role == tally_cli::config::Role::Gateway)
-                .collect();
-            gateways.sort_by_key(|n| n.id);
-            gateways.into_iter().filter_map(|n| n.http).collect()
+            tally_cli::cluster::gateway_urls(&manifest.nodes)
         }
         None => vec![args.addr.addr.clone()],
     };

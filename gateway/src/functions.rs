@@ -210,24 +210,23 @@ impl Ctx {
     /// Calls `function` with `input` in this call's book and waits for its output. A failed
     /// callee fails this call with its message (the caller may catch it).
     pub async fn invoke(&self, function: &str, input: impl Into<Bytes>) -> FunctionResult {
-        let invoker = self.invoker(function)?;
-        match invoker
-            .invoke(function, self.book, input.into(), self.depth + 1)
+        // The callee's bad input is this function's fault, not its caller's.
+        self.call(function, input.into())
             .await
-        {
-            Ok(output) => Ok(output),
-            // The callee's bad input is this function's fault, not its caller's. (A worker's
-            // nested call comes back already named by the gateway's side.)
-            Err(e) => Err(FunctionError {
-                message: if e.message.starts_with(&format!("{function}: ")) {
-                    e.message
-                } else {
-                    format!("{function}: {}", e.message)
-                },
+            .map_err(|e| FunctionError {
+                message: format!("{function}: {}", e.message),
                 bad_input: false,
                 unavailable: e.unavailable,
-            }),
-        }
+            })
+    }
+
+    /// `invoke` with the callee's failure as it is: what a worker's nested call is answered
+    /// with (the worker's own `Ctx::invoke` then names the callee).
+    pub(crate) async fn call(&self, function: &str, input: Bytes) -> FunctionResult {
+        let invoker = self.invoker(function)?;
+        invoker
+            .invoke(function, self.book, input, self.depth + 1)
+            .await
     }
 
     /// Starts `function` with `input` in this call's book without waiting; returns the
@@ -587,10 +586,7 @@ impl Invoker for Dispatcher {
         input: Bytes,
         depth: u32,
     ) -> FunctionResult {
-        let me = self.me();
-        let rx = me
-            .start_at_depth(function, book, input, None, depth, false)
-            .map_err(|e| FunctionError::new(e.to_string()))?;
+        let rx = self.start_nested(function, book, input, depth, false)?;
         match Dispatcher::wait(rx).await.output {
             Some(result) => result,
             None => Err(FunctionError::new(format!("{function} did not finish"))),
@@ -604,10 +600,7 @@ impl Invoker for Dispatcher {
         input: Bytes,
         depth: u32,
     ) -> Result<String, FunctionError> {
-        let me = self.me();
-        let rx = me
-            .start_at_depth(function, book, input, None, depth, true)
-            .map_err(|e| FunctionError::new(e.to_string()))?;
+        let rx = self.start_nested(function, book, input, depth, true)?;
         let id = rx.borrow().id.clone();
         Ok(id)
     }
@@ -642,6 +635,19 @@ impl Dispatcher {
         })
     }
 
+    /// A call another function makes (no idempotency key; its failure is the caller's).
+    fn start_nested(
+        &self,
+        function: &str,
+        book: BookId,
+        input: Bytes,
+        depth: u32,
+        retried: bool,
+    ) -> Result<watch::Receiver<Invocation>, FunctionError> {
+        self.start_at_depth(function, book, input, None, depth, retried)
+            .map_err(|e| FunctionError::new(e.to_string()))
+    }
+
     fn me(&self) -> Arc<Dispatcher> {
         self.me.upgrade().expect("a dispatcher in use is alive")
     }
@@ -659,7 +665,7 @@ impl Dispatcher {
     /// Starts an invocation (or finds the one its idempotency key already started) and
     /// returns a receiver that sees its status change.
     pub fn start(
-        self: &Arc<Self>,
+        &self,
         function: &str,
         book: BookId,
         input: Bytes,
@@ -671,7 +677,7 @@ impl Dispatcher {
     /// Like `start`, for a call nobody waits on: a failure is retried as the function's
     /// config says.
     pub fn start_async(
-        self: &Arc<Self>,
+        &self,
         function: &str,
         book: BookId,
         input: Bytes,
@@ -681,7 +687,7 @@ impl Dispatcher {
     }
 
     fn start_at_depth(
-        self: &Arc<Self>,
+        &self,
         function: &str,
         book: BookId,
         input: Bytes,
@@ -742,10 +748,10 @@ impl Dispatcher {
             log: self.log.clone(),
             book,
             invocation_id: id.clone(),
-            invoker: Some(self.clone()),
+            invoker: Some(self.me()),
             depth,
         };
-        let dispatcher = self.clone();
+        let dispatcher = self.me();
         let function = function.to_string();
         tokio::spawn(async move {
             let started = std::time::Instant::now();

@@ -73,18 +73,17 @@ impl Attached {
             .lock()
             .expect("calls lock")
             .insert(id, (done, ctx));
+        // However this ends (answered, refused, or dropped at the function's timeout), the
+        // call is forgotten: a late answer finds nothing.
+        let _forget = Forget { attached: self, id };
         let message = ToWorker {
             kind: Some(to_worker::Kind::Call(call)),
         };
         let gone = || FunctionError::unavailable(format!("the worker serving {function} is gone"));
         if self.tx.send(Ok(message)).await.is_err() {
-            self.calls.lock().expect("calls lock").remove(&id);
             return Err(gone());
         }
-        let result = result.await.unwrap_or_else(|_| Err(gone()));
-        // A call the gateway gave up on (its timeout) is forgotten too.
-        self.calls.lock().expect("calls lock").remove(&id);
-        result
+        result.await.unwrap_or_else(|_| Err(gone()))
     }
 
     fn ctx_of(&self, call: u64) -> Option<Ctx> {
@@ -93,6 +92,22 @@ impl Attached {
             .expect("calls lock")
             .get(&call)
             .map(|(_, ctx)| ctx.clone())
+    }
+}
+
+/// Removes a running call from its worker's table when dropped.
+struct Forget<'a> {
+    attached: &'a Attached,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.attached
+            .calls
+            .lock()
+            .expect("calls lock")
+            .remove(&self.id);
     }
 }
 
@@ -379,7 +394,7 @@ async fn serve(ctx: &Ctx, op: Option<request::Op>) -> reply::Result {
                 Err(e) => log_failure(&e),
             }
         }
-        request::Op::Invoke(i) => match ctx.invoke(&i.function, i.input).await {
+        request::Op::Invoke(i) => match ctx.call(&i.function, i.input).await {
             Ok(output) => R::Output(output),
             Err(e) => R::Failure(failure(&e)),
         },

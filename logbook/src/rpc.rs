@@ -4,7 +4,8 @@
 //! malformed messages with `WireError`, never panics.
 
 use crate::wire::{
-    GatewayMember, GroupEvent, LogRecord, MetalogEntry, NodeId, RecordKind, ShardCut, ShardId, View,
+    GatewayMember, GroupEvent, IndexEntry, LogRecord, MetalogEntry, NodeId, RecordKind, ShardCut,
+    ShardId, View,
 };
 use crate::{BookId, Cond, Seqnum, Tag, ViewId};
 use std::collections::BTreeMap;
@@ -84,6 +85,18 @@ impl pb::LogRecord {
             }),
             (Some(_), Some(_)) => Err(WireError("a record is both a cond and a trim".into())),
         }
+    }
+}
+
+impl pb::LogRecord {
+    /// What the index needs of this record, ordered at `seqnum`.
+    pub fn index_entry(self, seqnum: Seqnum) -> Result<IndexEntry, WireError> {
+        Ok(IndexEntry {
+            seqnum,
+            book: BookId(self.book),
+            kind: self.kind()?,
+            tags: self.tags.into_iter().map(Tag).collect(),
+        })
     }
 }
 

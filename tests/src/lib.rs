@@ -157,7 +157,6 @@ pub fn run_tally(args: &[&str]) -> anyhow::Result<String> {
 
 /// One node of a `Cluster`, as cluster.json lists it.
 pub use tally_cli::cluster::NodeEntry as ClusterNode;
-use tally_cli::config::Role;
 
 /// A multi-process cluster on loopback, started by `tally cluster up` in `dir`. Dropping it
 /// runs `tally cluster down` (data stays in `dir`). A cluster brought down can be started
@@ -232,13 +231,7 @@ impl Cluster {
 
     /// The gateways' URLs (`http://127.0.0.1:PORT`), by id.
     pub fn gateways(&self) -> Vec<String> {
-        let mut gateways: Vec<&ClusterNode> = self
-            .nodes
-            .iter()
-            .filter(|n| n.role == Role::Gateway)
-            .collect();
-        gateways.sort_by_key(|n| n.id);
-        gateways.iter().filter_map(|n| n.http.clone()).collect()
+        tally_cli::cluster::gateway_urls(&self.nodes)
     }
 
     /// The ids of the nodes of `role`.

@@ -23,6 +23,16 @@ fn hello_worker() -> PathBuf {
     bin
 }
 
+/// Where `tally up` takes workers, from what it printed.
+fn workers_of(tally: &Tally) -> String {
+    tally
+        .stdout_lines
+        .iter()
+        .find_map(|l| l.strip_prefix("workers attach at "))
+        .expect("tally up prints the worker address")
+        .to_string()
+}
+
 fn start_worker(gateway: &str) -> Child {
     Command::new(hello_worker())
         .args(["--gateway", gateway])
@@ -48,12 +58,7 @@ fn post(http: &Client, url: &str, body: &'static str) -> (u16, String) {
 fn a_worker_serves_functions_and_its_death_fails_calls_fast_with_503() {
     let dir = tempfile::tempdir().unwrap();
     let tally = Tally::up(dir.path(), &[]).unwrap();
-    let workers = tally
-        .stdout_lines
-        .iter()
-        .find_map(|l| l.strip_prefix("workers attach at "))
-        .expect("tally up prints the worker address")
-        .to_string();
+    let workers = workers_of(&tally);
     let http = Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -141,12 +146,7 @@ fn a_worker_serves_functions_and_its_death_fails_calls_fast_with_503() {
 fn a_worker_cannot_take_an_in_process_functions_name() {
     let dir = tempfile::tempdir().unwrap();
     let tally = Tally::up(dir.path(), &[]).unwrap();
-    let workers = tally
-        .stdout_lines
-        .iter()
-        .find_map(|l| l.strip_prefix("workers attach at "))
-        .unwrap()
-        .to_string();
+    let workers = workers_of(&tally);
     // `echo` is served in-process; a worker registering it is refused and exits.
     let out = Command::new(hello_worker())
         .args(["--gateway", &workers, "--also-echo"])

@@ -7,7 +7,7 @@
 //! It joins the cluster by heartbeats to the sequencer leader, which puts it into the next
 //! view. It serves HTTP only once it is in a view and has applied the metalog up to it.
 
-use super::{channel, GatewayOptions, SequencerClients};
+use super::{channel, fetch, fetch_range, GatewayOptions, SequencerClients, FETCH_RECORDS_MAX};
 use anyhow::Context;
 use async_trait::async_trait;
 use gateway::engine::EngineConfig;
@@ -19,7 +19,7 @@ use logbook::wire::{
     GroupEvent, IndexEntry, LocalId, LogRecord, MetalogEntry, NodeId, ShardId, View,
 };
 use logbook::{IndexCheckpoint, LogError, Record, Seqnum, ViewId};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -37,12 +37,30 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the event loop tells the shard about views.
 #[derive(Default)]
 struct Views {
-    /// The newest view applied.
-    latest: Option<View>,
-    /// Views this gateway is a member of, by id (recent ones).
-    member_of: BTreeMap<ViewId, View>,
-    /// Recent views, by id.
+    /// Recent views, by id; the last is the newest applied.
     all: BTreeMap<ViewId, View>,
+    /// Which of them have this gateway (this process) as a member.
+    member_of: BTreeSet<ViewId>,
+}
+
+/// Views kept, at most: older ones only matter to records that were discarded anyway.
+const VIEWS_KEPT: usize = 8;
+
+impl Views {
+    /// The newest view applied.
+    fn latest(&self) -> Option<&View> {
+        self.all.values().next_back()
+    }
+
+    /// Whether a view newer than `id` has been applied.
+    fn moved_past(&self, id: ViewId) -> bool {
+        self.latest().is_some_and(|l| l.id > id)
+    }
+
+    /// View `id`, if this gateway is a member of it.
+    fn member_view(&self, id: ViewId) -> Option<&View> {
+        self.all.get(&id).filter(|_| self.member_of.contains(&id))
+    }
 }
 
 /// One storage replica of this gateway's shard, fed batches by its own task.
@@ -94,7 +112,7 @@ impl ClusterShard {
     /// The storage nodes of the newest view, the shard's own replicas first.
     fn storage_nodes(&self) -> Vec<String> {
         let views = self.views.borrow();
-        let Some(view) = &views.latest else {
+        let Some(view) = views.latest() else {
             return Vec::new();
         };
         let own = view
@@ -122,10 +140,10 @@ impl Shard for ClusterShard {
         let view = loop {
             {
                 let v = views.borrow_and_update();
-                if let Some(view) = v.member_of.get(&view_id) {
+                if let Some(view) = v.member_view(view_id) {
                     break view.clone();
                 }
-                if v.latest.as_ref().is_some_and(|l| l.id > view_id) {
+                if v.moved_past(view_id) {
                     return Ok(());
                 }
             }
@@ -161,12 +179,7 @@ impl Shard for ClusterShard {
             if durable >= view.write_quorum {
                 return Ok(());
             }
-            if views
-                .borrow()
-                .latest
-                .as_ref()
-                .is_some_and(|l| l.id > view_id)
-            {
+            if views.borrow().moved_past(view_id) {
                 return Ok(());
             }
             let changes = acks.iter_mut().map(|a| Box::pin(a.changed()));
@@ -238,13 +251,6 @@ impl Shard for ClusterShard {
     }
 }
 
-/// The ordered records in `[from, to)` a storage node holds, once it applied the metalog up
-/// to `min_position`.
-async fn fetch(addr: &str, request: pb::FetchRequest) -> anyhow::Result<Vec<pb::FetchedRecord>> {
-    let mut client = StorageClient::new(channel(addr)?).max_decoding_message_size(64 << 20);
-    Ok(super::unary(client.fetch(request)).await?.records)
-}
-
 /// Sends batches to one replica over a replication stream, in order, and publishes what it
 /// acknowledges. After a break it reopens the stream; when the replica reports a gap it
 /// resends the missing records it still has, else waits for the replica to repair them from
@@ -292,7 +298,7 @@ async fn feed_replica(
                 continue;
             };
             let view = batch.first.view();
-            if views.borrow().latest.as_ref().is_some_and(|l| l.id > view) {
+            if views.borrow().moved_past(view) {
                 queue.pop_front();
                 continue;
             }
@@ -390,17 +396,18 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     };
     tokio::spawn(heartbeats(sequencers.clone(), member, log.clone()));
     let (ready_tx, mut ready_rx) = watch::channel(false);
-    tokio::spawn(event_loop(
+    let follower = Follower {
         id,
         incarnation,
-        log.clone(),
-        sequencers,
-        views_tx,
-        applied_tx,
-        shard.clone(),
-        ready_tx,
-        metrics.clone(),
-    ));
+        log: log.clone(),
+        views: views_tx,
+        applied: applied_tx,
+        shard: shard.clone(),
+        ready: ready_tx,
+        metrics: metrics.clone(),
+        to_seal: None,
+    };
+    tokio::spawn(event_loop(follower, sequencers));
     ready_rx
         .wait_for(|ready| *ready)
         .await
@@ -454,35 +461,11 @@ async fn heartbeats(
     }
 }
 
-/// Most index records asked of a storage node in one `FetchIndex` (its limit too).
-const FETCH_INDEX_MAX: usize = 1024;
 /// Most events taken from the stream and applied together.
 const EVENT_BATCH_MAX: usize = 512;
 
 /// Applies committed events in order, resubscribing after any break.
-#[allow(clippy::too_many_arguments)]
-async fn event_loop(
-    id: NodeId,
-    incarnation: u64,
-    log: Arc<GatewayLog>,
-    sequencers: Arc<SequencerClients>,
-    views: watch::Sender<Views>,
-    applied: watch::Sender<u64>,
-    shard: Arc<ClusterShard>,
-    ready: watch::Sender<bool>,
-    metrics: Arc<Metrics>,
-) {
-    let mut follower = Follower {
-        id,
-        incarnation,
-        log,
-        views,
-        applied,
-        shard,
-        ready,
-        metrics,
-        to_seal: None,
-    };
+async fn event_loop(mut follower: Follower, sequencers: Arc<SequencerClients>) {
     loop {
         let mut stream = sequencers.subscribe(follower.log.metalog_position()).await;
         'stream: loop {
@@ -548,12 +531,7 @@ struct Follower {
 
 impl Follower {
     fn on_view(&mut self, view: View) {
-        let newer = self
-            .views
-            .borrow()
-            .latest
-            .as_ref()
-            .is_none_or(|l| view.id > l.id);
+        let newer = self.views.borrow().latest().is_none_or(|l| view.id > l.id);
         if !newer {
             return;
         }
@@ -566,16 +544,14 @@ impl Follower {
         }
         self.views.send_modify(|v| {
             if member {
-                v.member_of.insert(view.id, view.clone());
-                while v.member_of.len() > 4 {
-                    v.member_of.pop_first();
+                v.member_of.insert(view.id);
+            }
+            v.all.insert(view.id, view);
+            while v.all.len() > VIEWS_KEPT {
+                if let Some((old, _)) = v.all.pop_first() {
+                    v.member_of.remove(&old);
                 }
             }
-            v.all.insert(view.id, view.clone());
-            while v.all.len() > 8 {
-                v.all.pop_first();
-            }
-            v.latest = Some(view);
         });
     }
 
@@ -587,8 +563,7 @@ impl Follower {
         let start = self
             .views
             .borrow()
-            .latest
-            .as_ref()
+            .latest()
             .filter(|l| l.id == view_id)
             .map(|l| l.start_position);
         if start.is_some_and(|start| self.log.metalog_position() >= start) {
@@ -596,7 +571,7 @@ impl Follower {
                 self.log.seal(view_id);
             }
             self.to_seal = None;
-            if self.views.borrow().member_of.contains_key(&view_id) {
+            if self.views.borrow().member_of.contains(&view_id) {
                 self.ready.send_replace(true);
             }
         }
@@ -638,6 +613,7 @@ impl Follower {
                         first.start_seqnum,
                         last.end_seqnum(),
                         last.position + 1,
+                        true,
                     );
                     if let Ok(records) = span.await {
                         log.on_index_data(index_entries(records));
@@ -686,15 +662,21 @@ fn observe_stages(metrics: &Metrics, (cut_us, commit_us, committed_unix_us): (u6
 /// id: no wait for them to apply the entries. One request per shard covers all the entries
 /// (a shard's cuts are consecutive). What the replicas no longer hold is fetched by seqnum.
 async fn recent_index_of(shard: &ClusterShard, entries: &[&MetalogEntry]) -> Vec<IndexEntry> {
+    // Copies of just the views the entries are in (one, as a rule).
     let (views, member_of) = {
-        let views = shard.views.borrow();
-        (views.all.clone(), views.member_of.clone())
+        let known = shard.views.borrow();
+        let ids: BTreeSet<ViewId> = entries.iter().map(|e| e.view).collect();
+        let views: BTreeMap<ViewId, View> = ids
+            .into_iter()
+            .filter_map(|id| known.all.get(&id).map(|v| (id, v.clone())))
+            .collect();
+        (views, known.member_of.clone())
     };
     let own = View::shard_of(shard.id);
     // Per (view, shard): the local counters wanted, and the seqnum of each.
     let mut spans: BTreeMap<(ViewId, ShardId), (u64, Vec<Seqnum>)> = BTreeMap::new();
     for entry in entries {
-        let own_known = member_of.contains_key(&entry.view);
+        let own_known = member_of.contains(&entry.view);
         for (cut_shard, counter, seqnum) in entry.assignments() {
             if cut_shard == own && own_known {
                 continue;
@@ -722,14 +704,7 @@ async fn recent_index_of(shard: &ClusterShard, entries: &[&MetalogEntry]) -> Vec
                 records
                     .into_iter()
                     .zip(seqnums)
-                    .filter_map(|(record, seqnum)| {
-                        Some(IndexEntry {
-                            seqnum,
-                            book: logbook::BookId(record.book),
-                            kind: record.kind().ok()?,
-                            tags: record.tags.into_iter().map(logbook::Tag).collect(),
-                        })
-                    })
+                    .filter_map(|(record, seqnum)| record.index_entry(seqnum).ok())
                     .collect::<Vec<_>>()
             })
         });
@@ -760,7 +735,7 @@ async fn recent_index(
             let request = pb::FetchIndexRequest {
                 shard: cut_shard.0,
                 first_local_id: first.0 + records.len() as u64,
-                count: (count - records.len()).min(FETCH_INDEX_MAX) as u32,
+                count: (count - records.len()).min(FETCH_RECORDS_MAX as usize) as u32,
             };
             match super::unary(client.fetch_index(request)).await {
                 Ok(reply) if !reply.records.is_empty() => records.extend(reply.records),
@@ -787,6 +762,7 @@ async fn index_data_by_seqnum(
                 entry.start_seqnum,
                 entry.end_seqnum(),
                 entry.position + 1,
+                true,
             );
             match span.await {
                 Ok(records) => log.on_index_data(index_entries(records)),
@@ -811,38 +787,6 @@ async fn index_data_by_seqnum(
 fn index_entries(records: Vec<pb::FetchedRecord>) -> Vec<IndexEntry> {
     records
         .into_iter()
-        .filter_map(|r| {
-            let record = r.record?;
-            let kind = record.kind().ok()?;
-            Some(IndexEntry {
-                seqnum: Seqnum(r.seqnum),
-                book: logbook::BookId(record.book),
-                tags: record.tags.into_iter().map(logbook::Tag).collect(),
-                kind,
-            })
-        })
+        .filter_map(|r| r.record?.index_entry(Seqnum(r.seqnum)).ok())
         .collect()
-}
-
-async fn fetch_range(
-    addr: &str,
-    from: Seqnum,
-    to: Seqnum,
-    min_position: u64,
-) -> anyhow::Result<Vec<pb::FetchedRecord>> {
-    let mut records = Vec::new();
-    let mut at = from;
-    while at < to {
-        let upto = Seqnum(to.0.min(at.0 + 1024));
-        let request = pb::FetchRequest {
-            from_seqnum: at.0,
-            to_seqnum: upto.0,
-            min_position,
-            index_only: true,
-            seqnums: Vec::new(),
-        };
-        records.extend(fetch(addr, request).await?);
-        at = upto;
-    }
-    Ok(records)
 }

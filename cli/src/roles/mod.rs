@@ -94,14 +94,19 @@ pub fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
     if let Some(channel) = channels.get(addr) {
         return Ok(channel.clone());
     }
-    let channel = tonic::transport::Endpoint::from_shared(grpc_uri(addr))?
+    let channel = endpoint(addr)?.connect_lazy();
+    channels.insert(addr.to_string(), channel.clone());
+    Ok(channel)
+}
+
+/// How every role dials another: a short connect timeout, no Nagle, HTTP/2 keep-alives that
+/// notice a dead peer within seconds.
+pub fn endpoint(addr: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+    Ok(tonic::transport::Endpoint::from_shared(grpc_uri(addr))?
         .connect_timeout(std::time::Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(1))
-        .keep_alive_timeout(std::time::Duration::from_secs(3))
-        .connect_lazy();
-    channels.insert(addr.to_string(), channel.clone());
-    Ok(channel)
+        .keep_alive_timeout(std::time::Duration::from_secs(3)))
 }
 
 /// The longest a unary call may take before it fails.
@@ -203,4 +208,43 @@ impl SequencerClients {
 /// replies and stream messages are small and latency-bound.
 pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Most records one `Fetch` or `FetchIndex` call asks for (a storage node's limit too).
+pub const FETCH_RECORDS_MAX: u64 = 1024;
+
+/// One `Fetch` call to the storage node at `addr`.
+pub async fn fetch(
+    addr: &str,
+    request: logbook::rpc::pb::FetchRequest,
+) -> anyhow::Result<Vec<logbook::rpc::pb::FetchedRecord>> {
+    let mut client = logbook::rpc::pb::storage_client::StorageClient::new(channel(addr)?)
+        .max_decoding_message_size(64 << 20);
+    Ok(unary(client.fetch(request)).await?.records)
+}
+
+/// The ordered records in `[from, to)` the storage node at `addr` holds, once it applied the
+/// metalog up to `min_position`, in calls of `FETCH_RECORDS_MAX`.
+pub async fn fetch_range(
+    addr: &str,
+    from: logbook::Seqnum,
+    to: logbook::Seqnum,
+    min_position: u64,
+    index_only: bool,
+) -> anyhow::Result<Vec<logbook::rpc::pb::FetchedRecord>> {
+    let mut records = Vec::new();
+    let mut at = from.0;
+    while at < to.0 {
+        let upto = to.0.min(at + FETCH_RECORDS_MAX);
+        let request = logbook::rpc::pb::FetchRequest {
+            from_seqnum: at,
+            to_seqnum: upto,
+            min_position,
+            index_only,
+            seqnums: Vec::new(),
+        };
+        records.extend(fetch(addr, request).await?);
+        at = upto;
+    }
+    Ok(records)
 }

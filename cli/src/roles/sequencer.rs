@@ -3,7 +3,7 @@
 //! messages from peers, storage nodes' progress and gateways' heartbeats. Committed events
 //! are kept in memory and streamed to subscribers (gateways and storage nodes) by the leader.
 
-use super::{grpc_uri, SequencerOptions};
+use super::SequencerOptions;
 use logbook::rpc::pb::sequencer_client::SequencerClient;
 use logbook::rpc::pb::sequencer_server::{Sequencer, SequencerServer};
 use logbook::rpc::pb::{self, Event};
@@ -118,7 +118,7 @@ pub async fn run(options: SequencerOptions) -> anyhow::Result<()> {
         .filter(|(id, _)| **id != options.id)
         .map(|(id, addr)| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(peer_sender(grpc_uri(addr), rx));
+            tokio::spawn(peer_sender(addr.clone(), rx));
             (*id, tx)
         })
         .collect();
@@ -351,14 +351,12 @@ impl Driver {
 }
 
 /// Sends Raft messages to one peer over a client stream, reconnecting when it breaks.
-async fn peer_sender(uri: String, mut rx: mpsc::Receiver<Message>) {
+async fn peer_sender(addr: String, mut rx: mpsc::Receiver<Message>) {
     loop {
-        let endpoint = match tonic::transport::Endpoint::from_shared(uri.clone()) {
-            Ok(endpoint) => endpoint
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true),
+        let endpoint = match super::endpoint(&addr) {
+            Ok(endpoint) => endpoint,
             Err(e) => {
-                tracing::error!(%uri, error = %e, "bad peer address; no Raft messages go there");
+                tracing::error!(%addr, error = %e, "bad peer address; no Raft messages go there");
                 return;
             }
         };

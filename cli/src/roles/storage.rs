@@ -5,11 +5,10 @@
 //! fetching the ones it missed (while it was down or slow) from a peer replica; so a node
 //! that restarts recovers from its files and catches up.
 
-use super::{channel, SequencerClients, StorageOptions};
+use super::{channel, fetch_range, SequencerClients, StorageOptions, FETCH_RECORDS_MAX};
 use anyhow::Context;
 use futures::stream::{FuturesOrdered, StreamExt};
 use logbook::rpc::pb::sequencer_client::SequencerClient;
-use logbook::rpc::pb::storage_client::StorageClient;
 use logbook::rpc::pb::storage_server::{Storage, StorageServer};
 use logbook::rpc::pb::{self};
 use logbook::wire::{GroupEvent, LocalId, LogRecord, MetalogEntry, NodeId, ShardId, View};
@@ -24,8 +23,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Most records one fetch returns.
-const FETCH_RECORDS_MAX: u64 = 1024;
 /// How long a fetch waits for this node to apply the metalog position it asks for.
 const FETCH_WAIT: Duration = Duration::from_secs(2);
 /// Progress is reported at least this often (it is also the node's heartbeat).
@@ -253,25 +250,35 @@ async fn apply_loop(node: Arc<Node>, sequencers: Arc<SequencerClients>) {
 
 /// Makes sure every record `entry` orders on this node's shards is here, then stores it.
 async fn apply(node: &Node, entry: MetalogEntry) -> anyhow::Result<()> {
-    let view = node.view.borrow().clone();
-    if let Some(view) = view.filter(|v| v.id == entry.view) {
-        for cut in &entry.cuts {
-            let replicas = view.shards.get(&cut.shard).cloned().unwrap_or_default();
-            if replicas.contains(&node.id) {
-                repair(
-                    node,
-                    &view,
-                    &entry,
-                    cut.shard,
-                    cut.start + cut.delta,
-                    &replicas,
-                )
-                .await?;
-            }
+    // The shards this node replicates whose records the entry orders but it lacks: usually
+    // none, so the view is copied only when there is something to repair.
+    let holes: Vec<(ShardId, u64)> = match node.view.borrow().as_ref() {
+        Some(view) if view.id == entry.view => entry
+            .cuts
+            .iter()
+            .filter(|cut| {
+                view.shards
+                    .get(&cut.shard)
+                    .is_some_and(|replicas| replicas.contains(&node.id))
+            })
+            .map(|cut| (cut.shard, cut.start + cut.delta))
+            .filter(|(shard, end)| node.durable_count(*shard, entry.view) < *end)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !holes.is_empty() {
+        let view = node
+            .view
+            .borrow()
+            .clone()
+            .expect("holes come from the applied view");
+        for (shard, end) in holes {
+            repair(node, &view, &entry, shard, end).await?;
         }
     }
-    node.store.append_metalog(entry.clone()).await?;
-    node.applied.send_replace(entry.position + 1);
+    let next = entry.position + 1;
+    node.store.append_metalog(entry).await?;
+    node.applied.send_replace(next);
     Ok(())
 }
 
@@ -283,8 +290,8 @@ async fn repair(
     entry: &MetalogEntry,
     shard: ShardId,
     end: u64,
-    replicas: &[NodeId],
 ) -> anyhow::Result<()> {
+    let replicas = view.shards.get(&shard).map_or(&[][..], Vec::as_slice);
     let mut round = 0u32;
     loop {
         let have = node.durable_count(shard, entry.view);
@@ -308,7 +315,8 @@ async fn repair(
             let Some(addr) = view.storage.get(peer) else {
                 continue;
             };
-            let Ok(records) = fetch_from(addr, from, Seqnum(last.0 + 1), entry.position + 1).await
+            let Ok(records) =
+                fetch_range(addr, from, Seqnum(last.0 + 1), entry.position + 1, false).await
             else {
                 continue;
             };
@@ -348,32 +356,6 @@ async fn repair(
         round += 1;
         tokio::time::sleep(Duration::from_millis(if round < 10 { 10 } else { 200 })).await;
     }
-}
-
-/// The records in `[from, to)` a peer holds once it applied the metalog up to `min_position`.
-async fn fetch_from(
-    addr: &str,
-    from: Seqnum,
-    to: Seqnum,
-    min_position: u64,
-) -> anyhow::Result<Vec<pb::FetchedRecord>> {
-    let mut client = StorageClient::new(channel(addr)?).max_decoding_message_size(64 << 20);
-    let mut records = Vec::new();
-    let mut at = from.0;
-    while at < to.0 {
-        let upto = to.0.min(at + FETCH_RECORDS_MAX);
-        let reply = super::unary(client.fetch(pb::FetchRequest {
-            from_seqnum: at,
-            to_seqnum: upto,
-            min_position,
-            index_only: false,
-            seqnums: Vec::new(),
-        }))
-        .await?;
-        records.extend(reply.records);
-        at = upto;
-    }
-    Ok(records)
 }
 
 struct Service {
@@ -567,10 +549,12 @@ async fn accept(
         Err(e) => return refuse(node, e.to_string()),
     };
     let count = records.len() as u64;
-    let index: Vec<LogRecord> = records.clone();
+    // Remembered before the store takes the records (no copy of the batch): a local id names
+    // the same record whoever sends it, so a batch the store then refuses as a repeat or a gap
+    // leaves nothing wrong in memory.
+    node.remember(shard, first, &records);
     match node.store.enqueue_records(shard, first, records).await {
         Ok(durable) => {
-            node.remember(shard, first, &index);
             let node = node.clone();
             Box::pin(async move {
                 match durable.await {
