@@ -101,11 +101,27 @@ pub struct NodeFile {
     pub cache_mb: Option<usize>,
     /// The address worker processes attach at (gateways).
     pub workers: Option<String>,
+    /// How long an idempotency key names its invocation, in seconds (gateways).
+    pub idempotency_retention_s: Option<u64>,
     #[serde(default)]
     pub cluster: ClusterFile,
     /// `[functions.NAME]` tables (gateways): each function's limits.
     #[serde(default)]
     pub functions: BTreeMap<String, FunctionFile>,
+}
+
+/// Longest an idempotency key may be kept: ten years.
+pub const IDEMPOTENCY_RETENTION_S_MAX: u64 = 10 * 365 * 24 * 60 * 60;
+
+/// The retention of idempotency keys, `seconds` if given (1 s to ten years), else the default.
+pub fn idempotency_retention(seconds: Option<u64>) -> anyhow::Result<std::time::Duration> {
+    match seconds {
+        None => Ok(::gateway::invocations::KEY_RETENTION_DEFAULT),
+        Some(s) if (1..=IDEMPOTENCY_RETENTION_S_MAX).contains(&s) => {
+            Ok(std::time::Duration::from_secs(s))
+        }
+        Some(s) => bail!("{s} s; it must be 1..={IDEMPOTENCY_RETENTION_S_MAX} seconds"),
+    }
 }
 
 /// A `[functions.NAME]` table: a function's limits, each optional (the default otherwise).
@@ -292,6 +308,7 @@ impl Merged {
         over!(http, "http");
         over!(cache_mb, "cache_mb");
         over!(workers, "workers");
+        over!(idempotency_retention_s, "idempotency_retention_s");
         over!(cluster.sequencers, "sequencers");
         over!(cluster.storage, "storage");
         over!(cluster.replication, "replication");
@@ -448,6 +465,12 @@ impl Merged {
                     "only a gateway runs functions",
                 )?;
                 self.refuse(&v.workers, "workers", role, "only a gateway takes workers")?;
+                self.refuse(
+                    &v.idempotency_retention_s,
+                    "idempotency_retention_s",
+                    role,
+                    "only a gateway keeps idempotency keys",
+                )?;
                 let storage = storage.as_ref().ok_or_else(|| {
                     self.missing("storage", "every storage node as ID = \"HOST:PORT\"")
                 })?;
@@ -529,11 +552,14 @@ impl Merged {
                 let workers_text = v.workers.as_deref().unwrap_or(GATEWAY_WORKERS_DEFAULT);
                 let workers = resolve_one(workers_text)
                     .map_err(|e| anyhow!("{} = {workers_text:?}: {e}", self.at("workers")))?;
+                let key_retention = idempotency_retention(v.idempotency_retention_s)
+                    .map_err(|e| anyhow!("{}: {e}", self.at("idempotency_retention_s")))?;
                 let source = self
                     .path
                     .as_ref()
                     .map_or("the flags".to_string(), |p| p.display().to_string());
                 Ok(RoleOptions::Gateway(GatewayOptions {
+                    key_retention,
                     id: node,
                     http,
                     sequencers: sequencers.clone(),

@@ -254,6 +254,9 @@ struct UpArgs {
     /// timeout_ms, retries and backoff_ms.
     #[arg(long)]
     functions: Option<PathBuf>,
+    /// How long an idempotency key names its invocation, in seconds (default: a day).
+    #[arg(long)]
+    idempotency_retention_s: Option<u64>,
     /// Where worker processes attach to serve functions (gRPC; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8081", env = "TALLY_WORKER_ADDR")]
     worker_addr: SocketAddr,
@@ -523,7 +526,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP gateway to {}", args.http_addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
 
-    let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), &functions)
+    // One gateway alone: every earlier run of it is gone, and this one takes over whatever
+    // durable invocations they left unfinished.
+    let (_peers, peers) = tokio::sync::watch::channel(gateway::invocations::Peers::alone(
+        format!("up.{:016x}", rand::random::<u64>()),
+    ));
+    let setup = gateway::http::Setup {
+        functions,
+        peers,
+        key_retention: tally_cli::config::idempotency_retention(args.idempotency_retention_s)
+            .context("--idempotency-retention-s")?,
+    };
+    let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), setup)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;
     let workers = tokio::net::TcpListener::bind(args.worker_addr)
         .await

@@ -1,6 +1,7 @@
 //! The functions `tally up` ships: `echo`; `guestbook`, which appends tagged records and
 //! reads them back by tag; `greet`, which greets by name; and `welcome`, which calls `greet`
-//! and waits for it, then signs the guestbook in the background (a nested sync and async call).
+//! and waits for it, then signs the guestbook in the background (a nested sync and async call);
+//! `sleep`, which takes as long as it is asked to (a stand-in for slow work).
 
 use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};
 use bytes::Bytes;
@@ -14,6 +15,21 @@ pub fn register(registry: &mut Registry) {
     registry.register("guestbook", guestbook);
     registry.register("greet", greet);
     registry.register("welcome", welcome);
+    registry.register("sleep", sleep);
+}
+
+/// `{"ms": N}` in: waits N milliseconds (the function's timeout still applies), then
+/// `{"slept_ms": N}` out.
+async fn sleep(_ctx: Ctx, input: Bytes) -> FunctionResult {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Nap {
+        ms: u64,
+    }
+    let nap: Nap = serde_json::from_slice(&input)
+        .map_err(|e| FunctionError::bad_input(format!("expected {{\"ms\": N}}: {e}")))?;
+    tokio::time::sleep(std::time::Duration::from_millis(nap.ms)).await;
+    Ok(serde_json::to_vec(&json!({ "slept_ms": nap.ms }))?.into())
 }
 
 #[derive(Deserialize)]

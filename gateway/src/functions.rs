@@ -1,8 +1,10 @@
 //! Functions: the registry of in-process handlers, the `Ctx` each invocation gets (the LogBook
-//! calls bound to the request's book), and the invocation table behind async calls and
-//! idempotency keys.
+//! calls bound to the request's book), and the dispatcher that runs calls.
 //!
-//! Invocations are kept in memory, bounded by `INVOCATIONS_MAX`; they do not survive a restart.
+//! A synchronous call without an idempotency key lives in memory only (bounded by
+//! `INVOCATIONS_MAX`). Asynchronous calls and keyed ones are durable: their invocation is in the
+//! log (`crate::invocations`) before they run, their result goes there too, and a gateway takes
+//! over the unfinished invocations of one that died.
 
 use bytes::Bytes;
 use logbook::{AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag};
@@ -11,8 +13,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
+
+use crate::invocations::{
+    key_scope, now_ms, payload_bytes_max, stable_hash, Finished, History, Journal, KeyRef,
+    KeyState, Peers, KEY_RETENTION_DEFAULT,
+};
 
 /// Finished invocations kept for `GET /invocations/{id}` and idempotency keys, at most.
 pub const INVOCATIONS_MAX: usize = 100_000;
@@ -531,20 +538,67 @@ pub struct Invocation {
     pub finished_at_ms: Option<u64>,
     /// Tries so far (more than one when an asynchronous call was retried).
     pub attempts: u32,
+    /// In the log: it survives this gateway, and any gateway can show it.
+    pub durable: bool,
+    /// The seqnum of its `Accepted` record, for a durable one: a reader at another gateway
+    /// passes it as `X-Tally-Seen` to be sure to find it.
+    #[serde(skip)]
+    pub accepted_at: Option<Seqnum>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+impl Invocation {
+    fn new(id: String, function: &str, book: BookId, durable: bool) -> Invocation {
+        Invocation {
+            id,
+            function: function.to_string(),
+            book: book.0,
+            status: Status::Pending,
+            output: None,
+            created_at_ms: now_ms(),
+            started_at_ms: None,
+            finished_at_ms: None,
+            attempts: 0,
+            durable,
+            accepted_at: None,
+        }
+    }
+
+    /// An invocation as its log records tell it: pending until a `Finished` record says more.
+    pub fn from_history(h: &History) -> Invocation {
+        let mut inv = Invocation {
+            created_at_ms: h.created_at_ms,
+            accepted_at: Some(h.accepted_at),
+            ..Invocation::new(h.id.clone(), &h.function, BookId(h.book), true)
+        };
+        if let Some(f) = &h.finished {
+            inv.status = if f.ok {
+                Status::Succeeded
+            } else {
+                Status::Failed
+            };
+            inv.attempts = f.attempts;
+            inv.started_at_ms = f.started_at_ms;
+            inv.finished_at_ms = Some(f.finished_at_ms);
+            inv.output = Some(if f.ok {
+                Ok(f.payload.clone())
+            } else {
+                Err(FunctionError {
+                    message: String::from_utf8_lossy(&f.payload).into_owned(),
+                    bad_input: f.bad_input,
+                    unavailable: f.unavailable,
+                })
+            });
+        }
+        inv
+    }
 }
 
 #[derive(Default)]
 struct Table {
     invocations: HashMap<String, watch::Sender<Invocation>>,
-    /// Idempotency key to (invocation id, hash of the input it was called with).
+    /// Idempotency key scope to (invocation id, hash of the input it was called with).
     by_key: HashMap<String, (String, u64)>,
-    /// The idempotency key each keyed invocation was started with.
+    /// The idempotency key scope each keyed invocation was started with.
     key_of: HashMap<String, String>,
     /// Ids in creation order, for evicting the oldest finished invocations.
     order: VecDeque<String>,
@@ -561,13 +615,6 @@ fn output_len(inv: &Invocation) -> usize {
     }
 }
 
-fn input_hash(input: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    input.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// Why an invocation could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
@@ -575,6 +622,9 @@ pub enum InvokeError {
     UnknownFunction(String),
     #[error("idempotency key {0:?} was used with another input")]
     KeyReused(String),
+    /// The log refused the invocation's record (too large, or unavailable).
+    #[error("{0}")]
+    Log(#[from] LogError),
 }
 
 #[async_trait::async_trait]
@@ -586,7 +636,10 @@ impl Invoker for Dispatcher {
         input: Bytes,
         depth: u32,
     ) -> FunctionResult {
-        let rx = self.start_nested(function, book, input, depth, false)?;
+        let rx = self
+            .start_call(function, book, input, None, depth, Mode::SYNC)
+            .await
+            .map_err(|e| FunctionError::new(e.to_string()))?;
         match Dispatcher::wait(rx).await.output {
             Some(result) => result,
             None => Err(FunctionError::new(format!("{function} did not finish"))),
@@ -600,52 +653,95 @@ impl Invoker for Dispatcher {
         input: Bytes,
         depth: u32,
     ) -> Result<String, FunctionError> {
-        let rx = self.start_nested(function, book, input, depth, true)?;
+        let rx = self
+            .start_call(function, book, input, None, depth, Mode::ASYNC)
+            .await
+            .map_err(|e| FunctionError::new(e.to_string()))?;
         let id = rx.borrow().id.clone();
         Ok(id)
     }
 }
 
-/// Runs functions and keeps their invocations.
+/// How a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mode {
+    /// Its invocation goes in the log before it runs (asynchronous and keyed calls).
+    durable: bool,
+    /// A failure is tried again as the function's config says (asynchronous calls).
+    retried: bool,
+}
+
+impl Mode {
+    const SYNC: Mode = Mode {
+        durable: false,
+        retried: false,
+    };
+    const ASYNC: Mode = Mode {
+        durable: true,
+        retried: true,
+    };
+}
+
+/// How often a gateway looks for invocations of dead gateways when it has no reason to
+/// (no peer changed, nothing left over); and when it has (some were left or just claimed).
+const RECOVERY_IDLE: Duration = Duration::from_secs(30);
+const RECOVERY_DUE: Duration = Duration::from_secs(1);
+/// Tries at writing an invocation's result to the log before giving up on it (the
+/// invocation then runs again if this gateway dies).
+const FINISH_TRIES: u32 = 8;
+
+/// Runs functions and keeps their invocations: in memory for this gateway's calls, in the log
+/// for durable ones.
 pub struct Dispatcher {
     registry: Registry,
     log: Arc<dyn LogBook>,
     metrics: Arc<crate::metrics::Metrics>,
+    journal: Journal,
     table: Mutex<Table>,
+    /// Calls under one key take turns between looking the key up and taking it.
+    key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     node_tag: u64,
     /// This dispatcher, for the calls it starts (their contexts call back into it).
     me: std::sync::Weak<Dispatcher>,
 }
 
 impl Dispatcher {
+    /// A dispatcher of `registry`'s functions over `log`, alone (no peers).
     pub fn new(
         registry: Registry,
         log: Arc<dyn LogBook>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Dispatcher> {
+        let name = format!("solo.{:016x}", now_ms());
+        let (_, peers) = watch::channel(Peers::alone(name));
+        Dispatcher::with_peers(registry, log, metrics, peers, KEY_RETENTION_DEFAULT)
+    }
+
+    /// A dispatcher among `peers`: it takes over the durable invocations of gateways that
+    /// leave them. Idempotency keys name their invocation for `key_retention`.
+    pub fn with_peers(
+        registry: Registry,
+        log: Arc<dyn LogBook>,
+        metrics: Arc<crate::metrics::Metrics>,
+        peers: watch::Receiver<Peers>,
+        key_retention: Duration,
+    ) -> Arc<Dispatcher> {
         // Ids differ across restarts of the same node so an old id never names a new call.
         let node_tag = now_ms() & 0xffff_ffff;
-        Arc::new_cyclic(|me| Dispatcher {
+        let mut journal = Journal::new(log.clone(), peers);
+        journal.key_retention = key_retention;
+        let dispatcher = Arc::new_cyclic(|me| Dispatcher {
             registry,
             log,
             metrics,
+            journal,
             table: Mutex::new(Table::default()),
+            key_locks: Mutex::new(HashMap::new()),
             node_tag,
             me: me.clone(),
-        })
-    }
-
-    /// A call another function makes (no idempotency key; its failure is the caller's).
-    fn start_nested(
-        &self,
-        function: &str,
-        book: BookId,
-        input: Bytes,
-        depth: u32,
-        retried: bool,
-    ) -> Result<watch::Receiver<Invocation>, FunctionError> {
-        self.start_at_depth(function, book, input, None, depth, retried)
-            .map_err(|e| FunctionError::new(e.to_string()))
+        });
+        tokio::spawn(recover(Arc::downgrade(&dispatcher)));
+        dispatcher
     }
 
     fn me(&self) -> Arc<Dispatcher> {
@@ -656,94 +752,213 @@ impl Dispatcher {
         &self.registry
     }
 
+    /// The gateways this one knows alive.
+    pub fn peers(&self) -> watch::Receiver<Peers> {
+        self.journal.peers()
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table
             .lock()
             .expect("no panics while holding the invocation table")
     }
 
-    /// Starts an invocation (or finds the one its idempotency key already started) and
-    /// returns a receiver that sees its status change.
-    pub fn start(
+    /// Starts a synchronous call (in the log first when it has an idempotency key, else only
+    /// in memory), or finds the one its key already started; returns a receiver that sees its
+    /// status change.
+    pub async fn start(
         &self,
         function: &str,
         book: BookId,
         input: Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
-        self.start_at_depth(function, book, input, idempotency_key, 0, false)
+        let mode = Mode {
+            durable: idempotency_key.is_some(),
+            retried: false,
+        };
+        self.start_call(function, book, input, idempotency_key, 0, mode)
+            .await
     }
 
-    /// Like `start`, for a call nobody waits on: a failure is retried as the function's
-    /// config says.
-    pub fn start_async(
+    /// Starts an asynchronous call: in the log before this returns, retried on failure as the
+    /// function's config says, and run by another gateway if this one dies.
+    pub async fn start_async(
         &self,
         function: &str,
         book: BookId,
         input: Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
-        self.start_at_depth(function, book, input, idempotency_key, 0, true)
+        self.start_call(function, book, input, idempotency_key, 0, Mode::ASYNC)
+            .await
     }
 
-    fn start_at_depth(
+    async fn start_call(
         &self,
         function: &str,
         book: BookId,
         input: Bytes,
         idempotency_key: Option<&str>,
         depth: u32,
-        retried: bool,
+        mode: Mode,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
         let target = self
             .registry
             .get(function)
             .ok_or_else(|| InvokeError::UnknownFunction(function.into()))?;
-        let mut table = self.table();
-        let scoped_key = idempotency_key.map(|k| format!("{function}\u{0}{}\u{0}{k}", book.0));
-        let hash = input_hash(&input);
-        if let Some(key) = &scoped_key {
-            if let Some((id, known_hash)) = table.by_key.get(key) {
-                if *known_hash != hash {
-                    return Err(InvokeError::KeyReused(
-                        idempotency_key.unwrap_or_default().to_string(),
-                    ));
+        if !mode.durable {
+            let id = {
+                let mut table = self.table();
+                table.next_id += 1;
+                format!("s{:08x}{:08x}", self.node_tag, table.next_id)
+            };
+            let rx = self.insert(Invocation::new(id.clone(), function, book, false), None);
+            self.spawn_run(target, id, book, input, depth, mode.retried, None);
+            return Ok(rx);
+        }
+        let scope = idempotency_key.map(|k| key_scope(function, book, k));
+        let max = payload_bytes_max(function, scope.as_deref());
+        if input.len() > max {
+            return Err(LogError::TooLarge {
+                what: "an invocation's input",
+                bytes: input.len(),
+                max,
+            }
+            .into());
+        }
+        let hash = stable_hash(&input);
+        let key_lock = scope.as_ref().map(|s| self.key_lock(s));
+        let _turn = match &key_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let reused = || InvokeError::KeyReused(idempotency_key.unwrap_or_default().to_string());
+        loop {
+            let mut key = None;
+            if let Some(scope) = &scope {
+                if let Some((rx, known_hash)) = self.local_key(scope) {
+                    return if known_hash == hash { Ok(rx) } else { Err(reused()) };
                 }
-                let existing = table
-                    .invocations
-                    .get(id)
-                    .expect("keyed invocations are kept");
-                // A failed call may be retried under its key; any other is answered again.
-                if existing.borrow().status != Status::Failed {
-                    return Ok(existing.subscribe());
+                match self.journal.key_state(scope).await? {
+                    KeyState::Taken(history) if history.input_hash != hash => return Err(reused()),
+                    KeyState::Taken(history) => return Ok(self.follow(&history, scope)),
+                    KeyState::Free(generation) => {
+                        key = Some(KeyRef {
+                            scope: scope.clone(),
+                            generation,
+                        })
+                    }
                 }
             }
+            let id = self.journal.next_id().await?;
+            let accepted = self
+                .journal
+                .accept(&id, function, book, &input, key, mode.retried, depth)
+                .await;
+            match accepted {
+                Ok(accepted) => {
+                    let inv = Invocation {
+                        accepted_at: Some(accepted.seqnum),
+                        ..Invocation::new(id.clone(), function, book, true)
+                    };
+                    let rx = self.insert(inv, scope.as_ref().map(|s| (s.clone(), hash)));
+                    self.spawn_run(target, id, book, input, depth, mode.retried, Some(1));
+                    return Ok(rx);
+                }
+                // Another gateway took the key's generation first: look again.
+                Err(LogError::CondFailed { .. }) if scope.is_some() => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        table.next_id += 1;
-        let id = format!("{:08x}{:08x}", self.node_tag, table.next_id);
-        let invocation = Invocation {
-            id: id.clone(),
-            function: function.to_string(),
-            book: book.0,
-            status: Status::Pending,
-            output: None,
-            created_at_ms: now_ms(),
-            started_at_ms: None,
-            finished_at_ms: None,
-            attempts: 0,
-        };
-        let (tx, rx) = watch::channel(invocation);
+    }
+
+    /// The lock calls under key `scope` take turns on (dropped from the map once unused).
+    fn key_lock(&self, scope: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.key_locks.lock().expect("no panics under the key locks");
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(scope.to_string()).or_default().clone()
+    }
+
+    /// The invocation this gateway knows under key `scope`, with its input's hash, unless it
+    /// failed or outlived the key's retention.
+    fn local_key(&self, scope: &str) -> Option<(watch::Receiver<Invocation>, u64)> {
+        let table = self.table();
+        let (id, hash) = table.by_key.get(scope)?;
+        let tx = table.invocations.get(id)?;
+        let inv = tx.borrow();
+        let retention = self.journal.key_retention.as_millis() as u64;
+        if inv.status == Status::Failed || inv.created_at_ms + retention < now_ms() {
+            return None;
+        }
+        drop(inv);
+        Some((tx.subscribe(), *hash))
+    }
+
+    /// Keeps `inv` in the table (under its key scope and input hash, if keyed).
+    fn insert(&self, inv: Invocation, key: Option<(String, u64)>) -> watch::Receiver<Invocation> {
+        let id = inv.id.clone();
+        let (tx, rx) = watch::channel(inv);
+        let mut table = self.table();
         table.invocations.insert(id.clone(), tx);
-        if let Some(key) = scoped_key {
-            if let Some((replaced, _)) = table.by_key.insert(key.clone(), (id.clone(), hash)) {
+        if let Some((scope, hash)) = key {
+            if let Some((replaced, _)) = table.by_key.insert(scope.clone(), (id.clone(), hash)) {
                 table.key_of.remove(&replaced);
             }
-            table.key_of.insert(id.clone(), key);
+            table.key_of.insert(id.clone(), scope);
         }
-        table.order.push_back(id.clone());
+        table.order.push_back(id);
         self.evict(&mut table);
-        drop(table);
+        rx
+    }
 
+    /// A local copy of another gateway's invocation (or one from before a restart), finished
+    /// when its `Finished` record comes.
+    fn follow(&self, history: &History, scope: &str) -> watch::Receiver<Invocation> {
+        if let Some(tx) = self.table().invocations.get(&history.id) {
+            return tx.subscribe();
+        }
+        let inv = Invocation::from_history(history);
+        let finished = inv.finished_at_ms.is_some();
+        let rx = self.insert(inv, Some((scope.to_string(), history.input_hash)));
+        if !finished {
+            self.spawn_follow(history.id.clone());
+        }
+        rx
+    }
+
+    /// Fills in invocation `id` from the log once another gateway finishes it.
+    fn spawn_follow(&self, id: String) {
+        let dispatcher = self.me();
+        tokio::spawn(async move {
+            loop {
+                match dispatcher.journal.wait_finished(&id).await {
+                    Ok(history) => {
+                        dispatcher.finished(&id, Invocation::from_history(&history));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(id, error = %e, "following an invocation in the log");
+                        tokio::time::sleep(RECOVERY_DUE).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs invocation `id` (already in the table) to its end, retried if `retried`; a
+    /// durable one's result goes to the log at `position` of its stream before anyone sees it.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_run(
+        &self,
+        target: Function,
+        id: String,
+        book: BookId,
+        input: Bytes,
+        depth: u32,
+        retried: bool,
+        position: Option<u64>,
+    ) {
         let ctx = Ctx {
             log: self.log.clone(),
             book,
@@ -752,8 +967,11 @@ impl Dispatcher {
             depth,
         };
         let dispatcher = self.me();
-        let function = function.to_string();
         tokio::spawn(async move {
+            let function = dispatcher
+                .get(&id)
+                .map(|inv| inv.function)
+                .unwrap_or_default();
             let started = std::time::Instant::now();
             let (queued, running) = dispatcher.metrics.function_gauges(&function);
             // Wait for a slot under the function's concurrency limit (still `Pending`).
@@ -762,9 +980,10 @@ impl Dispatcher {
             queued.dec();
             let _slot = slot.expect("a function's slots are never closed");
             running.inc();
+            let started_at_ms = now_ms();
             dispatcher.update(&id, |inv| {
                 inv.status = Status::Running;
-                inv.started_at_ms = Some(now_ms());
+                inv.started_at_ms = Some(started_at_ms);
             });
             let config = target.config;
             let mut attempt = 0;
@@ -783,26 +1002,135 @@ impl Dispatcher {
             dispatcher
                 .metrics
                 .observe_invocation(&function, result.is_ok(), started.elapsed());
-            let mut table = dispatcher.table();
-            let finished = table.invocations.get(&id).map(|tx| {
-                tx.send_modify(|inv| {
-                    inv.status = if result.is_ok() {
-                        Status::Succeeded
-                    } else {
-                        Status::Failed
-                    };
-                    inv.finished_at_ms = Some(now_ms());
-                    inv.output = Some(result);
-                });
-                let bytes = output_len(&tx.borrow());
-                bytes
-            });
-            if let Some(bytes) = finished {
-                table.output_bytes += bytes;
-                dispatcher.evict(&mut table);
+            let mut done = Invocation {
+                status: if result.is_ok() {
+                    Status::Succeeded
+                } else {
+                    Status::Failed
+                },
+                attempts: attempt,
+                started_at_ms: Some(started_at_ms),
+                finished_at_ms: Some(now_ms()),
+                output: Some(result),
+                ..dispatcher.get(&id).unwrap_or_else(|| {
+                    Invocation::new(id.clone(), &function, book, position.is_some())
+                })
+            };
+            if let Some(position) = position {
+                match dispatcher.log_result(&id, position, &mut done).await {
+                    Some(true) => {}
+                    // Another gateway claimed it meanwhile: its result is the one.
+                    Some(false) => return dispatcher.spawn_follow(id),
+                    // The log would not take it: this gateway's answer stands, but the
+                    // invocation runs again if this gateway dies.
+                    None => {}
+                }
             }
+            dispatcher.finished(&id, done);
         });
-        Ok(rx)
+    }
+
+    /// Writes `done`'s result at `position` of invocation `id`'s stream. An output too large
+    /// for a record becomes a failure saying so. `Some(false)`: another gateway claimed the
+    /// invocation; `None`: the log kept refusing.
+    async fn log_result(&self, id: &str, position: u64, done: &mut Invocation) -> Option<bool> {
+        let owner = self.journal.owner().await.ok()?;
+        let max = payload_bytes_max(&done.function, None);
+        if output_len(done) > max {
+            let message = format!(
+                "{} returned {} bytes, more than the {max} a durable invocation keeps",
+                done.function,
+                output_len(done)
+            );
+            done.status = Status::Failed;
+            done.output = Some(Err(FunctionError::new(message)));
+        }
+        let (ok, bad_input, unavailable, payload) = match done.output.as_ref()? {
+            Ok(output) => (true, false, false, output.clone()),
+            Err(e) => (
+                false,
+                e.bad_input,
+                e.unavailable,
+                Bytes::from(e.message.clone()),
+            ),
+        };
+        let finished = Finished {
+            owner,
+            ok,
+            bad_input,
+            unavailable,
+            attempts: done.attempts,
+            started_at_ms: done.started_at_ms,
+            finished_at_ms: done.finished_at_ms.unwrap_or_else(now_ms),
+            payload,
+        };
+        let mut backoff = Duration::from_millis(50);
+        for _ in 0..FINISH_TRIES {
+            match self.journal.finish(id, position, &finished).await {
+                Ok(won) => return Some(won),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "writing an invocation's result");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+            }
+        }
+        None
+    }
+
+    /// Invocation `id` ended as `done` says.
+    fn finished(&self, id: &str, done: Invocation) {
+        let mut table = self.table();
+        let Some(tx) = table.invocations.get(id) else {
+            return;
+        };
+        let was = output_len(&tx.borrow());
+        tx.send_replace(done);
+        let bytes = output_len(&tx.borrow());
+        table.output_bytes = table.output_bytes - was.min(table.output_bytes) + bytes;
+        self.evict(&mut table);
+    }
+
+    /// Claims and runs the durable invocations of dead gateways this gateway can run.
+    /// Returns whether another pass is due soon.
+    async fn recover_once(&self) -> Result<bool, LogError> {
+        let registry = self.registry.clone();
+        let (orphans, due) = self
+            .journal
+            .orphans(|function| registry.get(function).is_some())
+            .await?;
+        for history in orphans {
+            let Some(target) = self.registry.get(&history.function) else {
+                continue;
+            };
+            let Some(position) = self.journal.claim(&history).await? else {
+                continue;
+            };
+            tracing::info!(id = history.id, function = history.function, "re-driving");
+            self.metrics.redriven.inc();
+            let scope = history.key.as_ref().map(|k| (k.scope.clone(), history.input_hash));
+            let inv = Invocation {
+                created_at_ms: history.created_at_ms,
+                accepted_at: Some(history.accepted_at),
+                ..Invocation::new(
+                    history.id.clone(),
+                    &history.function,
+                    BookId(history.book),
+                    true,
+                )
+            };
+            self.insert(inv, scope);
+            self.spawn_run(
+                target,
+                history.id.clone(),
+                BookId(history.book),
+                history.input.clone(),
+                history.depth,
+                history.retried,
+                Some(position),
+            );
+        }
+        Ok(due)
     }
 
     fn update(&self, id: &str, change: impl FnOnce(&mut Invocation)) {
@@ -812,7 +1140,8 @@ impl Dispatcher {
     }
 
     /// Drops the oldest finished invocations while the table is over its count or byte
-    /// limit. Running ones stay, wherever they are in the order.
+    /// limit. Running ones stay, wherever they are in the order. (Durable ones stay in the
+    /// log.)
     fn evict(&self, table: &mut Table) {
         let mut running = Vec::new();
         while table.order.len() > INVOCATIONS_MAX
@@ -828,7 +1157,7 @@ impl Dispatcher {
                 running.push(oldest);
                 continue;
             }
-            table.output_bytes -= output_len(&tx.borrow());
+            table.output_bytes -= output_len(&tx.borrow()).min(table.output_bytes);
             table.invocations.remove(&oldest);
             if let Some(key) = table.key_of.remove(&oldest) {
                 if table.by_key.get(&key).is_some_and(|(id, _)| *id == oldest) {
@@ -841,12 +1170,25 @@ impl Dispatcher {
         }
     }
 
-    /// The invocation with this id, if it is still kept.
+    /// The invocation with this id, if this gateway still keeps it in memory.
     pub fn get(&self, id: &str) -> Option<Invocation> {
         self.table()
             .invocations
             .get(id)
             .map(|tx| tx.borrow().clone())
+    }
+
+    /// The invocation with this id: from memory, else from the log (a durable one this
+    /// gateway did not run, or ran before a restart).
+    pub async fn find(&self, id: &str) -> Result<Option<Invocation>, LogError> {
+        if let Some(inv) = self.get(id) {
+            return Ok(Some(inv));
+        }
+        Ok(self
+            .journal
+            .history(id)
+            .await?
+            .map(|h| Invocation::from_history(&h)))
     }
 
     /// Waits until the invocation finishes and returns it.
@@ -860,9 +1202,38 @@ impl Dispatcher {
     }
 }
 
+/// The recovery loop of a dispatcher: a pass at start, on every change of peers, and now and
+/// then; it ends with the dispatcher.
+async fn recover(dispatcher: std::sync::Weak<Dispatcher>) {
+    let Some(mut peers) = dispatcher.upgrade().map(|d| d.journal.peers()) else {
+        return;
+    };
+    loop {
+        let Some(d) = dispatcher.upgrade() else {
+            return;
+        };
+        let due = d.recover_once().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "looking for invocations of dead gateways");
+            true
+        });
+        drop(d);
+        let wait = if due { RECOVERY_DUE } else { RECOVERY_IDLE };
+        tokio::select! {
+            changed = peers.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn dispatcher(registry: Registry) -> Arc<Dispatcher> {
@@ -876,7 +1247,7 @@ mod tests {
         crate::examples::register(&mut registry);
         let d = dispatcher(registry);
         let input = Bytes::from_static(br#"{"name":"ana"}"#);
-        let done = Dispatcher::wait(d.start("welcome", BookId(3), input, None).unwrap()).await;
+        let done = Dispatcher::wait(d.start("welcome", BookId(3), input, None).await.unwrap()).await;
         assert_eq!(done.status, Status::Succeeded, "{:?}", done.output);
         let output: serde_json::Value =
             serde_json::from_slice(done.output.unwrap().as_ref().unwrap()).unwrap();
@@ -890,6 +1261,7 @@ mod tests {
         let list = br#"{"action":"list","room":"welcome"}"#;
         let listed = Dispatcher::wait(
             d.start("guestbook", BookId(3), Bytes::from_static(list), None)
+                .await
                 .unwrap(),
         )
         .await;
@@ -909,11 +1281,11 @@ mod tests {
         });
         let d = dispatcher(registry);
         let deep =
-            Dispatcher::wait(d.start("forever", BookId(0), Bytes::new(), None).unwrap()).await;
+            Dispatcher::wait(d.start("forever", BookId(0), Bytes::new(), None).await.unwrap()).await;
         assert_eq!(deep.status, Status::Failed);
         let message = deep.output.unwrap().unwrap_err().message;
         assert!(message.contains("deeper than 32"), "{message}");
-        let lost = Dispatcher::wait(d.start("lost", BookId(0), Bytes::new(), None).unwrap()).await;
+        let lost = Dispatcher::wait(d.start("lost", BookId(0), Bytes::new(), None).await.unwrap()).await;
         let message = lost.output.unwrap().unwrap_err().message;
         assert!(
             message.contains("no function named \"nobody\""),
@@ -946,9 +1318,10 @@ mod tests {
             Ok(Bytes::new())
         });
         let d = dispatcher(registry);
-        let calls: Vec<_> = (0..3)
-            .map(|_| d.start("gated", BookId(0), Bytes::new(), None).unwrap())
-            .collect();
+        let mut calls = Vec::new();
+        for _ in 0..3 {
+            calls.push(d.start("gated", BookId(0), Bytes::new(), None).await.unwrap());
+        }
         let statuses = || calls.iter().map(|c| c.borrow().status).collect::<Vec<_>>();
         for _ in 0..100 {
             if statuses().iter().filter(|s| **s == Status::Running).count() == 2 {
@@ -968,7 +1341,7 @@ mod tests {
         assert_eq!((queued.get(), running.get()), (0, 0));
 
         let slow =
-            Dispatcher::wait(d.start("sleepy", BookId(0), Bytes::new(), None).unwrap()).await;
+            Dispatcher::wait(d.start("sleepy", BookId(0), Bytes::new(), None).await.unwrap()).await;
         assert_eq!(slow.status, Status::Failed);
         assert_eq!(
             slow.output.unwrap().unwrap_err().message,
@@ -1004,30 +1377,33 @@ mod tests {
         }
         let d = dispatcher(registry);
         let run = |name, input: &'static [u8], asynchronous: bool| {
-            let input = Bytes::from_static(input);
-            if asynchronous {
-                d.start_async(name, BookId(0), input, None).unwrap()
-            } else {
-                d.start(name, BookId(0), input, None).unwrap()
+            let d = d.clone();
+            async move {
+                let input = Bytes::from_static(input);
+                if asynchronous {
+                    d.start_async(name, BookId(0), input, None).await.unwrap()
+                } else {
+                    d.start(name, BookId(0), input, None).await.unwrap()
+                }
             }
         };
-        let done = Dispatcher::wait(run("patient", b"x", true)).await;
+        let done = Dispatcher::wait(run("patient", b"x", true).await).await;
         assert_eq!((done.status, done.attempts), (Status::Succeeded, 3));
         tries.store(0, Ordering::SeqCst);
-        let done = Dispatcher::wait(run("impatient", b"x", true)).await;
+        let done = Dispatcher::wait(run("impatient", b"x", true).await).await;
         assert_eq!(
             (done.status, done.attempts),
             (Status::Failed, 2),
             "one retry"
         );
         tries.store(0, Ordering::SeqCst);
-        let done = Dispatcher::wait(run("patient", b"x", false)).await;
+        let done = Dispatcher::wait(run("patient", b"x", false).await).await;
         assert_eq!(
             (done.status, done.attempts),
             (Status::Failed, 1),
             "sync: tried once"
         );
-        let done = Dispatcher::wait(run("patient", b"bad", true)).await;
+        let done = Dispatcher::wait(run("patient", b"bad", true).await).await;
         assert_eq!(
             (done.status, done.attempts),
             (Status::Failed, 1),
@@ -1055,11 +1431,11 @@ mod tests {
         });
         let d = dispatcher(registry);
         let call = || d.start("flaky", BookId(0), Bytes::from_static(b"x"), Some("k"));
-        let first = Dispatcher::wait(call().unwrap()).await;
+        let first = Dispatcher::wait(call().await.unwrap()).await;
         assert_eq!(first.status, Status::Failed);
-        let second = Dispatcher::wait(call().unwrap()).await;
+        let second = Dispatcher::wait(call().await.unwrap()).await;
         assert_eq!(second.status, Status::Succeeded);
-        let third = Dispatcher::wait(call().unwrap()).await;
+        let third = Dispatcher::wait(call().await.unwrap()).await;
         assert_eq!(third.id, second.id, "a success is answered again");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
@@ -1071,11 +1447,135 @@ mod tests {
         let d = dispatcher(registry);
         let first = d
             .start("echo", BookId(0), Bytes::from_static(b"a"), Some("k"))
+            .await
             .unwrap();
         Dispatcher::wait(first).await;
-        let other = d.start("echo", BookId(0), Bytes::from_static(b"b"), Some("k"));
+        let other = d
+            .start("echo", BookId(0), Bytes::from_static(b"b"), Some("k"))
+            .await;
         assert!(matches!(other, Err(InvokeError::KeyReused(_))));
-        let other_book = d.start("echo", BookId(1), Bytes::from_static(b"b"), Some("k"));
+        let other_book = d
+            .start("echo", BookId(1), Bytes::from_static(b"b"), Some("k"))
+            .await;
         assert!(other_book.is_ok(), "keys are scoped by book");
+    }
+
+    fn peers(me: &str, live: &[&str]) -> Peers {
+        Peers {
+            me: me.into(),
+            live: live.iter().map(|n| (n.to_string(), String::new())).collect(),
+        }
+    }
+
+    /// A gateway over `log` whose `work` function counts its runs and returns its input,
+    /// once `gate` lets it.
+    fn gateway(
+        log: &Arc<dyn LogBook>,
+        peers: watch::Receiver<Peers>,
+        runs: Arc<AtomicUsize>,
+        gate: Arc<tokio::sync::Semaphore>,
+    ) -> Arc<Dispatcher> {
+        let mut registry = Registry::new();
+        registry.register("work", move |_ctx, input| {
+            let (runs, gate) = (runs.clone(), gate.clone());
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.unwrap().forget();
+                Ok(input)
+            }
+        });
+        Dispatcher::with_peers(
+            registry,
+            log.clone(),
+            crate::metrics::Metrics::new(),
+            peers,
+            KEY_RETENTION_DEFAULT,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_dead_gateways_invocation_is_run_by_another_and_its_late_result_refused() {
+        let log: Arc<dyn LogBook> = Arc::new(logbook::memory::MemoryLogBook::new());
+        let (a_runs, b_runs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stuck = Arc::new(tokio::sync::Semaphore::new(0));
+        let (_a_peers, a_rx) = watch::channel(peers("a", &["a", "b"]));
+        let (b_peers, b_rx) = watch::channel(peers("b", &["a", "b"]));
+        let a = gateway(&log, a_rx, a_runs.clone(), stuck.clone());
+        let b = gateway(&log, b_rx, b_runs.clone(), Arc::new(tokio::sync::Semaphore::new(9)));
+        let rx = a
+            .start_async("work", BookId(4), Bytes::from_static(b"job"), None)
+            .await
+            .unwrap();
+        let id = rx.borrow().id.clone();
+        // B reads it from the log while A runs it.
+        let seen = b.find(&id).await.unwrap().expect("in the log");
+        assert_eq!((seen.status, seen.durable), (Status::Pending, true));
+        while a_runs.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // A leaves B's peers: B takes its invocation over and runs it.
+        b_peers.send_replace(peers("b", &["b"]));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let done = loop {
+            let inv = b.find(&id).await.unwrap().unwrap();
+            if inv.finished_at_ms.is_some() {
+                break inv;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not re-driven: {inv:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(done.status, Status::Succeeded);
+        assert_eq!(done.output.unwrap().unwrap().as_ref(), b"job");
+        assert_eq!(b_runs.load(Ordering::SeqCst), 1);
+        assert_eq!(b.metrics.redriven.get(), 1);
+        // A's run ends late: its result is refused, and A shows B's.
+        stuck.add_permits(1);
+        let at_a = Dispatcher::wait(rx).await;
+        assert_eq!(at_a.status, Status::Succeeded);
+        let history = b.journal.history(&id).await.unwrap().unwrap();
+        assert_eq!(history.len, 3, "accepted, claimed, one finished");
+        assert_eq!(history.finished.unwrap().owner, history.owner);
+    }
+
+    #[tokio::test]
+    async fn one_key_runs_once_across_gateways_and_restarts() {
+        let log: Arc<dyn LogBook> = Arc::new(logbook::memory::MemoryLogBook::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let open = || Arc::new(tokio::sync::Semaphore::new(1000));
+        let both = |me| watch::channel(peers(me, &["a", "b"])).1;
+        let a = gateway(&log, both("a"), runs.clone(), open());
+        let b = gateway(&log, both("b"), runs.clone(), open());
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..10 {
+            let d = if i % 2 == 0 { a.clone() } else { b.clone() };
+            calls.spawn(async move {
+                let input = Bytes::from_static(b"once");
+                Dispatcher::wait(d.start("work", BookId(0), input, Some("k1")).await.unwrap())
+                    .await
+            });
+        }
+        let mut ids = BTreeSet::new();
+        while let Some(done) = calls.join_next().await {
+            let done = done.unwrap();
+            assert_eq!(done.status, Status::Succeeded);
+            assert_eq!(done.output.unwrap().unwrap().as_ref(), b"once");
+            ids.insert(done.id);
+        }
+        assert_eq!(ids.len(), 1, "one invocation: {ids:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // A gateway started afresh on the same log answers from it.
+        let c = gateway(&log, both("c"), runs.clone(), open());
+        let again = c
+            .start("work", BookId(0), Bytes::from_static(b"once"), Some("k1"))
+            .await
+            .unwrap();
+        let again = Dispatcher::wait(again).await;
+        assert_eq!(Some(&again.id), ids.first());
+        assert_eq!(again.output.unwrap().unwrap().as_ref(), b"once");
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let other = c
+            .start("work", BookId(0), Bytes::from_static(b"else"), Some("k1"))
+            .await;
+        assert!(matches!(other, Err(InvokeError::KeyReused(_))));
     }
 }

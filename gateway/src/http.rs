@@ -2,6 +2,7 @@
 //! Every error is JSON: `{"error": {"code": "...", "message": "..."}}`.
 
 use crate::functions::{Dispatcher, Invocation, InvokeError, Status};
+use crate::invocations::INVOCATIONS_BOOK;
 use crate::metrics::Metrics;
 use crate::runtime::GatewayLog;
 use axum::extract::rejection::BytesRejection;
@@ -106,13 +107,13 @@ impl From<BytesRejection> for ApiError {
 }
 
 /// The state of one gateway serving `log` with the built-in example functions (limited as
-/// `functions` says, by name), its calls timed in `metrics`: what `tally up` and `tally
+/// `setup.functions` says, by name), its calls timed in `metrics`: what `tally up` and `tally
 /// gateway` serve (`router(state)`; workers attach to `state.dispatcher`). Errs when
 /// `functions` names a function that is not there.
 pub fn default_state(
     log: Arc<GatewayLog>,
     metrics: Arc<Metrics>,
-    functions: &std::collections::BTreeMap<String, crate::functions::FunctionConfig>,
+    setup: Setup,
 ) -> Result<Arc<AppState>, String> {
     let metered: Arc<dyn LogBook> = Arc::new(crate::metrics::MeteredLog::new(
         log.clone(),
@@ -120,16 +121,32 @@ pub fn default_state(
     ));
     let mut registry = crate::Registry::new();
     crate::examples::register(&mut registry);
-    for (name, config) in functions {
+    for (name, config) in &setup.functions {
         registry.configure(name, *config)?;
     }
-    let dispatcher = Dispatcher::new(registry, metered.clone(), metrics.clone());
+    let dispatcher = Dispatcher::with_peers(
+        registry,
+        metered.clone(),
+        metrics.clone(),
+        setup.peers,
+        setup.key_retention,
+    );
     Ok(Arc::new(AppState {
         dispatcher,
         log: metered,
         metrics,
         engine: Some(log),
     }))
+}
+
+/// How a gateway's functions are set up.
+pub struct Setup {
+    /// Limits of functions, by name.
+    pub functions: std::collections::BTreeMap<String, crate::functions::FunctionConfig>,
+    /// The gateways alive, this one among them, kept up to date.
+    pub peers: tokio::sync::watch::Receiver<crate::invocations::Peers>,
+    /// How long an idempotency key names its invocation.
+    pub key_retention: Duration,
 }
 
 /// The router of a gateway.
@@ -157,7 +174,8 @@ fn book_of(headers: &HeaderMap) -> Result<BookId, ApiError> {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .map(BookId)
-            .ok_or_else(|| ApiError::bad_request("X-Tally-Book must be a u32")),
+            .ok_or_else(|| ApiError::bad_request("X-Tally-Book must be a u32"))
+            .and_then(user_book),
     }
 }
 
@@ -176,9 +194,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-/// Starts a call; an asynchronous one (`asynchronous`) is retried on failure as its function's
-/// config says.
-fn start(
+/// Starts a call; an asynchronous one (`asynchronous`) is in the log before this returns, and
+/// retried on failure as its function's config says.
+async fn start(
     state: &AppState,
     name: &str,
     headers: &HeaderMap,
@@ -192,8 +210,12 @@ fn start(
         state
             .dispatcher
             .start_async(name, book, input, key.as_deref())
+            .await
     } else {
-        state.dispatcher.start(name, book, input, key.as_deref())
+        state
+            .dispatcher
+            .start(name, book, input, key.as_deref())
+            .await
     };
     started.map_err(|e| match e {
         InvokeError::KeyReused(_) => ApiError::new(
@@ -204,6 +226,7 @@ fn start(
         InvokeError::UnknownFunction(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_function", e.to_string())
         }
+        InvokeError::Log(e) => e.into(),
     })
 }
 
@@ -213,7 +236,7 @@ async fn call_function(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let rx = start(&state, &name, &headers, body, false)?;
+    let rx = start(&state, &name, &headers, body, false).await?;
     let invocation = Dispatcher::wait(rx).await;
     let mut response = match invocation.output {
         Some(Ok(output)) => (StatusCode::OK, output).into_response(),
@@ -251,9 +274,16 @@ async fn call_function_async(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let rx = start(&state, &name, &headers, body, true)?;
-    let id = rx.borrow().id.clone();
-    let mut response = (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response();
+    let rx = start(&state, &name, &headers, body, true).await?;
+    let (id, accepted_at) = {
+        let inv = rx.borrow();
+        (inv.id.clone(), inv.accepted_at)
+    };
+    // The seqnum of the invocation's record, so a client reading it at another gateway can
+    // pass it on as `X-Tally-Seen`.
+    let seen = seen_of(&headers)?.max(accepted_at);
+    let mut response = with_seen(seen, json!({"id": id}));
+    *response.status_mut() = StatusCode::ACCEPTED;
     if let Ok(location) = HeaderValue::from_str(&format!("/invocations/{id}")) {
         response.headers_mut().insert("location", location);
     }
@@ -278,8 +308,10 @@ fn invocation_json(inv: &Invocation) -> Value {
 async fn get_invocation(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let inv = state.dispatcher.get(&id).ok_or_else(|| {
+    catch_up(&state, seen_of(&headers)?).await?;
+    let inv = state.dispatcher.find(&id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_invocation",
@@ -350,6 +382,18 @@ fn parse_book(raw: &str) -> Result<BookId, ApiError> {
     raw.parse::<u32>()
         .map(BookId)
         .map_err(|_| ApiError::bad_request(format!("book must be a u32, got {raw:?}")))
+        .and_then(user_book)
+}
+
+/// Refuses the book Tally keeps its invocations in.
+fn user_book(book: BookId) -> Result<BookId, ApiError> {
+    if book == INVOCATIONS_BOOK {
+        return Err(ApiError::bad_request(format!(
+            "book {} is reserved for invocations",
+            book.0
+        )));
+    }
+    Ok(book)
 }
 
 fn single_tag(q: &LogQuery) -> Result<Tag, ApiError> {

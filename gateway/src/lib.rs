@@ -1,6 +1,7 @@
 //! The gateway: the log engine that orders a shard's appends and indexes the whole log
 //! (`engine`, sans-IO), the tokio runtime that drives it as a `LogBook` (`runtime`), the
-//! function registry and invocations (`functions`), the HTTP API (`http`), metrics, and the
+//! function registry and dispatcher (`functions`), durable invocations in the log
+//! (`invocations`), the HTTP API (`http`), metrics, and the
 //! example functions `tally up` ships.
 //!
 //! The gateway does not store records: it hands them to its shard through the `Shard` trait
@@ -10,6 +11,7 @@ pub mod engine;
 pub mod examples;
 pub mod functions;
 pub mod http;
+pub mod invocations;
 pub mod metrics;
 pub mod runtime;
 pub mod worker;

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub function_queued: Family<FunctionName, Gauge>,
     /// Calls running.
     pub function_running: Family<FunctionName, Gauge>,
+    /// Durable invocations this gateway took over from a dead one.
+    pub redriven: Counter,
     pub pending_appends: Gauge,
     pub cache_bytes: Gauge,
     pub cache_hits: Gauge,
@@ -79,6 +81,7 @@ impl Metrics {
             invocation_latency_seconds: Family::new_with_constructor(latency_histogram),
             function_queued: Family::default(),
             function_running: Family::default(),
+            redriven: Counter::default(),
             pending_appends: Gauge::default(),
             cache_bytes: Gauge::default(),
             cache_hits: Gauge::default(),
@@ -129,6 +132,11 @@ impl Metrics {
             "function_running",
             "Calls running, by function",
             m.function_running.clone(),
+        );
+        registry.register(
+            "invocations_redriven",
+            "Durable invocations taken over from a gateway that died",
+            m.redriven.clone(),
         );
         registry.register(
             "pending_appends",

@@ -18,6 +18,7 @@ use logbook::rpc::pb::{self};
 use logbook::wire::{
     GroupEvent, IndexEntry, LocalId, LogRecord, MetalogEntry, NodeId, ShardId, View,
 };
+use gateway::invocations::Peers;
 use logbook::{IndexCheckpoint, LogError, Record, Seqnum, ViewId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -396,7 +397,12 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     };
     tokio::spawn(heartbeats(sequencers.clone(), member, log.clone()));
     let (ready_tx, mut ready_rx) = watch::channel(false);
+    let (peers_tx, peers) = watch::channel(Peers {
+        me: Peers::gateway_name(id.0, incarnation),
+        live: BTreeMap::new(),
+    });
     let follower = Follower {
+        peers: peers_tx,
         id,
         incarnation,
         log: log.clone(),
@@ -415,7 +421,12 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     println!("tally gateway {} ready: http://{http_addr}", id.0);
     use std::io::Write;
     std::io::stdout().flush().ok();
-    let state = gateway::http::default_state(log, metrics, &options.functions)
+    let setup = gateway::http::Setup {
+        functions: options.functions.clone(),
+        peers,
+        key_retention: options.key_retention,
+    };
+    let state = gateway::http::default_state(log, metrics, setup)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;
     let workers = tokio::net::TcpListener::bind(options.workers)
         .await
@@ -525,6 +536,8 @@ struct Follower {
     shard: Arc<ClusterShard>,
     ready: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// The gateways of the newest view, for the dispatcher.
+    peers: watch::Sender<Peers>,
     /// A newer view, sealed into the engine once the metalog before it is applied.
     to_seal: Option<ViewId>,
 }
@@ -542,6 +555,17 @@ impl Follower {
         if member || view.id > self.log.view() {
             self.to_seal = Some(view.id);
         }
+        // Every record of the views before it is applied: a gateway left out of it has all
+        // its invocations in this gateway's index, for the taking.
+        let live = view
+            .gateways
+            .iter()
+            .map(|(node, g)| {
+                let name = Peers::gateway_name(node.0, g.incarnation);
+                (name, g.http_addr.clone())
+            })
+            .collect();
+        self.peers.send_modify(|p| p.live = live);
         self.views.send_modify(|v| {
             if member {
                 v.member_of.insert(view.id);

@@ -69,6 +69,8 @@ pub struct GatewayOptions {
     pub workers: SocketAddr,
     /// Limits of the gateway's functions, by name (from `[functions.NAME]`).
     pub functions: BTreeMap<String, ::gateway::functions::FunctionConfig>,
+    /// How long an idempotency key names its invocation.
+    pub key_retention: std::time::Duration,
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).
