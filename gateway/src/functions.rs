@@ -636,8 +636,12 @@ impl Invoker for Dispatcher {
         input: Bytes,
         depth: u32,
     ) -> FunctionResult {
+        let request = Request {
+            depth,
+            ..Request::new(function, book, input)
+        };
         let rx = self
-            .start_call(function, book, input, None, depth, Mode::SYNC)
+            .call(request)
             .await
             .map_err(|e| FunctionError::new(e.to_string()))?;
         match Dispatcher::wait(rx).await.output {
@@ -653,12 +657,56 @@ impl Invoker for Dispatcher {
         input: Bytes,
         depth: u32,
     ) -> Result<String, FunctionError> {
+        let request = Request {
+            depth,
+            asynchronous: true,
+            ..Request::new(function, book, input)
+        };
         let rx = self
-            .start_call(function, book, input, None, depth, Mode::ASYNC)
+            .call(request)
             .await
             .map_err(|e| FunctionError::new(e.to_string()))?;
         let id = rx.borrow().id.clone();
         Ok(id)
+    }
+}
+
+/// A call as the dispatcher takes it.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub function: &'a str,
+    pub book: BookId,
+    pub input: Bytes,
+    pub idempotency_key: Option<&'a str>,
+    /// How many calls this one is nested in.
+    pub depth: u32,
+    /// In the log before it runs, retried on failure, answered at once (`/asyncFunction`,
+    /// `invoke_async`).
+    pub asynchronous: bool,
+    /// Sent to a peer gateway when this one does not serve the function (a forwarded call
+    /// never is again).
+    pub forwardable: bool,
+}
+
+impl<'a> Request<'a> {
+    /// A call from outside (depth 0, forwardable).
+    pub fn new(function: &'a str, book: BookId, input: Bytes) -> Request<'a> {
+        Request {
+            function,
+            book,
+            input,
+            idempotency_key: None,
+            depth: 0,
+            asynchronous: false,
+            forwardable: true,
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        Mode {
+            durable: self.asynchronous || self.idempotency_key.is_some(),
+            retried: self.asynchronous,
+        }
     }
 }
 
@@ -671,16 +719,6 @@ struct Mode {
     retried: bool,
 }
 
-impl Mode {
-    const SYNC: Mode = Mode {
-        durable: false,
-        retried: false,
-    };
-    const ASYNC: Mode = Mode {
-        durable: true,
-        retried: true,
-    };
-}
 
 /// How often a gateway looks for invocations of dead gateways when it has no reason to
 /// (no peer changed, nothing left over); and when it has (some were left or just claimed).
@@ -700,6 +738,8 @@ pub struct Dispatcher {
     table: Mutex<Table>,
     /// Calls under one key take turns between looking the key up and taking it.
     key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where calls of functions this gateway does not serve go, if anywhere.
+    forwarder: std::sync::OnceLock<crate::forward::Forwarder>,
     node_tag: u64,
     /// This dispatcher, for the calls it starts (their contexts call back into it).
     me: std::sync::Weak<Dispatcher>,
@@ -737,6 +777,7 @@ impl Dispatcher {
             journal,
             table: Mutex::new(Table::default()),
             key_locks: Mutex::new(HashMap::new()),
+            forwarder: std::sync::OnceLock::new(),
             node_tag,
             me: me.clone(),
         });
@@ -773,12 +814,11 @@ impl Dispatcher {
         input: Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
-        let mode = Mode {
-            durable: idempotency_key.is_some(),
-            retried: false,
-        };
-        self.start_call(function, book, input, idempotency_key, 0, mode)
-            .await
+        self.call(Request {
+            idempotency_key,
+            ..Request::new(function, book, input)
+        })
+        .await
     }
 
     /// Starts an asynchronous call: in the log before this returns, retried on failure as the
@@ -790,23 +830,31 @@ impl Dispatcher {
         input: Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
-        self.start_call(function, book, input, idempotency_key, 0, Mode::ASYNC)
-            .await
+        self.call(Request {
+            idempotency_key,
+            asynchronous: true,
+            ..Request::new(function, book, input)
+        })
+        .await
     }
 
-    async fn start_call(
+    /// Starts a call here, or at a peer that serves the function when this gateway does not.
+    pub async fn call(
         &self,
-        function: &str,
-        book: BookId,
-        input: Bytes,
-        idempotency_key: Option<&str>,
-        depth: u32,
-        mode: Mode,
+        request: Request<'_>,
     ) -> Result<watch::Receiver<Invocation>, InvokeError> {
-        let target = self
-            .registry
-            .get(function)
-            .ok_or_else(|| InvokeError::UnknownFunction(function.into()))?;
+        let Some(target) = self.registry.get(request.function) else {
+            return self.forward(&request).await;
+        };
+        let mode = request.mode();
+        let Request {
+            function,
+            book,
+            input,
+            idempotency_key,
+            depth,
+            ..
+        } = request;
         if !mode.durable {
             let id = {
                 let mut table = self.table();
@@ -870,6 +918,77 @@ impl Dispatcher {
                 Err(LogError::CondFailed { .. }) if scope.is_some() => continue,
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Has a peer that serves `request`'s function run it. The invocation is the peer's: the
+    /// receiver shows its answer (a finished call, or an accepted asynchronous one), and this
+    /// gateway keeps nothing of it.
+    async fn forward(
+        &self,
+        request: &Request<'_>,
+    ) -> Result<watch::Receiver<Invocation>, InvokeError> {
+        let unknown = || InvokeError::UnknownFunction(request.function.into());
+        let Some(forwarder) = self.forwarder.get().filter(|_| request.forwardable) else {
+            return Err(unknown());
+        };
+        let call = crate::forward::Call {
+            function: request.function,
+            book: request.book,
+            input: request.input.clone(),
+            key: request.idempotency_key,
+            depth: request.depth,
+            asynchronous: request.asynchronous,
+        };
+        let answer = match forwarder.call(call).await {
+            None => return Err(unknown()),
+            Some(Err(e)) => return Err(LogError::Unavailable(e).into()),
+            Some(Ok(answer)) => answer,
+        };
+        let mode = request.mode();
+        let mut inv = Invocation::new(
+            answer.id.clone().unwrap_or_default(),
+            request.function,
+            request.book,
+            mode.durable,
+        );
+        inv.accepted_at = answer.seen;
+        let failed = |message: &str| LogError::Unavailable(format!(
+            "{} at a peer gateway: {} {message}",
+            request.function, answer.status
+        ));
+        let output = match (answer.status, answer.error()) {
+            (202, _) if request.asynchronous => None,
+            (200, _) => Some(Ok(answer.body.clone())),
+            (422, _) => {
+                let key = request.idempotency_key.unwrap_or_default();
+                return Err(InvokeError::KeyReused(key.to_string()));
+            }
+            (_, Some((code, message))) => match code.as_str() {
+                "bad_input" => Some(Err(FunctionError::bad_input(message))),
+                "function_unavailable" => Some(Err(FunctionError::unavailable(message))),
+                "function_failed" => Some(Err(FunctionError::new(message))),
+                _ => return Err(failed(&message).into()),
+            },
+            _ => return Err(failed("without an error").into()),
+        };
+        if let Some(output) = output {
+            inv.status = if output.is_ok() {
+                Status::Succeeded
+            } else {
+                Status::Failed
+            };
+            inv.finished_at_ms = Some(now_ms());
+            inv.output = Some(output);
+        }
+        let (_peer_keeps_it, rx) = watch::channel(inv);
+        Ok(rx)
+    }
+
+    /// Calls of functions this gateway does not serve go to its peers through `forwarder`.
+    pub fn set_forwarder(&self, forwarder: crate::forward::Forwarder) {
+        if self.forwarder.set(forwarder).is_err() {
+            tracing::warn!("a dispatcher's forwarder is set once; the second is ignored");
         }
     }
 

@@ -1,7 +1,7 @@
 //! The gateway's HTTP API (axum): function calls, invocations, the log, health and metrics.
 //! Every error is JSON: `{"error": {"code": "...", "message": "..."}}`.
 
-use crate::functions::{Dispatcher, Invocation, InvokeError, Status};
+use crate::functions::{Dispatcher, Invocation, InvokeError, Request, Status, CALL_DEPTH_MAX};
 use crate::invocations::INVOCATIONS_BOOK;
 use crate::metrics::Metrics;
 use crate::runtime::GatewayLog;
@@ -128,9 +128,12 @@ pub fn default_state(
         registry,
         metered.clone(),
         metrics.clone(),
-        setup.peers,
+        setup.peers.clone(),
         setup.key_retention,
     );
+    let engine = log.clone();
+    let progress = Arc::new(move || engine.applied_end().0.checked_sub(1).map(Seqnum));
+    dispatcher.set_forwarder(crate::forward::Forwarder::new(setup.peers, progress));
     Ok(Arc::new(AppState {
         dispatcher,
         log: metered,
@@ -179,6 +182,23 @@ fn book_of(headers: &HeaderMap) -> Result<BookId, ApiError> {
     }
 }
 
+/// The call depth a forwarded call carries (0 for a call from outside).
+fn depth_of(headers: &HeaderMap) -> Result<u32, ApiError> {
+    let Some(v) = headers.get(crate::forward::DEPTH_HEADER) else {
+        return Ok(0);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|d| *d <= CALL_DEPTH_MAX)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{} must be a call depth, 0..={CALL_DEPTH_MAX}",
+                crate::forward::DEPTH_HEADER
+            ))
+        })
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
         return Ok(None);
@@ -206,17 +226,19 @@ async fn start(
     let input = body?;
     let book = book_of(headers)?;
     let key = idempotency_key(headers)?;
-    let started = if asynchronous {
-        state
-            .dispatcher
-            .start_async(name, book, input, key.as_deref())
-            .await
-    } else {
-        state
-            .dispatcher
-            .start(name, book, input, key.as_deref())
-            .await
+    // A call forwarded by a peer runs here at its depth, once this gateway has seen what the
+    // caller's gateway had.
+    let forwarded = headers.contains_key(crate::forward::FORWARDED_HEADER);
+    let depth = depth_of(headers)?;
+    catch_up(state, seen_of(headers)?).await?;
+    let request = Request {
+        idempotency_key: key.as_deref(),
+        depth,
+        asynchronous,
+        forwardable: !forwarded,
+        ..Request::new(name, book, input)
     };
+    let started = state.dispatcher.call(request).await;
     started.map_err(|e| match e {
         InvokeError::KeyReused(_) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -9,6 +9,7 @@
 
 pub mod engine;
 pub mod examples;
+pub mod forward;
 pub mod functions;
 pub mod http;
 pub mod invocations;

@@ -200,6 +200,11 @@ impl GatewayLog {
         inner.execute(commands);
     }
 
+    /// The seqnum after the last record the index has applied.
+    pub fn applied_end(&self) -> Seqnum {
+        *self.covered.borrow()
+    }
+
     /// The metalog position of the next entry to apply.
     pub fn metalog_position(&self) -> u64 {
         self.lock().engine.metalog_position()

@@ -178,6 +178,33 @@ fn a_worker_attached_to_one_gateway_of_a_cluster_serves_calls_through_it() {
     let visit = format!("{}/function/visit", cluster.gateways()[0]);
     let (status, body) = post(&http, &visit, "in a cluster");
     assert_eq!(status, 200, "{body}");
+    // The other gateway forwards its calls to the gateway the worker is attached to.
+    let elsewhere = &cluster.gateways()[1];
+    let (status, body) = post(&http, &format!("{elsewhere}/function/hello"), r#"{"name":"d"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hello, d"), "{body}");
+    let (status, body) = post(&http, &format!("{elsewhere}/function/hello"), "not json");
+    assert_eq!(status, 400, "a bad input stays a bad input: {body}");
+    let (status, body) = post(&http, &format!("{elsewhere}/function/nobody"), "x");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post(
+        &http,
+        &format!("{elsewhere}/asyncFunction/hello"),
+        r#"{"name":"e"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut inv = Value::Null;
+    wait_until(Duration::from_secs(30), || {
+        let url = format!("{elsewhere}/invocations/{id}");
+        inv = http.get(url).send().unwrap().json().unwrap_or(Value::Null);
+        inv["status"] == "succeeded"
+    })
+    .unwrap_or_else(|_| panic!("the forwarded asynchronous call finished: {inv}"));
+    assert!(inv["output"].as_str().unwrap().contains("hello, e"), "{inv}");
     worker.kill().unwrap();
     worker.wait().unwrap();
 }
