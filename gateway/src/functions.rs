@@ -362,6 +362,8 @@ async fn run_once(target: &Function, function: &str, ctx: Ctx, input: Bytes) -> 
 #[derive(Default, Clone)]
 pub struct Registry {
     functions: Arc<std::sync::RwLock<BTreeMap<String, Function>>>,
+    /// Woken when a worker registers a function: invocations left waiting for it may run now.
+    registered: Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -453,6 +455,7 @@ impl Registry {
             worker: Some(worker.to_string()),
         };
         functions.insert(name.to_string(), function);
+        self.registered.notify_one();
         Ok(())
     }
 
@@ -1211,13 +1214,14 @@ impl Dispatcher {
     }
 
     /// Claims and runs the durable invocations of dead gateways this gateway can run.
-    /// Returns whether another pass is due soon.
-    async fn recover_once(&self) -> Result<bool, LogError> {
+    /// Returns how many it claimed, and whether another pass is due (some were found).
+    async fn recover_once(&self) -> Result<(usize, bool), LogError> {
         let registry = self.registry.clone();
         let (orphans, due) = self
             .journal
             .orphans(|function| registry.get(function).is_some())
             .await?;
+        let mut claimed = 0;
         for history in orphans {
             let Some(target) = self.registry.get(&history.function) else {
                 continue;
@@ -1227,6 +1231,7 @@ impl Dispatcher {
             };
             tracing::info!(id = history.id, function = history.function, "re-driving");
             self.metrics.redriven.inc();
+            claimed += 1;
             let scope = history.key.as_ref().map(|k| (k.scope.clone(), history.input_hash));
             let inv = Invocation {
                 created_at_ms: history.created_at_ms,
@@ -1249,7 +1254,7 @@ impl Dispatcher {
                 Some(position),
             );
         }
-        Ok(due)
+        Ok((claimed, due))
     }
 
     fn update(&self, id: &str, change: impl FnOnce(&mut Invocation)) {
@@ -1321,33 +1326,43 @@ impl Dispatcher {
     }
 }
 
-/// The recovery loop of a dispatcher: a pass at start, on every change of peers, and now and
-/// then; it ends with the dispatcher.
+/// The recovery loop of a dispatcher: a pass at start, on every change of peers or worker
+/// registration, and now and then: soon after a pass that claimed something (to retire what it finished), less and less
+/// often while what is left is nothing this gateway can run. It ends with the dispatcher.
 async fn recover(dispatcher: std::sync::Weak<Dispatcher>) {
-    let Some(mut peers) = dispatcher.upgrade().map(|d| d.journal.peers()) else {
+    let Some((mut peers, registered)) = dispatcher
+        .upgrade()
+        .map(|d| (d.journal.peers(), d.registry.registered.clone()))
+    else {
         return;
     };
+    let mut wait = RECOVERY_DUE;
     loop {
         let Some(d) = dispatcher.upgrade() else {
             return;
         };
-        let due = d.recover_once().await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "looking for invocations of dead gateways");
-            true
-        });
+        wait = match d.recover_once().await {
+            Ok((0, true)) => (wait * 2).min(RECOVERY_IDLE),
+            Ok((_, true)) => RECOVERY_DUE,
+            Ok((_, false)) => RECOVERY_IDLE,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for invocations of dead gateways");
+                RECOVERY_DUE
+            }
+        };
         drop(d);
-        let wait = if due { RECOVERY_DUE } else { RECOVERY_IDLE };
         tokio::select! {
             changed = peers.changed() => {
                 if changed.is_err() {
                     tokio::time::sleep(wait).await;
                 }
+                wait = RECOVERY_DUE;
             }
+            _ = registered.notified() => wait = RECOVERY_DUE,
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
