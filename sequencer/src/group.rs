@@ -174,6 +174,14 @@ impl GroupNode<MemStorage> {
             Ok(MemStorage::new_with_conf_state(conf_state))
         })
     }
+
+    /// A member restarted on the Raft log an earlier one kept in `log` (clones of a
+    /// `MemStorage` share it): what a simulated crash and restart does. Like a member reopened
+    /// from its directory, it keeps its term, vote and log, and re-applies its committed
+    /// entries.
+    pub fn restart(config: GroupConfig, log: MemStorage) -> Result<GroupNode, GroupError> {
+        GroupNode::with_store(config, |_| Ok(log))
+    }
 }
 
 impl GroupNode<DiskStorage> {

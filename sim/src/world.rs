@@ -1,0 +1,817 @@
+//! The simulated world: nodes, the network between them, the faults the seed draws, and the
+//! event loop in virtual time.
+
+use crate::invariants::{Ground, Observer};
+use logbook::wire::{GatewayMember, GroupEvent, NodeId, ShardId, ShardProgress, View};
+use logbook::ViewId;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use raft::prelude::Message;
+use raft::storage::MemStorage;
+use sequencer::group::{GroupConfig, GroupNode, Output};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+/// Microseconds of virtual time.
+type Time = u64;
+const MS: Time = 1_000;
+const SECOND: Time = 1_000_000;
+
+/// The sequencers' Raft tick, as `tally sequencer` runs it.
+const TICK: Time = 50 * MS;
+/// Gateways send heartbeats this often.
+const HEARTBEAT: Time = 200 * MS;
+/// A gateway not heard from for this many ticks leaves the next view (2 s).
+const GATEWAY_TIMEOUT_TICKS: u64 = 40;
+/// Storage nodes store what their gateways produced, and report, this often.
+const STORAGE_STEP: Time = 5 * MS;
+/// A storage node reports its progress at least this often, changed or not.
+const REPORT_EVERY: Time = 100 * MS;
+/// Committed events a storage node that fell behind is sent again per step, at most.
+const CATCH_UP_BATCH: usize = 256;
+/// Gateways produce a batch of records this often, while up and in a view.
+const PRODUCE_EVERY: Time = 3 * MS;
+
+const SEQUENCERS: [u32; 3] = [0, 1, 2];
+const STORAGE: [u32; 3] = [10, 11, 12];
+const GATEWAYS: [u32; 2] = [20, 21];
+
+/// What a run does.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub seed: u64,
+    /// Virtual time with faults on.
+    pub safety: Time,
+    /// Virtual time, at most, for the system to converge once faults are off.
+    pub liveness: Time,
+}
+
+impl Options {
+    pub fn new(seed: u64) -> Options {
+        Options {
+            seed,
+            safety: 60 * SECOND,
+            liveness: 30 * SECOND,
+        }
+    }
+}
+
+/// A run that held every invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub trace_hash: u64,
+    /// Virtual time simulated, in µs.
+    pub simulated: Time,
+    pub events: u64,
+    /// Group events committed (metalog entries and views).
+    pub committed: u64,
+    pub views: u64,
+    /// Records ordered by the committed metalog.
+    pub ordered: u64,
+    pub faults: String,
+}
+
+/// A run that broke an invariant (or did not converge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub seed: u64,
+    pub at: Time,
+    pub invariant: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} failed at {:.3} s: {}: {}\nreplay: SIM_SEED={} cargo run -p sim --release",
+            self.seed,
+            self.at as f64 / SECOND as f64,
+            self.invariant,
+            self.message,
+            self.seed
+        )
+    }
+}
+
+/// The faults a seed draws.
+#[derive(Debug, Clone)]
+struct Faults {
+    loss: f64,
+    duplicate: f64,
+    delay_min: Time,
+    delay_max: Time,
+    /// Mean time between crashes of some node (none if zero).
+    crash_every: Time,
+    /// Mean time between partitions (none if zero).
+    partition_every: Time,
+    /// Rolling clogs: a random pair's link is down for a while, over and over.
+    clogs: bool,
+}
+
+impl Faults {
+    fn draw(rng: &mut ChaCha8Rng) -> Faults {
+        let mut on = |p: f64| rng.random_bool(p);
+        let (lossy, dups, slow, crashes, partitions, clogs) =
+            (on(0.5), on(0.3), on(0.5), on(0.6), on(0.5), on(0.4));
+        Faults {
+            loss: if lossy { rng.random_range(0.001..0.2) } else { 0.0 },
+            duplicate: if dups { rng.random_range(0.001..0.1) } else { 0.0 },
+            delay_min: rng.random_range(50..500),
+            delay_max: if slow {
+                rng.random_range(2 * MS..80 * MS)
+            } else {
+                rng.random_range(600..2 * MS)
+            },
+            crash_every: if crashes { rng.random_range(1..10) * SECOND } else { 0 },
+            partition_every: if partitions { rng.random_range(2..15) * SECOND } else { 0 },
+            clogs,
+        }
+    }
+
+    fn none() -> Faults {
+        Faults {
+            loss: 0.0,
+            duplicate: 0.0,
+            delay_min: 100,
+            delay_max: 500,
+            crash_every: 0,
+            partition_every: 0,
+            clogs: false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "loss {:.3}, duplicate {:.3}, delay {}..{} µs, crash every {} s, partition every {} s, clogs {}",
+            self.loss,
+            self.duplicate,
+            self.delay_min,
+            self.delay_max,
+            self.crash_every / SECOND,
+            self.partition_every / SECOND,
+            self.clogs
+        )
+    }
+}
+
+/// What travels between nodes.
+#[derive(Debug, Clone)]
+enum Payload {
+    Raft(Box<Message>),
+    Progress(ShardProgress),
+    Heartbeat(GatewayMember),
+    /// Committed events pushed to a storage node (its subscription: a stream, so a batch
+    /// arrives whole and in order), the first with this index.
+    Events(u64, Vec<GroupEvent>),
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Tick(NodeId),
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        payload: Payload,
+    },
+    StorageStep(NodeId),
+    Produce(NodeId),
+    Heartbeat(NodeId),
+    Crash,
+    Restart(NodeId),
+    Partition,
+    Heal,
+    Clog,
+    Unclog(NodeId, NodeId),
+}
+
+struct Sequencer {
+    config: GroupConfig,
+    /// The Raft log: it survives a crash.
+    log: MemStorage,
+    node: Option<GroupNode>,
+}
+
+struct Storage {
+    up: bool,
+    /// Records held, by (view, shard): durable, so a crash keeps them.
+    held: BTreeMap<(ViewId, ShardId), u64>,
+    /// The newest view it learned of, and how many committed events it has seen.
+    view: Option<View>,
+    events_seen: u64,
+    reported: BTreeMap<(ViewId, ShardId), u64>,
+    last_report: Time,
+}
+
+struct Gateway {
+    up: bool,
+    incarnation: u64,
+}
+
+/// The world of one run.
+struct World {
+    seed: u64,
+    rng: ChaCha8Rng,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Time, u64, usize)>>,
+    /// Events by the slot the queue names (the queue holds only orderable keys).
+    slots: Vec<Option<Event>>,
+    free: Vec<usize>,
+    faults: Faults,
+    sequencers: BTreeMap<NodeId, Sequencer>,
+    storage: BTreeMap<NodeId, Storage>,
+    gateways: BTreeMap<NodeId, Gateway>,
+    /// Links down: (a, b) with a < b.
+    cut_links: BTreeSet<(NodeId, NodeId)>,
+    observer: Observer,
+    ground: Ground,
+    hash: u64,
+    events: u64,
+    producing: bool,
+}
+
+fn fnv(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn link(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    (a.min(b), a.max(b))
+}
+
+/// Runs one seed: the safety phase, then the liveness phase.
+pub fn run(options: Options) -> Result<Outcome, Failure> {
+    let mut world = World::new(options.seed);
+    let faults = world.faults.describe();
+    world.start();
+    world.run_until(options.safety)?;
+    world.calm();
+    let deadline = options.safety + options.liveness;
+    loop {
+        if let Some(why) = world.unconverged() {
+            if world.now >= deadline {
+                return Err(world.fail("liveness", why));
+            }
+        } else {
+            break;
+        }
+        world.run_until((world.now + 100 * MS).min(deadline))?;
+    }
+    Ok(Outcome {
+        trace_hash: world.hash,
+        simulated: world.now,
+        events: world.events,
+        committed: world.observer.committed.len() as u64,
+        views: world.observer.views(),
+        ordered: world.observer.ordered(),
+        faults,
+    })
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let faults = Faults::draw(&mut rng);
+        let storage_addrs: BTreeMap<NodeId, String> = STORAGE
+            .iter()
+            .map(|id| (NodeId(*id), format!("storage-{id}")))
+            .collect();
+        let members: Vec<NodeId> = SEQUENCERS.iter().map(|id| NodeId(*id)).collect();
+        let mut sequencers = BTreeMap::new();
+        for id in &members {
+            let config = GroupConfig {
+                id: *id,
+                members: members.clone(),
+                election_tick: rng.random_range(10..20),
+                storage: storage_addrs.clone(),
+                replication: 3,
+                gateway_timeout_ticks: GATEWAY_TIMEOUT_TICKS,
+                max_in_flight: 4,
+            };
+            let node = GroupNode::new(config.clone()).expect("a valid group config");
+            let log = node.raft_log().clone();
+            sequencers.insert(
+                *id,
+                Sequencer {
+                    config,
+                    log,
+                    node: Some(node),
+                },
+            );
+        }
+        let storage = STORAGE
+            .iter()
+            .map(|id| {
+                let node = Storage {
+                    up: true,
+                    held: BTreeMap::new(),
+                    view: None,
+                    events_seen: 0,
+                    reported: BTreeMap::new(),
+                    last_report: 0,
+                };
+                (NodeId(*id), node)
+            })
+            .collect();
+        let gateways = GATEWAYS
+            .iter()
+            .map(|id| {
+                let incarnation = rng.random();
+                (
+                    NodeId(*id),
+                    Gateway {
+                        up: true,
+                        incarnation,
+                    },
+                )
+            })
+            .collect();
+        World {
+            seed,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            faults,
+            sequencers,
+            storage,
+            gateways,
+            cut_links: BTreeSet::new(),
+            observer: Observer::default(),
+            ground: Ground::default(),
+            hash: 0xcbf2_9ce4_8422_2325 ^ seed,
+            events: 0,
+            producing: true,
+        }
+    }
+
+    fn schedule(&mut self, after: Time, event: Event) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(event);
+                slot
+            }
+            None => {
+                self.slots.push(Some(event));
+                self.slots.len() - 1
+            }
+        };
+        self.seq += 1;
+        self.queue.push(Reverse((self.now + after, self.seq, slot)));
+    }
+
+    fn start(&mut self) {
+        let ids: Vec<NodeId> = self.sequencers.keys().copied().collect();
+        for id in ids {
+            let phase = self.rng.random_range(0..TICK);
+            self.schedule(phase, Event::Tick(id));
+        }
+        let ids: Vec<NodeId> = self.storage.keys().copied().collect();
+        for id in ids {
+            let phase = self.rng.random_range(0..STORAGE_STEP);
+            self.schedule(phase, Event::StorageStep(id));
+        }
+        let ids: Vec<NodeId> = self.gateways.keys().copied().collect();
+        for id in ids {
+            let phase = self.rng.random_range(0..HEARTBEAT);
+            self.schedule(phase, Event::Heartbeat(id));
+            self.schedule(phase, Event::Produce(id));
+        }
+        if self.faults.crash_every > 0 {
+            let after = self.rng.random_range(0..2 * self.faults.crash_every);
+            self.schedule(after, Event::Crash);
+        }
+        if self.faults.partition_every > 0 {
+            let after = self.rng.random_range(0..2 * self.faults.partition_every);
+            self.schedule(after, Event::Partition);
+        }
+        if self.faults.clogs {
+            let first = self.rng.random_range(0..SECOND);
+            self.schedule(first, Event::Clog);
+        }
+    }
+
+    /// Faults off: links healed, every node up, no more records produced.
+    fn calm(&mut self) {
+        self.faults = Faults::none();
+        self.cut_links.clear();
+        self.producing = false;
+        let down: Vec<NodeId> = self
+            .sequencers
+            .iter()
+            .filter(|(_, s)| s.node.is_none())
+            .map(|(id, _)| *id)
+            .chain(self.storage.iter().filter(|(_, s)| !s.up).map(|(id, _)| *id))
+            .chain(self.gateways.iter().filter(|(_, g)| !g.up).map(|(id, _)| *id))
+            .collect();
+        for id in down {
+            self.restart(id);
+        }
+        self.hash = fnv(self.hash, b"calm");
+    }
+
+    fn fail(&self, invariant: &'static str, message: String) -> Failure {
+        Failure {
+            seed: self.seed,
+            at: self.now,
+            invariant,
+            message,
+        }
+    }
+
+    fn run_until(&mut self, until: Time) -> Result<(), Failure> {
+        while let Some(Reverse((at, _, slot))) = self.queue.peek().copied() {
+            if at > until {
+                break;
+            }
+            self.queue.pop();
+            let event = self.slots[slot].take().expect("a queued slot holds its event");
+            self.free.push(slot);
+            self.now = at;
+            self.events += 1;
+            self.hash = fnv(self.hash, &at.to_le_bytes());
+            self.handle(event)
+                .map_err(|(invariant, message)| self.fail(invariant, message))?;
+        }
+        self.now = self.now.max(until);
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), (&'static str, String)> {
+        match event {
+            Event::Tick(id) => {
+                self.hash = fnv(self.hash, &[1, id.0 as u8]);
+                if let Some(node) = self.sequencer(id) {
+                    let out = node.tick();
+                    self.outputs(id, out)?;
+                }
+                self.schedule(TICK, Event::Tick(id));
+            }
+            Event::Deliver { from, to, payload } => {
+                if self.cut_links.contains(&link(from, to)) {
+                    return Ok(());
+                }
+                self.deliver(from, to, payload)?;
+            }
+            Event::StorageStep(id) => {
+                self.storage_step(id);
+                self.schedule(STORAGE_STEP, Event::StorageStep(id));
+            }
+            Event::Produce(id) => {
+                self.produce(id);
+                self.schedule(PRODUCE_EVERY, Event::Produce(id));
+            }
+            Event::Heartbeat(id) => {
+                self.heartbeat(id);
+                self.schedule(HEARTBEAT, Event::Heartbeat(id));
+            }
+            Event::Crash => {
+                if self.faults.crash_every > 0 {
+                    self.crash_one();
+                    let after = self.rng.random_range(0..2 * self.faults.crash_every);
+                    self.schedule(after, Event::Crash);
+                }
+            }
+            Event::Restart(id) => self.restart(id),
+            Event::Partition => {
+                if self.faults.partition_every > 0 {
+                    self.partition();
+                    let lasts = self.rng.random_range(SECOND / 2..5 * SECOND);
+                    self.schedule(lasts, Event::Heal);
+                    let after = self.rng.random_range(0..2 * self.faults.partition_every);
+                    self.schedule(lasts + after, Event::Partition);
+                }
+            }
+            Event::Heal => {
+                self.hash = fnv(self.hash, b"heal");
+                self.cut_links.clear();
+            }
+            Event::Clog => {
+                if self.faults.clogs {
+                    let all = self.all_nodes();
+                    let a = all[self.rng.random_range(0..all.len())];
+                    let b = all[self.rng.random_range(0..all.len())];
+                    if a != b {
+                        self.cut_links.insert(link(a, b));
+                        self.hash = fnv(self.hash, &[7, a.0 as u8, b.0 as u8]);
+                        let lasts = self.rng.random_range(10 * MS..2 * SECOND);
+                        self.schedule(lasts, Event::Unclog(a, b));
+                    }
+                    let next = self.rng.random_range(10 * MS..SECOND);
+                    self.schedule(next, Event::Clog);
+                }
+            }
+            Event::Unclog(a, b) => {
+                self.cut_links.remove(&link(a, b));
+            }
+        }
+        Ok(())
+    }
+
+    fn all_nodes(&self) -> Vec<NodeId> {
+        self.sequencers
+            .keys()
+            .chain(self.storage.keys())
+            .chain(self.gateways.keys())
+            .copied()
+            .collect()
+    }
+
+    fn sequencer(&mut self, id: NodeId) -> Option<&mut GroupNode> {
+        self.sequencers.get_mut(&id).and_then(|s| s.node.as_mut())
+    }
+
+    /// Sends `payload` over the network: maybe lost, maybe twice, after a random delay.
+    fn send(&mut self, from: NodeId, to: NodeId, payload: Payload) {
+        if self.faults.loss > 0.0 && self.rng.random_bool(self.faults.loss) {
+            return;
+        }
+        let copies = if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate)
+        {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self
+                .rng
+                .random_range(self.faults.delay_min..=self.faults.delay_max);
+            let payload = payload.clone();
+            self.schedule(delay, Event::Deliver { from, to, payload });
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        payload: Payload,
+    ) -> Result<(), (&'static str, String)> {
+        match payload {
+            Payload::Raft(message) => {
+                self.hash = fnv(self.hash, &[2, from.0 as u8, to.0 as u8]);
+                self.hash = fnv(self.hash, &message.term.to_le_bytes());
+                self.hash = fnv(self.hash, &(message.msg_type as i32).to_le_bytes());
+                if let Some(node) = self.sequencer(to) {
+                    let out = node.step(*message);
+                    self.outputs(to, out)?;
+                }
+            }
+            Payload::Progress(progress) => {
+                self.hash = fnv(self.hash, &[3, from.0 as u8, to.0 as u8]);
+                self.hash = fnv(self.hash, &progress.durable.to_le_bytes());
+                if let Some(node) = self.sequencer(to) {
+                    node.on_progress(progress);
+                    let out = node.cut();
+                    self.outputs(to, out)?;
+                }
+            }
+            Payload::Heartbeat(member) => {
+                self.hash = fnv(self.hash, &[4, from.0 as u8, to.0 as u8]);
+                if let Some(node) = self.sequencer(to) {
+                    node.on_gateway_heartbeat(from, member);
+                }
+            }
+            Payload::Events(first, events) => {
+                self.hash = fnv(self.hash, &[5, from.0 as u8, to.0 as u8]);
+                for (i, event) in events.into_iter().enumerate() {
+                    self.storage_learns(to, first + i as u64, event);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out a sequencer's outputs: messages go out, committed events are checked and
+    /// pushed to the storage nodes.
+    fn outputs(&mut self, id: NodeId, out: Vec<Output>) -> Result<(), (&'static str, String)> {
+        for output in out {
+            match output {
+                Output::Send { to, message } => {
+                    self.send(id, to, Payload::Raft(Box::new(message)));
+                }
+                Output::Committed { index, event } => {
+                    let bytes = serde_json::to_vec(&event).expect("events serialize");
+                    self.hash = fnv(self.hash, &index.to_le_bytes());
+                    self.hash = fnv(self.hash, &bytes);
+                    self.observer
+                        .on_committed(id, index, &event, &self.ground)?;
+                    let storage: Vec<NodeId> = self.storage.keys().copied().collect();
+                    for node in storage {
+                        self.send(id, node, Payload::Events(index, vec![event.clone()]));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A storage node learns committed event `index` (in order; later ones wait for a resend).
+    fn storage_learns(&mut self, id: NodeId, index: u64, event: GroupEvent) {
+        let Some(node) = self.storage.get_mut(&id).filter(|s| s.up) else {
+            return;
+        };
+        if index != node.events_seen {
+            return;
+        }
+        node.events_seen += 1;
+        if let GroupEvent::View(view) = event {
+            node.view = Some(view);
+        }
+    }
+
+    /// A storage node stores some of what its shards' gateways produced in its view, and
+    /// reports its progress to every sequencer when it changed (or now and then).
+    fn storage_step(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(node) = self.storage.get_mut(&id).filter(|s| s.up) else {
+            return;
+        };
+        // Catch up with committed events it missed: its subscription resends from where it is,
+        // a batch at a time.
+        let from_index = node.events_seen as usize;
+        let missed: Vec<GroupEvent> = self
+            .observer
+            .committed
+            .iter()
+            .skip(from_index)
+            .take(CATCH_UP_BATCH)
+            .cloned()
+            .collect();
+        if !missed.is_empty() {
+            let from = *self.sequencers.keys().next().expect("sequencers exist");
+            self.send(from, id, Payload::Events(from_index as u64, missed));
+        }
+        let node = self.storage.get_mut(&id).expect("checked above");
+        let Some(view) = node.view.clone() else {
+            return;
+        };
+        let mut reports = Vec::new();
+        for (shard, replicas) in &view.shards {
+            if !replicas.contains(&id) {
+                continue;
+            }
+            let produced = self.ground.produced(view.id, *shard);
+            let held = node.held.entry((view.id, *shard)).or_insert(0);
+            if *held < produced {
+                let more = self.rng.random_range(1..=(produced - *held).min(64));
+                *held += more;
+                self.ground.hold(id, view.id, *shard, *held);
+            }
+            let held = *held;
+            let due = now.saturating_sub(node.last_report) >= REPORT_EVERY;
+            if due || node.reported.get(&(view.id, *shard)) != Some(&held) {
+                node.reported.insert((view.id, *shard), held);
+                reports.push(ShardProgress {
+                    node: id,
+                    shard: *shard,
+                    view: view.id,
+                    durable: held,
+                });
+            }
+        }
+        if !reports.is_empty() {
+            node.last_report = now;
+        }
+        let sequencers: Vec<NodeId> = self.sequencers.keys().copied().collect();
+        for progress in reports {
+            for to in &sequencers {
+                self.send(id, *to, Payload::Progress(progress));
+            }
+        }
+    }
+
+    /// A gateway that is up and in the newest committed view produces a few records for its
+    /// shard (what its clients append).
+    fn produce(&mut self, id: NodeId) {
+        if !self.producing {
+            return;
+        }
+        let Some(gateway) = self.gateways.get(&id).filter(|g| g.up) else {
+            return;
+        };
+        let Some(view) = self.observer.view() else {
+            return;
+        };
+        let member = view
+            .gateways
+            .get(&id)
+            .is_some_and(|m| m.incarnation == gateway.incarnation);
+        if member {
+            let count = self.rng.random_range(1..=16);
+            self.ground.produce(view.id, View::shard_of(id), count);
+        }
+    }
+
+    fn heartbeat(&mut self, id: NodeId) {
+        let Some(gateway) = self.gateways.get(&id).filter(|g| g.up) else {
+            return;
+        };
+        let member = GatewayMember {
+            incarnation: gateway.incarnation,
+            http_addr: format!("gateway-{}", id.0),
+        };
+        let sequencers: Vec<NodeId> = self.sequencers.keys().copied().collect();
+        for to in sequencers {
+            self.send(id, to, Payload::Heartbeat(member.clone()));
+        }
+    }
+
+    /// Crashes a random node that is up, and schedules its restart.
+    fn crash_one(&mut self) {
+        let all = self.all_nodes();
+        let id = all[self.rng.random_range(0..all.len())];
+        self.hash = fnv(self.hash, &[6, id.0 as u8]);
+        if let Some(s) = self.sequencers.get_mut(&id) {
+            if s.node.take().is_none() {
+                return;
+            }
+        } else if let Some(s) = self.storage.get_mut(&id) {
+            if !std::mem::replace(&mut s.up, false) {
+                return;
+            }
+        } else if let Some(g) = self.gateways.get_mut(&id) {
+            if !std::mem::replace(&mut g.up, false) {
+                return;
+            }
+        }
+        let down = self.rng.random_range(100 * MS..5 * SECOND);
+        self.schedule(down, Event::Restart(id));
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        self.hash = fnv(self.hash, &[8, id.0 as u8]);
+        if let Some(s) = self.sequencers.get_mut(&id) {
+            if s.node.is_none() {
+                let node = GroupNode::restart(s.config.clone(), s.log.clone())
+                    .expect("a member restarts on its own log");
+                s.node = Some(node);
+            }
+        } else if let Some(s) = self.storage.get_mut(&id) {
+            if !s.up {
+                // Its records are on disk; what it learned of the metalog it learns again.
+                s.up = true;
+                s.events_seen = 0;
+                s.view = None;
+                s.reported.clear();
+            }
+        } else if let Some(g) = self.gateways.get_mut(&id) {
+            if !g.up {
+                g.up = true;
+                g.incarnation = self.rng.random();
+            }
+        }
+    }
+
+    /// Cuts the network: one node isolated, or the nodes split in two random halves.
+    fn partition(&mut self) {
+        let all = self.all_nodes();
+        let isolated: BTreeSet<NodeId> = if self.rng.random_bool(0.5) {
+            [all[self.rng.random_range(0..all.len())]].into()
+        } else {
+            all.iter()
+                .copied()
+                .filter(|_| self.rng.random_bool(0.5))
+                .collect()
+        };
+        for a in &isolated {
+            for b in all.iter().filter(|b| !isolated.contains(b)) {
+                self.cut_links.insert(link(*a, *b));
+            }
+        }
+        self.hash = fnv(self.hash, &[9, isolated.len() as u8]);
+    }
+
+    /// Why the system has not converged yet, if it has not.
+    fn unconverged(&self) -> Option<String> {
+        let len = self.observer.committed.len() as u64;
+        for (id, s) in &self.sequencers {
+            let applied = s.node.as_ref().map_or(0, GroupNode::events_len);
+            if applied != len {
+                return Some(format!("sequencer {} applied {applied} of {len} events", id.0));
+            }
+        }
+        let view = self.observer.view()?;
+        for (id, g) in &self.gateways {
+            let member = view.gateways.get(id).map(|m| m.incarnation);
+            if member != Some(g.incarnation) {
+                return Some(format!("gateway {} is not in view {}", id.0, view.id.0));
+            }
+        }
+        for shard in view.shards.keys() {
+            let produced = self.ground.produced(view.id, *shard);
+            let ordered = self.observer.ordered_in(view.id, *shard);
+            if ordered != produced {
+                return Some(format!(
+                    "shard {} of view {}: {ordered} of {produced} records ordered",
+                    shard.0, view.id.0
+                ));
+            }
+        }
+        None
+    }
+}
