@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 let finished = done.fetch_add(1, Ordering::SeqCst) + 1;
-                if finished % 100 == 0 || finished == args.seeds {
+                if finished.is_multiple_of(100) || finished == args.seeds {
                     let wall = started.elapsed().as_secs_f64();
                     let hours = simulated.load(Ordering::SeqCst) as f64 / 3.6e9;
                     eprintln!(

@@ -249,13 +249,9 @@ pub fn run(options: Options) -> Result<Outcome, Failure> {
     world.run_until(options.safety)?;
     world.calm();
     let deadline = options.safety + options.liveness;
-    loop {
-        if let Some(why) = world.unconverged() {
-            if world.now >= deadline {
-                return Err(world.fail("liveness", why));
-            }
-        } else {
-            break;
+    while let Some(why) = world.unconverged() {
+        if world.now >= deadline {
+            return Err(world.fail("liveness", why));
         }
         world.run_until((world.now + 100 * MS).min(deadline))?;
     }
