@@ -22,6 +22,9 @@ struct Args {
     /// Simulated seconds with faults on, per seed.
     #[arg(long, default_value_t = 60)]
     safety_s: u64,
+    /// With `--seed`: print the state of the world every simulated second.
+    #[arg(long)]
+    verbose: bool,
     /// Seeds run at once (threads; each seed is deterministic on its own). Default: one per
     /// core.
     #[arg(long)]
@@ -32,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let options = |seed| sim::Options {
         safety: args.safety_s * 1_000_000,
+        verbose: args.verbose && args.seed.is_some(),
         ..sim::Options::new(seed)
     };
     if let Some(seed) = args.seed {
@@ -40,12 +44,14 @@ fn main() -> anyhow::Result<()> {
             Ok(outcome) => {
                 println!("faults: {}", outcome.faults);
                 println!(
-                    "{:.1} simulated s, {} events, {} committed ({} views), {} records ordered",
+                    "{:.1} simulated s, {} events, {} committed ({} views), {} records ordered, \
+                     {} appends acknowledged",
                     outcome.simulated as f64 / 1e6,
                     outcome.events,
                     outcome.committed,
                     outcome.views,
-                    outcome.ordered
+                    outcome.ordered,
+                    outcome.acknowledged
                 );
                 println!("trace hash: {:016x}", outcome.trace_hash);
                 return Ok(());

@@ -1,8 +1,13 @@
 //! The simulated world: nodes, the network between them, the faults the seed draws, and the
 //! event loop in virtual time.
 
+use crate::gateway::{Gateway, Op, Out};
+use gateway::engine::Reply;
 use crate::invariants::{Ground, Observer};
-use logbook::wire::{GatewayMember, GroupEvent, NodeId, ShardId, ShardProgress, View};
+use logbook::wire::{
+    GatewayMember, GroupEvent, IndexEntry, LocalId, LogRecord, NodeId, ShardId, ShardProgress,
+    View,
+};
 use logbook::ViewId;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -13,7 +18,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 /// Microseconds of virtual time.
-type Time = u64;
+pub(crate) type Time = u64;
 const MS: Time = 1_000;
 const SECOND: Time = 1_000_000;
 
@@ -29,10 +34,14 @@ const STORAGE_STEP: Time = 5 * MS;
 const REPORT_EVERY: Time = 100 * MS;
 /// Committed events a storage node that fell behind is sent again per step, at most.
 const CATCH_UP_BATCH: usize = 256;
-/// Gateways produce a batch of records this often, while up and in a view.
+/// Clients send a gateway an operation this often, while it is up and in a view.
 const PRODUCE_EVERY: Time = 3 * MS;
+/// Gateways resend, ask for index data and take committed events this often.
+pub(crate) const GATEWAY_STEP: Time = 5 * MS;
+/// Reads compare the gateways' indexes this often.
+const COMPARE_EVERY: Time = 5 * SECOND;
 
-const SEQUENCERS: [u32; 3] = [0, 1, 2];
+pub(crate) const SEQUENCERS: [u32; 3] = [0, 1, 2];
 const STORAGE: [u32; 3] = [10, 11, 12];
 const GATEWAYS: [u32; 2] = [20, 21];
 
@@ -44,6 +53,8 @@ pub struct Options {
     pub safety: Time,
     /// Virtual time, at most, for the system to converge once faults are off.
     pub liveness: Time,
+    /// Print the state of the world every simulated second.
+    pub verbose: bool,
 }
 
 impl Options {
@@ -52,6 +63,7 @@ impl Options {
             seed,
             safety: 60 * SECOND,
             liveness: 30 * SECOND,
+            verbose: false,
         }
     }
 }
@@ -68,6 +80,8 @@ pub struct Outcome {
     pub views: u64,
     /// Records ordered by the committed metalog.
     pub ordered: u64,
+    /// Appends acknowledged to clients.
+    pub acknowledged: u64,
     pub faults: String,
 }
 
@@ -157,13 +171,32 @@ impl Faults {
 
 /// What travels between nodes.
 #[derive(Debug, Clone)]
-enum Payload {
+pub enum Payload {
     Raft(Box<Message>),
     Progress(ShardProgress),
     Heartbeat(GatewayMember),
-    /// Committed events pushed to a storage node (its subscription: a stream, so a batch
-    /// arrives whole and in order), the first with this index.
+    /// Committed events pushed to a gateway (its subscription: a stream, so a batch arrives
+    /// whole and in order), the first with this index.
     Events(u64, Vec<GroupEvent>),
+    /// A gateway's records for a replica: local counters from `first` of its shard in `view`.
+    Replicate {
+        view: ViewId,
+        shard: ShardId,
+        first: u64,
+        records: Vec<LogRecord>,
+    },
+    /// A replica holds the first `durable` records of its shard in `view`.
+    Ack { view: ViewId, durable: u64 },
+    /// A gateway asks a replica for the index data of local counters `start..start + count` of
+    /// (view, shard), which a metalog entry ordered from `first_seqnum`.
+    FetchIndex {
+        view: ViewId,
+        shard: ShardId,
+        start: u64,
+        count: u64,
+        first_seqnum: logbook::Seqnum,
+    },
+    IndexData(Vec<IndexEntry>),
 }
 
 #[derive(Debug, Clone)]
@@ -175,7 +208,9 @@ enum Event {
         payload: Payload,
     },
     StorageStep(NodeId),
+    GatewayStep(NodeId),
     Produce(NodeId),
+    Compare,
     Heartbeat(NodeId),
     Crash,
     Restart(NodeId),
@@ -194,18 +229,11 @@ struct Sequencer {
 
 struct Storage {
     up: bool,
-    /// Records held, by (view, shard): durable, so a crash keeps them.
-    held: BTreeMap<(ViewId, ShardId), u64>,
-    /// The newest view it learned of, and how many committed events it has seen.
-    view: Option<View>,
-    events_seen: u64,
+    /// Records held, by (view, shard), in local counter order: durable, so a crash keeps
+    /// them.
+    held: BTreeMap<(ViewId, ShardId), Vec<LogRecord>>,
     reported: BTreeMap<(ViewId, ShardId), u64>,
     last_report: Time,
-}
-
-struct Gateway {
-    up: bool,
-    incarnation: u64,
 }
 
 /// The world of one run.
@@ -224,11 +252,14 @@ struct World {
     gateways: BTreeMap<NodeId, Gateway>,
     /// Links down: (a, b) with a < b.
     cut_links: BTreeSet<(NodeId, NodeId)>,
-    observer: Observer,
-    ground: Ground,
+    pub(crate) observer: Observer,
+    pub(crate) ground: Ground,
+    next_op: u64,
     hash: u64,
     events: u64,
     producing: bool,
+    /// Print the state of the world every simulated second (`--verbose`).
+    verbose: bool,
 }
 
 fn fnv(hash: u64, bytes: &[u8]) -> u64 {
@@ -241,9 +272,10 @@ fn link(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
     (a.min(b), a.max(b))
 }
 
-/// Runs one seed: the safety phase, then the liveness phase.
+/// Runs one seed: the safety phase, then the liveness phase, then the final checks.
 pub fn run(options: Options) -> Result<Outcome, Failure> {
     let mut world = World::new(options.seed);
+    world.verbose = options.verbose;
     let faults = world.faults.describe();
     world.start();
     world.run_until(options.safety)?;
@@ -255,6 +287,9 @@ pub fn run(options: Options) -> Result<Outcome, Failure> {
         }
         world.run_until((world.now + 100 * MS).min(deadline))?;
     }
+    world
+        .final_checks()
+        .map_err(|(invariant, message)| world.fail(invariant, message))?;
     Ok(Outcome {
         trace_hash: world.hash,
         simulated: world.now,
@@ -262,6 +297,7 @@ pub fn run(options: Options) -> Result<Outcome, Failure> {
         committed: world.observer.committed.len() as u64,
         views: world.observer.views(),
         ordered: world.observer.ordered(),
+        acknowledged: world.ground.acknowledged(),
         faults,
     })
 }
@@ -303,8 +339,6 @@ impl World {
                 let node = Storage {
                     up: true,
                     held: BTreeMap::new(),
-                    view: None,
-                    events_seen: 0,
                     reported: BTreeMap::new(),
                     last_report: 0,
                 };
@@ -313,16 +347,7 @@ impl World {
             .collect();
         let gateways = GATEWAYS
             .iter()
-            .map(|id| {
-                let incarnation = rng.random();
-                (
-                    NodeId(*id),
-                    Gateway {
-                        up: true,
-                        incarnation,
-                    },
-                )
-            })
+            .map(|id| (NodeId(*id), Gateway::new(NodeId(*id), rng.random())))
             .collect();
         World {
             seed,
@@ -339,9 +364,11 @@ impl World {
             cut_links: BTreeSet::new(),
             observer: Observer::default(),
             ground: Ground::default(),
+            next_op: 0,
             hash: 0xcbf2_9ce4_8422_2325 ^ seed,
             events: 0,
             producing: true,
+            verbose: false,
         }
     }
 
@@ -376,7 +403,9 @@ impl World {
             let phase = self.rng.random_range(0..HEARTBEAT);
             self.schedule(phase, Event::Heartbeat(id));
             self.schedule(phase, Event::Produce(id));
+            self.schedule(phase % GATEWAY_STEP, Event::GatewayStep(id));
         }
+        self.schedule(COMPARE_EVERY, Event::Compare);
         if self.faults.crash_every > 0 {
             let after = self.rng.random_range(0..2 * self.faults.crash_every);
             self.schedule(after, Event::Crash);
@@ -391,7 +420,7 @@ impl World {
         }
     }
 
-    /// Faults off: links healed, every node up, no more records produced.
+    /// Faults off: links healed, every node up, no more appends.
     fn calm(&mut self) {
         self.faults = Faults::none();
         self.cut_links.clear();
@@ -457,9 +486,20 @@ impl World {
                 self.storage_step(id);
                 self.schedule(STORAGE_STEP, Event::StorageStep(id));
             }
+            Event::GatewayStep(id) => {
+                self.gateway_step(id)?;
+                self.schedule(GATEWAY_STEP, Event::GatewayStep(id));
+            }
             Event::Produce(id) => {
-                self.produce(id);
+                self.produce(id)?;
                 self.schedule(PRODUCE_EVERY, Event::Produce(id));
+            }
+            Event::Compare => {
+                self.compare()?;
+                if self.verbose {
+                    eprintln!("{}", self.describe());
+                }
+                self.schedule(COMPARE_EVERY, Event::Compare);
             }
             Event::Heartbeat(id) => {
                 self.heartbeat(id);
@@ -521,6 +561,10 @@ impl World {
         self.sequencers.get_mut(&id).and_then(|s| s.node.as_mut())
     }
 
+    fn gateway(&mut self, id: NodeId) -> Option<&mut Gateway> {
+        self.gateways.get_mut(&id).filter(|g| g.up)
+    }
+
     /// Sends `payload` over the network: maybe lost, maybe twice, after a random delay.
     fn send(&mut self, from: NodeId, to: NodeId, payload: Payload) {
         if self.faults.loss > 0.0 && self.rng.random_bool(self.faults.loss) {
@@ -547,9 +591,9 @@ impl World {
         to: NodeId,
         payload: Payload,
     ) -> Result<(), (&'static str, String)> {
+        self.hash = fnv(self.hash, &[2, from.0 as u8, to.0 as u8]);
         match payload {
             Payload::Raft(message) => {
-                self.hash = fnv(self.hash, &[2, from.0 as u8, to.0 as u8]);
                 self.hash = fnv(self.hash, &message.term.to_le_bytes());
                 self.hash = fnv(self.hash, &(message.msg_type as i32).to_le_bytes());
                 if let Some(node) = self.sequencer(to) {
@@ -558,7 +602,6 @@ impl World {
                 }
             }
             Payload::Progress(progress) => {
-                self.hash = fnv(self.hash, &[3, from.0 as u8, to.0 as u8]);
                 self.hash = fnv(self.hash, &progress.durable.to_le_bytes());
                 if let Some(node) = self.sequencer(to) {
                     node.on_progress(progress);
@@ -567,15 +610,87 @@ impl World {
                 }
             }
             Payload::Heartbeat(member) => {
-                self.hash = fnv(self.hash, &[4, from.0 as u8, to.0 as u8]);
                 if let Some(node) = self.sequencer(to) {
                     node.on_gateway_heartbeat(from, member);
                 }
             }
             Payload::Events(first, events) => {
-                self.hash = fnv(self.hash, &[5, from.0 as u8, to.0 as u8]);
+                let now = self.now;
+                let Some(gateway) = self.gateway(to) else {
+                    return Ok(());
+                };
+                let mut outs = Vec::new();
                 for (i, event) in events.into_iter().enumerate() {
-                    self.storage_learns(to, first + i as u64, event);
+                    // Like `tally gateway`, it takes no more events while the entries it has
+                    // wait for index data; its subscription sends them again later.
+                    if first + i as u64 == gateway.events_seen && gateway.can_take() {
+                        outs.extend(gateway.on_event(event, now));
+                    }
+                }
+                self.gateway_outs(to, outs)?;
+            }
+            Payload::Replicate {
+                view,
+                shard,
+                first,
+                records,
+            } => {
+                let Some(node) = self.storage.get_mut(&to).filter(|s| s.up) else {
+                    return Ok(());
+                };
+                let held = node.held.entry((view, shard)).or_default();
+                let have = held.len() as u64;
+                if first <= have && first + records.len() as u64 > have {
+                    let new: Vec<LogRecord> =
+                        records.into_iter().skip((have - first) as usize).collect();
+                    for (i, record) in new.iter().enumerate() {
+                        let id = LocalId::new(view, have + i as u64);
+                        self.ground.store(shard, id, record)?;
+                    }
+                    held.extend(new);
+                    let count = held.len() as u64;
+                    self.ground.hold(to, view, shard, count);
+                }
+                let durable = self.storage[&to].held[&(view, shard)].len() as u64;
+                self.send(to, from, Payload::Ack { view, durable });
+            }
+            Payload::Ack { view, durable } => {
+                if let Some(gateway) = self.gateway(to) {
+                    gateway.on_ack(from, view, durable);
+                }
+            }
+            Payload::FetchIndex {
+                view,
+                shard,
+                start,
+                count,
+                first_seqnum,
+            } => {
+                let Some(node) = self.storage.get(&to).filter(|s| s.up) else {
+                    return Ok(());
+                };
+                let Some(held) = node.held.get(&(view, shard)) else {
+                    return Ok(());
+                };
+                let entries: Vec<IndexEntry> = (start..start + count)
+                    .map_while(|counter| held.get(counter as usize).map(|r| (counter, r)))
+                    .map(|(counter, record)| IndexEntry {
+                        seqnum: logbook::Seqnum(first_seqnum.0 + (counter - start)),
+                        book: record.book,
+                        tags: record.tags.clone(),
+                        kind: record.kind,
+                    })
+                    .collect();
+                if !entries.is_empty() {
+                    self.send(to, from, Payload::IndexData(entries));
+                }
+            }
+            Payload::IndexData(entries) => {
+                let now = self.now;
+
+                if let Some(gateway) = self.gateway(to) {
+                    let outs = gateway.on_index_data(entries, now);
+                    self.gateway_outs(to, outs)?;
                 }
             }
         }
@@ -583,7 +698,7 @@ impl World {
     }
 
     /// Carries out a sequencer's outputs: messages go out, committed events are checked and
-    /// pushed to the storage nodes.
+    /// pushed to the gateways.
     fn outputs(&mut self, id: NodeId, out: Vec<Output>) -> Result<(), (&'static str, String)> {
         for output in out {
             match output {
@@ -596,9 +711,9 @@ impl World {
                     self.hash = fnv(self.hash, &bytes);
                     self.observer
                         .on_committed(id, index, &event, &self.ground)?;
-                    let storage: Vec<NodeId> = self.storage.keys().copied().collect();
-                    for node in storage {
-                        self.send(id, node, Payload::Events(index, vec![event.clone()]));
+                    let gateways: Vec<NodeId> = self.gateways.keys().copied().collect();
+                    for gateway in gateways {
+                        self.send(id, gateway, Payload::Events(index, vec![event.clone()]));
                     }
                 }
             }
@@ -606,30 +721,88 @@ impl World {
         Ok(())
     }
 
-    /// A storage node learns committed event `index` (in order; later ones wait for a resend).
-    fn storage_learns(&mut self, id: NodeId, index: u64, event: GroupEvent) {
-        let Some(node) = self.storage.get_mut(&id).filter(|s| s.up) else {
-            return;
-        };
-        if index != node.events_seen {
-            return;
+    /// Carries out what a gateway asked for: messages, and replies to its clients.
+    fn gateway_outs(&mut self, id: NodeId, outs: Vec<Out>) -> Result<(), (&'static str, String)> {
+        for out in outs {
+            match out {
+                Out::Send(to, payload) => self.send(id, to, payload),
+                Out::Reply(op_id, reply) => {
+                    let now = self.now;
+                    let gateway = self.gateways.get_mut(&id).expect("a gateway");
+                    let Some(op) = gateway.ops.remove(&op_id) else {
+                        continue;
+                    };
+                    match reply {
+                        Reply::Appended(seqnums) => {
+                            self.hash = fnv(self.hash, &seqnums[0].0.to_le_bytes());
+                            gateway.acknowledged(&op);
+                            self.ground.acknowledge(seqnums[0], &op)?;
+                        }
+                        Reply::Err(logbook::LogError::Discarded) if op.tries < 5 => {
+                            // The runtime tries a discarded append again, in the next view.
+                            let op = Op {
+                                tries: op.tries + 1,
+                                ..op
+                            };
+                            self.next_op += 1;
+                            let op_id = self.next_op;
+                            let gateway = self.gateways.get_mut(&id).expect("a gateway");
+                            let outs = gateway.append(op_id, op, now);
+                            self.gateway_outs(id, outs)?;
+                        }
+                        // Unknown (discarded too often), or refused (a lost condition): either
+                        // way not acknowledged.
+                        Reply::Err(_) | Reply::Plan(_) => {}
+                    }
+                }
+            }
         }
-        node.events_seen += 1;
-        if let GroupEvent::View(view) = event {
-            node.view = Some(view);
-        }
+        Ok(())
     }
 
-    /// A storage node stores some of what its shards' gateways produced in its view, and
-    /// reports its progress to every sequencer when it changed (or now and then).
+    /// A storage node reports what it holds of each (view, shard) to every sequencer, when
+    /// that changed or now and then.
     fn storage_step(&mut self, id: NodeId) {
         let now = self.now;
         let Some(node) = self.storage.get_mut(&id).filter(|s| s.up) else {
             return;
         };
-        // Catch up with committed events it missed: its subscription resends from where it is,
-        // a batch at a time.
-        let from_index = node.events_seen as usize;
+        let due = now.saturating_sub(node.last_report) >= REPORT_EVERY;
+        let newest = self.observer.view().map(|v| v.id);
+        let mut reports = Vec::new();
+        for ((view, shard), records) in &node.held {
+            let held = records.len() as u64;
+            let current = Some(*view) == newest;
+            if node.reported.get(&(*view, *shard)) != Some(&held) || (due && current) {
+                node.reported.insert((*view, *shard), held);
+                reports.push(ShardProgress {
+                    node: id,
+                    shard: *shard,
+                    view: *view,
+                    durable: held,
+                });
+            }
+        }
+        if due {
+            node.last_report = now;
+        }
+        let sequencers: Vec<NodeId> = self.sequencers.keys().copied().collect();
+        for progress in reports {
+            for to in &sequencers {
+                self.send(id, *to, Payload::Progress(progress));
+            }
+        }
+    }
+
+    /// A gateway takes the committed events it missed (its subscription resends from where it
+    /// is), resends to replicas, and asks for index data.
+    fn gateway_step(&mut self, id: NodeId) -> Result<(), (&'static str, String)> {
+        let now = self.now;
+        let Some(gateway) = self.gateways.get_mut(&id).filter(|g| g.up) else {
+            return Ok(());
+        };
+        let from_index = gateway.events_seen as usize;
+        let outs = gateway.step(now, &mut self.rng);
         let missed: Vec<GroupEvent> = self
             .observer
             .committed
@@ -642,65 +815,48 @@ impl World {
             let from = *self.sequencers.keys().next().expect("sequencers exist");
             self.send(from, id, Payload::Events(from_index as u64, missed));
         }
-        let node = self.storage.get_mut(&id).expect("checked above");
-        let Some(view) = node.view.clone() else {
-            return;
-        };
-        let mut reports = Vec::new();
-        for (shard, replicas) in &view.shards {
-            if !replicas.contains(&id) {
-                continue;
-            }
-            let produced = self.ground.produced(view.id, *shard);
-            let held = node.held.entry((view.id, *shard)).or_insert(0);
-            if *held < produced {
-                let more = self.rng.random_range(1..=(produced - *held).min(64));
-                *held += more;
-                self.ground.hold(id, view.id, *shard, *held);
-            }
-            let held = *held;
-            let due = now.saturating_sub(node.last_report) >= REPORT_EVERY;
-            if due || node.reported.get(&(view.id, *shard)) != Some(&held) {
-                node.reported.insert((view.id, *shard), held);
-                reports.push(ShardProgress {
-                    node: id,
-                    shard: *shard,
-                    view: view.id,
-                    durable: held,
-                });
-            }
-        }
-        if !reports.is_empty() {
-            node.last_report = now;
-        }
-        let sequencers: Vec<NodeId> = self.sequencers.keys().copied().collect();
-        for progress in reports {
-            for to in &sequencers {
-                self.send(id, *to, Payload::Progress(progress));
-            }
-        }
+        self.gateway_outs(id, outs)
     }
 
-    /// A gateway that is up and in the newest committed view produces a few records for its
-    /// shard (what its clients append).
-    fn produce(&mut self, id: NodeId) {
+    /// A client of a gateway that is up and ready appends a record: mostly plain, now and then
+    /// conditional on the length of a stream as this gateway sees it.
+    fn produce(&mut self, id: NodeId) -> Result<(), (&'static str, String)> {
         if !self.producing {
-            return;
+            return Ok(());
         }
-        let Some(gateway) = self.gateways.get(&id).filter(|g| g.up) else {
-            return;
+        let now = self.now;
+        self.next_op += 1;
+        let op_id = self.next_op;
+        let tag = logbook::Tag(self.rng.random_range(1..=4));
+        let conditional = self.rng.random_bool(0.1);
+        let Some(gateway) = self.gateways.get_mut(&id).filter(|g| g.up && g.ready) else {
+            return Ok(());
         };
-        let Some(view) = self.observer.view() else {
-            return;
+        // The position a client expects: how many appends with the tag it saw acknowledged
+        // here, give or take one (so conditions both hold and fail).
+        let seen = gateway.acked_with(tag);
+        let cond = conditional.then(|| logbook::Cond {
+            tag,
+            position: (seen + 1).saturating_sub(self.rng.random_range(0..3)),
+        });
+        let op = Op {
+            data: bytes::Bytes::from(format!("{}:{op_id}", id.0)),
+            tags: vec![tag],
+            cond,
+            tries: 0,
         };
-        let member = view
-            .gateways
-            .get(&id)
-            .is_some_and(|m| m.incarnation == gateway.incarnation);
-        if member {
-            let count = self.rng.random_range(1..=16);
-            self.ground.produce(view.id, View::shard_of(id), count);
+        let outs = gateway.append(op_id, op, now);
+        self.gateway_outs(id, outs)
+    }
+
+    /// Every two gateways agree on the order of what both have applied.
+    fn compare(&mut self) -> Result<(), (&'static str, String)> {
+        let mut seen = Vec::new();
+        for (id, gateway) in self.gateways.iter_mut().filter(|(_, g)| g.up) {
+            let end = gateway.engine.applied_end();
+            seen.push((*id, end, gateway.stream(logbook::Tag::ANY)));
         }
+        crate::invariants::one_order::check(&seen)
     }
 
     fn heartbeat(&mut self, id: NodeId) {
@@ -749,17 +905,15 @@ impl World {
             }
         } else if let Some(s) = self.storage.get_mut(&id) {
             if !s.up {
-                // Its records are on disk; what it learned of the metalog it learns again.
+                // Its records are on disk.
                 s.up = true;
-                s.events_seen = 0;
-                s.view = None;
                 s.reported.clear();
             }
-        } else if let Some(g) = self.gateways.get_mut(&id) {
-            if !g.up {
-                g.up = true;
-                g.incarnation = self.rng.random();
-            }
+        } else if self.gateways.get(&id).is_some_and(|g| !g.up) {
+            // A new process: a new incarnation, an empty engine that rebuilds its index from
+            // the committed events; its clients' appends in flight are unknown.
+            let incarnation = self.rng.random();
+            self.gateways.insert(id, Gateway::new(id, incarnation));
         }
     }
 
@@ -782,6 +936,61 @@ impl World {
         self.hash = fnv(self.hash, &[9, isolated.len() as u8]);
     }
 
+    /// One line: the time, committed events, each node's state.
+    fn describe(&self) -> String {
+        let mut line = format!(
+            "{:>6.1}s committed {} (view {:?}, {} records ordered, {} acked) |",
+            self.now as f64 / SECOND as f64,
+            self.observer.committed.len(),
+            self.observer.view().map(|v| v.id.0),
+            self.observer.ordered(),
+            self.ground.acknowledged()
+        );
+        for (id, s) in &self.sequencers {
+            line += &match &s.node {
+                None => format!(" s{}:down", id.0),
+                Some(n) => format!(
+                    " s{}:{}t{}e{}",
+                    id.0,
+                    if n.is_leader() { "L" } else { "" },
+                    n.term(),
+                    n.events_len()
+                ),
+            };
+        }
+        for (id, s) in &self.storage {
+            line += &format!(" st{}:{}", id.0, if s.up { "up" } else { "down" });
+        }
+        for (id, g) in &self.gateways {
+            line += &format!(
+                " g{}:{}{} m{} ops{}",
+                id.0,
+                if g.up { "up" } else { "down" },
+                if g.ready { "/ready" } else { "" },
+                g.engine.metalog_position(),
+                g.ops.len()
+            );
+        }
+        line += &format!(" cut {}", self.cut_links.len());
+        for g in self.gateways.values() {
+            if let Some(entry) = g.first_waiting() {
+                line += &format!(
+                    " | g{} (applied end {}, {:?}) waits on {entry:?}",
+                    g.id.0,
+                    g.engine.applied_end().0,
+                    g.engine.stats()
+                );
+                for cut in &entry.cuts {
+                    for (id, s) in &self.storage {
+                        let held = s.held.get(&(entry.view, cut.shard)).map_or(0, Vec::len);
+                        line += &format!(" st{}:{held}", id.0);
+                    }
+                }
+            }
+        }
+        line
+    }
+
     /// Why the system has not converged yet, if it has not.
     fn unconverged(&self) -> Option<String> {
         let len = self.observer.committed.len() as u64;
@@ -797,17 +1006,48 @@ impl World {
             if member != Some(g.incarnation) {
                 return Some(format!("gateway {} is not in view {}", id.0, view.id.0));
             }
-        }
-        for shard in view.shards.keys() {
-            let produced = self.ground.produced(view.id, *shard);
-            let ordered = self.observer.ordered_in(view.id, *shard);
-            if ordered != produced {
+            if !g.ready || g.engine.metalog_position() != self.observer.metalog_len() {
                 return Some(format!(
-                    "shard {} of view {}: {ordered} of {produced} records ordered",
+                    "gateway {} applied {} of {} metalog entries",
+                    id.0,
+                    g.engine.metalog_position(),
+                    self.observer.metalog_len()
+                ));
+            }
+            if !g.ops.is_empty() {
+                return Some(format!("gateway {} has {} appends pending", id.0, g.ops.len()));
+            }
+        }
+        for (id, g) in &self.gateways {
+            let shard = View::shard_of(*id);
+            let appended = g.appended_in(view.id);
+            let ordered = self.observer.ordered_in(view.id, shard);
+            if ordered != appended {
+                return Some(format!(
+                    "shard {} of view {}: {ordered} of {appended} records ordered",
                     shard.0, view.id.0
                 ));
             }
         }
         None
+    }
+
+    /// Once converged: every gateway's index is the same, and holds every acknowledged append
+    /// at its seqnum with its tags; each tag's stream is the log's records with that tag.
+    fn final_checks(&mut self) -> Result<(), (&'static str, String)> {
+        self.compare()?;
+        let mut streams = BTreeMap::new();
+        for (id, gateway) in &mut self.gateways {
+            let all = gateway.stream(logbook::Tag::ANY);
+            let tags: BTreeMap<u64, Vec<logbook::Seqnum>> = (1..=4)
+                .map(|t| (t, gateway.stream(logbook::Tag(t))))
+                .collect();
+            streams.insert(*id, (all, tags));
+        }
+        for (all, tags) in streams.values() {
+            crate::invariants::acknowledged::check(&self.ground, &self.observer, all)?;
+            crate::invariants::tag_index::check(&self.ground, &self.observer, all, tags)?;
+        }
+        Ok(())
     }
 }

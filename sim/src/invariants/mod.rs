@@ -1,34 +1,53 @@
 //! The invariants a run must hold, one per file, checked on every committed event, and the
 //! ground truth they are checked against.
 
+pub mod acknowledged;
 mod contiguous;
+mod local_ids;
 mod metalog_prefix;
+pub mod one_order;
 mod quorum_cut;
+pub mod tag_index;
 mod views;
 
-use logbook::wire::{GroupEvent, NodeId, ShardId, View};
+use crate::gateway::Op;
+use logbook::wire::{GroupEvent, LocalId, LogRecord, MetalogEntry, NodeId, ShardId, View};
 use logbook::{Seqnum, ViewId};
 use std::collections::BTreeMap;
 
 /// A broken invariant: its name and what happened.
 pub type Broken = (&'static str, String);
 
-/// What really happened outside the sequencers: records produced by gateways and held by
-/// storage nodes. Only the simulator knows it; the sequencers learn it through messages.
+/// What really happened outside the sequencers: the records replicas hold, and the appends
+/// clients were told succeeded. Only the simulator knows it.
 #[derive(Debug, Default)]
 pub struct Ground {
-    produced: BTreeMap<(ViewId, ShardId), u64>,
-    /// The records each storage node holds, by (view, shard): they only grow.
+    /// Every record any replica stored, by shard and local id.
+    records: BTreeMap<(ShardId, LocalId), LogRecord>,
+    /// How many records each storage node holds, by (view, shard): they only grow.
     held: BTreeMap<(NodeId, ViewId, ShardId), u64>,
+    /// Acknowledged appends, by seqnum.
+    acked: BTreeMap<Seqnum, Op>,
 }
 
 impl Ground {
-    pub fn produce(&mut self, view: ViewId, shard: ShardId, count: u64) {
-        *self.produced.entry((view, shard)).or_insert(0) += count;
+    /// A replica stored `record` as `id` of `shard`.
+    pub fn store(&mut self, shard: ShardId, id: LocalId, record: &LogRecord) -> Result<(), Broken> {
+        local_ids::check(&mut self.records, shard, id, record)
     }
 
-    pub fn produced(&self, view: ViewId, shard: ShardId) -> u64 {
-        self.produced.get(&(view, shard)).copied().unwrap_or(0)
+    /// The record a replica stored as `id` of `shard`.
+    pub fn record(&self, shard: ShardId, id: LocalId) -> Option<&LogRecord> {
+        self.records.get(&(shard, id))
+    }
+
+    /// A client was told `op` is at `seqnum`.
+    pub fn acknowledge(&mut self, seqnum: Seqnum, op: &Op) -> Result<(), Broken> {
+        acknowledged::on_ack(&mut self.acked, seqnum, op)
+    }
+
+    pub fn acknowledged(&self) -> u64 {
+        self.acked.len() as u64
     }
 
     pub fn hold(&mut self, node: NodeId, view: ViewId, shard: ShardId, count: u64) {
@@ -47,6 +66,8 @@ impl Ground {
 #[derive(Debug, Default)]
 pub struct Observer {
     pub committed: Vec<GroupEvent>,
+    /// The committed metalog entries, in order (so in seqnum order).
+    entries: Vec<MetalogEntry>,
     view: Option<View>,
     metalog_len: u64,
     next_seqnum: Seqnum,
@@ -77,6 +98,7 @@ impl Observer {
                 }
                 self.metalog_len += 1;
                 self.next_seqnum = entry.end_seqnum();
+                self.entries.push(entry.clone());
             }
             GroupEvent::View(view) => {
                 views::check(self, view)?;
@@ -101,6 +123,21 @@ impl Observer {
     /// Records ordered in all.
     pub fn ordered(&self) -> u64 {
         self.ordered.values().sum()
+    }
+
+    /// Metalog entries committed.
+    pub fn metalog_len(&self) -> u64 {
+        self.metalog_len
+    }
+
+    /// The shard and local id of the record the metalog put at `seqnum`.
+    pub fn locate(&self, seqnum: Seqnum) -> Option<(ShardId, LocalId)> {
+        let at = self.entries.partition_point(|e| e.start_seqnum <= seqnum);
+        let entry = self.entries.get(at.checked_sub(1)?)?;
+        entry
+            .assignments()
+            .find(|(_, _, s)| *s == seqnum)
+            .map(|(shard, counter, _)| (shard, LocalId::new(entry.view, counter)))
     }
 
     pub fn ordered_in(&self, view: ViewId, shard: ShardId) -> u64 {
