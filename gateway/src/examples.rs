@@ -1,7 +1,9 @@
 //! The functions `tally up` ships: `echo`; `guestbook`, which appends tagged records and
-//! reads them back by tag; `greet`, which greets by name; and `welcome`, which calls `greet`
-//! and waits for it, then signs the guestbook in the background (a nested sync and async call);
-//! `sleep`, which takes as long as it is asked to (a stand-in for slow work).
+//! reads them back by tag; `greet`, which greets by name; `welcome`, which calls `greet` and
+//! waits for it, then signs the guestbook in the background (a nested sync and async call);
+//! `sleep`, which takes as long as it is asked to (a stand-in for slow work); and the two that
+//! `bench/compare-restate.sh` measures: `noop`, which answers its input without touching the
+//! log, and `append3`, which appends three records one after the other.
 
 use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};
 use bytes::Bytes;
@@ -16,6 +18,8 @@ pub fn register(registry: &mut Registry) {
     registry.register("greet", greet);
     registry.register("welcome", welcome);
     registry.register("sleep", sleep);
+    registry.register("noop", noop);
+    registry.register("append3", append3);
 }
 
 /// `{"ms": N}` in: waits N milliseconds (the function's timeout still applies), then
@@ -135,5 +139,91 @@ async fn guestbook(ctx: Ctx, input: Bytes) -> FunctionResult {
                 json!({"room": room, "tag": tag.0, "entries": entries}).to_string(),
             ))
         }
+    }
+}
+
+/// The tag of `append3`'s records.
+pub const APPEND3_TAG: Tag = Tag(3);
+
+/// Answers its input (`{}` for an empty one) without touching the log: what a call costs
+/// with no work in it.
+pub async fn noop(_ctx: Ctx, input: Bytes) -> FunctionResult {
+    if input.is_empty() {
+        return Ok(Bytes::from_static(b"{}"));
+    }
+    Ok(input)
+}
+
+/// Appends three small records (`{"step":1}` to `{"step":3}`, tag `APPEND3_TAG`) to the call's
+/// book, each once the one before is acknowledged, and answers their seqnums:
+/// `{"seqnums":[a,b,c]}`. The input is not read. Three durable steps in a row, what a Restate
+/// handler with three `ctx.run` steps journals.
+pub async fn append3(ctx: Ctx, _input: Bytes) -> FunctionResult {
+    let mut seqnums = Vec::with_capacity(3);
+    for step in 1..=3u32 {
+        let record = serde_json::to_vec(&json!({ "step": step }))?;
+        seqnums.push(ctx.append(&[APPEND3_TAG], record).await?.0);
+    }
+    Ok(serde_json::to_vec(&json!({ "seqnums": seqnums }))?.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use logbook::memory::MemoryLogBook;
+    use logbook::{BookId, LogBook};
+
+    use super::*;
+
+    fn ctx(log: &Arc<MemoryLogBook>) -> Ctx {
+        Ctx::new(
+            Arc::clone(log) as Arc<dyn LogBook>,
+            BookId(4),
+            "test".into(),
+        )
+    }
+
+    #[tokio::test]
+    async fn noop_answers_its_input_or_an_empty_object_and_never_appends() {
+        let log = Arc::new(MemoryLogBook::new());
+        let check = |input: &'static [u8], expect: &'static [u8]| {
+            let ctx = ctx(&log);
+            async move {
+                let output = noop(ctx, Bytes::from_static(input)).await.unwrap();
+                assert_eq!(output, Bytes::from_static(expect));
+            }
+        };
+        check(b"", b"{}").await;
+        check(br#"{"n":1}"#, br#"{"n":1}"#).await;
+        let range = ReadRange {
+            from: Seqnum::ZERO,
+            to: Seqnum::MAX,
+            limit: 10,
+        };
+        let records = log.read_range(BookId(4), Tag::ANY, range).await.unwrap();
+        assert!(records.is_empty(), "{records:?}");
+    }
+
+    #[tokio::test]
+    async fn append3_appends_three_records_in_order_and_answers_their_seqnums() {
+        let log = Arc::new(MemoryLogBook::new());
+        let output = append3(ctx(&log), Bytes::from_static(b"{}")).await.unwrap();
+        let output: serde_json::Value = serde_json::from_slice(&output).unwrap();
+        let seqnums: Vec<u64> = serde_json::from_value(output["seqnums"].clone()).unwrap();
+        let range = ReadRange {
+            from: Seqnum::ZERO,
+            to: Seqnum::MAX,
+            limit: 10,
+        };
+        let records = log.read_range(BookId(4), APPEND3_TAG, range).await.unwrap();
+        let got: Vec<(u64, &[u8])> = records.iter().map(|r| (r.seqnum.0, &r.data[..])).collect();
+        let expect: Vec<(u64, &[u8])> = vec![
+            (seqnums[0], br#"{"step":1}"#),
+            (seqnums[1], br#"{"step":2}"#),
+            (seqnums[2], br#"{"step":3}"#),
+        ];
+        assert_eq!(got, expect);
+        assert!(seqnums.windows(2).all(|w| w[0] < w[1]), "{seqnums:?}");
     }
 }
