@@ -10,7 +10,7 @@ use anyhow::{ensure, Context};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::closed_loop::{self, Failure, Load};
+use crate::closed_loop::{self, Failure, Load, Payload};
 use crate::report::{AppendReport, RunConfig};
 
 pub use crate::closed_loop::{CLIENTS_MAX, DURATION_MAX, RECORD_BYTES_MAX};
@@ -77,7 +77,9 @@ impl AppendConfig {
     fn load(&self) -> Load {
         Load {
             clients: self.clients,
-            record_bytes: self.record_bytes,
+            payload: Payload::Filler {
+                bytes: self.record_bytes,
+            },
             duration: self.duration,
             warmup: self.warmup,
         }
@@ -166,7 +168,9 @@ impl Gateway {
 }
 
 impl closed_loop::Target for Gateway {
-    async fn append(&self, client: u32, counter: u64, record: Bytes) -> Result<u64, Failure> {
+    const OPERATION: &'static str = "append";
+
+    async fn attempt(&self, client: u32, counter: u64, record: Bytes) -> Result<u64, Failure> {
         let tag = match self.tags {
             0 => 0,
             tags => 1 + (u64::from(client) % tags + counter % tags) % tags,
@@ -248,7 +252,11 @@ async fn append_once(target: &Gateway, tag: u64, record: Bytes) -> Result<u64, F
     Err(classify_error_reply(&target.addr, status, &body))
 }
 
-fn classify_error_reply(addr: &str, status: reqwest::StatusCode, body: &[u8]) -> Failure {
+pub(crate) fn classify_error_reply(
+    addr: &str,
+    status: reqwest::StatusCode,
+    body: &[u8],
+) -> Failure {
     match serde_json::from_slice::<ErrorReply>(body) {
         Ok(ErrorReply { error }) => {
             let message = format!("{addr}: {} ({status}): {}", error.code, error.message);
@@ -272,7 +280,7 @@ fn snippet(body: &[u8]) -> String {
 }
 
 /// A transport failure in words: "cannot connect to ADDR: connection refused".
-fn describe_request_error(addr: &str, error: &reqwest::Error) -> String {
+pub(crate) fn describe_request_error(addr: &str, error: &reqwest::Error) -> String {
     if error.is_timeout() {
         return format!("request to {addr} timed out");
     }
@@ -309,13 +317,12 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
 
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio::task::{JoinHandle, JoinSet};
+    use tokio::task::JoinHandle;
     use tokio::time::Instant;
 
     use super::*;
     use crate::filler::FILLER_HEADER_BYTES;
+    use crate::test_server;
     use crate::{filler_origin, read_ack_log, Ack};
 
     /// A minimal HTTP/1.1 gateway stand-in: appends get the next seqnum (the index of the stored
@@ -348,48 +355,9 @@ mod tests {
         }
     }
 
-    /// Serves until the returned task is aborted; aborting drops every connection too.
+    /// Serves `gateway` until the returned task is aborted.
     async fn serve(gateway: Arc<FakeGateway>) -> (String, JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                connections.spawn(serve_connection(stream, Arc::clone(&gateway)));
-            }
-        });
-        (addr, task)
-    }
-
-    async fn serve_connection(stream: TcpStream, gateway: Arc<FakeGateway>) -> std::io::Result<()> {
-        let mut stream = BufReader::new(stream);
-        loop {
-            let mut request_line = String::new();
-            if stream.read_line(&mut request_line).await? == 0 {
-                return Ok(());
-            }
-            let mut content_length = 0;
-            loop {
-                let mut header = String::new();
-                stream.read_line(&mut header).await?;
-                let header = header.trim_end().to_ascii_lowercase();
-                if header.is_empty() {
-                    break;
-                }
-                if let Some(value) = header.strip_prefix("content-length:") {
-                    content_length = value.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; content_length];
-            stream.read_exact(&mut body).await?;
-            let (status, reply) = gateway.answer(request_line.trim_end(), body);
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
-                reply.len()
-            );
-            stream.get_mut().write_all(response.as_bytes()).await?;
-        }
+        test_server::serve(move |request| gateway.answer(&request.line, request.body)).await
     }
 
     fn temp_path(name: &str) -> PathBuf {

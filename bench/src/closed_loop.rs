@@ -1,15 +1,17 @@
 //! The closed-loop driver every load generator shares: `clients` tasks, spread round-robin
-//! over the targets, each append a record, wait for its acknowledgement, and append again
-//! until the duration ends. It measures latency per client and merges the histograms at the
-//! end; the only state shared per append is a pair of atomic counters for progress.
+//! over the targets, each make one operation (append a record, call a function), wait for its
+//! acknowledgement, and make the next until the duration ends. It measures latency per client
+//! and merges the histograms at the end; the only state shared per operation is a pair of
+//! atomic counters for progress.
 //!
-//! What an append is (an HTTP request to a gateway, a JetStream publish awaiting its PubAck)
-//! is the `Target`'s business; retries, backoff, the measured window, the ack log and the
-//! figures are this module's, so every system is measured the same way.
+//! What an operation is (an HTTP append to a gateway, a JetStream publish awaiting its PubAck,
+//! an HTTP function call to Tally or to Restate's ingress) is the `Target`'s business; the
+//! payloads, retries, backoff, the measured window, the ack log and the figures are this
+//! module's, so every system is measured the same way.
 //!
-//! It keeps going when appends start failing after some were acknowledged (a crash test kills
-//! the server mid-run and then checks the ack log), but gives up quickly when nothing has ever
-//! succeeded, so a wrong address is an error rather than a report of zeros.
+//! It keeps going when operations start failing after some were acknowledged (a crash test
+//! kills the server mid-run and then checks the ack log), but gives up quickly when nothing
+//! has ever succeeded, so a wrong address is an error rather than a report of zeros.
 
 use std::fs::File;
 use std::future::Future;
@@ -36,8 +38,8 @@ pub const DURATION_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 /// Backoff between attempts after a failure, doubling from min to max, reset by a success.
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(100);
-/// Retries of one record answered with a retryable failure before it counts as an error.
-const RETRIES_PER_RECORD_MAX: u32 = 50;
+/// Retries of one operation answered with a retryable failure before it counts as an error.
+const RETRIES_PER_OPERATION_MAX: u32 = 50;
 /// Failures in a row, by one client, with nothing acknowledged by anyone, that end the run.
 const FAILURES_BEFORE_ABORT: u32 = 3;
 const LATENCY_US_MAX: u64 = 60_000_000;
@@ -45,12 +47,39 @@ const LATENCY_US_MAX: u64 = 60_000_000;
 /// The shape of a run, whatever system it drives.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Load {
-    /// Concurrent closed-loop clients, each with one append in flight.
+    /// Concurrent closed-loop clients, each with one operation in flight.
     pub clients: usize,
-    pub record_bytes: usize,
+    pub payload: Payload,
     pub duration: Duration,
-    /// Time spent appending before measuring starts; appends during it are not counted.
+    /// Time spent running before measuring starts; operations during it are not counted.
     pub warmup: Duration,
+}
+
+/// What each operation sends.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Payload {
+    /// A record of `bytes` made by `filler`: it names its client and counter, so an ack log
+    /// can be checked against what the system stored.
+    Filler { bytes: usize },
+    /// The same body every time: a function's input.
+    Fixed(Bytes),
+}
+
+impl Payload {
+    fn bytes(&self) -> usize {
+        match self {
+            Payload::Filler { bytes } => *bytes,
+            Payload::Fixed(body) => body.len(),
+        }
+    }
+
+    fn make(&self, client: u32, counter: u64) -> Bytes {
+        match self {
+            Payload::Filler { bytes } => Bytes::from(filler(client, counter, *bytes)),
+            // A reference count, not a copy.
+            Payload::Fixed(body) => body.clone(),
+        }
+    }
 }
 
 impl Load {
@@ -60,12 +89,18 @@ impl Load {
             "clients must be 1..={CLIENTS_MAX}, not {}",
             self.clients
         );
-        ensure!(
-            (FILLER_HEADER_BYTES..=RECORD_BYTES_MAX).contains(&self.record_bytes),
-            "record_bytes must be {FILLER_HEADER_BYTES}..={RECORD_BYTES_MAX} (each record \
-             starts with its client id and counter), not {}",
-            self.record_bytes
-        );
+        match &self.payload {
+            Payload::Filler { bytes } => ensure!(
+                (FILLER_HEADER_BYTES..=RECORD_BYTES_MAX).contains(bytes),
+                "record_bytes must be {FILLER_HEADER_BYTES}..={RECORD_BYTES_MAX} (each record \
+                 starts with its client id and counter), not {bytes}"
+            ),
+            Payload::Fixed(body) => ensure!(
+                body.len() <= RECORD_BYTES_MAX,
+                "the body must be at most {RECORD_BYTES_MAX} bytes, not {}",
+                body.len()
+            ),
+        }
         ensure!(
             !self.duration.is_zero() && self.duration <= DURATION_MAX,
             "duration must be above 0 and at most {} s",
@@ -82,32 +117,39 @@ impl Load {
 
 /// Why one attempt failed.
 pub(crate) enum Failure {
-    /// The system asked for the same record to be sent again (Tally's `discarded` or
+    /// The system asked for the same operation to be sent again (Tally's `discarded` or
     /// `unavailable`, JetStream's "no responders" while a stream leader is elected).
     Retryable(String),
     Fatal(String),
 }
 
-/// Where a client's appends go: one gateway's connection pool, one NATS connection.
+/// Where a client's operations go: one gateway's connection pool, one NATS connection, one
+/// function endpoint.
 pub(crate) trait Target: Send + Sync + 'static {
-    /// Makes one attempt to append `record`, the `counter`-th of `client`; on success, the
-    /// position the system gave it (a seqnum, a stream sequence).
-    fn append(
+    /// What one operation is, in messages and progress lines: "append", "call".
+    const OPERATION: &'static str;
+
+    /// Makes one attempt at the `counter`-th operation of `client`, sending `payload` (the
+    /// same on every attempt of one operation); on success, the position the system gave it
+    /// (a seqnum, a stream sequence; 0 where there is none).
+    fn attempt(
         &self,
         client: u32,
         counter: u64,
-        record: Bytes,
+        payload: Bytes,
     ) -> impl Future<Output = Result<u64, Failure>> + Send;
 }
 
 /// What a run measured. Counts cover the measured window only (after warmup).
 #[derive(Clone, Debug)]
 pub(crate) struct Measured {
-    pub appends: u64,
+    /// Acknowledged operations.
+    pub operations: u64,
     pub errors: u64,
     pub retried: u64,
     pub elapsed_s: f64,
-    pub appends_per_s: f64,
+    pub operations_per_s: f64,
+    /// Payload bytes acknowledged per second, in MB (10^6 bytes).
     pub mb_per_s: f64,
     pub latency_us: Percentiles,
     pub first_error: Option<String>,
@@ -116,7 +158,7 @@ pub(crate) struct Measured {
 
 #[derive(Default)]
 struct Shared {
-    /// Acknowledged appends by every client, warmup included.
+    /// Acknowledged operations by every client, warmup included.
     acked: AtomicU64,
     errors: AtomicU64,
     /// Set when the run must end early: nothing succeeds, or the ack log failed.
@@ -141,7 +183,7 @@ impl Shared {
 /// One client's measurements, merged with the others' at the end.
 struct Counts {
     latency_us: Histogram<u64>,
-    appends: u64,
+    operations: u64,
     errors: u64,
     retried: u64,
 }
@@ -151,7 +193,7 @@ impl Counts {
         Counts {
             latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
                 .expect("constant histogram bounds are valid"),
-            appends: 0,
+            operations: 0,
             errors: 0,
             retried: 0,
         }
@@ -161,18 +203,19 @@ impl Counts {
         self.latency_us
             .add(&other.latency_us)
             .expect("histograms share bounds");
-        self.appends += other.appends;
+        self.operations += other.operations;
         self.errors += other.errors;
         self.retried += other.retried;
     }
 }
 
 /// Runs `load` against `targets` (client `i` uses `targets[i % targets.len()]`), writing every
-/// acknowledged append to `ack_log` when given, and showing progress on stderr under
+/// acknowledged operation to `ack_log` when given, and showing progress on stderr under
 /// `progress_label` when given.
 ///
-/// Fails when the ack log cannot be written, or no append at all was acknowledged (with the
-/// first error seen, e.g. "cannot connect to ADDR: connection refused").
+/// Fails when the ack log cannot be written, or no operation at all was acknowledged (with
+/// the first error seen, e.g. "no append was acknowledged: cannot connect to ADDR: connection
+/// refused").
 pub(crate) async fn run<T: Target>(
     load: &Load,
     targets: &[Arc<T>],
@@ -180,7 +223,7 @@ pub(crate) async fn run<T: Target>(
     progress_label: Option<&'static str>,
 ) -> anyhow::Result<Measured> {
     load.validate()?;
-    ensure!(!targets.is_empty(), "no target to append to");
+    ensure!(!targets.is_empty(), "no target to send to");
     let (ack_tx, ack_writer) = match ack_log {
         Some(path) => {
             let file = File::create(path)
@@ -200,6 +243,7 @@ pub(crate) async fn run<T: Target>(
         .map_or(0, |d| d.as_millis() as u64);
     let progress = Progress::start(
         progress_label,
+        T::OPERATION,
         Timeline {
             start,
             measure_start,
@@ -221,7 +265,7 @@ pub(crate) async fn run<T: Target>(
             let worker = Worker {
                 client: client as u32,
                 target: Arc::clone(&targets[client % targets.len()]),
-                record_bytes: load.record_bytes,
+                payload: load.payload.clone(),
                 shared: Arc::clone(&shared),
                 ack_tx: ack_tx.clone(),
                 measure_start,
@@ -256,7 +300,7 @@ pub(crate) async fn run<T: Target>(
         let reason = shared.first_error().unwrap_or_else(|| {
             format!("no reply within {:.1} s", (finished - start).as_secs_f64())
         });
-        bail!("no append was acknowledged: {reason}");
+        bail!("no {} was acknowledged: {reason}", T::OPERATION);
     }
 
     let elapsed_s = finished
@@ -264,12 +308,12 @@ pub(crate) async fn run<T: Target>(
         .as_secs_f64();
     let per_s = |n: f64| if elapsed_s > 0.0 { n / elapsed_s } else { 0.0 };
     Ok(Measured {
-        appends: total.appends,
+        operations: total.operations,
         errors: total.errors,
         retried: total.retried,
         elapsed_s,
-        appends_per_s: per_s(total.appends as f64),
-        mb_per_s: per_s(total.appends as f64 * load.record_bytes as f64 / 1e6),
+        operations_per_s: per_s(total.operations as f64),
+        mb_per_s: per_s(total.operations as f64 * load.payload.bytes() as f64 / 1e6),
         latency_us: Percentiles::from_histogram(&total.latency_us),
         first_error: shared.first_error(),
         started_unix_ms,
@@ -279,7 +323,7 @@ pub(crate) async fn run<T: Target>(
 struct Worker<T> {
     client: u32,
     target: Arc<T>,
-    record_bytes: usize,
+    payload: Payload,
     shared: Arc<Shared>,
     ack_tx: Option<mpsc::Sender<Ack>>,
     measure_start: Instant,
@@ -296,12 +340,13 @@ impl<T: Target> Worker<T> {
             if Instant::now() >= self.end || self.shared.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let record = Bytes::from(filler(self.client, counter, self.record_bytes));
+            let payload = self.payload.make(self.client, counter);
             let began = Instant::now();
             let measured = began >= self.measure_start;
-            // An append still in flight at the end is abandoned: it was never acknowledged.
+            // An operation still in flight at the end is abandoned: it was never acknowledged.
             let Ok((outcome, retries)) =
-                tokio::time::timeout_at(self.end, self.append_with_retries(counter, record)).await
+                tokio::time::timeout_at(self.end, self.attempt_with_retries(counter, payload))
+                    .await
             else {
                 break;
             };
@@ -313,7 +358,7 @@ impl<T: Target> Worker<T> {
                     let latency_us = began.elapsed().as_micros() as u64;
                     if measured {
                         counts.latency_us.saturating_record(latency_us.max(1));
-                        counts.appends += 1;
+                        counts.operations += 1;
                     }
                     self.shared.acked.fetch_add(1, Ordering::Relaxed);
                     backoff = BACKOFF_MIN;
@@ -352,19 +397,23 @@ impl<T: Target> Worker<T> {
         counts
     }
 
-    /// Appends `record`, retrying retryable failures with a capped backoff. Returns the
+    /// Makes one operation, retrying retryable failures with a capped backoff. Returns the
     /// position or the error, and how many retries it took.
-    async fn append_with_retries(&self, counter: u64, record: Bytes) -> (Result<u64, String>, u32) {
+    async fn attempt_with_retries(
+        &self,
+        counter: u64,
+        payload: Bytes,
+    ) -> (Result<u64, String>, u32) {
         let mut backoff = BACKOFF_MIN;
         let mut retries = 0;
         loop {
             match self
                 .target
-                .append(self.client, counter, record.clone())
+                .attempt(self.client, counter, payload.clone())
                 .await
             {
                 Ok(position) => return (Ok(position), retries),
-                Err(Failure::Retryable(_)) if retries < RETRIES_PER_RECORD_MAX => {
+                Err(Failure::Retryable(_)) if retries < RETRIES_PER_OPERATION_MAX => {
                     retries += 1;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::append::{as_secs_f64, root_cause, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
-use crate::closed_loop::{self, Failure, Load};
+use crate::closed_loop::{self, Failure, Load, Payload};
 use crate::report::{AppendReport, RunConfig};
 
 /// JetStream's own limit on a stream's replicas.
@@ -80,7 +80,9 @@ impl JetStreamConfig {
     fn load(&self) -> Load {
         Load {
             clients: self.clients,
-            record_bytes: self.record_bytes,
+            payload: Payload::Filler {
+                bytes: self.record_bytes,
+            },
             duration: self.duration,
             warmup: self.warmup,
         }
@@ -140,7 +142,9 @@ struct Connection {
 }
 
 impl closed_loop::Target for Connection {
-    async fn append(&self, _client: u32, _counter: u64, record: Bytes) -> Result<u64, Failure> {
+    const OPERATION: &'static str = "append";
+
+    async fn attempt(&self, _client: u32, _counter: u64, record: Bytes) -> Result<u64, Failure> {
         let ack = self
             .jetstream
             .publish(self.subject.clone(), record)
@@ -314,11 +318,11 @@ mod tests {
         let report = AppendReport::new(
             config(),
             closed_loop::Measured {
-                appends: 10,
+                operations: 10,
                 errors: 0,
                 retried: 0,
                 elapsed_s: 1.0,
-                appends_per_s: 10.0,
+                operations_per_s: 10.0,
                 mb_per_s: 0.01024,
                 latency_us: Default::default(),
                 first_error: None,

@@ -4,24 +4,30 @@
 //! `run_append` is a closed-loop append benchmark against Tally's gateways over HTTP: `clients`
 //! tasks each append, wait for the seqnum, and append again until the duration ends. With the
 //! `jetstream` feature, `run_jetstream` does the same against a NATS JetStream stream (publish,
-//! await the PubAck). Both share the driver (`closed_loop`) and the report (`AppendReport`),
-//! which prints for people (`print_human`) and as JSON (`to_json`).
+//! await the PubAck). Both report in one shape (`AppendReport`), which prints for people
+//! (`print_human`) and as JSON (`to_json`). `run_calls` calls a function over HTTP the same way
+//! (Tally's `/function/{name}`, or Restate's ingress) and reports a `CallReport`. All of them
+//! share one driver (`closed_loop`).
 
 mod ack_log;
 mod append;
+mod call;
 mod closed_loop;
 mod filler;
 #[cfg(feature = "jetstream")]
 mod jetstream;
 mod progress;
 mod report;
+#[cfg(test)]
+mod test_server;
 
 pub use ack_log::{read_ack_log, Ack};
 pub use append::{
     base_url, root_cause, run_append, AppendConfig, ErrorBody, ErrorReply, CLIENTS_MAX,
     DURATION_MAX, RECORD_BYTES_MAX, TAGS_MAX,
 };
+pub use call::{function_url, run_calls, CallConfig, INPUT_BYTES_MAX};
 pub use filler::{filler, filler_origin, FILLER_HEADER_BYTES};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{run_jetstream, JetStreamConfig, REPLICAS_MAX};
-pub use report::{AppendReport, Percentiles, RunConfig};
+pub use report::{AppendReport, CallReport, Percentiles, RunConfig};

@@ -37,9 +37,10 @@ pub(crate) struct Progress {
 
 impl Progress {
     /// Starts showing progress, each line led by `label`, if there is one; `counts` returns
-    /// (acknowledged, errors) so far.
+    /// (acknowledged, errors) so far, counted in `operation`s ("append", "call").
     pub fn start(
         label: Option<&'static str>,
+        operation: &'static str,
         timeline: Timeline,
         counts: impl Fn() -> (u64, u64) + Send + 'static,
     ) -> Progress {
@@ -55,7 +56,7 @@ impl Progress {
             Mode::Lines
         };
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(show(mode, label, timeline, counts, stopped));
+        let task = tokio::spawn(show(mode, label, operation, timeline, counts, stopped));
         Progress {
             stop: Some(stop),
             task: Some(task),
@@ -78,6 +79,7 @@ impl Progress {
 async fn show(
     mode: Mode,
     label: &'static str,
+    operation: &'static str,
     timeline: Timeline,
     counts: impl Fn() -> (u64, u64),
     mut stopped: oneshot::Receiver<()>,
@@ -106,7 +108,8 @@ async fn show(
         if samples.len() > RATE_SAMPLES_MAX {
             samples.pop_front();
         }
-        let message = status_line(&timeline, now, acked, errors, rate_per_s(&samples));
+        let rate = rate_per_s(&samples);
+        let message = status_line(&timeline, now, operation, acked, errors, rate);
         match mode {
             Mode::Bar => {
                 bar.set_message(message);
@@ -127,7 +130,14 @@ fn rate_per_s(samples: &VecDeque<(Instant, u64)>) -> f64 {
     }
 }
 
-fn status_line(timeline: &Timeline, now: Instant, acked: u64, errors: u64, rate: f64) -> String {
+fn status_line(
+    timeline: &Timeline,
+    now: Instant,
+    operation: &str,
+    acked: u64,
+    errors: u64,
+    rate: f64,
+) -> String {
     let total_s = (timeline.end - timeline.start).as_secs_f64();
     let elapsed_s = (now - timeline.start).as_secs_f64().min(total_s);
     let phase = if now < timeline.measure_start {
@@ -135,5 +145,7 @@ fn status_line(timeline: &Timeline, now: Instant, acked: u64, errors: u64, rate:
     } else {
         ""
     };
-    format!("{phase}{elapsed_s:.1}/{total_s:.1} s  appends {acked}  {rate:.0}/s  errors {errors}")
+    format!(
+        "{phase}{elapsed_s:.1}/{total_s:.1} s  {operation}s {acked}  {rate:.0}/s  errors {errors}"
+    )
 }

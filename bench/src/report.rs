@@ -1,7 +1,8 @@
 //! A closed-loop benchmark's result: latency percentiles from an hdrhistogram, throughput, and
-//! the configuration that produced them, printed for people or as JSON. Every load generator
-//! (Tally's append, JetStream's publish) reports in this one shape, so their figures compare
-//! field by field.
+//! the configuration that produced them, printed for people or as JSON. Every append load
+//! generator (Tally's append, JetStream's publish) reports in one shape, `AppendReport`, and
+//! every function-call one (Tally's `/function`, Restate's ingress) in another, `CallReport`,
+//! so their figures compare field by field.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -11,6 +12,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::append::AppendConfig;
+use crate::call::CallConfig;
 use crate::closed_loop::Measured;
 
 /// Latency figures in microseconds. All zero when nothing was measured.
@@ -75,11 +77,11 @@ pub struct AppendReport<C = AppendConfig> {
 impl<C: RunConfig> AppendReport<C> {
     pub(crate) fn new(config: C, measured: Measured) -> AppendReport<C> {
         let Measured {
-            appends,
+            operations: appends,
             errors,
             retried,
             elapsed_s,
-            appends_per_s,
+            operations_per_s: appends_per_s,
             mb_per_s,
             latency_us,
             first_error,
@@ -137,21 +139,123 @@ impl<C: RunConfig> AppendReport<C> {
 
     /// Figures, full configuration, a timestamp and the tool's version, as one JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).expect("the report has only plain fields");
-        if let Some(object) = value.as_object_mut() {
-            object.insert("benchmark".into(), C::BENCHMARK.into());
-            object.insert("tool".into(), C::TOOL.into());
-            object.insert("version".into(), env!("CARGO_PKG_VERSION").into());
-            object.insert("timestamp".into(), rfc3339_utc(self.started_unix_ms).into());
-        }
-        value
+        with_provenance::<C>(self, self.started_unix_ms)
     }
 
     /// Writes `to_json()`, pretty-printed, to `path`.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(&self.to_json()).expect("JSON values serialize");
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+        write_json(&self.to_json(), path)
     }
+}
+
+/// What one closed-loop run of function calls measured. Counts cover the measured window only
+/// (after warmup).
+#[derive(Clone, Debug, Serialize)]
+pub struct CallReport<C = CallConfig> {
+    pub config: C,
+    /// Calls answered with a success.
+    pub calls: u64,
+    /// Calls that failed for good (not retried): an error answer, connection lost, timeout.
+    pub errors: u64,
+    /// Attempts answered with a retryable failure (503) and tried again.
+    pub retried: u64,
+    pub elapsed_s: f64,
+    pub calls_per_s: f64,
+    pub latency_us: Percentiles,
+    /// The first failure seen (warmup included), so a report with errors says what they were.
+    pub first_error: Option<String>,
+    /// When the measured window began, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+}
+
+impl<C: RunConfig> CallReport<C> {
+    pub(crate) fn new(config: C, measured: Measured) -> CallReport<C> {
+        let Measured {
+            operations: calls,
+            errors,
+            retried,
+            elapsed_s,
+            operations_per_s: calls_per_s,
+            mb_per_s: _,
+            latency_us,
+            first_error,
+            started_unix_ms,
+        } = measured;
+        CallReport {
+            config,
+            calls,
+            errors,
+            retried,
+            elapsed_s,
+            calls_per_s,
+            latency_us,
+            first_error,
+            started_unix_ms,
+        }
+    }
+
+    /// The report as lines of text, configuration first.
+    pub fn human(&self) -> String {
+        let l = &self.latency_us;
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{} ({})", C::TITLE, rfc3339_utc(self.started_unix_ms));
+        for (name, value) in self.config.describe() {
+            let _ = writeln!(out, "  {name:<14}{value}");
+        }
+        let _ = writeln!(out, "results");
+        let _ = writeln!(
+            out,
+            "  calls         {} in {:.2} s (errors {}, retried {})",
+            self.calls, self.elapsed_s, self.errors, self.retried
+        );
+        let _ = writeln!(out, "  throughput    {:.1} calls/s", self.calls_per_s);
+        let _ = writeln!(
+            out,
+            "  latency_us    p50 {}  p99 {}  p999 {}  max {}  mean {:.1}",
+            l.p50, l.p99, l.p999, l.max, l.mean
+        );
+        if let Some(error) = &self.first_error {
+            let _ = writeln!(out, "  first_error   {error}");
+        }
+        out
+    }
+
+    /// Prints `human()` to stdout.
+    pub fn print_human(&self) {
+        print!("{}", self.human());
+    }
+
+    /// Figures, full configuration, a timestamp and the tool's version, as one JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        with_provenance::<C>(self, self.started_unix_ms)
+    }
+
+    /// Writes `to_json()`, pretty-printed, to `path`.
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        write_json(&self.to_json(), path)
+    }
+}
+
+/// `report` as a JSON object with the benchmark's and tool's names, the tool's version and
+/// the start of the measured window.
+fn with_provenance<C: RunConfig>(
+    report: &impl Serialize,
+    started_unix_ms: u64,
+) -> serde_json::Value {
+    let mut value = serde_json::to_value(report).expect("the report has only plain fields");
+    if let Some(object) = value.as_object_mut() {
+        object.insert("benchmark".into(), C::BENCHMARK.into());
+        object.insert("tool".into(), C::TOOL.into());
+        object.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+        object.insert("timestamp".into(), rfc3339_utc(started_unix_ms).into());
+    }
+    value
+}
+
+fn write_json(value: &serde_json::Value, path: &Path) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// `unix_ms` as "YYYY-MM-DDTHH:MM:SSZ" (Howard Hinnant's days-to-civil algorithm).
@@ -284,6 +388,40 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("400.0 appends/s, 0.41 MB/s"), "{text}");
+    }
+
+    #[test]
+    fn call_report_counts_calls_and_names_the_call_benchmark() {
+        let report = CallReport::new(
+            CallConfig::default(),
+            Measured {
+                operations: 500,
+                errors: 0,
+                retried: 1,
+                elapsed_s: 2.0,
+                operations_per_s: 250.0,
+                mb_per_s: 0.0005,
+                latency_us: Percentiles::default(),
+                first_error: None,
+                started_unix_ms: 1_700_000_000_123,
+            },
+        );
+        let json = report.to_json();
+        assert_eq!(json["benchmark"], "call");
+        assert_eq!(json["calls"], 500);
+        assert_eq!(json["calls_per_s"], 250.0);
+        assert_eq!(
+            json["config"]["urls"][0],
+            "http://127.0.0.1:8080/function/noop"
+        );
+        assert_eq!(json["config"]["idempotency_keys"], false);
+        assert!(json.get("mb_per_s").is_none() && json.get("appends").is_none());
+        let text = report.human();
+        assert!(
+            text.starts_with("call benchmark (2023-11-14T22:13:20Z)"),
+            "{text}"
+        );
+        assert!(text.contains("250.0 calls/s"), "{text}");
     }
 
     #[test]

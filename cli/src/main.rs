@@ -366,6 +366,41 @@ enum BenchCommand {
         #[arg(long)]
         ack_log: Option<PathBuf>,
     },
+    /// Closed-loop function calls: throughput and latency percentiles.
+    ///
+    /// Each client POSTs --input to the function, waits for its output, and calls again, for
+    /// --duration seconds after --warmup seconds. With --url instead of NAME it drives any
+    /// endpoint that takes a JSON POST, e.g. Restate's ingress
+    /// (http://127.0.0.1:8080/Service/handler), measured the same way.
+    Call {
+        /// The function to call at each gateway (`POST /function/NAME`).
+        #[arg(required_unless_present = "url")]
+        name: Option<String>,
+        /// Gateway address (repeat or comma-separate for several; clients spread over them).
+        #[arg(long, default_value = DEFAULT_HTTP_ADDR, value_delimiter = ',')]
+        addr: Vec<String>,
+        /// Full endpoint URLs to POST to instead of NAME at --addr (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["name", "addr"])]
+        url: Vec<String>,
+        /// The input of every call, JSON.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Concurrent clients, each with one call in flight.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// How long to measure, in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// How long to call before measuring, in seconds.
+        #[arg(long, default_value_t = 1)]
+        warmup: u64,
+        /// Send a unique Idempotency-Key header with every call.
+        #[arg(long)]
+        idempotency_keys: bool,
+        /// Write the figures and the configuration as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -735,6 +770,40 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
+        BenchCommand::Call {
+            name,
+            addr,
+            url,
+            input,
+            clients,
+            duration,
+            warmup,
+            idempotency_keys,
+            json,
+        } => {
+            anyhow::ensure!(duration > 0, "--duration must be at least 1 second");
+            let urls = match name {
+                Some(name) => addr
+                    .iter()
+                    .map(|addr| bench::function_url(addr, &name))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+                None => url,
+            };
+            let config = bench::CallConfig {
+                urls,
+                input,
+                clients,
+                duration: Duration::from_secs(duration),
+                warmup: Duration::from_secs(warmup),
+                idempotency_keys,
+            };
+            let report = bench::run_calls(config, true).await?;
+            report.print_human();
+            if let Some(path) = json {
+                report.write_json(&path)?;
+                println!("wrote {}", path.display());
+            }
+        }
     }
     Ok(())
 }
@@ -747,6 +816,29 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_call_takes_a_function_name_or_urls_not_both() {
+        let parses = |args: &[&str]| {
+            let argv = ["tally", "bench", "call"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).is_ok()
+        };
+        assert!(parses(&["noop"]));
+        assert!(parses(&["noop", "--addr", "127.0.0.1:1,127.0.0.1:2"]));
+        assert!(parses(&["--url", "http://127.0.0.1:8080/Bench/noop"]));
+        assert!(!parses(&[]));
+        assert!(!parses(&[
+            "noop",
+            "--url",
+            "http://127.0.0.1:8080/Bench/noop"
+        ]));
+        assert!(!parses(&[
+            "--addr",
+            "127.0.0.1:1",
+            "--url",
+            "http://127.0.0.1:8080/B/n"
+        ]));
     }
 
     /// Parses `tally <args>` as a role command and returns its config file and overrides.
