@@ -563,9 +563,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     // One gateway alone: every earlier run of it is gone, and this one takes over whatever
     // durable invocations they left unfinished.
-    let (_peers, peers) = tokio::sync::watch::channel(gateway::invocations::Peers::alone(
-        format!("up.{:016x}", rand::random::<u64>()),
-    ));
+    let (_peers, peers) = tokio::sync::watch::channel(gateway::invocations::Peers::alone(format!(
+        "up.{:016x}",
+        rand::random::<u64>()
+    )));
     let setup = gateway::http::Setup {
         functions,
         peers,

@@ -33,7 +33,10 @@ impl Answer {
     pub fn error(&self) -> Option<(String, String)> {
         let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
         let e = &v["error"];
-        Some((e["code"].as_str()?.to_string(), e["message"].as_str()?.to_string()))
+        Some((
+            e["code"].as_str()?.to_string(),
+            e["message"].as_str()?.to_string(),
+        ))
     }
 }
 
@@ -98,14 +101,16 @@ impl Forwarder {
             match self.send(&peer, &call).await {
                 Ok(answer) if answer.status == 404 => {
                     // Not served there (or gone since): try the next.
-                    if answer.error().is_some_and(|(code, _)| code == "unknown_function") {
+                    if answer
+                        .error()
+                        .is_some_and(|(code, _)| code == "unknown_function")
+                    {
                         continue;
                     }
                     return Some(Ok(answer));
                 }
                 Ok(answer) => {
-                    self.known()
-                        .insert(call.function.to_string(), peer.clone());
+                    self.known().insert(call.function.to_string(), peer.clone());
                     return Some(Ok(answer));
                 }
                 Err(e) => unreachable = Some(format!("gateway {peer}: {e}")),
@@ -115,7 +120,9 @@ impl Forwarder {
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.known.lock().expect("no panics under the forwarder's map")
+        self.known
+            .lock()
+            .expect("no panics under the forwarder's map")
     }
 
     async fn send(&self, peer: &str, call: &Call<'_>) -> Result<Answer, reqwest::Error> {

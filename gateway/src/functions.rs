@@ -722,7 +722,6 @@ struct Mode {
     retried: bool,
 }
 
-
 /// How often a gateway looks for invocations of dead gateways when it has no reason to
 /// (no peer changed, nothing left over); and when it has (some were left or just claimed).
 const RECOVERY_IDLE: Duration = Duration::from_secs(30);
@@ -889,7 +888,11 @@ impl Dispatcher {
             let mut key = None;
             if let Some(scope) = &scope {
                 if let Some((rx, known_hash)) = self.local_key(scope) {
-                    return if known_hash == hash { Ok(rx) } else { Err(reused()) };
+                    return if known_hash == hash {
+                        Ok(rx)
+                    } else {
+                        Err(reused())
+                    };
                 }
                 match self.journal.key_state(scope).await? {
                     KeyState::Taken(history) if history.input_hash != hash => return Err(reused()),
@@ -956,10 +959,12 @@ impl Dispatcher {
             mode.durable,
         );
         inv.accepted_at = answer.seen;
-        let failed = |message: &str| LogError::Unavailable(format!(
-            "{} at a peer gateway: {} {message}",
-            request.function, answer.status
-        ));
+        let failed = |message: &str| {
+            LogError::Unavailable(format!(
+                "{} at a peer gateway: {} {message}",
+                request.function, answer.status
+            ))
+        };
         let output = match (answer.status, answer.error()) {
             (202, _) if request.asynchronous => None,
             (200, _) => Some(Ok(answer.body.clone())),
@@ -997,7 +1002,10 @@ impl Dispatcher {
 
     /// The lock calls under key `scope` take turns on (dropped from the map once unused).
     fn key_lock(&self, scope: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.key_locks.lock().expect("no panics under the key locks");
+        let mut locks = self
+            .key_locks
+            .lock()
+            .expect("no panics under the key locks");
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         locks.entry(scope.to_string()).or_default().clone()
     }
@@ -1232,7 +1240,10 @@ impl Dispatcher {
             tracing::info!(id = history.id, function = history.function, "re-driving");
             self.metrics.redriven.inc();
             claimed += 1;
-            let scope = history.key.as_ref().map(|k| (k.scope.clone(), history.input_hash));
+            let scope = history
+                .key
+                .as_ref()
+                .map(|k| (k.scope.clone(), history.input_hash));
             let inv = Invocation {
                 created_at_ms: history.created_at_ms,
                 accepted_at: Some(history.accepted_at),
@@ -1381,7 +1392,8 @@ mod tests {
         crate::examples::register(&mut registry);
         let d = dispatcher(registry);
         let input = Bytes::from_static(br#"{"name":"ana"}"#);
-        let done = Dispatcher::wait(d.start("welcome", BookId(3), input, None).await.unwrap()).await;
+        let done =
+            Dispatcher::wait(d.start("welcome", BookId(3), input, None).await.unwrap()).await;
         assert_eq!(done.status, Status::Succeeded, "{:?}", done.output);
         let output: serde_json::Value =
             serde_json::from_slice(done.output.unwrap().as_ref().unwrap()).unwrap();
@@ -1414,12 +1426,21 @@ mod tests {
             ctx.invoke("nobody", input).await
         });
         let d = dispatcher(registry);
-        let deep =
-            Dispatcher::wait(d.start("forever", BookId(0), Bytes::new(), None).await.unwrap()).await;
+        let deep = Dispatcher::wait(
+            d.start("forever", BookId(0), Bytes::new(), None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(deep.status, Status::Failed);
         let message = deep.output.unwrap().unwrap_err().message;
         assert!(message.contains("deeper than 32"), "{message}");
-        let lost = Dispatcher::wait(d.start("lost", BookId(0), Bytes::new(), None).await.unwrap()).await;
+        let lost = Dispatcher::wait(
+            d.start("lost", BookId(0), Bytes::new(), None)
+                .await
+                .unwrap(),
+        )
+        .await;
         let message = lost.output.unwrap().unwrap_err().message;
         assert!(
             message.contains("no function named \"nobody\""),
@@ -1454,7 +1475,11 @@ mod tests {
         let d = dispatcher(registry);
         let mut calls = Vec::new();
         for _ in 0..3 {
-            calls.push(d.start("gated", BookId(0), Bytes::new(), None).await.unwrap());
+            calls.push(
+                d.start("gated", BookId(0), Bytes::new(), None)
+                    .await
+                    .unwrap(),
+            );
         }
         let statuses = || calls.iter().map(|c| c.borrow().status).collect::<Vec<_>>();
         for _ in 0..100 {
@@ -1474,8 +1499,12 @@ mod tests {
         }
         assert_eq!((queued.get(), running.get()), (0, 0));
 
-        let slow =
-            Dispatcher::wait(d.start("sleepy", BookId(0), Bytes::new(), None).await.unwrap()).await;
+        let slow = Dispatcher::wait(
+            d.start("sleepy", BookId(0), Bytes::new(), None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(slow.status, Status::Failed);
         assert_eq!(
             slow.output.unwrap().unwrap_err().message,
@@ -1597,7 +1626,10 @@ mod tests {
     fn peers(me: &str, live: &[&str]) -> Peers {
         Peers {
             me: me.into(),
-            live: live.iter().map(|n| (n.to_string(), String::new())).collect(),
+            live: live
+                .iter()
+                .map(|n| (n.to_string(), String::new()))
+                .collect(),
         }
     }
 
@@ -1635,7 +1667,12 @@ mod tests {
         let (_a_peers, a_rx) = watch::channel(peers("a", &["a", "b"]));
         let (b_peers, b_rx) = watch::channel(peers("b", &["a", "b"]));
         let a = gateway(&log, a_rx, a_runs.clone(), stuck.clone());
-        let b = gateway(&log, b_rx, b_runs.clone(), Arc::new(tokio::sync::Semaphore::new(9)));
+        let b = gateway(
+            &log,
+            b_rx,
+            b_runs.clone(),
+            Arc::new(tokio::sync::Semaphore::new(9)),
+        );
         let rx = a
             .start_async("work", BookId(4), Bytes::from_static(b"job"), None)
             .await
@@ -1655,7 +1692,10 @@ mod tests {
             if inv.finished_at_ms.is_some() {
                 break inv;
             }
-            assert!(tokio::time::Instant::now() < deadline, "not re-driven: {inv:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not re-driven: {inv:?}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         assert_eq!(done.status, Status::Succeeded);
@@ -1684,8 +1724,7 @@ mod tests {
             let d = if i % 2 == 0 { a.clone() } else { b.clone() };
             calls.spawn(async move {
                 let input = Bytes::from_static(b"once");
-                Dispatcher::wait(d.start("work", BookId(0), input, Some("k1")).await.unwrap())
-                    .await
+                Dispatcher::wait(d.start("work", BookId(0), input, Some("k1")).await.unwrap()).await
             });
         }
         let mut ids = BTreeSet::new();

@@ -676,11 +676,18 @@ mod tests {
         let tag = invocation_tag("0000000300000007").unwrap();
         assert_eq!(tag, Tag(INVOCATION_TAG_BIT | (3 << 32) | 7));
         assert_ne!(tag, owner_tag(3));
-        assert!(invocation_tag("ffffffff00000000").is_none(), "owner beyond 2^28");
+        assert!(
+            invocation_tag("ffffffff00000000").is_none(),
+            "owner beyond 2^28"
+        );
         assert!(invocation_tag("xyz").is_none());
         assert!(invocation_tag("000000030000000g").is_none());
         let key = key_tag("f\u{0}0\u{0}k");
         assert!(key.0 & KEY_TAG_BIT != 0 && key != Tag::RESERVED);
-        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c, "FNV-1a, never changes");
+        assert_eq!(
+            stable_hash(b"a"),
+            0xaf63_dc4c_8601_ec8c,
+            "FNV-1a, never changes"
+        );
     }
 }

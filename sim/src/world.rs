@@ -2,17 +2,16 @@
 //! event loop in virtual time.
 
 use crate::gateway::{Gateway, Op, Out};
-use gateway::engine::Reply;
 use crate::invariants::{Ground, Observer};
+use gateway::engine::Reply;
 use logbook::wire::{
-    GatewayMember, GroupEvent, IndexEntry, LocalId, LogRecord, NodeId, ShardId, ShardProgress,
-    View,
+    GatewayMember, GroupEvent, IndexEntry, LocalId, LogRecord, NodeId, ShardId, ShardProgress, View,
 };
 use logbook::ViewId;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use raft::prelude::Message;
 use raft::storage::MemStorage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use sequencer::group::{GroupConfig, GroupNode, Output};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -129,16 +128,32 @@ impl Faults {
         let (lossy, dups, slow, crashes, partitions, clogs) =
             (on(0.5), on(0.3), on(0.5), on(0.6), on(0.5), on(0.4));
         Faults {
-            loss: if lossy { rng.random_range(0.001..0.2) } else { 0.0 },
-            duplicate: if dups { rng.random_range(0.001..0.1) } else { 0.0 },
+            loss: if lossy {
+                rng.random_range(0.001..0.2)
+            } else {
+                0.0
+            },
+            duplicate: if dups {
+                rng.random_range(0.001..0.1)
+            } else {
+                0.0
+            },
             delay_min: rng.random_range(50..500),
             delay_max: if slow {
                 rng.random_range(2 * MS..80 * MS)
             } else {
                 rng.random_range(600..2 * MS)
             },
-            crash_every: if crashes { rng.random_range(1..10) * SECOND } else { 0 },
-            partition_every: if partitions { rng.random_range(2..15) * SECOND } else { 0 },
+            crash_every: if crashes {
+                rng.random_range(1..10) * SECOND
+            } else {
+                0
+            },
+            partition_every: if partitions {
+                rng.random_range(2..15) * SECOND
+            } else {
+                0
+            },
             clogs,
         }
     }
@@ -186,7 +201,10 @@ pub enum Payload {
         records: Vec<LogRecord>,
     },
     /// A replica holds the first `durable` records of its shard in `view`.
-    Ack { view: ViewId, durable: u64 },
+    Ack {
+        view: ViewId,
+        durable: u64,
+    },
     /// A gateway asks a replica for the index data of local counters `start..start + count` of
     /// (view, shard), which a metalog entry ordered from `first_seqnum`.
     FetchIndex {
@@ -430,8 +448,18 @@ impl World {
             .iter()
             .filter(|(_, s)| s.node.is_none())
             .map(|(id, _)| *id)
-            .chain(self.storage.iter().filter(|(_, s)| !s.up).map(|(id, _)| *id))
-            .chain(self.gateways.iter().filter(|(_, g)| !g.up).map(|(id, _)| *id))
+            .chain(
+                self.storage
+                    .iter()
+                    .filter(|(_, s)| !s.up)
+                    .map(|(id, _)| *id),
+            )
+            .chain(
+                self.gateways
+                    .iter()
+                    .filter(|(_, g)| !g.up)
+                    .map(|(id, _)| *id),
+            )
             .collect();
         for id in down {
             self.restart(id);
@@ -454,7 +482,9 @@ impl World {
                 break;
             }
             self.queue.pop();
-            let event = self.slots[slot].take().expect("a queued slot holds its event");
+            let event = self.slots[slot]
+                .take()
+                .expect("a queued slot holds its event");
             self.free.push(slot);
             self.now = at;
             self.events += 1;
@@ -570,8 +600,7 @@ impl World {
         if self.faults.loss > 0.0 && self.rng.random_bool(self.faults.loss) {
             return;
         }
-        let copies = if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate)
-        {
+        let copies = if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate) {
             2
         } else {
             1
@@ -997,7 +1026,10 @@ impl World {
         for (id, s) in &self.sequencers {
             let applied = s.node.as_ref().map_or(0, GroupNode::events_len);
             if applied != len {
-                return Some(format!("sequencer {} applied {applied} of {len} events", id.0));
+                return Some(format!(
+                    "sequencer {} applied {applied} of {len} events",
+                    id.0
+                ));
             }
         }
         let view = self.observer.view()?;
@@ -1015,7 +1047,11 @@ impl World {
                 ));
             }
             if !g.ops.is_empty() {
-                return Some(format!("gateway {} has {} appends pending", id.0, g.ops.len()));
+                return Some(format!(
+                    "gateway {} has {} appends pending",
+                    id.0,
+                    g.ops.len()
+                ));
             }
         }
         for (id, g) in &self.gateways {

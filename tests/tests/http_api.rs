@@ -67,7 +67,18 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap())
         .collect();
-    assert_eq!(names, ["echo", "greet", "guestbook", "sleep", "welcome"]);
+    assert_eq!(
+        names,
+        [
+            "append3",
+            "echo",
+            "greet",
+            "guestbook",
+            "noop",
+            "sleep",
+            "welcome"
+        ]
+    );
 }
 
 #[test]

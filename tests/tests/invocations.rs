@@ -29,7 +29,11 @@ fn send(request: RequestBuilder) -> Option<(u16, Value, Option<u64>)> {
         .get(SEEN)
         .and_then(|v| v.to_str().ok()?.parse().ok());
     let body = response.text().ok()?;
-    Some((status, serde_json::from_str(&body).unwrap_or(Value::Null), seen))
+    Some((
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+        seen,
+    ))
 }
 
 /// The invocation `id` as `gateway` shows it, once final (or the last answer at the deadline).
@@ -101,8 +105,11 @@ fn ten_at_once(gateways: &[String], function: &str, key: &str, body: &str) -> (V
 /// The entries of a guestbook room, read through `gateway`.
 fn room(http: &Client, gateway: &str, room: &str) -> Vec<Value> {
     let body = format!(r#"{{"action":"list","room":"{room}"}}"#);
-    let (status, list, _) = send(http.post(format!("{gateway}/function/guestbook")).body(body))
-        .expect("the gateway answers");
+    let (status, list, _) = send(
+        http.post(format!("{gateway}/function/guestbook"))
+            .body(body),
+    )
+    .expect("the gateway answers");
     assert_eq!(status, 200, "{list}");
     list["entries"].as_array().cloned().unwrap_or_default()
 }
@@ -151,13 +158,20 @@ fn async_invocations_accepted_by_a_killed_gateway_all_finish_at_the_other() {
     });
     let accepted = accepted.into_inner().unwrap();
     let by_victim = accepted.iter().filter(|(_, at, _)| *at == 1).count();
-    assert!(accepted.len() >= CALLS / 2 && by_victim > 0, "{}", accepted.len());
+    assert!(
+        accepted.len() >= CALLS / 2 && by_victim > 0,
+        "{}",
+        accepted.len()
+    );
 
     // Every accepted invocation, whichever gateway took it, ends at the survivor.
     let mut statuses = BTreeMap::new();
     for (id, at, seen) in &accepted {
         let inv = final_status(&http, &gateways[0], id, *seen);
-        assert_eq!(inv["status"], "succeeded", "invocation {id} from gateway {at}: {inv}");
+        assert_eq!(
+            inv["status"], "succeeded",
+            "invocation {id} from gateway {at}: {inv}"
+        );
         assert_eq!(inv["output"], r#"{"slept_ms":400}"#);
         *statuses.entry(*at).or_insert(0) += 1;
     }
@@ -192,8 +206,11 @@ fn one_idempotency_key_runs_once_before_and_after_a_restart() {
     .unwrap();
     assert_eq!(other.0, 422, "{:?}", other.1);
     // An asynchronous call still running when the process dies.
-    let (status, slow, _) =
-        send(http.post(tally.url("/asyncFunction/sleep")).body(r#"{"ms":1500}"#)).unwrap();
+    let (status, slow, _) = send(
+        http.post(tally.url("/asyncFunction/sleep"))
+            .body(r#"{"ms":1500}"#),
+    )
+    .unwrap();
     assert_eq!(status, 202);
     let slow = slow["id"].as_str().unwrap().to_string();
     tally.kill9().unwrap();

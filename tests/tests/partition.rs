@@ -55,7 +55,9 @@ impl Net {
             let ns = net.ns(*node);
             let outside = net.veth(*node);
             ip(&["netns", "add", &ns]);
-            ip(&["link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
             ip(&["link", "set", &outside, "master", &bridge]);
             ip(&["link", "set", &outside, "up"]);
             let addr = format!("10.77.{}.{}/24", net.subnet, i + 1);
@@ -85,17 +87,28 @@ impl Net {
 
     /// Cuts `node` off from every other node (and from the test), or heals it.
     fn isolate(&self, node: u32, cut: bool) {
-        ip(&["link", "set", &self.veth(node), if cut { "down" } else { "up" }]);
+        ip(&[
+            "link",
+            "set",
+            &self.veth(node),
+            if cut { "down" } else { "up" },
+        ]);
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
         for node in &self.nodes {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(*node)]).status();
-            let _ = Command::new("ip").args(["link", "del", &self.veth(*node)]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(*node)])
+                .status();
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.veth(*node)])
+                .status();
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge()]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .status();
     }
 }
 
@@ -154,7 +167,12 @@ fn appends_go_on_through_partitions_of_a_minority_and_nothing_acknowledged_is_lo
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let (sequencers, storage, gateways) = ([0u32, 1, 2], [10u32, 11, 12], [20u32, 21]);
-    let all: Vec<u32> = sequencers.iter().chain(&storage).chain(&gateways).copied().collect();
+    let all: Vec<u32> = sequencers
+        .iter()
+        .chain(&storage)
+        .chain(&gateways)
+        .copied()
+        .collect();
     let net = Net::new(&all);
     let dir = tempfile::tempdir().unwrap();
     let map = |ids: &[u32], port: u16| {
@@ -178,7 +196,10 @@ fn appends_go_on_through_partitions_of_a_minority_and_nothing_acknowledged_is_lo
         };
         let mut text = format!("role = \"{role}\"\nid = {id}\n");
         if role == "gateway" {
-            text += &format!("http = \"{}:8080\"\nworkers = \"127.0.0.1:0\"\n", net.addr(*id));
+            text += &format!(
+                "http = \"{}:8080\"\nworkers = \"127.0.0.1:0\"\n",
+                net.addr(*id)
+            );
         } else {
             let data = dir.path().join(format!("{role}-{id}"));
             std::fs::create_dir_all(&data).unwrap();
@@ -219,7 +240,14 @@ fn appends_go_on_through_partitions_of_a_minority_and_nothing_acknowledged_is_lo
     let acks = dir.path().join("acks.txt");
     let mut bench = Command::new(tally_bin())
         .args(["bench", "append", "--addr", &urls.join(",")])
-        .args(["--clients", "8", "--record-bytes", "200", "--duration", "600"])
+        .args([
+            "--clients",
+            "8",
+            "--record-bytes",
+            "200",
+            "--duration",
+            "600",
+        ])
         .arg("--ack-log")
         .arg(&acks)
         .stdout(Stdio::null())

@@ -180,7 +180,11 @@ fn a_worker_attached_to_one_gateway_of_a_cluster_serves_calls_through_it() {
     assert_eq!(status, 200, "{body}");
     // The other gateway forwards its calls to the gateway the worker is attached to.
     let elsewhere = &cluster.gateways()[1];
-    let (status, body) = post(&http, &format!("{elsewhere}/function/hello"), r#"{"name":"d"}"#);
+    let (status, body) = post(
+        &http,
+        &format!("{elsewhere}/function/hello"),
+        r#"{"name":"d"}"#,
+    );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("hello, d"), "{body}");
     let (status, body) = post(&http, &format!("{elsewhere}/function/hello"), "not json");
@@ -204,7 +208,10 @@ fn a_worker_attached_to_one_gateway_of_a_cluster_serves_calls_through_it() {
         inv["status"] == "succeeded"
     })
     .unwrap_or_else(|_| panic!("the forwarded asynchronous call finished: {inv}"));
-    assert!(inv["output"].as_str().unwrap().contains("hello, e"), "{inv}");
+    assert!(
+        inv["output"].as_str().unwrap().contains("hello, e"),
+        "{inv}"
+    );
     worker.kill().unwrap();
     worker.wait().unwrap();
 }

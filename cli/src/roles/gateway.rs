@@ -11,6 +11,7 @@ use super::{channel, fetch, fetch_range, GatewayOptions, SequencerClients, FETCH
 use anyhow::Context;
 use async_trait::async_trait;
 use gateway::engine::EngineConfig;
+use gateway::invocations::Peers;
 use gateway::metrics::Metrics;
 use gateway::runtime::{GatewayLog, Restore, Shard};
 use logbook::rpc::pb::storage_client::StorageClient;
@@ -18,7 +19,6 @@ use logbook::rpc::pb::{self};
 use logbook::wire::{
     GroupEvent, IndexEntry, LocalId, LogRecord, MetalogEntry, NodeId, ShardId, View,
 };
-use gateway::invocations::Peers;
 use logbook::{IndexCheckpoint, LogError, Record, Seqnum, ViewId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -31,7 +31,10 @@ pub fn check(ground: &Ground, observer: &Observer, index: &[Seqnum]) -> Result<(
         if index.binary_search(seqnum).is_err() {
             return Err((
                 NAME,
-                format!("{:?} acknowledged at {} is not in the index", op.data, seqnum.0),
+                format!(
+                    "{:?} acknowledged at {} is not in the index",
+                    op.data, seqnum.0
+                ),
             ));
         }
         let record = observer

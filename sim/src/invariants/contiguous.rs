@@ -9,7 +9,10 @@ use logbook::wire::MetalogEntry;
 pub fn check(observer: &Observer, entry: &MetalogEntry) -> Result<(), Broken> {
     const NAME: &str = "the metalog is contiguous";
     let Some(view) = observer.view() else {
-        return Err((NAME, format!("entry {} committed before any view", entry.position)));
+        return Err((
+            NAME,
+            format!("entry {} committed before any view", entry.position),
+        ));
     };
     if entry.view != view.id {
         return Err((
@@ -52,7 +55,10 @@ pub fn check(observer: &Observer, entry: &MetalogEntry) -> Result<(), Broken> {
         if !view.shards.contains_key(&cut.shard) {
             return Err((
                 NAME,
-                format!("entry {} orders shard {}, not in its view", entry.position, cut.shard.0),
+                format!(
+                    "entry {} orders shard {}, not in its view",
+                    entry.position, cut.shard.0
+                ),
             ));
         }
     }
