@@ -5,7 +5,7 @@ use crate::functions::{Dispatcher, Invocation, InvokeError, Request, Status, CAL
 use crate::invocations::INVOCATIONS_BOOK;
 use crate::metrics::Metrics;
 use crate::runtime::GatewayLog;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -106,6 +106,12 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> ApiError {
+        ApiError::new(r.status(), "bad_request", r.body_text())
+    }
+}
+
 /// The state of one gateway serving `log` with the built-in example functions (limited as
 /// `setup.functions` says, by name), its calls timed in `metrics`: what `tally up` and `tally
 /// gateway` serve (`router(state)`; workers attach to `state.dispatcher`). Errs when
@@ -165,6 +171,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        // After the routes: it applies to those already added.
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the route does not take this method",
+            )
+        })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -254,10 +268,11 @@ async fn start(
 
 async fn call_function(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(name) = name?;
     let rx = start(&state, &name, &headers, body, false).await?;
     let invocation = Dispatcher::wait(rx).await;
     let mut response = match invocation.output {
@@ -292,10 +307,11 @@ async fn call_function(
 
 async fn call_function_async(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(name) = name?;
     let rx = start(&state, &name, &headers, body, true).await?;
     let (id, accepted_at) = {
         let inv = rx.borrow();
@@ -329,9 +345,10 @@ fn invocation_json(inv: &Invocation) -> Value {
 
 async fn get_invocation(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id?;
     catch_up(&state, seen_of(&headers)?).await?;
     let inv = state.dispatcher.find(&id).await?.ok_or_else(|| {
         ApiError::new(
@@ -468,11 +485,12 @@ fn with_seen(seen: Option<Seqnum>, body: Value) -> Response {
 
 async fn log_append(
     State(state): State<Arc<AppState>>,
-    Path(book): Path<String>,
+    book: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(book) = book?;
     let data = body?;
     let book = parse_book(&book)?;
     let q = parse_query(raw)?;
@@ -487,10 +505,11 @@ async fn log_append(
 
 async fn log_records(
     State(state): State<Arc<AppState>>,
-    Path(book): Path<String>,
+    book: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Path(book) = book?;
     let book = parse_book(&book)?;
     let q = parse_query(raw)?;
     let seen = seen_of(&headers)?;
@@ -520,10 +539,11 @@ async fn log_records(
 
 async fn log_next(
     State(state): State<Arc<AppState>>,
-    Path(book): Path<String>,
+    book: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Path(book) = book?;
     let book = parse_book(&book)?;
     let q = parse_query(raw)?;
     let seen = seen_of(&headers)?;

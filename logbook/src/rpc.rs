@@ -135,18 +135,10 @@ impl From<&MetalogEntry> for pb::MetalogEntry {
 impl TryFrom<pb::MetalogEntry> for MetalogEntry {
     type Error = WireError;
     fn try_from(e: pb::MetalogEntry) -> Result<MetalogEntry, WireError> {
-        let view = view_id(e.view)?;
-        let start_seqnum = Seqnum(e.start_seqnum);
-        if start_seqnum.view() != view {
-            return Err(WireError(format!(
-                "metalog entry {} starts outside its view {}",
-                e.position, e.view
-            )));
-        }
         let entry = MetalogEntry {
             position: e.position,
-            view,
-            start_seqnum,
+            view: view_id(e.view)?,
+            start_seqnum: Seqnum(e.start_seqnum),
             cuts: e
                 .cuts
                 .into_iter()
@@ -157,17 +149,7 @@ impl TryFrom<pb::MetalogEntry> for MetalogEntry {
                 })
                 .collect(),
         };
-        let end = entry
-            .cuts
-            .iter()
-            .try_fold(start_seqnum.position(), |at, c| at.checked_add(c.delta))
-            .filter(|end| *end <= Seqnum::POSITION_MAX + 1);
-        if end.is_none() {
-            return Err(WireError(format!(
-                "metalog entry {} runs past its view's seqnums",
-                entry.position
-            )));
-        }
+        entry.validate().map_err(WireError)?;
         Ok(entry)
     }
 }
@@ -356,5 +338,30 @@ mod tests {
         assert!(MetalogEntry::try_from(overflow).is_err());
         assert!(view_id(70_000).is_err());
         assert!(pb::Event::default().decode().is_err());
+    }
+
+    #[test]
+    fn metalog_entries_past_a_views_counters_or_cutting_a_shard_twice_are_refused() {
+        // A gateway's engine panicked on these: its own records named by a local id past a
+        // view's counters, or one record ordered twice.
+        let cut = |start| pb::ShardCut {
+            shard: 3,
+            start,
+            delta: 1,
+        };
+        let past_counters = pb::MetalogEntry {
+            view: 1,
+            start_seqnum: Seqnum::new(ViewId(1), 5).0,
+            cuts: vec![cut(1 << 48)],
+            ..Default::default()
+        };
+        assert!(MetalogEntry::try_from(past_counters).is_err());
+        let shard_twice = pb::MetalogEntry {
+            view: 1,
+            start_seqnum: Seqnum::new(ViewId(1), 5).0,
+            cuts: vec![cut(0), cut(0)],
+            ..Default::default()
+        };
+        assert!(MetalogEntry::try_from(shard_twice).is_err());
     }
 }

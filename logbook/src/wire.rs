@@ -25,6 +25,8 @@ pub struct LocalId(pub u64);
 
 impl LocalId {
     const COUNTER_BITS: u32 = 48;
+    /// One past the largest local counter of a view.
+    pub const COUNTER_END: u64 = 1 << Self::COUNTER_BITS;
 
     pub fn new(view: ViewId, counter: u64) -> LocalId {
         assert!(
@@ -102,6 +104,50 @@ pub struct MetalogEntry {
 }
 
 impl MetalogEntry {
+    /// Checks what every user of an entry relies on: it starts in its own view, its seqnums
+    /// stay in that view, each cut's local counters fit a view's counters, and no shard is
+    /// cut twice. The sequencer makes only such entries; an entry read from the wire or from
+    /// disk is checked with this before use, since its methods would overflow and the
+    /// gateway's engine would panic on one that is not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.start_seqnum.view() != self.view {
+            return Err(format!(
+                "metalog entry {} starts outside its view {}",
+                self.position, self.view.0
+            ));
+        }
+        let mut end = self.start_seqnum.position();
+        let mut shards = std::collections::BTreeSet::new();
+        for cut in &self.cuts {
+            if !shards.insert(cut.shard) {
+                return Err(format!(
+                    "metalog entry {} cuts shard {} twice",
+                    self.position, cut.shard.0
+                ));
+            }
+            if cut
+                .start
+                .checked_add(cut.delta)
+                .is_none_or(|e| e > LocalId::COUNTER_END)
+            {
+                return Err(format!(
+                    "metalog entry {} cuts shard {} past a view's local counters",
+                    self.position, cut.shard.0
+                ));
+            }
+            end = end
+                .checked_add(cut.delta)
+                .filter(|end| *end <= Seqnum::POSITION_MAX + 1)
+                .ok_or_else(|| {
+                    format!(
+                        "metalog entry {} runs past its view's seqnums",
+                        self.position
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
     /// How many records the entry orders.
     pub fn record_count(&self) -> u64 {
         self.cuts.iter().map(|c| c.delta).sum()
@@ -209,6 +255,53 @@ mod tests {
         );
         assert_eq!(entry.seqnum_of(ShardId(0), 1), None);
         assert_eq!(entry.end_seqnum(), Seqnum::new(ViewId(1), 13));
+    }
+
+    #[test]
+    fn metalog_entries_validate_only_inside_their_view_and_counters() {
+        let check = |start: Seqnum, cuts: &[(u32, u64, u64)], expect: Option<&str>| {
+            let entry = MetalogEntry {
+                position: 4,
+                view: ViewId(1),
+                start_seqnum: start,
+                cuts: cuts
+                    .iter()
+                    .map(|&(shard, start, delta)| ShardCut {
+                        shard: ShardId(shard),
+                        start,
+                        delta,
+                    })
+                    .collect(),
+            };
+            match (entry.validate(), expect) {
+                (Ok(()), None) => {}
+                (Err(e), Some(expect)) => assert!(e.contains(expect), "{e}"),
+                (got, expect) => panic!("{cuts:?}: got {got:?}, expected {expect:?}"),
+            }
+        };
+        let start = Seqnum::new(ViewId(1), 10);
+        let last = Seqnum::new(ViewId(1), Seqnum::POSITION_MAX);
+        check(start, &[], None);
+        check(start, &[(0, 0, 3), (1, 5, 0), (2, 7, 1)], None);
+        check(last, &[(0, LocalId::COUNTER_END - 1, 1)], None);
+        check(
+            Seqnum::new(ViewId(2), 0),
+            &[(0, 0, 1)],
+            Some("outside its view"),
+        );
+        check(start, &[(0, 0, 1), (1, 0, 1), (0, 1, 1)], Some("twice"));
+        check(
+            start,
+            &[(0, LocalId::COUNTER_END, 1)],
+            Some("local counters"),
+        );
+        check(start, &[(0, u64::MAX, 2)], Some("local counters"));
+        check(last, &[(0, 0, 2)], Some("past its view's seqnums"));
+        check(
+            start,
+            &[(0, 0, 1 << 47), (1, 0, 1 << 47)],
+            Some("past its view's seqnums"),
+        );
     }
 
     #[test]

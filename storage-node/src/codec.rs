@@ -21,7 +21,7 @@
 //!
 //! `MetalogEntry` (used inside several bodies):
 //! `position u64, view u16, start_seqnum u64, cut_count u32, cut_count x (shard u32, start u64,
-//! delta u64)`.
+//! delta u64)`; an entry that fails `MetalogEntry::validate` is a bad body.
 //!
 //! Header (kind 1, the first frame of every segment; it carries the state that must survive
 //! the deletion of older segments):
@@ -422,12 +422,15 @@ impl Reader<'_> {
                 delta: self.u64()?,
             });
         }
-        Ok(MetalogEntry {
+        let entry = MetalogEntry {
             position,
             view,
             start_seqnum,
             cuts,
-        })
+        };
+        // Recovery and the index compute seqnums and counters from it.
+        entry.validate().map_err(DecodeError::BadBody)?;
+        Ok(entry)
     }
 
     fn opt_metalog(&mut self) -> Result<Option<MetalogEntry>, DecodeError> {
@@ -444,20 +447,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Valid entries only (`MetalogEntry::validate`): the codec refuses the others.
     fn metalog_strategy() -> impl Strategy<Value = MetalogEntry> {
         (
             any::<u64>(),
             any::<u16>(),
-            any::<u64>(),
-            prop::collection::vec((any::<u32>(), any::<u64>(), any::<u64>()), 0..5),
+            0..(1u64 << 40),
+            prop::collection::btree_map(any::<u32>(), (0..(1u64 << 47), 0..(1u64 << 20)), 0..5),
         )
             .prop_map(|(position, view, start, cuts)| MetalogEntry {
                 position,
                 view: ViewId(view),
-                start_seqnum: Seqnum(start),
+                start_seqnum: Seqnum::new(ViewId(view), start),
                 cuts: cuts
                     .into_iter()
-                    .map(|(s, start, delta)| ShardCut {
+                    .map(|(s, (start, delta))| ShardCut {
                         shard: ShardId(s),
                         start,
                         delta,
@@ -568,6 +572,47 @@ mod tests {
             let len = encode(&frame, &mut buf);
             buf.truncate(cut % len);
             prop_assert_eq!(decode(&Bytes::from(buf)).map(|_| ()), Err(DecodeError::Incomplete));
+        }
+    }
+
+    #[test]
+    fn metalog_entries_that_do_not_validate_are_bad_bodies() {
+        // Recovery's index computed seqnums from these and panicked on overflow.
+        let view = ViewId(1);
+        let entry = |start_seqnum: Seqnum, cuts: &[(u32, u64, u64)]| MetalogEntry {
+            position: 0,
+            view,
+            start_seqnum,
+            cuts: cuts
+                .iter()
+                .map(|&(s, start, delta)| ShardCut {
+                    shard: ShardId(s),
+                    start,
+                    delta,
+                })
+                .collect(),
+        };
+        let start = Seqnum::new(view, 0);
+        for bad in [
+            entry(start, &[(0, 0, u64::MAX), (1, 0, 2)]),
+            entry(start, &[(0, u64::MAX, 1)]),
+            entry(start, &[(0, 0, 1), (0, 1, 1)]),
+            entry(Seqnum::new(ViewId(2), 0), &[(0, 0, 1)]),
+        ] {
+            let mut frames = Vec::new();
+            encode_metalog(&bad, &mut frames);
+            encode_checkpoint(Seqnum::ZERO, b"", Some(&bad), &mut frames);
+            let frames = Bytes::from(frames);
+            let (first, at) = (decode(&frames), check(&frames).expect("a valid prefix"));
+            assert!(
+                matches!(first, Err(DecodeError::BadBody(_))),
+                "{bad:?}: {first:?}"
+            );
+            let second = decode(&frames.slice(at..));
+            assert!(
+                matches!(second, Err(DecodeError::BadBody(_))),
+                "{bad:?}: {second:?}"
+            );
         }
     }
 

@@ -182,6 +182,34 @@ async fn flipped_bit_in_sealed_data_is_reported_as_corruption() {
     }
 }
 
+#[tokio::test]
+async fn crc_valid_metalog_entry_that_overflows_is_reported_as_corruption() {
+    // Recovery panicked on overflow computing this entry's seqnums.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(config(dir.path()));
+    append_one_by_one(&store, 0, 1, 0..2).await;
+    store.shutdown();
+    let seg0 = segment_path(dir.path(), 0);
+    let mut bytes = std::fs::read(&seg0).expect("read");
+    let at = bytes.len() as u64;
+    codec::encode_metalog(&entry(0, 1, 0, &[(0, 0, u64::MAX), (1, 0, 2)]), &mut bytes);
+    std::fs::write(&seg0, bytes).expect("write");
+    match Store::open(config(dir.path())) {
+        Err(StoreError::Corrupt {
+            segment,
+            offset_bytes,
+            reason,
+        }) => {
+            assert_eq!(
+                (segment.as_str(), offset_bytes),
+                ("00000000000000000000.seg", at)
+            );
+            assert!(reason.contains("past a view's local counters"), "{reason}");
+        }
+        other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
+    }
+}
+
 /// The file's length as the sum of its frames, reading past bad CRCs by their length field.
 fn frame_offsets_len(path: &Path) -> u64 {
     let bytes = std::fs::read(path).expect("read segment");
