@@ -188,14 +188,17 @@ install_restate() {
 build() {
     local target_dir binary
     log "building tally, bench-worker and the Restate service (release)"
+    # The service is a workspace of its own: it builds into the workspace's target dir too,
+    # so one build cache serves both.
+    target_dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
     (
         cd "$ROOT"
         cargo build --release --quiet --bin tally
         cargo build --release --quiet -p gateway --example bench-worker
-        cargo build --release --quiet --manifest-path bench/restate-service/Cargo.toml
+        cargo build --release --quiet --manifest-path bench/restate-service/Cargo.toml \
+            --target-dir "$target_dir"
     )
-    target_dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
     TALLY="$target_dir/release/tally"
     BENCH_WORKER="$target_dir/release/examples/bench-worker"
     RESTATE_SERVICE="$target_dir/release/tally-bench-restate-service"
