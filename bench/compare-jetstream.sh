@@ -30,8 +30,8 @@ CONFIGS="${CONFIGS:-r1 r3}"
 OUT="${OUT:-$ROOT/bench/results/jetstream-$(date -u +%Y%m%d-%H%M%S).json}"
 READY_TIMEOUT_S=60
 
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# Messages, process tracking, free ports and ready lines (bench/lib.sh).
+source "$ROOT/bench/lib.sh"
 
 for name in CLIENTS DURATION RUNS; do
     [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, not '${!name}'"
@@ -49,27 +49,6 @@ done
 PIDS=()
 CLUSTER_DIRS=()
 WORK=""
-
-forget_pid() {
-    local pid=$1 kept=() p
-    for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
-    PIDS=("${kept[@]}")
-}
-
-# Stops one process: SIGTERM, up to 10 s to exit, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
-}
 
 # The pids a Tally cluster recorded in DIR/cluster.json, one a line.
 cluster_pids() {
@@ -115,34 +94,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# N free loopback ports, distinct (all bound at once, then released).
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-# Waits until FILE matches the extended regex PATTERN; fails if PID exits first.
-wait_for_line() {
-    local file=$1 pattern=$2 pid=$3 what=$4 i
-    for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
-        grep -Eq "$pattern" "$file" 2>/dev/null && return 0
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$file" >&2 || true
-            die "$what exited before it was ready; its log is above"
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$file" >&2 || true
-    die "$what was not ready within $READY_TIMEOUT_S s; its log is above"
-}
 
 # ---------------------------------------------------------------------------------------------
 # What it needs: python3 (ports, summary), nats-server from Debian, tally and bench-jetstream.

@@ -48,8 +48,8 @@ READY_TIMEOUT_S=60
 WORKLOADS="noop append3"
 SYSTEMS="tally tally-worker tally-keyed restate"
 
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# Messages, process tracking, free ports and ready lines (bench/lib.sh).
+source "$ROOT/bench/lib.sh"
 
 for name in DURATION RUNS; do
     [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, not '${!name}'"
@@ -69,27 +69,6 @@ done
 PIDS=()
 WORK=""
 
-forget_pid() {
-    local pid=$1 kept=() p
-    for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
-    PIDS=("${kept[@]}")
-}
-
-# Stops one process: SIGTERM, up to 10 s to exit, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
-}
-
 cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
@@ -107,34 +86,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# N free loopback ports, distinct (all bound at once, then released).
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-# Waits until FILE matches the extended regex PATTERN; fails if PID exits first.
-wait_for_line() {
-    local file=$1 pattern=$2 pid=$3 what=$4 i
-    for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
-        grep -Eq "$pattern" "$file" 2>/dev/null && return 0
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$file" >&2 || true
-            die "$what exited before it was ready; its log is above"
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$file" >&2 || true
-    die "$what was not ready within $READY_TIMEOUT_S s; its log is above"
-}
 
 # Waits until `curl ARGS...` succeeds (an HTTP 2xx) and its output matches the extended regex
 # PATTERN ('' matches anything); fails if PID exits first. Its log is FILE.
