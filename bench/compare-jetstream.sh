@@ -77,18 +77,10 @@ stop_tally_cluster() {
 }
 
 cleanup() {
-    local rc=$? dir pid
+    local rc=$? dir
     trap - EXIT INT TERM
     for dir in "${CLUSTER_DIRS[@]}"; do stop_tally_cluster "$dir"; done
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ -n "$WORK" && -d "$WORK" ]]; then
-        if [[ "${KEEP_WORK:-0}" == 1 || $rc -ne 0 ]]; then
-            log "logs kept in $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
+    stop_all "$rc"
     exit "$rc"
 }
 trap cleanup EXIT

@@ -70,17 +70,9 @@ PIDS=()
 WORK=""
 
 cleanup() {
-    local rc=$? pid
+    local rc=$?
     trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ -n "$WORK" && -d "$WORK" ]]; then
-        if [[ "${KEEP_WORK:-0}" == 1 || $rc -ne 0 ]]; then
-            log "logs kept in $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
+    stop_all "$rc"
     exit "$rc"
 }
 trap cleanup EXIT

@@ -56,3 +56,18 @@ wait_for_line() {
     tail -n 20 "$file" >&2 || true
     die "$what was not ready within $READY_TIMEOUT_S s; its log is above"
 }
+
+# On exit: stops every tracked process (SIGTERM to all first, so they stop together), then
+# removes WORK unless KEEP_WORK=1 or the exit status RC is a failure (its logs are kept).
+stop_all() {
+    local rc=$1 pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ -n "$WORK" && -d "$WORK" ]]; then
+        if [[ "${KEEP_WORK:-0}" == 1 || $rc -ne 0 ]]; then
+            log "logs kept in $WORK"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+}
