@@ -269,6 +269,52 @@ pub fn check(buf: &[u8]) -> Result<usize, DecodeError> {
     Ok(total)
 }
 
+/// A segment read frame by frame.
+#[derive(Debug)]
+pub struct Scan {
+    /// Every frame, with its offset and length.
+    pub frames: Vec<(usize, usize, Frame)>,
+    /// Where a torn tail starts, if the segment has one.
+    pub torn_at: Option<usize>,
+}
+
+/// Reads a segment's frames in order. A frame that does not decode ends the scan as a torn
+/// tail if the segment is the last one and no valid frame follows it (a crash cut the last
+/// write short); anywhere else, or if its CRC holds but its body does not parse, it is
+/// corruption: `Err((offset, reason))`.
+pub fn scan(bytes: &Bytes, is_last: bool) -> Result<Scan, (usize, String)> {
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        match decode(&bytes.slice(offset..)) {
+            Ok((frame, len)) => {
+                frames.push((offset, len, frame));
+                offset += len;
+            }
+            Err(DecodeError::BadBody(reason)) => return Err((offset, reason)),
+            Err(e) => {
+                if is_last && !valid_frame_after(bytes, offset + 1) {
+                    return Ok(Scan {
+                        frames,
+                        torn_at: Some(offset),
+                    });
+                }
+                return Err((offset, e.to_string()));
+            }
+        }
+    }
+    Ok(Scan {
+        frames,
+        torn_at: None,
+    })
+}
+
+/// Whether any complete, CRC-valid frame starts at or after `from`: if so, a bad frame before
+/// it is corruption, not a torn tail.
+fn valid_frame_after(bytes: &[u8], from: usize) -> bool {
+    (from..bytes.len()).any(|p| check(&bytes[p..]).is_ok())
+}
+
 /// Decodes the frame at the start of `buf` (checking its CRC); returns it and its length.
 /// Record data is a zero-copy slice of `buf`.
 pub fn decode(buf: &Bytes) -> Result<(Frame, usize), DecodeError> {

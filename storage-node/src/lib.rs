@@ -7,6 +7,7 @@
 //! does not talk to the network, decide views or order records: it stores what it is given.
 
 pub mod codec;
+pub mod engine;
 mod error;
 mod index;
 mod recovery;

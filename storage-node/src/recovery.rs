@@ -2,7 +2,7 @@
 //! of the last segment, and reports corruption anywhere else. It writes nothing but that
 //! truncation (and the removal of a last segment torn inside its header).
 
-use crate::codec::{self, DecodeError, Frame};
+use crate::codec::{self, Frame};
 use crate::index::{Index, Slot};
 use crate::{segment_name, segment_path, Recovery, StoreError};
 use bytes::Bytes;
@@ -83,76 +83,59 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             std::fs::read(&path)
                 .map_err(|e| StoreError::io(format!("read {}", path.display()), &e))?,
         );
-        let mut offset = 0;
-        let mut torn_at = None;
-        while offset < bytes.len() {
-            match codec::decode(&bytes.slice(offset..)) {
-                Ok((frame, len)) => {
-                    match (offset == 0, frame) {
-                        (true, Frame::Header(h)) => {
-                            if h.segment != number {
-                                return Err(corrupt(
-                                    0,
-                                    format!("header names segment {}", h.segment),
-                                ));
-                            }
-                            if !started {
-                                index.start_from(&h);
-                                started = true;
-                            }
-                            index.add_segment(number, Arc::new(open_read(&path)?), 0);
-                        }
-                        (true, _) => {
-                            return Err(corrupt(0, "first frame is not a segment header".into()))
-                        }
-                        (false, Frame::Header(_)) => {
-                            return Err(corrupt(offset, "segment header inside a segment".into()))
-                        }
-                        (false, Frame::Record(r)) => {
-                            let slot = Slot {
-                                segment: number,
-                                offset: offset as u64,
-                                len: len as u32,
-                            };
-                            index
-                                .apply_record(r.shard, r.local_id, slot)
-                                .map_err(|reason| corrupt(offset, reason))?;
-                            records.push(Pending {
-                                shard: r.shard,
-                                local_id: r.local_id,
-                                book: r.record.book,
-                                tags: r.record.tags,
-                                kind: r.record.kind,
-                            });
-                            recovery.records += 1;
-                        }
-                        (false, Frame::Metalog(entry)) => {
-                            index.apply_metalog(&entry, number);
-                            recovery.metalog.push(entry);
-                        }
-                        (false, Frame::Checkpoint(c)) => {
-                            if let Some(e) = &c.last_metalog {
-                                index.note_last_metalog(e);
-                            }
-                            // The newest checkpoint summarises the most; never step back.
-                            if recovery
-                                .checkpoint
-                                .as_ref()
-                                .is_none_or(|(b, _)| c.below > *b)
-                            {
-                                recovery.checkpoint = Some((c.below, c.data));
-                            }
-                        }
+        let scan =
+            codec::scan(&bytes, is_last).map_err(|(offset, reason)| corrupt(offset, reason))?;
+        let torn_at = scan.torn_at;
+        for (offset, len, frame) in scan.frames {
+            match (offset == 0, frame) {
+                (true, Frame::Header(h)) => {
+                    if h.segment != number {
+                        return Err(corrupt(0, format!("header names segment {}", h.segment)));
                     }
-                    offset += len;
+                    if !started {
+                        index.start_from(&h);
+                        started = true;
+                    }
+                    index.add_segment(number, Arc::new(open_read(&path)?), 0);
                 }
-                Err(DecodeError::BadBody(reason)) => return Err(corrupt(offset, reason)),
-                Err(e) => {
-                    if is_last && !valid_frame_after(&bytes, offset + 1) {
-                        torn_at = Some(offset);
-                        break;
+                (true, _) => return Err(corrupt(0, "first frame is not a segment header".into())),
+                (false, Frame::Header(_)) => {
+                    return Err(corrupt(offset, "segment header inside a segment".into()))
+                }
+                (false, Frame::Record(r)) => {
+                    let slot = Slot {
+                        segment: number,
+                        offset: offset as u64,
+                        len: len as u32,
+                    };
+                    index
+                        .apply_record(r.shard, r.local_id, slot)
+                        .map_err(|reason| corrupt(offset, reason))?;
+                    records.push(Pending {
+                        shard: r.shard,
+                        local_id: r.local_id,
+                        book: r.record.book,
+                        tags: r.record.tags,
+                        kind: r.record.kind,
+                    });
+                    recovery.records += 1;
+                }
+                (false, Frame::Metalog(entry)) => {
+                    index.apply_metalog(&entry, number);
+                    recovery.metalog.push(entry);
+                }
+                (false, Frame::Checkpoint(c)) => {
+                    if let Some(e) = &c.last_metalog {
+                        index.note_last_metalog(e);
                     }
-                    return Err(corrupt(offset, e.to_string()));
+                    // The newest checkpoint summarises the most; never step back.
+                    if recovery
+                        .checkpoint
+                        .as_ref()
+                        .is_none_or(|(b, _)| c.below > *b)
+                    {
+                        recovery.checkpoint = Some((c.below, c.data));
+                    }
                 }
             }
         }
@@ -208,12 +191,6 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         recovery,
         next_segment,
     })
-}
-
-/// Whether any complete, CRC-valid frame starts at or after `from`: if so, a bad frame before
-/// it is corruption, not a torn tail.
-fn valid_frame_after(bytes: &[u8], from: usize) -> bool {
-    (from..bytes.len()).any(|p| codec::check(&bytes[p..]).is_ok())
 }
 
 fn open_read(path: &Path) -> Result<File, StoreError> {

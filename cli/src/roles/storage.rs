@@ -11,12 +11,13 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use logbook::rpc::pb::sequencer_client::SequencerClient;
 use logbook::rpc::pb::storage_server::{Storage, StorageServer};
 use logbook::rpc::pb::{self};
-use logbook::wire::{GroupEvent, LocalId, LogRecord, MetalogEntry, NodeId, ShardId, View};
-use logbook::{Seqnum, ViewId};
+use logbook::wire::{LocalId, LogRecord, NodeId, ShardId};
+use logbook::Seqnum;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use storage_node::engine::{Accept, Command, Stall, StorageEngine};
 use storage_node::{Store, StoreConfig};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,97 +26,136 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// How long a fetch waits for this node to apply the metalog position it asks for.
 const FETCH_WAIT: Duration = Duration::from_secs(2);
+/// How long a batch of a view this node has not applied yet waits for it.
+const VIEW_WAIT: Duration = Duration::from_secs(1);
 /// Progress is reported at least this often (it is also the node's heartbeat).
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
-/// Index data of recent records kept in memory per shard, at most.
-const RECENT_RECORDS_MAX: usize = 1 << 16;
 /// Replicated batches queued per stream before acks are awaited.
 const REPLICATE_QUEUE: usize = 64;
+/// Committed events taken from the subscription and not applied yet, at most.
+const BACKLOG_MAX: usize = 64;
 
+/// The node: its store, and the engine that decides what goes into it. The engine's lock is
+/// held while a batch it accepted is queued in the store, so the store sees writes in the
+/// order the engine took them.
 struct Node {
     id: NodeId,
     store: Store,
-    /// The metalog position applied up to (exclusive).
-    applied: watch::Sender<u64>,
-    /// The newest view applied; batches of later views wait for it.
-    view: watch::Sender<Option<View>>,
-    /// Bumped when records become durable: wakes the progress reporters.
-    durable: watch::Sender<u64>,
-    /// Per shard, the index data of the newest records accepted, for `FetchIndex`.
-    recent: std::sync::Mutex<BTreeMap<ShardId, Recent>>,
+    engine: tokio::sync::Mutex<StorageEngine>,
+    /// Bumped on every change of the engine's state: wakes reporters and waiting calls.
+    changed: watch::Sender<u64>,
+    /// Work for the executor: commands, and retries of what waits.
+    work: mpsc::UnboundedSender<Work>,
 }
 
-/// A run of a shard's newest records (index data only), consecutive from `first`.
-struct Recent {
-    first: LocalId,
-    records: std::collections::VecDeque<pb::LogRecord>,
+enum Work {
+    Command(Command),
+    Retry,
 }
 
 impl Node {
-    /// Remembers the index data of a batch accepted for `shard`, consecutive from `first`.
-    fn remember(&self, shard: ShardId, first: LocalId, records: &[LogRecord]) {
-        let mut recent = self.recent.lock().expect("recent lock");
-        let run = recent.entry(shard).or_insert_with(|| Recent {
-            first,
-            records: Default::default(),
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Carries out `commands`, under the engine's lock: records to write are queued in the
+    /// store now (their durability is awaited apart); the rest goes to the executor.
+    async fn run(self: &Arc<Self>, commands: Vec<Command>) {
+        self.bump();
+        for command in commands {
+            match command {
+                Command::Write {
+                    shard,
+                    first,
+                    records,
+                } => {
+                    let count = records.len() as u64;
+                    let queued = self.store.enqueue_records(shard, first, records).await;
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let durable = match queued {
+                            Ok(durable) => durable.await,
+                            Err(e) => Err(e),
+                        };
+                        let mut engine = node.engine.lock().await;
+                        match durable {
+                            Ok(()) => {
+                                tracing::info!(
+                                    shard = shard.0,
+                                    from = first.counter(),
+                                    count,
+                                    "repaired records from a peer"
+                                );
+                                let commands = engine.on_durable(shard, first, count);
+                                node.dispatch(commands);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "writing repaired records failed");
+                                engine.on_write_failed(shard, first);
+                                drop(engine);
+                                node.retry_after(Duration::from_millis(500));
+                            }
+                        }
+                    });
+                }
+                command => {
+                    let _ = self.work.send(Work::Command(command));
+                }
+            }
+        }
+    }
+
+    /// Hands `commands` that write nothing (what `on_durable`, `on_event`, `retry` and
+    /// `on_metalog_stored` return) to the executor.
+    fn dispatch(&self, commands: Vec<Command>) {
+        self.bump();
+        for command in commands {
+            debug_assert!(
+                !matches!(command, Command::Write { .. }),
+                "writes go through run"
+            );
+            let _ = self.work.send(Work::Command(command));
+        }
+    }
+
+    fn retry_after(&self, pause: Duration) {
+        let work = self.work.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            let _ = work.send(Work::Retry);
         });
-        if LocalId(run.first.0 + run.records.len() as u64) != first {
-            run.first = first;
-            run.records.clear();
-        }
-        run.records.extend(records.iter().map(|r| {
-            let mut index = pb::LogRecord::from(r);
-            index.data = bytes::Bytes::new();
-            index
-        }));
-        while run.records.len() > RECENT_RECORDS_MAX {
-            run.records.pop_front();
-            run.first = LocalId(run.first.0 + 1);
-        }
     }
 
-    /// The remembered index data of `shard` from `first`, at most `count` records.
-    fn recall(&self, shard: ShardId, first: LocalId, count: usize) -> Vec<pb::LogRecord> {
-        let recent = self.recent.lock().expect("recent lock");
-        let Some(run) = recent.get(&shard) else {
-            return Vec::new();
-        };
-        if first.view() != run.first.view() || first < run.first {
-            return Vec::new();
-        }
-        let skip = (first.0 - run.first.0) as usize;
-        run.records.iter().skip(skip).take(count).cloned().collect()
-    }
-}
-
-impl Node {
-    fn report(&self) -> pb::ProgressReport {
+    fn report(&self, engine: &StorageEngine) -> pb::ProgressReport {
+        let (shards, applied) = engine.report();
         pb::ProgressReport {
             node: self.id.0,
-            shards: self
-                .store
-                .progress()
+            shards: shards
                 .into_iter()
-                .map(|(shard, (view, durable))| pb::ShardProgress {
-                    shard: shard.0,
-                    view: u32::from(view.0),
-                    durable,
+                .map(|p| pb::ShardProgress {
+                    shard: p.shard.0,
+                    view: u32::from(p.view.0),
+                    durable: p.durable,
                 })
                 .collect(),
-            applied: *self.applied.borrow(),
+            applied,
         }
     }
 
-    fn view_id(&self) -> Option<ViewId> {
-        self.view.borrow().as_ref().map(|v| v.id)
-    }
-
-    /// Records of `shard` in `view` durable here (0 if the shard is in an older view).
-    fn durable_count(&self, shard: ShardId, view: ViewId) -> u64 {
-        match self.store.progress().get(&shard) {
-            Some((v, durable)) if *v == view => *durable,
-            _ => 0,
-        }
+    /// Waits, at most `limit`, until `ready` holds of the engine.
+    async fn wait_for(&self, limit: Duration, ready: impl Fn(&StorageEngine) -> bool) -> bool {
+        let mut changed = self.changed.subscribe();
+        let wait = async {
+            loop {
+                if ready(&*self.engine.lock().await) {
+                    return;
+                }
+                if changed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 }
 
@@ -136,19 +176,21 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
         truncated = recovery.truncated_tail_bytes,
         "store recovered"
     );
+    let engine = StorageEngine::new(options.id, store.progress(), applied);
+    let (work, work_rx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         id: options.id,
         store,
-        applied: watch::channel(applied).0,
-        view: watch::channel(None).0,
-        durable: watch::channel(0).0,
-        recent: Default::default(),
+        engine: tokio::sync::Mutex::new(engine),
+        changed: watch::channel(0).0,
+        work,
     });
     let sequencers = Arc::new(SequencerClients::new(&options.sequencers)?);
     for (id, addr) in &options.sequencers {
         let reporter = report_progress(node.clone(), *id, sequencers.clone(), channel(addr)?);
         tokio::spawn(reporter);
     }
+    tokio::spawn(execute(node.clone(), work_rx));
     tokio::spawn(apply_loop(node.clone(), sequencers));
 
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -165,7 +207,7 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
 }
 
 /// Sends this node's progress to sequencer `id` every `REPORT_INTERVAL` (a heartbeat, and
-/// what a newly elected leader starts from), and whenever records become durable while `id`
+/// what a newly elected leader starts from), and whenever the node's state changes while `id`
 /// leads (the reports the leader cuts from; other members need not hear every one).
 async fn report_progress(
     node: Arc<Node>,
@@ -173,20 +215,21 @@ async fn report_progress(
     sequencers: Arc<SequencerClients>,
     channel: tonic::transport::Channel,
 ) {
-    let mut durable = node.durable.subscribe();
+    let mut changed = node.changed.subscribe();
     loop {
         let (tx, rx) = mpsc::channel(16);
         let mut client = SequencerClient::new(channel.clone());
         let call = tokio::spawn(async move { client.progress(ReceiverStream::new(rx)).await });
         loop {
-            if tx.send(node.report()).await.is_err() {
+            let report = node.report(&*node.engine.lock().await);
+            if tx.send(report).await.is_err() {
                 break;
             }
             let tick = tokio::time::sleep(REPORT_INTERVAL);
             tokio::pin!(tick);
             loop {
                 tokio::select! {
-                    _ = durable.changed() => {
+                    _ = changed.changed() => {
                         if sequencers.leader().is_none_or(|leader| leader == id) {
                             break;
                         }
@@ -200,13 +243,16 @@ async fn report_progress(
     }
 }
 
-/// Applies the committed events from the sequencer leader, in order, for as long as the node
-/// runs, resubscribing from the next position after any break.
+/// Feeds the committed events from the sequencer leader to the engine, in order, for as long
+/// as the node runs, resubscribing from the next position after any break.
 async fn apply_loop(node: Arc<Node>, sequencers: Arc<SequencerClients>) {
     loop {
-        let next = *node.applied.borrow();
+        let next = node.engine.lock().await.next_position();
         let mut stream = sequencers.subscribe(next).await;
         loop {
+            // The engine applies an entry once its records are here: take no more meanwhile.
+            node.wait_for(Duration::MAX, |engine| engine.backlog() < BACKLOG_MAX)
+                .await;
             let event = match stream.message().await {
                 Ok(Some(event)) => event,
                 Ok(None) | Err(_) => break,
@@ -218,143 +264,102 @@ async fn apply_loop(node: Arc<Node>, sequencers: Arc<SequencerClients>) {
                     break;
                 }
             };
-            match event {
-                GroupEvent::View(view) => {
-                    if node.view_id().is_none_or(|current| view.id > current) {
-                        node.view.send_replace(Some(view));
-                    }
-                }
-                GroupEvent::Metalog(entry) => {
-                    let next = *node.applied.borrow();
-                    if entry.position < next {
-                        continue;
-                    }
-                    if entry.position > next {
-                        tracing::warn!(
-                            position = entry.position,
-                            next,
-                            "metalog gap; resubscribing"
-                        );
-                        break;
-                    }
-                    if let Err(e) = apply(&node, entry).await {
-                        tracing::error!(error = %e, "applying a metalog entry failed");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        break;
-                    }
-                }
+            let mut engine = node.engine.lock().await;
+            let commands = engine.on_event(event);
+            if let Some(Stall::Lost { shard, have }) = engine.stall() {
+                tracing::error!(
+                    shard = shard.0,
+                    have,
+                    "records an earlier metalog entry ordered are missing here; nothing can repair them"
+                );
             }
-        }
-    }
-}
-
-/// Makes sure every record `entry` orders on this node's shards is here, then stores it.
-async fn apply(node: &Node, entry: MetalogEntry) -> anyhow::Result<()> {
-    // The shards this node replicates whose records the entry orders but it lacks: usually
-    // none, so the view is copied only when there is something to repair.
-    let holes: Vec<(ShardId, u64)> = match node.view.borrow().as_ref() {
-        Some(view) if view.id == entry.view => entry
-            .cuts
-            .iter()
-            .filter(|cut| {
-                view.shards
-                    .get(&cut.shard)
-                    .is_some_and(|replicas| replicas.contains(&node.id))
-            })
-            .map(|cut| (cut.shard, cut.start + cut.delta))
-            .filter(|(shard, end)| node.durable_count(*shard, entry.view) < *end)
-            .collect(),
-        _ => Vec::new(),
-    };
-    if !holes.is_empty() {
-        let view = node
-            .view
-            .borrow()
-            .clone()
-            .expect("holes come from the applied view");
-        for (shard, end) in holes {
-            repair(node, &view, &entry, shard, end).await?;
-        }
-    }
-    let next = entry.position + 1;
-    node.store.append_metalog(entry).await?;
-    node.applied.send_replace(next);
-    Ok(())
-}
-
-/// Fetches `shard`'s records that `entry` orders and this node lacks from peer replicas,
-/// until it holds the shard's records up to `end`.
-async fn repair(
-    node: &Node,
-    view: &View,
-    entry: &MetalogEntry,
-    shard: ShardId,
-    end: u64,
-) -> anyhow::Result<()> {
-    let replicas = view.shards.get(&shard).map_or(&[][..], Vec::as_slice);
-    let mut round = 0u32;
-    loop {
-        let have = node.durable_count(shard, entry.view);
-        if have >= end {
-            return Ok(());
-        }
-        let (Some(from), Some(last)) = (
-            entry.seqnum_of(shard, have),
-            entry.seqnum_of(shard, end - 1),
-        ) else {
-            // The hole starts before this entry: records an earlier entry ordered are missing.
-            // Only a lost disk does that; there is nothing to repair from here.
-            anyhow::bail!(
-                "shard {} view {} lacks records before metalog entry {} (have {have})",
-                shard.0,
-                entry.view.0,
-                entry.position
-            );
-        };
-        for peer in replicas.iter().filter(|p| **p != node.id) {
-            let Some(addr) = view.storage.get(peer) else {
-                continue;
-            };
-            let Ok(records) =
-                fetch_range(addr, from, Seqnum(last.0 + 1), entry.position + 1, false).await
-            else {
-                continue;
-            };
-            // Take the run that continues exactly where this node's records end.
-            let run: Vec<LogRecord> = records
-                .into_iter()
-                .enumerate()
-                .take_while(|(i, r)| {
-                    r.shard == shard.0 && r.local_id == LocalId::new(entry.view, have + *i as u64).0
-                })
-                .filter_map(|(_, r)| r.record.and_then(|r| LogRecord::try_from(r).ok()))
-                .collect();
-            if run.is_empty() {
-                continue;
-            }
-            let count = run.len();
-            match node
-                .store
-                .append_records(shard, LocalId::new(entry.view, have), run)
-                .await
+            if let Some(Command::Resubscribe { from }) = commands
+                .iter()
+                .find(|c| matches!(c, Command::Resubscribe { .. }))
             {
-                Ok(()) => {
-                    tracing::info!(
-                        shard = shard.0,
-                        from = have,
-                        count,
-                        peer = peer.0,
-                        "repaired records from a peer"
-                    );
-                    node.durable.send_modify(|n| *n += 1);
-                }
-                // A live batch from the gateway got there first; look again.
-                Err(e) => tracing::debug!(error = %e, "repair raced with replication"),
+                tracing::warn!(from, "metalog gap; resubscribing");
+                break;
             }
-            break;
+            node.dispatch(commands);
         }
-        round += 1;
-        tokio::time::sleep(Duration::from_millis(if round < 10 { 10 } else { 200 })).await;
+    }
+}
+
+/// Carries out the engine's commands that take a while (storing metalog entries, fetching
+/// records from peers), one at a time, and the retries of what waits.
+async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>) {
+    let mut empty_rounds = 0u32;
+    while let Some(item) = work.recv().await {
+        let command = match item {
+            Work::Command(command) => command,
+            Work::Retry => {
+                let mut engine = node.engine.lock().await;
+                let commands = engine.retry();
+                node.dispatch(commands);
+                continue;
+            }
+        };
+        match command {
+            Command::StoreMetalog(entry) => {
+                let position = entry.position;
+                let stored = node.store.append_metalog(entry).await;
+                let mut engine = node.engine.lock().await;
+                match stored {
+                    Ok(()) => {
+                        let commands = engine.on_metalog_stored(position);
+                        node.dispatch(commands);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, position, "storing a metalog entry failed");
+                        engine.on_metalog_failed();
+                        node.retry_after(Duration::from_millis(500));
+                    }
+                }
+            }
+            Command::Fetch {
+                peer,
+                from,
+                to,
+                min_position,
+            } => {
+                let addr = node
+                    .engine
+                    .lock()
+                    .await
+                    .view()
+                    .and_then(|v| v.storage.get(&peer).cloned());
+                let records = match addr {
+                    Some(addr) => fetch_range(&addr, from, to, min_position, false)
+                        .await
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let records = records
+                    .into_iter()
+                    .filter_map(|r| {
+                        let record = LogRecord::try_from(r.record?).ok()?;
+                        Some((ShardId(r.shard), LocalId(r.local_id), record))
+                    })
+                    .collect();
+                let mut engine = node.engine.lock().await;
+                let commands = engine.on_fetched(peer, records);
+                if commands.is_empty() {
+                    // Every peer was asked in this round and none helped: pause, then again.
+                    empty_rounds += 1;
+                    node.retry_after(Duration::from_millis(if empty_rounds < 10 {
+                        10
+                    } else {
+                        200
+                    }));
+                } else {
+                    empty_rounds = 0;
+                }
+                node.run(commands).await;
+            }
+            Command::Write { .. } | Command::Resubscribe { .. } => {
+                unreachable!("writes are queued when made; resubscribing is the feed's")
+            }
+        }
     }
 }
 
@@ -407,21 +412,13 @@ impl Storage for Service {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchReply>, Status> {
         let request = request.into_inner();
-        let mut applied = self.node.applied.subscribe();
-        let reached = matches!(
-            tokio::time::timeout(
-                FETCH_WAIT,
-                applied.wait_for(|applied| *applied >= request.min_position),
-            )
-            .await,
-            Ok(Ok(_))
-        );
-        if !reached {
+        let node = &self.node;
+        let min = request.min_position;
+        if !node.wait_for(FETCH_WAIT, |e| e.can_serve(min)).await {
             return Err(Status::unavailable(format!(
-                "storage node {} has applied the metalog up to {}, not yet {}",
-                self.node.id.0,
-                *self.node.applied.borrow(),
-                request.min_position
+                "storage node {} has applied the metalog up to {}, not yet {min}",
+                node.id.0,
+                node.engine.lock().await.applied(),
             )));
         }
         let seqnums: Vec<u64> = if request.seqnums.is_empty() {
@@ -459,7 +456,7 @@ impl Storage for Service {
         }
         Ok(Response::new(pb::FetchReply {
             records,
-            applied: *self.node.applied.borrow(),
+            applied: self.node.engine.lock().await.applied(),
         }))
     }
 
@@ -469,11 +466,19 @@ impl Storage for Service {
     ) -> Result<Response<pb::FetchIndexReply>, Status> {
         let request = request.into_inner();
         let count = (request.count as usize).min(FETCH_RECORDS_MAX as usize);
-        let records = self.node.recall(
-            ShardId(request.shard),
-            LocalId(request.first_local_id),
-            count,
-        );
+        let records = self
+            .node
+            .engine
+            .lock()
+            .await
+            .recall(
+                ShardId(request.shard),
+                LocalId(request.first_local_id),
+                count,
+            )
+            .iter()
+            .map(pb::LogRecord::from)
+            .collect();
         Ok(Response::new(pb::FetchIndexReply { records }))
     }
 
@@ -482,10 +487,10 @@ impl Storage for Service {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         let node = &self.node;
-        let shards: BTreeMap<String, serde_json::Value> = node
-            .store
-            .progress()
-            .into_iter()
+        let engine = node.engine.lock().await;
+        let shards: BTreeMap<String, serde_json::Value> = engine
+            .durable()
+            .iter()
             .map(|(shard, (view, durable))| {
                 (
                     shard.0.to_string(),
@@ -497,9 +502,10 @@ impl Storage for Service {
         let json = serde_json::json!({
             "role": "storage",
             "id": node.id.0,
-            "applied": *node.applied.borrow(),
-            "view": node.view_id().map(|v| v.0),
+            "applied": engine.applied(),
+            "view": engine.view_id().map(|v| v.0),
             "shards": shards,
+            "waits_on": engine.stall().map(|stall| format!("{stall:?}")),
             "records_written": stats.records,
             "fsyncs": stats.fsyncs,
         });
@@ -518,62 +524,69 @@ async fn accept(
     let shard = ShardId(batch.shard);
     let first = LocalId(batch.first_local_id);
     let view = first.view();
-    let refuse = |node: &Node, error: String| {
+    let refuse = |durable: u64, error: String| {
         let ack = pb::ReplicateAck {
             view: u32::from(view.0),
-            durable: node.durable_count(shard, view),
+            durable,
             error,
         };
         Box::pin(async move { ack }) as Pin<Box<dyn std::future::Future<Output = _> + Send>>
     };
-    // Records of a view this node has not applied yet wait: first it must hold everything
-    // the older views ordered, which it learns from the metalog that precedes the view.
-    if node.view_id().is_none_or(|current| current < view) {
-        let mut views = node.view.subscribe();
-        let arrived = matches!(
-            tokio::time::timeout(
-                Duration::from_secs(1),
-                views.wait_for(|v| v.as_ref().is_some_and(|v| v.id >= view)),
-            )
-            .await,
-            Ok(Ok(_))
-        );
-        if !arrived {
-            return refuse(node, format!("view {} is not applied here yet", view.0));
-        }
-    }
     let records: Result<Vec<LogRecord>, _> =
         batch.records.into_iter().map(LogRecord::try_from).collect();
     let records = match records {
         Ok(records) => records,
-        Err(e) => return refuse(node, e.to_string()),
+        Err(e) => {
+            let durable = node.engine.lock().await.durable_count(shard, view);
+            return refuse(durable, e.to_string());
+        }
     };
     let count = records.len() as u64;
-    // Remembered before the store takes the records (no copy of the batch): a local id names
-    // the same record whoever sends it, so a batch the store then refuses as a repeat or a gap
-    // leaves nothing wrong in memory.
-    node.remember(shard, first, &records);
+    // Records of a view this node has not applied yet wait: first it must hold everything
+    // the older views ordered, which it learns from the metalog that precedes the view.
+    let seen = |e: &StorageEngine| e.view_id().is_some_and(|current| current >= view);
+    if !node.wait_for(VIEW_WAIT, seen).await {
+        return refuse(0, format!("view {} is not applied here yet", view.0));
+    }
+    let mut engine = node.engine.lock().await;
+    match engine.accept(shard, first, &records) {
+        Accept::Write => {}
+        Accept::NotYet => {
+            return refuse(0, format!("view {} is not applied here yet", view.0));
+        }
+        Accept::Refused(reason) => return refuse(engine.durable_count(shard, view), reason),
+    }
     match node.store.enqueue_records(shard, first, records).await {
         Ok(durable) => {
+            drop(engine);
             let node = node.clone();
             Box::pin(async move {
-                match durable.await {
+                let result = durable.await;
+                let mut engine = node.engine.lock().await;
+                match result {
                     Ok(()) => {
-                        node.durable.send_modify(|n| *n += 1);
+                        let commands = engine.on_durable(shard, first, count);
+                        node.dispatch(commands);
                         pb::ReplicateAck {
                             view: u32::from(view.0),
                             durable: first.counter() + count,
                             error: String::new(),
                         }
                     }
-                    Err(e) => pb::ReplicateAck {
-                        view: u32::from(view.0),
-                        durable: node.durable_count(shard, view),
-                        error: e.to_string(),
-                    },
+                    Err(e) => {
+                        engine.on_write_failed(shard, first);
+                        pb::ReplicateAck {
+                            view: u32::from(view.0),
+                            durable: engine.durable_count(shard, view),
+                            error: e.to_string(),
+                        }
+                    }
                 }
             })
         }
-        Err(e) => refuse(node, e.to_string()),
+        Err(e) => {
+            engine.on_write_failed(shard, first);
+            refuse(engine.durable_count(shard, view), e.to_string())
+        }
     }
 }
