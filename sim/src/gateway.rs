@@ -4,7 +4,7 @@
 //! records to its shard's replicas (resending what a replica has not acknowledged), and fetch
 //! the index data of records it did not append.
 
-use crate::world::{Payload, Time};
+use crate::world::{Payload, Purpose, Time};
 use bytes::Bytes;
 use gateway::engine::{Command, EngineConfig, LogEngine, OpId, Reply};
 use logbook::wire::{GroupEvent, IndexEntry, MetalogEntry, NodeId, RecordKind, View};
@@ -39,6 +39,13 @@ pub struct Op {
 #[derive(Debug)]
 pub enum Out {
     Send(NodeId, Payload),
+    /// Ask a storage node for ordered records in a range (in as many calls as it takes).
+    Fetch {
+        to: NodeId,
+        range: (Seqnum, Seqnum),
+        min_position: u64,
+        purpose: Purpose,
+    },
     Reply(OpId, Reply),
 }
 
@@ -258,6 +265,31 @@ impl Gateway {
         let views: Vec<ViewId> = self.outbox.keys().copied().collect();
         for view in views {
             out.extend(self.replicate(view, now, false));
+        }
+        // As `tally gateway`: index data from the replicas' memory of recent records, or
+        // failing that, by seqnum from a storage node that applied the entries, a batch of
+        // them at once.
+        if rng.random_bool(0.5) {
+            // The entries of one view: seqnums of two views are far apart.
+            let Some(first) = self.waiting.values().next() else {
+                return out;
+            };
+            let last = self
+                .waiting
+                .values()
+                .take_while(|e| e.view == first.view)
+                .last()
+                .unwrap_or(first);
+            if let Some(view) = self.views.get(&last.view) {
+                let nodes: Vec<NodeId> = view.storage.keys().copied().collect();
+                out.push(Out::Fetch {
+                    to: nodes[rng.random_range(0..nodes.len())],
+                    range: (first.start_seqnum, last.end_seqnum()),
+                    min_position: last.position + 1,
+                    purpose: Purpose::Index,
+                });
+            }
+            return out;
         }
         let own = View::shard_of(self.id);
         for entry in self.waiting.values().take(FETCH_AHEAD) {

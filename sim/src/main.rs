@@ -45,13 +45,14 @@ fn main() -> anyhow::Result<()> {
                 println!("faults: {}", outcome.faults);
                 println!(
                     "{:.1} simulated s, {} events, {} committed ({} views), {} records ordered, \
-                     {} appends acknowledged",
+                     {} appends acknowledged, {} reads checked",
                     outcome.simulated as f64 / 1e6,
                     outcome.events,
                     outcome.committed,
                     outcome.views,
                     outcome.ordered,
-                    outcome.acknowledged
+                    outcome.acknowledged,
+                    outcome.reads
                 );
                 println!("trace hash: {:016x}", outcome.trace_hash);
                 return Ok(());

@@ -1,6 +1,9 @@
 //! The simulated world: nodes, the network between them, the faults the seed draws, and the
 //! event loop in virtual time.
 
+mod reads;
+mod storage_node;
+
 use crate::gateway::{Gateway, Op, Out};
 use crate::invariants::{Ground, Observer};
 use gateway::engine::Reply;
@@ -37,6 +40,8 @@ const CATCH_UP_BATCH: usize = 256;
 const PRODUCE_EVERY: Time = 3 * MS;
 /// Gateways resend, ask for index data and take committed events this often.
 pub(crate) const GATEWAY_STEP: Time = 5 * MS;
+/// A client reads through each gateway this often.
+const READ_EVERY: Time = 20 * MS;
 /// Reads compare the gateways' indexes this often.
 const COMPARE_EVERY: Time = 5 * SECOND;
 
@@ -81,6 +86,8 @@ pub struct Outcome {
     pub ordered: u64,
     /// Appends acknowledged to clients.
     pub acknowledged: u64,
+    /// Reads checked against what was appended.
+    pub reads: u64,
     pub faults: String,
 }
 
@@ -120,13 +127,23 @@ struct Faults {
     partition_every: Time,
     /// Rolling clogs: a random pair's link is down for a while, over and over.
     clogs: bool,
+    /// How long a storage node's sync takes.
+    fsync_min: Time,
+    fsync_max: Time,
 }
 
 impl Faults {
     fn draw(rng: &mut ChaCha8Rng) -> Faults {
         let mut on = |p: f64| rng.random_bool(p);
-        let (lossy, dups, slow, crashes, partitions, clogs) =
-            (on(0.5), on(0.3), on(0.5), on(0.6), on(0.5), on(0.4));
+        let (lossy, dups, slow, crashes, partitions, clogs, slow_disk) = (
+            on(0.5),
+            on(0.3),
+            on(0.5),
+            on(0.6),
+            on(0.5),
+            on(0.4),
+            on(0.3),
+        );
         Faults {
             loss: if lossy {
                 rng.random_range(0.001..0.2)
@@ -155,6 +172,12 @@ impl Faults {
                 0
             },
             clogs,
+            fsync_min: rng.random_range(50..500),
+            fsync_max: if slow_disk {
+                rng.random_range(5 * MS..200 * MS)
+            } else {
+                rng.random_range(500..3 * MS)
+            },
         }
     }
 
@@ -167,19 +190,23 @@ impl Faults {
             crash_every: 0,
             partition_every: 0,
             clogs: false,
+            fsync_min: 100,
+            fsync_max: 1_000,
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "loss {:.3}, duplicate {:.3}, delay {}..{} µs, crash every {} s, partition every {} s, clogs {}",
+            "loss {:.3}, duplicate {:.3}, delay {}..{} µs, crash every {} s, partition every {} s, clogs {}, fsync {}..{} µs",
             self.loss,
             self.duplicate,
             self.delay_min,
             self.delay_max,
             self.crash_every / SECOND,
             self.partition_every / SECOND,
-            self.clogs
+            self.clogs,
+            self.fsync_min,
+            self.fsync_max
         )
     }
 }
@@ -215,6 +242,32 @@ pub enum Payload {
         first_seqnum: logbook::Seqnum,
     },
     IndexData(Vec<IndexEntry>),
+    /// A request for ordered records: by seqnum range, or the listed seqnums, once the node
+    /// applied the metalog up to `min_position`.
+    Fetch {
+        from: logbook::Seqnum,
+        to: logbook::Seqnum,
+        seqnums: Vec<logbook::Seqnum>,
+        min_position: u64,
+        purpose: Purpose,
+    },
+    /// The records a storage node held of those asked for, and what it had applied.
+    Fetched {
+        records: Vec<(logbook::Seqnum, ShardId, LocalId, LogRecord)>,
+        applied: u64,
+        purpose: Purpose,
+    },
+}
+
+/// What a fetch is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A storage node repairs records it missed.
+    Repair,
+    /// A gateway wants the index data of a metalog entry's records.
+    Index,
+    /// A client reads records through a gateway.
+    Read,
 }
 
 #[derive(Debug, Clone)]
@@ -226,11 +279,17 @@ enum Event {
         payload: Payload,
     },
     StorageStep(NodeId),
+    /// A storage node's sync ended (in the node's incarnation given).
+    SyncDone(NodeId, u64),
+    /// A client reads through a gateway.
+    Read(NodeId),
     GatewayStep(NodeId),
     Produce(NodeId),
     Compare,
     Heartbeat(NodeId),
     Crash,
+    /// Crash this node (if it is up).
+    CrashNode(NodeId),
     Restart(NodeId),
     Partition,
     Heal,
@@ -245,15 +304,6 @@ struct Sequencer {
     node: Option<GroupNode>,
 }
 
-struct Storage {
-    up: bool,
-    /// Records held, by (view, shard), in local counter order: durable, so a crash keeps
-    /// them.
-    held: BTreeMap<(ViewId, ShardId), Vec<LogRecord>>,
-    reported: BTreeMap<(ViewId, ShardId), u64>,
-    last_report: Time,
-}
-
 /// The world of one run.
 struct World {
     seed: u64,
@@ -266,13 +316,15 @@ struct World {
     free: Vec<usize>,
     faults: Faults,
     sequencers: BTreeMap<NodeId, Sequencer>,
-    storage: BTreeMap<NodeId, Storage>,
+    storage: BTreeMap<NodeId, crate::storage::Node>,
     gateways: BTreeMap<NodeId, Gateway>,
     /// Links down: (a, b) with a < b.
     cut_links: BTreeSet<(NodeId, NodeId)>,
     pub(crate) observer: Observer,
     pub(crate) ground: Ground,
     next_op: u64,
+    /// Reads checked.
+    reads: u64,
     hash: u64,
     events: u64,
     producing: bool,
@@ -297,7 +349,9 @@ pub fn run(options: Options) -> Result<Outcome, Failure> {
     let faults = world.faults.describe();
     world.start();
     world.run_until(options.safety)?;
-    world.calm();
+    world
+        .calm()
+        .map_err(|(invariant, message)| world.fail(invariant, message))?;
     let deadline = options.safety + options.liveness;
     while let Some(why) = world.unconverged() {
         if world.now >= deadline {
@@ -316,6 +370,7 @@ pub fn run(options: Options) -> Result<Outcome, Failure> {
         views: world.observer.views(),
         ordered: world.observer.ordered(),
         acknowledged: world.ground.acknowledged(),
+        reads: world.reads,
         faults,
     })
 }
@@ -353,15 +408,7 @@ impl World {
         }
         let storage = STORAGE
             .iter()
-            .map(|id| {
-                let node = Storage {
-                    up: true,
-                    held: BTreeMap::new(),
-                    reported: BTreeMap::new(),
-                    last_report: 0,
-                };
-                (NodeId(*id), node)
-            })
+            .map(|id| (NodeId(*id), crate::storage::Node::new(NodeId(*id))))
             .collect();
         let gateways = GATEWAYS
             .iter()
@@ -383,6 +430,7 @@ impl World {
             observer: Observer::default(),
             ground: Ground::default(),
             next_op: 0,
+            reads: 0,
             hash: 0xcbf2_9ce4_8422_2325 ^ seed,
             events: 0,
             producing: true,
@@ -421,6 +469,7 @@ impl World {
             let phase = self.rng.random_range(0..HEARTBEAT);
             self.schedule(phase, Event::Heartbeat(id));
             self.schedule(phase, Event::Produce(id));
+            self.schedule(phase + READ_EVERY, Event::Read(id));
             self.schedule(phase % GATEWAY_STEP, Event::GatewayStep(id));
         }
         self.schedule(COMPARE_EVERY, Event::Compare);
@@ -439,7 +488,7 @@ impl World {
     }
 
     /// Faults off: links healed, every node up, no more appends.
-    fn calm(&mut self) {
+    fn calm(&mut self) -> Result<(), (&'static str, String)> {
         self.faults = Faults::none();
         self.cut_links.clear();
         self.producing = false;
@@ -451,7 +500,7 @@ impl World {
             .chain(
                 self.storage
                     .iter()
-                    .filter(|(_, s)| !s.up)
+                    .filter(|(_, s)| !s.up())
                     .map(|(id, _)| *id),
             )
             .chain(
@@ -462,9 +511,10 @@ impl World {
             )
             .collect();
         for id in down {
-            self.restart(id);
+            self.restart(id)?;
         }
         self.hash = fnv(self.hash, b"calm");
+        Ok(())
     }
 
     fn fail(&self, invariant: &'static str, message: String) -> Failure {
@@ -512,8 +562,13 @@ impl World {
                 }
                 self.deliver(from, to, payload)?;
             }
+            Event::SyncDone(id, incarnation) => self.sync_done(id, incarnation)?,
+            Event::Read(id) => {
+                self.read(id)?;
+                self.schedule(READ_EVERY, Event::Read(id));
+            }
             Event::StorageStep(id) => {
-                self.storage_step(id);
+                self.storage_step(id)?;
                 self.schedule(STORAGE_STEP, Event::StorageStep(id));
             }
             Event::GatewayStep(id) => {
@@ -542,7 +597,12 @@ impl World {
                     self.schedule(after, Event::Crash);
                 }
             }
-            Event::Restart(id) => self.restart(id),
+            Event::CrashNode(id) => {
+                if self.faults.crash_every > 0 {
+                    self.crash(id);
+                }
+            }
+            Event::Restart(id) => self.restart(id)?,
             Event::Partition => {
                 if self.faults.partition_every > 0 {
                     self.partition();
@@ -643,6 +703,9 @@ impl World {
                     node.on_gateway_heartbeat(from, member);
                 }
             }
+            Payload::Events(first, events) if self.storage.contains_key(&to) => {
+                self.storage_events(to, first, events)?;
+            }
             Payload::Events(first, events) => {
                 let now = self.now;
                 let Some(gateway) = self.gateway(to) else {
@@ -664,24 +727,8 @@ impl World {
                 first,
                 records,
             } => {
-                let Some(node) = self.storage.get_mut(&to).filter(|s| s.up) else {
-                    return Ok(());
-                };
-                let held = node.held.entry((view, shard)).or_default();
-                let have = held.len() as u64;
-                if first <= have && first + records.len() as u64 > have {
-                    let new: Vec<LogRecord> =
-                        records.into_iter().skip((have - first) as usize).collect();
-                    for (i, record) in new.iter().enumerate() {
-                        let id = LocalId::new(view, have + i as u64);
-                        self.ground.store(shard, id, record)?;
-                    }
-                    held.extend(new);
-                    let count = held.len() as u64;
-                    self.ground.hold(to, view, shard, count);
-                }
-                let durable = self.storage[&to].held[&(view, shard)].len() as u64;
-                self.send(to, from, Payload::Ack { view, durable });
+                let first = LocalId::new(view, first);
+                self.storage_batch(from, to, shard, first, records)?;
             }
             Payload::Ack { view, durable } => {
                 if let Some(gateway) = self.gateway(to) {
@@ -695,18 +742,18 @@ impl World {
                 count,
                 first_seqnum,
             } => {
-                let Some(node) = self.storage.get(&to).filter(|s| s.up) else {
+                let Some(engine) = self.storage.get(&to).and_then(|n| n.engine.as_ref()) else {
                     return Ok(());
                 };
-                let Some(held) = node.held.get(&(view, shard)) else {
-                    return Ok(());
-                };
-                let entries: Vec<IndexEntry> = (start..start + count)
-                    .map_while(|counter| held.get(counter as usize).map(|r| (counter, r)))
-                    .map(|(counter, record)| IndexEntry {
-                        seqnum: logbook::Seqnum(first_seqnum.0 + (counter - start)),
+                let first = LocalId::new(view, start);
+                let entries: Vec<IndexEntry> = engine
+                    .recall(shard, first, count as usize)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, record)| IndexEntry {
+                        seqnum: logbook::Seqnum(first_seqnum.0 + i as u64),
                         book: record.book,
-                        tags: record.tags.clone(),
+                        tags: record.tags,
                         kind: record.kind,
                     })
                     .collect();
@@ -714,6 +761,39 @@ impl World {
                     self.send(to, from, Payload::IndexData(entries));
                 }
             }
+            Payload::Fetch {
+                from: start,
+                to: end,
+                seqnums,
+                min_position,
+                purpose,
+            } => {
+                self.storage_fetch(from, to, (start, end), seqnums, min_position, purpose)?;
+            }
+            Payload::Fetched {
+                records,
+                applied: _,
+                purpose,
+            } => match purpose {
+                Purpose::Repair => self.storage_fetched(from, to, records)?,
+                Purpose::Index => {
+                    let entries = records
+                        .into_iter()
+                        .map(|(seqnum, _, _, record)| IndexEntry {
+                            seqnum,
+                            book: record.book,
+                            tags: record.tags,
+                            kind: record.kind,
+                        })
+                        .collect();
+                    let now = self.now;
+                    if let Some(gateway) = self.gateway(to) {
+                        let outs = gateway.on_index_data(entries, now);
+                        self.gateway_outs(to, outs)?;
+                    }
+                }
+                Purpose::Read => self.read_fetched(to, records)?,
+            },
             Payload::IndexData(entries) => {
                 let now = self.now;
 
@@ -740,8 +820,13 @@ impl World {
                     self.hash = fnv(self.hash, &bytes);
                     self.observer
                         .on_committed(id, index, &event, &self.ground)?;
-                    let gateways: Vec<NodeId> = self.gateways.keys().copied().collect();
-                    for gateway in gateways {
+                    let followers: Vec<NodeId> = self
+                        .gateways
+                        .keys()
+                        .chain(self.storage.keys())
+                        .copied()
+                        .collect();
+                    for gateway in followers {
                         self.send(id, gateway, Payload::Events(index, vec![event.clone()]));
                     }
                 }
@@ -755,6 +840,12 @@ impl World {
         for out in outs {
             match out {
                 Out::Send(to, payload) => self.send(id, to, payload),
+                Out::Fetch {
+                    to,
+                    range,
+                    min_position,
+                    purpose,
+                } => self.send_fetch(id, to, range, min_position, purpose),
                 Out::Reply(op_id, reply) => {
                     let now = self.now;
                     let gateway = self.gateways.get_mut(&id).expect("a gateway");
@@ -787,40 +878,6 @@ impl World {
             }
         }
         Ok(())
-    }
-
-    /// A storage node reports what it holds of each (view, shard) to every sequencer, when
-    /// that changed or now and then.
-    fn storage_step(&mut self, id: NodeId) {
-        let now = self.now;
-        let Some(node) = self.storage.get_mut(&id).filter(|s| s.up) else {
-            return;
-        };
-        let due = now.saturating_sub(node.last_report) >= REPORT_EVERY;
-        let newest = self.observer.view().map(|v| v.id);
-        let mut reports = Vec::new();
-        for ((view, shard), records) in &node.held {
-            let held = records.len() as u64;
-            let current = Some(*view) == newest;
-            if node.reported.get(&(*view, *shard)) != Some(&held) || (due && current) {
-                node.reported.insert((*view, *shard), held);
-                reports.push(ShardProgress {
-                    node: id,
-                    shard: *shard,
-                    view: *view,
-                    durable: held,
-                });
-            }
-        }
-        if due {
-            node.last_report = now;
-        }
-        let sequencers: Vec<NodeId> = self.sequencers.keys().copied().collect();
-        for progress in reports {
-            for to in &sequencers {
-                self.send(id, *to, Payload::Progress(progress));
-            }
-        }
     }
 
     /// A gateway takes the committed events it missed (its subscription resends from where it
@@ -906,13 +963,18 @@ impl World {
     fn crash_one(&mut self) {
         let all = self.all_nodes();
         let id = all[self.rng.random_range(0..all.len())];
+        self.crash(id);
+    }
+
+    /// Crashes node `id` if it is up, and schedules its restart.
+    fn crash(&mut self, id: NodeId) {
         self.hash = fnv(self.hash, &[6, id.0 as u8]);
         if let Some(s) = self.sequencers.get_mut(&id) {
             if s.node.take().is_none() {
                 return;
             }
-        } else if let Some(s) = self.storage.get_mut(&id) {
-            if !std::mem::replace(&mut s.up, false) {
+        } else if self.storage.contains_key(&id) {
+            if !self.storage_crash(id) {
                 return;
             }
         } else if let Some(g) = self.gateways.get_mut(&id) {
@@ -924,26 +986,29 @@ impl World {
         self.schedule(down, Event::Restart(id));
     }
 
-    fn restart(&mut self, id: NodeId) {
+    fn restart(&mut self, id: NodeId) -> Result<(), (&'static str, String)> {
         self.hash = fnv(self.hash, &[8, id.0 as u8]);
+        // Now and then a node crashes again soon after it started (a crash loop), before
+        // it did much: what it recovered must hold up.
+        if self.faults.crash_every > 0 && self.rng.random_bool(0.2) {
+            let after = self.rng.random_range(MS..300 * MS);
+            self.schedule(after, Event::CrashNode(id));
+        }
         if let Some(s) = self.sequencers.get_mut(&id) {
             if s.node.is_none() {
                 let node = GroupNode::restart(s.config.clone(), s.log.clone())
                     .expect("a member restarts on its own log");
                 s.node = Some(node);
             }
-        } else if let Some(s) = self.storage.get_mut(&id) {
-            if !s.up {
-                // Its records are on disk.
-                s.up = true;
-                s.reported.clear();
-            }
+        } else if self.storage.contains_key(&id) {
+            self.storage_restart(id)?;
         } else if self.gateways.get(&id).is_some_and(|g| !g.up) {
             // A new process: a new incarnation, an empty engine that rebuilds its index from
             // the committed events; its clients' appends in flight are unknown.
             let incarnation = self.rng.random();
             self.gateways.insert(id, Gateway::new(id, incarnation));
         }
+        Ok(())
     }
 
     /// Cuts the network: one node isolated, or the nodes split in two random halves.
@@ -988,7 +1053,10 @@ impl World {
             };
         }
         for (id, s) in &self.storage {
-            line += &format!(" st{}:{}", id.0, if s.up { "up" } else { "down" });
+            line += &match &s.engine {
+                None => format!(" st{}:down", id.0),
+                Some(e) => format!(" st{}:a{}{:?}", id.0, e.applied(), e.stall()),
+            };
         }
         for (id, g) in &self.gateways {
             line += &format!(
@@ -1011,7 +1079,10 @@ impl World {
                 );
                 for cut in &entry.cuts {
                     for (id, s) in &self.storage {
-                        let held = s.held.get(&(entry.view, cut.shard)).map_or(0, Vec::len);
+                        let held = s
+                            .engine
+                            .as_ref()
+                            .map_or(0, |e| e.durable_count(cut.shard, entry.view));
                         line += &format!(" st{}:{held}", id.0);
                     }
                 }
@@ -1051,6 +1122,16 @@ impl World {
                     "gateway {} has {} appends pending",
                     id.0,
                     g.ops.len()
+                ));
+            }
+        }
+        for (id, node) in &self.storage {
+            let applied = node.engine.as_ref().map_or(0, |e| e.applied());
+            if applied != self.observer.metalog_len() {
+                return Some(format!(
+                    "storage node {} applied {applied} of {} metalog entries",
+                    id.0,
+                    self.observer.metalog_len()
                 ));
             }
         }

@@ -103,6 +103,9 @@ pub struct StorageEngine {
     /// The front entry is being stored.
     storing: bool,
     repair: Option<Repair>,
+    /// Turns through the peers across repair rounds, so a round does not always start with
+    /// the same one (which may be the one that never answers).
+    next_peer: usize,
 }
 
 impl StorageEngine {
@@ -121,6 +124,7 @@ impl StorageEngine {
             next_position: applied,
             storing: false,
             repair: None,
+            next_peer: id.0 as usize,
         }
     }
 
@@ -484,7 +488,8 @@ impl StorageEngine {
         if repair.asked >= peers.len() {
             return Vec::new();
         }
-        let peer = peers[(repair.asked + self.id.0 as usize) % peers.len()];
+        let peer = peers[self.next_peer % peers.len()];
+        self.next_peer = self.next_peer.wrapping_add(1);
         repair.asked += 1;
         let have = count_in(&self.written, repair.shard, entry.view);
         let Some((from, to)) = entry
@@ -663,6 +668,22 @@ mod tests {
         );
         let commands = engine.on_durable(SHARD, LocalId::new(ViewId(1), 0), 2);
         assert_eq!(commands, vec![Command::StoreMetalog(entry(0, 1, 0, 2))]);
+    }
+
+    #[test]
+    fn a_repair_retried_after_a_peer_never_answered_asks_another_peer_first() {
+        let mut engine = StorageEngine::new(ME, BTreeMap::new(), 0);
+        engine.on_event(GroupEvent::View(view(1, 0)));
+        let commands = engine.on_event(GroupEvent::Metalog(entry(0, 1, 0, 2)));
+        let Some(Command::Fetch { peer: silent, .. }) = commands.first().cloned() else {
+            panic!("a fetch, not {commands:?}");
+        };
+        // The fetch is lost (the peer hangs): the retry must not ask the same peer again.
+        let commands = engine.retry();
+        let Some(Command::Fetch { peer, .. }) = commands.first().cloned() else {
+            panic!("a fetch, not {commands:?}");
+        };
+        assert_ne!(peer, silent);
     }
 
     #[test]

@@ -160,6 +160,11 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
                 continue;
             }
             return Err(corrupt(0, "empty segment".into()));
+        } else if is_last {
+            // What a crash left of the last segment may be only in the page cache (the
+            // process died, the machine did not): sync it before any of it counts as durable,
+            // or a power loss soon after would take records this node then reports as held.
+            sync(&path)?;
         }
         index.grow_segment(
             number,
@@ -195,6 +200,12 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
 
 fn open_read(path: &Path) -> Result<File, StoreError> {
     File::open(path).map_err(|e| StoreError::io(format!("open {}", path.display()), &e))
+}
+
+fn sync(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| StoreError::io(format!("sync {}", path.display()), &e))
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {

@@ -3,10 +3,12 @@
 
 pub mod acknowledged;
 mod contiguous;
+mod durable;
 mod local_ids;
 mod metalog_prefix;
 pub mod one_order;
 mod quorum_cut;
+pub mod reads;
 pub mod tag_index;
 mod views;
 
@@ -24,10 +26,12 @@ pub type Broken = (&'static str, String);
 pub struct Ground {
     /// Every record any replica stored, by shard and local id.
     records: BTreeMap<(ShardId, LocalId), LogRecord>,
-    /// How many records each storage node holds, by (view, shard): they only grow.
+    /// How many records each storage node holds durably, by (view, shard): they only grow.
     held: BTreeMap<(NodeId, ViewId, ShardId), u64>,
     /// Acknowledged appends, by seqnum.
     acked: BTreeMap<Seqnum, Op>,
+    /// The same seqnums, in the order they were acknowledged (for clients to read from).
+    acked_order: Vec<Seqnum>,
 }
 
 impl Ground {
@@ -43,17 +47,33 @@ impl Ground {
 
     /// A client was told `op` is at `seqnum`.
     pub fn acknowledge(&mut self, seqnum: Seqnum, op: &Op) -> Result<(), Broken> {
-        acknowledged::on_ack(&mut self.acked, seqnum, op)
+        acknowledged::on_ack(&mut self.acked, seqnum, op)?;
+        self.acked_order.push(seqnum);
+        Ok(())
+    }
+
+    /// A seqnum some client was told, at random (none before the first acknowledgement).
+    pub fn some_acknowledged(&self, rng: &mut impl rand::Rng) -> Option<Seqnum> {
+        if self.acked_order.is_empty() {
+            return None;
+        }
+        Some(self.acked_order[rng.random_range(0..self.acked_order.len())])
     }
 
     pub fn acknowledged(&self) -> u64 {
         self.acked.len() as u64
     }
 
-    pub fn hold(&mut self, node: NodeId, view: ViewId, shard: ShardId, count: u64) {
-        let held = self.held.entry((node, view, shard)).or_insert(0);
-        assert!(count >= *held, "a storage node never loses what it held");
-        *held = count;
+    /// Storage node `node` holds `count` records of `shard` in `view` durably (after a sync,
+    /// or after a restart).
+    pub fn hold(
+        &mut self,
+        node: NodeId,
+        view: ViewId,
+        shard: ShardId,
+        count: u64,
+    ) -> Result<(), Broken> {
+        durable::check(&mut self.held, node, view, shard, count)
     }
 
     pub fn held(&self, node: NodeId, view: ViewId, shard: ShardId) -> u64 {
@@ -138,6 +158,27 @@ impl Observer {
             .assignments()
             .find(|(_, _, s)| *s == seqnum)
             .map(|(shard, counter, _)| (shard, LocalId::new(entry.view, counter)))
+    }
+
+    /// The metalog entry that ordered `seqnum`.
+    pub fn entry_of(&self, seqnum: Seqnum) -> Option<&MetalogEntry> {
+        let at = self.entries.partition_point(|e| e.start_seqnum <= seqnum);
+        let entry = self.entries.get(at.checked_sub(1)?)?;
+        (seqnum < entry.end_seqnum()).then_some(entry)
+    }
+
+    /// Where a subscription from metalog position `from` starts in the committed events: at
+    /// the view in force there (as the sequencers' feed starts).
+    pub fn subscription_start(&self, from: u64) -> u64 {
+        let first = self
+            .committed
+            .iter()
+            .position(|e| matches!(e, GroupEvent::Metalog(m) if m.position >= from))
+            .unwrap_or(self.committed.len());
+        self.committed[..first]
+            .iter()
+            .rposition(|e| matches!(e, GroupEvent::View(_)))
+            .unwrap_or(0) as u64
     }
 
     pub fn ordered_in(&self, view: ViewId, shard: ShardId) -> u64 {
