@@ -8,7 +8,7 @@ use crate::world::{Payload, Purpose, Time};
 use bytes::Bytes;
 use gateway::engine::{Command, EngineConfig, LogEngine, OpId, Reply};
 use logbook::wire::{GroupEvent, IndexEntry, MetalogEntry, NodeId, RecordKind, View};
-use logbook::{BookId, Cond, Seqnum, Tag, ViewId};
+use logbook::{BookId, Seqnum, Tag, ViewId};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +30,8 @@ const WAITING_MAX: usize = 512;
 pub struct Op {
     pub data: Bytes,
     pub tags: Vec<Tag>,
-    pub cond: Option<Cond>,
+    /// Plain, conditional, or a trim.
+    pub kind: RecordKind,
     /// Tries so far (a `Discarded` append is tried again, as the runtime does).
     pub tries: u32,
 }
@@ -169,7 +170,7 @@ impl Gateway {
 
     /// A client's append.
     pub fn append(&mut self, op_id: OpId, op: Op, now: Time) -> Vec<Out> {
-        let kind = op.cond.map_or(RecordKind::Data, RecordKind::Cond);
+        let kind = op.kind;
         let records = vec![(op.tags.clone(), kind, op.data.clone())];
         self.ops.insert(op_id, op);
         let commands = self.engine.append(op_id, BOOK, records);

@@ -45,14 +45,15 @@ fn main() -> anyhow::Result<()> {
                 println!("faults: {}", outcome.faults);
                 println!(
                     "{:.1} simulated s, {} events, {} committed ({} views), {} records ordered, \
-                     {} appends acknowledged, {} reads checked",
+                     {} appends acknowledged, {} reads checked, {} trims",
                     outcome.simulated as f64 / 1e6,
                     outcome.events,
                     outcome.committed,
                     outcome.views,
                     outcome.ordered,
                     outcome.acknowledged,
-                    outcome.reads
+                    outcome.reads,
+                    outcome.trims
                 );
                 println!("trace hash: {:016x}", outcome.trace_hash);
                 return Ok(());

@@ -8,7 +8,8 @@ use crate::gateway::{Gateway, Op, Out};
 use crate::invariants::{Ground, Observer};
 use gateway::engine::Reply;
 use logbook::wire::{
-    GatewayMember, GroupEvent, IndexEntry, LocalId, LogRecord, NodeId, ShardId, ShardProgress, View,
+    GatewayMember, GroupEvent, IndexEntry, LocalId, LogRecord, NodeId, RecordKind, ShardId,
+    ShardProgress, View,
 };
 use logbook::ViewId;
 use raft::prelude::Message;
@@ -88,6 +89,8 @@ pub struct Outcome {
     pub acknowledged: u64,
     /// Reads checked against what was appended.
     pub reads: u64,
+    /// Trim records ordered.
+    pub trims: u64,
     pub faults: String,
 }
 
@@ -371,6 +374,7 @@ pub fn run(options: Options) -> Result<Outcome, Failure> {
         ordered: world.observer.ordered(),
         acknowledged: world.ground.acknowledged(),
         reads: world.reads,
+        trims: world.observer.trims(),
         faults,
     })
 }
@@ -905,7 +909,8 @@ impl World {
     }
 
     /// A client of a gateway that is up and ready appends a record: mostly plain, now and then
-    /// conditional on the length of a stream as this gateway sees it.
+    /// conditional on the length of a stream as this gateway sees it, and rarely a trim of a
+    /// tag (or the whole book) below a seqnum some client was given.
     fn produce(&mut self, id: NodeId) -> Result<(), (&'static str, String)> {
         if !self.producing {
             return Ok(());
@@ -915,21 +920,40 @@ impl World {
         let op_id = self.next_op;
         let tag = logbook::Tag(self.rng.random_range(1..=4));
         let conditional = self.rng.random_bool(0.1);
+        let trim = self.rng.random_bool(0.002).then(|| {
+            let tag = if self.rng.random_bool(0.3) {
+                logbook::Tag::ANY
+            } else {
+                tag
+            };
+            (tag, self.ground.some_acknowledged(&mut self.rng))
+        });
         let Some(gateway) = self.gateways.get_mut(&id).filter(|g| g.up && g.ready) else {
             return Ok(());
         };
         // The position a client expects: how many appends with the tag it saw acknowledged
         // here, give or take one (so conditions both hold and fail).
         let seen = gateway.acked_with(tag);
-        let cond = conditional.then(|| logbook::Cond {
-            tag,
-            position: (seen + 1).saturating_sub(self.rng.random_range(0..3)),
-        });
-        let op = Op {
-            data: bytes::Bytes::from(format!("{}:{op_id}", id.0)),
-            tags: vec![tag],
-            cond,
-            tries: 0,
+        let op = match trim {
+            Some((tag, Some(below))) => Op {
+                data: bytes::Bytes::new(),
+                tags: Vec::new(),
+                kind: RecordKind::Trim { tag, below },
+                tries: 0,
+            },
+            _ => Op {
+                data: bytes::Bytes::from(format!("{}:{op_id}", id.0)),
+                tags: vec![tag],
+                kind: if conditional {
+                    RecordKind::Cond(logbook::Cond {
+                        tag,
+                        position: (seen + 1).saturating_sub(self.rng.random_range(0..3)),
+                    })
+                } else {
+                    RecordKind::Data
+                },
+                tries: 0,
+            },
         };
         let outs = gateway.append(op_id, op, now);
         self.gateway_outs(id, outs)
@@ -942,7 +966,10 @@ impl World {
             let end = gateway.engine.applied_end();
             seen.push((*id, end, gateway.stream(logbook::Tag::ANY)));
         }
-        crate::invariants::one_order::check(&seen)
+        let observer = &self.observer;
+        crate::invariants::one_order::check(&seen, |upto| {
+            observer.trim_point(logbook::Tag::ANY, upto)
+        })
     }
 
     fn heartbeat(&mut self, id: NodeId) {
@@ -1162,6 +1189,7 @@ impl World {
             streams.insert(*id, (all, tags));
         }
         for (all, tags) in streams.values() {
+            crate::invariants::trims::check(&self.ground, &self.observer, all, tags)?;
             crate::invariants::acknowledged::check(&self.ground, &self.observer, all)?;
             crate::invariants::tag_index::check(&self.ground, &self.observer, all, tags)?;
         }

@@ -4,6 +4,7 @@
 
 use super::{Broken, Ground, Observer};
 use crate::gateway::Op;
+use logbook::wire::RecordKind;
 use logbook::Seqnum;
 use std::collections::BTreeMap;
 
@@ -26,9 +27,13 @@ pub fn on_ack(acked: &mut BTreeMap<Seqnum, Op>, seqnum: Seqnum, op: &Op) -> Resu
 
 /// At the end: every acknowledged append is in `index` (a gateway's whole book, in order),
 /// and the record the metalog put at its seqnum is its record.
+/// A record below the book's trim point is gone by design (`trims` checks that it is), and a
+/// trim record is never in the index.
 pub fn check(ground: &Ground, observer: &Observer, index: &[Seqnum]) -> Result<(), Broken> {
+    let trimmed_below = observer.trim_point(logbook::Tag::ANY, Seqnum::MAX);
     for (seqnum, op) in &ground.acked {
-        if index.binary_search(seqnum).is_err() {
+        let visible = *seqnum >= trimmed_below && !matches!(op.kind, RecordKind::Trim { .. });
+        if visible && index.binary_search(seqnum).is_err() {
             return Err((
                 NAME,
                 format!(
@@ -43,7 +48,7 @@ pub fn check(ground: &Ground, observer: &Observer, index: &[Seqnum]) -> Result<(
         let Some(record) = record else {
             return Err((NAME, format!("no record was ordered at {}", seqnum.0)));
         };
-        if record.data != op.data || record.tags != op.tags {
+        if record.data != op.data || record.tags != op.tags || record.kind != op.kind {
             return Err((
                 NAME,
                 format!(

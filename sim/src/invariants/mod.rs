@@ -10,11 +10,14 @@ pub mod one_order;
 mod quorum_cut;
 pub mod reads;
 pub mod tag_index;
+pub mod trims;
 mod views;
 
 use crate::gateway::Op;
-use logbook::wire::{GroupEvent, LocalId, LogRecord, MetalogEntry, NodeId, ShardId, View};
-use logbook::{Seqnum, ViewId};
+use logbook::wire::{
+    GroupEvent, LocalId, LogRecord, MetalogEntry, NodeId, RecordKind, ShardId, View,
+};
+use logbook::{Seqnum, Tag, ViewId};
 use std::collections::BTreeMap;
 
 /// A broken invariant: its name and what happened.
@@ -60,6 +63,11 @@ impl Ground {
         Some(self.acked_order[rng.random_range(0..self.acked_order.len())])
     }
 
+    /// Every acknowledged append, by seqnum.
+    pub fn acknowledged_appends(&self) -> impl Iterator<Item = (&Seqnum, &Op)> {
+        self.acked.iter()
+    }
+
     pub fn acknowledged(&self) -> u64 {
         self.acked.len() as u64
     }
@@ -94,6 +102,8 @@ pub struct Observer {
     /// Records ordered per (view, shard).
     ordered: BTreeMap<(ViewId, ShardId), u64>,
     views: u64,
+    /// The trim records ordered: (seqnum, tag, below).
+    trims: Vec<(Seqnum, Tag, Seqnum)>,
 }
 
 impl Observer {
@@ -115,6 +125,12 @@ impl Observer {
                 quorum_cut::check(self, entry, ground)?;
                 for cut in &entry.cuts {
                     *self.ordered.entry((entry.view, cut.shard)).or_insert(0) += cut.delta;
+                }
+                for (shard, counter, seqnum) in entry.assignments() {
+                    let record = ground.record(shard, LocalId::new(entry.view, counter));
+                    if let Some(RecordKind::Trim { tag, below }) = record.map(|r| r.kind) {
+                        self.trims.push((seqnum, tag, below));
+                    }
                 }
                 self.metalog_len += 1;
                 self.next_seqnum = entry.end_seqnum();
@@ -158,6 +174,21 @@ impl Observer {
             .assignments()
             .find(|(_, _, s)| *s == seqnum)
             .map(|(shard, counter, _)| (shard, LocalId::new(entry.view, counter)))
+    }
+
+    pub fn trims(&self) -> u64 {
+        self.trims.len() as u64
+    }
+
+    /// Where the trims ordered below `upto` put `tag`'s stream (`Tag::ANY`: the whole book's):
+    /// its records below the returned seqnum are trimmed. A book trim trims every tag.
+    pub fn trim_point(&self, tag: Tag, upto: Seqnum) -> Seqnum {
+        self.trims
+            .iter()
+            .filter(|(at, t, _)| *at < upto && (*t == tag || *t == Tag::ANY))
+            .map(|(_, _, below)| *below)
+            .max()
+            .unwrap_or(Seqnum::ZERO)
     }
 
     /// The metalog entry that ordered `seqnum`.

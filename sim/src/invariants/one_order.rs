@@ -1,18 +1,31 @@
 //! Every reader sees a prefix of one total order: what two gateways have applied of the book
 //! is the same sequence of seqnums, up to the shorter one's end. Conditional appends are
 //! decided identically everywhere, or one gateway's index would hold a record another's lacks.
+//! A gateway that applied a trim the other has not yet hides a prefix the other still shows:
+//! only what is above the trim point of everything either applied is compared.
 
 use super::Broken;
 use logbook::wire::NodeId;
 use logbook::Seqnum;
 
-/// `seen`: each gateway, the seqnum after what its index applied, and its index of the book.
-pub fn check(seen: &[(NodeId, Seqnum, Vec<Seqnum>)]) -> Result<(), Broken> {
+/// `seen`: each gateway, the seqnum after what its index applied, and its index of the book;
+/// `trim_point(upto)`: where the book trims ordered below `upto` put the book's start.
+pub fn check(
+    seen: &[(NodeId, Seqnum, Vec<Seqnum>)],
+    trim_point: impl Fn(Seqnum) -> Seqnum,
+) -> Result<(), Broken> {
     for (i, (a, a_end, a_index)) in seen.iter().enumerate() {
         for (b, b_end, b_index) in &seen[i + 1..] {
             let end = (*a_end).min(*b_end);
-            let a_prefix = a_index.iter().take_while(|s| **s < end);
-            let b_prefix = b_index.iter().take_while(|s| **s < end);
+            let start = trim_point((*a_end).max(*b_end));
+            let a_prefix = a_index
+                .iter()
+                .filter(|s| **s >= start)
+                .take_while(|s| **s < end);
+            let b_prefix = b_index
+                .iter()
+                .filter(|s| **s >= start)
+                .take_while(|s| **s < end);
             if let Some((x, y)) = a_prefix.zip(b_prefix).find(|(x, y)| x != y) {
                 return Err((
                     "every reader sees a prefix of one order",
@@ -22,7 +35,8 @@ pub fn check(seen: &[(NodeId, Seqnum, Vec<Seqnum>)]) -> Result<(), Broken> {
                     ),
                 ));
             }
-            let count = |index: &Vec<Seqnum>| index.iter().filter(|s| **s < end).count();
+            let count =
+                |index: &Vec<Seqnum>| index.iter().filter(|s| **s >= start && **s < end).count();
             if count(a_index) != count(b_index) {
                 return Err((
                     "every reader sees a prefix of one order",
