@@ -660,7 +660,7 @@ impl World {
     }
 
     /// Sends `payload` over the network: maybe lost, maybe twice, after a random delay.
-    fn send(&mut self, from: NodeId, to: NodeId, payload: Payload) {
+    fn send(&mut self, from: NodeId, to: NodeId, mut payload: Payload) {
         if self.faults.loss > 0.0 && self.rng.random_bool(self.faults.loss) {
             return;
         }
@@ -669,11 +669,15 @@ impl World {
         } else {
             1
         };
-        for _ in 0..copies {
+        for copy in 1..=copies {
             let delay = self
                 .rng
                 .random_range(self.faults.delay_min..=self.faults.delay_max);
-            let payload = payload.clone();
+            let payload = if copy == copies {
+                std::mem::replace(&mut payload, Payload::IndexData(Vec::new()))
+            } else {
+                payload.clone()
+            };
             self.schedule(delay, Event::Deliver { from, to, payload });
         }
     }
