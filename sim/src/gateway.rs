@@ -75,6 +75,8 @@ pub struct Gateway {
     pub ops: BTreeMap<OpId, Op>,
     /// Appends acknowledged here, by tag.
     acked_by_tag: BTreeMap<Tag, u64>,
+    /// Blocking reads parked in the engine: the tag and the seqnum they wait from.
+    pub parked: BTreeMap<OpId, (Tag, Seqnum)>,
 }
 
 impl Gateway {
@@ -100,6 +102,7 @@ impl Gateway {
             waiting: BTreeMap::new(),
             ops: BTreeMap::new(),
             acked_by_tag: BTreeMap::new(),
+            parked: BTreeMap::new(),
         }
     }
 
@@ -262,7 +265,9 @@ impl Gateway {
     /// Now and then: resend what replicas lack, and ask for the index data the waiting
     /// entries need (records of other shards, or of this shard from before this incarnation).
     pub fn step(&mut self, now: Time, rng: &mut ChaCha8Rng) -> Vec<Out> {
-        let mut out = Vec::new();
+        // Blocking reads whose deadline passed end empty.
+        let commands = self.engine.on_tick(now);
+        let mut out = self.commands(commands, now);
         let views: Vec<ViewId> = self.outbox.keys().copied().collect();
         for view in views {
             out.extend(self.replicate(view, now, false));

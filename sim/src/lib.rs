@@ -19,8 +19,9 @@
 //!   replicating to its shard's replicas with resends, fetching index data from the replicas'
 //!   memory or by seqnum from storage nodes.
 //!
-//! Clients append plain and conditional records through the gateways and read records back by
-//! tag (served from a gateway's cache or fetched from a storage node). Gateways send
+//! Clients append plain, conditional and trim records through the gateways and read records
+//! back by tag (served from a gateway's cache or fetched from a storage node), some with
+//! blocking reads that wait past the end of the log. Gateways send
 //! heartbeats, crash and come back as new incarnations. Every message between nodes crosses a
 //! simulated network that the seed makes lossy, slow, duplicating, reordering and partitioned
 //! (one node isolated, random splits, rolling clogs), and the seed crashes and restarts
@@ -31,7 +32,7 @@
 //! every sequencer and storage node must have applied the same events, the newest view must
 //! hold every live gateway, and everything durable in it must be ordered.
 //!
-//! Not simulated: trims, blocking reads, and the `Store`'s own IO thread and files (its tests
+//! Not simulated: the reclaiming of trimmed segments, and the `Store`'s own IO thread and files (its tests
 //! and fuzzing cover them; the simulated disk keeps its durability rules: records are
 //! acknowledged after a sync, metalog entries ride on the next one).
 

@@ -857,6 +857,10 @@ impl World {
                 Out::Reply(op_id, reply) => {
                     let now = self.now;
                     let gateway = self.gateways.get_mut(&id).expect("a gateway");
+                    if let Some((tag, min)) = gateway.parked.remove(&op_id) {
+                        self.blocking_read_done(id, tag, min, reply)?;
+                        continue;
+                    }
                     let Some(op) = gateway.ops.remove(&op_id) else {
                         continue;
                     };
