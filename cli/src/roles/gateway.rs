@@ -7,7 +7,9 @@
 //! It joins the cluster by heartbeats to the sequencer leader, which puts it into the next
 //! view. It serves HTTP only once it is in a view and has applied the metalog up to it.
 
-use super::{channel, fetch, fetch_range, GatewayOptions, SequencerClients, FETCH_RECORDS_MAX};
+use super::{
+    channel, fetch, fetch_range, GatewayOptions, SequencerClients, FETCH_RECORDS_MAX, HEDGE_DELAY,
+};
 use anyhow::Context;
 use async_trait::async_trait;
 use gateway::engine::EngineConfig;
@@ -85,6 +87,8 @@ struct ClusterShard {
     replicas: Mutex<BTreeMap<(ViewId, NodeId), Replica>>,
     /// The metalog position the gateway applied up to (exclusive), for reads.
     applied: watch::Receiver<u64>,
+    /// For each shard, the replica that last answered for its index data.
+    index_sources: Mutex<BTreeMap<ShardId, NodeId>>,
 }
 
 impl ClusterShard {
@@ -376,6 +380,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         views: views_rx,
         replicas: Mutex::new(BTreeMap::new()),
         applied: applied_rx,
+        index_sources: Mutex::new(BTreeMap::new()),
     });
     let metrics = Metrics::new();
     let log = GatewayLog::start(
@@ -719,6 +724,7 @@ async fn recent_index_of(shard: &ClusterShard, entries: &[&MetalogEntry]) -> Vec
             let view = views.get(&view_id)?.clone();
             Some(async move {
                 let records = recent_index(
+                    shard,
                     &view,
                     cut_shard,
                     LocalId::new(view_id, start),
@@ -740,19 +746,26 @@ async fn recent_index_of(shard: &ClusterShard, entries: &[&MetalogEntry]) -> Vec
 }
 
 /// The index data of `count` records of `cut_shard` from `first`, from the memory of one of
-/// its replicas that holds them all (else none).
+/// its replicas that holds them all (else none). The replica that answered last for the shard
+/// is asked first, and one that does not answer soon does not hold up the others.
 async fn recent_index(
+    shard: &ClusterShard,
     view: &View,
     cut_shard: ShardId,
     first: LocalId,
     count: usize,
 ) -> Vec<pb::LogRecord> {
-    let replicas = view.shards.get(&cut_shard).cloned().unwrap_or_default();
-    for node in replicas {
-        let Some(addr) = view.storage.get(&node) else {
-            continue;
-        };
-        let Ok(channel) = channel(addr) else { continue };
+    let mut replicas = view.shards.get(&cut_shard).cloned().unwrap_or_default();
+    let answered_last = shard
+        .index_sources
+        .lock()
+        .expect("index sources lock")
+        .get(&cut_shard)
+        .copied();
+    replicas.sort_by_key(|node| Some(*node) != answered_last);
+    let ask = |node: NodeId| async move {
+        let addr = view.storage.get(&node)?;
+        let channel = channel(addr).ok()?;
         let mut client = StorageClient::new(channel).max_decoding_message_size(64 << 20);
         let mut records = Vec::with_capacity(count);
         while records.len() < count {
@@ -766,11 +779,19 @@ async fn recent_index(
                 _ => break,
             }
         }
-        if records.len() == count {
-            return records;
+        (records.len() == count).then_some(records)
+    };
+    match super::first_answer(replicas.clone(), HEDGE_DELAY, ask).await {
+        Some((position, records)) => {
+            shard
+                .index_sources
+                .lock()
+                .expect("index sources lock")
+                .insert(cut_shard, replicas[position]);
+            records
         }
+        None => Vec::new(),
     }
-    Vec::new()
 }
 
 /// Fetches index data by seqnum from storage nodes that applied `entry`, until it applies.

@@ -128,6 +128,45 @@ pub async fn unary<T>(
     }
 }
 
+/// How long one node may leave a call unanswered before `first_answer` asks the next one too.
+/// Far above a loopback or LAN call's latency, far below `RPC_TIMEOUT`.
+pub const HEDGE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Asks `nodes` in order until one answers (`Some`), waiting on the calls in flight for at
+/// most `hedge` before asking the next node as well, and at once after a failure: a node that
+/// stopped without closing its connections holds a call for the whole `RPC_TIMEOUT`. Returns
+/// the first answer and the position in `nodes` of the node that gave it; `None` once every
+/// node failed.
+pub async fn first_answer<N, T, F>(
+    nodes: Vec<N>,
+    hedge: std::time::Duration,
+    ask: impl Fn(N) -> F,
+) -> Option<(usize, T)>
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    use futures::{FutureExt as _, StreamExt as _};
+    let mut waiting = nodes.into_iter().enumerate();
+    let ask_next = |(position, node)| ask(node).map(move |answer| (position, answer));
+    let mut asked = futures::stream::FuturesUnordered::new();
+    loop {
+        if asked.is_empty() {
+            asked.push(ask_next(waiting.next()?));
+        }
+        let more = waiting.len() > 0;
+        tokio::select! {
+            answered = asked.next() => {
+                if let Some((position, Some(answer))) = answered {
+                    return Some((position, answer));
+                }
+            }
+            () = tokio::time::sleep(hedge), if more => {
+                asked.push(ask_next(waiting.next().expect("checked that a node is left")));
+            }
+        }
+    }
+}
+
 /// The sequencer group as a client sees it: one channel per member and the leader last
 /// heard of, tried first.
 pub struct SequencerClients {
@@ -249,4 +288,66 @@ pub async fn fetch_range(
         at = upto;
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// How each node answers in a `first_answer` case.
+    #[derive(Clone, Copy)]
+    enum Node {
+        Answers(u32),
+        Fails,
+        Hangs,
+    }
+
+    /// Runs `first_answer` over `nodes`; returns its result and the nodes it asked, in order.
+    async fn check(nodes: &[Node]) -> (Option<(usize, u32)>, Vec<usize>) {
+        let asked = Mutex::new(Vec::new());
+        let answer = first_answer(
+            nodes.iter().copied().enumerate().collect(),
+            Duration::from_millis(20),
+            |(i, node)| {
+                asked.lock().unwrap().push(i);
+                async move {
+                    match node {
+                        Node::Answers(value) => Some(value),
+                        Node::Fails => None,
+                        Node::Hangs => std::future::pending().await,
+                    }
+                }
+            },
+        );
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("first_answer never waits on a node that hangs");
+        (answer, asked.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_first_node_that_answers_is_the_only_one_asked() {
+        let (answer, asked) = check(&[Node::Answers(7), Node::Answers(8)]).await;
+        assert_eq!((answer, asked), (Some((0, 7)), vec![0]));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_fails_hands_over_to_the_next() {
+        let (answer, asked) = check(&[Node::Fails, Node::Fails, Node::Answers(8)]).await;
+        assert_eq!((answer, asked), (Some((2, 8)), vec![0, 1, 2]));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_hangs_does_not_hold_up_the_next() {
+        let (answer, asked) = check(&[Node::Hangs, Node::Hangs, Node::Answers(8)]).await;
+        assert_eq!((answer, asked), (Some((2, 8)), vec![0, 1, 2]));
+    }
+
+    #[tokio::test]
+    async fn no_answer_once_every_node_failed() {
+        assert_eq!(check(&[Node::Fails, Node::Fails]).await, (None, vec![0, 1]));
+        assert_eq!(check(&[]).await, (None, vec![]));
+    }
 }

@@ -1,0 +1,252 @@
+//! SIGSTOP of one role at a time in a real cluster on loopback (3 sequencers, 3 storage nodes,
+//! 2 gateways) under load. A stopped process holds its sockets open and answers nothing,
+//! unlike a killed one whose peers see connections refused: what it has in flight stalls
+//! rather than fails, and when it is continued it wakes up with stale timers and a stale view
+//! of the cluster (a leader that was deposed, a gateway that was left out of the view).
+//!
+//! Each test ends by checking that every acknowledged append is in the log at its seqnum, in
+//! its client's order.
+//!
+//! A gateway keeps up while the replica it asks first for other shards' index data is stopped.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tally_tests::history::{ack_lines, check_acks, read_book};
+use tally_tests::{tally_bin, wait_until, Cluster};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Acknowledged appends that prove progress while a node is stopped or after it continues.
+const PROGRESS: usize = 100;
+
+/// The tests share the machine's two cores, so they run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A node stopped with SIGSTOP; continued (SIGCONT) when dropped, so a failing test leaves no
+/// stopped process behind for `tally cluster down` to wait on.
+struct Stopped {
+    pid: i32,
+}
+
+impl Stopped {
+    fn stop(cluster: &Cluster, id: u32) -> Stopped {
+        let node = cluster.node(id).expect("a node of the cluster");
+        assert!(node.alive(), "node {id} is not running");
+        let pid = node.pid.expect("a running node has a pid") as i32;
+        // SAFETY: kill(2) on a process the cluster started, checked above to still be it.
+        let rc = unsafe { libc::kill(pid, libc::SIGSTOP) };
+        assert_eq!(rc, 0, "SIGSTOP to node {id} (pid {pid})");
+        let stopped = Stopped { pid };
+        wait_until(WAIT, || process_state(pid) == Some('T')).expect("the node stops");
+        stopped
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process this guard stopped.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+    }
+}
+
+/// The state letter of a process (`R`, `S`, `T` for stopped, ...) from /proc.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the comm may hold spaces, so look after its closing parenthesis.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// `tally bench append` against one gateway in the background, logging every ack.
+fn bench(gateway: &str, acks: &Path) -> Child {
+    Command::new(tally_bin())
+        .args(["bench", "append", "--addr", gateway])
+        .args(["--clients", "4", "--record-bytes", "200", "--tags", "4"])
+        .args(["--duration", "3600"])
+        .arg("--ack-log")
+        .arg(acks)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the bench")
+}
+
+/// The leader's status (`tally cluster status --json`'s `leader`), once a leader answers.
+fn leader_status(cluster: &Cluster) -> Value {
+    let mut status = Value::Null;
+    let found = wait_until(WAIT, || {
+        status = cluster
+            .status()
+            .map(|s| s["leader"].clone())
+            .unwrap_or(Value::Null);
+        status.is_object()
+    });
+    assert!(found.is_ok(), "no sequencer leads");
+    status
+}
+
+/// A loaded cluster: 3 sequencers, 3 storage nodes, 2 gateways, and one `tally bench append`
+/// per gateway, so a stopped gateway's clients never hide the others' progress.
+struct Loaded {
+    // Fields drop in order: the benches stop before the cluster goes down and its dir goes.
+    benches: Vec<Child>,
+    cluster: Cluster,
+    dir: tempfile::TempDir,
+    gateways: Vec<u32>,
+    urls: Vec<String>,
+}
+
+impl Loaded {
+    fn start() -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::up(&dir.path().join("cluster"), 3, 3, 2).expect("cluster up");
+        let gateways = cluster.ids("gateway");
+        let urls = cluster.gateways();
+        let mut loaded = Loaded {
+            benches: Vec::new(),
+            cluster,
+            dir,
+            gateways,
+            urls,
+        };
+        loaded.benches = (0..loaded.gateways.len())
+            .map(|i| bench(&loaded.urls[i], &loaded.acks(i)))
+            .collect();
+        loaded.progress(None, PROGRESS, "before any stop");
+        loaded
+    }
+
+    fn acks(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("acks-{}.txt", self.gateways[i]))
+    }
+
+    /// Waits until the load of every gateway but `except` has `count` more acks; returns how
+    /// long that took.
+    fn progress(&self, except: Option<u32>, count: usize, what: &str) -> Duration {
+        let started = Instant::now();
+        let watched: Vec<(u32, PathBuf, usize)> = (0..self.gateways.len())
+            .filter(|i| Some(self.gateways[*i]) != except)
+            .map(|i| {
+                let acks = self.acks(i);
+                let wanted = ack_lines(&acks) + count;
+                (self.gateways[i], acks, wanted)
+            })
+            .collect();
+        let moved = wait_until(WAIT, || {
+            watched
+                .iter()
+                .all(|(_, acks, wanted)| ack_lines(acks) >= *wanted)
+        });
+        if moved.is_err() {
+            let counts: Vec<String> = watched
+                .iter()
+                .map(|(id, acks, wanted)| {
+                    format!("gateway {id}: {} acks of {wanted}", ack_lines(acks))
+                })
+                .collect();
+            panic!(
+                "no progress {what}: {}; status: {:?}",
+                counts.join(", "),
+                self.cluster.status().ok()
+            );
+        }
+        let took = started.elapsed();
+        eprintln!("  {count} acks per gateway {what} in {took:?}");
+        took
+    }
+
+    /// Stops the load, then checks that everything acknowledged is in the log at its seqnum,
+    /// read through the first gateway (each bench's clients count from 0, so each ack log is
+    /// checked on its own). Returns how many acks it checked.
+    fn check_history(&mut self) -> usize {
+        for bench in &mut self.benches {
+            let _ = bench.kill();
+            let _ = bench.wait();
+        }
+        let logs: Vec<Vec<bench::Ack>> = (0..self.gateways.len())
+            .map(|i| bench::read_ack_log(&self.acks(i)).expect("an ack log"))
+            .collect();
+        let seen = logs.iter().flatten().map(|a| a.seqnum).max();
+        let records = read_book(&self.urls[0], seen);
+        for acks in &logs {
+            check_acks(&records, acks);
+        }
+        logs.iter().map(Vec::len).sum()
+    }
+
+    /// Waits until storage node `id` has applied the metalog as far as the leader has now and
+    /// holds every record ordered now (repaired from its peers where it missed them).
+    fn storage_catches_up(&self, id: u32) {
+        let target = leader_status(&self.cluster);
+        let caught_up = wait_until(WAIT, || storage_caught_up(&self.cluster, id, &target));
+        assert!(
+            caught_up.is_ok(),
+            "storage {id} did not catch up to {target}: {}",
+            leader_status(&self.cluster)
+        );
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        for bench in &mut self.benches {
+            let _ = bench.kill();
+            let _ = bench.wait();
+        }
+    }
+}
+
+/// Whether storage node `id`, per the leader now, has applied the metalog up to where
+/// `target` (an earlier leader status) was and holds every record ordered then.
+fn storage_caught_up(cluster: &Cluster, id: u32, target: &Value) -> bool {
+    let now = leader_status(cluster);
+    let key = id.to_string();
+    let applied = now["storage_nodes"][&key]["applied"].as_u64();
+    if applied < target["metalog_position"].as_u64() {
+        return false;
+    }
+    // Counts are per view: compare them only within the view the target saw.
+    if now["view"]["id"] != target["view"]["id"] {
+        return true;
+    }
+    let shards = target["shards"].as_object().cloned().unwrap_or_default();
+    shards.iter().all(|(shard, then)| {
+        now["shards"][shard]["durable"][&key].as_u64() >= then["ordered"].as_u64()
+    })
+}
+
+/// How soon a gateway must ack `PROGRESS` appends while a storage node is stopped. Waiting
+/// out an RPC timeout (5 s) per batch of metalog entries it applies, it acked a few per second.
+const STORAGE_STOP_PROGRESS_MAX: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_gateway_keeps_up_while_the_replica_it_asks_first_for_index_data_is_stopped() {
+    let _serial = one_at_a_time();
+    let mut loaded = Loaded::start();
+    // A gateway asks a shard's replicas for index data in the view's order: the first gateway
+    // asks the first replica of the second gateway's shard first.
+    let view = &leader_status(&loaded.cluster)["view"];
+    let other_shard = loaded.gateways[1].to_string();
+    let first_replica = view["shards"][&other_shard][0].as_u64().unwrap() as u32;
+    let stopped = Stopped::stop(&loaded.cluster, first_replica);
+    let took = loaded.progress(
+        None,
+        PROGRESS,
+        &format!("with storage {first_replica} stopped"),
+    );
+    assert!(
+        took < STORAGE_STOP_PROGRESS_MAX,
+        "{PROGRESS} acks per gateway took {took:?} with storage {first_replica} stopped"
+    );
+    drop(stopped);
+    loaded.storage_catches_up(first_replica);
+    loaded.progress(None, PROGRESS, "after the storage node continued");
+    loaded.check_history();
+}
