@@ -8,6 +8,8 @@
 //! its client's order.
 //!
 //! A gateway keeps up while the replica it asks first for other shards' index data is stopped.
+//! A stopped sequencer leader is replaced within seconds, without the new leader evicting
+//! the gateways.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -88,6 +90,21 @@ fn leader_status(cluster: &Cluster) -> Value {
     });
     assert!(found.is_ok(), "no sequencer leads");
     status
+}
+
+/// A node's own status, as `tally cluster status --json` lists it (null if it did not answer).
+fn node_status(cluster: &Cluster, id: u32) -> Value {
+    let Ok(status) = cluster.status() else {
+        return Value::Null;
+    };
+    status["nodes"]
+        .as_array()
+        .and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n["id"].as_u64() == Some(u64::from(id)))
+        })
+        .map_or(Value::Null, |n| n["status"].clone())
 }
 
 /// A loaded cluster: 3 sequencers, 3 storage nodes, 2 gateways, and one `tally bench append`
@@ -181,6 +198,21 @@ impl Loaded {
         logs.iter().map(Vec::len).sum()
     }
 
+    /// Waits until sequencer `id` has applied the metalog as far as the leader has now.
+    fn sequencer_catches_up(&self, id: u32) {
+        let target = leader_status(&self.cluster)["metalog_position"]
+            .as_u64()
+            .unwrap();
+        let caught_up = wait_until(WAIT, || {
+            node_status(&self.cluster, id)["metalog_position"].as_u64() >= Some(target)
+        });
+        assert!(
+            caught_up.is_ok(),
+            "sequencer {id} did not catch up to position {target}: {}",
+            node_status(&self.cluster, id)
+        );
+    }
+
     /// Waits until storage node `id` has applied the metalog as far as the leader has now and
     /// holds every record ordered now (repaired from its peers where it missed them).
     fn storage_catches_up(&self, id: u32) {
@@ -248,5 +280,38 @@ fn a_gateway_keeps_up_while_the_replica_it_asks_first_for_index_data_is_stopped(
     drop(stopped);
     loaded.storage_catches_up(first_replica);
     loaded.progress(None, PROGRESS, "after the storage node continued");
+    loaded.check_history();
+}
+
+/// Appends acknowledged at each gateway that show appends resumed after a stop.
+const RESUMED: usize = 20;
+/// How soon appends must resume when the sequencer leader stops: an election takes about a
+/// second (50 ms ticks, 10 to 20 ticks of silence), and subscribers must not wait out RPC
+/// timeouts on the stopped leader.
+const LEADER_STOP_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_stopped_sequencer_leader_is_replaced_within_seconds_and_no_gateway_leaves_the_view() {
+    let _serial = one_at_a_time();
+    let mut loaded = Loaded::start();
+    let before = leader_status(&loaded.cluster);
+    let leader = before["id"].as_u64().unwrap() as u32;
+    let stopped = Stopped::stop(&loaded.cluster, leader);
+    let paused = loaded.progress(None, RESUMED, &format!("after leader {leader} stopped"));
+    assert!(
+        paused < LEADER_STOP_PAUSE_MAX,
+        "appends resumed {paused:?} after the leader stopped"
+    );
+    loaded.progress(None, PROGRESS, "under the new leader");
+    let after = leader_status(&loaded.cluster);
+    assert_ne!(after["id"], before["id"], "a new leader");
+    // The gateways heartbeat every member, so the new leader has heard from them lately.
+    assert_eq!(
+        after["view"]["id"], before["view"]["id"],
+        "no gateway left the view: {after}"
+    );
+    drop(stopped);
+    loaded.sequencer_catches_up(leader);
+    loaded.progress(None, PROGRESS, "after the old leader continued");
     loaded.check_history();
 }

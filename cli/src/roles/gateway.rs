@@ -4,7 +4,7 @@
 //! its pending appends; index data for other shards' records comes from storage), follows
 //! view changes, and serves the HTTP API.
 //!
-//! It joins the cluster by heartbeats to the sequencer leader, which puts it into the next
+//! It joins the cluster by heartbeats to the sequencers, whose leader puts it into the next
 //! view. It serves HTTP only once it is in a view and has applied the metalog up to it.
 
 use super::{
@@ -453,42 +453,52 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tells every sequencer, each on its own schedule, that this gateway is alive: the leader
+/// puts it into the view, and a member elected later has heard from it lately, even if the
+/// old leader stopped without closing its connections (a call to it then hangs for the
+/// whole RPC timeout, which must not hold up the heartbeats to the others).
 async fn heartbeats(
     sequencers: Arc<SequencerClients>,
     member: pb::GatewayMember,
     log: Arc<GatewayLog>,
 ) {
-    let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
-    loop {
-        interval.tick().await;
-        let heartbeat = pb::GatewayHeartbeat {
-            member: Some(member.clone()),
-            applied: log.metalog_position(),
-        };
-        for (_, mut client) in sequencers.candidates() {
-            let Ok(hint) = super::unary(client.heartbeat(heartbeat.clone())).await else {
-                continue;
-            };
-            sequencers.note_leader(hint.leader_plus_one);
-            if hint.is_leader {
-                break;
+    for (id, mut client) in sequencers.members() {
+        let (sequencers, member, log) = (sequencers.clone(), member.clone(), log.clone());
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let heartbeat = pb::GatewayHeartbeat {
+                    member: Some(member.clone()),
+                    applied: log.metalog_position(),
+                };
+                if let Ok(hint) = super::unary(client.heartbeat(heartbeat)).await {
+                    if hint.is_leader {
+                        sequencers.note_leader_is(id);
+                    }
+                }
             }
-        }
+        });
     }
 }
 
 /// Most events taken from the stream and applied together.
 const EVENT_BATCH_MAX: usize = 512;
 
-/// Applies committed events in order, resubscribing after any break.
+/// Applies committed events in order, resubscribing after any break, and when another member
+/// says it leads (the stream of a stopped leader is silent rather than broken).
 async fn event_loop(mut follower: Follower, sequencers: Arc<SequencerClients>) {
     loop {
-        let mut stream = sequencers.subscribe(follower.log.metalog_position()).await;
+        let (leader, mut stream) = sequencers.subscribe(follower.log.metalog_position()).await;
         'stream: loop {
             // Everything the stream holds already, up to a batch: metalog entries in a row
             // fetch their index data together.
             let mut events = Vec::new();
-            let mut next = stream.message().await;
+            let mut next = tokio::select! {
+                next = stream.message() => next,
+                () = sequencers.leader_moved_from(leader) => break 'stream,
+            };
             loop {
                 match next {
                     Ok(Some(event)) => events.push(event),

@@ -167,14 +167,19 @@ where
     }
 }
 
-/// The sequencer group as a client sees it: one channel per member and the leader last
-/// heard of, tried first.
+/// The sequencer group as a client sees it: one channel per member and the member that
+/// last said it leads.
+///
+/// A member that stops answering without closing its connections (a stopped or hung process)
+/// costs a call the whole `RPC_TIMEOUT`, so nothing waits on one member before asking the
+/// next: subscriptions are opened at every member at once, and gateways heartbeat every
+/// member on its own schedule.
 pub struct SequencerClients {
     clients: BTreeMap<
         NodeId,
         logbook::rpc::pb::sequencer_client::SequencerClient<tonic::transport::Channel>,
     >,
-    leader: std::sync::Mutex<Option<NodeId>>,
+    leader: tokio::sync::watch::Sender<Option<NodeId>>,
 }
 
 impl SequencerClients {
@@ -190,54 +195,71 @@ impl SequencerClients {
             .collect::<anyhow::Result<_>>()?;
         Ok(SequencerClients {
             clients,
-            leader: std::sync::Mutex::new(None),
+            leader: tokio::sync::watch::channel(None).0,
         })
     }
 
-    /// The members in the order to try: the known leader first.
-    pub fn candidates(
+    /// Every member and a client of it.
+    pub fn members(
         &self,
     ) -> Vec<(
         NodeId,
         logbook::rpc::pb::sequencer_client::SequencerClient<tonic::transport::Channel>,
     )> {
-        let leader = *self.leader.lock().expect("leader lock");
-        let mut all: Vec<_> = self
-            .clients
+        self.clients
             .iter()
             .map(|(id, c)| (*id, c.clone()))
-            .collect();
-        all.sort_by_key(|(id, _)| Some(*id) != leader);
-        all
+            .collect()
     }
 
-    /// Remembers the leader a reply named (`leader_plus_one`, 0 for unknown).
-    pub fn note_leader(&self, leader_plus_one: u32) {
-        if let Some(id) = leader_plus_one.checked_sub(1) {
-            *self.leader.lock().expect("leader lock") = Some(NodeId(id));
-        }
-    }
-
-    /// The leader last heard of.
+    /// The member that last said it leads.
     pub fn leader(&self) -> Option<NodeId> {
-        *self.leader.lock().expect("leader lock")
+        *self.leader.borrow()
     }
 
+    /// Member `id` said it leads: it answered a heartbeat as leader or took a subscription.
     pub fn note_leader_is(&self, id: NodeId) {
-        *self.leader.lock().expect("leader lock") = Some(id);
+        self.leader.send_if_modified(|known| {
+            let changed = *known != Some(id);
+            *known = Some(id);
+            changed
+        });
     }
 
-    /// Subscribes to committed events from metalog position `from` at the leader, trying
-    /// every member until one serves (waiting between rounds).
-    pub async fn subscribe(&self, from: u64) -> tonic::Streaming<logbook::rpc::pb::Event> {
+    /// Resolves once a member other than `id` has said it leads: a subscription at `id` may
+    /// be silent because `id` stopped, and should move.
+    pub async fn leader_moved_from(&self, id: NodeId) {
+        // The sender lives in `self`, so the wait ends only when the leader moves.
+        let _ = self
+            .leader
+            .subscribe()
+            .wait_for(|known| known.is_some_and(|l| l != id))
+            .await;
+    }
+
+    /// Subscribes to committed events from metalog position `from` at the leader: asks every
+    /// member at once and takes the first stream one opens (only the leader serves one),
+    /// asking again after a pause until one does. Returns the member and its stream.
+    pub async fn subscribe(
+        &self,
+        from: u64,
+    ) -> (NodeId, tonic::Streaming<logbook::rpc::pb::Event>) {
+        use futures::StreamExt as _;
         loop {
-            for (id, mut client) in self.candidates() {
-                let request = logbook::rpc::pb::SubscribeRequest {
-                    from_position: from,
-                };
-                if let Ok(stream) = unary(client.subscribe(request)).await {
+            let mut attempts: futures::stream::FuturesUnordered<_> = self
+                .members()
+                .into_iter()
+                .map(|(id, mut client)| async move {
+                    let request = logbook::rpc::pb::SubscribeRequest {
+                        from_position: from,
+                    };
+                    (id, unary(client.subscribe(request)).await)
+                })
+                .collect();
+            while let Some((id, opened)) = attempts.next().await {
+                if let Ok(stream) = opened {
                     self.note_leader_is(id);
-                    return stream;
+                    return (id, stream);
                 }
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

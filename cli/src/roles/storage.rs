@@ -205,7 +205,7 @@ async fn report_progress(
 async fn apply_loop(node: Arc<Node>, sequencers: Arc<SequencerClients>) {
     loop {
         let next = *node.applied.borrow();
-        let mut stream = sequencers.subscribe(next).await;
+        let (_, mut stream) = sequencers.subscribe(next).await;
         loop {
             let event = match stream.message().await {
                 Ok(Some(event)) => event,
