@@ -10,6 +10,16 @@
 //! A gateway keeps up while the replica it asks first for other shards' index data is stopped.
 //! A stopped sequencer leader is replaced within seconds, without the new leader evicting
 //! the gateways.
+//!
+//! In rounds, every sequencer, one storage node and one gateway are stopped, one at a time
+//! (the leader among the sequencers: if none of them led when stopped, the one leading then
+//! is stopped once more); a seeded RNG picks the order, the storage node, the gateway, how
+//! long each stays stopped (100 or 200 acknowledged appends per gateway), and whether a
+//! gateway stays stopped until the sequencers leave it out of the view. While a node is
+//! stopped appends must go on (through the other gateway when the stopped node is a
+//! gateway); once it is continued it must catch up and appends must go on everywhere. The
+//! seed is printed first; `TALLY_SIGSTOP_SEED=N` replays a run's choices (timing still
+//! varies). `TALLY_SIGSTOP_ROUNDS=N` runs N rounds (default 1, CI's short form).
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -28,6 +38,33 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A small deterministic generator (SplitMix64), so a seed replays the same choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick(&mut self, ids: &[u32]) -> u32 {
+        ids[self.below(ids.len() as u64) as usize]
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i as u64 + 1) as usize);
+        }
+    }
 }
 
 /// A node stopped with SIGSTOP; continued (SIGCONT) when dropped, so a failing test leaves no
@@ -105,6 +142,11 @@ fn node_status(cluster: &Cluster, id: u32) -> Value {
                 .find(|n| n["id"].as_u64() == Some(u64::from(id)))
         })
         .map_or(Value::Null, |n| n["status"].clone())
+}
+
+/// Whether the current view (per the leader) lists gateway `id`.
+fn view_has_gateway(cluster: &Cluster, id: u32) -> bool {
+    !leader_status(cluster)["view"]["gateways"][id.to_string()].is_null()
 }
 
 /// A loaded cluster: 3 sequencers, 3 storage nodes, 2 gateways, and one `tally bench append`
@@ -314,4 +356,108 @@ fn a_stopped_sequencer_leader_is_replaced_within_seconds_and_no_gateway_leaves_t
     loaded.sequencer_catches_up(leader);
     loaded.progress(None, PROGRESS, "after the old leader continued");
     loaded.check_history();
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Sequencer(u32),
+    Storage(u32),
+    Gateway(u32),
+}
+
+#[test]
+fn appends_go_on_while_a_minority_is_stopped_and_nothing_acknowledged_is_lost() {
+    let _serial = one_at_a_time();
+    let seed: u64 = std::env::var("TALLY_SIGSTOP_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    let rounds: usize = std::env::var("TALLY_SIGSTOP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    eprintln!("seed {seed} (replay with TALLY_SIGSTOP_SEED={seed}), {rounds} round(s)");
+    let mut rng = Rng(seed);
+    let began = Instant::now();
+
+    let mut loaded = Loaded::start();
+    let cluster = &loaded.cluster;
+    let (sequencers, storage) = (cluster.ids("sequencer"), cluster.ids("storage"));
+    let gateways = loaded.gateways.clone();
+    let mut leaders_stopped = 0;
+    for round in 0..rounds {
+        let mut victims: Vec<Victim> = sequencers.iter().map(|s| Victim::Sequencer(*s)).collect();
+        victims.push(Victim::Storage(rng.pick(&storage)));
+        victims.push(Victim::Gateway(rng.pick(&gateways)));
+        rng.shuffle(&mut victims);
+        let mut leader_hit = false;
+        let mut step = 0;
+        while step < victims.len() || !leader_hit {
+            let victim = match victims.get(step) {
+                Some(victim) => *victim,
+                // No sequencer was leading when it was stopped: stop the one that leads now.
+                None => Victim::Sequencer(leader_status(cluster)["id"].as_u64().unwrap() as u32),
+            };
+            step += 1;
+            // How long it stays stopped, in acknowledged appends.
+            let stopped_for = PROGRESS * (1 + rng.below(2) as usize);
+            let what = format!("round {round}, {victim:?}");
+            match victim {
+                Victim::Sequencer(id) => {
+                    let was_leader = leader_status(cluster)["id"].as_u64() == Some(id.into());
+                    leader_hit |= was_leader;
+                    leaders_stopped += usize::from(was_leader);
+                    eprintln!("{what}: stop (leader: {was_leader})");
+                    let stopped = Stopped::stop(cluster, id);
+                    loaded.progress(None, stopped_for, &format!("{what}, while stopped"));
+                    drop(stopped);
+                    loaded.sequencer_catches_up(id);
+                }
+                Victim::Storage(id) => {
+                    eprintln!("{what}: stop");
+                    let stopped = Stopped::stop(cluster, id);
+                    loaded.progress(None, stopped_for, &format!("{what}, while stopped"));
+                    drop(stopped);
+                    loaded.storage_catches_up(id);
+                }
+                Victim::Gateway(id) => {
+                    let evict = rng.below(2) == 0;
+                    eprintln!("{what}: stop (until it leaves the view: {evict})");
+                    let stopped = Stopped::stop(cluster, id);
+                    loaded.progress(
+                        Some(id),
+                        stopped_for,
+                        &format!("{what}, at the other gateway"),
+                    );
+                    if evict {
+                        let left = wait_until(WAIT, || !view_has_gateway(cluster, id));
+                        assert!(left.is_ok(), "gateway {id} stayed in the view");
+                        loaded.progress(
+                            Some(id),
+                            PROGRESS,
+                            &format!("{what}, after it left the view"),
+                        );
+                    }
+                    drop(stopped);
+                    let back = wait_until(WAIT, || view_has_gateway(cluster, id));
+                    assert!(back.is_ok(), "gateway {id} did not come back into the view");
+                }
+            }
+            // Appends go on everywhere, the continued gateway's clients included.
+            loaded.progress(None, PROGRESS, &format!("{what}, after it continued"));
+        }
+    }
+    assert!(
+        leaders_stopped >= rounds,
+        "{leaders_stopped} leaders stopped"
+    );
+    let checked = loaded.check_history();
+    eprintln!(
+        "{checked} acknowledged appends checked; {leaders_stopped} leader(s) stopped; {:?} in all",
+        began.elapsed()
+    );
 }
