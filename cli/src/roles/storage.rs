@@ -3,7 +3,8 @@
 //! every sequencer, and applies the committed metalog from the sequencer leader. Before it
 //! applies an entry it makes sure it holds every record the entry orders on its shards,
 //! fetching the ones it missed (while it was down or slow) from a peer replica; so a node
-//! that restarts recovers from its files and catches up.
+//! that restarts recovers from its files and catches up. A full disk stops its store; once
+//! space returns it opens the store again the same way, without a restart.
 
 use super::{channel, fetch_range, SequencerClients, StorageOptions, FETCH_RECORDS_MAX};
 use anyhow::Context;
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use storage_node::{Store, StoreConfig};
+use storage_node::{Store, StoreConfig, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -34,7 +35,11 @@ const REPLICATE_QUEUE: usize = 64;
 
 struct Node {
     id: NodeId,
-    store: Store,
+    /// Replaced by a store opened again once space returns after the disk filled up (see
+    /// `reopen_when_space_returns`); take a clone with `store()`.
+    store: std::sync::RwLock<Store>,
+    /// How the store was opened, to open it again.
+    store_config: StoreConfig,
     /// The metalog position applied up to (exclusive).
     applied: watch::Sender<u64>,
     /// The newest view applied; batches of later views wait for it.
@@ -89,11 +94,16 @@ impl Node {
 }
 
 impl Node {
+    /// The store in use now.
+    fn store(&self) -> Store {
+        self.store.read().expect("store lock").clone()
+    }
+
     fn report(&self) -> pb::ProgressReport {
         pb::ProgressReport {
             node: self.id.0,
             shards: self
-                .store
+                .store()
                 .progress()
                 .into_iter()
                 .map(|(shard, (view, durable))| pb::ShardProgress {
@@ -112,7 +122,7 @@ impl Node {
 
     /// Records of `shard` in `view` durable here (0 if the shard is in an older view).
     fn durable_count(&self, shard: ShardId, view: ViewId) -> u64 {
-        match self.store.progress().get(&shard) {
+        match self.store().progress().get(&shard) {
             Some((v, durable)) if *v == view => *durable,
             _ => 0,
         }
@@ -127,7 +137,7 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     // The sequencers' Raft log is where the metalog is durable; this node's copy is synced
     // with its records, and refetched from the leader after a crash.
     config.sync_metalog = false;
-    let (store, recovery) = Store::open(config)
+    let (store, recovery) = Store::open(config.clone())
         .with_context(|| format!("opening the store in {}", options.data_dir.display()))?;
     let applied = recovery.last_metalog.as_ref().map_or(0, |e| e.position + 1);
     tracing::info!(
@@ -138,7 +148,8 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     );
     let node = Arc::new(Node {
         id: options.id,
-        store,
+        store: std::sync::RwLock::new(store),
+        store_config: config,
         applied: watch::channel(applied).0,
         view: watch::channel(None).0,
         durable: watch::channel(0).0,
@@ -238,14 +249,93 @@ async fn apply_loop(node: Arc<Node>, sequencers: Arc<SequencerClients>) {
                         break;
                     }
                     if let Err(e) = apply(&node, entry).await {
-                        tracing::error!(error = %e, "applying a metalog entry failed");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let full = e
+                            .downcast_ref::<StoreError>()
+                            .is_some_and(StoreError::is_no_space);
+                        if full {
+                            tracing::error!(
+                                error = %e,
+                                free_bytes_min = REOPEN_FREE_BYTES_MIN,
+                                "the disk is full: this node stores no records and no metalog \
+                                 until space returns, then opens its store again and catches up"
+                            );
+                            reopen_when_space_returns(&node).await;
+                        } else {
+                            tracing::error!(error = %e, "applying a metalog entry failed");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
                         break;
                     }
                 }
             }
         }
     }
+}
+
+/// How much a data dir's file system must have free again before a store that stopped on a
+/// full disk is opened again.
+const REOPEN_FREE_BYTES_MIN: u64 = 4 << 20;
+/// How often a node whose disk is full looks for free space.
+const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// After a write failed on a full disk the store refuses every write for good (only recovery
+/// knows what the files hold after a failed write), while the node goes on serving what it
+/// holds. Waits until the data dir has `REOPEN_FREE_BYTES_MIN` free, then shuts the store down
+/// and opens it again from its files, as a restart would; the caller resubscribes from what
+/// it recovered and repairs what it missed from its peers. Only a full disk is treated so:
+/// after other IO errors (EIO from a failing device) the files need an operator's look.
+async fn reopen_when_space_returns(node: &Node) {
+    loop {
+        tokio::time::sleep(SPACE_CHECK_INTERVAL).await;
+        match free_bytes(&node.store_config.data_dir) {
+            Ok(free) if free >= REOPEN_FREE_BYTES_MIN => {}
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell the free space of the data dir");
+                continue;
+            }
+        }
+        let (old, config) = (node.store(), node.store_config.clone());
+        let reopened = tokio::task::spawn_blocking(move || {
+            old.shutdown();
+            Store::open(config)
+        })
+        .await
+        .expect("opening a store does not panic");
+        match reopened {
+            Ok((store, recovery)) => {
+                let applied = recovery.last_metalog.as_ref().map_or(0, |e| e.position + 1);
+                *node.store.write().expect("store lock") = store;
+                node.applied.send_replace(applied);
+                // As after a restart: the subscription starts with the view in force at
+                // `applied`, so entries of older views are checked for holes in their view.
+                node.view.send_replace(None);
+                node.durable.send_modify(|n| *n += 1);
+                tracing::info!(
+                    records = recovery.records,
+                    applied,
+                    truncated = recovery.truncated_tail_bytes,
+                    "space returned: the store is open again; catching up"
+                );
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "opening the store again failed; retrying"),
+        }
+    }
+}
+
+/// The bytes an unprivileged writer may still use on the file system of `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: statvfs is plain old data; zeroes are a valid value that the call overwrites.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct to fill, both alive for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Both are u64 on 64-bit Linux; the aliases are narrower on some other targets.
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
 /// Makes sure every record `entry` orders on this node's shards is here, then stores it.
@@ -277,7 +367,7 @@ async fn apply(node: &Node, entry: MetalogEntry) -> anyhow::Result<()> {
         }
     }
     let next = entry.position + 1;
-    node.store.append_metalog(entry).await?;
+    node.store().append_metalog(entry).await?;
     node.applied.send_replace(next);
     Ok(())
 }
@@ -334,7 +424,7 @@ async fn repair(
             }
             let count = run.len();
             match node
-                .store
+                .store()
                 .append_records(shard, LocalId::new(entry.view, have), run)
                 .await
             {
@@ -349,7 +439,10 @@ async fn repair(
                     node.durable.send_modify(|n| *n += 1);
                 }
                 // A live batch from the gateway got there first; look again.
-                Err(e) => tracing::debug!(error = %e, "repair raced with replication"),
+                Err(e @ StoreError::BadArgument(_)) => {
+                    tracing::debug!(error = %e, "repair raced with replication")
+                }
+                Err(e) => return Err(e.into()),
             }
             break;
         }
@@ -441,7 +534,7 @@ impl Storage for Service {
         for seqnum in seqnums {
             let stored = self
                 .node
-                .store
+                .store()
                 .read(Seqnum(seqnum))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
@@ -483,7 +576,7 @@ impl Storage for Service {
     ) -> Result<Response<pb::StatusReply>, Status> {
         let node = &self.node;
         let shards: BTreeMap<String, serde_json::Value> = node
-            .store
+            .store()
             .progress()
             .into_iter()
             .map(|(shard, (view, durable))| {
@@ -493,7 +586,7 @@ impl Storage for Service {
                 )
             })
             .collect();
-        let stats = node.store.stats();
+        let stats = node.store().stats();
         let json = serde_json::json!({
             "role": "storage",
             "id": node.id.0,
@@ -553,7 +646,7 @@ async fn accept(
     // the same record whoever sends it, so a batch the store then refuses as a repeat or a gap
     // leaves nothing wrong in memory.
     node.remember(shard, first, &records);
-    match node.store.enqueue_records(shard, first, records).await {
+    match node.store().enqueue_records(shard, first, records).await {
         Ok(durable) => {
             let node = node.clone();
             Box::pin(async move {
