@@ -64,6 +64,11 @@ pub enum ApplyError {
     /// (or it names a shard twice or a shard the view lacks). Every member rejects it alike.
     #[error("entry at position {position} does not continue the committed metalog")]
     Inconsistent { position: u64 },
+    /// The entry does not pass `MetalogEntry::validate`: computing with it would overflow or
+    /// leave its view. No sequencer proposes one, so it came from a damaged or foreign log.
+    /// Every member rejects it alike, before looking at its position.
+    #[error("entry at position {position} is invalid: {reason}")]
+    Invalid { position: u64, reason: String },
 }
 
 /// Counters for operators; they never influence decisions.
@@ -265,10 +270,15 @@ impl SequencerEngine {
     /// committed metalog. Only the entry at `next_position` applies; any other position (a
     /// deposed leader's late proposal, a duplicate) is `Stale` and changes nothing. An entry at
     /// the right position whose seqnum or cut starts do not continue the committed state is
-    /// `Inconsistent` and changes nothing. Applying an entry retires the oldest entry in
+    /// `Inconsistent` and changes nothing. An entry that does not validate is `Invalid`, at
+    /// any position, and changes nothing. Applying an entry retires the oldest entry in
     /// flight if it is this one; if another entry took its position, every entry in flight
     /// continued a history that did not happen, and all are forgotten.
     pub fn apply_committed(&mut self, entry: &MetalogEntry) -> Result<(), ApplyError> {
+        entry.validate().map_err(|reason| ApplyError::Invalid {
+            position: entry.position,
+            reason,
+        })?;
         if entry.position != self.next_position {
             self.stats.commits_ignored += 1;
             return Err(ApplyError::Stale {
@@ -683,6 +693,28 @@ mod tests {
         );
         let next = seq.on_tick().expect("counter 1 is not ordered yet");
         assert_eq!((next.position, cuts(&next)), (1, vec![(0, 1, 1)]));
+    }
+
+    #[test]
+    fn an_entry_that_does_not_validate_is_invalid_and_changes_nothing() {
+        let mut seq = engine(&[(0, &[1])], 1);
+        seq.on_progress(progress(1, 0, 2));
+        let mine = seq.on_tick().expect("two records");
+        let past_the_view = MetalogEntry {
+            cuts: vec![ShardCut {
+                shard: ShardId(0),
+                start: 0,
+                delta: u64::MAX,
+            }],
+            ..mine.clone()
+        };
+        assert!(matches!(
+            seq.apply_committed(&past_the_view),
+            Err(ApplyError::Invalid { position: 0, .. })
+        ));
+        assert_eq!(seq.in_flight(), Some(&mine), "nothing changed");
+        assert_eq!(seq.apply_committed(&mine), Ok(()));
+        assert_eq!(seq.next_seqnum(), Seqnum::new(VIEW, 2));
     }
 
     #[test]

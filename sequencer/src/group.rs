@@ -102,6 +102,11 @@ pub enum Output {
     /// The next event (a metalog entry or a view) is committed. Every member emits every
     /// committed event exactly once, in order; `index` counts them from 0.
     Committed { index: u64, event: GroupEvent },
+    /// The committed Raft entry at `raft_index` was refused: its bytes are not a
+    /// `GroupEvent`, or its metalog entry does not validate. No member proposes such an
+    /// entry, so the runtime should report it as an error. Every member refuses it alike and
+    /// skips it without changing state, as it skips a stale entry.
+    Refused { raft_index: u64, reason: String },
 }
 
 /// Counters for operators; they never influence decisions.
@@ -119,6 +124,8 @@ pub struct GroupStats {
     pub entries_inconsistent: u64,
     /// Committed entries whose bytes are not a `GroupEvent`.
     pub entries_undecodable: u64,
+    /// Committed metalog entries that do not validate (`MetalogEntry::validate`).
+    pub entries_invalid: u64,
     /// Views proposed by this member as leader.
     pub views_proposed: u64,
     /// Committed views that did not follow the current one (a deposed leader's late proposal).
@@ -504,18 +511,36 @@ impl<S: RaftStore> GroupNode<S> {
     }
 
     /// Applies committed Raft entries, in log order. Empty entries (a new leader's) carry no
-    /// event; stale ones lost their place to an earlier entry.
+    /// event; stale ones lost their place to an earlier entry; undecodable and invalid ones
+    /// are refused. Whether an entry applies depends only on the entry and the events before
+    /// it, so every member makes the same decision.
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Vec<Output>) {
         for entry in entries {
             if entry.get_entry_type() != EntryType::EntryNormal || entry.get_data().is_empty() {
                 continue;
             }
-            let Ok(event) = serde_json::from_slice::<GroupEvent>(entry.get_data()) else {
-                self.stats.entries_undecodable += 1;
-                continue;
+            let event = match serde_json::from_slice::<GroupEvent>(entry.get_data()) {
+                Ok(event) => event,
+                Err(e) => {
+                    self.stats.entries_undecodable += 1;
+                    out.push(Output::Refused {
+                        raft_index: entry.index,
+                        reason: format!("not a group event: {e}"),
+                    });
+                    continue;
+                }
             };
             let applied = match &event {
-                GroupEvent::Metalog(metalog_entry) => self.apply_metalog(metalog_entry),
+                GroupEvent::Metalog(metalog_entry) => match self.apply_metalog(metalog_entry) {
+                    Ok(applied) => applied,
+                    Err(reason) => {
+                        out.push(Output::Refused {
+                            raft_index: entry.index,
+                            reason,
+                        });
+                        false
+                    }
+                },
                 GroupEvent::View(view) => self.apply_view(view),
             };
             if applied {
@@ -528,23 +553,34 @@ impl<S: RaftStore> GroupNode<S> {
         }
     }
 
-    fn apply_metalog(&mut self, entry: &logbook::wire::MetalogEntry) -> bool {
+    /// Applies a committed metalog entry: `Ok(true)` if it continued the metalog, `Ok(false)`
+    /// if it is skipped as stale or inconsistent (expected after leader changes), and `Err`
+    /// with the reason if it does not validate, which no leader proposes.
+    fn apply_metalog(&mut self, entry: &logbook::wire::MetalogEntry) -> Result<bool, String> {
+        if let Err(reason) = entry.validate() {
+            self.stats.entries_invalid += 1;
+            return Err(reason);
+        }
         let Some(engine) = &mut self.engine else {
             self.stats.entries_stale += 1;
-            return false;
+            return Ok(false);
         };
         match engine.apply_committed(entry) {
             Ok(()) => {
                 self.metalog_len += 1;
-                true
+                Ok(true)
             }
             Err(ApplyError::Stale { .. }) => {
                 self.stats.entries_stale += 1;
-                false
+                Ok(false)
             }
             Err(ApplyError::Inconsistent { .. }) => {
                 self.stats.entries_inconsistent += 1;
-                false
+                Ok(false)
+            }
+            Err(e @ ApplyError::Invalid { .. }) => {
+                self.stats.entries_invalid += 1;
+                Err(e.to_string())
             }
         }
     }

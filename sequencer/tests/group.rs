@@ -2,9 +2,12 @@
 //! three members, one shard with one storage replica, a FIFO network that drops messages
 //! from or to dead members, and seeds that choose election timeouts and which member dies.
 
-use logbook::wire::{GatewayMember, GroupEvent, MetalogEntry, NodeId, ShardId, ShardProgress};
+use logbook::wire::{
+    GatewayMember, GroupEvent, LocalId, MetalogEntry, NodeId, ShardCut, ShardId, ShardProgress,
+    View,
+};
 use logbook::{Seqnum, ViewId};
-use raft::prelude::{Message, MessageType};
+use raft::prelude::{ConfState, Entry, Message, MessageType};
 use raft::storage::MemStorage;
 use raft::Storage;
 use sequencer::group::{GroupConfig, GroupNode, Output};
@@ -28,6 +31,8 @@ struct Cluster<S: RaftStore = MemStorage> {
     network: VecDeque<(NodeId, NodeId, Message)>,
     /// Each member's `Output::Committed` entries, in emission order.
     committed: BTreeMap<NodeId, Vec<MetalogEntry>>,
+    /// The Raft index of each entry a member refused (`Output::Refused`), in emission order.
+    refused: BTreeMap<NodeId, Vec<u64>>,
     /// Records the storage replica holds durably; reported to live members.
     durable: u64,
 }
@@ -48,6 +53,37 @@ impl Cluster {
     fn new(election_ticks: [usize; 3]) -> Cluster {
         Cluster::with_nodes(election_ticks, |config| {
             GroupNode::new(config).expect("valid group config")
+        })
+    }
+}
+
+impl Cluster {
+    /// Members restarted on copies of one Raft log whose entries, from index 1, carry
+    /// `events` and are committed in term 1: what a leader of term 1 that committed them
+    /// leaves behind.
+    fn on_committed_log(election_ticks: [usize; 3], events: &[Vec<u8>]) -> Cluster {
+        Cluster::with_nodes(election_ticks, |config| {
+            let log = MemStorage::new_with_conf_state(ConfState::from((
+                MEMBERS.iter().map(|id| raft_id(*id)).collect::<Vec<_>>(),
+                vec![],
+            )));
+            let entries: Vec<Entry> = events
+                .iter()
+                .zip(1..)
+                .map(|(data, index)| Entry {
+                    term: 1,
+                    index,
+                    data: data.clone().into(),
+                    ..Default::default()
+                })
+                .collect();
+            let mut core = log.wl();
+            core.append(&entries).expect("entries follow the empty log");
+            core.mut_hard_state().term = 1;
+            core.commit_to(entries.len() as u64)
+                .expect("every entry is in the log");
+            drop(core);
+            GroupNode::restart(config, log).expect("valid group config")
         })
     }
 }
@@ -92,6 +128,7 @@ impl<S: RaftStore> Cluster<S> {
             alive: MEMBERS.into_iter().collect(),
             network: VecDeque::new(),
             committed: MEMBERS.iter().map(|id| (*id, Vec::new())).collect(),
+            refused: MEMBERS.iter().map(|id| (*id, Vec::new())).collect(),
             durable: 0,
         }
     }
@@ -112,6 +149,11 @@ impl<S: RaftStore> Cluster<S> {
                     event: GroupEvent::View(view),
                     ..
                 } => assert_eq!(view.id, VIEW, "the gateway never leaves, so one view"),
+                Output::Refused { raft_index, .. } => self
+                    .refused
+                    .get_mut(&from)
+                    .expect("members only")
+                    .push(raft_index),
             }
         }
     }
@@ -351,6 +393,74 @@ fn a_proposal_in_flight_when_the_leader_dies_commits_at_most_once() {
         cluster.nodes[&old].engine().and_then(|e| e.in_flight()),
         None
     );
+}
+
+#[test]
+fn a_committed_metalog_entry_that_does_not_validate_is_skipped_by_every_member() {
+    let gateway = GatewayMember {
+        incarnation: 1,
+        http_addr: "gateway".into(),
+    };
+    // The view the leader would propose itself, so that it proposes no other.
+    let view = View {
+        id: VIEW,
+        start_position: 0,
+        write_quorum: 1,
+        shards: BTreeMap::from([(SHARD, vec![STORAGE])]),
+        gateways: BTreeMap::from([(GATEWAY, gateway)]),
+        storage: BTreeMap::from([(STORAGE, "storage".to_string())]),
+    };
+    // Entries at the next position that start where the metalog ends, so only validation
+    // tells them apart from a good one.
+    let cut = |position: u64, delta: u64| MetalogEntry {
+        position,
+        view: VIEW,
+        start_seqnum: Seqnum::new(VIEW, 0),
+        cuts: vec![ShardCut {
+            shard: SHARD,
+            start: 0,
+            delta,
+        }],
+    };
+    let invalid = [
+        // Past a view's local counters: its seqnums would run into the next view's.
+        cut(0, LocalId::COUNTER_END + 1),
+        // Its end seqnum overflows a u64.
+        cut(0, u64::MAX),
+        // At a later position, so it would be stale; refused all the same.
+        cut(7, u64::MAX),
+    ];
+    for entry in &invalid {
+        assert!(entry.validate().is_err(), "{entry:?}");
+    }
+    let good = cut(0, 2);
+    let events: Vec<Vec<u8>> = std::iter::once(GroupEvent::View(view))
+        .chain(invalid.iter().cloned().map(GroupEvent::Metalog))
+        .chain([GroupEvent::Metalog(good.clone())])
+        .map(|event| serde_json::to_vec(&event).expect("events serialize"))
+        .collect();
+
+    let mut cluster = Cluster::on_committed_log([10, 13, 16], &events);
+    cluster.append(2);
+    cluster.elect(); // checks after every tick that members agree on the metalog
+    for id in MEMBERS {
+        assert_eq!(cluster.committed[&id], vec![good.clone()], "member {id:?}");
+        assert_eq!(cluster.refused[&id], vec![2, 3, 4], "member {id:?}");
+        let node = &cluster.nodes[&id];
+        assert_eq!(node.stats().entries_invalid, 3, "member {id:?}");
+        assert_eq!((node.events_len(), node.metalog_len()), (2, 1));
+    }
+
+    // The group goes on from the good entry, as if the refused ones were never there.
+    cluster.append(3);
+    cluster.run_until(20, Cluster::all_alive_ordered_everything);
+    for id in MEMBERS {
+        let cuts: Vec<(u64, u64, u64)> = cluster.committed[&id]
+            .iter()
+            .map(|e| (e.position, e.cuts[0].start, e.cuts[0].delta))
+            .collect();
+        assert_eq!(cuts, vec![(0, 0, 2), (1, 2, 3)], "member {id:?}");
+    }
 }
 
 /// A small deterministic generator (SplitMix64) so seeds replay exactly.

@@ -61,6 +61,9 @@ impl Group {
                     assert_eq!(index, events.len() as u64, "indexes count events");
                     events.push(event);
                 }
+                Output::Refused { raft_index, reason } => {
+                    panic!("member {from:?} refused Raft entry {raft_index}: {reason}")
+                }
             }
         }
     }

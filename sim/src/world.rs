@@ -838,6 +838,16 @@ impl World {
                         self.send(id, gateway, Payload::Events(index, vec![event.clone()]));
                     }
                 }
+                Output::Refused { raft_index, reason } => {
+                    // The members only propose entries that validate.
+                    return Err((
+                        "members refuse no committed entry",
+                        format!(
+                            "sequencer {} refused Raft entry {raft_index}: {reason}",
+                            id.0
+                        ),
+                    ));
+                }
             }
         }
         Ok(())

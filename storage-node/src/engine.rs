@@ -66,6 +66,10 @@ pub enum Stall {
     Lost { shard: ShardId, have: u64 },
     /// The entry is being stored.
     Storing,
+    /// The entry is of another view than the newest this node took: the node cannot tell
+    /// which of its shards the entry orders, so it waits (a subscription always starts with
+    /// the view in force, so only a bug gets here).
+    OtherView { entry: ViewId },
 }
 
 /// A run of a shard's newest records (index data only), consecutive from `first`.
@@ -371,6 +375,13 @@ impl StorageEngine {
         self.holes(entry).into_iter().next()
     }
 
+    /// Whether the entry at `position` is the one being stored (a command from before the
+    /// engine was replaced is not).
+    pub fn is_storing(&self, position: u64) -> bool {
+        self.storing
+            && matches!(self.queue.front(), Some(GroupEvent::Metalog(e)) if e.position == position)
+    }
+
     /// Whether a read that needs the metalog up to `min_position` can be served here.
     pub fn can_serve(&self, min_position: u64) -> bool {
         self.applied >= min_position
@@ -418,7 +429,12 @@ impl StorageEngine {
                             }
                         }
                         // Nothing to do but wait: for a sync, or (`Lost`) for an operator.
-                        Some(Stall::Lost { .. } | Stall::Syncing { .. } | Stall::Storing) => {}
+                        Some(
+                            Stall::Lost { .. }
+                            | Stall::Syncing { .. }
+                            | Stall::Storing
+                            | Stall::OtherView { .. },
+                        ) => {}
                     }
                     break;
                 }
@@ -430,7 +446,7 @@ impl StorageEngine {
     /// What `entry` orders on this node's shards that is not durable here, shard by shard.
     fn holes(&self, entry: &MetalogEntry) -> Vec<Stall> {
         let Some(view) = self.view.as_ref().filter(|v| v.id == entry.view) else {
-            return Vec::new();
+            return vec![Stall::OtherView { entry: entry.view }];
         };
         entry
             .cuts

@@ -4,10 +4,12 @@
 //! its pending appends; index data for other shards' records comes from storage), follows
 //! view changes, and serves the HTTP API.
 //!
-//! It joins the cluster by heartbeats to the sequencer leader, which puts it into the next
+//! It joins the cluster by heartbeats to the sequencers, whose leader puts it into the next
 //! view. It serves HTTP only once it is in a view and has applied the metalog up to it.
 
-use super::{channel, fetch, fetch_range, GatewayOptions, SequencerClients, FETCH_RECORDS_MAX};
+use super::{
+    channel, fetch, fetch_range, GatewayOptions, SequencerClients, FETCH_RECORDS_MAX, HEDGE_DELAY,
+};
 use anyhow::Context;
 use async_trait::async_trait;
 use gateway::engine::EngineConfig;
@@ -85,6 +87,8 @@ struct ClusterShard {
     replicas: Mutex<BTreeMap<(ViewId, NodeId), Replica>>,
     /// The metalog position the gateway applied up to (exclusive), for reads.
     applied: watch::Receiver<u64>,
+    /// For each shard, the replica that last answered for its index data.
+    index_sources: Mutex<BTreeMap<ShardId, NodeId>>,
 }
 
 impl ClusterShard {
@@ -376,6 +380,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         views: views_rx,
         replicas: Mutex::new(BTreeMap::new()),
         applied: applied_rx,
+        index_sources: Mutex::new(BTreeMap::new()),
     });
     let metrics = Metrics::new();
     let log = GatewayLog::start(
@@ -448,42 +453,52 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tells every sequencer, each on its own schedule, that this gateway is alive: the leader
+/// puts it into the view, and a member elected later has heard from it lately, even if the
+/// old leader stopped without closing its connections (a call to it then hangs for the
+/// whole RPC timeout, which must not hold up the heartbeats to the others).
 async fn heartbeats(
     sequencers: Arc<SequencerClients>,
     member: pb::GatewayMember,
     log: Arc<GatewayLog>,
 ) {
-    let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
-    loop {
-        interval.tick().await;
-        let heartbeat = pb::GatewayHeartbeat {
-            member: Some(member.clone()),
-            applied: log.metalog_position(),
-        };
-        for (_, mut client) in sequencers.candidates() {
-            let Ok(hint) = super::unary(client.heartbeat(heartbeat.clone())).await else {
-                continue;
-            };
-            sequencers.note_leader(hint.leader_plus_one);
-            if hint.is_leader {
-                break;
+    for (id, mut client) in sequencers.members() {
+        let (sequencers, member, log) = (sequencers.clone(), member.clone(), log.clone());
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let heartbeat = pb::GatewayHeartbeat {
+                    member: Some(member.clone()),
+                    applied: log.metalog_position(),
+                };
+                if let Ok(hint) = super::unary(client.heartbeat(heartbeat)).await {
+                    if hint.is_leader {
+                        sequencers.note_leader_is(id);
+                    }
+                }
             }
-        }
+        });
     }
 }
 
 /// Most events taken from the stream and applied together.
 const EVENT_BATCH_MAX: usize = 512;
 
-/// Applies committed events in order, resubscribing after any break.
+/// Applies committed events in order, resubscribing after any break, and when another member
+/// says it leads (the stream of a stopped leader is silent rather than broken).
 async fn event_loop(mut follower: Follower, sequencers: Arc<SequencerClients>) {
     loop {
-        let mut stream = sequencers.subscribe(follower.log.metalog_position()).await;
+        let (leader, mut stream) = sequencers.subscribe(follower.log.metalog_position()).await;
         'stream: loop {
             // Everything the stream holds already, up to a batch: metalog entries in a row
             // fetch their index data together.
             let mut events = Vec::new();
-            let mut next = stream.message().await;
+            let mut next = tokio::select! {
+                next = stream.message() => next,
+                () = sequencers.leader_moved_from(leader) => break 'stream,
+            };
             loop {
                 match next {
                     Ok(Some(event)) => events.push(event),
@@ -719,6 +734,7 @@ async fn recent_index_of(shard: &ClusterShard, entries: &[&MetalogEntry]) -> Vec
             let view = views.get(&view_id)?.clone();
             Some(async move {
                 let records = recent_index(
+                    shard,
                     &view,
                     cut_shard,
                     LocalId::new(view_id, start),
@@ -740,19 +756,26 @@ async fn recent_index_of(shard: &ClusterShard, entries: &[&MetalogEntry]) -> Vec
 }
 
 /// The index data of `count` records of `cut_shard` from `first`, from the memory of one of
-/// its replicas that holds them all (else none).
+/// its replicas that holds them all (else none). The replica that answered last for the shard
+/// is asked first, and one that does not answer soon does not hold up the others.
 async fn recent_index(
+    shard: &ClusterShard,
     view: &View,
     cut_shard: ShardId,
     first: LocalId,
     count: usize,
 ) -> Vec<pb::LogRecord> {
-    let replicas = view.shards.get(&cut_shard).cloned().unwrap_or_default();
-    for node in replicas {
-        let Some(addr) = view.storage.get(&node) else {
-            continue;
-        };
-        let Ok(channel) = channel(addr) else { continue };
+    let mut replicas = view.shards.get(&cut_shard).cloned().unwrap_or_default();
+    let answered_last = shard
+        .index_sources
+        .lock()
+        .expect("index sources lock")
+        .get(&cut_shard)
+        .copied();
+    replicas.sort_by_key(|node| Some(*node) != answered_last);
+    let ask = |node: NodeId| async move {
+        let addr = view.storage.get(&node)?;
+        let channel = channel(addr).ok()?;
         let mut client = StorageClient::new(channel).max_decoding_message_size(64 << 20);
         let mut records = Vec::with_capacity(count);
         while records.len() < count {
@@ -766,11 +789,19 @@ async fn recent_index(
                 _ => break,
             }
         }
-        if records.len() == count {
-            return records;
+        (records.len() == count).then_some(records)
+    };
+    match super::first_answer(replicas.clone(), HEDGE_DELAY, ask).await {
+        Some((position, records)) => {
+            shard
+                .index_sources
+                .lock()
+                .expect("index sources lock")
+                .insert(cut_shard, replicas[position]);
+            records
         }
+        None => Vec::new(),
     }
-    Vec::new()
 }
 
 /// Fetches index data by seqnum from storage nodes that applied `entry`, until it applies.

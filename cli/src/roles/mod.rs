@@ -128,14 +128,58 @@ pub async fn unary<T>(
     }
 }
 
-/// The sequencer group as a client sees it: one channel per member and the leader last
-/// heard of, tried first.
+/// How long one node may leave a call unanswered before `first_answer` asks the next one too.
+/// Far above a loopback or LAN call's latency, far below `RPC_TIMEOUT`.
+pub const HEDGE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Asks `nodes` in order until one answers (`Some`), waiting on the calls in flight for at
+/// most `hedge` before asking the next node as well, and at once after a failure: a node that
+/// stopped without closing its connections holds a call for the whole `RPC_TIMEOUT`. Returns
+/// the first answer and the position in `nodes` of the node that gave it; `None` once every
+/// node failed.
+pub async fn first_answer<N, T, F>(
+    nodes: Vec<N>,
+    hedge: std::time::Duration,
+    ask: impl Fn(N) -> F,
+) -> Option<(usize, T)>
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    use futures::{FutureExt as _, StreamExt as _};
+    let mut waiting = nodes.into_iter().enumerate();
+    let ask_next = |(position, node)| ask(node).map(move |answer| (position, answer));
+    let mut asked = futures::stream::FuturesUnordered::new();
+    loop {
+        if asked.is_empty() {
+            asked.push(ask_next(waiting.next()?));
+        }
+        let more = waiting.len() > 0;
+        tokio::select! {
+            answered = asked.next() => {
+                if let Some((position, Some(answer))) = answered {
+                    return Some((position, answer));
+                }
+            }
+            () = tokio::time::sleep(hedge), if more => {
+                asked.push(ask_next(waiting.next().expect("checked that a node is left")));
+            }
+        }
+    }
+}
+
+/// The sequencer group as a client sees it: one channel per member and the member that
+/// last said it leads.
+///
+/// A member that stops answering without closing its connections (a stopped or hung process)
+/// costs a call the whole `RPC_TIMEOUT`, so nothing waits on one member before asking the
+/// next: subscriptions are opened at every member at once, and gateways heartbeat every
+/// member on its own schedule.
 pub struct SequencerClients {
     clients: BTreeMap<
         NodeId,
         logbook::rpc::pb::sequencer_client::SequencerClient<tonic::transport::Channel>,
     >,
-    leader: std::sync::Mutex<Option<NodeId>>,
+    leader: tokio::sync::watch::Sender<Option<NodeId>>,
 }
 
 impl SequencerClients {
@@ -151,54 +195,71 @@ impl SequencerClients {
             .collect::<anyhow::Result<_>>()?;
         Ok(SequencerClients {
             clients,
-            leader: std::sync::Mutex::new(None),
+            leader: tokio::sync::watch::channel(None).0,
         })
     }
 
-    /// The members in the order to try: the known leader first.
-    pub fn candidates(
+    /// Every member and a client of it.
+    pub fn members(
         &self,
     ) -> Vec<(
         NodeId,
         logbook::rpc::pb::sequencer_client::SequencerClient<tonic::transport::Channel>,
     )> {
-        let leader = *self.leader.lock().expect("leader lock");
-        let mut all: Vec<_> = self
-            .clients
+        self.clients
             .iter()
             .map(|(id, c)| (*id, c.clone()))
-            .collect();
-        all.sort_by_key(|(id, _)| Some(*id) != leader);
-        all
+            .collect()
     }
 
-    /// Remembers the leader a reply named (`leader_plus_one`, 0 for unknown).
-    pub fn note_leader(&self, leader_plus_one: u32) {
-        if let Some(id) = leader_plus_one.checked_sub(1) {
-            *self.leader.lock().expect("leader lock") = Some(NodeId(id));
-        }
-    }
-
-    /// The leader last heard of.
+    /// The member that last said it leads.
     pub fn leader(&self) -> Option<NodeId> {
-        *self.leader.lock().expect("leader lock")
+        *self.leader.borrow()
     }
 
+    /// Member `id` said it leads: it answered a heartbeat as leader or took a subscription.
     pub fn note_leader_is(&self, id: NodeId) {
-        *self.leader.lock().expect("leader lock") = Some(id);
+        self.leader.send_if_modified(|known| {
+            let changed = *known != Some(id);
+            *known = Some(id);
+            changed
+        });
     }
 
-    /// Subscribes to committed events from metalog position `from` at the leader, trying
-    /// every member until one serves (waiting between rounds).
-    pub async fn subscribe(&self, from: u64) -> tonic::Streaming<logbook::rpc::pb::Event> {
+    /// Resolves once a member other than `id` has said it leads: a subscription at `id` may
+    /// be silent because `id` stopped, and should move.
+    pub async fn leader_moved_from(&self, id: NodeId) {
+        // The sender lives in `self`, so the wait ends only when the leader moves.
+        let _ = self
+            .leader
+            .subscribe()
+            .wait_for(|known| known.is_some_and(|l| l != id))
+            .await;
+    }
+
+    /// Subscribes to committed events from metalog position `from` at the leader: asks every
+    /// member at once and takes the first stream one opens (only the leader serves one),
+    /// asking again after a pause until one does. Returns the member and its stream.
+    pub async fn subscribe(
+        &self,
+        from: u64,
+    ) -> (NodeId, tonic::Streaming<logbook::rpc::pb::Event>) {
+        use futures::StreamExt as _;
         loop {
-            for (id, mut client) in self.candidates() {
-                let request = logbook::rpc::pb::SubscribeRequest {
-                    from_position: from,
-                };
-                if let Ok(stream) = unary(client.subscribe(request)).await {
+            let mut attempts: futures::stream::FuturesUnordered<_> = self
+                .members()
+                .into_iter()
+                .map(|(id, mut client)| async move {
+                    let request = logbook::rpc::pb::SubscribeRequest {
+                        from_position: from,
+                    };
+                    (id, unary(client.subscribe(request)).await)
+                })
+                .collect();
+            while let Some((id, opened)) = attempts.next().await {
+                if let Ok(stream) = opened {
                     self.note_leader_is(id);
-                    return stream;
+                    return (id, stream);
                 }
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -249,4 +310,66 @@ pub async fn fetch_range(
         at = upto;
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// How each node answers in a `first_answer` case.
+    #[derive(Clone, Copy)]
+    enum Node {
+        Answers(u32),
+        Fails,
+        Hangs,
+    }
+
+    /// Runs `first_answer` over `nodes`; returns its result and the nodes it asked, in order.
+    async fn check(nodes: &[Node]) -> (Option<(usize, u32)>, Vec<usize>) {
+        let asked = Mutex::new(Vec::new());
+        let answer = first_answer(
+            nodes.iter().copied().enumerate().collect(),
+            Duration::from_millis(20),
+            |(i, node)| {
+                asked.lock().unwrap().push(i);
+                async move {
+                    match node {
+                        Node::Answers(value) => Some(value),
+                        Node::Fails => None,
+                        Node::Hangs => std::future::pending().await,
+                    }
+                }
+            },
+        );
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("first_answer never waits on a node that hangs");
+        (answer, asked.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_first_node_that_answers_is_the_only_one_asked() {
+        let (answer, asked) = check(&[Node::Answers(7), Node::Answers(8)]).await;
+        assert_eq!((answer, asked), (Some((0, 7)), vec![0]));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_fails_hands_over_to_the_next() {
+        let (answer, asked) = check(&[Node::Fails, Node::Fails, Node::Answers(8)]).await;
+        assert_eq!((answer, asked), (Some((2, 8)), vec![0, 1, 2]));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_hangs_does_not_hold_up_the_next() {
+        let (answer, asked) = check(&[Node::Hangs, Node::Hangs, Node::Answers(8)]).await;
+        assert_eq!((answer, asked), (Some((2, 8)), vec![0, 1, 2]));
+    }
+
+    #[tokio::test]
+    async fn no_answer_once_every_node_failed() {
+        assert_eq!(check(&[Node::Fails, Node::Fails]).await, (None, vec![0, 1]));
+        assert_eq!(check(&[]).await, (None, vec![]));
+    }
 }

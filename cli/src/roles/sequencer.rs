@@ -266,6 +266,11 @@ impl Driver {
                     }
                     committed.push(wire);
                 }
+                Output::Refused { raft_index, reason } => {
+                    // Every member skips it alike, so the group stays in step; but no leader
+                    // proposes such an entry, so the Raft log is damaged or foreign.
+                    tracing::error!(raft_index, %reason, "refused a committed Raft entry");
+                }
             }
         }
         self.track_proposals(now);

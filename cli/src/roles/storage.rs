@@ -3,7 +3,8 @@
 //! every sequencer, and applies the committed metalog from the sequencer leader. Before it
 //! applies an entry it makes sure it holds every record the entry orders on its shards,
 //! fetching the ones it missed (while it was down or slow) from a peer replica; so a node
-//! that restarts recovers from its files and catches up.
+//! that restarts recovers from its files and catches up. A full disk stops its store; once
+//! space returns it opens the store again the same way, without a restart.
 
 use super::{channel, fetch_range, SequencerClients, StorageOptions, FETCH_RECORDS_MAX};
 use anyhow::Context;
@@ -18,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use storage_node::engine::{Accept, Command, Stall, StorageEngine};
-use storage_node::{Store, StoreConfig};
+use storage_node::{Store, StoreConfig, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -40,7 +41,15 @@ const BACKLOG_MAX: usize = 64;
 /// order the engine took them.
 struct Node {
     id: NodeId,
-    store: Store,
+    /// Replaced by a store opened again once space returns after the disk filled up (see
+    /// `reopen_when_space_returns`); take a clone with `store()`.
+    store: std::sync::RwLock<Store>,
+    /// How the store was opened, to open it again.
+    store_config: StoreConfig,
+    /// Set while the disk is full and the node waits for space to open its store again.
+    reopening: std::sync::atomic::AtomicBool,
+    /// Bumped when the store is opened again: the feed subscribes again from what it holds.
+    generation: watch::Sender<u64>,
     engine: tokio::sync::Mutex<StorageEngine>,
     /// Bumped on every change of the engine's state: wakes reporters and waiting calls.
     changed: watch::Sender<u64>,
@@ -54,6 +63,27 @@ enum Work {
 }
 
 impl Node {
+    /// The store in use now.
+    fn store(&self) -> Store {
+        self.store.read().expect("store lock").clone()
+    }
+
+    /// A store operation failed. On a full disk the store refuses every write from then on:
+    /// the node says so once and opens its store again when space returns.
+    fn on_store_error(self: &Arc<Self>, error: &StoreError) {
+        use std::sync::atomic::Ordering;
+        if !error.is_no_space() || self.reopening.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::error!(
+            error = %error,
+            free_bytes_min = REOPEN_FREE_BYTES_MIN,
+            "the disk is full: this node stores no records and no metalog until space \
+             returns, then opens its store again and catches up"
+        );
+        tokio::spawn(reopen_when_space_returns(self.clone()));
+    }
+
     fn bump(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -70,7 +100,7 @@ impl Node {
                     records,
                 } => {
                     let count = records.len() as u64;
-                    let queued = self.store.enqueue_records(shard, first, records).await;
+                    let queued = self.store().enqueue_records(shard, first, records).await;
                     let node = self.clone();
                     tokio::spawn(async move {
                         let durable = match queued {
@@ -91,6 +121,7 @@ impl Node {
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "writing repaired records failed");
+                                node.on_store_error(&e);
                                 engine.on_write_failed(shard, first);
                                 drop(engine);
                                 node.retry_after(Duration::from_millis(500));
@@ -167,7 +198,7 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     // The sequencers' Raft log is where the metalog is durable; this node's copy is synced
     // with its records, and refetched from the leader after a crash.
     config.sync_metalog = false;
-    let (store, recovery) = Store::open(config)
+    let (store, recovery) = Store::open(config.clone())
         .with_context(|| format!("opening the store in {}", options.data_dir.display()))?;
     let applied = recovery.last_metalog.as_ref().map_or(0, |e| e.position + 1);
     tracing::info!(
@@ -180,7 +211,10 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     let (work, work_rx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         id: options.id,
-        store,
+        store: std::sync::RwLock::new(store),
+        store_config: config,
+        reopening: Default::default(),
+        generation: watch::channel(0).0,
         engine: tokio::sync::Mutex::new(engine),
         changed: watch::channel(0).0,
         work,
@@ -246,14 +280,21 @@ async fn report_progress(
 /// Feeds the committed events from the sequencer leader to the engine, in order, for as long
 /// as the node runs, resubscribing from the next position after any break.
 async fn apply_loop(node: Arc<Node>, sequencers: Arc<SequencerClients>) {
+    let mut generation = node.generation.subscribe();
     loop {
+        generation.mark_unchanged();
         let next = node.engine.lock().await.next_position();
-        let mut stream = sequencers.subscribe(next).await;
+        let (_, mut stream) = sequencers.subscribe(next).await;
         loop {
             // The engine applies an entry once its records are here: take no more meanwhile.
             node.wait_for(Duration::MAX, |engine| engine.backlog() < BACKLOG_MAX)
                 .await;
-            let event = match stream.message().await {
+            let event = tokio::select! {
+                event = stream.message() => event,
+                // The store was opened again: start over from what it holds.
+                _ = generation.changed() => break,
+            };
+            let event = match event {
                 Ok(Some(event)) => event,
                 Ok(None) | Err(_) => break,
             };
@@ -266,12 +307,18 @@ async fn apply_loop(node: Arc<Node>, sequencers: Arc<SequencerClients>) {
             };
             let mut engine = node.engine.lock().await;
             let commands = engine.on_event(event);
-            if let Some(Stall::Lost { shard, have }) = engine.stall() {
-                tracing::error!(
+            match engine.stall() {
+                Some(Stall::Lost { shard, have }) => tracing::error!(
                     shard = shard.0,
                     have,
                     "records an earlier metalog entry ordered are missing here; nothing can repair them"
-                );
+                ),
+                Some(Stall::OtherView { entry }) => tracing::error!(
+                    entry_view = entry.0,
+                    view = ?engine.view_id(),
+                    "a metalog entry of another view than the one applied: waiting"
+                ),
+                _ => {}
             }
             if let Some(Command::Resubscribe { from }) = commands
                 .iter()
@@ -302,7 +349,15 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>) {
         match command {
             Command::StoreMetalog(entry) => {
                 let position = entry.position;
-                let stored = node.store.append_metalog(entry).await;
+                let stored = {
+                    let engine = node.engine.lock().await;
+                    if !engine.is_storing(position) {
+                        // Made by an engine the reopened store replaced.
+                        continue;
+                    }
+                    node.store().append_metalog(entry)
+                };
+                let stored = stored.await;
                 let mut engine = node.engine.lock().await;
                 match stored {
                     Ok(()) => {
@@ -310,7 +365,10 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>) {
                         node.dispatch(commands);
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, position, "storing a metalog entry failed");
+                        if !e.is_no_space() {
+                            tracing::error!(error = %e, position, "storing a metalog entry failed");
+                        }
+                        node.on_store_error(&e);
                         engine.on_metalog_failed();
                         node.retry_after(Duration::from_millis(500));
                     }
@@ -361,6 +419,76 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>) {
             }
         }
     }
+}
+
+/// How much a data dir's file system must have free again before a store that stopped on a
+/// full disk is opened again.
+const REOPEN_FREE_BYTES_MIN: u64 = 4 << 20;
+/// How often a node whose disk is full looks for free space.
+const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// After a write failed on a full disk the store refuses every write for good (only recovery
+/// knows what the files hold after a failed write), while the node goes on serving what it
+/// holds. Waits until the data dir has `REOPEN_FREE_BYTES_MIN` free, then shuts the store down
+/// and opens it again from its files, with a new engine, as a restart would; the feed
+/// subscribes again from what it recovered and the engine repairs what it missed from its
+/// peers. Only a full disk is treated so: after other IO errors (EIO from a failing device)
+/// the files need an operator's look.
+async fn reopen_when_space_returns(node: Arc<Node>) {
+    loop {
+        tokio::time::sleep(SPACE_CHECK_INTERVAL).await;
+        match free_bytes(&node.store_config.data_dir) {
+            Ok(free) if free >= REOPEN_FREE_BYTES_MIN => {}
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell the free space of the data dir");
+                continue;
+            }
+        }
+        // Nothing writes while the engine is held: the old store's last writes have failed
+        // or finished before the new one opens.
+        let mut engine = node.engine.lock().await;
+        let (old, config) = (node.store(), node.store_config.clone());
+        let reopened = tokio::task::spawn_blocking(move || {
+            old.shutdown();
+            Store::open(config)
+        })
+        .await
+        .expect("opening a store does not panic");
+        match reopened {
+            Ok((store, recovery)) => {
+                let applied = recovery.last_metalog.as_ref().map_or(0, |e| e.position + 1);
+                *engine = StorageEngine::new(node.id, store.progress(), applied);
+                *node.store.write().expect("store lock") = store;
+                node.reopening
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                node.generation.send_modify(|g| *g += 1);
+                node.bump();
+                tracing::info!(
+                    records = recovery.records,
+                    applied,
+                    truncated = recovery.truncated_tail_bytes,
+                    "space returned: the store is open again; catching up"
+                );
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "opening the store again failed; retrying"),
+        }
+    }
+}
+
+/// The bytes an unprivileged writer may still use on the file system of `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: statvfs is plain old data; zeroes are a valid value that the call overwrites.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct to fill, both alive for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Both are u64 on 64-bit Linux; the aliases are narrower on some other targets.
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
 struct Service {
@@ -438,7 +566,7 @@ impl Storage for Service {
         for seqnum in seqnums {
             let stored = self
                 .node
-                .store
+                .store()
                 .read(Seqnum(seqnum))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
@@ -498,7 +626,7 @@ impl Storage for Service {
                 )
             })
             .collect();
-        let stats = node.store.stats();
+        let stats = node.store().stats();
         let json = serde_json::json!({
             "role": "storage",
             "id": node.id.0,
@@ -556,7 +684,7 @@ async fn accept(
         }
         Accept::Refused(reason) => return refuse(engine.durable_count(shard, view), reason),
     }
-    match node.store.enqueue_records(shard, first, records).await {
+    match node.store().enqueue_records(shard, first, records).await {
         Ok(durable) => {
             drop(engine);
             let node = node.clone();
@@ -574,6 +702,7 @@ async fn accept(
                         }
                     }
                     Err(e) => {
+                        node.on_store_error(&e);
                         engine.on_write_failed(shard, first);
                         pb::ReplicateAck {
                             view: u32::from(view.0),
@@ -585,6 +714,7 @@ async fn accept(
             })
         }
         Err(e) => {
+            node.on_store_error(&e);
             engine.on_write_failed(shard, first);
             refuse(engine.durable_count(shard, view), e.to_string())
         }
