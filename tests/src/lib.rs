@@ -270,6 +270,39 @@ impl Cluster {
         serde_json::from_str(&out).context("parsing tally cluster status --json")
     }
 
+    /// The leader's status (`status()`'s `leader`), once a leader answers (within a minute).
+    pub fn leader_status(&self) -> serde_json::Value {
+        let mut status = serde_json::Value::Null;
+        let found = wait_until(Duration::from_secs(60), || {
+            status = self
+                .status()
+                .map(|s| s["leader"].clone())
+                .unwrap_or(serde_json::Value::Null);
+            status.is_object()
+        });
+        assert!(found.is_ok(), "no sequencer leads");
+        status
+    }
+
+    /// Whether storage node `id`, per the leader now, has applied the metalog up to where
+    /// `target` (an earlier `leader_status`) was and holds every record ordered then (counts
+    /// are per view: compared only while the view is the one `target` saw).
+    pub fn storage_caught_up(&self, id: u32, target: &serde_json::Value) -> bool {
+        let now = self.leader_status();
+        let key = id.to_string();
+        let applied = now["storage_nodes"][&key]["applied"].as_u64();
+        if applied < target["metalog_position"].as_u64() {
+            return false;
+        }
+        if now["view"]["id"] != target["view"]["id"] {
+            return true;
+        }
+        let shards = target["shards"].as_object().cloned().unwrap_or_default();
+        shards.iter().all(|(shard, then)| {
+            now["shards"][shard]["durable"][&key].as_u64() >= then["ordered"].as_u64()
+        })
+    }
+
     /// The sequencer that answers as leader, if one does.
     pub fn leader(&self) -> Option<u32> {
         let status = self.status().ok()?;

@@ -9,7 +9,6 @@
 //!
 //! It needs root (mount) and says it skipped otherwise.
 
-use serde_json::Value;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -125,38 +124,6 @@ impl Drop for Load {
     }
 }
 
-/// The leader's status (`tally cluster status --json`'s `leader`), once a leader answers.
-fn leader_status(cluster: &Cluster) -> Value {
-    let mut status = Value::Null;
-    let found = wait_until(WAIT, || {
-        status = cluster
-            .status()
-            .map(|s| s["leader"].clone())
-            .unwrap_or(Value::Null);
-        status.is_object()
-    });
-    assert!(found.is_ok(), "no sequencer leads");
-    status
-}
-
-/// Whether storage node `id`, per the leader now, has applied the metalog up to where
-/// `target` (an earlier leader status) was and holds every record of its view ordered then.
-fn caught_up(cluster: &Cluster, id: u32, target: &Value) -> bool {
-    let now = leader_status(cluster);
-    let key = id.to_string();
-    let applied = now["storage_nodes"][&key]["applied"].as_u64();
-    if applied < target["metalog_position"].as_u64() {
-        return false;
-    }
-    if now["view"]["id"] != target["view"]["id"] {
-        return true;
-    }
-    let shards = target["shards"].as_object().cloned().unwrap_or_default();
-    shards.iter().all(|(shard, then)| {
-        now["shards"][shard]["durable"][&key].as_u64() >= then["ordered"].as_u64()
-    })
-}
-
 #[test]
 fn a_full_disk_on_one_storage_node_stalls_nothing_and_the_node_recovers_when_space_returns() {
     // SAFETY: geteuid has no preconditions.
@@ -215,12 +182,12 @@ fn a_full_disk_on_one_storage_node_stalls_nothing_and_the_node_recovers_when_spa
         );
 
         std::fs::remove_file(&filler).unwrap();
-        let target = leader_status(&cluster);
-        let recovered = wait_until(WAIT, || caught_up(&cluster, victim, &target));
+        let target = cluster.leader_status();
+        let recovered = wait_until(WAIT, || cluster.storage_caught_up(victim, &target));
         assert!(
             recovered.is_ok(),
             "storage {victim} did not recover: {}\n{}",
-            leader_status(&cluster),
+            cluster.leader_status(),
             log()
         );
         assert_eq!(count(REOPENED), round, "{}", log());

@@ -115,20 +115,6 @@ fn bench(gateway: &str, acks: &Path) -> Child {
         .expect("start the bench")
 }
 
-/// The leader's status (`tally cluster status --json`'s `leader`), once a leader answers.
-fn leader_status(cluster: &Cluster) -> Value {
-    let mut status = Value::Null;
-    let found = wait_until(WAIT, || {
-        status = cluster
-            .status()
-            .map(|s| s["leader"].clone())
-            .unwrap_or(Value::Null);
-        status.is_object()
-    });
-    assert!(found.is_ok(), "no sequencer leads");
-    status
-}
-
 /// A node's own status, as `tally cluster status --json` lists it (null if it did not answer).
 fn node_status(cluster: &Cluster, id: u32) -> Value {
     let Ok(status) = cluster.status() else {
@@ -146,7 +132,7 @@ fn node_status(cluster: &Cluster, id: u32) -> Value {
 
 /// Whether the current view (per the leader) lists gateway `id`.
 fn view_has_gateway(cluster: &Cluster, id: u32) -> bool {
-    !leader_status(cluster)["view"]["gateways"][id.to_string()].is_null()
+    !cluster.leader_status()["view"]["gateways"][id.to_string()].is_null()
 }
 
 /// A loaded cluster: 3 sequencers, 3 storage nodes, 2 gateways, and one `tally bench append`
@@ -242,7 +228,7 @@ impl Loaded {
 
     /// Waits until sequencer `id` has applied the metalog as far as the leader has now.
     fn sequencer_catches_up(&self, id: u32) {
-        let target = leader_status(&self.cluster)["metalog_position"]
+        let target = self.cluster.leader_status()["metalog_position"]
             .as_u64()
             .unwrap();
         let caught_up = wait_until(WAIT, || {
@@ -258,12 +244,12 @@ impl Loaded {
     /// Waits until storage node `id` has applied the metalog as far as the leader has now and
     /// holds every record ordered now (repaired from its peers where it missed them).
     fn storage_catches_up(&self, id: u32) {
-        let target = leader_status(&self.cluster);
-        let caught_up = wait_until(WAIT, || storage_caught_up(&self.cluster, id, &target));
+        let target = self.cluster.leader_status();
+        let caught_up = wait_until(WAIT, || self.cluster.storage_caught_up(id, &target));
         assert!(
             caught_up.is_ok(),
             "storage {id} did not catch up to {target}: {}",
-            leader_status(&self.cluster)
+            self.cluster.leader_status()
         );
     }
 }
@@ -277,25 +263,6 @@ impl Drop for Loaded {
     }
 }
 
-/// Whether storage node `id`, per the leader now, has applied the metalog up to where
-/// `target` (an earlier leader status) was and holds every record ordered then.
-fn storage_caught_up(cluster: &Cluster, id: u32, target: &Value) -> bool {
-    let now = leader_status(cluster);
-    let key = id.to_string();
-    let applied = now["storage_nodes"][&key]["applied"].as_u64();
-    if applied < target["metalog_position"].as_u64() {
-        return false;
-    }
-    // Counts are per view: compare them only within the view the target saw.
-    if now["view"]["id"] != target["view"]["id"] {
-        return true;
-    }
-    let shards = target["shards"].as_object().cloned().unwrap_or_default();
-    shards.iter().all(|(shard, then)| {
-        now["shards"][shard]["durable"][&key].as_u64() >= then["ordered"].as_u64()
-    })
-}
-
 /// How soon a gateway must ack `PROGRESS` appends while a storage node is stopped. Waiting
 /// out an RPC timeout (5 s) per batch of metalog entries it applies, it acked a few per second.
 const STORAGE_STOP_PROGRESS_MAX: Duration = Duration::from_secs(10);
@@ -306,7 +273,7 @@ fn a_gateway_keeps_up_while_the_replica_it_asks_first_for_index_data_is_stopped(
     let mut loaded = Loaded::start();
     // A gateway asks a shard's replicas for index data in the view's order: the first gateway
     // asks the first replica of the second gateway's shard first.
-    let view = &leader_status(&loaded.cluster)["view"];
+    let view = &loaded.cluster.leader_status()["view"];
     let other_shard = loaded.gateways[1].to_string();
     let first_replica = view["shards"][&other_shard][0].as_u64().unwrap() as u32;
     let stopped = Stopped::stop(&loaded.cluster, first_replica);
@@ -336,7 +303,7 @@ const LEADER_STOP_PAUSE_MAX: Duration = Duration::from_secs(5);
 fn a_stopped_sequencer_leader_is_replaced_within_seconds_and_no_gateway_leaves_the_view() {
     let _serial = one_at_a_time();
     let mut loaded = Loaded::start();
-    let before = leader_status(&loaded.cluster);
+    let before = loaded.cluster.leader_status();
     let leader = before["id"].as_u64().unwrap() as u32;
     let stopped = Stopped::stop(&loaded.cluster, leader);
     let paused = loaded.progress(None, RESUMED, &format!("after leader {leader} stopped"));
@@ -345,7 +312,7 @@ fn a_stopped_sequencer_leader_is_replaced_within_seconds_and_no_gateway_leaves_t
         "appends resumed {paused:?} after the leader stopped"
     );
     loaded.progress(None, PROGRESS, "under the new leader");
-    let after = leader_status(&loaded.cluster);
+    let after = loaded.cluster.leader_status();
     assert_ne!(after["id"], before["id"], "a new leader");
     // The gateways heartbeat every member, so the new leader has heard from them lately.
     assert_eq!(
@@ -400,7 +367,7 @@ fn appends_go_on_while_a_minority_is_stopped_and_nothing_acknowledged_is_lost() 
             let victim = match victims.get(step) {
                 Some(victim) => *victim,
                 // No sequencer was leading when it was stopped: stop the one that leads now.
-                None => Victim::Sequencer(leader_status(cluster)["id"].as_u64().unwrap() as u32),
+                None => Victim::Sequencer(cluster.leader_status()["id"].as_u64().unwrap() as u32),
             };
             step += 1;
             // How long it stays stopped, in acknowledged appends.
@@ -408,7 +375,7 @@ fn appends_go_on_while_a_minority_is_stopped_and_nothing_acknowledged_is_lost() 
             let what = format!("round {round}, {victim:?}");
             match victim {
                 Victim::Sequencer(id) => {
-                    let was_leader = leader_status(cluster)["id"].as_u64() == Some(id.into());
+                    let was_leader = cluster.leader_status()["id"].as_u64() == Some(id.into());
                     leader_hit |= was_leader;
                     leaders_stopped += usize::from(was_leader);
                     eprintln!("{what}: stop (leader: {was_leader})");
