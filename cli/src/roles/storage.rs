@@ -42,8 +42,9 @@ const BACKLOG_MAX: usize = 64;
 struct Node {
     id: NodeId,
     /// Replaced by a store opened again once space returns after the disk filled up (see
-    /// `reopen_when_space_returns`); take a clone with `store()`.
-    store: std::sync::RwLock<Store>,
+    /// `reopen_when_space_returns`), with the generation it was opened in; take a clone with
+    /// `store()`.
+    store: std::sync::RwLock<(Store, u64)>,
     /// How the store was opened, to open it again.
     store_config: StoreConfig,
     /// Set while the disk is full and the node waits for space to open its store again.
@@ -65,14 +66,23 @@ enum Work {
 impl Node {
     /// The store in use now.
     fn store(&self) -> Store {
+        self.store.read().expect("store lock").0.clone()
+    }
+
+    /// The store in use now, and its generation (to say which store an error came from).
+    fn store_and_generation(&self) -> (Store, u64) {
         self.store.read().expect("store lock").clone()
     }
 
-    /// A store operation failed. On a full disk the store refuses every write from then on:
-    /// the node says so once and opens its store again when space returns.
-    fn on_store_error(self: &Arc<Self>, error: &StoreError) {
+    /// An operation on the store of `generation` failed. On a full disk the store refuses
+    /// every write from then on: the node says so once and opens its store again when space
+    /// returns. Errors of a store already replaced are old news.
+    fn on_store_error(self: &Arc<Self>, error: &StoreError, generation: u64) {
         use std::sync::atomic::Ordering;
-        if !error.is_no_space() || self.reopening.swap(true, Ordering::SeqCst) {
+        if !error.is_no_space() || generation != self.store_and_generation().1 {
+            return;
+        }
+        if self.reopening.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::error!(
@@ -100,7 +110,8 @@ impl Node {
                     records,
                 } => {
                     let count = records.len() as u64;
-                    let queued = self.store().enqueue_records(shard, first, records).await;
+                    let (store, generation) = self.store_and_generation();
+                    let queued = store.enqueue_records(shard, first, records).await;
                     let node = self.clone();
                     tokio::spawn(async move {
                         let durable = match queued {
@@ -121,7 +132,7 @@ impl Node {
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "writing repaired records failed");
-                                node.on_store_error(&e);
+                                node.on_store_error(&e, generation);
                                 engine.on_write_failed(shard, first);
                                 drop(engine);
                                 node.retry_after(Duration::from_millis(500));
@@ -211,7 +222,7 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     let (work, work_rx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         id: options.id,
-        store: std::sync::RwLock::new(store),
+        store: std::sync::RwLock::new((store, 0)),
         store_config: config,
         reopening: Default::default(),
         generation: watch::channel(0).0,
@@ -355,8 +366,10 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>) {
                         // Made by an engine the reopened store replaced.
                         continue;
                     }
-                    node.store().append_metalog(entry)
+                    let (store, generation) = node.store_and_generation();
+                    (store.append_metalog(entry), generation)
                 };
+                let (stored, generation) = stored;
                 let stored = stored.await;
                 let mut engine = node.engine.lock().await;
                 match stored {
@@ -368,7 +381,7 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>) {
                         if !e.is_no_space() {
                             tracing::error!(error = %e, position, "storing a metalog entry failed");
                         }
-                        node.on_store_error(&e);
+                        node.on_store_error(&e, generation);
                         engine.on_metalog_failed();
                         node.retry_after(Duration::from_millis(500));
                     }
@@ -459,7 +472,8 @@ async fn reopen_when_space_returns(node: Arc<Node>) {
             Ok((store, recovery)) => {
                 let applied = recovery.last_metalog.as_ref().map_or(0, |e| e.position + 1);
                 *engine = StorageEngine::new(node.id, store.progress(), applied);
-                *node.store.write().expect("store lock") = store;
+                let generation = node.store_and_generation().1 + 1;
+                *node.store.write().expect("store lock") = (store, generation);
                 node.reopening
                     .store(false, std::sync::atomic::Ordering::SeqCst);
                 node.generation.send_modify(|g| *g += 1);
@@ -684,7 +698,8 @@ async fn accept(
         }
         Accept::Refused(reason) => return refuse(engine.durable_count(shard, view), reason),
     }
-    match node.store().enqueue_records(shard, first, records).await {
+    let (store, generation) = node.store_and_generation();
+    match store.enqueue_records(shard, first, records).await {
         Ok(durable) => {
             drop(engine);
             let node = node.clone();
@@ -702,7 +717,7 @@ async fn accept(
                         }
                     }
                     Err(e) => {
-                        node.on_store_error(&e);
+                        node.on_store_error(&e, generation);
                         engine.on_write_failed(shard, first);
                         pb::ReplicateAck {
                             view: u32::from(view.0),
@@ -714,7 +729,7 @@ async fn accept(
             })
         }
         Err(e) => {
-            node.on_store_error(&e);
+            node.on_store_error(&e, generation);
             engine.on_write_failed(shard, first);
             refuse(engine.durable_count(shard, view), e.to_string())
         }
