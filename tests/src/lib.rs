@@ -125,6 +125,21 @@ fn healthy(addr: &str) -> bool {
     stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
 }
 
+/// `tally bench append` against one gateway in the background (4 clients, 200-byte records,
+/// 4 tags, for an hour or until killed), logging every ack to `acks`.
+pub fn background_bench(gateway: &str, acks: &Path) -> std::process::Child {
+    std::process::Command::new(tally_bin())
+        .args(["bench", "append", "--addr", gateway])
+        .args(["--clients", "4", "--record-bytes", "200", "--tags", "4"])
+        .args(["--duration", "3600"])
+        .arg("--ack-log")
+        .arg(acks)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the bench")
+}
+
 /// Polls `condition` until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;

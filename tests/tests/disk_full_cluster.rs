@@ -11,10 +11,10 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 use tally_tests::history::{ack_lines, check_acks, read_book};
-use tally_tests::{tally_bin, wait_until, Cluster};
+use tally_tests::{wait_until, Cluster};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Acknowledged appends that prove progress.
@@ -69,20 +69,6 @@ fn fill(filler: &Path) {
             Err(e) => panic!("filling {}: {e}", filler.display()),
         }
     }
-}
-
-/// `tally bench append` against one gateway in the background, logging every ack.
-fn bench(gateway: &str, acks: &Path) -> Child {
-    Command::new(tally_bin())
-        .args(["bench", "append", "--addr", gateway])
-        .args(["--clients", "4", "--record-bytes", "200", "--tags", "4"])
-        .args(["--duration", "3600"])
-        .arg("--ack-log")
-        .arg(acks)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the bench")
 }
 
 /// The load of each gateway, stopped on drop.
@@ -151,7 +137,7 @@ fn a_full_disk_on_one_storage_node_stalls_nothing_and_the_node_recovers_when_spa
         benches: gateways
             .iter()
             .zip(&acks)
-            .map(|(g, a)| bench(g, a))
+            .map(|(g, a)| tally_tests::background_bench(g, a))
             .collect(),
         acks,
     };

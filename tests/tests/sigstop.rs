@@ -22,12 +22,12 @@
 //! varies). `TALLY_SIGSTOP_ROUNDS=N` runs N rounds (default 1, CI's short form).
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tally_tests::history::{ack_lines, check_acks, read_book};
-use tally_tests::{tally_bin, wait_until, Cluster};
+use tally_tests::{wait_until, Cluster};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Acknowledged appends that prove progress while a node is stopped or after it continues.
@@ -101,20 +101,6 @@ fn process_state(pid: i32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// `tally bench append` against one gateway in the background, logging every ack.
-fn bench(gateway: &str, acks: &Path) -> Child {
-    Command::new(tally_bin())
-        .args(["bench", "append", "--addr", gateway])
-        .args(["--clients", "4", "--record-bytes", "200", "--tags", "4"])
-        .args(["--duration", "3600"])
-        .arg("--ack-log")
-        .arg(acks)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the bench")
-}
-
 /// A node's own status, as `tally cluster status --json` lists it (null if it did not answer).
 fn node_status(cluster: &Cluster, id: u32) -> Value {
     let Ok(status) = cluster.status() else {
@@ -160,7 +146,7 @@ impl Loaded {
             urls,
         };
         loaded.benches = (0..loaded.gateways.len())
-            .map(|i| bench(&loaded.urls[i], &loaded.acks(i)))
+            .map(|i| tally_tests::background_bench(&loaded.urls[i], &loaded.acks(i)))
             .collect();
         loaded.progress(None, PROGRESS, "before any stop");
         loaded
