@@ -19,22 +19,14 @@ use std::collections::BTreeMap;
 use storage_node::codec::{self, Frame};
 use storage_node::engine::StorageEngine;
 
-/// What a pending write is, to be reported once a sync covers it.
+/// Records written and not synced yet, reported to the engine once a sync covers them.
 #[derive(Debug, Clone)]
-pub enum Pending {
-    /// A gateway's batch: acknowledged to `from` once durable.
-    Batch {
-        from: NodeId,
-        shard: ShardId,
-        first: LocalId,
-        count: u64,
-    },
-    /// Records fetched from a peer.
-    Repair {
-        shard: ShardId,
-        first: LocalId,
-        count: u64,
-    },
+pub struct Pending {
+    pub shard: ShardId,
+    pub first: LocalId,
+    pub count: u64,
+    /// The gateway to acknowledge them to (none for records repaired from a peer).
+    pub ack_to: Option<NodeId>,
 }
 
 /// The disk's bytes and the index built from them.
@@ -83,23 +75,8 @@ impl Disk {
         offset: usize,
         len: usize,
     ) -> Result<(), String> {
-        let next = match self.cursors.get(&shard) {
-            Some(&(view, count)) if view == id.view() => count,
-            Some(&(view, _)) if view > id.view() => {
-                return Err(format!(
-                    "shard {} record {id:?} of a view older than {view:?}",
-                    shard.0
-                ))
-            }
-            _ => 0,
-        };
-        if id.counter() != next {
-            return Err(format!(
-                "shard {} record {id:?} does not continue at counter {next}",
-                shard.0
-            ));
-        }
-        self.cursors.insert(shard, (id.view(), next + 1));
+        storage_node::check_next(&self.cursors, shard, id, 1)?;
+        self.cursors.insert(shard, (id.view(), id.counter() + 1));
         self.records.insert((shard, id), (offset, len));
         Ok(())
     }

@@ -372,7 +372,7 @@ impl StorageEngine {
         if self.storing {
             return Some(Stall::Storing);
         }
-        self.holes(entry).into_iter().next()
+        self.first_hole(entry)
     }
 
     /// Whether the entry at `position` is the one being stored (a command from before the
@@ -414,7 +414,7 @@ impl StorageEngine {
                     if self.storing {
                         break;
                     }
-                    match self.holes(entry).into_iter().next() {
+                    match self.first_hole(entry) {
                         None => {
                             self.repair = None;
                             self.storing = true;
@@ -443,10 +443,11 @@ impl StorageEngine {
         commands
     }
 
-    /// What `entry` orders on this node's shards that is not durable here, shard by shard.
-    fn holes(&self, entry: &MetalogEntry) -> Vec<Stall> {
+    /// The first of the shards `entry` orders here whose records are not all durable here
+    /// (in the entry's order), and why.
+    fn first_hole(&self, entry: &MetalogEntry) -> Option<Stall> {
         let Some(view) = self.view.as_ref().filter(|v| v.id == entry.view) else {
-            return vec![Stall::OtherView { entry: entry.view }];
+            return Some(Stall::OtherView { entry: entry.view });
         };
         entry
             .cuts
@@ -458,7 +459,7 @@ impl StorageEngine {
                         .get(&cut.shard)
                         .is_some_and(|replicas| replicas.contains(&self.id))
             })
-            .filter_map(|cut| {
+            .find_map(|cut| {
                 let end = cut.start + cut.delta;
                 let durable = count_in(&self.durable, cut.shard, entry.view);
                 let written = count_in(&self.written, cut.shard, entry.view);
@@ -482,7 +483,6 @@ impl StorageEngine {
                     })
                 }
             })
-            .collect()
     }
 
     /// Asks the next peer replica of the shard under repair for the front entry's records

@@ -51,7 +51,7 @@ pub(crate) type Cursors = BTreeMap<ShardId, (ViewId, u64)>;
 
 /// Checks that `count` records of `shard` starting at `first` continue the shard's records
 /// as `cursors` know them: the next counter of the current view, or counter 0 of a newer view.
-pub(crate) fn check_next(
+pub fn check_next(
     cursors: &Cursors,
     shard: ShardId,
     first: LocalId,

@@ -16,6 +16,8 @@ mod writer;
 
 pub use codec::{CHECKPOINT_BYTES_MAX, FORMAT_VERSION};
 pub use error::StoreError;
+/// How the store checks that records continue a shard's (the simulator's disk checks alike).
+pub use index::check_next;
 
 use bytes::Bytes;
 use logbook::wire::{IndexEntry, LocalId, LogRecord, MetalogEntry, ShardId};

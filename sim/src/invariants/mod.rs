@@ -9,6 +9,7 @@ mod metalog_prefix;
 pub mod one_order;
 mod quorum_cut;
 pub mod reads;
+pub mod served;
 pub mod tag_index;
 pub mod trims;
 mod views;

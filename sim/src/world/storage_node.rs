@@ -36,25 +36,7 @@ impl World {
         };
         let engine = node.engine.as_mut().expect("up");
         match engine.accept(shard, first, &records) {
-            Accept::Write => {
-                for (i, record) in records.iter().enumerate() {
-                    self.ground
-                        .store(shard, LocalId(first.0 + i as u64), record)?;
-                }
-                let node = self.storage.get_mut(&to).expect("up");
-                let end = node.disk.write_records(shard, first, &records);
-                let count = records.len() as u64;
-                node.pending.push((
-                    end,
-                    Pending::Batch {
-                        from,
-                        shard,
-                        first,
-                        count,
-                    },
-                ));
-                self.start_sync(to);
-            }
+            Accept::Write => self.write_records(to, shard, first, &records, Some(from))?,
             Accept::NotYet => {
                 node.deferred
                     .push((now + VIEW_WAIT, from, shard, first, records));
@@ -65,6 +47,36 @@ impl World {
                 self.send(to, from, Payload::Ack { view, durable });
             }
         }
+        Ok(())
+    }
+
+    /// Writes records the engine took (a gateway's batch, acknowledged to it once synced, or a
+    /// repair), and starts a sync.
+    fn write_records(
+        &mut self,
+        id: NodeId,
+        shard: ShardId,
+        first: LocalId,
+        records: &[LogRecord],
+        ack_to: Option<NodeId>,
+    ) -> Result<(), Broken> {
+        for (i, record) in records.iter().enumerate() {
+            self.ground
+                .store(shard, LocalId(first.0 + i as u64), record)?;
+        }
+        let node = self.storage.get_mut(&id).expect("a storage node");
+        let end = node.disk.write_records(shard, first, records);
+        let count = records.len() as u64;
+        node.pending.push((
+            end,
+            Pending {
+                shard,
+                first,
+                count,
+                ack_to,
+            },
+        ));
+        self.start_sync(id);
         Ok(())
     }
 
@@ -101,25 +113,18 @@ impl World {
             let split = node.pending.partition_point(|(end, _)| *end <= target);
             node.pending.drain(..split).map(|(_, p)| p).collect()
         };
-        for pending in done {
-            let (shard, first, count) = match pending {
-                Pending::Batch {
-                    from,
-                    shard,
-                    first,
-                    count,
-                } => {
-                    let view = first.view();
-                    let durable = first.counter() + count;
-                    self.send(id, from, Payload::Ack { view, durable });
-                    (shard, first, count)
-                }
-                Pending::Repair {
-                    shard,
-                    first,
-                    count,
-                } => (shard, first, count),
-            };
+        for Pending {
+            shard,
+            first,
+            count,
+            ack_to,
+        } in done
+        {
+            if let Some(gateway) = ack_to {
+                let view = first.view();
+                let durable = first.counter() + count;
+                self.send(id, gateway, Payload::Ack { view, durable });
+            }
             let node = self.storage.get_mut(&id).expect("up");
             let engine = node.engine.as_mut().expect("up");
             let commands = engine.on_durable(shard, first, count);
@@ -145,24 +150,7 @@ impl World {
                     shard,
                     first,
                     records,
-                } => {
-                    for (i, record) in records.iter().enumerate() {
-                        self.ground
-                            .store(shard, LocalId(first.0 + i as u64), record)?;
-                    }
-                    let node = self.storage.get_mut(&id).expect("a storage node");
-                    let end = node.disk.write_records(shard, first, &records);
-                    let count = records.len() as u64;
-                    node.pending.push((
-                        end,
-                        Pending::Repair {
-                            shard,
-                            first,
-                            count,
-                        },
-                    ));
-                    self.start_sync(id);
-                }
+                } => self.write_records(id, shard, first, &records, None)?,
                 Command::StoreMetalog(entry) => {
                     // Stored once written: the sequencers' Raft log is where it is durable.
                     node.disk.write_metalog(&entry);
@@ -296,24 +284,7 @@ impl World {
             match node.disk.read(*seqnum) {
                 Some((shard, id, record)) => records.push((*seqnum, shard, id, record)),
                 None => {
-                    // Every storage node replicates every shard here: one that applied the
-                    // entry ordering a seqnum holds its record.
-                    let applied = engine.applied();
-                    if self
-                        .observer
-                        .entry_of(*seqnum)
-                        .is_some_and(|e| e.position < applied)
-                    {
-                        return Err((
-                            "a storage node serves what it applied",
-                            format!(
-                                "storage node {} applied the metalog up to {} but lacks seqnum {}",
-                                to.0,
-                                engine.applied(),
-                                seqnum.0
-                            ),
-                        ));
-                    }
+                    crate::invariants::served::check(&self.observer, to, engine.applied(), *seqnum)?
                 }
             }
         }
