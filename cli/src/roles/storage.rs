@@ -42,14 +42,15 @@ const BACKLOG_MAX: usize = 64;
 struct Node {
     id: NodeId,
     /// Replaced by a store opened again once space returns after the disk filled up (see
-    /// `reopen_when_space_returns`), with the generation it was opened in; take a clone with
-    /// `store()`.
-    store: std::sync::RwLock<(Store, u64)>,
+    /// `reopen_when_space_returns`); take a clone with `store()`.
+    store: std::sync::RwLock<Store>,
     /// How the store was opened, to open it again.
     store_config: StoreConfig,
     /// Set while the disk is full and the node waits for space to open its store again.
     reopening: std::sync::atomic::AtomicBool,
-    /// Bumped when the store is opened again: the feed subscribes again from what it holds.
+    /// The store's generation, bumped when it is opened again (under the engine's lock, as
+    /// every use of the store that may fail is): the feed subscribes again from what the new
+    /// store holds, and errors of an older store are told apart.
     generation: watch::Sender<u64>,
     engine: tokio::sync::Mutex<StorageEngine>,
     /// Bumped on every change of the engine's state: wakes reporters and waiting calls.
@@ -66,12 +67,12 @@ enum Work {
 impl Node {
     /// The store in use now.
     fn store(&self) -> Store {
-        self.store.read().expect("store lock").0.clone()
+        self.store.read().expect("store lock").clone()
     }
 
     /// The store in use now, and its generation (to say which store an error came from).
     fn store_and_generation(&self) -> (Store, u64) {
-        self.store.read().expect("store lock").clone()
+        (self.store(), *self.generation.borrow())
     }
 
     /// An operation on the store of `generation` failed. On a full disk the store refuses
@@ -222,7 +223,7 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     let (work, work_rx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         id: options.id,
-        store: std::sync::RwLock::new((store, 0)),
+        store: std::sync::RwLock::new(store),
         store_config: config,
         reopening: Default::default(),
         generation: watch::channel(0).0,
@@ -472,11 +473,10 @@ async fn reopen_when_space_returns(node: Arc<Node>) {
             Ok((store, recovery)) => {
                 let applied = recovery.last_metalog.as_ref().map_or(0, |e| e.position + 1);
                 *engine = StorageEngine::new(node.id, store.progress(), applied);
-                let generation = node.store_and_generation().1 + 1;
-                *node.store.write().expect("store lock") = (store, generation);
+                *node.store.write().expect("store lock") = store;
+                node.generation.send_modify(|g| *g += 1);
                 node.reopening
                     .store(false, std::sync::atomic::Ordering::SeqCst);
-                node.generation.send_modify(|g| *g += 1);
                 node.bump();
                 tracing::info!(
                     records = recovery.records,
@@ -686,12 +686,16 @@ async fn accept(
     let count = records.len() as u64;
     // Records of a view this node has not applied yet wait: first it must hold everything
     // the older views ordered, which it learns from the metalog that precedes the view.
-    let seen = |e: &StorageEngine| e.view_id().is_some_and(|current| current >= view);
-    if !node.wait_for(VIEW_WAIT, seen).await {
-        return refuse(0, format!("view {} is not applied here yet", view.0));
-    }
     let mut engine = node.engine.lock().await;
-    match engine.accept(shard, first, &records) {
+    let mut decision = engine.accept(shard, first, &records);
+    if decision == Accept::NotYet {
+        drop(engine);
+        let seen = |e: &StorageEngine| e.view_id().is_some_and(|current| current >= view);
+        node.wait_for(VIEW_WAIT, seen).await;
+        engine = node.engine.lock().await;
+        decision = engine.accept(shard, first, &records);
+    }
+    match decision {
         Accept::Write => {}
         Accept::NotYet => {
             return refuse(0, format!("view {} is not applied here yet", view.0));
