@@ -82,26 +82,17 @@ trap 'exit 143' TERM
 # Waits until `curl ARGS...` succeeds (an HTTP 2xx) and its output matches the extended regex
 # PATTERN ('' matches anything); fails if PID exits first. Its log is FILE.
 wait_for_http() {
-    local pid=$1 file=$2 what=$3 pattern=$4 i body
+    local pid=$1 file=$2 what=$3 pattern=$4
     shift 4
-    for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
-        if body="$(curl -sf --max-time 2 "$@" 2>/dev/null)" && grep -Eq "$pattern" <<<"$body"; then
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$file" >&2 || true
-            die "$what exited before it was ready; its log is above"
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$file" >&2 || true
-    die "$what was not ready within $READY_TIMEOUT_S s (curl $*); its log is above"
+    wait_until_ready "$pid" "$file" "$what" http_matches "$pattern" "$@"
 }
 
-# ---------------------------------------------------------------------------------------------
-# What it needs: python3 (ports, summary), curl, npm (the Restate server), cargo; unshare and
-# ip (util-linux, iproute2) for the network namespace. All of it is installed and built before
-# entering the namespace, since the registries are not reachable from inside.
+# Whether `curl ARGS...` succeeds and its output matches the extended regex PATTERN.
+http_matches() {
+    local pattern=$1 body
+    shift
+    body="$(curl -sf --max-time 2 "$@" 2>/dev/null)" && grep -Eq "$pattern" <<<"$body"
+}
 
 # Installs the Restate server from npm into RESTATE_CACHE unless it is there; sets RESTATE and
 # RESTATE_SERVER_VERSION.

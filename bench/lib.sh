@@ -42,11 +42,13 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-# Waits until FILE matches the extended regex PATTERN; fails if PID exits first.
-wait_for_line() {
-    local file=$1 pattern=$2 pid=$3 what=$4 i
+# Waits until `CHECK...` succeeds, trying every 0.1 s for READY_TIMEOUT_S; fails, showing the
+# end of WHAT's log FILE, if PID exits first or the time runs out.
+wait_until_ready() {
+    local pid=$1 file=$2 what=$3 i
+    shift 3
     for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
-        grep -Eq "$pattern" "$file" 2>/dev/null && return 0
+        "$@" && return 0
         if ! kill -0 "$pid" 2>/dev/null; then
             tail -n 20 "$file" >&2 || true
             die "$what exited before it was ready; its log is above"
@@ -54,7 +56,13 @@ wait_for_line() {
         sleep 0.1
     done
     tail -n 20 "$file" >&2 || true
-    die "$what was not ready within $READY_TIMEOUT_S s; its log is above"
+    die "$what was not ready within $READY_TIMEOUT_S s ($*); its log is above"
+}
+
+# Waits until FILE matches the extended regex PATTERN; fails if PID exits first.
+wait_for_line() {
+    local file=$1 pattern=$2 pid=$3 what=$4
+    wait_until_ready "$pid" "$file" "$what" grep -Eqs "$pattern" "$file"
 }
 
 # On exit: stops every tracked process (SIGTERM to all first, so they stop together), then
