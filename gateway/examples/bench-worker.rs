@@ -11,7 +11,7 @@
 //! function's name.
 
 use clap::Parser;
-use gateway::worker::Worker;
+use tally_sdk::Worker;
 
 #[derive(Parser)]
 struct Args {

@@ -11,9 +11,9 @@
 use bytes::Bytes;
 use clap::Parser;
 use gateway::functions::{Ctx, FunctionError, FunctionResult};
-use gateway::worker::Worker;
 use logbook::Tag;
 use serde_json::json;
+use tally_sdk::Worker;
 
 #[derive(Parser)]
 struct Args {

@@ -3,7 +3,9 @@
 //! waits for it, then signs the guestbook in the background (a nested sync and async call);
 //! `sleep`, which takes as long as it is asked to (a stand-in for slow work); and the two that
 //! `bench/compare-restate.sh` measures: `noop`, which answers its input without touching the
-//! log, and `append3`, which appends three records one after the other.
+//! log, and `append3`, which appends three records one after the other. And the example
+//! workflows (`workflows`): `steps`, which counts N steps in a table and appends a record in
+//! each.
 
 use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};
 use bytes::Bytes;
@@ -20,6 +22,66 @@ pub fn register(registry: &mut Registry) {
     registry.register("sleep", sleep);
     registry.register("noop", noop);
     registry.register("append3", append3);
+    let workflows = workflows();
+    for name in workflows.names() {
+        let handler = workflows.handler(&name).expect("a registered workflow");
+        registry.register_with(&name, WORKFLOW_CONFIG, move |ctx, input| {
+            handler(ctx, input)
+        });
+    }
+}
+
+/// How a workflow's function runs: an instance may wait long (timers, signals), and an
+/// execution that stopped on a log error is driven again.
+pub const WORKFLOW_CONFIG: crate::functions::FunctionConfig = crate::functions::FunctionConfig {
+    max_concurrency: 4096,
+    timeout: std::time::Duration::from_secs(24 * 3600),
+    retries: 10,
+    backoff: std::time::Duration::from_millis(100),
+};
+
+/// The example workflows `tally up` serves.
+pub fn workflows() -> libflow::Workflows {
+    let mut workflows = libflow::Workflows::new();
+    workflows.register("steps", steps);
+    workflows
+}
+
+/// The tag of the records `steps` appends: one per step.
+pub const STEPS_TAG: Tag = Tag(4);
+/// Most steps one `steps` instance takes.
+pub const STEPS_MAX: u64 = 1000;
+
+/// `{"steps": N}` in: N steps, each incrementing the instance's counter in the `steps` table
+/// and appending one record (tag 4); `{"count": N}` out, read back from the table.
+async fn steps(
+    flow: libflow::Flow,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, libflow::Error> {
+    let n = input["steps"]
+        .as_u64()
+        .filter(|n| *n <= STEPS_MAX)
+        .ok_or_else(|| {
+            libflow::Error::terminal(format!(
+                "input: {{\"steps\": N}} with N at most {STEPS_MAX}"
+            ))
+        })?;
+    let counters = flow.table("steps");
+    let id = flow.id().to_string();
+    for i in 0..n {
+        counters
+            .update(&id, |c: Option<u64>| c.unwrap_or(0) + 1)
+            .await?;
+        let ctx = flow.ctx().clone();
+        let record = format!("{id} step {i}");
+        flow.step(&format!("append-{i}"), move || {
+            let (ctx, record) = (ctx.clone(), record.clone());
+            async move { Ok(ctx.append(&[STEPS_TAG], record).await?.0) }
+        })
+        .await?;
+    }
+    let count: u64 = counters.get(&id).await?.unwrap_or(0);
+    Ok(json!({ "count": count }))
 }
 
 /// `{"ms": N}` in: waits N milliseconds (the function's timeout still applies), then

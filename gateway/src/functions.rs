@@ -7,11 +7,10 @@
 //! over the unfinished invocations of one that died.
 
 use bytes::Bytes;
-use logbook::{AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag};
+use logbook::{BookId, LogBook, LogError, Seqnum};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -28,59 +27,9 @@ pub const INVOCATION_OUTPUT_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Longest a function name may be, in bytes.
 pub const FUNCTION_NAME_BYTES_MAX: usize = 128;
 
-/// A function's failure: the caller gets its message, with 400 for bad input and 500 else.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct FunctionError {
-    pub message: String,
-    /// The input was malformed: the caller's fault, not the function's.
-    pub bad_input: bool,
-    /// The function could not run (its worker is gone): HTTP 503, worth retrying later.
-    pub unavailable: bool,
-}
-
-impl FunctionError {
-    pub fn new(message: impl Into<String>) -> FunctionError {
-        FunctionError {
-            message: message.into(),
-            bad_input: false,
-            unavailable: false,
-        }
-    }
-
-    pub fn bad_input(message: impl Into<String>) -> FunctionError {
-        FunctionError {
-            bad_input: true,
-            ..FunctionError::new(message)
-        }
-    }
-
-    pub fn unavailable(message: impl Into<String>) -> FunctionError {
-        FunctionError {
-            unavailable: true,
-            ..FunctionError::new(message)
-        }
-    }
-}
-
-impl From<LogError> for FunctionError {
-    fn from(e: LogError) -> FunctionError {
-        FunctionError::new(format!("log: {e}"))
-    }
-}
-
-impl From<serde_json::Error> for FunctionError {
-    fn from(e: serde_json::Error) -> FunctionError {
-        FunctionError::new(format!("json: {e}"))
-    }
-}
-
-/// What a function returns.
-pub type FunctionResult = Result<Bytes, FunctionError>;
-/// A handler's future.
-pub type BoxFuture = Pin<Box<dyn Future<Output = FunctionResult> + Send>>;
-/// A function's handler as the registry keeps it.
-pub type Handler = Arc<dyn Fn(Ctx, Bytes) -> BoxFuture + Send + Sync>;
+pub use tally_sdk::{
+    BoxFuture, Call, Ctx, FunctionError, FunctionResult, Handler, Invoker, CALL_DEPTH_MAX,
+};
 
 /// How a function runs: how many calls at once, how long one may take, and how often an
 /// asynchronous call that fails is tried again.
@@ -139,202 +88,6 @@ fn gone(name: &str) -> Handler {
         let message = message.clone();
         Box::pin(async move { Err(FunctionError::unavailable(message)) })
     })
-}
-
-/// How deep calls may nest (a function calling a function calling ...), at most.
-pub const CALL_DEPTH_MAX: u32 = 32;
-
-/// Where a `Ctx`'s nested calls go.
-#[async_trait::async_trait]
-pub trait Invoker: Send + Sync {
-    /// Runs `function` with `input` in `book`, `depth` calls deep, and waits for its output.
-    async fn invoke(
-        &self,
-        function: &str,
-        book: BookId,
-        input: Bytes,
-        depth: u32,
-    ) -> FunctionResult;
-    /// Starts it without waiting (retried as its config says); returns the invocation id.
-    async fn invoke_async(
-        &self,
-        function: &str,
-        book: BookId,
-        input: Bytes,
-        depth: u32,
-    ) -> Result<String, FunctionError>;
-}
-
-/// An invocation's view of the log and of other functions: every LogBook call, bound to the
-/// invocation's book, and nested calls (`invoke`, `invoke_async`) that inherit the book.
-#[derive(Clone)]
-pub struct Ctx {
-    log: Arc<dyn LogBook>,
-    book: BookId,
-    invocation_id: String,
-    /// Where nested calls go: the gateway's dispatcher (in-process), or the gateway over a
-    /// worker's connection; none for a context made outside either.
-    invoker: Option<Arc<dyn Invoker>>,
-    /// How many calls this one is nested in (0 for a call from outside).
-    depth: u32,
-}
-
-impl Ctx {
-    /// A context whose nested calls fail (there is no dispatcher to run them).
-    pub fn new(log: Arc<dyn LogBook>, book: BookId, invocation_id: String) -> Ctx {
-        Ctx {
-            log,
-            book,
-            invocation_id,
-            invoker: None,
-            depth: 0,
-        }
-    }
-
-    /// A context whose nested calls go to `invoker`; `depth` is how many calls this one is
-    /// nested in. Worker runtimes make their calls' contexts with it.
-    pub fn with_invoker(
-        log: Arc<dyn LogBook>,
-        book: BookId,
-        invocation_id: String,
-        invoker: Arc<dyn Invoker>,
-        depth: u32,
-    ) -> Ctx {
-        Ctx {
-            log,
-            book,
-            invocation_id,
-            invoker: Some(invoker),
-            depth,
-        }
-    }
-
-    /// How many calls this one is nested in (0 for a call from outside).
-    pub fn depth(&self) -> u32 {
-        self.depth
-    }
-
-    /// Calls `function` with `input` in this call's book and waits for its output. A failed
-    /// callee fails this call with its message (the caller may catch it).
-    pub async fn invoke(&self, function: &str, input: impl Into<Bytes>) -> FunctionResult {
-        // The callee's bad input is this function's fault, not its caller's.
-        self.call(function, input.into())
-            .await
-            .map_err(|e| FunctionError {
-                message: format!("{function}: {}", e.message),
-                bad_input: false,
-                unavailable: e.unavailable,
-            })
-    }
-
-    /// `invoke` with the callee's failure as it is: what a worker's nested call is answered
-    /// with (the worker's own `Ctx::invoke` then names the callee).
-    pub(crate) async fn call(&self, function: &str, input: Bytes) -> FunctionResult {
-        let invoker = self.invoker(function)?;
-        invoker
-            .invoke(function, self.book, input, self.depth + 1)
-            .await
-    }
-
-    /// Starts `function` with `input` in this call's book without waiting; returns the
-    /// invocation id (`GET /invocations/{id}` shows its status).
-    pub async fn invoke_async(
-        &self,
-        function: &str,
-        input: impl Into<Bytes>,
-    ) -> Result<String, FunctionError> {
-        let invoker = self.invoker(function)?;
-        invoker
-            .invoke_async(function, self.book, input.into(), self.depth + 1)
-            .await
-    }
-
-    fn invoker(&self, function: &str) -> Result<&Arc<dyn Invoker>, FunctionError> {
-        let invoker = self
-            .invoker
-            .as_ref()
-            .ok_or_else(|| FunctionError::new("nested calls need a dispatcher"))?;
-        if self.depth >= CALL_DEPTH_MAX {
-            return Err(FunctionError::new(format!(
-                "calls nest deeper than {CALL_DEPTH_MAX}: {function} not called"
-            )));
-        }
-        Ok(invoker)
-    }
-
-    pub fn book(&self) -> BookId {
-        self.book
-    }
-
-    pub fn invocation_id(&self) -> &str {
-        &self.invocation_id
-    }
-
-    pub async fn append(&self, tags: &[Tag], data: impl Into<Bytes>) -> Result<Seqnum, LogError> {
-        self.log.append(self.book, tags, data.into()).await
-    }
-
-    pub async fn cond_append(
-        &self,
-        tags: &[Tag],
-        data: impl Into<Bytes>,
-        cond: Cond,
-    ) -> Result<Seqnum, LogError> {
-        self.log
-            .cond_append(self.book, tags, data.into(), cond)
-            .await
-    }
-
-    pub async fn append_batch(&self, records: Vec<AppendRequest>) -> Result<Vec<Seqnum>, LogError> {
-        self.log.append_batch(self.book, records).await
-    }
-
-    pub async fn read_next(
-        &self,
-        tag: Tag,
-        min_seqnum: Seqnum,
-    ) -> Result<Option<Record>, LogError> {
-        self.log.read_next(self.book, tag, min_seqnum).await
-    }
-
-    pub async fn read_prev(
-        &self,
-        tag: Tag,
-        max_seqnum: Seqnum,
-    ) -> Result<Option<Record>, LogError> {
-        self.log.read_prev(self.book, tag, max_seqnum).await
-    }
-
-    pub async fn read_next_blocking(
-        &self,
-        tag: Tag,
-        min_seqnum: Seqnum,
-        timeout: Duration,
-    ) -> Result<Option<Record>, LogError> {
-        self.log
-            .read_next_blocking(self.book, tag, min_seqnum, timeout)
-            .await
-    }
-
-    pub async fn check_tail(&self, tag: Tag) -> Result<Option<Record>, LogError> {
-        self.log.check_tail(self.book, tag).await
-    }
-
-    pub async fn set_aux_data(
-        &self,
-        seqnum: Seqnum,
-        aux: impl Into<Bytes>,
-    ) -> Result<(), LogError> {
-        self.log.set_aux_data(self.book, seqnum, aux.into()).await
-    }
-
-    pub async fn trim(&self, tag: Tag, below: Seqnum) -> Result<(), LogError> {
-        self.log.trim(self.book, tag, below).await
-    }
-
-    pub async fn read_range(&self, tag: Tag, range: ReadRange) -> Result<Vec<Record>, LogError> {
-        self.log.read_range(self.book, tag, range).await
-    }
 }
 
 /// One try of a call: the handler in its own task (a panic fails the call, not the
@@ -632,16 +385,12 @@ pub enum InvokeError {
 
 #[async_trait::async_trait]
 impl Invoker for Dispatcher {
-    async fn invoke(
-        &self,
-        function: &str,
-        book: BookId,
-        input: Bytes,
-        depth: u32,
-    ) -> FunctionResult {
+    async fn invoke(&self, call: Call<'_>) -> FunctionResult {
+        let function = call.function;
         let request = Request {
-            depth,
-            ..Request::new(function, book, input)
+            depth: call.depth,
+            idempotency_key: call.key,
+            ..Request::new(function, call.book, call.input)
         };
         let rx = self
             .call(request)
@@ -653,17 +402,12 @@ impl Invoker for Dispatcher {
         }
     }
 
-    async fn invoke_async(
-        &self,
-        function: &str,
-        book: BookId,
-        input: Bytes,
-        depth: u32,
-    ) -> Result<String, FunctionError> {
+    async fn invoke_async(&self, call: Call<'_>) -> Result<String, FunctionError> {
         let request = Request {
-            depth,
+            depth: call.depth,
+            idempotency_key: call.key,
             asynchronous: true,
-            ..Request::new(function, book, input)
+            ..Request::new(call.function, call.book, call.input)
         };
         let rx = self
             .call(request)
@@ -1089,13 +833,7 @@ impl Dispatcher {
         retried: bool,
         position: Option<u64>,
     ) {
-        let ctx = Ctx {
-            log: self.log.clone(),
-            book,
-            invocation_id: id.clone(),
-            invoker: Some(self.me()),
-            depth,
-        };
+        let ctx = Ctx::with_invoker(self.log.clone(), book, id.clone(), self.me(), depth);
         let dispatcher = self.me();
         tokio::spawn(async move {
             let function = dispatcher

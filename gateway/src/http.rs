@@ -5,8 +5,8 @@ use crate::functions::{Dispatcher, Invocation, InvokeError, Request, Status, CAL
 use crate::invocations::INVOCATIONS_BOOK;
 use crate::metrics::Metrics;
 use crate::runtime::GatewayLog;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -165,6 +165,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/asyncFunction/{name}", post(call_function_async))
         .route("/invocations/{id}", get(get_invocation))
         .route("/functions", get(list_functions))
+        .route("/workflows/{name}/{id}", post(start_workflow))
+        .route("/workflows/{id}", get(get_workflow))
+        .route("/workflows/{id}/signals/{name}", post(signal_workflow))
         .route("/log/{book}/append", post(log_append))
         .route("/log/{book}/records", get(log_records))
         .route("/log/{book}/next", get(log_next))
@@ -359,6 +362,175 @@ async fn get_invocation(
     })?;
     debug_assert!(inv.status != Status::Succeeded || inv.output.is_some());
     Ok(Json(invocation_json(&inv)))
+}
+
+/// Longest `wait_ms` a workflow start may wait for the instance's end.
+pub const WORKFLOW_WAIT_MS_MAX: u64 = 300_000;
+
+#[derive(serde::Deserialize)]
+struct WaitQuery {
+    wait_ms: Option<u64>,
+}
+
+/// A request body as JSON; an empty one is `null`.
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = body?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+/// A `Ctx` for reading and signalling instances in `book` from outside them.
+fn outside_ctx(state: &AppState, book: BookId) -> crate::Ctx {
+    crate::Ctx::new(state.log.clone(), book, String::new())
+}
+
+fn instance_id(id: &str) -> Result<(), ApiError> {
+    libflow::check_instance_id(id).map_err(ApiError::bad_request)
+}
+
+/// `POST /workflows/{name}/{id}`: starts instance `id` of workflow `name` (the same id again
+/// is the same instance; another input under it is 422). 202 at once, or with `wait_ms` the
+/// instance once it ended (200), if it did in time.
+async fn start_workflow(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path((name, id)) = path?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    instance_id(&id)?;
+    let input = json_body(body)?;
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let ctx = outside_ctx(&state, book);
+    if let Some(existing) = libflow::describe(&ctx, &id).await.map_err(workflow_error)? {
+        if existing.workflow != name {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "instance_exists",
+                format!(
+                    "instance {id} is an instance of workflow {}",
+                    existing.workflow
+                ),
+            ));
+        }
+        if existing.input != input {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                format!("instance {id} was started with another input"),
+            ));
+        }
+    }
+    let key = format!("workflow:{id}");
+    let request = Request {
+        idempotency_key: Some(&key),
+        depth: depth_of(&headers)?,
+        asynchronous: true,
+        forwardable: !headers.contains_key(crate::forward::FORWARDED_HEADER),
+        ..Request::new(&name, book, libflow::start_input(&id, input))
+    };
+    let rx = state.dispatcher.call(request).await.map_err(|e| match e {
+        InvokeError::KeyReused(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            format!("instance {id} was started with another input"),
+        ),
+        InvokeError::UnknownFunction(_) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_workflow",
+            format!("no workflow named {name:?}"),
+        ),
+        InvokeError::Log(e) => e.into(),
+    })?;
+    let accepted_at = rx.borrow().accepted_at;
+    if let Some(wait_ms) = query.wait_ms {
+        let wait = Duration::from_millis(wait_ms.min(WORKFLOW_WAIT_MS_MAX));
+        if tokio::time::timeout(wait, Dispatcher::wait(rx))
+            .await
+            .is_ok()
+        {
+            if let Some(instance) = libflow::describe(&ctx, &id).await.map_err(workflow_error)? {
+                if instance.status != libflow::Status::Running {
+                    return Ok(with_seen(
+                        accepted_at,
+                        serde_json::to_value(instance).expect("an instance serializes"),
+                    ));
+                }
+            }
+        }
+    }
+    let mut response = with_seen(accepted_at, json!({ "id": id, "status": "running" }));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    if let Ok(location) = HeaderValue::from_str(&format!("/workflows/{id}")) {
+        response.headers_mut().insert("location", location);
+    }
+    Ok(response)
+}
+
+fn workflow_error(e: libflow::Error) -> ApiError {
+    match e {
+        libflow::Error::Log(e) => e.into(),
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "workflow",
+            other.to_string(),
+        ),
+    }
+}
+
+/// `GET /workflows/{id}`: the instance, its status, output and every step.
+async fn get_workflow(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id?;
+    instance_id(&id)?;
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let instance = libflow::describe(&outside_ctx(&state, book), &id)
+        .await
+        .map_err(workflow_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_instance",
+                format!("no workflow instance {id:?}"),
+            )
+        })?;
+    Ok(Json(
+        serde_json::to_value(instance).expect("an instance serializes"),
+    ))
+}
+
+/// `POST /workflows/{id}/signals/{name}`: sends a signal (the body, JSON) to an instance.
+async fn signal_workflow(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, name)) = path?;
+    let payload = json_body(body)?;
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let seqnum = libflow::signal(&outside_ctx(&state, book), &id, &name, payload)
+        .await
+        .map_err(|e| match e {
+            libflow::SignalError::BadArgument(m) => ApiError::bad_request(m),
+            libflow::SignalError::NoInstance(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_instance", e.to_string())
+            }
+            libflow::SignalError::Log(e) => e.into(),
+        })?;
+    let mut response = with_seen(Some(seqnum), json!({ "seqnum": seqnum.0 }));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    Ok(response)
 }
 
 async fn list_functions(State(state): State<Arc<AppState>>) -> Json<Value> {

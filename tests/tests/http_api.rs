@@ -76,6 +76,7 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
             "guestbook",
             "noop",
             "sleep",
+            "steps",
             "welcome"
         ]
     );

@@ -1,0 +1,218 @@
+//! The records an instance writes, and the tags that name its streams.
+//!
+//! An instance's **step stream** (`steps_tag(id)`) holds one record per position: position 0
+//! is `Start`, the last is `End`, and each one in between is the outcome of one operation of
+//! the workflow, written by a conditional append at its position, so two executions of one
+//! instance never both write a position. A record also carries the table writes that take
+//! effect with it (`writes`), and then the tag of each written key (`key_tag`): a key's
+//! versions are the records carrying its tag, in log order. Signals sent to an instance are
+//! plain records of `signal_tag(id, name)`. Records are JSON.
+
+use logbook::Tag;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+use crate::Protocol;
+
+/// One record of a step stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub op: Op,
+    /// Table writes that take effect with this record, in the order they were made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<Write>,
+    /// When the record was made (ms since the Unix epoch): for people, never for replay.
+    pub at_ms: u64,
+}
+
+/// A write to a table: a new value, or `None` for a delete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Write {
+    pub table: String,
+    pub key: String,
+    pub value: Option<Value>,
+}
+
+/// How an operation ended: its JSON result, or its failure's message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Value),
+    Err(String),
+}
+
+/// What a workflow instance has come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Succeeded,
+    Failed,
+    Compensated,
+}
+
+/// The operation a step-stream record is the outcome of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Position 0: the instance's workflow, input, and the table protocols it runs with.
+    Start {
+        workflow: String,
+        input: Value,
+        protocols: BTreeMap<String, Protocol>,
+    },
+    /// A step's result after `attempts` tries.
+    Step {
+        name: String,
+        outcome: Outcome,
+        attempts: u32,
+    },
+    /// A synchronous child call's result.
+    Call { function: String, outcome: Outcome },
+    /// An asynchronous child call's invocation id.
+    CallAsync {
+        function: String,
+        invocation: String,
+    },
+    /// A durable timer: the instance sleeps until `deadline_ms`.
+    Timer { deadline_ms: u64 },
+    /// A signal taken by a wait (`payload`), or the wait's timeout (`None`).
+    Signal {
+        name: String,
+        payload: Option<Value>,
+    },
+    /// A logged table read (symmetric and read-log tables) and the value it returned.
+    Read {
+        table: String,
+        key: String,
+        value: Option<Value>,
+    },
+    /// A logged table write (symmetric and write-log tables); the write is in `writes`.
+    Write { table: String, key: String },
+    /// A value the workflow must see alike on every replay (`now`, `random`).
+    Value { name: String, value: Value },
+    /// The version `version(change)` chose.
+    Version { change: String, version: u32 },
+    /// Buffered writes, written before the buffer outgrew one record's tags.
+    Flush,
+    /// An operation dropped before it finished; the position is filled so later ones go on.
+    Abandoned,
+    /// The instance's outcome.
+    End {
+        status: Status,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+impl Op {
+    /// How the operation reads in a non-determinism error.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Start { workflow, .. } => format!("the start of workflow {workflow:?}"),
+            Op::Step { name, .. } => format!("step {name:?}"),
+            Op::Call { function, .. } => format!("call of {function:?}"),
+            Op::CallAsync { function, .. } => format!("asynchronous call of {function:?}"),
+            Op::Timer { .. } => "a timer".to_string(),
+            Op::Signal { name, .. } => format!("a wait for signal {name:?}"),
+            Op::Read { table, key, .. } => format!("a read of {table}/{key}"),
+            Op::Write { table, key } => format!("a write of {table}/{key}"),
+            Op::Value { name, .. } => format!("{name}()"),
+            Op::Version { change, .. } => format!("version({change:?})"),
+            Op::Flush => "a flush of buffered writes".to_string(),
+            Op::Abandoned => "an abandoned operation".to_string(),
+            Op::End { .. } => "the end of the instance".to_string(),
+        }
+    }
+}
+
+/// 64-bit FNV-1a over `parts`, each followed by a 0 byte: stable across processes and
+/// versions, unlike `std`'s hasher.
+fn hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// A tag from a hash, off the two values no record may carry.
+fn tag_of(parts: &[&str]) -> Tag {
+    let h = hash(parts);
+    let tag = Tag(h);
+    if tag.is_record_tag() {
+        tag
+    } else {
+        Tag(h ^ 1 | 2)
+    }
+}
+
+/// The step stream of instance `id`.
+pub fn steps_tag(id: &str) -> Tag {
+    tag_of(&["libflow", "steps", id])
+}
+
+/// The versions of `key` in `table`.
+pub fn key_tag(table: &str, key: &str) -> Tag {
+    tag_of(&["libflow", "table", table, key])
+}
+
+/// The signals named `name` sent to instance `id`.
+pub fn signal_tag(id: &str, name: &str) -> Tag {
+    tag_of(&["libflow", "signal", id, name])
+}
+
+/// The record a signal is: its payload, as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalRecord {
+    pub instance: String,
+    pub name: String,
+    pub payload: Value,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_stable_and_distinct_per_stream() {
+        assert_eq!(steps_tag("a"), steps_tag("a"));
+        assert_ne!(steps_tag("a"), steps_tag("b"));
+        assert_ne!(key_tag("t", "ab"), key_tag("ta", "b"));
+        assert_ne!(signal_tag("i", "x"), steps_tag("i"));
+        // The hash is part of the log's format: it must never change.
+        assert_eq!(hash(&["a"]), 0x089b_e207_b544_f1e4);
+    }
+
+    #[test]
+    fn an_entry_round_trips_through_json() {
+        let entry = Entry {
+            op: Op::Step {
+                name: "s".into(),
+                outcome: Outcome::Ok(serde_json::json!({"n": 1})),
+                attempts: 2,
+            },
+            writes: vec![Write {
+                table: "t".into(),
+                key: "k".into(),
+                value: None,
+            }],
+            at_ms: 7,
+        };
+        let bytes = serde_json::to_vec(&entry).unwrap();
+        assert_eq!(serde_json::from_slice::<Entry>(&bytes).unwrap(), entry);
+    }
+}

@@ -1,0 +1,1109 @@
+//! `Flow`: what a workflow's code sees of its instance. Every operation takes the next
+//! position of the instance's step stream when it is first polled, and writes its outcome
+//! there with a conditional append once every earlier position is written; a replay finds
+//! the outcome at that position and returns it without running the operation again.
+//!
+//! Operations may run concurrently (`join_all`): they take positions in the order they are
+//! first polled, which `join_all` makes the order they are listed in, run at once, and write
+//! their outcomes in position order. An operation's future must be awaited to its end: one
+//! dropped half-way leaves its position `Abandoned`.
+
+use crate::entry::{
+    key_tag, now_ms, signal_tag, steps_tag, Entry, Op, Outcome, SignalRecord, Write,
+};
+use crate::table::{Protocol, Table};
+use crate::Error;
+use bytes::Bytes;
+use logbook::{Cond, LogError, ReadRange, Seqnum, Tag, TAGS_PER_RECORD_MAX};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tally_sdk::Ctx;
+use tokio::sync::watch;
+
+/// Tries of one append that the log refused for a reason worth retrying (a view change).
+const APPEND_TRIES: u32 = 8;
+/// Longest one blocking read of a signal stream waits before looking again.
+const SIGNAL_POLL: Duration = Duration::from_secs(30);
+
+/// How often a step is tried, and how long it waits between tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries in all, at least 1.
+    pub max_attempts: u32,
+    /// The wait before the second try; it doubles with each try, up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// One try, no retries.
+    pub fn none() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn backoff(&self, failed_tries: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(failed_tries.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// A workflow instance, as its code sees it. Clones share the instance.
+#[derive(Clone)]
+pub struct Flow {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Ctx,
+    id: String,
+    steps: Tag,
+    protocols: BTreeMap<String, Protocol>,
+    default_protocol: Protocol,
+    retry: RetryPolicy,
+    state: Mutex<State>,
+    progress: watch::Sender<Progress>,
+}
+
+/// How far the step stream is written, or why this execution stopped.
+#[derive(Clone)]
+struct Progress {
+    written: u64,
+    stopped: Option<Error>,
+}
+
+struct State {
+    /// The records of the step stream this execution knows, by position: those read at its
+    /// start, then those it wrote.
+    history: Vec<(Seqnum, Entry)>,
+    /// Positions below this are replayed from the history.
+    replay_len: u64,
+    /// The next position an operation takes.
+    next: u64,
+    /// Writes of read-log tables not yet in the log; the next record carries them.
+    pending: Vec<Write>,
+    /// Compensations of the operations that succeeded, by position.
+    saga: BTreeMap<u64, (String, Value)>,
+    /// Signals taken so far, by name: a wait takes the next one of its name.
+    signals_taken: BTreeMap<String, u64>,
+}
+
+impl Flow {
+    /// An execution of instance `id` over its history so far (`history[0]` is its `Start`).
+    pub(crate) fn new(
+        ctx: Ctx,
+        id: &str,
+        history: Vec<(Seqnum, Entry)>,
+        protocols: BTreeMap<String, Protocol>,
+        default_protocol: Protocol,
+        retry: RetryPolicy,
+    ) -> Flow {
+        let written = history.len() as u64;
+        let (progress, _) = watch::channel(Progress {
+            written,
+            stopped: None,
+        });
+        Flow {
+            inner: Arc::new(Inner {
+                ctx,
+                id: id.to_string(),
+                steps: steps_tag(id),
+                protocols,
+                default_protocol,
+                retry,
+                state: Mutex::new(State {
+                    history,
+                    replay_len: written,
+                    // Position 0 is the instance's start.
+                    next: 1,
+                    pending: Vec::new(),
+                    saga: BTreeMap::new(),
+                    signals_taken: BTreeMap::new(),
+                }),
+                progress,
+            }),
+        }
+    }
+
+    /// The instance's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The invocation's context: the log, in the instance's book. Use it inside steps; a
+    /// log call made outside a step runs again on every replay.
+    pub fn ctx(&self) -> &Ctx {
+        &self.inner.ctx
+    }
+
+    /// The table `name`, with the protocol this instance runs it with.
+    pub fn table(&self, name: &str) -> Table {
+        let protocol = self
+            .inner
+            .protocols
+            .get(name)
+            .copied()
+            .unwrap_or(self.inner.default_protocol);
+        Table {
+            flow: self.clone(),
+            name: name.to_string(),
+            protocol,
+        }
+    }
+
+    /// Runs `f` once for the instance and logs its result; a replay returns the logged result
+    /// without running it. A retryable failure is tried again as the retry policy says
+    /// (`.retry(..)`, else the workflow's); the last failure fails the step.
+    ///
+    /// ```no_run
+    /// # async fn f(flow: libflow::Flow) -> Result<(), libflow::Error> {
+    /// let charged: u64 = flow.step("charge", || async { Ok(42) }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn step<T, F, Fut>(&self, name: &str, f: F) -> Step<T, F>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Error>> + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Step {
+            flow: self.clone(),
+            name: name.to_string(),
+            f,
+            retry: self.inner.retry,
+            compensation: None,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Calls `function` with `input` (JSON) and returns its JSON output. The child runs once
+    /// for this position of the instance, however often the instance is replayed: its
+    /// invocation's idempotency key is derived from the instance and position.
+    pub fn call<T: DeserializeOwned + Send + 'static>(
+        &self,
+        function: &str,
+        input: &(impl Serialize + ?Sized),
+    ) -> CallBuilder<T> {
+        CallBuilder {
+            flow: self.clone(),
+            function: function.to_string(),
+            input: serde_json::to_value(input).map_err(Error::from),
+            compensation: None,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Starts `function` with `input` without waiting; returns the child's invocation id.
+    /// The child is started once for this position, however often the instance is replayed.
+    pub async fn call_async(
+        &self,
+        function: &str,
+        input: &(impl Serialize + ?Sized),
+    ) -> Result<String, Error> {
+        let input = serde_json::to_vec(input)?;
+        let mut slot = self.slot();
+        let probe = Op::CallAsync {
+            function: function.to_string(),
+            invocation: String::new(),
+        };
+        if let Some((_, entry)) = slot.replayed(&probe)? {
+            let Op::CallAsync { invocation, .. } = entry.op else {
+                unreachable!("replayed checks the kind")
+            };
+            return Ok(invocation);
+        }
+        let key = self.child_key(slot.pos);
+        let invocation = match self.ctx().invoke_async_keyed(function, &key, input).await {
+            Ok(id) => id,
+            Err(e) => return Err(stop_or_fail(e)),
+        };
+        slot.commit(Op::CallAsync {
+            function: function.to_string(),
+            invocation: invocation.clone(),
+        })
+        .await?;
+        Ok(invocation)
+    }
+
+    /// Sleeps `duration` on a durable timer: a restarted or re-driven instance sleeps only
+    /// what is left of it.
+    pub async fn sleep(&self, duration: Duration) -> Result<(), Error> {
+        let deadline = now_ms().saturating_add(duration.as_millis() as u64);
+        self.sleep_until(deadline).await
+    }
+
+    /// Sleeps until `deadline_ms` (ms since the Unix epoch) on a durable timer.
+    pub async fn sleep_until(&self, deadline_ms: u64) -> Result<(), Error> {
+        let deadline = self.timer(deadline_ms).await?;
+        wait_until(deadline).await;
+        Ok(())
+    }
+
+    /// Waits for the next signal `name` sent to the instance (`POST
+    /// /workflows/{id}/signals/{name}`) and returns its JSON payload. Each signal is taken by
+    /// one wait, in the order they were sent; one sent before the wait is kept for it.
+    pub async fn wait_signal<T: DeserializeOwned>(&self, name: &str) -> Result<T, Error> {
+        let slot = self.slot();
+        let payload = self.signal(slot, name, None).await?;
+        let payload = payload.expect("a wait without a deadline ends with a signal");
+        Ok(serde_json::from_value(payload)?)
+    }
+
+    /// Like `wait_signal`, but gives up after `timeout` (a durable timer) and returns `None`.
+    pub async fn wait_signal_timeout<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<T>, Error> {
+        // Both positions are taken before the first await, so they are the same on replay.
+        let timer_slot = self.slot();
+        let signal_slot = self.slot();
+        let deadline = now_ms().saturating_add(timeout.as_millis() as u64);
+        let deadline = self.timer_at(timer_slot, deadline).await?;
+        let payload = self.signal(signal_slot, name, Some(deadline)).await?;
+        payload
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(Error::from)
+    }
+
+    /// The time (ms since the Unix epoch), the same on every replay.
+    pub async fn now(&self) -> Result<u64, Error> {
+        let value = self.value("now", || Value::from(now_ms())).await?;
+        value
+            .as_u64()
+            .ok_or_else(|| Error::terminal("now(): not a number in the history"))
+    }
+
+    /// A random number, the same on every replay.
+    pub async fn random(&self) -> Result<u64, Error> {
+        let value = self.value("random", || Value::from(random_u64())).await?;
+        value
+            .as_u64()
+            .ok_or_else(|| Error::terminal("random(): not a number in the history"))
+    }
+
+    /// A random UUID (version 4), the same on every replay.
+    pub async fn uuid(&self) -> Result<String, Error> {
+        let value = self
+            .value("uuid", || Value::from(uuid_of(random_u64(), random_u64())))
+            .await?;
+        value
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::terminal("uuid(): not a string in the history"))
+    }
+
+    /// Which version of the code around change `change` this instance runs: `max` for an
+    /// instance that reaches this point for the first time, the version it chose before on a
+    /// replay, and 0 for an instance that passed this point before the call was added (its
+    /// history has no version here: run the old code).
+    ///
+    /// ```no_run
+    /// # async fn f(flow: libflow::Flow) -> Result<(), libflow::Error> {
+    /// if flow.version("send-receipt", 1).await? >= 1 {
+    ///     flow.call::<serde_json::Value>("send_receipt", &()).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn version(&self, change: &str, max: u32) -> Result<u32, Error> {
+        let probe = Op::Version {
+            change: change.to_string(),
+            version: 0,
+        };
+        {
+            let state = self.state();
+            if state.next < state.replay_len {
+                let (_, entry) = &state.history[state.next as usize];
+                if !same_op(&entry.op, &probe) {
+                    // The history has no version here: it was made by the old code.
+                    return Ok(0);
+                }
+            }
+        }
+        let mut slot = self.slot();
+        if let Some((_, entry)) = slot.replayed(&probe)? {
+            let Op::Version { version, .. } = entry.op else {
+                unreachable!("replayed checks the kind")
+            };
+            return Ok(version);
+        }
+        slot.commit(Op::Version {
+            change: change.to_string(),
+            version: max,
+        })
+        .await?;
+        Ok(max)
+    }
+
+    /// Runs `futures` concurrently and returns their outputs in order. Operations started
+    /// inside them take positions in the order the futures are listed.
+    pub async fn join_all<F: IntoFuture>(
+        &self,
+        futures: impl IntoIterator<Item = F>,
+    ) -> Vec<F::Output> {
+        futures::future::join_all(futures.into_iter().map(IntoFuture::into_future)).await
+    }
+
+    // -----------------------------------------------------------------------------------
+    // The step stream
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .expect("no panics while the flow's state is locked")
+    }
+
+    /// The idempotency key of the child started at `position`.
+    fn child_key(&self, position: u64) -> String {
+        format!("libflow:{}:{}", self.inner.id, position)
+    }
+
+    /// Takes the next position; the record written there carries the buffered writes.
+    pub(crate) fn slot(&self) -> Slot {
+        let mut state = self.state();
+        let pos = state.next;
+        state.next += 1;
+        let replay = (pos < state.replay_len).then(|| state.history[pos as usize].clone());
+        let carried = std::mem::take(&mut state.pending);
+        Slot {
+            flow: self.clone(),
+            pos,
+            replay,
+            carried,
+            done: false,
+        }
+    }
+
+    /// Takes position 0, the instance's start, in a flow made over an empty history.
+    pub(crate) fn slot_at_start(&self) -> Slot {
+        self.state().next = 0;
+        self.slot()
+    }
+
+    /// Takes the next position for a record that also carries `write`, flushing the buffered
+    /// writes first if they and `write` would not fit one record's tags.
+    pub(crate) async fn slot_with(&self, write: Option<Write>) -> Result<Slot, Error> {
+        let flush = {
+            let state = self.state();
+            let mut keys: Vec<Tag> = state
+                .pending
+                .iter()
+                .chain(write.iter())
+                .map(|w| key_tag(&w.table, &w.key))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.len() >= TAGS_PER_RECORD_MAX
+        };
+        let flush = flush.then(|| self.slot());
+        let mut slot = self.slot();
+        slot.carried.extend(write);
+        if let Some(mut flush) = flush {
+            if flush.replayed(&Op::Flush)?.is_none() {
+                flush.commit(Op::Flush).await?;
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Buffers a read-log write for the next record.
+    pub(crate) async fn buffer(&self, write: Write) -> Result<(), Error> {
+        let full = {
+            let mut state = self.state();
+            state.pending.push(write);
+            let mut keys: Vec<Tag> = state
+                .pending
+                .iter()
+                .map(|w| key_tag(&w.table, &w.key))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.len() >= TAGS_PER_RECORD_MAX
+        };
+        if full {
+            let mut flush = self.slot();
+            if flush.replayed(&Op::Flush)?.is_none() {
+                flush.commit(Op::Flush).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The instance's logical time: the seqnum of the record at the last position taken
+    /// (once it is written).
+    pub(crate) async fn logical_time(&self) -> Result<Seqnum, Error> {
+        let pos = self.state().next - 1;
+        self.wait_written(pos + 1).await?;
+        Ok(self.state().history[pos as usize].0)
+    }
+
+    /// Waits until the positions below `len` are written.
+    async fn wait_written(&self, len: u64) -> Result<(), Error> {
+        let mut progress = self.inner.progress.subscribe();
+        let progress = progress
+            .wait_for(|p| p.written >= len || p.stopped.is_some())
+            .await
+            .expect("the flow keeps its progress sender");
+        match &progress.stopped {
+            Some(e) if progress.written < len => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops this execution: every operation waiting for its turn fails with `e`.
+    fn stop(&self, e: Error) {
+        self.inner.progress.send_modify(|p| {
+            if p.stopped.is_none() {
+                p.stopped = Some(e);
+            }
+        });
+    }
+
+    /// Appends `data` at `pos` of the step stream, once. A condition lost to a record equal
+    /// to `data` (an earlier try of this append that landed) counts as written.
+    async fn append_at(&self, pos: u64, tags: &[Tag], data: Bytes) -> Result<Seqnum, Error> {
+        let cond = Cond {
+            tag: self.inner.steps,
+            position: pos,
+        };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.ctx().cond_append(tags, data.clone(), cond).await {
+                Ok(seqnum) => return Ok(seqnum),
+                Err(LogError::CondFailed { .. }) => {
+                    let after = match pos {
+                        0 => Seqnum(0),
+                        _ => Seqnum(self.state().history[pos as usize - 1].0 .0 + 1),
+                    };
+                    return match self.ctx().read_next(self.inner.steps, after).await? {
+                        Some(record) if record.data == data => Ok(record.seqnum),
+                        _ => Err(Error::Superseded { position: pos }),
+                    };
+                }
+                Err(e) if e.is_retryable() && tries < APPEND_TRIES => {
+                    tokio::time::sleep(Duration::from_millis(10 << tries.min(6))).await;
+                }
+                Err(e) => return Err(Error::Log(e)),
+            }
+        }
+    }
+
+    /// Notes that `entry` is written at `pos`.
+    fn written(&self, pos: u64, seqnum: Seqnum, entry: Entry) {
+        let mut state = self.state();
+        debug_assert_eq!(
+            state.history.len() as u64,
+            pos,
+            "positions are written in order"
+        );
+        state.history.push((seqnum, entry));
+        drop(state);
+        self.inner.progress.send_modify(|p| p.written = pos + 1);
+    }
+
+    /// Remembers a compensation for the operation at `pos`, which succeeded.
+    fn register_compensation(&self, pos: u64, compensation: Option<(String, Value)>) {
+        if let Some(c) = compensation {
+            self.state().saga.insert(pos, c);
+        }
+    }
+
+    /// What a step or call at `pos` returns for `outcome`; a success remembers its
+    /// compensation.
+    fn settle<T: DeserializeOwned>(
+        &self,
+        pos: u64,
+        outcome: Outcome,
+        compensation: Option<(String, Value)>,
+    ) -> Result<T, Error> {
+        match outcome {
+            Outcome::Ok(value) => {
+                self.register_compensation(pos, compensation);
+                Ok(serde_json::from_value(value)?)
+            }
+            Outcome::Err(message) => Err(Error::terminal(message)),
+        }
+    }
+
+    /// Runs the compensations of the operations that succeeded, newest first, each a call
+    /// logged like any other (so each runs once however often the instance is replayed).
+    /// Returns how many ran.
+    pub(crate) async fn compensate(&self) -> Result<usize, Error> {
+        let saga: Vec<(String, Value)> = {
+            let mut state = self.state();
+            std::mem::take(&mut state.saga)
+                .into_values()
+                .rev()
+                .collect()
+        };
+        let n = saga.len();
+        for (function, input) in saga {
+            self.call::<Value>(&function, &input).await?;
+        }
+        Ok(n)
+    }
+
+    /// Writes the instance's end (with any buffered writes).
+    pub(crate) async fn end(&self, op: Op) -> Result<(), Error> {
+        let mut slot = self.slot();
+        if slot.replayed(&op)?.is_none() {
+            slot.commit(op).await?;
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Operations with more than one part
+
+    async fn value(&self, name: &str, make: impl FnOnce() -> Value) -> Result<Value, Error> {
+        let mut slot = self.slot();
+        let probe = Op::Value {
+            name: name.to_string(),
+            value: Value::Null,
+        };
+        if let Some((_, entry)) = slot.replayed(&probe)? {
+            let Op::Value { value, .. } = entry.op else {
+                unreachable!("replayed checks the kind")
+            };
+            return Ok(value);
+        }
+        let value = make();
+        slot.commit(Op::Value {
+            name: name.to_string(),
+            value: value.clone(),
+        })
+        .await?;
+        Ok(value)
+    }
+
+    async fn timer(&self, deadline_ms: u64) -> Result<u64, Error> {
+        let slot = self.slot();
+        self.timer_at(slot, deadline_ms).await
+    }
+
+    /// Logs a timer at `slot` (its deadline from the history on a replay).
+    async fn timer_at(&self, mut slot: Slot, deadline_ms: u64) -> Result<u64, Error> {
+        let probe = Op::Timer { deadline_ms: 0 };
+        if let Some((_, entry)) = slot.replayed(&probe)? {
+            let Op::Timer { deadline_ms } = entry.op else {
+                unreachable!("replayed checks the kind")
+            };
+            return Ok(deadline_ms);
+        }
+        slot.commit(Op::Timer { deadline_ms }).await?;
+        Ok(deadline_ms)
+    }
+
+    /// Takes the next signal `name` at `slot`, or none once `deadline_ms` passed.
+    async fn signal(
+        &self,
+        mut slot: Slot,
+        name: &str,
+        deadline_ms: Option<u64>,
+    ) -> Result<Option<Value>, Error> {
+        let probe = Op::Signal {
+            name: name.to_string(),
+            payload: None,
+        };
+        if let Some((_, entry)) = slot.replayed(&probe)? {
+            let Op::Signal { payload, .. } = entry.op else {
+                unreachable!("replayed checks the kind")
+            };
+            if payload.is_some() {
+                *self
+                    .state()
+                    .signals_taken
+                    .entry(name.to_string())
+                    .or_default() += 1;
+            }
+            return Ok(payload);
+        }
+        // Which signal this wait takes is decided once every earlier position is written.
+        slot.wait_turn().await?;
+        let index = self.state().signals_taken.get(name).copied().unwrap_or(0);
+        let payload = self.find_signal(name, index, deadline_ms).await?;
+        if payload.is_some() {
+            *self
+                .state()
+                .signals_taken
+                .entry(name.to_string())
+                .or_default() += 1;
+        }
+        slot.commit(Op::Signal {
+            name: name.to_string(),
+            payload: payload.clone(),
+        })
+        .await?;
+        Ok(payload)
+    }
+
+    /// The payload of signal `name` number `index` (from 0), waiting for it until
+    /// `deadline_ms` (none: for ever).
+    async fn find_signal(
+        &self,
+        name: &str,
+        index: u64,
+        deadline_ms: Option<u64>,
+    ) -> Result<Option<Value>, Error> {
+        let tag = signal_tag(&self.inner.id, name);
+        let ctx = self.ctx();
+        let mut seen = 0u64;
+        let mut from = Seqnum(0);
+        loop {
+            let range = ReadRange {
+                from,
+                to: Seqnum::MAX,
+                limit: logbook::READ_RANGE_RECORDS_MAX,
+            };
+            let records = ctx.read_range(tag, range).await?;
+            for record in &records {
+                from = Seqnum(record.seqnum.0 + 1);
+                let Ok(signal) = serde_json::from_slice::<SignalRecord>(&record.data) else {
+                    continue;
+                };
+                if signal.instance != self.inner.id || signal.name != name {
+                    continue;
+                }
+                if seen == index {
+                    return Ok(Some(signal.payload));
+                }
+                seen += 1;
+            }
+            if !records.is_empty() {
+                continue;
+            }
+            let wait = match deadline_ms {
+                Some(deadline) => {
+                    let now = now_ms();
+                    if now >= deadline {
+                        return Ok(None);
+                    }
+                    Duration::from_millis(deadline - now).min(SIGNAL_POLL)
+                }
+                None => SIGNAL_POLL,
+            };
+            ctx.read_next_blocking(tag, from, wait).await?;
+        }
+    }
+}
+
+/// A position of the step stream taken by one operation.
+pub(crate) struct Slot {
+    flow: Flow,
+    pos: u64,
+    /// The record at this position, if the history has it.
+    replay: Option<(Seqnum, Entry)>,
+    /// Writes the record at this position carries.
+    carried: Vec<Write>,
+    /// Written or replayed: nothing to fill in when dropped.
+    done: bool,
+}
+
+impl Slot {
+    /// The history's record at this position, if there is one and it is the same operation
+    /// as `probe`; a different one is a non-determinism error.
+    pub(crate) fn replayed(&mut self, probe: &Op) -> Result<Option<(Seqnum, Entry)>, Error> {
+        let Some((seqnum, entry)) = self.replay.take() else {
+            return Ok(None);
+        };
+        self.done = true;
+        if matches!(entry.op, Op::Abandoned) {
+            return Err(Error::terminal(format!(
+                "{} at position {} was abandoned by an earlier execution",
+                probe.describe(),
+                self.pos
+            )));
+        }
+        if !same_op(&entry.op, probe) || !same_writes(&entry.writes, &self.carried) {
+            let e = Error::NonDeterminism {
+                position: self.pos,
+                history: entry.op.describe(),
+                code: probe.describe(),
+            };
+            self.flow.stop(e.clone());
+            return Err(e);
+        }
+        Ok(Some((seqnum, entry)))
+    }
+
+    /// The writes this position's record carries.
+    pub(crate) fn carried(&self) -> &[Write] {
+        &self.carried
+    }
+
+    /// Waits until every earlier position is written.
+    pub(crate) async fn wait_turn(&self) -> Result<(), Error> {
+        self.flow.wait_written(self.pos).await
+    }
+
+    /// Writes `op`'s record at this position, after every earlier one.
+    pub(crate) async fn commit(mut self, op: Op) -> Result<Seqnum, Error> {
+        self.done = true;
+        self.wait_turn().await?;
+        let entry = Entry {
+            op,
+            writes: std::mem::take(&mut self.carried),
+            at_ms: now_ms(),
+        };
+        let mut tags = vec![self.flow.inner.steps];
+        for w in &entry.writes {
+            let tag = key_tag(&w.table, &w.key);
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        let data = Bytes::from(serde_json::to_vec(&entry)?);
+        match self.flow.append_at(self.pos, &tags, data).await {
+            Ok(seqnum) => {
+                self.flow.written(self.pos, seqnum, entry);
+                Ok(seqnum)
+            }
+            Err(e) => {
+                self.flow.stop(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.done || self.replay.is_some() {
+            return;
+        }
+        // Later positions wait for this one: fill it in.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let slot = Slot {
+            flow: self.flow.clone(),
+            pos: self.pos,
+            replay: None,
+            carried: std::mem::take(&mut self.carried),
+            done: true,
+        };
+        runtime.spawn(async move {
+            let _ = slot.commit(Op::Abandoned).await;
+        });
+    }
+}
+
+/// Whether a history's record and the code's operation are the same operation.
+fn same_op(history: &Op, code: &Op) -> bool {
+    match (history, code) {
+        (Op::Step { name: a, .. }, Op::Step { name: b, .. }) => a == b,
+        (Op::Call { function: a, .. }, Op::Call { function: b, .. }) => a == b,
+        (Op::CallAsync { function: a, .. }, Op::CallAsync { function: b, .. }) => a == b,
+        (Op::Timer { .. }, Op::Timer { .. }) => true,
+        (Op::Signal { name: a, .. }, Op::Signal { name: b, .. }) => a == b,
+        (
+            Op::Read {
+                table: a, key: k, ..
+            },
+            Op::Read {
+                table: b, key: l, ..
+            },
+        ) => a == b && k == l,
+        (Op::Write { table: a, key: k }, Op::Write { table: b, key: l }) => a == b && k == l,
+        (Op::Value { name: a, .. }, Op::Value { name: b, .. }) => a == b,
+        (Op::Version { change: a, .. }, Op::Version { change: b, .. }) => a == b,
+        (Op::Flush, Op::Flush) => true,
+        (Op::End { .. }, Op::End { .. }) => true,
+        _ => false,
+    }
+}
+
+/// Whether a replayed record carries the writes the code made before it (same keys, in the
+/// same order).
+fn same_writes(history: &[Write], code: &[Write]) -> bool {
+    history.len() == code.len()
+        && history
+            .iter()
+            .zip(code)
+            .all(|(a, b)| a.table == b.table && a.key == b.key)
+}
+
+/// A compensation as a step or call was given it: its input's JSON, or why it has none.
+fn compensation_of(
+    compensation: Option<(String, Result<Value, Error>)>,
+) -> Result<Option<(String, Value)>, Error> {
+    compensation
+        .map(|(function, input)| input.map(|input| (function, input)))
+        .transpose()
+}
+
+/// A callee that could not run stops the execution (it is driven again later); any other
+/// failure is the call's outcome.
+fn stop_or_fail(e: tally_sdk::FunctionError) -> Error {
+    if e.unavailable {
+        Error::Log(LogError::Unavailable(e.message))
+    } else {
+        Error::terminal(e.message)
+    }
+}
+
+async fn wait_until(deadline_ms: u64) {
+    let now = now_ms();
+    if deadline_ms > now {
+        tokio::time::sleep(Duration::from_millis(deadline_ms - now)).await;
+    }
+}
+
+/// A random number from the OS's hash seeds and the clock: good enough for ids, never for
+/// keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+fn uuid_of(hi: u64, lo: u64) -> String {
+    let hi = (hi & !0xf000) | 0x4000; // version 4
+    let lo = (lo & !(0xc << 60)) | (0x8 << 60); // variant 1
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    )
+}
+
+/// A JSON value from a function's output: its JSON, or the bytes as a string.
+fn value_of_output(output: &[u8]) -> Value {
+    serde_json::from_slice(output)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(output).into_owned()))
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
+
+/// A step being set up: `.retry(..)` and `.compensate_with_call(..)`, then `.await`.
+#[must_use = "a step runs when awaited"]
+pub struct Step<T, F> {
+    flow: Flow,
+    name: String,
+    f: F,
+    retry: RetryPolicy,
+    compensation: Option<(String, Result<Value, Error>)>,
+    _out: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T, F> Step<T, F> {
+    /// How often this step is tried.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// If the workflow fails after this step succeeded, call `function` with `input` to undo
+    /// it (a saga's compensation; compensations run newest first, each once).
+    pub fn compensate_with_call(
+        mut self,
+        function: &str,
+        input: &(impl Serialize + ?Sized),
+    ) -> Self {
+        self.compensation = Some((
+            function.to_string(),
+            serde_json::to_value(input).map_err(Error::from),
+        ));
+        self
+    }
+}
+
+impl<T, F, Fut> IntoFuture for Step<T, F>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, Error>> + Send + 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Output = Result<T, Error>;
+    type IntoFuture = BoxFuture<T>;
+
+    fn into_future(self) -> BoxFuture<T> {
+        let Step {
+            flow,
+            name,
+            mut f,
+            retry,
+            compensation,
+            ..
+        } = self;
+        Box::pin(async move {
+            let mut slot = flow.slot();
+            let pos = slot.pos;
+            let compensation = compensation_of(compensation)?;
+            let probe = Op::Step {
+                name: name.clone(),
+                outcome: Outcome::Ok(Value::Null),
+                attempts: 0,
+            };
+            let outcome = match slot.replayed(&probe)? {
+                Some((_, entry)) => {
+                    let Op::Step { outcome, .. } = entry.op else {
+                        unreachable!("replayed checks the kind")
+                    };
+                    outcome
+                }
+                None => {
+                    let mut attempts = 0;
+                    let outcome = loop {
+                        attempts += 1;
+                        match f().await {
+                            Ok(value) => break Outcome::Ok(serde_json::to_value(&value)?),
+                            Err(e) if e.stops_execution() => return Err(e),
+                            Err(Error::Failed { message, retryable }) => {
+                                if !retryable || attempts >= retry.max_attempts.max(1) {
+                                    break Outcome::Err(message);
+                                }
+                                tracing::debug!(step = %name, attempts, %message, "step failed; retrying");
+                                tokio::time::sleep(retry.backoff(attempts)).await;
+                            }
+                            Err(e) => break Outcome::Err(e.to_string()),
+                        }
+                    };
+                    slot.commit(Op::Step {
+                        name: name.clone(),
+                        outcome: outcome.clone(),
+                        attempts,
+                    })
+                    .await?;
+                    outcome
+                }
+            };
+            flow.settle(pos, outcome, compensation)
+        })
+    }
+}
+
+/// A child call being set up: `.compensate_with_call(..)`, then `.await`.
+#[must_use = "a call runs when awaited"]
+pub struct CallBuilder<T> {
+    flow: Flow,
+    function: String,
+    input: Result<Value, Error>,
+    compensation: Option<(String, Result<Value, Error>)>,
+    _out: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> CallBuilder<T> {
+    /// If the workflow fails after this call succeeded, call `function` with `input` to undo
+    /// it (a saga's compensation; compensations run newest first, each once).
+    pub fn compensate_with_call(
+        mut self,
+        function: &str,
+        input: &(impl Serialize + ?Sized),
+    ) -> Self {
+        self.compensation = Some((
+            function.to_string(),
+            serde_json::to_value(input).map_err(Error::from),
+        ));
+        self
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for CallBuilder<T> {
+    type Output = Result<T, Error>;
+    type IntoFuture = BoxFuture<T>;
+
+    fn into_future(self) -> BoxFuture<T> {
+        let CallBuilder {
+            flow,
+            function,
+            input,
+            compensation,
+            ..
+        } = self;
+        Box::pin(async move {
+            let mut slot = flow.slot();
+            let pos = slot.pos;
+            let input = input?;
+            let compensation = compensation_of(compensation)?;
+            let probe = Op::Call {
+                function: function.clone(),
+                outcome: Outcome::Ok(Value::Null),
+            };
+            let outcome = match slot.replayed(&probe)? {
+                Some((_, entry)) => {
+                    let Op::Call { outcome, .. } = entry.op else {
+                        unreachable!("replayed checks the kind")
+                    };
+                    outcome
+                }
+                None => {
+                    let key = flow.child_key(pos);
+                    let input = serde_json::to_vec(&input)?;
+                    let outcome = match flow.ctx().invoke_keyed(&function, &key, input).await {
+                        Ok(output) => Outcome::Ok(value_of_output(&output)),
+                        Err(e) => match stop_or_fail(e) {
+                            Error::Failed { message, .. } => Outcome::Err(message),
+                            stop => return Err(stop),
+                        },
+                    };
+                    slot.commit(Op::Call {
+                        function: function.clone(),
+                        outcome: outcome.clone(),
+                    })
+                    .await?;
+                    outcome
+                }
+            };
+            flow.settle(pos, outcome, compensation)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uuid_is_version_4_variant_1() {
+        let id = uuid_of(u64::MAX, u64::MAX);
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(350),
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(3), Duration::from_millis(350));
+    }
+}

@@ -1,0 +1,36 @@
+//! libflow: durable, exactly-once workflows on the log.
+//!
+//! A workflow is an `async fn(Flow, In) -> Result<Out, Error>` registered with `Workflows`.
+//! An instance (an id) keeps its history in a step stream of the log: one record per
+//! operation, each a conditional append at its position, so two executions of one instance
+//! never both succeed at a position and the loser stops. A crashed, restarted or re-driven
+//! instance replays its history (operations return their logged outcome without running
+//! again) and continues where it stopped: its effects happen once.
+//!
+//! - `flow.step(name, || async { .. })`: run once, result logged; retries with backoff.
+//! - `flow.call(function, &input)` / `call_async`: child invocations, once per position.
+//! - `flow.sleep(d)`, `wait_signal(name)`, `wait_signal_timeout(name, d)`: durable timers and
+//!   events from outside (`signal`).
+//! - `flow.join_all(..)`: fan-out and fan-in, deterministic on replay.
+//! - `.compensate_with_call(..)` on a step or call: sagas; a failed instance runs the
+//!   compensations of what succeeded, newest first, each once, and ends `compensated`.
+//! - `flow.now()`, `random()`, `uuid()`, `version(change, max)`.
+//! - `flow.table(name)`: exactly-once key-value tables in the log, with three logging
+//!   protocols (`Protocol`).
+//!
+//! libflow depends on `logbook` and the SDK only; it runs wherever a function runs.
+
+mod entry;
+mod error;
+mod flow;
+mod table;
+mod workflows;
+
+pub use entry::{key_tag, signal_tag, steps_tag, Status};
+pub use error::Error;
+pub use flow::{CallBuilder, Flow, RetryPolicy, Step};
+pub use table::{Protocol, Table};
+pub use workflows::{
+    check_instance_id, describe, signal, start_input, Ended, Instance, SignalError, StartInput,
+    StepView, Workflows, INSTANCE_ID_BYTES_MAX,
+};

@@ -1,0 +1,645 @@
+//! The workflows a process serves, the driver that runs an instance from its history, and
+//! what the outside sees of instances: their state (`describe`) and signals (`signal`).
+//!
+//! An instance runs as a function invocation: `Workflows::handler` is an ordinary function
+//! handler whose input is `{"instance": id, "input": ...}` (`start_input`). The gateway starts
+//! it as a durable invocation under an idempotency key made from the instance id, so one id is
+//! one instance however often it is started, and an unfinished one is driven again after a
+//! crash, on any gateway that serves the workflow.
+
+use crate::entry::{now_ms, signal_tag, steps_tag, Entry, Op, Outcome, SignalRecord, Status};
+use crate::flow::{Flow, RetryPolicy};
+use crate::table::Protocol;
+use crate::Error;
+use bytes::Bytes;
+use logbook::{ReadRange, Record, Seqnum};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tally_sdk::{Ctx, FunctionError, Handler};
+
+/// Longest an instance id may be, in bytes.
+pub const INSTANCE_ID_BYTES_MAX: usize = 256;
+/// How long an execution that lost its instance to another waits for the other's end before
+/// it gives up (the instance is then driven again).
+const SUPERSEDED_WAIT: Duration = Duration::from_secs(60);
+
+type WorkflowFn = Arc<
+    dyn Fn(Flow, Value) -> Pin<Box<dyn Future<Output = Result<Value, Error>> + Send>> + Send + Sync,
+>;
+
+struct Definition {
+    run: WorkflowFn,
+    retry: RetryPolicy,
+}
+
+/// The workflows a process serves, and the protocol of each table.
+///
+/// ```no_run
+/// use libflow::{Flow, Error, Protocol, Workflows};
+///
+/// async fn greet(flow: Flow, name: String) -> Result<String, Error> {
+///     let greeting: String = flow.call("greet", &serde_json::json!({ "name": name })).await?;
+///     flow.table("greeted").update(&name, |n: Option<u64>| n.unwrap_or(0) + 1).await?;
+///     Ok(greeting)
+/// }
+///
+/// let mut workflows = Workflows::new();
+/// workflows.register("greeter", greet);
+/// workflows.set_protocol("greeted", Protocol::ReadLog);
+/// ```
+#[derive(Clone, Default)]
+pub struct Workflows {
+    definitions: Arc<RwLock<BTreeMap<String, Arc<Definition>>>>,
+    protocols: Arc<RwLock<BTreeMap<String, Protocol>>>,
+    default_protocol: Protocol,
+}
+
+impl Workflows {
+    pub fn new() -> Workflows {
+        Workflows::default()
+    }
+
+    /// Serves `workflow` as `name`: an `async fn(Flow, In) -> Result<Out, Error>` over JSON
+    /// input and output.
+    pub fn register<In, Out, F, Fut>(&mut self, name: &str, workflow: F) -> &mut Workflows
+    where
+        In: DeserializeOwned + Send + 'static,
+        Out: Serialize + Send + 'static,
+        F: Fn(Flow, In) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Out, Error>> + Send + 'static,
+    {
+        self.register_with(name, RetryPolicy::default(), workflow)
+    }
+
+    /// `register`, with the retry policy of the workflow's steps.
+    pub fn register_with<In, Out, F, Fut>(
+        &mut self,
+        name: &str,
+        retry: RetryPolicy,
+        workflow: F,
+    ) -> &mut Workflows
+    where
+        In: DeserializeOwned + Send + 'static,
+        Out: Serialize + Send + 'static,
+        F: Fn(Flow, In) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Out, Error>> + Send + 'static,
+    {
+        let workflow = Arc::new(workflow);
+        let run: WorkflowFn = Arc::new(move |flow, input| {
+            let workflow = workflow.clone();
+            Box::pin(async move {
+                let input: In = serde_json::from_value(input)
+                    .map_err(|e| Error::terminal(format!("input: {e}")))?;
+                let output = workflow(flow, input).await?;
+                Ok(serde_json::to_value(output)?)
+            })
+        });
+        self.definitions
+            .write()
+            .expect("no panics under the workflows lock")
+            .insert(name.to_string(), Arc::new(Definition { run, retry }));
+        self
+    }
+
+    /// The names of the workflows served, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.definitions
+            .read()
+            .expect("no panics under the workflows lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Sets `table`'s protocol for instances that start from now on; running instances keep
+    /// the one they started with, so the switch needs no pause and keeps them exactly once.
+    pub fn set_protocol(&self, table: &str, protocol: Protocol) {
+        self.protocols
+            .write()
+            .expect("no panics under the protocols lock")
+            .insert(table.to_string(), protocol);
+    }
+
+    /// The protocol new instances use for `table`.
+    pub fn protocol(&self, table: &str) -> Protocol {
+        self.protocols
+            .read()
+            .expect("no panics under the protocols lock")
+            .get(table)
+            .copied()
+            .unwrap_or(self.default_protocol)
+    }
+
+    /// The function handler that runs instances of workflow `name` (input: `start_input`).
+    /// It answers the instance's end as JSON (`Ended`) once the instance has ended, however
+    /// it ended; it fails only when the execution stopped before the end (a log error), so the
+    /// invocation is driven again.
+    pub fn handler(&self, name: &str) -> Option<Handler> {
+        let definition = self
+            .definitions
+            .read()
+            .expect("no panics under the workflows lock")
+            .get(name)
+            .cloned()?;
+        let workflows = self.clone();
+        let name = name.to_string();
+        Some(Arc::new(move |ctx: Ctx, input: Bytes| {
+            let definition = definition.clone();
+            let workflows = workflows.clone();
+            let name = name.clone();
+            Box::pin(async move {
+                let start: StartInput = tally_sdk::json::input(&input)?;
+                let ended = workflows
+                    .drive(&definition, &name, ctx, &start.instance, start.input)
+                    .await?;
+                tally_sdk::json::output(&ended)
+            }) as tally_sdk::BoxFuture
+        }))
+    }
+
+    /// Runs instance `id` of workflow `name` to its end, from its history.
+    async fn drive(
+        &self,
+        definition: &Definition,
+        name: &str,
+        ctx: Ctx,
+        id: &str,
+        input: Value,
+    ) -> Result<Ended, FunctionError> {
+        check_instance_id(id).map_err(FunctionError::bad_input)?;
+        let history = read_history(&ctx, id).await.map_err(stopped)?;
+        if let Some(ended) = ended(&history) {
+            return Ok(ended);
+        }
+        let protocols = match history.first() {
+            Some((_, entry)) => match &entry.op {
+                Op::Start {
+                    workflow,
+                    input: first,
+                    protocols,
+                } => {
+                    if workflow != name {
+                        return Err(FunctionError::bad_input(format!(
+                            "instance {id} is an instance of workflow {workflow}, not {name}"
+                        )));
+                    }
+                    if *first != input {
+                        return Err(FunctionError::bad_input(format!(
+                            "instance {id} was started with another input"
+                        )));
+                    }
+                    protocols.clone()
+                }
+                other => {
+                    return Err(FunctionError::new(format!(
+                        "instance {id}'s step stream starts with {}",
+                        other.describe()
+                    )))
+                }
+            },
+            None => self
+                .protocols
+                .read()
+                .expect("no panics under the protocols lock")
+                .clone(),
+        };
+        let fresh = history.is_empty();
+        let flow = Flow::new(
+            ctx.clone(),
+            id,
+            history,
+            protocols.clone(),
+            self.default_protocol,
+            definition.retry,
+        );
+        if fresh {
+            // Position 0 is the start: an execution that loses it lost the instance.
+            let start = Flow::new(
+                ctx.clone(),
+                id,
+                Vec::new(),
+                BTreeMap::new(),
+                self.default_protocol,
+                definition.retry,
+            );
+            let entry = Entry {
+                op: Op::Start {
+                    workflow: name.to_string(),
+                    input: input.clone(),
+                    protocols: protocols.clone(),
+                },
+                writes: Vec::new(),
+                at_ms: now_ms(),
+            };
+            match start.write_start(entry).await {
+                Ok(()) => {}
+                Err(e) => return self.after_stop(&ctx, id, e).await,
+            }
+            // Run over the history just written.
+            let history = read_history(&ctx, id).await.map_err(stopped)?;
+            let flow = Flow::new(
+                ctx.clone(),
+                id,
+                history,
+                protocols,
+                self.default_protocol,
+                definition.retry,
+            );
+            return self.run(definition, &ctx, id, flow, input).await;
+        }
+        self.run(definition, &ctx, id, flow, input).await
+    }
+
+    async fn run(
+        &self,
+        definition: &Definition,
+        ctx: &Ctx,
+        id: &str,
+        flow: Flow,
+        input: Value,
+    ) -> Result<Ended, FunctionError> {
+        let result = (definition.run)(flow.clone(), input).await;
+        let end = match result {
+            Ok(output) => Op::End {
+                status: Status::Succeeded,
+                output: Some(output),
+                error: None,
+            },
+            Err(e) if e.stops_execution() => return self.after_stop(ctx, id, e).await,
+            Err(e @ Error::NonDeterminism { .. }) => Op::End {
+                status: Status::Failed,
+                output: None,
+                error: Some(e.to_string()),
+            },
+            Err(e) => {
+                let compensated = match flow.compensate().await {
+                    Ok(n) => n,
+                    Err(stop) if stop.stops_execution() => {
+                        return self.after_stop(ctx, id, stop).await
+                    }
+                    Err(other) => {
+                        tracing::warn!(instance = id, error = %other, "a compensation failed");
+                        0
+                    }
+                };
+                Op::End {
+                    status: if compensated > 0 {
+                        Status::Compensated
+                    } else {
+                        Status::Failed
+                    },
+                    output: None,
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        if let Err(e) = flow.end(end).await {
+            return self.after_stop(ctx, id, e).await;
+        }
+        let history = read_history(ctx, id).await.map_err(stopped)?;
+        ended(&history).ok_or_else(|| FunctionError::new("the instance's end is not in its stream"))
+    }
+
+    /// An execution stopped before the end: wait for the execution that owns the instance to
+    /// end it, or fail the invocation so it is driven again.
+    async fn after_stop(&self, ctx: &Ctx, id: &str, e: Error) -> Result<Ended, FunctionError> {
+        if !matches!(e, Error::Superseded { .. }) {
+            return Err(stopped(e));
+        }
+        let deadline = now_ms() + SUPERSEDED_WAIT.as_millis() as u64;
+        let tag = steps_tag(id);
+        let mut from = Seqnum(0);
+        while now_ms() < deadline {
+            let wait = Duration::from_millis((deadline - now_ms()).min(10_000));
+            match ctx.read_next_blocking(tag, from, wait).await {
+                Ok(Some(record)) => {
+                    from = Seqnum(record.seqnum.0 + 1);
+                    if let Some(ended) = entry_of(&record).and_then(|e| end_of(&e)) {
+                        return Ok(ended);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(stopped(Error::Log(e))),
+            }
+        }
+        Err(FunctionError::new(format!(
+            "instance {id} is run by another execution, which has not ended it"
+        )))
+    }
+}
+
+impl Flow {
+    /// Writes an instance's `Start` at position 0.
+    async fn write_start(&self, entry: Entry) -> Result<(), Error> {
+        let mut slot = self.slot_at_start();
+        if slot.replayed(&entry.op)?.is_some() {
+            return Ok(());
+        }
+        slot.commit(entry.op).await?;
+        Ok(())
+    }
+}
+
+/// A log error stops an execution without ending the instance: the invocation fails, and is
+/// driven again.
+fn stopped(e: impl Into<Error>) -> FunctionError {
+    FunctionError::new(format!("the instance stopped before its end: {}", e.into()))
+}
+
+/// An instance id: 1 to `INSTANCE_ID_BYTES_MAX` bytes of letters, digits and `-_.:`.
+pub fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > INSTANCE_ID_BYTES_MAX {
+        return Err(format!(
+            "an instance id has 1 to {INSTANCE_ID_BYTES_MAX} bytes, got {}",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+    {
+        return Err(format!(
+            "an instance id holds letters, digits and -_.: only, not {c:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The input of a workflow's function: the instance and the workflow's own input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartInput {
+    pub instance: String,
+    #[serde(default)]
+    pub input: Value,
+}
+
+/// The input that starts instance `id` with `input`.
+pub fn start_input(id: &str, input: Value) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&StartInput {
+            instance: id.to_string(),
+            input,
+        })
+        .expect("JSON values serialize"),
+    )
+}
+
+/// How an instance ended: what its function answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ended {
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn end_of(entry: &Entry) -> Option<Ended> {
+    match &entry.op {
+        Op::End {
+            status,
+            output,
+            error,
+        } => Some(Ended {
+            status: *status,
+            output: output.clone(),
+            error: error.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn ended(history: &[(Seqnum, Entry)]) -> Option<Ended> {
+    history.last().and_then(|(_, e)| end_of(e))
+}
+
+fn entry_of(record: &Record) -> Option<Entry> {
+    serde_json::from_slice(&record.data).ok()
+}
+
+/// Every record of `tag`'s stream, in order.
+async fn read_stream(ctx: &Ctx, tag: logbook::Tag) -> Result<Vec<Record>, logbook::LogError> {
+    let mut records = Vec::new();
+    let mut from = Seqnum(0);
+    loop {
+        let range = ReadRange {
+            from,
+            to: Seqnum::MAX,
+            limit: logbook::READ_RANGE_RECORDS_MAX,
+        };
+        let batch = ctx.read_range(tag, range).await?;
+        let Some(last) = batch.last() else {
+            return Ok(records);
+        };
+        from = Seqnum(last.seqnum.0 + 1);
+        records.extend(batch);
+    }
+}
+
+/// Every record of instance `id`'s step stream, by position.
+pub(crate) async fn read_history(ctx: &Ctx, id: &str) -> Result<Vec<(Seqnum, Entry)>, Error> {
+    read_stream(ctx, steps_tag(id))
+        .await?
+        .into_iter()
+        .map(|record| match entry_of(&record) {
+            Some(entry) => Ok((record.seqnum, entry)),
+            None => Err(Error::terminal(format!(
+                "record {} of instance {id}'s step stream is not a libflow record",
+                record.seqnum
+            ))),
+        })
+        .collect()
+}
+
+/// One record of an instance's history, as `describe` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub position: u64,
+    pub seqnum: u64,
+    /// The operation: `step`, `call`, `timer`, `signal`, `read`, `write`, ...
+    pub op: String,
+    /// Its name: the step's, the function's, the signal's, `table/key`, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `ok` or `failed`, for operations with an outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    pub at_ms: u64,
+    /// Bytes of the record's JSON.
+    pub bytes: usize,
+    /// Table writes the record carries.
+    pub writes: usize,
+}
+
+/// An instance as `GET /workflows/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub workflow: String,
+    pub status: Status,
+    pub input: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What a running instance waits for, when its history says (a timer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    pub started_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<u64>,
+    pub steps: Vec<StepView>,
+    /// Records and bytes the instance's step stream holds.
+    pub log_records: usize,
+    pub log_bytes: usize,
+}
+
+/// Instance `id` as its step stream shows it; `None` if it never started.
+pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
+    check_instance_id(id).map_err(Error::terminal)?;
+    let records = read_stream(ctx, steps_tag(id)).await?;
+    let Some(first) = records.first().and_then(entry_of) else {
+        return Ok(None);
+    };
+    let Op::Start {
+        workflow, input, ..
+    } = first.op
+    else {
+        return Ok(None);
+    };
+    let mut instance = Instance {
+        id: id.to_string(),
+        workflow,
+        status: Status::Running,
+        input,
+        output: None,
+        error: None,
+        waiting: None,
+        started_at_ms: first.at_ms,
+        ended_at_ms: None,
+        steps: Vec::new(),
+        log_records: records.len(),
+        log_bytes: records.iter().map(|r| r.data.len()).sum(),
+    };
+    for (position, record) in records.iter().enumerate().skip(1) {
+        let Some(entry) = entry_of(record) else {
+            continue;
+        };
+        let (op, name, status, attempts) = match &entry.op {
+            Op::Step {
+                name,
+                outcome,
+                attempts,
+            } => (
+                "step",
+                Some(name.clone()),
+                Some(outcome_status(outcome).to_string()),
+                Some(*attempts),
+            ),
+            Op::Call { function, outcome } => (
+                "call",
+                Some(function.clone()),
+                Some(outcome_status(outcome).to_string()),
+                None,
+            ),
+            Op::CallAsync { function, .. } => ("call_async", Some(function.clone()), None, None),
+            Op::Timer { deadline_ms } => {
+                instance.waiting = (*deadline_ms > now_ms())
+                    .then(|| format!("a timer until {deadline_ms} ms since the epoch"));
+                ("timer", None, None, None)
+            }
+            Op::Signal { name, payload } => (
+                "signal",
+                Some(name.clone()),
+                Some(if payload.is_some() { "ok" } else { "timed_out" }.to_string()),
+                None,
+            ),
+            Op::Read { table, key, .. } => ("read", Some(format!("{table}/{key}")), None, None),
+            Op::Write { table, key } => ("write", Some(format!("{table}/{key}")), None, None),
+            Op::Value { name, .. } => ("value", Some(name.clone()), None, None),
+            Op::Version { change, .. } => ("version", Some(change.clone()), None, None),
+            Op::Flush => ("flush", None, None, None),
+            Op::Abandoned => ("abandoned", None, None, None),
+            Op::Start { .. } => ("start", None, None, None),
+            Op::End {
+                status,
+                output,
+                error,
+            } => {
+                instance.status = *status;
+                instance.output = output.clone();
+                instance.error = error.clone();
+                instance.ended_at_ms = Some(entry.at_ms);
+                ("end", None, None, None)
+            }
+        };
+        if !matches!(entry.op, Op::Timer { .. }) {
+            // Only a timer that is the newest record is being waited for.
+            instance.waiting = None;
+        }
+        instance.steps.push(StepView {
+            position: position as u64,
+            seqnum: record.seqnum.0,
+            op: op.to_string(),
+            name,
+            status,
+            attempts,
+            at_ms: entry.at_ms,
+            bytes: record.data.len(),
+            writes: entry.writes.len(),
+        });
+    }
+    Ok(Some(instance))
+}
+
+fn outcome_status(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ok(_) => "ok",
+        Outcome::Err(_) => "failed",
+    }
+}
+
+/// Sends signal `name` with `payload` to instance `id`; a wait for `name` takes it (now, or
+/// later if none waits yet). Fails if the instance never started.
+pub async fn signal(
+    ctx: &Ctx,
+    id: &str,
+    name: &str,
+    payload: Value,
+) -> Result<Seqnum, SignalError> {
+    check_instance_id(id).map_err(SignalError::BadArgument)?;
+    if name.is_empty() || name.len() > 128 {
+        return Err(SignalError::BadArgument(
+            "a signal's name has 1 to 128 bytes".into(),
+        ));
+    }
+    if ctx.read_next(steps_tag(id), Seqnum(0)).await?.is_none() {
+        return Err(SignalError::NoInstance(id.to_string()));
+    }
+    let record = SignalRecord {
+        instance: id.to_string(),
+        name: name.to_string(),
+        payload,
+    };
+    let data = serde_json::to_vec(&record).expect("JSON values serialize");
+    Ok(ctx.append(&[signal_tag(id, name)], data).await?)
+}
+
+/// Why a signal was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("{0}")]
+    BadArgument(String),
+    #[error("no workflow instance {0:?}")]
+    NoInstance(String),
+    #[error("log: {0}")]
+    Log(#[from] logbook::LogError),
+}
