@@ -5,7 +5,8 @@
 //! `bench/compare-restate.sh` measures: `noop`, which answers its input without touching the
 //! log, and `append3`, which appends three records one after the other. And the example
 //! workflows (`workflows`): `steps`, which counts N steps in a table and appends a record in
-//! each.
+//! each; `approval`, which waits for a signal or a timeout; and `travel`, a saga over
+//! `search` and the `reserve_KIND`/`cancel_KIND` functions.
 
 use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};
 use bytes::Bytes;
@@ -22,6 +23,15 @@ pub fn register(registry: &mut Registry) {
     registry.register("sleep", sleep);
     registry.register("noop", noop);
     registry.register("append3", append3);
+    registry.register("search", search);
+    for kind in TRAVEL_RESOURCES {
+        registry.register(&format!("reserve_{kind}"), move |ctx, input| {
+            reserve(kind, ctx, input)
+        });
+        registry.register(&format!("cancel_{kind}"), move |ctx, input| {
+            cancel(kind, ctx, input)
+        });
+    }
     let workflows = workflows();
     for name in workflows.names() {
         let handler = workflows.handler(&name).expect("a registered workflow");
@@ -44,7 +54,98 @@ pub const WORKFLOW_CONFIG: crate::functions::FunctionConfig = crate::functions::
 pub fn workflows() -> libflow::Workflows {
     let mut workflows = libflow::Workflows::new();
     workflows.register("steps", steps);
+    workflows.register("approval", approval);
+    workflows.register("travel", travel);
     workflows
+}
+
+/// `{"timeout_s": N}` in: waits for the signal `approve` or N seconds, whichever comes first;
+/// `{"approved": true, "by": <the signal's payload>}` or `{"approved": false}` out. While it
+/// waits, the instance holds no task.
+async fn approval(
+    flow: libflow::Flow,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, libflow::Error> {
+    let timeout_s = input["timeout_s"]
+        .as_u64()
+        .filter(|s| *s <= 30 * 24 * 3600)
+        .ok_or_else(|| libflow::Error::terminal("input: {\"timeout_s\": N}, at most 30 days"))?;
+    let timeout = std::time::Duration::from_secs(timeout_s);
+    let by: Option<serde_json::Value> = flow.wait_signal_timeout("approve", timeout).await?;
+    Ok(match by {
+        Some(by) => json!({ "approved": true, "by": by }),
+        None => json!({ "approved": false }),
+    })
+}
+
+/// The tag of resource `kind`'s reservation records (`travel`'s "tables").
+pub fn reservations_tag(kind: &str) -> Tag {
+    Tag(0x7472_6176_0000_0000 | u64::from(stable_tag_suffix(kind)))
+}
+
+fn stable_tag_suffix(kind: &str) -> u32 {
+    kind.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    })
+}
+
+/// The resources `travel` reserves, in order.
+pub const TRAVEL_RESOURCES: [&str; 3] = ["flight", "hotel", "car"];
+
+/// `{"trip": T, "fail": "car"}` in (`fail` optional): searches, then reserves a flight, a
+/// hotel and a car at once, each a call of `reserve_KIND` (which keeps its reservations in its
+/// own stream of the log) undone by `cancel_KIND` if the trip fails: a failed reservation
+/// (`"fail": KIND`) cancels the others, once each, and the instance ends `compensated`.
+async fn travel(
+    flow: libflow::Flow,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, libflow::Error> {
+    let trip = input["trip"].as_str().unwrap_or(flow.id()).to_string();
+    let fail = input["fail"].as_str().unwrap_or("").to_string();
+    let options: serde_json::Value = flow.call("search", &json!({ "trip": trip })).await?;
+    let reserve = |kind: &str| {
+        let request = json!({ "trip": trip, "fail": fail == kind, "option": options[kind] });
+        flow.call::<serde_json::Value>(&format!("reserve_{kind}"), &request)
+            .compensate_with_call(&format!("cancel_{kind}"), &json!({ "trip": trip }))
+    };
+    let booked = flow.join_all(TRAVEL_RESOURCES.map(reserve)).await;
+    let mut reservations = serde_json::Map::new();
+    for (kind, booking) in TRAVEL_RESOURCES.iter().zip(booked) {
+        reservations.insert(kind.to_string(), booking?);
+    }
+    Ok(json!({ "trip": trip, "reservations": reservations }))
+}
+
+/// `search`: the options for a trip (a stand-in for a search service).
+async fn search(_ctx: Ctx, input: Bytes) -> FunctionResult {
+    let trip: serde_json::Value = tally_sdk::json::input(&input)?;
+    tally_sdk::json::output(&json!({
+        "trip": trip["trip"],
+        "flight": "TY-101", "hotel": "Harbour View", "car": "compact",
+    }))
+}
+
+/// `reserve_KIND`: appends a reservation to the resource's stream and answers its number;
+/// `{"fail": true}` fails as if none were left.
+async fn reserve(kind: &'static str, ctx: Ctx, input: Bytes) -> FunctionResult {
+    let request: serde_json::Value = tally_sdk::json::input(&input)?;
+    if request["fail"] == true {
+        return Err(FunctionError::new(format!("no {kind} left")));
+    }
+    let record = json!({ "op": "reserve", "trip": request["trip"], "option": request["option"] });
+    let seqnum = ctx
+        .append(&[reservations_tag(kind)], record.to_string())
+        .await?;
+    tally_sdk::json::output(&json!({ kind: request["option"], "reservation": seqnum.0 }))
+}
+
+/// `cancel_KIND`: appends a cancellation of the trip's reservation to the resource's stream.
+async fn cancel(kind: &'static str, ctx: Ctx, input: Bytes) -> FunctionResult {
+    let request: serde_json::Value = tally_sdk::json::input(&input)?;
+    let record = json!({ "op": "cancel", "trip": request["trip"] });
+    ctx.append(&[reservations_tag(kind)], record.to_string())
+        .await?;
+    tally_sdk::json::output(&json!({ "cancelled": kind }))
 }
 
 /// The tag of the records `steps` appends: one per step.

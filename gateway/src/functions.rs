@@ -406,6 +406,7 @@ impl Invoker for Dispatcher {
         let request = Request {
             depth: call.depth,
             idempotency_key: call.key,
+            not_before_ms: call.not_before_ms,
             asynchronous: true,
             ..Request::new(call.function, call.book, call.input)
         };
@@ -433,6 +434,9 @@ pub struct Request<'a> {
     /// Sent to a peer gateway when this one does not serve the function (a forwarded call
     /// never is again).
     pub forwardable: bool,
+    /// An asynchronous call starts no earlier than this (ms since the Unix epoch); it waits
+    /// as `pending`, in the log, holding no slot of its function.
+    pub not_before_ms: Option<u64>,
 }
 
 impl<'a> Request<'a> {
@@ -446,6 +450,7 @@ impl<'a> Request<'a> {
             depth: 0,
             asynchronous: false,
             forwardable: true,
+            not_before_ms: None,
         }
     }
 
@@ -599,6 +604,7 @@ impl Dispatcher {
             input,
             idempotency_key,
             depth,
+            not_before_ms: request_not_before,
             ..
         } = request;
         if !mode.durable {
@@ -608,7 +614,7 @@ impl Dispatcher {
                 format!("s{:08x}{:08x}", self.node_tag, table.next_id)
             };
             let rx = self.insert(Invocation::new(id.clone(), function, book, false), None);
-            self.spawn_run(target, id, book, input, depth, mode.retried, None);
+            self.spawn_run(target, id, book, input, depth, mode.retried, None, None);
             return Ok(rx);
         }
         let scope = idempotency_key.map(|k| key_scope(function, book, k));
@@ -652,7 +658,16 @@ impl Dispatcher {
             let id = self.journal.next_id().await?;
             let accepted = self
                 .journal
-                .accept(&id, function, book, &input, key, mode.retried, depth)
+                .accept(
+                    &id,
+                    function,
+                    book,
+                    &input,
+                    key,
+                    mode.retried,
+                    depth,
+                    request_not_before,
+                )
                 .await;
             match accepted {
                 Ok(accepted) => {
@@ -661,7 +676,16 @@ impl Dispatcher {
                         ..Invocation::new(id.clone(), function, book, true)
                     };
                     let rx = self.insert(inv, scope.as_ref().map(|s| (s.clone(), hash)));
-                    self.spawn_run(target, id, book, input, depth, mode.retried, Some(1));
+                    self.spawn_run(
+                        target,
+                        id,
+                        book,
+                        input,
+                        depth,
+                        mode.retried,
+                        Some(1),
+                        request_not_before,
+                    );
                     return Ok(rx);
                 }
                 // Another gateway took the key's generation first: look again.
@@ -735,6 +759,12 @@ impl Dispatcher {
         }
         let (_peer_keeps_it, rx) = watch::channel(inv);
         Ok(rx)
+    }
+
+    /// An id no other invocation, here or at any gateway, has or will have (for things that
+    /// need a unique name, such as a signal sent without an idempotency key).
+    pub async fn fresh_id(&self) -> Result<String, LogError> {
+        self.journal.next_id().await
     }
 
     /// Calls of functions this gateway does not serve go to its peers through `forwarder`.
@@ -832,6 +862,7 @@ impl Dispatcher {
         depth: u32,
         retried: bool,
         position: Option<u64>,
+        not_before_ms: Option<u64>,
     ) {
         let ctx = Ctx::with_invoker(self.log.clone(), book, id.clone(), self.me(), depth);
         let dispatcher = self.me();
@@ -840,6 +871,13 @@ impl Dispatcher {
                 .get(&id)
                 .map(|inv| inv.function)
                 .unwrap_or_default();
+            // A timer: nothing of the call runs or holds a slot until it is due.
+            if let Some(due) = not_before_ms {
+                let now = now_ms();
+                if due > now {
+                    tokio::time::sleep(Duration::from_millis(due - now)).await;
+                }
+            }
             let started = std::time::Instant::now();
             let (queued, running) = dispatcher.metrics.function_gauges(&function);
             // Wait for a slot under the function's concurrency limit (still `Pending`).
@@ -1001,6 +1039,7 @@ impl Dispatcher {
                 history.depth,
                 history.retried,
                 Some(position),
+                history.not_before_ms,
             );
         }
         Ok((claimed, due))

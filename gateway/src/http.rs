@@ -449,18 +449,23 @@ async fn start_workflow(
     })?;
     let accepted_at = rx.borrow().accepted_at;
     if let Some(wait_ms) = query.wait_ms {
+        // The start's invocation ends with the instance, or when the instance gives up its
+        // task to wait; then its stream tells when it ends.
         let wait = Duration::from_millis(wait_ms.min(WORKFLOW_WAIT_MS_MAX));
+        let started = tokio::time::Instant::now();
         if tokio::time::timeout(wait, Dispatcher::wait(rx))
             .await
             .is_ok()
         {
-            if let Some(instance) = libflow::describe(&ctx, &id).await.map_err(workflow_error)? {
-                if instance.status != libflow::Status::Running {
-                    return Ok(with_seen(
-                        accepted_at,
-                        serde_json::to_value(instance).expect("an instance serializes"),
-                    ));
-                }
+            let left = wait.saturating_sub(started.elapsed());
+            let instance = libflow::wait_ended(&ctx, &id, left)
+                .await
+                .map_err(workflow_error)?;
+            if let Some(instance) = instance.filter(|i| i.status != libflow::Status::Running) {
+                return Ok(with_seen(
+                    accepted_at,
+                    serde_json::to_value(instance).expect("an instance serializes"),
+                ));
             }
         }
     }
@@ -516,19 +521,50 @@ async fn signal_workflow(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((id, name)) = path?;
+    instance_id(&id)?;
+    libflow::check_signal_name(&name).map_err(ApiError::bad_request)?;
     let payload = json_body(body)?;
     let book = book_of(&headers)?;
     catch_up(&state, seen_of(&headers)?).await?;
-    let seqnum = libflow::signal(&outside_ctx(&state, book), &id, &name, payload)
+    let instance = libflow::describe(&outside_ctx(&state, book), &id)
         .await
-        .map_err(|e| match e {
-            libflow::SignalError::BadArgument(m) => ApiError::bad_request(m),
-            libflow::SignalError::NoInstance(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_instance", e.to_string())
-            }
-            libflow::SignalError::Log(e) => e.into(),
+        .map_err(workflow_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_instance",
+                format!("no workflow instance {id:?}"),
+            )
         })?;
-    let mut response = with_seen(Some(seqnum), json!({ "seqnum": seqnum.0 }));
+    // The signal goes in the log through an invocation of the instance's workflow that
+    // delivers it and drives the instance on (one waiting for it holds no task), once per
+    // signal id: the Idempotency-Key, or a new one.
+    let signal_id = match idempotency_key(&headers)? {
+        Some(key) => key,
+        None => state.dispatcher.fresh_id().await?,
+    };
+    let key = libflow::signal_key(&id, &signal_id);
+    let input = libflow::signal_input(&id, instance.input, &signal_id, &name, payload);
+    let request = Request {
+        idempotency_key: Some(&key),
+        asynchronous: true,
+        ..Request::new(&instance.workflow, book, input)
+    };
+    let rx = state.dispatcher.call(request).await.map_err(|e| match e {
+        InvokeError::KeyReused(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            format!("signal {signal_id} was sent with another payload"),
+        ),
+        InvokeError::UnknownFunction(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "workflow_unavailable",
+            format!("no gateway serves workflow {:?}", instance.workflow),
+        ),
+        InvokeError::Log(e) => e.into(),
+    })?;
+    let accepted_at = rx.borrow().accepted_at;
+    let mut response = with_seen(accepted_at, json!({ "id": id, "signal": signal_id }));
     *response.status_mut() = StatusCode::ACCEPTED;
     Ok(response)
 }

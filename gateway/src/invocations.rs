@@ -102,6 +102,9 @@ pub enum Entry {
         retried: bool,
         depth: u32,
         at_ms: u64,
+        /// It starts no earlier than this (ms since the Unix epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_before_ms: Option<u64>,
     },
     Claimed {
         id: String,
@@ -198,6 +201,8 @@ pub struct History {
     pub input_hash: u64,
     pub retried: bool,
     pub depth: u32,
+    /// It starts no earlier than this (ms since the Unix epoch).
+    pub not_before_ms: Option<u64>,
     pub input: Bytes,
     pub created_at_ms: u64,
     /// The owner running it now (the acceptor, or the last claimer).
@@ -323,6 +328,7 @@ impl Journal {
         key: Option<KeyRef>,
         retried: bool,
         depth: u32,
+        not_before_ms: Option<u64>,
     ) -> Result<AcceptedInvocation, LogError> {
         let owner = self.owner().await?;
         let inv_tag = invocation_tag(id).expect("ids this journal makes are valid");
@@ -337,6 +343,7 @@ impl Journal {
             retried,
             depth,
             at_ms: now_ms(),
+            not_before_ms,
         };
         let data = encode(&entry, input);
         let seqnum = match key_tag {
@@ -599,6 +606,7 @@ fn history_of(records: &[Record]) -> Result<Option<History>, LogError> {
         retried,
         depth,
         at_ms,
+        not_before_ms,
     } = entry
     else {
         return Err(LogError::BadArgument(
@@ -613,6 +621,7 @@ fn history_of(records: &[Record]) -> Result<Option<History>, LogError> {
         input_hash,
         retried,
         depth,
+        not_before_ms,
         input,
         created_at_ms: at_ms,
         owner,

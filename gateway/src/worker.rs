@@ -321,9 +321,13 @@ async fn serve(ctx: &Ctx, op: Option<request::Op>) -> reply::Result {
             }
         }
         request::Op::InvokeAsync(i) => {
-            let started = match &i.idempotency_key {
-                Some(key) => ctx.invoke_async_keyed(&i.function, key, i.input).await,
-                None => ctx.invoke_async(&i.function, i.input).await,
+            let started = match (&i.idempotency_key, i.not_before_ms) {
+                (Some(key), Some(at)) => {
+                    ctx.invoke_async_keyed_at(&i.function, key, i.input, at)
+                        .await
+                }
+                (Some(key), None) => ctx.invoke_async_keyed(&i.function, key, i.input).await,
+                (None, _) => ctx.invoke_async(&i.function, i.input).await,
             };
             match started {
                 Ok(id) => R::InvocationId(id),

@@ -175,6 +175,9 @@ pub struct SignalRecord {
     pub instance: String,
     pub name: String,
     pub payload: Value,
+    /// The signal's id: a signal appended twice under one id is one signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 pub fn now_ms() -> u64 {

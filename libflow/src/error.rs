@@ -25,6 +25,10 @@ pub enum Error {
     /// Another execution of this instance wrote `position` first; this one stops.
     #[error("another execution of the instance owns position {position}")]
     Superseded { position: u64 },
+    /// The instance waits (a timer or a signal) and gave up its task: a timer's invocation,
+    /// or the signal's, drives it on. Let it pass (`?`): it ends this execution.
+    #[error("the instance is suspended until {0}")]
+    Suspended(String),
     /// The log failed in a way the instance cannot decide about; the execution stops and the
     /// instance is driven again later from its history.
     #[error("log: {0}")]
@@ -50,7 +54,10 @@ impl Error {
 
     /// Whether this stops the execution without deciding the instance's outcome.
     pub(crate) fn stops_execution(&self) -> bool {
-        matches!(self, Error::Superseded { .. } | Error::Log(_))
+        matches!(
+            self,
+            Error::Superseded { .. } | Error::Suspended(_) | Error::Log(_)
+        )
     }
 }
 

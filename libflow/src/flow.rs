@@ -76,13 +76,23 @@ pub struct Flow {
     inner: Arc<Inner>,
 }
 
+/// What an execution knows of its instance besides the history.
+#[derive(Clone)]
+pub(crate) struct Setup {
+    pub workflow: String,
+    pub input: Value,
+    pub protocols: BTreeMap<String, Protocol>,
+    pub default_protocol: Protocol,
+    pub retry: RetryPolicy,
+    /// A wait longer than this gives up the instance's task (`Error::Suspended`).
+    pub suspend_after: Duration,
+}
+
 struct Inner {
     ctx: Ctx,
     id: String,
     steps: Tag,
-    protocols: BTreeMap<String, Protocol>,
-    default_protocol: Protocol,
-    retry: RetryPolicy,
+    setup: Setup,
     state: Mutex<State>,
     progress: watch::Sender<Progress>,
 }
@@ -112,14 +122,7 @@ struct State {
 
 impl Flow {
     /// An execution of instance `id` over its history so far (`history[0]` is its `Start`).
-    pub(crate) fn new(
-        ctx: Ctx,
-        id: &str,
-        history: Vec<(Seqnum, Entry)>,
-        protocols: BTreeMap<String, Protocol>,
-        default_protocol: Protocol,
-        retry: RetryPolicy,
-    ) -> Flow {
+    pub(crate) fn new(ctx: Ctx, id: &str, history: Vec<(Seqnum, Entry)>, setup: Setup) -> Flow {
         let written = history.len() as u64;
         let (progress, _) = watch::channel(Progress {
             written,
@@ -130,9 +133,7 @@ impl Flow {
                 ctx,
                 id: id.to_string(),
                 steps: steps_tag(id),
-                protocols,
-                default_protocol,
-                retry,
+                setup,
                 state: Mutex::new(State {
                     history,
                     replay_len: written,
@@ -160,12 +161,12 @@ impl Flow {
 
     /// The table `name`, with the protocol this instance runs it with.
     pub fn table(&self, name: &str) -> Table {
-        let protocol = self
-            .inner
+        let setup = &self.inner.setup;
+        let protocol = setup
             .protocols
             .get(name)
             .copied()
-            .unwrap_or(self.inner.default_protocol);
+            .unwrap_or(setup.default_protocol);
         Table {
             flow: self.clone(),
             name: name.to_string(),
@@ -192,7 +193,7 @@ impl Flow {
             flow: self.clone(),
             name: name.to_string(),
             f,
-            retry: self.inner.retry,
+            retry: self.inner.setup.retry,
             compensation: None,
             _out: std::marker::PhantomData,
         }
@@ -257,8 +258,35 @@ impl Flow {
     /// Sleeps until `deadline_ms` (ms since the Unix epoch) on a durable timer.
     pub async fn sleep_until(&self, deadline_ms: u64) -> Result<(), Error> {
         let deadline = self.timer(deadline_ms).await?;
+        self.suspend_for_timer(deadline).await?;
         wait_until(deadline).await;
         Ok(())
+    }
+
+    /// Whether nothing but the operation at `pos` is under way: every position before it is
+    /// written, and no later one is taken.
+    fn quiet(&self, pos: u64) -> bool {
+        let state = self.state();
+        state.next == pos + 1 && state.history.len() as u64 >= pos
+    }
+
+    /// Gives up the instance's task while it waits for `deadline_ms`, if that is far enough
+    /// away and nothing else of the instance is under way: an invocation of the workflow,
+    /// in the log and due at the deadline, drives it on from its history.
+    async fn suspend_for_timer(&self, deadline_ms: u64) -> Result<(), Error> {
+        let written = self.state().history.len() as u64;
+        if !self.far(deadline_ms) || written == 0 || !self.quiet(written - 1) {
+            return Ok(());
+        }
+        self.suspend_for_timer_at(written, deadline_ms).await?;
+        Err(Error::Suspended(format!(
+            "{deadline_ms} ms since the epoch"
+        )))
+    }
+
+    /// Whether `deadline_ms` is far enough away to give up the task until then.
+    fn far(&self, deadline_ms: u64) -> bool {
+        deadline_ms.saturating_sub(now_ms()) > self.inner.setup.suspend_after.as_millis() as u64
     }
 
     /// Waits for the next signal `name` sent to the instance (`POST
@@ -646,7 +674,19 @@ impl Flow {
         // Which signal this wait takes is decided once every earlier position is written.
         slot.wait_turn().await?;
         let index = self.state().signals_taken.get(name).copied().unwrap_or(0);
-        let payload = self.find_signal(name, index, deadline_ms).await?;
+        // With nothing else under way, a wait for a signal not sent yet gives up the task: the
+        // signal's own invocation drives the instance on (a wait with a deadline keeps its
+        // task until then, unless the deadline is far: then its timer's invocation does).
+        let suspend = self.quiet(slot.pos) && deadline_ms.is_none_or(|d| self.far(d));
+        let wait = if suspend { Some(now_ms()) } else { deadline_ms };
+        let payload = self.find_signal(name, index, wait).await?;
+        if suspend && payload.is_none() {
+            if let Some(deadline) = deadline_ms {
+                self.suspend_for_timer_at(slot.pos, deadline).await?;
+            }
+            slot.done = true;
+            return Err(Error::Suspended(format!("signal {name:?}")));
+        }
         if payload.is_some() {
             *self
                 .state()
@@ -662,6 +702,19 @@ impl Flow {
         Ok(payload)
     }
 
+    /// Starts the invocation that drives the instance on at `deadline_ms`, resuming at
+    /// position `pos`.
+    async fn suspend_for_timer_at(&self, pos: u64, deadline_ms: u64) -> Result<(), Error> {
+        let setup = &self.inner.setup;
+        let key = format!("libflow-resume:{}:{pos}:timer", self.inner.id);
+        let input = crate::workflows::start_input(&self.inner.id, setup.input.clone());
+        self.ctx()
+            .invoke_async_keyed_at(&setup.workflow, &key, input, deadline_ms)
+            .await
+            .map_err(stop_or_fail)?;
+        Ok(())
+    }
+
     /// The payload of signal `name` number `index` (from 0), waiting for it until
     /// `deadline_ms` (none: for ever).
     async fn find_signal(
@@ -672,7 +725,7 @@ impl Flow {
     ) -> Result<Option<Value>, Error> {
         let tag = signal_tag(&self.inner.id, name);
         let ctx = self.ctx();
-        let mut seen = 0u64;
+        let mut seen = std::collections::BTreeSet::new();
         let mut from = Seqnum(0);
         loop {
             let range = ReadRange {
@@ -689,10 +742,17 @@ impl Flow {
                 if signal.instance != self.inner.id || signal.name != name {
                     continue;
                 }
-                if seen == index {
+                // A signal delivered twice (its invocation ran again) counts once.
+                let id = signal
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| record.seqnum.0.to_string());
+                if !seen.insert(id) {
+                    continue;
+                }
+                if seen.len() as u64 == index + 1 {
                     return Ok(Some(signal.payload));
                 }
-                seen += 1;
             }
             if !records.is_empty() {
                 continue;

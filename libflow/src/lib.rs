@@ -31,6 +31,7 @@ pub use error::Error;
 pub use flow::{CallBuilder, Flow, RetryPolicy, Step};
 pub use table::{Protocol, Table};
 pub use workflows::{
-    check_instance_id, describe, signal, start_input, Ended, Instance, SignalError, StartInput,
-    StepView, Workflows, INSTANCE_ID_BYTES_MAX,
+    check_instance_id, check_signal_name, describe, signal, signal_input, signal_key, start_input,
+    wait_ended, Delivery, Ended, Instance, SignalError, StartInput, StepView, Workflows,
+    INSTANCE_ID_BYTES_MAX, SUSPEND_AFTER_DEFAULT,
 };

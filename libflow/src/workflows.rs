@@ -8,7 +8,7 @@
 //! crash, on any gateway that serves the workflow.
 
 use crate::entry::{now_ms, signal_tag, steps_tag, Entry, Op, Outcome, SignalRecord, Status};
-use crate::flow::{Flow, RetryPolicy};
+use crate::flow::{Flow, RetryPolicy, Setup};
 use crate::table::Protocol;
 use crate::Error;
 use bytes::Bytes;
@@ -53,16 +53,41 @@ struct Definition {
 /// workflows.register("greeter", greet);
 /// workflows.set_protocol("greeted", Protocol::ReadLog);
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Workflows {
     definitions: Arc<RwLock<BTreeMap<String, Arc<Definition>>>>,
     protocols: Arc<RwLock<BTreeMap<String, Protocol>>>,
     default_protocol: Protocol,
+    suspend_after: Arc<RwLock<Duration>>,
+}
+
+/// A wait longer than this gives up the instance's task, by default.
+pub const SUSPEND_AFTER_DEFAULT: Duration = Duration::from_secs(1);
+
+impl Default for Workflows {
+    fn default() -> Workflows {
+        Workflows {
+            definitions: Arc::default(),
+            protocols: Arc::default(),
+            default_protocol: Protocol::default(),
+            suspend_after: Arc::new(RwLock::new(SUSPEND_AFTER_DEFAULT)),
+        }
+    }
 }
 
 impl Workflows {
     pub fn new() -> Workflows {
         Workflows::default()
+    }
+
+    /// How long a wait (a timer, or a signal not sent yet) may be before the instance gives
+    /// up its task: it holds no task and no memory while it waits, and an invocation in the
+    /// log (the timer's, at its deadline, or the signal's) drives it on from its history.
+    pub fn set_suspend_after(&self, wait: Duration) {
+        *self
+            .suspend_after
+            .write()
+            .expect("no panics under the settings lock") = wait;
     }
 
     /// Serves `workflow` as `name`: an `async fn(Flow, In) -> Result<Out, Error>` over JSON
@@ -155,6 +180,9 @@ impl Workflows {
             let name = name.clone();
             Box::pin(async move {
                 let start: StartInput = tally_sdk::json::input(&input)?;
+                if let Some(signal) = &start.signal {
+                    deliver(&ctx, &start.instance, signal).await?;
+                }
                 let ended = workflows
                     .drive(&definition, &name, ctx, &start.instance, start.input)
                     .await?;
@@ -209,50 +237,38 @@ impl Workflows {
                 .expect("no panics under the protocols lock")
                 .clone(),
         };
-        let fresh = history.is_empty();
-        let flow = Flow::new(
-            ctx.clone(),
-            id,
-            history,
-            protocols.clone(),
-            self.default_protocol,
-            definition.retry,
-        );
-        if fresh {
+        let setup = Setup {
+            workflow: name.to_string(),
+            input: input.clone(),
+            protocols: protocols.clone(),
+            default_protocol: self.default_protocol,
+            retry: definition.retry,
+            suspend_after: *self
+                .suspend_after
+                .read()
+                .expect("no panics under the settings lock"),
+        };
+        if history.is_empty() {
             // Position 0 is the start: an execution that loses it lost the instance.
-            let start = Flow::new(
-                ctx.clone(),
-                id,
-                Vec::new(),
-                BTreeMap::new(),
-                self.default_protocol,
-                definition.retry,
-            );
+            let start = Flow::new(ctx.clone(), id, Vec::new(), setup.clone());
             let entry = Entry {
                 op: Op::Start {
                     workflow: name.to_string(),
                     input: input.clone(),
-                    protocols: protocols.clone(),
+                    protocols,
                 },
                 writes: Vec::new(),
                 at_ms: now_ms(),
             };
-            match start.write_start(entry).await {
-                Ok(()) => {}
-                Err(e) => return self.after_stop(&ctx, id, e).await,
+            if let Err(e) = start.write_start(entry).await {
+                return self.after_stop(&ctx, id, e).await;
             }
             // Run over the history just written.
             let history = read_history(&ctx, id).await.map_err(stopped)?;
-            let flow = Flow::new(
-                ctx.clone(),
-                id,
-                history,
-                protocols,
-                self.default_protocol,
-                definition.retry,
-            );
+            let flow = Flow::new(ctx.clone(), id, history, setup);
             return self.run(definition, &ctx, id, flow, input).await;
         }
+        let flow = Flow::new(ctx.clone(), id, history, setup);
         self.run(definition, &ctx, id, flow, input).await
     }
 
@@ -306,9 +322,18 @@ impl Workflows {
         ended(&history).ok_or_else(|| FunctionError::new("the instance's end is not in its stream"))
     }
 
-    /// An execution stopped before the end: wait for the execution that owns the instance to
-    /// end it, or fail the invocation so it is driven again.
+    /// An execution stopped before the end: a suspended instance answers `running` (its
+    /// timer's or signal's invocation drives it on); one superseded waits for the execution
+    /// that owns the instance to end it; any other stop fails the invocation so it is driven
+    /// again.
     async fn after_stop(&self, ctx: &Ctx, id: &str, e: Error) -> Result<Ended, FunctionError> {
+        if let Error::Suspended(until) = &e {
+            return Ok(Ended {
+                status: Status::Running,
+                output: None,
+                error: Some(format!("suspended until {until}")),
+            });
+        }
         if !matches!(e, Error::Superseded { .. }) {
             return Err(stopped(e));
         }
@@ -377,6 +402,65 @@ pub struct StartInput {
     pub instance: String,
     #[serde(default)]
     pub input: Value,
+    /// A signal this invocation delivers before it drives the instance on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Delivery>,
+}
+
+/// A signal on its way to an instance, in the input of the invocation that delivers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The signal's id: delivered twice (the invocation ran again), it counts once.
+    pub id: String,
+    pub name: String,
+    pub payload: Value,
+}
+
+/// Appends a delivered signal's record.
+async fn deliver(ctx: &Ctx, id: &str, signal: &Delivery) -> Result<(), FunctionError> {
+    check_signal_name(&signal.name).map_err(FunctionError::bad_input)?;
+    let record = SignalRecord {
+        instance: id.to_string(),
+        name: signal.name.clone(),
+        payload: signal.payload.clone(),
+        id: Some(signal.id.clone()),
+    };
+    let data = serde_json::to_vec(&record).expect("JSON values serialize");
+    ctx.append(&[signal_tag(id, &signal.name)], data)
+        .await
+        .map_err(|e| stopped(Error::Log(e)))?;
+    Ok(())
+}
+
+/// The input of the invocation that delivers signal `name` (id `signal_id`) to instance `id`
+/// of a workflow started with `input`, then drives it on: started under the idempotency key
+/// `signal_key(id, signal_id)`, a signal is delivered once even if sent again.
+pub fn signal_input(id: &str, input: Value, signal_id: &str, name: &str, payload: Value) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&StartInput {
+            instance: id.to_string(),
+            input,
+            signal: Some(Delivery {
+                id: signal_id.to_string(),
+                name: name.to_string(),
+                payload,
+            }),
+        })
+        .expect("JSON values serialize"),
+    )
+}
+
+/// The idempotency key of the invocation that delivers signal `signal_id` to instance `id`.
+pub fn signal_key(id: &str, signal_id: &str) -> String {
+    format!("libflow-signal:{id}:{signal_id}")
+}
+
+/// A signal's name: 1 to 128 bytes.
+pub fn check_signal_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err("a signal's name has 1 to 128 bytes".into());
+    }
+    Ok(())
 }
 
 /// The input that starts instance `id` with `input`.
@@ -385,6 +469,7 @@ pub fn start_input(id: &str, input: Value) -> Bytes {
         serde_json::to_vec(&StartInput {
             instance: id.to_string(),
             input,
+            signal: None,
         })
         .expect("JSON values serialize"),
     )
@@ -600,6 +685,26 @@ pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
     Ok(Some(instance))
 }
 
+/// Instance `id` once it has ended, waiting for that up to `timeout`; `None` if it never
+/// started, else the instance as it is at the end or when the time is up.
+pub async fn wait_ended(ctx: &Ctx, id: &str, timeout: Duration) -> Result<Option<Instance>, Error> {
+    let deadline = now_ms().saturating_add(timeout.as_millis() as u64);
+    loop {
+        let Some(instance) = describe(ctx, id).await? else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if instance.status != Status::Running || now >= deadline {
+            return Ok(Some(instance));
+        }
+        let after = instance.steps.last().map_or(0, |s| s.seqnum) + 1;
+        let wait =
+            Duration::from_millis((deadline - now).min(logbook::READ_BLOCKING_TIMEOUT_MS_MAX));
+        ctx.read_next_blocking(steps_tag(id), Seqnum(after), wait)
+            .await?;
+    }
+}
+
 fn outcome_status(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Ok(_) => "ok",
@@ -607,8 +712,10 @@ fn outcome_status(outcome: &Outcome) -> &'static str {
     }
 }
 
-/// Sends signal `name` with `payload` to instance `id`; a wait for `name` takes it (now, or
-/// later if none waits yet). Fails if the instance never started.
+/// Appends signal `name` with `payload` for instance `id`; a wait for `name` takes it (now, or
+/// later if none waits yet). Fails if the instance never started. This only appends: an
+/// instance that gave up its task waiting for the signal is driven on by an invocation that
+/// delivers the signal (`signal_input`), which is how the gateway sends signals.
 pub async fn signal(
     ctx: &Ctx,
     id: &str,
@@ -616,11 +723,7 @@ pub async fn signal(
     payload: Value,
 ) -> Result<Seqnum, SignalError> {
     check_instance_id(id).map_err(SignalError::BadArgument)?;
-    if name.is_empty() || name.len() > 128 {
-        return Err(SignalError::BadArgument(
-            "a signal's name has 1 to 128 bytes".into(),
-        ));
-    }
+    check_signal_name(name).map_err(SignalError::BadArgument)?;
     if ctx.read_next(steps_tag(id), Seqnum(0)).await?.is_none() {
         return Err(SignalError::NoInstance(id.to_string()));
     }
@@ -628,6 +731,7 @@ pub async fn signal(
         instance: id.to_string(),
         name: name.to_string(),
         payload,
+        id: None,
     };
     let data = serde_json::to_vec(&record).expect("JSON values serialize");
     Ok(ctx.append(&[signal_tag(id, name)], data).await?)

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{crash_and_redrive, outside, run_in, Children, Crash};
+use common::{crash_and_redrive, outside, run_in, send_signal, wait_ended, Children, Crash};
 use libflow::{Error, Flow, Protocol, Status, Workflows};
 use logbook::memory::MemoryLogBook;
 use serde_json::{json, Value};
@@ -61,20 +61,17 @@ fn children() -> Children {
     c
 }
 
-/// Sends `approve` to instance `id` once it has started.
-fn approve_when_started(log: &Arc<MemoryLogBook>, id: &str) -> tokio::task::JoinHandle<()> {
-    let ctx = outside(log);
-    let id = id.to_string();
+/// Sends `approve` to instance `id` of `mixed` once it has started, as the gateway does.
+fn approve_when_started(
+    w: &Workflows,
+    log: &Arc<MemoryLogBook>,
+    kids: &Children,
+    id: &str,
+) -> tokio::task::JoinHandle<()> {
+    let (w, log, kids, id) = (w.clone(), log.clone(), kids.clone(), id.to_string());
     tokio::spawn(async move {
-        loop {
-            match libflow::signal(&ctx, &id, "approve", json!({ "by": "ops" })).await {
-                Ok(_) => return,
-                Err(libflow::SignalError::NoInstance(_)) => {
-                    tokio::time::sleep(Duration::from_millis(1)).await
-                }
-                Err(e) => panic!("signal: {e}"),
-            }
-        }
+        let payload = json!({ "by": "ops" });
+        send_signal(&w, &log, &kids, "mixed", &id, "approve", payload).await
     })
 }
 
@@ -93,7 +90,7 @@ async fn check_mixed(protocol: Protocol) {
     // The failure-free run, and how many appends it makes.
     let log = Arc::new(MemoryLogBook::new());
     let kids = children();
-    let signal = approve_when_started(&log, "m");
+    let signal = approve_when_started(&w, &log, &kids, "m");
     let (clean, appends) = crash_and_redrive(&w, &log, &kids, None, "mixed", "m", json!({})).await;
     signal.await.unwrap();
     assert_eq!(clean.status, Status::Succeeded, "{clean:?}");
@@ -107,7 +104,7 @@ async fn check_mixed(protocol: Protocol) {
         for crash in [Crash::Before(n), Crash::After(n)] {
             let log = Arc::new(MemoryLogBook::new());
             let kids = children();
-            let signal = approve_when_started(&log, "m");
+            let signal = approve_when_started(&w, &log, &kids, "m");
             let (ended, _) =
                 crash_and_redrive(&w, &log, &kids, Some(crash), "mixed", "m", json!({})).await;
             signal.await.unwrap();
@@ -170,7 +167,7 @@ async fn concurrent_executions_of_one_instance_give_one_result_and_one_set_of_ef
         let w = workflows(protocol);
         let log = Arc::new(MemoryLogBook::new());
         let kids = children();
-        let signal = approve_when_started(&log, "d");
+        let signal = approve_when_started(&w, &log, &kids, "d");
         let runs = (0..3).map(|_| run_in(&w, &log, &kids, None, "mixed", "d", json!({})));
         let results = futures::future::join_all(runs).await;
         signal.await.unwrap();
@@ -484,4 +481,36 @@ async fn a_signal_sent_before_the_wait_is_kept_for_it_and_each_is_taken_once() {
         libflow::signal(&ctx, "nobody", "n", json!(1)).await,
         Err(libflow::SignalError::NoInstance(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_instance_gives_up_its_task_and_its_timer_or_signal_drives_it_on() {
+    async fn waits(flow: Flow, _input: Value) -> Result<String, Error> {
+        flow.sleep(Duration::from_millis(300)).await?;
+        let word: String = flow.wait_signal("word").await?;
+        let late: Option<String> = flow
+            .wait_signal_timeout("late", Duration::from_millis(300))
+            .await?;
+        Ok(format!(
+            "{word} {}",
+            late.unwrap_or_else(|| "timed out".into())
+        ))
+    }
+    let mut w = Workflows::new();
+    w.register("waits", waits);
+    w.set_suspend_after(Duration::from_millis(50));
+    let log = Arc::new(MemoryLogBook::new());
+    let kids = Children::default();
+    // The first execution returns as soon as the timer is logged: the instance is suspended.
+    let (first, _) = run_in(&w, &log, &kids, None, "waits", "w", json!({})).await;
+    let first = first.unwrap();
+    assert_eq!(first.status, Status::Running, "{first:?}");
+    assert!(first.error.unwrap().contains("suspended"));
+    // The signal is delivered while the instance sleeps (its invocation finds the timer not
+    // due and gives up too); the timer's invocation drives the instance past the signal to
+    // the wait that times out, where it suspends again until its own timer's invocation ends
+    // it.
+    send_signal(&w, &log, &kids, "waits", "w", "word", json!("hello")).await;
+    let ended = wait_ended(&log, "w").await;
+    assert_eq!(ended.output.unwrap(), "hello timed out");
 }

@@ -31,6 +31,9 @@ pub struct Call<'a> {
     /// An idempotency key: every call under one key (per function and book) is one
     /// invocation, run once, whose result every such call gets.
     pub key: Option<&'a str>,
+    /// An asynchronous call starts no earlier than this (ms since the Unix epoch): a durable
+    /// timer. Ignored by synchronous calls.
+    pub not_before_ms: Option<u64>,
 }
 
 /// Where a `Ctx`'s nested calls go.
@@ -167,6 +170,24 @@ impl Ctx {
             .await
     }
 
+    /// Like `invoke_async_keyed`, but the invocation starts no earlier than `not_before_ms`
+    /// (ms since the Unix epoch). It is in the log at once, so it starts even if this gateway
+    /// dies before then; nothing runs or waits in memory for it but a timer.
+    pub async fn invoke_async_keyed_at(
+        &self,
+        function: &str,
+        key: &str,
+        input: impl Into<Bytes>,
+        not_before_ms: u64,
+    ) -> Result<String, FunctionError> {
+        let invoker = self.invoker(function)?;
+        let call = Call {
+            not_before_ms: Some(not_before_ms),
+            ..self.call_of(function, input.into(), Some(key))
+        };
+        invoker.invoke_async(call).await
+    }
+
     fn call_of<'a>(&self, function: &'a str, input: Bytes, key: Option<&'a str>) -> Call<'a> {
         Call {
             function,
@@ -174,6 +195,7 @@ impl Ctx {
             input,
             depth: self.depth + 1,
             key,
+            not_before_ms: None,
         }
     }
 

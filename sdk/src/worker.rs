@@ -400,5 +400,6 @@ fn invoke_pb(call: Call<'_>) -> wpb::Invoke {
         function: call.function.to_string(),
         input: call.input,
         idempotency_key: call.key.map(str::to_string),
+        not_before_ms: call.not_before_ms,
     }
 }

@@ -71,13 +71,22 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
         names,
         [
             "append3",
+            "approval",
+            "cancel_car",
+            "cancel_flight",
+            "cancel_hotel",
             "echo",
             "greet",
             "guestbook",
             "noop",
+            "reserve_car",
+            "reserve_flight",
+            "reserve_hotel",
+            "search",
             "sleep",
             "steps",
-            "welcome"
+            "travel",
+            "welcome",
         ]
     );
 }

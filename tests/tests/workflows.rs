@@ -111,3 +111,147 @@ fn steps_instances_survive_a_sigkill_of_tally_up_and_each_counts_exactly_its_ste
     }
     tally.stop().unwrap();
 }
+
+/// `name`'s gauge for `function` on `tally`'s `/metrics`.
+fn gauge(http: &Client, tally: &Tally, name: &str, function: &str) -> Option<f64> {
+    let text = http.get(tally.url("/metrics")).send().ok()?.text().ok()?;
+    let prefix = format!("{name}{{function=\"{function}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn start(http: &Client, tally: &Tally, workflow: &str, id: &str, input: Value) {
+    let response = http
+        .post(tally.url(&format!("/workflows/{workflow}/{id}")))
+        .json(&input)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().unwrap());
+}
+
+fn wait_end(http: &Client, tally: &Tally, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = instance(http, tally, id);
+        if let Some(v) = &v {
+            if v["status"] != "running" {
+                return v.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "{id} did not end: {v:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until instance `id` logged its timer and no call of `workflow` runs or queues.
+fn wait_suspended(http: &Client, tally: &Tally, workflow: &str, id: &str) {
+    wait_until(Duration::from_secs(30), || {
+        let timer = instance(http, tally, id).is_some_and(|v| {
+            v["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["op"] == "timer"))
+        });
+        let running = gauge(http, tally, "tally_function_running", workflow);
+        let queued = gauge(http, tally, "tally_function_queued", workflow);
+        timer && running == Some(0.0) && queued == Some(0.0)
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_waiting_approval_holds_no_task_and_a_signal_or_its_timer_across_a_restart_ends_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = client();
+    let tally = Tally::up(&data, &[]).unwrap();
+
+    // Approved by a signal: while it waits, no call of `approval` runs.
+    start(&http, &tally, "approval", "a1", json!({ "timeout_s": 600 }));
+    wait_suspended(&http, &tally, "approval", "a1");
+    let signal = http
+        .post(tally.url("/workflows/a1/signals/approve"))
+        .header("Idempotency-Key", "ops-1")
+        .json(&json!("ops"))
+        .send()
+        .unwrap();
+    assert_eq!(signal.status(), 202);
+    let ended = wait_end(&http, &tally, "a1", Duration::from_secs(30));
+    assert_eq!(ended["output"], json!({ "approved": true, "by": "ops" }));
+    // The same signal again (same key) is delivered once.
+    let again = http
+        .post(tally.url("/workflows/a1/signals/approve"))
+        .header("Idempotency-Key", "ops-1")
+        .json(&json!("ops"))
+        .send()
+        .unwrap();
+    assert_eq!(again.status(), 202);
+
+    // Timed out, across a SIGKILL while it waits: the restarted process ends it, once.
+    start(&http, &tally, "approval", "a2", json!({ "timeout_s": 3 }));
+    wait_suspended(&http, &tally, "approval", "a2");
+    tally.kill9().unwrap();
+    let tally = Tally::up(&data, &[]).unwrap();
+    let ended = wait_end(&http, &tally, "a2", Duration::from_secs(60));
+    assert_eq!(ended["output"], json!({ "approved": false }));
+    let ops: Vec<&str> = ended["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["timer", "signal", "end"]);
+    tally.stop().unwrap();
+}
+
+#[test]
+fn a_failed_car_reservation_cancels_the_flight_and_the_hotel_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    let tally = Tally::up(&dir.path().join("data"), &[]).unwrap();
+    let ok: Value = http
+        .post(tally.url("/workflows/travel/t1?wait_ms=30000"))
+        .json(&json!({ "trip": "lisbon" }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ok["status"], "succeeded", "{ok}");
+    assert_eq!(
+        ok["output"]["reservations"]["hotel"]["hotel"],
+        "Harbour View"
+    );
+    for fail in ["flight", "hotel", "car"] {
+        let id = format!("t-{fail}");
+        let ended: Value = http
+            .post(tally.url(&format!("/workflows/travel/{id}?wait_ms=30000")))
+            .json(&json!({ "trip": id, "fail": fail }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(ended["status"], "compensated", "{ended}");
+        let calls: Vec<(String, String)> = ended["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["op"] == "call")
+            .map(|s| {
+                let name = s["name"].as_str().unwrap().to_string();
+                (name, s["status"].as_str().unwrap().to_string())
+            })
+            .collect();
+        let mut expected = vec![("search".to_string(), "ok".to_string())];
+        for kind in ["flight", "hotel", "car"] {
+            let status = if kind == fail { "failed" } else { "ok" };
+            expected.push((format!("reserve_{kind}"), status.to_string()));
+        }
+        for kind in ["car", "hotel", "flight"] {
+            if kind != fail {
+                expected.push((format!("cancel_{kind}"), "ok".to_string()));
+            }
+        }
+        assert_eq!(calls, expected, "{fail}");
+    }
+    tally.stop().unwrap();
+}

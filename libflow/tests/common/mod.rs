@@ -187,10 +187,13 @@ impl Children {
     }
 }
 
-/// A process's invoker: dead once its process crashed.
+/// A process's invoker: dead once its process crashed. An asynchronous call of a workflow
+/// (an instance's timer) runs it in a process of its own once due, as a gateway would.
 struct ProcessInvoker {
     process: Arc<Process>,
     children: Children,
+    workflows: Workflows,
+    log: Arc<MemoryLogBook>,
 }
 
 #[async_trait]
@@ -202,28 +205,61 @@ impl Invoker for ProcessInvoker {
         let Some(key) = call.key else {
             return self.children.run(call.function, &call.input);
         };
+        // One run per key, even for calls at once (the results stay locked through the run).
         let key = format!("{}/{key}", call.function);
-        if let Some(result) = self.children.results.lock().unwrap().get(&key) {
+        let mut results = self.children.results.lock().unwrap();
+        if let Some(result) = results.get(&key) {
             return result.clone();
         }
         let result = self.children.run(call.function, &call.input);
-        self.children
-            .results
-            .lock()
-            .unwrap()
-            .entry(key)
-            .or_insert(result)
-            .clone()
+        results.insert(key, result.clone());
+        result
     }
 
     async fn invoke_async(&self, call: Call<'_>) -> Result<String, FunctionError> {
         let id = format!("async-{}", call.key.unwrap_or("none"));
-        self.invoke(call).await.map(|_| id)
+        if self.workflows.handler(call.function).is_none() {
+            return self.invoke(call).await.map(|_| id);
+        }
+        if self.process.is_dead() {
+            return Err(FunctionError::unavailable("the process crashed"));
+        }
+        let key = format!("{}/{}", call.function, call.key.unwrap_or(""));
+        let first = self
+            .children
+            .results
+            .lock()
+            .unwrap()
+            .insert(key, Ok(Bytes::new()))
+            .is_none();
+        if first {
+            let (workflows, log, children) = (
+                self.workflows.clone(),
+                self.log.clone(),
+                self.children.clone(),
+            );
+            let (function, input, due) = (
+                call.function.to_string(),
+                call.input.clone(),
+                call.not_before_ms,
+            );
+            tokio::spawn(async move {
+                if let Some(due) = due {
+                    let now = now_ms();
+                    if due > now {
+                        tokio::time::sleep(Duration::from_millis(due - now)).await;
+                    }
+                }
+                run_input(&workflows, &log, &children, None, &function, input).await;
+            });
+        }
+        Ok(id)
     }
 }
 
 /// Runs instance `id` of `workflow` in a process (crashing as `crash` says) as a gateway
-/// would: through the workflow's function. `None` when the process died first.
+/// would: through the workflow's function. `None` when the process died first; a suspended
+/// instance answers `running`.
 pub async fn run_in(
     workflows: &Workflows,
     log: &Arc<MemoryLogBook>,
@@ -233,16 +269,32 @@ pub async fn run_in(
     id: &str,
     input: Value,
 ) -> (Option<Ended>, Arc<Process>) {
+    let input = libflow::start_input(id, input);
+    run_input(workflows, log, children, crash, workflow, input).await
+}
+
+/// Runs a workflow's function with `input` (a start, a resume or a signal's delivery) in a
+/// process that crashes as `crash` says.
+pub async fn run_input(
+    workflows: &Workflows,
+    log: &Arc<MemoryLogBook>,
+    children: &Children,
+    crash: Option<Crash>,
+    workflow: &str,
+    input: Bytes,
+) -> (Option<Ended>, Arc<Process>) {
     let process = Process::new(log.clone(), crash);
     let invoker = Arc::new(ProcessInvoker {
         process: process.clone(),
         children: children.clone(),
+        workflows: workflows.clone(),
+        log: log.clone(),
     });
-    let ctx = Ctx::with_invoker(process.clone(), BOOK, format!("inv-{id}"), invoker, 0);
+    let ctx = Ctx::with_invoker(process.clone(), BOOK, "inv".into(), invoker, 0);
     let handler = workflows
         .handler(workflow)
         .expect("the workflow is registered");
-    let result = handler(ctx, libflow::start_input(id, input)).await;
+    let result = handler(ctx, input).await;
     let ended = match result {
         Ok(output) => Some(serde_json::from_slice(&output).expect("an Ended")),
         Err(e) => {
@@ -256,8 +308,8 @@ pub async fn run_in(
     (ended, process)
 }
 
-/// Runs instance `id`, crashing as `crash` says, then drives it again without a crash until
-/// it ends; returns how it ended and how many appends the crashed run made.
+/// Runs instance `id`, crashing as `crash` says, then drives it again without a crash; waits
+/// until it ended and returns how, and how many appends the first run made.
 pub async fn crash_and_redrive(
     workflows: &Workflows,
     log: &Arc<MemoryLogBook>,
@@ -270,14 +322,60 @@ pub async fn crash_and_redrive(
     let (ended, process) =
         run_in(workflows, log, children, crash, workflow, id, input.clone()).await;
     let appends = process.appends();
-    if let Some(ended) = ended {
-        return (ended, appends);
+    if ended.is_none() {
+        run_in(workflows, log, children, None, workflow, id, input).await;
     }
-    let (ended, _) = run_in(workflows, log, children, None, workflow, id, input).await;
-    (
-        ended.expect("a run without a crash ends the instance"),
-        appends,
-    )
+    (wait_ended(log, id).await, appends)
+}
+
+/// Waits until instance `id` has ended (a suspended one is driven on by its timer or a
+/// signal), and returns how.
+pub async fn wait_ended(log: &Arc<MemoryLogBook>, id: &str) -> Ended {
+    let ctx = outside(log);
+    let deadline = now_ms() + 20_000;
+    loop {
+        if let Some(instance) = libflow::describe(&ctx, id).await.unwrap() {
+            if instance.status != libflow::Status::Running {
+                return Ended {
+                    status: instance.status,
+                    output: instance.output,
+                    error: instance.error,
+                };
+            }
+        }
+        assert!(now_ms() < deadline, "instance {id} did not end");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Sends signal `name` to instance `id` of `workflow` as the gateway does: an invocation that
+/// delivers it and drives the instance on. Waits until the instance has started.
+pub async fn send_signal(
+    workflows: &Workflows,
+    log: &Arc<MemoryLogBook>,
+    children: &Children,
+    workflow: &str,
+    id: &str,
+    name: &str,
+    payload: Value,
+) {
+    let ctx = outside(log);
+    let input = loop {
+        if let Some(instance) = libflow::describe(&ctx, id).await.unwrap() {
+            break instance.input;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let signal_id = format!("{name}-{}", now_ms());
+    let delivery = libflow::signal_input(id, input, &signal_id, name, payload);
+    run_input(workflows, log, children, None, workflow, delivery).await;
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A `Ctx` with no crash plan, for reading and signalling from outside.
