@@ -408,7 +408,7 @@ run_cell() {
     dir="$WORK/$name"
     mkdir -p "$dir"
     started=0
-    START_FAILURE="did not start (logs in $dir)"
+    START_FAILURE="did not start (the end of its log is above; KEEP_WORK=1 keeps $dir)"
     case "$system" in
     tally) start_tally_workflows "$dir" && started=1 ;;
     restate) start_restate_steps "$dir" && started=1 ;;
