@@ -20,8 +20,8 @@
 #
 # Restate's server asks GitHub for its latest release at every start, whatever its
 # configuration. So once everything is installed and built, the measurements run in a network
-# namespace of their own (unshare --net --map-root-user) where only loopback exists: nothing
-# but 127.0.0.1 is reachable, and nothing leaves the machine.
+# namespace of their own (unshare --net, with --map-root-user when not root) where only loopback
+# exists: nothing but 127.0.0.1 is reachable, and nothing leaves the machine.
 #
 # Environment: CLIENTS ("1 32"), DURATION seconds measured per cell (10), WARMUP seconds before
 # each (2), RUNS (3), OUT (bench/results/restate-<date>.json), QUICK=1 (one run of 2 s after
@@ -79,84 +79,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Waits until `curl ARGS...` succeeds (an HTTP 2xx) and its output matches the extended regex
-# PATTERN ('' matches anything); fails if PID exits first. Its log is FILE.
-wait_for_http() {
-    local pid=$1 file=$2 what=$3 pattern=$4
-    shift 4
-    wait_until_ready "$pid" "$file" "$what" http_matches "$pattern" "$@"
-}
-
-# Whether `curl ARGS...` succeeds and its output matches the extended regex PATTERN.
-http_matches() {
-    local pattern=$1 body
-    shift
-    body="$(curl -sf --max-time 2 "$@" 2>/dev/null)" && grep -Eq "$pattern" <<<"$body"
-}
-
-# Installs the Restate server from npm into RESTATE_CACHE unless it is there; sets RESTATE and
-# RESTATE_SERVER_VERSION.
-install_restate() {
-    local platform
-    case "$(uname -s)/$(uname -m)" in
-    Linux/x86_64) platform=linux-x64 ;;
-    Linux/aarch64 | Linux/arm64) platform=linux-arm64 ;;
-    *) die "no Restate server package for $(uname -s)/$(uname -m)" ;;
-    esac
-    RESTATE="$RESTATE_CACHE/node_modules/@restatedev/restate-server-$platform/bin/restate-server"
-    if [[ ! -x "$RESTATE" ]]; then
-        log "installing @restatedev/restate-server@$RESTATE_VERSION from npm into $RESTATE_CACHE"
-        mkdir -p "$RESTATE_CACHE"
-        # --ignore-scripts: the package's install script only reports the download (Scarf);
-        # the server is the platform package's prebuilt binary, which needs no script.
-        SCARF_ANALYTICS=false npm install --prefix "$RESTATE_CACHE" --no-audit --no-fund \
-            --ignore-scripts --loglevel=error "@restatedev/restate-server@$RESTATE_VERSION" >&2
-        [[ -x "$RESTATE" ]] || die "npm installed no restate-server binary at $RESTATE"
-    fi
-    RESTATE_SERVER_VERSION="$("$RESTATE" --version 2>&1 | head -n 1)"
-    [[ "$RESTATE_SERVER_VERSION" == *" $RESTATE_VERSION"* ]] ||
-        die "$RESTATE is '$RESTATE_SERVER_VERSION', not $RESTATE_VERSION; remove $RESTATE_CACHE"
-}
-
 # Builds what runs (release); sets TALLY, BENCH_WORKER and RESTATE_SERVICE.
 build() {
-    local target_dir binary
     log "building tally, bench-worker and the Restate service (release)"
-    # The service is a workspace of its own: it builds into the workspace's target dir too,
-    # so one build cache serves both.
-    target_dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-    (
-        cd "$ROOT"
-        cargo build --release --quiet --bin tally
-        cargo build --release --quiet -p gateway --example bench-worker
-        cargo build --release --quiet --manifest-path bench/restate-service/Cargo.toml \
-            --target-dir "$target_dir"
-    )
-    TALLY="$target_dir/release/tally"
-    BENCH_WORKER="$target_dir/release/examples/bench-worker"
-    RESTATE_SERVICE="$target_dir/release/tally-bench-restate-service"
-    for binary in "$TALLY" "$BENCH_WORKER" "$RESTATE_SERVICE"; do
-        [[ -x "$binary" ]] || die "the build left no $binary"
-    done
-}
-
-# Runs this script again in a new network namespace where only loopback exists, with what
-# install_restate and build found; does not return.
-reenter_in_network_namespace() {
-    command -v ip >/dev/null || die "ip (iproute2) is needed for the network namespace; or NETNS=0"
-    unshare --net --map-root-user true 2>/dev/null ||
-        die "cannot make a network namespace (unshare --net --map-root-user failed: are user \
-namespaces off?); NETNS=0 measures in this one, where restate-server tries to reach GitHub"
-    log "entering a network namespace with only loopback"
-    export TALLY_BENCH_IN_NETNS=1 OUT RESTATE RESTATE_SERVER_VERSION TALLY BENCH_WORKER \
-        RESTATE_SERVICE
-    exec unshare --net --map-root-user -- bash "${BASH_SOURCE[0]}"
+    build_tally
+    (cd "$ROOT" && cargo build --release --quiet -p gateway --example bench-worker)
+    BENCH_WORKER="$(cargo_target_dir)/release/examples/bench-worker"
+    [[ -x "$BENCH_WORKER" ]] || die "the build left no $BENCH_WORKER"
+    build_restate_service
 }
 
 if [[ "${TALLY_BENCH_IN_NETNS:-0}" == 1 ]]; then
-    # Inside: loopback exists but is down.
-    ip link set lo up || die "cannot bring up loopback in the network namespace"
+    bring_up_loopback
     NETWORK="a network namespace of its own with only loopback"
 else
     for tool in python3 curl npm cargo; do
@@ -164,7 +98,8 @@ else
     done
     install_restate
     build
-    [[ "$NETNS" == 0 ]] || reenter_in_network_namespace
+    [[ "$NETNS" == 0 ]] || reenter_in_network_namespace "${BASH_SOURCE[0]}" OUT RESTATE \
+        RESTATE_SERVER_VERSION TALLY BENCH_WORKER RESTATE_SERVICE
     NETWORK="this machine's network namespace, on 127.0.0.1"
 fi
 
@@ -199,90 +134,31 @@ EOF
 LOAD_BEFORE="$(cut -d ' ' -f 1-3 /proc/loadavg)"
 
 # ---------------------------------------------------------------------------------------------
-# Systems. Each start_* sets the URL the cell calls; STOP_PIDS lists what to stop.
+# Systems (start_restate and start_tally: bench/lib.sh). STOP_PIDS lists what to stop.
 
 STOP_PIDS=()
 
-# Restate: the server (its data dir, ingress, admin API and node port all on loopback), the
-# Rust service, and the service's deployment registered through the admin API. Sets
-# RESTATE_INGRESS.
-start_restate() {
-    local dir=$1 ingress admin fabric service pid service_pid handler
-    read -r ingress admin fabric service <<<"$(free_ports 4)"
-    mkdir -p "$dir/restate"
-    # Its defaults otherwise; telemetry off.
-    RESTATE_INGRESS__BIND_ADDRESS="127.0.0.1:$ingress" \
-        RESTATE_ADMIN__BIND_ADDRESS="127.0.0.1:$admin" \
-        RESTATE_BIND_ADDRESS="127.0.0.1:$fabric" \
-        RESTATE_DISABLE_TELEMETRY=true \
-        RESTATE_LOG_DISABLE_ANSI_CODES=true \
-        "$RESTATE" --base-dir "$dir/restate" --node-name bench --no-logo --listen-mode tcp \
-        >"$dir/restate.log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    STOP_PIDS+=("$pid")
-    wait_for_http "$pid" "$dir/restate.log" "restate-server (admin API)" "" \
-        "http://127.0.0.1:$admin/health"
-    wait_for_http "$pid" "$dir/restate.log" "restate-server (ingress)" "" \
-        "http://127.0.0.1:$ingress/restate/health"
-
-    "$RESTATE_SERVICE" "127.0.0.1:$service" >"$dir/restate-service.log" 2>&1 &
-    service_pid=$!
-    PIDS+=("$service_pid")
-    STOP_PIDS+=("$service_pid")
-    wait_for_line "$dir/restate-service.log" "^listening on http://" "$service_pid" \
-        "the Restate service"
-
-    curl -sf --max-time 30 -X POST "http://127.0.0.1:$admin/deployments" \
-        -H 'content-type: application/json' \
-        -d "{\"uri\":\"http://127.0.0.1:$service\"}" >"$dir/deployment.json" ||
-        die "registering the service at http://127.0.0.1:$admin/deployments failed"
-    # The ingress learns the new service from the cluster's metadata: ready once it answers.
-    for handler in noop append3; do
-        wait_for_http "$pid" "$dir/restate.log" "Restate's Bench/$handler" "" \
-            -X POST -H 'content-type: application/json' -d '{}' \
-            "http://127.0.0.1:$ingress/Bench/$handler"
-    done
-    RESTATE_INGRESS="http://127.0.0.1:$ingress"
-}
-
-# Tally: `tally up` (fsync durability, its defaults). Sets TALLY_URL and TALLY_WORKER_ADDR.
-start_tally() {
-    local dir=$1 pid name
-    "$TALLY" up --data-dir "$dir/tally-data" --http-addr 127.0.0.1:0 --worker-addr 127.0.0.1:0 \
-        >"$dir/tally.log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    STOP_PIDS+=("$pid")
-    wait_for_line "$dir/tally.log" "^listening on http://" "$pid" "tally up"
-    TALLY_URL="$(sed -n 's|^listening on \(http://[^ ]*\).*|\1|p' "$dir/tally.log" | head -n 1)"
-    TALLY_WORKER_ADDR="$(sed -n 's|^workers attach at \([^ ]*\).*|\1|p' "$dir/tally.log" | head -n 1)"
-    [[ -n "$TALLY_WORKER_ADDR" ]] || die "tally up printed no 'workers attach at' line"
+# Tally with the functions this benchmark calls ready.
+start_tally_functions() {
+    local dir=$1 name
+    start_tally "$dir" || die "tally up did not start"
     for name in noop append3; do
-        wait_for_http "$pid" "$dir/tally.log" "Tally's $name" "" -X POST -d '{}' \
+        wait_for_http "$STARTED_PID" "$dir/tally.log" "Tally's $name" "" -X POST -d '{}' \
             "$TALLY_URL/function/$name"
     done
 }
 
-# `bench-worker`, attached to the Tally that start_tally started.
+# `bench-worker`, attached to the Tally that start_tally_functions started.
 start_bench_worker() {
     local dir=$1 pid name
-    "$BENCH_WORKER" --gateway "$TALLY_WORKER_ADDR" >"$dir/bench-worker.log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    STOP_PIDS+=("$pid")
+    start_tracked "$dir/bench-worker.log" "$BENCH_WORKER" --gateway "$TALLY_WORKER_ADDR"
+    pid=$STARTED_PID
     wait_for_http "$pid" "$dir/bench-worker.log" "bench-worker (registered)" \
         '"append3-worker"' "$TALLY_URL/functions"
     for name in noop-worker append3-worker; do
         wait_for_http "$pid" "$dir/bench-worker.log" "Tally's $name" "" -X POST -d '{}' \
             "$TALLY_URL/function/$name"
     done
-}
-
-stop_systems() {
-    local pid
-    for pid in "${STOP_PIDS[@]}"; do stop_pid "$pid"; done
-    STOP_PIDS=()
 }
 
 # cell_command SYSTEM WORKLOAD CLIENTS JSON_FILE sets CELL to the load generator's command
@@ -307,9 +183,9 @@ run_cell() {
     dir="$WORK/$name"
     mkdir -p "$dir"
     case "$system" in
-    restate) start_restate "$dir" ;;
-    tally-worker) start_tally "$dir" && start_bench_worker "$dir" ;;
-    *) start_tally "$dir" ;;
+    restate) start_restate "$dir" Bench/noop Bench/append3 || die "Restate did not start" ;;
+    tally-worker) start_tally_functions "$dir" && start_bench_worker "$dir" ;;
+    *) start_tally_functions "$dir" ;;
     esac
     cell_command "$system" "$workload" "$clients" "$RESULTS/$name.json"
     # In the background and waited for, so a signal stops the script at once, not after it.

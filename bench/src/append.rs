@@ -273,7 +273,7 @@ pub(crate) fn classify_error_reply(
     }
 }
 
-fn snippet(body: &[u8]) -> String {
+pub(crate) fn snippet(body: &[u8]) -> String {
     const SNIPPET_BYTES_MAX: usize = 200;
     let text = String::from_utf8_lossy(&body[..body.len().min(SNIPPET_BYTES_MAX)]);
     text.trim().to_string()

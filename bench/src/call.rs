@@ -4,8 +4,10 @@
 //!
 //! An endpoint is a full URL, so the same driver and the same measurement serve any system
 //! that calls functions over HTTP: a Tally gateway's `/function/{name}` (`function_url`), or
-//! Restate's ingress, `/{service}/{handler}`. A call succeeds on any 2xx answer; its body is
-//! read but not checked.
+//! Restate's ingress, `/{service}/{handler}`. A URL holding `{n}` (`ID_PLACEHOLDER`) gets a
+//! unique id in its place on every call (the same on a retry of that call), so each call can
+//! start a new workflow instance named by it. A call succeeds on any 2xx answer; its body is
+//! read, and checked only when `expect_status` asks for an instance's final status.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,14 +17,18 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::append::{
-    as_secs_f64, base_url, classify_error_reply, describe_request_error, CONNECT_TIMEOUT,
+    as_secs_f64, base_url, classify_error_reply, describe_request_error, snippet, CONNECT_TIMEOUT,
     REQUEST_TIMEOUT,
 };
-use crate::closed_loop::{self, Failure, Load, Payload};
+use crate::closed_loop::{self, Failure, Load, Measured, Payload};
 use crate::report::{CallReport, RunConfig};
 
 /// The most bytes of input a call sends: Tally's limit on a function's input.
 pub const INPUT_BYTES_MAX: usize = 1 << 20;
+
+/// In an endpoint URL, what each call replaces with its own unique id: the run's id, the
+/// client and the client's counter, e.g. "bench-18b2c0ffee-4242-3-17".
+pub const ID_PLACEHOLDER: &str = "{n}";
 
 /// What to run. `Default` calls the local gateway's `noop` with `{}` from 32 clients for 10 s
 /// after 1 s of warmup.
@@ -44,6 +50,9 @@ pub struct CallConfig {
     /// same call sends the same key), so the system takes its keyed path (on Tally, a durable
     /// invocation: written to the log before it runs, its result after).
     pub idempotency_keys: bool,
+    /// When set, a 2xx answer counts only if its body is a JSON object whose `status` is this
+    /// (a workflow instance's JSON: "succeeded"); any other answer counts as an error.
+    pub expect_status: Option<String>,
 }
 
 impl Default for CallConfig {
@@ -55,6 +64,7 @@ impl Default for CallConfig {
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(1),
             idempotency_keys: false,
+            expect_status: None,
         }
     }
 }
@@ -107,6 +117,13 @@ impl RunConfig for CallConfig {
                 },
             ),
             (
+                "expect",
+                match &self.expect_status {
+                    Some(status) => format!("a 2xx answer with \"status\":\"{status}\""),
+                    None => "any 2xx answer".to_string(),
+                },
+            ),
+            (
                 "duration_s",
                 format!(
                     "{:.1} (warmup {:.1})",
@@ -129,39 +146,85 @@ pub fn function_url(addr: &str, name: &str) -> anyhow::Result<String> {
     Ok(format!("{}/function/{name}", base_url(addr)?))
 }
 
-/// An endpoint URL checked: plain HTTP, a host, a path.
-fn endpoint_url(url: &str) -> anyhow::Result<reqwest::Url> {
-    let parsed = reqwest::Url::parse(url.trim()).with_context(|| format!("bad URL {url:?}"))?;
+/// An endpoint URL checked: plain HTTP, a host, a path. A URL with `ID_PLACEHOLDER` is checked
+/// with an id in its place.
+fn endpoint_url(url: &str) -> anyhow::Result<EndpointUrl> {
+    let url = url.trim();
+    let per_call = url.contains(ID_PLACEHOLDER);
+    let checked = url.replace(ID_PLACEHOLDER, "bench-0-0-0");
+    let parsed = reqwest::Url::parse(&checked).with_context(|| format!("bad URL {url:?}"))?;
     ensure!(
         parsed.scheme() == "http" && parsed.host().is_some() && parsed.path() != "/",
         "bad URL {url:?}: expected http://host:port/path (https is not supported)"
     );
-    Ok(parsed)
+    if per_call {
+        Ok(EndpointUrl::PerCall(url.to_string()))
+    } else {
+        Ok(EndpointUrl::Fixed(parsed))
+    }
+}
+
+/// Where an endpoint's calls go.
+enum EndpointUrl {
+    /// The same URL for every call, parsed once.
+    Fixed(reqwest::Url),
+    /// A URL holding `ID_PLACEHOLDER`, which each call replaces with its id.
+    PerCall(String),
 }
 
 /// One endpoint and the connection pool its clients share.
 struct Endpoint {
-    url: reqwest::Url,
+    url: EndpointUrl,
     http: reqwest::Client,
-    /// Set when every call carries a key: what makes this run's keys differ from any other
-    /// run's against the same server.
-    key_prefix: Option<String>,
+    /// What makes this run's call ids differ from any other run's against the same server.
+    run_id: String,
+    /// Send each call's id as its `Idempotency-Key`.
+    idempotency_keys: bool,
+    expect_status: Option<String>,
 }
 
 impl Endpoint {
-    fn new(url: &str, pool_size: usize, key_prefix: Option<String>) -> anyhow::Result<Endpoint> {
+    fn new(
+        url: &str,
+        config: &CallConfig,
+        request_timeout: Duration,
+        run_id: &str,
+    ) -> anyhow::Result<Endpoint> {
         let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(request_timeout)
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_max_idle_per_host(pool_size)
+            .pool_max_idle_per_host(config.clients.div_ceil(config.urls.len()))
             .tcp_nodelay(true)
             .build()
             .context("building the HTTP client")?;
         Ok(Endpoint {
             url: endpoint_url(url)?,
             http,
-            key_prefix,
+            run_id: run_id.to_string(),
+            idempotency_keys: config.idempotency_keys,
+            expect_status: config.expect_status.clone(),
         })
+    }
+
+    /// Whether a 2xx answer's `body` is what the run expects.
+    fn check_answer(&self, addr: &str, body: &[u8]) -> Result<(), Failure> {
+        let Some(expect) = &self.expect_status else {
+            return Ok(());
+        };
+        let status = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|answer| answer.get("status")?.as_str().map(str::to_string));
+        match status {
+            Some(status) if status == *expect => Ok(()),
+            Some(status) => Err(Failure::Fatal(format!(
+                "{addr}: status {status:?}, not {expect:?}: {}",
+                snippet(body)
+            ))),
+            None => Err(Failure::Fatal(format!(
+                "{addr}: no \"status\" in the answer: {}",
+                snippet(body)
+            ))),
+        }
     }
 }
 
@@ -169,15 +232,24 @@ impl closed_loop::Target for Endpoint {
     const OPERATION: &'static str = "call";
 
     async fn attempt(&self, client: u32, counter: u64, input: Bytes) -> Result<u64, Failure> {
+        let id = format!("{}-{client}-{counter}", self.run_id);
+        let url = match &self.url {
+            EndpointUrl::Fixed(url) => url.clone(),
+            EndpointUrl::PerCall(template) => {
+                let url = template.replace(ID_PLACEHOLDER, &id);
+                reqwest::Url::parse(&url)
+                    .map_err(|e| Failure::Fatal(format!("bad URL {url:?}: {e}")))?
+            }
+        };
         let mut request = self
             .http
-            .post(self.url.clone())
+            .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(input);
-        if let Some(prefix) = &self.key_prefix {
-            request = request.header("idempotency-key", format!("{prefix}-{client}-{counter}"));
+        if self.idempotency_keys {
+            request = request.header("idempotency-key", id);
         }
-        let addr = self.url.as_str();
+        let addr = url.as_str();
         let response = request
             .send()
             .await
@@ -189,14 +261,14 @@ impl closed_loop::Target for Endpoint {
             .await
             .map_err(|e| Failure::Fatal(describe_request_error(addr, &e)))?;
         if status.is_success() {
-            return Ok(0);
+            return self.check_answer(addr, &body).map(|()| 0);
         }
         Err(classify_error_reply(addr, status, &body))
     }
 }
 
-/// A prefix no other run's keys share: the time in nanoseconds and this process's id.
-fn run_key_prefix() -> String {
+/// An id no other run's share: the time in nanoseconds and this process's id.
+fn run_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -208,22 +280,25 @@ fn run_key_prefix() -> String {
 /// Fails when the configuration is invalid or no call at all succeeded (with the first error
 /// seen, e.g. "no call was acknowledged: cannot connect to URL: connection refused").
 pub async fn run_calls(config: CallConfig, progress: bool) -> anyhow::Result<CallReport> {
+    let measured = measure(&config, REQUEST_TIMEOUT, progress.then_some("bench call")).await?;
+    Ok(CallReport::new(config, measured))
+}
+
+/// Runs `config`'s closed loop, each request given up after `request_timeout`, with progress
+/// under `progress_label` when given.
+pub(crate) async fn measure(
+    config: &CallConfig,
+    request_timeout: Duration,
+    progress_label: Option<&'static str>,
+) -> anyhow::Result<Measured> {
     config.validate()?;
-    let pool_size = config.clients.div_ceil(config.urls.len());
-    let key_prefix = config.idempotency_keys.then(run_key_prefix);
+    let run_id = run_id();
     let endpoints = config
         .urls
         .iter()
-        .map(|url| Endpoint::new(url, pool_size, key_prefix.clone()).map(Arc::new))
+        .map(|url| Endpoint::new(url, config, request_timeout, &run_id).map(Arc::new))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let measured = closed_loop::run(
-        &config.load(),
-        &endpoints,
-        None,
-        progress.then_some("bench call"),
-    )
-    .await?;
-    Ok(CallReport::new(config, measured))
+    closed_loop::run(&config.load(), &endpoints, None, progress_label).await
 }
 
 #[cfg(test)]
@@ -268,6 +343,7 @@ mod tests {
             duration: Duration::from_millis(300),
             warmup: Duration::ZERO,
             idempotency_keys,
+            expect_status: None,
         }
     }
 
@@ -308,6 +384,46 @@ mod tests {
         assert!(seen
             .iter()
             .all(|(line, _, _)| line == "POST /function/noop HTTP/1.1"));
+    }
+
+    #[tokio::test]
+    async fn an_id_placeholder_in_the_url_is_unique_per_call_and_kept_on_retry() {
+        let (addr, seen, server) = serve(4).await;
+        let url = format!("http://{addr}/workflow/{ID_PLACEHOLDER}?x=1");
+        let report = run_calls(config(url, false), false).await.unwrap();
+        server.abort();
+
+        assert!(report.retried > 0 && report.calls > 0, "{report:?}");
+        assert_eq!(report.errors, 0);
+        let seen = seen.lock().unwrap();
+        let ids: Vec<&str> = seen
+            .iter()
+            .map(|(line, key, _)| {
+                assert_eq!(key, &None);
+                line.strip_prefix("POST /workflow/")
+                    .and_then(|rest| rest.strip_suffix("?x=1 HTTP/1.1"))
+                    .unwrap_or_else(|| panic!("unexpected request {line:?}"))
+            })
+            .collect();
+        let distinct: BTreeSet<&str> = ids.iter().copied().collect();
+        // Every 4th attempt failed and was sent again with the same id.
+        assert!(distinct.len() < ids.len(), "no retry reused its id");
+        assert!(distinct.len() as u64 >= report.calls);
+        assert!(distinct.iter().all(|id| id.starts_with("bench-")));
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_the_expected_status_is_an_error() {
+        let (addr, _seen, server) = serve(0).await;
+        let mut config = config(format!("http://{addr}/function/noop"), false);
+        config.expect_status = Some("succeeded".into());
+        let error = run_calls(config, false).await.unwrap_err();
+        server.abort();
+        let error = error.to_string();
+        assert!(
+            error.contains(r#"no "status" in the answer: {"n":1}"#),
+            "{error}"
+        );
     }
 
     #[tokio::test]

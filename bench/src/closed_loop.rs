@@ -145,6 +145,8 @@ pub(crate) trait Target: Send + Sync + 'static {
 pub(crate) struct Measured {
     /// Acknowledged operations.
     pub operations: u64,
+    /// Acknowledged operations of the whole run, warmup included.
+    pub operations_with_warmup: u64,
     pub errors: u64,
     pub retried: u64,
     pub elapsed_s: f64,
@@ -309,6 +311,7 @@ pub(crate) async fn run<T: Target>(
     let per_s = |n: f64| if elapsed_s > 0.0 { n / elapsed_s } else { 0.0 };
     Ok(Measured {
         operations: total.operations,
+        operations_with_warmup: shared.acked.load(Ordering::Relaxed),
         errors: total.errors,
         retried: total.retried,
         elapsed_s,

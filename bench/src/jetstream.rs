@@ -319,6 +319,7 @@ mod tests {
             config(),
             closed_loop::Measured {
                 operations: 10,
+                operations_with_warmup: 10,
                 errors: 0,
                 retried: 0,
                 elapsed_s: 1.0,

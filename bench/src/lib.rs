@@ -6,8 +6,10 @@
 //! `jetstream` feature, `run_jetstream` does the same against a NATS JetStream stream (publish,
 //! await the PubAck). Both report in one shape (`AppendReport`), which prints for people
 //! (`print_human`) and as JSON (`to_json`). `run_calls` calls a function over HTTP the same way
-//! (Tally's `/function/{name}`, or Restate's ingress) and reports a `CallReport`. All of them
-//! share one driver (`closed_loop`).
+//! (Tally's `/function/{name}`, or Restate's ingress) and reports a `CallReport`;
+//! `run_workflows` starts a new workflow instance per call on Tally's gateways
+//! (`/workflows/{name}/{id}`) and reports the same way. All of them share one driver
+//! (`closed_loop`).
 
 mod ack_log;
 mod append;
@@ -20,14 +22,16 @@ mod progress;
 mod report;
 #[cfg(test)]
 mod test_server;
+mod workflow;
 
 pub use ack_log::{read_ack_log, Ack};
 pub use append::{
     base_url, root_cause, run_append, AppendConfig, ErrorBody, ErrorReply, CLIENTS_MAX,
     DURATION_MAX, RECORD_BYTES_MAX, TAGS_MAX,
 };
-pub use call::{function_url, run_calls, CallConfig, INPUT_BYTES_MAX};
+pub use call::{function_url, run_calls, CallConfig, ID_PLACEHOLDER, INPUT_BYTES_MAX};
 pub use filler::{filler, filler_origin, FILLER_HEADER_BYTES};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{run_jetstream, JetStreamConfig, REPLICAS_MAX};
 pub use report::{AppendReport, CallReport, Percentiles, RunConfig};
+pub use workflow::{run_workflows, workflow_url, WorkflowConfig, WAIT_MS_MAX};

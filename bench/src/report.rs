@@ -78,6 +78,7 @@ impl<C: RunConfig> AppendReport<C> {
     pub(crate) fn new(config: C, measured: Measured) -> AppendReport<C> {
         let Measured {
             operations: appends,
+            operations_with_warmup: _,
             errors,
             retried,
             elapsed_s,
@@ -155,6 +156,9 @@ pub struct CallReport<C = CallConfig> {
     pub config: C,
     /// Calls answered with a success.
     pub calls: u64,
+    /// Calls answered with a success in the whole run, warmup included: what the system did
+    /// while it ran (to divide its log's growth by, say).
+    pub calls_with_warmup: u64,
     /// Calls that failed for good (not retried): an error answer, connection lost, timeout.
     pub errors: u64,
     /// Attempts answered with a retryable failure (503) and tried again.
@@ -172,6 +176,7 @@ impl<C: RunConfig> CallReport<C> {
     pub(crate) fn new(config: C, measured: Measured) -> CallReport<C> {
         let Measured {
             operations: calls,
+            operations_with_warmup: calls_with_warmup,
             errors,
             retried,
             elapsed_s,
@@ -184,6 +189,7 @@ impl<C: RunConfig> CallReport<C> {
         CallReport {
             config,
             calls,
+            calls_with_warmup,
             errors,
             retried,
             elapsed_s,
@@ -206,8 +212,8 @@ impl<C: RunConfig> CallReport<C> {
         let _ = writeln!(out, "results");
         let _ = writeln!(
             out,
-            "  calls         {} in {:.2} s (errors {}, retried {})",
-            self.calls, self.elapsed_s, self.errors, self.retried
+            "  calls         {} in {:.2} s (errors {}, retried {}; {} with warmup)",
+            self.calls, self.elapsed_s, self.errors, self.retried, self.calls_with_warmup
         );
         let _ = writeln!(out, "  throughput    {:.1} calls/s", self.calls_per_s);
         let _ = writeln!(
@@ -396,6 +402,7 @@ mod tests {
             CallConfig::default(),
             Measured {
                 operations: 500,
+                operations_with_warmup: 700,
                 errors: 0,
                 retried: 1,
                 elapsed_s: 2.0,
@@ -409,6 +416,7 @@ mod tests {
         let json = report.to_json();
         assert_eq!(json["benchmark"], "call");
         assert_eq!(json["calls"], 500);
+        assert_eq!(json["calls_with_warmup"], 700);
         assert_eq!(json["calls_per_s"], 250.0);
         assert_eq!(
             json["config"]["urls"][0],

@@ -401,6 +401,38 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Closed-loop workflow instances: throughput and latency percentiles.
+    ///
+    /// Each client starts a new instance of workflow NAME under a unique id
+    /// (POST /workflows/NAME/ID?wait_ms=N with --input), waits for it to end, and starts the
+    /// next, for --duration seconds after --warmup seconds. An instance counts only if it
+    /// answered 2xx with "status":"succeeded".
+    Workflow {
+        /// The workflow to start at each gateway.
+        name: String,
+        /// Gateway address or base URL (repeat or comma-separate for several; clients spread
+        /// over them).
+        #[arg(long, visible_alias = "url", default_value = DEFAULT_HTTP_ADDR, value_delimiter = ',')]
+        addr: Vec<String>,
+        /// The input of every instance, JSON.
+        #[arg(long, default_value = r#"{"steps":10}"#)]
+        input: String,
+        /// Concurrent clients, each with one instance in flight.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// How long to measure, in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// How long to run before measuring, in seconds.
+        #[arg(long, default_value_t = 1)]
+        warmup: u64,
+        /// How long the gateway waits for an instance to end before answering, in ms.
+        #[arg(long, default_value_t = bench::WAIT_MS_MAX)]
+        wait_ms: u64,
+        /// Write the figures and the configuration as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -797,8 +829,36 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration),
                 warmup: Duration::from_secs(warmup),
                 idempotency_keys,
+                expect_status: None,
             };
             let report = bench::run_calls(config, true).await?;
+            report.print_human();
+            if let Some(path) = json {
+                report.write_json(&path)?;
+                println!("wrote {}", path.display());
+            }
+        }
+        BenchCommand::Workflow {
+            name,
+            addr,
+            input,
+            clients,
+            duration,
+            warmup,
+            wait_ms,
+            json,
+        } => {
+            anyhow::ensure!(duration > 0, "--duration must be at least 1 second");
+            let config = bench::WorkflowConfig {
+                addrs: addr,
+                name,
+                input,
+                clients,
+                duration: Duration::from_secs(duration),
+                warmup: Duration::from_secs(warmup),
+                wait_ms,
+            };
+            let report = bench::run_workflows(config, true).await?;
             report.print_human();
             if let Some(path) = json {
                 report.write_json(&path)?;
@@ -840,6 +900,29 @@ mod tests {
             "--url",
             "http://127.0.0.1:8080/B/n"
         ]));
+    }
+
+    #[test]
+    fn bench_workflow_takes_a_name_and_a_gateway_address_or_url() {
+        let parse = |args: &[&str]| {
+            let argv = ["tally", "bench", "workflow"].iter().chain(args).copied();
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Bench(BenchCommand::Workflow { addr, input, .. })) => {
+                    Some((addr, input))
+                }
+                _ => None,
+            }
+        };
+        assert_eq!(
+            parse(&["steps"]),
+            Some((
+                vec![DEFAULT_HTTP_ADDR.to_string()],
+                r#"{"steps":10}"#.to_string()
+            ))
+        );
+        let (addr, _) = parse(&["steps", "--url", "http://127.0.0.1:1"]).unwrap();
+        assert_eq!(addr, ["http://127.0.0.1:1"]);
+        assert_eq!(parse(&[]), None);
     }
 
     /// Parses `tally <args>` as a role command and returns its config file and overrides.

@@ -8,6 +8,9 @@
 //!   (its step number) that Restate journals durably before the next starts, as Tally's
 //!   `append3` appends three small records to the log one after the other. Out: the three
 //!   values.
+//! - `Bench/steps`: the workflow of `bench/compare-workflows.sh`, `{"steps": N}` in (default
+//!   10, at most `STEPS_MAX`): N `ctx.run` steps in a row, each returning its step number,
+//!   each journaled before the next starts. Out: `{"steps": N, "sum": 1 + ... + N}`.
 //!
 //! It serves only what it is told to: `tally-bench-restate-service [ADDR]`, default
 //! 127.0.0.1:9080. It does not register itself; the script posts the deployment to Restate's
@@ -17,8 +20,11 @@ use restate_sdk::prelude::*;
 use serde_json::{json, Value};
 
 const DEFAULT_ADDR: &str = "127.0.0.1:9080";
+/// The most steps one `Bench/steps` call runs.
+const STEPS_MAX: u64 = 1000;
 
-/// The service's name in Restate's ingress paths: `/Bench/noop`, `/Bench/append3`.
+/// The service's name in Restate's ingress paths: `/Bench/noop`, `/Bench/append3`,
+/// `/Bench/steps`.
 struct Bench;
 
 #[restate_sdk::service]
@@ -40,6 +46,25 @@ impl Bench {
             steps.push(ctx.run(move || async move { Ok(step) }).await?);
         }
         Ok(Json(json!({ "steps": steps })))
+    }
+
+    #[handler]
+    async fn steps(
+        &self,
+        ctx: Context<'_>,
+        Json(input): Json<Value>,
+    ) -> HandlerResult<Json<Value>> {
+        let steps = input.get("steps").and_then(Value::as_u64).unwrap_or(10);
+        if !(1..=STEPS_MAX).contains(&steps) {
+            let message = format!("steps must be 1..={STEPS_MAX}, not {steps}");
+            return Err(TerminalError::new(message).into());
+        }
+        let mut sum = 0;
+        // Each step is awaited before the next starts: one journal entry after the other.
+        for step in 1..=steps {
+            sum += ctx.run(move || async move { Ok(step) }).await?;
+        }
+        Ok(Json(json!({ "steps": steps, "sum": sum })))
     }
 }
 
