@@ -210,6 +210,52 @@ impl Client {
         Ok(body.to_vec())
     }
 
+    /// Starts instance `id` of workflow `name` with `input` (JSON); with `wait_ms`, waits that
+    /// long for its end. Returns the gateway's answer: the instance, or its id and status.
+    pub async fn workflow_start(
+        &self,
+        name: &str,
+        id: &str,
+        input: serde_json::Value,
+        book: Option<u32>,
+        wait_ms: Option<u64>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut url = self.url(&["workflows", name, id]);
+        if let Some(wait_ms) = wait_ms {
+            url.query_pairs_mut()
+                .append_pair("wait_ms", &wait_ms.to_string());
+        }
+        let request = with_book(self.http.post(url).json(&input), book);
+        self.call(request, &format!("start {name} {id}")).await
+    }
+
+    /// Workflow instance `id`: status, output, every step.
+    pub async fn workflow_show(
+        &self,
+        id: &str,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let request = with_book(self.http.get(self.url(&["workflows", id])), book);
+        self.call(request, &format!("show {id}")).await
+    }
+
+    /// Sends signal `name` with `payload` (JSON) to instance `id`; with a key, once.
+    pub async fn workflow_signal(
+        &self,
+        id: &str,
+        name: &str,
+        payload: serde_json::Value,
+        book: Option<u32>,
+        key: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = self.url(&["workflows", id, "signals", name]);
+        let mut request = with_book(self.http.post(url).json(&payload), book);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.call(request, &format!("signal {id} {name}")).await
+    }
+
     /// The names of the functions the gateway serves.
     pub async fn functions(&self) -> anyhow::Result<Vec<String>> {
         #[derive(serde::Deserialize)]
@@ -562,5 +608,13 @@ mod tests {
         assert!(
             request.contains("x-tally-book: 7\r\n") && request.contains("idempotency-key: k1\r\n")
         );
+    }
+}
+
+/// `request` in `book` (`X-Tally-Book`), if one is given.
+fn with_book(request: reqwest::RequestBuilder, book: Option<u32>) -> reqwest::RequestBuilder {
+    match book {
+        Some(book) => request.header("X-Tally-Book", book.to_string()),
+        None => request,
     }
 }

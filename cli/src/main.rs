@@ -36,6 +36,9 @@ enum Command {
     Invoke(InvokeArgs),
     /// List the functions each gateway serves.
     Functions(FunctionsArgs),
+    /// Start, show and signal workflow instances.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
     /// Append to and read from a LogBook.
     #[command(subcommand)]
     Log(LogCommand),
@@ -295,6 +298,49 @@ struct InvokeArgs {
 }
 
 #[derive(Subcommand)]
+enum WorkflowCommand {
+    /// Start an instance (the same id again is the same instance) and print the answer.
+    Start {
+        /// The workflow's name.
+        name: String,
+        /// The instance's id: letters, digits and -_.: only.
+        id: String,
+        /// The input, as JSON (default: null).
+        input: Option<String>,
+        /// Wait this many milliseconds for the instance's end (0: do not wait).
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Print an instance: status, input, output, every step.
+    Show {
+        id: String,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Send a signal to an instance.
+    Signal {
+        id: String,
+        /// The signal's name.
+        name: String,
+        /// Its payload, as JSON (default: null).
+        payload: Option<String>,
+        /// The same key again delivers the signal once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+}
+
+#[derive(Subcommand)]
 enum LogCommand {
     /// Append one record and print its seqnum.
     Append {
@@ -462,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Invoke(args) => invoke(args).await,
+            Command::Workflow(cmd) => workflow(cmd).await,
             Command::Functions(args) => functions(args).await,
             Command::Log(cmd) => log(cmd).await,
             Command::Bench(cmd) => bench(cmd).await,
@@ -694,6 +741,52 @@ async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     if !output.ends_with(b"\n") {
         writeln!(stdout)?;
     }
+    Ok(())
+}
+
+/// JSON from the command line; nothing is `null`.
+fn json_arg(what: &str, text: Option<String>) -> anyhow::Result<serde_json::Value> {
+    match text {
+        None => Ok(serde_json::Value::Null),
+        Some(text) => serde_json::from_str(&text)
+            .with_context(|| format!("the {what} must be JSON, not {text:?}")),
+    }
+}
+
+async fn workflow(cmd: WorkflowCommand) -> anyhow::Result<()> {
+    let answer = match cmd {
+        WorkflowCommand::Start {
+            name,
+            id,
+            input,
+            wait_ms,
+            book,
+            addr,
+        } => {
+            let input = json_arg("input", input)?;
+            let wait = (wait_ms > 0).then_some(wait_ms);
+            Client::new(&addr.addr)?
+                .workflow_start(&name, &id, input, book, wait)
+                .await?
+        }
+        WorkflowCommand::Show { id, book, addr } => {
+            Client::new(&addr.addr)?.workflow_show(&id, book).await?
+        }
+        WorkflowCommand::Signal {
+            id,
+            name,
+            payload,
+            idempotency_key,
+            book,
+            addr,
+        } => {
+            let payload = json_arg("payload", payload)?;
+            Client::new(&addr.addr)?
+                .workflow_signal(&id, &name, payload, book, idempotency_key.as_deref())
+                .await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tally_tests::{wait_until, Tally};
+use tally_tests::{run_tally, wait_until, Tally};
 
 const INSTANCES: usize = 40;
 const STEPS: u64 = 20;
@@ -253,5 +253,35 @@ fn a_failed_car_reservation_cancels_the_flight_and_the_hotel_once_each() {
         }
         assert_eq!(calls, expected, "{fail}");
     }
+
+    // The CLI: start and wait, show, signal; bad JSON is refused before anything is sent.
+    let addr = tally.addr.as_str();
+    let started = run_tally(&[
+        "workflow",
+        "start",
+        "steps",
+        "cli-1",
+        r#"{"steps": 2}"#,
+        "--wait-ms",
+        "10000",
+        "--addr",
+        addr,
+    ])
+    .unwrap();
+    let started: Value = serde_json::from_str(&started).unwrap();
+    assert_eq!(started["output"], json!({ "count": 2 }));
+    let shown: Value =
+        serde_json::from_str(&run_tally(&["workflow", "show", "cli-1", "--addr", addr]).unwrap())
+            .unwrap();
+    assert_eq!(shown["status"], "succeeded");
+    let signalled = run_tally(&["workflow", "signal", "cli-1", "go", "1", "--addr", addr]).unwrap();
+    assert!(signalled.contains("\"signal\""), "{signalled}");
+    let bad = run_tally(&["workflow", "start", "steps", "cli-2", "{", "--addr", addr]);
+    assert!(bad.unwrap_err().to_string().contains("must be JSON"));
+    let unknown = run_tally(&["workflow", "show", "nobody", "--addr", addr]);
+    assert!(unknown
+        .unwrap_err()
+        .to_string()
+        .contains("unknown_instance"));
     tally.stop().unwrap();
 }
