@@ -399,6 +399,14 @@ fn display_data(data: &[u8]) -> String {
     }
 }
 
+/// `request` in `book` (`X-Tally-Book`), if one is given.
+fn with_book(request: reqwest::RequestBuilder, book: Option<u32>) -> reqwest::RequestBuilder {
+    match book {
+        Some(book) => request.header("X-Tally-Book", book.to_string()),
+        None => request,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -608,13 +616,5 @@ mod tests {
         assert!(
             request.contains("x-tally-book: 7\r\n") && request.contains("idempotency-key: k1\r\n")
         );
-    }
-}
-
-/// `request` in `book` (`X-Tally-Book`), if one is given.
-fn with_book(request: reqwest::RequestBuilder, book: Option<u32>) -> reqwest::RequestBuilder {
-    match book {
-        Some(book) => request.header("X-Tally-Book", book.to_string()),
-        None => request,
     }
 }
