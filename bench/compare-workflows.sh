@@ -65,7 +65,7 @@ DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 RUNS="${RUNS:-3}"
 STEPS="${STEPS:-10}"
-SYSTEMS="${SYSTEMS:-tally restate dbos temporal}"
+SYSTEMS="${SYSTEMS:-tally tally-symmetric tally-write-log tally-read-log restate dbos temporal}"
 TEMPORAL_DB="${TEMPORAL_DB:-memory}"
 RESTATE_VERSION="${RESTATE_VERSION:-1.7.12}"
 RESTATE_CACHE="${RESTATE_CACHE:-$ROOT/target/bench-cache/restate-server-$RESTATE_VERSION}"
@@ -91,8 +91,8 @@ for clients in $CLIENTS; do
 done
 [[ -n "$SYSTEMS" ]] || die "SYSTEMS must list at least one system"
 for system in $SYSTEMS; do
-    [[ " tally restate dbos temporal " == *" $system "* ]] ||
-        die "SYSTEMS takes tally, restate, dbos and temporal, not '$system'"
+    [[ " tally tally-symmetric tally-write-log tally-read-log restate dbos temporal " == *" $system "* ]] ||
+        die "SYSTEMS takes tally, tally-symmetric, tally-write-log, tally-read-log, restate, dbos and temporal, not '$system'"
 done
 [[ "$RESTATE_VERSION" =~ ^1\.[0-9]+\.[0-9]+$ ]] ||
     die "RESTATE_VERSION must be an exact 1.x.y version, not '$RESTATE_VERSION'"
@@ -218,10 +218,20 @@ WORK_FS="$(stat -f -c %T "$WORK")"
 
 PG_VERSION=""
 [[ -z "$PG_BIN" ]] || PG_VERSION="$("$PG_BIN/postgres" --version)"
+# The note of Tally's `writes` workflow in PROTOCOL.
+tally_writes_note() {
+    echo "tally up (fsync durability); the writes workflow, POST /workflows/writes/{id}?wait_ms=\
+$TALLY_WAIT_MS with {\"steps\":$STEPS,\"protocol\":\"$1\"}: $STEPS steps, each a put of its own \
+key to a libflow table in the $1 protocol (symmetric and write-log: an append per write; \
+read-log: the writes ride on the instance's next record, here its end)."
+}
 declare -A NOTES=(
     [tally]="tally up (fsync durability: an append is acknowledged once fsynced); the steps \
 workflow of its workflow API, POST /workflows/steps/{id}?wait_ms=$TALLY_WAIT_MS with $INPUT, a \
 new id per call, counted only when the instance JSON says \"status\":\"succeeded\"."
+    [tally-symmetric]="$(tally_writes_note symmetric)"
+    [tally-write-log]="$(tally_writes_note write-log)"
+    [tally-read-log]="$(tally_writes_note read-log)"
     [restate]="restate-server $RESTATE_VERSION with its defaults (Bifrost, a replicated loglet \
 with one replica on this node, RocksDB WAL synced); Bench/steps of bench/restate-service \
 (restate-sdk 0.12, its own process, called over HTTP/2): $STEPS ctx.run steps, each result \
@@ -365,7 +375,7 @@ start_temporal() {
 log_bytes() {
     local system=$1 lsn
     case "$system" in
-    tally)
+    tally*)
         curl -sf --max-time 5 "$TALLY_URL/metrics" |
             awk '$1 == "tally_appended_bytes_total" { printf "%.0f\n", $2 }'
         ;;
@@ -383,10 +393,15 @@ cell_command() {
     local system=$1 clients=$2 json=$3
     case "$system" in
     tally) CELL=("$TALLY" bench workflow steps --url "$CELL_URL" --wait-ms "$TALLY_WAIT_MS") ;;
+    tally-*) CELL=("$TALLY" bench workflow writes --url "$CELL_URL" --wait-ms "$TALLY_WAIT_MS") ;;
     restate) CELL=("$TALLY" bench call --url "$CELL_URL" --idempotency-keys) ;;
     dbos | temporal) CELL=("$TALLY" bench call --url "$CELL_URL/{n}") ;;
     esac
-    CELL+=(--input "$INPUT" --clients "$clients" --json "$json")
+    case "$system" in
+    tally-*) CELL+=(--input "{\"steps\":$STEPS,\"protocol\":\"${system#tally-}\"}") ;;
+    *) CELL+=(--input "$INPUT") ;;
+    esac
+    CELL+=(--clients "$clients" --json "$json")
     # A call counts only if it starts and ends within the measured window: a quick run gives
     # Temporal, whose workflows take seconds at 32 clients here, a window that can hold some.
     if [[ "${QUICK:-0}" == 1 && "$system" == temporal ]]; then
@@ -410,7 +425,7 @@ run_cell() {
     started=0
     START_FAILURE="did not start (the end of its log is above; KEEP_WORK=1 keeps $dir)"
     case "$system" in
-    tally) start_tally_workflows "$dir" && started=1 ;;
+    tally*) start_tally_workflows "$dir" && started=1 ;;
     restate) start_restate_steps "$dir" && started=1 ;;
     dbos) start_dbos "$dir" && started=1 ;;
     temporal) start_temporal "$dir" && started=1 ;;
@@ -472,7 +487,8 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 export NOTE_TALLY="${NOTES[tally]}" NOTE_RESTATE="${NOTES[restate]}" NOTE_DBOS="${NOTES[dbos]}" \
-    NOTE_TEMPORAL="${NOTES[temporal]}"
+    NOTE_TEMPORAL="${NOTES[temporal]}" NOTE_TALLY_SYMMETRIC="${NOTES[tally-symmetric]}" \
+    NOTE_TALLY_WRITE_LOG="${NOTES[tally-write-log]}" NOTE_TALLY_READ_LOG="${NOTES[tally-read-log]}"
 RESTATE_SERVER_VERSION="$RESTATE_SERVER_VERSION" PEER_PACKAGES="$PEER_PACKAGES" \
     TEMPORAL_CLI_VERSION="$TEMPORAL_CLI_VERSION" PG_VERSION="$PG_VERSION" NETWORK="$NETWORK" \
     LOAD_BEFORE="$LOAD_BEFORE" LOAD_AFTER="$(cut -d ' ' -f 1-3 /proc/loadavg)" \
@@ -484,10 +500,12 @@ import glob, json, os, platform, statistics, sys, time
 
 results_dir, out = sys.argv[1], sys.argv[2]
 env = os.environ
-LABELS = {"tally": "Tally", "restate": "Restate", "dbos": "DBOS", "temporal": "Temporal"}
+LABELS = {"tally": "Tally", "tally-symmetric": "Tally writes symmetric",
+          "tally-write-log": "Tally writes write-log", "tally-read-log": "Tally writes read-log",
+          "restate": "Restate", "dbos": "DBOS", "temporal": "Temporal"}
 systems = env["SYSTEMS"].split()
 clients_list = [int(c) for c in env["CLIENTS"].split()]
-notes = {s: env[f"NOTE_{s.upper()}"] for s in systems}
+notes = {s: env[f"NOTE_{s.upper().replace('-', '_')}"] for s in systems}
 skipped = {}
 for path in glob.glob(os.path.join(results_dir, "skipped-*")):
     skipped[os.path.basename(path)[len("skipped-"):]] = open(path).read().strip()
@@ -555,7 +573,7 @@ by_key = {(c["clients"], c["system"]): c for c in cells}
 ratio = lambda a, b: round(a / b, 3) if b else None
 for c in cells:
     tally = by_key.get((c["clients"], "tally"))
-    if c["system"] != "tally" and "median" in c and tally and "median" in tally:
+    if not c["system"].startswith("tally") and "median" in c and tally and "median" in tally:
         t, p = tally["median"], c["median"]
         c["tally_over_peer"] = {
             "throughput": ratio(t["calls_per_s"], p["calls_per_s"]),

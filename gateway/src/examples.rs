@@ -5,8 +5,9 @@
 //! `bench/compare-restate.sh` measures: `noop`, which answers its input without touching the
 //! log, and `append3`, which appends three records one after the other. And the example
 //! workflows (`workflows`): `steps`, which counts N steps in a table and appends a record in
-//! each; `approval`, which waits for a signal or a timeout; and `travel`, a saga over
-//! `search` and the `reserve_KIND`/`cancel_KIND` functions.
+//! each; `approval`, which waits for a signal or a timeout; `travel`, a saga over `search`
+//! and the `reserve_KIND`/`cancel_KIND` functions; and `writes`, N table writes in a chosen
+//! protocol.
 
 use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};
 use bytes::Bytes;
@@ -56,7 +57,44 @@ pub fn workflows() -> libflow::Workflows {
     workflows.register("steps", steps);
     workflows.register("approval", approval);
     workflows.register("travel", travel);
+    workflows.register("writes", writes);
+    for protocol in [
+        libflow::Protocol::Symmetric,
+        libflow::Protocol::WriteLog,
+        libflow::Protocol::ReadLog,
+    ] {
+        workflows.set_protocol(&format!("writes-{}", protocol.name()), protocol);
+    }
     workflows
+}
+
+/// `{"steps": N, "protocol": "write-log"}` in: N steps, each one small durable write (a put of
+/// its own key) to the table `writes-PROTOCOL`, which uses that protocol (`symmetric`,
+/// `write-log` or `read-log`); `{"written": N}` out. What the workflow comparison measures in
+/// each protocol.
+async fn writes(
+    flow: libflow::Flow,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, libflow::Error> {
+    let n = input["steps"]
+        .as_u64()
+        .filter(|n| *n <= STEPS_MAX)
+        .ok_or_else(|| {
+            libflow::Error::terminal(format!(
+                "input: {{\"steps\": N}} with N at most {STEPS_MAX}"
+            ))
+        })?;
+    let protocol: libflow::Protocol = input["protocol"]
+        .as_str()
+        .unwrap_or("write-log")
+        .parse()
+        .map_err(libflow::Error::terminal)?;
+    let table = flow.table(&format!("writes-{}", protocol.name()));
+    let id = flow.id().to_string();
+    for i in 0..n {
+        table.put(&format!("{id}/{i}"), &i).await?;
+    }
+    Ok(json!({ "written": n }))
 }
 
 /// `{"timeout_s": N}` in: waits for the signal `approve` or N seconds, whichever comes first;
