@@ -256,6 +256,37 @@ impl Client {
         self.call(request, &format!("signal {id} {name}")).await
     }
 
+    /// Cancels instance `id`.
+    pub async fn workflow_cancel(
+        &self,
+        id: &str,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = self.url(&["workflows", id, "cancel"]);
+        self.call(
+            with_book(self.http.post(url), book),
+            &format!("cancel {id}"),
+        )
+        .await
+    }
+
+    /// The newest instances, those with `status` if given.
+    pub async fn workflow_list(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut url = self.url(&["workflows"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &limit.to_string());
+        if let Some(status) = status {
+            url.query_pairs_mut().append_pair("status", status);
+        }
+        self.call(with_book(self.http.get(url), book), "list workflows")
+            .await
+    }
+
     /// The names of the functions the gateway serves.
     pub async fn functions(&self) -> anyhow::Result<Vec<String>> {
         #[derive(serde::Deserialize)]

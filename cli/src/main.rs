@@ -323,6 +323,26 @@ enum WorkflowCommand {
         #[command(flatten)]
         addr: AddrArg,
     },
+    /// Cancel an instance: its compensations run and it ends `cancelled`.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// List the newest instances.
+    List {
+        /// Only those with this status: running, succeeded, failed, compensated, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
     /// Send a signal to an instance.
     Signal {
         id: String,
@@ -768,6 +788,28 @@ async fn workflow(cmd: WorkflowCommand) -> anyhow::Result<()> {
             Client::new(&addr.addr)?
                 .workflow_start(&name, &id, input, book, wait)
                 .await?
+        }
+        WorkflowCommand::Cancel { id, book, addr } => {
+            Client::new(&addr.addr)?.workflow_cancel(&id, book).await?
+        }
+        WorkflowCommand::List {
+            status,
+            limit,
+            book,
+            addr,
+        } => {
+            let list = Client::new(&addr.addr)?
+                .workflow_list(status.as_deref(), limit, book)
+                .await?;
+            for i in list["instances"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}",
+                    i["id"].as_str().unwrap_or(""),
+                    i["workflow"].as_str().unwrap_or(""),
+                    i["status"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(());
         }
         WorkflowCommand::Show { id, book, addr } => {
             Client::new(&addr.addr)?.workflow_show(&id, book).await?

@@ -168,6 +168,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/workflows/{name}/{id}", post(start_workflow))
         .route("/workflows/{id}", get(get_workflow))
         .route("/workflows/{id}/signals/{name}", post(signal_workflow))
+        .route("/workflows/{id}/cancel", post(cancel_workflow))
+        .route("/workflows", get(list_workflows))
         .route("/log/{book}/append", post(log_append))
         .route("/log/{book}/records", get(log_records))
         .route("/log/{book}/next", get(log_next))
@@ -567,6 +569,97 @@ async fn signal_workflow(
     let mut response = with_seen(accepted_at, json!({ "id": id, "signal": signal_id }));
     *response.status_mut() = StatusCode::ACCEPTED;
     Ok(response)
+}
+
+/// `POST /workflows/{id}/cancel`: cancels an instance: the operation it runs or waits in
+/// fails, the compensations of what succeeded run, and it ends `cancelled`. Cancelling twice,
+/// or an instance that has ended, changes nothing.
+async fn cancel_workflow(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    instance_id(&id)?;
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let instance = libflow::describe(&outside_ctx(&state, book), &id)
+        .await
+        .map_err(workflow_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_instance",
+                format!("no workflow instance {id:?}"),
+            )
+        })?;
+    let key = libflow::signal_key(&id, "cancel");
+    let request = Request {
+        idempotency_key: Some(&key),
+        asynchronous: true,
+        ..Request::new(
+            &instance.workflow,
+            book,
+            libflow::cancel_input(&id, instance.input),
+        )
+    };
+    let rx = state.dispatcher.call(request).await.map_err(|e| match e {
+        InvokeError::UnknownFunction(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "workflow_unavailable",
+            format!("no gateway serves workflow {:?}", instance.workflow),
+        ),
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cancel",
+            other.to_string(),
+        ),
+    })?;
+    let accepted_at = rx.borrow().accepted_at;
+    let mut response = with_seen(accepted_at, json!({ "id": id, "cancelling": true }));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    Ok(response)
+}
+
+/// Most instances one list answers.
+pub const WORKFLOW_LIST_MAX: usize = 1000;
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /workflows?status=S&limit=N&before=SEQNUM`: instances of the book, newest first.
+async fn list_workflows(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<libflow::Status>(json!(s)).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "status is running, succeeded, failed, compensated or cancelled, not {s:?}"
+                ))
+            })?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > WORKFLOW_LIST_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={WORKFLOW_LIST_MAX}"
+        )));
+    }
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let instances = libflow::list(&outside_ctx(&state, book), status, query.before, limit)
+        .await
+        .map_err(workflow_error)?;
+    Ok(Json(json!({ "instances": instances })))
 }
 
 async fn list_functions(State(state): State<Arc<AppState>>) -> Json<Value> {

@@ -51,6 +51,7 @@ pub enum Status {
     Succeeded,
     Failed,
     Compensated,
+    Cancelled,
 }
 
 /// The operation a step-stream record is the outcome of.
@@ -59,6 +60,9 @@ pub enum Status {
 pub enum Op {
     /// Position 0: the instance's workflow, input, and the table protocols it runs with.
     Start {
+        /// The instance's id (for lists of instances).
+        #[serde(default)]
+        instance: String,
         workflow: String,
         input: Value,
         protocols: BTreeMap<String, Protocol>,
@@ -99,6 +103,9 @@ pub enum Op {
     Flush,
     /// An operation dropped before it finished; the position is filled so later ones go on.
     Abandoned,
+    /// The instance was cancelled here: the operation at this position, and every later one
+    /// but the compensations, fails with `Error::Cancelled`.
+    Cancelled,
     /// The instance's outcome.
     End {
         status: Status,
@@ -125,6 +132,7 @@ impl Op {
             Op::Version { change, .. } => format!("version({change:?})"),
             Op::Flush => "a flush of buffered writes".to_string(),
             Op::Abandoned => "an abandoned operation".to_string(),
+            Op::Cancelled => "the instance's cancellation".to_string(),
             Op::End { .. } => "the end of the instance".to_string(),
         }
     }
@@ -163,6 +171,14 @@ pub fn steps_tag(id: &str) -> Tag {
 pub fn key_tag(table: &str, key: &str) -> Tag {
     tag_of(&["libflow", "table", table, key])
 }
+
+/// Every instance's `Start` record, in a book: the list of instances.
+pub fn instances_tag() -> Tag {
+    tag_of(&["libflow", "instances"])
+}
+
+/// The name of the signal that cancels an instance (no user signal may start with `libflow.`).
+pub const CANCEL_SIGNAL: &str = "libflow.cancel";
 
 /// The signals named `name` sent to instance `id`.
 pub fn signal_tag(id: &str, name: &str) -> Tag {

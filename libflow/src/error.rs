@@ -25,6 +25,10 @@ pub enum Error {
     /// Another execution of this instance wrote `position` first; this one stops.
     #[error("another execution of the instance owns position {position}")]
     Superseded { position: u64 },
+    /// The instance was cancelled (`POST /workflows/{id}/cancel`): its compensations run, and
+    /// it ends `cancelled`. Let it pass (`?`).
+    #[error("the instance was cancelled")]
+    Cancelled,
     /// The instance waits (a timer or a signal) and gave up its task: a timer's invocation,
     /// or the signal's, drives it on. Let it pass (`?`): it ends this execution.
     #[error("the instance is suspended until {0}")]

@@ -118,6 +118,12 @@ struct State {
     saga: BTreeMap<u64, (String, Value)>,
     /// Signals taken so far, by name: a wait takes the next one of its name.
     signals_taken: BTreeMap<String, u64>,
+    /// Someone asked to cancel the instance (its cancel signal is in the log).
+    cancel_requested: bool,
+    /// The instance's `Cancelled` record is written (or replayed): operations fail, but for
+    /// the compensations (`compensating`).
+    cancelled: bool,
+    compensating: bool,
 }
 
 impl Flow {
@@ -142,6 +148,9 @@ impl Flow {
                     pending: Vec::new(),
                     saga: BTreeMap::new(),
                     signals_taken: BTreeMap::new(),
+                    cancel_requested: false,
+                    cancelled: false,
+                    compensating: false,
                 }),
                 progress,
             }),
@@ -410,19 +419,43 @@ impl Flow {
         format!("libflow:{}:{}", self.inner.id, position)
     }
 
-    /// Takes the next position; the record written there carries the buffered writes.
+    /// Notes that the instance's cancellation was asked for: the next operation past the
+    /// history writes `Cancelled` in its place.
+    pub(crate) fn request_cancel(&self) {
+        self.state().cancel_requested = true;
+    }
+
+    /// Takes the next position; the record written there carries the buffered writes. A
+    /// cancelled instance takes none (the operation fails with `Cancelled`), but for its
+    /// compensations.
     pub(crate) fn slot(&self) -> Slot {
         let mut state = self.state();
+        if state.cancelled && !state.compensating {
+            return Slot {
+                flow: self.clone(),
+                pos: u64::MAX,
+                replay: None,
+                carried: Vec::new(),
+                done: true,
+                cancel: true,
+            };
+        }
         let pos = state.next;
         state.next += 1;
         let replay = (pos < state.replay_len).then(|| state.history[pos as usize].clone());
         let carried = std::mem::take(&mut state.pending);
+        // Past the history, a requested cancellation takes this position.
+        let cancel = replay.is_none() && state.cancel_requested && !state.compensating;
+        if cancel {
+            state.cancelled = true;
+        }
         Slot {
             flow: self.clone(),
             pos,
             replay,
             carried,
             done: false,
+            cancel,
         }
     }
 
@@ -584,6 +617,7 @@ impl Flow {
     pub(crate) async fn compensate(&self) -> Result<usize, Error> {
         let saga: Vec<(String, Value)> = {
             let mut state = self.state();
+            state.compensating = true;
             std::mem::take(&mut state.saga)
                 .into_values()
                 .rev()
@@ -598,6 +632,8 @@ impl Flow {
 
     /// Writes the instance's end (with any buffered writes).
     pub(crate) async fn end(&self, op: Op) -> Result<(), Error> {
+        // The end is written whatever came before it, a cancellation too.
+        self.state().compensating = true;
         let mut slot = self.slot();
         if slot.replayed(&op)?.is_none() {
             slot.commit(op).await?;
@@ -782,16 +818,29 @@ pub(crate) struct Slot {
     carried: Vec<Write>,
     /// Written or replayed: nothing to fill in when dropped.
     done: bool,
+    /// The instance is cancelled: the operation fails; if this slot took a position, it
+    /// writes `Cancelled` there when dropped.
+    cancel: bool,
 }
 
 impl Slot {
     /// The history's record at this position, if there is one and it is the same operation
     /// as `probe`; a different one is a non-determinism error.
     pub(crate) fn replayed(&mut self, probe: &Op) -> Result<Option<(Seqnum, Entry)>, Error> {
+        if self.cancel {
+            return Err(Error::Cancelled);
+        }
         let Some((seqnum, entry)) = self.replay.take() else {
             return Ok(None);
         };
         self.done = true;
+        if matches!(entry.op, Op::Cancelled) {
+            let mut state = self.flow.state();
+            if !state.compensating {
+                state.cancelled = true;
+                return Err(Error::Cancelled);
+            }
+        }
         if matches!(entry.op, Op::Abandoned) {
             return Err(Error::terminal(format!(
                 "{} at position {} was abandoned by an earlier execution",
@@ -831,6 +880,9 @@ impl Slot {
             at_ms: now_ms(),
         };
         let mut tags = vec![self.flow.inner.steps];
+        if matches!(entry.op, Op::Start { .. }) {
+            tags.push(crate::entry::instances_tag());
+        }
         for w in &entry.writes {
             let tag = key_tag(&w.table, &w.key);
             if !tags.contains(&tag) {
@@ -866,9 +918,15 @@ impl Drop for Slot {
             replay: None,
             carried: std::mem::take(&mut self.carried),
             done: true,
+            cancel: false,
+        };
+        let op = if self.cancel {
+            Op::Cancelled
+        } else {
+            Op::Abandoned
         };
         runtime.spawn(async move {
-            let _ = slot.commit(Op::Abandoned).await;
+            let _ = slot.commit(op).await;
         });
     }
 }
@@ -893,6 +951,7 @@ fn same_op(history: &Op, code: &Op) -> bool {
         (Op::Value { name: a, .. }, Op::Value { name: b, .. }) => a == b,
         (Op::Version { change: a, .. }, Op::Version { change: b, .. }) => a == b,
         (Op::Flush, Op::Flush) => true,
+        (Op::Cancelled, Op::Cancelled) => true,
         (Op::End { .. }, Op::End { .. }) => true,
         _ => false,
     }

@@ -26,12 +26,12 @@ mod flow;
 mod table;
 mod workflows;
 
-pub use entry::{key_tag, signal_tag, steps_tag, Status};
+pub use entry::{instances_tag, key_tag, signal_tag, steps_tag, Status, CANCEL_SIGNAL};
 pub use error::Error;
 pub use flow::{CallBuilder, Flow, RetryPolicy, Step};
 pub use table::{Protocol, Table};
 pub use workflows::{
-    check_instance_id, check_signal_name, describe, signal, signal_input, signal_key, start_input,
-    wait_ended, Delivery, Ended, Instance, SignalError, StartInput, StepView, Workflows,
-    INSTANCE_ID_BYTES_MAX, SUSPEND_AFTER_DEFAULT,
+    cancel_input, check_instance_id, check_signal_name, describe, list, signal, signal_input,
+    signal_key, start_input, wait_ended, Delivery, Ended, Instance, SignalError, StartInput,
+    StepView, Summary, Workflows, INSTANCE_ID_BYTES_MAX, SUSPEND_AFTER_DEFAULT,
 };

@@ -7,7 +7,10 @@
 //! one instance however often it is started, and an unfinished one is driven again after a
 //! crash, on any gateway that serves the workflow.
 
-use crate::entry::{now_ms, signal_tag, steps_tag, Entry, Op, Outcome, SignalRecord, Status};
+use crate::entry::{
+    instances_tag, now_ms, signal_tag, steps_tag, Entry, Op, Outcome, SignalRecord, Status,
+    CANCEL_SIGNAL,
+};
 use crate::flow::{Flow, RetryPolicy, Setup};
 use crate::table::Protocol;
 use crate::Error;
@@ -211,6 +214,7 @@ impl Workflows {
                     workflow,
                     input: first,
                     protocols,
+                    ..
                 } => {
                     if workflow != name {
                         return Err(FunctionError::bad_input(format!(
@@ -253,6 +257,7 @@ impl Workflows {
             let start = Flow::new(ctx.clone(), id, Vec::new(), setup.clone());
             let entry = Entry {
                 op: Op::Start {
+                    instance: id.to_string(),
                     workflow: name.to_string(),
                     input: input.clone(),
                     protocols,
@@ -272,6 +277,16 @@ impl Workflows {
         self.run(definition, &ctx, id, flow, input).await
     }
 
+    /// Whether someone asked to cancel instance `id`.
+    async fn cancel_requested(ctx: &Ctx, id: &str) -> Result<bool, FunctionError> {
+        let tag = signal_tag(id, CANCEL_SIGNAL);
+        let first = ctx
+            .read_next(tag, Seqnum(0))
+            .await
+            .map_err(|e| stopped(Error::Log(e)))?;
+        Ok(first.is_some())
+    }
+
     async fn run(
         &self,
         definition: &Definition,
@@ -280,6 +295,9 @@ impl Workflows {
         flow: Flow,
         input: Value,
     ) -> Result<Ended, FunctionError> {
+        if Workflows::cancel_requested(ctx, id).await? {
+            flow.request_cancel();
+        }
         let result = (definition.run)(flow.clone(), input).await;
         let end = match result {
             Ok(output) => Op::End {
@@ -288,6 +306,19 @@ impl Workflows {
                 error: None,
             },
             Err(e) if e.stops_execution() => return self.after_stop(ctx, id, e).await,
+            Err(Error::Cancelled) => {
+                if let Err(stop) = flow.compensate().await {
+                    if stop.stops_execution() {
+                        return self.after_stop(ctx, id, stop).await;
+                    }
+                    tracing::warn!(instance = id, error = %stop, "a compensation failed");
+                }
+                Op::End {
+                    status: Status::Cancelled,
+                    output: None,
+                    error: Some("cancelled".to_string()),
+                }
+            }
             Err(e @ Error::NonDeterminism { .. }) => Op::End {
                 status: Status::Failed,
                 output: None,
@@ -418,7 +449,9 @@ pub struct Delivery {
 
 /// Appends a delivered signal's record.
 async fn deliver(ctx: &Ctx, id: &str, signal: &Delivery) -> Result<(), FunctionError> {
-    check_signal_name(&signal.name).map_err(FunctionError::bad_input)?;
+    if signal.name != CANCEL_SIGNAL {
+        check_signal_name(&signal.name).map_err(FunctionError::bad_input)?;
+    }
     let record = SignalRecord {
         instance: id.to_string(),
         name: signal.name.clone(),
@@ -455,12 +488,81 @@ pub fn signal_key(id: &str, signal_id: &str) -> String {
     format!("libflow-signal:{id}:{signal_id}")
 }
 
-/// A signal's name: 1 to 128 bytes.
+/// A signal's name: 1 to 128 bytes, not starting with `libflow.` (libflow's own signals).
 pub fn check_signal_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 128 {
         return Err("a signal's name has 1 to 128 bytes".into());
     }
+    if name.starts_with("libflow.") {
+        return Err(format!(
+            "signal names starting with libflow. are libflow's: {name:?}"
+        ));
+    }
     Ok(())
+}
+
+/// The input of the invocation that cancels instance `id` (started with `input`): it delivers
+/// the cancel signal and drives the instance to its compensations and its end. Started under
+/// `signal_key(id, "cancel")`, so cancelling twice is cancelling once.
+pub fn cancel_input(id: &str, input: Value) -> Bytes {
+    signal_input(id, input, "cancel", CANCEL_SIGNAL, Value::Null)
+}
+
+/// One instance in a list of instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub id: String,
+    pub workflow: String,
+    pub status: Status,
+    pub started_at_ms: u64,
+    /// The seqnum of its start: the position in the list (`before` of the next page).
+    pub seqnum: u64,
+}
+
+/// The instances of the book, newest first: at most `limit` of those with `status` (any, if
+/// `None`) started before seqnum `before`.
+pub async fn list(
+    ctx: &Ctx,
+    status: Option<Status>,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Summary>, Error> {
+    let mut found = Vec::new();
+    let mut at = Seqnum(before.map_or(u64::MAX, |b| b.saturating_sub(1)));
+    while found.len() < limit {
+        let Some(record) = ctx.read_prev(instances_tag(), at).await? else {
+            break;
+        };
+        if let Some(Entry {
+            op: Op::Start {
+                instance, workflow, ..
+            },
+            at_ms,
+            ..
+        }) = entry_of(&record)
+        {
+            let last = ctx.check_tail(steps_tag(&instance)).await?;
+            let now = last
+                .as_ref()
+                .and_then(entry_of)
+                .and_then(|e| end_of(&e))
+                .map_or(Status::Running, |e| e.status);
+            if status.is_none_or(|s| s == now) {
+                found.push(Summary {
+                    id: instance,
+                    workflow,
+                    status: now,
+                    started_at_ms: at_ms,
+                    seqnum: record.seqnum.0,
+                });
+            }
+        }
+        if record.seqnum.0 == 0 {
+            break;
+        }
+        at = Seqnum(record.seqnum.0 - 1);
+    }
+    Ok(found)
 }
 
 /// The input that starts instance `id` with `input`.
@@ -653,6 +755,7 @@ pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
             Op::Version { change, .. } => ("version", Some(change.clone()), None, None),
             Op::Flush => ("flush", None, None, None),
             Op::Abandoned => ("abandoned", None, None, None),
+            Op::Cancelled => ("cancelled", None, None, None),
             Op::Start { .. } => ("start", None, None, None),
             Op::End {
                 status,

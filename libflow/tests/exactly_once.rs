@@ -514,3 +514,69 @@ async fn a_waiting_instance_gives_up_its_task_and_its_timer_or_signal_drives_it_
     let ended = wait_ended(&log, "w").await;
     assert_eq!(ended.output.unwrap(), "hello timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_instance_compensates_what_succeeded_once_and_ends_cancelled() {
+    async fn order(flow: Flow, _input: Value) -> Result<Value, Error> {
+        flow.call::<Value>("reserve_flight", &json!({ "what": "flight" }))
+            .compensate_with_call("cancel_flight", &json!({ "what": "flight" }))
+            .await?;
+        flow.call::<Value>("reserve_hotel", &json!({ "what": "hotel" }))
+            .compensate_with_call("cancel_hotel", &json!({ "what": "hotel" }))
+            .await?;
+        let _: Value = flow.wait_signal("pay").await?;
+        flow.call::<Value>("reserve_car", &json!({ "what": "car" }))
+            .await?;
+        Ok(json!("done"))
+    }
+    let mut w = Workflows::new();
+    w.register("order", order);
+    let log = Arc::new(MemoryLogBook::new());
+    let kids = travel_children();
+    let (first, _) = run_in(&w, &log, &kids, None, "order", "o", json!({})).await;
+    assert_eq!(
+        first.unwrap().status,
+        Status::Running,
+        "suspended at the signal"
+    );
+    let cancel = libflow::cancel_input("o", json!({}));
+    let (ended, _) = common::run_input(&w, &log, &kids, None, "order", cancel.clone()).await;
+    let ended = ended.unwrap();
+    assert_eq!(ended.status, Status::Cancelled, "{ended:?}");
+    let runs: Vec<String> = kids
+        .runs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            "reserve_flight",
+            "reserve_hotel",
+            "cancel_hotel",
+            "cancel_flight"
+        ]
+    );
+    // Cancelling again, or a late signal, changes nothing.
+    common::run_input(&w, &log, &kids, None, "order", cancel).await;
+    send_signal(&w, &log, &kids, "order", "o", "pay", json!(1)).await;
+    assert_eq!(wait_ended(&log, "o").await.status, Status::Cancelled);
+    assert_eq!(kids.runs.lock().unwrap().len(), 4);
+    // The list of instances shows it.
+    let listed = libflow::list(&outside(&log), Some(Status::Cancelled), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].workflow.as_str()),
+        ("o", "order")
+    );
+    assert!(
+        libflow::list(&outside(&log), Some(Status::Succeeded), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

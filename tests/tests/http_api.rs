@@ -87,6 +87,7 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
             "steps",
             "travel",
             "welcome",
+            "writes",
         ]
     );
 }

@@ -201,6 +201,34 @@ fn a_waiting_approval_holds_no_task_and_a_signal_or_its_timer_across_a_restart_e
         .map(|s| s["op"].as_str().unwrap())
         .collect();
     assert_eq!(ops, ["timer", "signal", "end"]);
+
+    // Cancelled while it waits: it ends `cancelled`; the lists and the CLI show it.
+    start(&http, &tally, "approval", "a3", json!({ "timeout_s": 600 }));
+    wait_suspended(&http, &tally, "approval", "a3");
+    let addr = tally.addr.as_str();
+    run_tally(&["workflow", "cancel", "a3", "--addr", addr]).unwrap();
+    let ended = wait_end(&http, &tally, "a3", Duration::from_secs(30));
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    let listed = run_tally(&["workflow", "list", "--status", "cancelled", "--addr", addr]).unwrap();
+    assert_eq!(listed.trim(), "a3\tapproval\tcancelled");
+    let all: Value = http
+        .get(tally.url("/workflows?limit=10"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ids: Vec<&str> = all["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a3", "a2", "a1"], "newest first");
+    let bad = http
+        .get(tally.url("/workflows?status=lost"))
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400);
     tally.stop().unwrap();
 }
 
