@@ -896,7 +896,14 @@ impl Dispatcher {
             let result = loop {
                 attempt += 1;
                 dispatcher.update(&id, |inv| inv.attempts = attempt);
-                let result = run_once(&target, &function, ctx.clone(), input.clone()).await;
+                // A retry runs the function as the registry has it now: a worker that died
+                // and registered again serves it anew.
+                let now = match attempt {
+                    1 => None,
+                    _ => dispatcher.registry.get(&function),
+                };
+                let runs = now.as_ref().unwrap_or(&target);
+                let result = run_once(runs, &function, ctx.clone(), input.clone()).await;
                 match result {
                     Err(e) if retried && !e.bad_input && attempt <= config.retries => {
                         tokio::time::sleep(config.backoff_after(attempt)).await;

@@ -149,7 +149,11 @@ impl Workers for WorkerService {
                     0 => defaults.timeout,
                     ms => Duration::from_millis(ms),
                 },
-                ..defaults
+                retries: spec.retries,
+                backoff: match spec.backoff_ms {
+                    0 => defaults.backoff,
+                    ms => Duration::from_millis(ms),
+                },
             };
             let target = attached.clone();
             let name = spec.name.clone();

@@ -33,5 +33,5 @@ pub use table::{Protocol, Table};
 pub use workflows::{
     cancel_input, check_instance_id, check_signal_name, describe, list, signal, signal_input,
     signal_key, start_input, wait_ended, Delivery, Ended, Instance, SignalError, StartInput,
-    StepView, Summary, Workflows, INSTANCE_ID_BYTES_MAX, SUSPEND_AFTER_DEFAULT,
+    StepView, Summary, Workflows, INSTANCE_ID_BYTES_MAX, SUSPEND_AFTER_DEFAULT, WORKFLOW_LIMITS,
 };

@@ -64,6 +64,14 @@ pub struct Workflows {
     suspend_after: Arc<RwLock<Duration>>,
 }
 
+/// How the gateway runs a workflow's function served by a worker (`Workflows::serve_in`).
+pub const WORKFLOW_LIMITS: tally_sdk::Limits = tally_sdk::Limits {
+    max_concurrency: 4096,
+    timeout: Duration::from_secs(24 * 3600),
+    retries: 10,
+    backoff: Duration::from_millis(100),
+};
+
 /// A wait longer than this gives up the instance's task, by default.
 pub const SUSPEND_AFTER_DEFAULT: Duration = Duration::from_secs(1);
 
@@ -192,6 +200,18 @@ impl Workflows {
                 tally_sdk::json::output(&ended)
             }) as tally_sdk::BoxFuture
         }))
+    }
+
+    /// Registers every workflow with `worker`, as the gateway registers in-process ones: many
+    /// at once, a day each at most, and an execution that stopped before the end (its
+    /// worker or the log failed) driven again with backoff.
+    pub fn serve_in(&self, worker: &mut tally_sdk::Worker) {
+        for name in self.names() {
+            let handler = self.handler(&name).expect("a registered workflow");
+            worker.register_limited(&name, WORKFLOW_LIMITS, move |ctx, input| {
+                handler(ctx, input)
+            });
+        }
     }
 
     /// Runs instance `id` of workflow `name` to its end, from its history.

@@ -90,6 +90,15 @@ impl Ctx {
         }
     }
 
+    /// This context with its log wrapped by `wrap` (a `LogBook` that counts, traces or
+    /// checks the calls and passes them on); nested calls are unchanged.
+    pub fn wrap_log(&self, wrap: impl FnOnce(Arc<dyn LogBook>) -> Arc<dyn LogBook>) -> Ctx {
+        Ctx {
+            log: wrap(self.log.clone()),
+            ..self.clone()
+        }
+    }
+
     /// How many calls this one is nested in (0 for a call from outside).
     pub fn depth(&self) -> u32 {
         self.depth

@@ -33,4 +33,4 @@ mod worker;
 
 pub use ctx::{BoxFuture, Call, Ctx, Handler, Invoker, CALL_DEPTH_MAX};
 pub use error::{FunctionError, FunctionResult};
-pub use worker::Worker;
+pub use worker::{Limits, Worker};

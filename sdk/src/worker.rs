@@ -23,6 +23,19 @@ const WORKER_QUEUE: usize = 4096;
 // ---------------------------------------------------------------------------------------
 // Worker side (the Rust SDK)
 
+/// How a worker's function runs at the gateway; zeros take the gateway's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Calls at once, at most (0: 1,024).
+    pub max_concurrency: u32,
+    /// Longest a call may take (zero: 60 s).
+    pub timeout: Duration,
+    /// Tries again of an asynchronous call that failed (0: none).
+    pub retries: u32,
+    /// The wait before the first retry, doubling with each (zero: 100 ms).
+    pub backoff: Duration,
+}
+
 /// A worker process's functions, served for a gateway.
 pub struct Worker {
     name: String,
@@ -60,11 +73,33 @@ impl Worker {
         F: Fn(Ctx, Bytes) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = FunctionResult> + Send + 'static,
     {
+        let limits = Limits {
+            max_concurrency,
+            timeout,
+            ..Limits::default()
+        };
+        self.register_limited(name, limits, handler)
+    }
+
+    /// Serves `handler` as `name` with `limits`: how many calls at once, how long each, and
+    /// how often a failed asynchronous call is tried again.
+    pub fn register_limited<F, Fut>(
+        &mut self,
+        name: &str,
+        limits: Limits,
+        handler: F,
+    ) -> &mut Worker
+    where
+        F: Fn(Ctx, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = FunctionResult> + Send + 'static,
+    {
         let handler: Handler = Arc::new(move |ctx, input| Box::pin(handler(ctx, input)));
         let spec = wpb::FunctionSpec {
             name: name.to_string(),
-            max_concurrency,
-            timeout_ms: timeout.as_millis() as u64,
+            max_concurrency: limits.max_concurrency,
+            timeout_ms: limits.timeout.as_millis() as u64,
+            retries: limits.retries,
+            backoff_ms: limits.backoff.as_millis() as u64,
         };
         self.functions.insert(name.to_string(), (spec, handler));
         self

@@ -1,0 +1,177 @@
+//! `flow-worker`: a worker process serving a libflow workflow, `mixed-worker`, for a gateway:
+//! libflow runs in a worker unchanged. With `--crash-at N` the process aborts at its N-th
+//! append to the log (from 0), just before or just after the log takes it (`--crash-when`):
+//! what the crash tests use to kill the worker at every step boundary.
+//!
+//! `mixed-worker` (any input) mixes what a workflow does: a table read and writes, a
+//! synchronous call (`append3`, whose three appends to tag 3 of the call's book are its
+//! effect), an asynchronous one (`append3` again), a durable timer, the signal `approve`, a
+//! step and a random number; it answers what it read and got.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use libflow::{Error, Flow, Workflows};
+use logbook::{AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tally_sdk::Worker;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum When {
+    Before,
+    After,
+}
+
+#[derive(Parser)]
+struct Args {
+    /// The gateway's worker address (`tally up` prints it: "workers attach at ...").
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    gateway: String,
+    /// Abort the process at this append (from 0, counted over the whole process).
+    #[arg(long)]
+    crash_at: Option<u64>,
+    /// Just before the append reaches the log, or just after it was acknowledged.
+    #[arg(long, value_enum, default_value = "before")]
+    crash_when: When,
+}
+
+async fn mixed(flow: Flow, _input: Value) -> Result<Value, Error> {
+    let counters = flow.table("worker-counters");
+    let id = flow.id().to_string();
+    let before: u64 = counters.get(&id).await?.unwrap_or(0);
+    counters.put(&id, &(before + 1)).await?;
+    let called: Value = flow.call("append3", &json!({})).await?;
+    let started = flow.call_async("append3", &json!({})).await?;
+    flow.sleep(Duration::from_millis(20)).await?;
+    let approval: Value = flow.wait_signal("approve").await?;
+    let count = counters
+        .update(&id, |n: Option<u64>| n.unwrap_or(0) + 1)
+        .await?;
+    let stamp: u64 = flow.step("stamp", || async { Ok(7u64) }).await?;
+    let lucky = flow.random().await?;
+    Ok(json!({
+        "before": before, "called": called["seqnums"].as_array().map(Vec::len),
+        "started": !started.is_empty(), "approval": approval, "count": count,
+        "stamp": stamp, "lucky": lucky,
+    }))
+}
+
+/// The process's appends, and where it dies.
+struct Crash {
+    appends: AtomicU64,
+    at: Option<u64>,
+    when: When,
+}
+
+/// A call's log, counting its appends against the process's crash plan.
+struct Crashing {
+    inner: Arc<dyn LogBook>,
+    crash: Arc<Crash>,
+}
+
+impl Crashing {
+    async fn appending<T>(
+        &self,
+        append: impl std::future::Future<Output = Result<T, LogError>>,
+    ) -> Result<T, LogError> {
+        let n = self.crash.appends.fetch_add(1, Ordering::SeqCst);
+        let here = self.crash.at == Some(n);
+        if here && self.crash.when == When::Before {
+            eprintln!("flow-worker: crashing before append {n}");
+            std::process::abort();
+        }
+        let result = append.await;
+        if here {
+            eprintln!("flow-worker: crashing after append {n}");
+            std::process::abort();
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl LogBook for Crashing {
+    async fn append(&self, b: BookId, tags: &[Tag], data: Bytes) -> Result<Seqnum, LogError> {
+        self.appending(self.inner.append(b, tags, data)).await
+    }
+    async fn cond_append(
+        &self,
+        b: BookId,
+        tags: &[Tag],
+        data: Bytes,
+        cond: Cond,
+    ) -> Result<Seqnum, LogError> {
+        self.appending(self.inner.cond_append(b, tags, data, cond))
+            .await
+    }
+    async fn append_batch(
+        &self,
+        b: BookId,
+        records: Vec<AppendRequest>,
+    ) -> Result<Vec<Seqnum>, LogError> {
+        self.appending(self.inner.append_batch(b, records)).await
+    }
+    async fn read_next(&self, b: BookId, t: Tag, s: Seqnum) -> Result<Option<Record>, LogError> {
+        self.inner.read_next(b, t, s).await
+    }
+    async fn read_prev(&self, b: BookId, t: Tag, s: Seqnum) -> Result<Option<Record>, LogError> {
+        self.inner.read_prev(b, t, s).await
+    }
+    async fn read_next_blocking(
+        &self,
+        b: BookId,
+        t: Tag,
+        s: Seqnum,
+        timeout: Duration,
+    ) -> Result<Option<Record>, LogError> {
+        self.inner.read_next_blocking(b, t, s, timeout).await
+    }
+    async fn set_aux_data(&self, b: BookId, s: Seqnum, aux: Bytes) -> Result<(), LogError> {
+        self.inner.set_aux_data(b, s, aux).await
+    }
+    async fn trim(&self, b: BookId, t: Tag, below: Seqnum) -> Result<(), LogError> {
+        self.inner.trim(b, t, below).await
+    }
+    async fn read_range(&self, b: BookId, t: Tag, r: ReadRange) -> Result<Vec<Record>, LogError> {
+        self.inner.read_range(b, t, r).await
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut workflows = Workflows::new();
+    workflows.register("mixed-worker", mixed);
+    let crash = Arc::new(Crash {
+        appends: AtomicU64::new(0),
+        at: args.crash_at,
+        when: args.crash_when,
+    });
+    let handler = workflows.handler("mixed-worker").expect("registered above");
+    let mut worker = Worker::new("flow-worker");
+    worker.register_limited(
+        "mixed-worker",
+        libflow::WORKFLOW_LIMITS,
+        move |ctx, input| {
+            let crash = crash.clone();
+            let ctx = ctx.wrap_log(|inner| Arc::new(Crashing { inner, crash }));
+            handler(ctx, input)
+        },
+    );
+    match worker.serve(&args.gateway).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
