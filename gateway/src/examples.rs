@@ -76,14 +76,7 @@ async fn writes(
     flow: libflow::Flow,
     input: serde_json::Value,
 ) -> Result<serde_json::Value, libflow::Error> {
-    let n = input["steps"]
-        .as_u64()
-        .filter(|n| *n <= STEPS_MAX)
-        .ok_or_else(|| {
-            libflow::Error::terminal(format!(
-                "input: {{\"steps\": N}} with N at most {STEPS_MAX}"
-            ))
-        })?;
+    let n = steps_of(&input)?;
     let protocol: libflow::Protocol = input["protocol"]
         .as_str()
         .unwrap_or("write-log")
@@ -186,6 +179,18 @@ async fn cancel(kind: &'static str, ctx: Ctx, input: Bytes) -> FunctionResult {
     tally_sdk::json::output(&json!({ "cancelled": kind }))
 }
 
+/// The `"steps"` of a workflow's input: 0 to `STEPS_MAX`.
+fn steps_of(input: &serde_json::Value) -> Result<u64, libflow::Error> {
+    input["steps"]
+        .as_u64()
+        .filter(|n| *n <= STEPS_MAX)
+        .ok_or_else(|| {
+            libflow::Error::terminal(format!(
+                "input: {{\"steps\": N}} with N at most {STEPS_MAX}"
+            ))
+        })
+}
+
 /// The tag of the records `steps` appends: one per step.
 pub const STEPS_TAG: Tag = Tag(4);
 /// Most steps one `steps` instance takes.
@@ -197,14 +202,7 @@ async fn steps(
     flow: libflow::Flow,
     input: serde_json::Value,
 ) -> Result<serde_json::Value, libflow::Error> {
-    let n = input["steps"]
-        .as_u64()
-        .filter(|n| *n <= STEPS_MAX)
-        .ok_or_else(|| {
-            libflow::Error::terminal(format!(
-                "input: {{\"steps\": N}} with N at most {STEPS_MAX}"
-            ))
-        })?;
+    let n = steps_of(&input)?;
     let counters = flow.table("steps");
     let id = flow.id().to_string();
     for i in 0..n {

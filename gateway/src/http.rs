@@ -479,6 +479,24 @@ async fn start_workflow(
     Ok(response)
 }
 
+/// Instance `id` of `book`, or 404.
+async fn find_instance(
+    state: &AppState,
+    book: BookId,
+    id: &str,
+) -> Result<libflow::Instance, ApiError> {
+    libflow::describe(&outside_ctx(state, book), id)
+        .await
+        .map_err(workflow_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_instance",
+                format!("no workflow instance {id:?}"),
+            )
+        })
+}
+
 fn workflow_error(e: libflow::Error) -> ApiError {
     match e {
         libflow::Error::Log(e) => e.into(),
@@ -500,16 +518,7 @@ async fn get_workflow(
     instance_id(&id)?;
     let book = book_of(&headers)?;
     catch_up(&state, seen_of(&headers)?).await?;
-    let instance = libflow::describe(&outside_ctx(&state, book), &id)
-        .await
-        .map_err(workflow_error)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_instance",
-                format!("no workflow instance {id:?}"),
-            )
-        })?;
+    let instance = find_instance(&state, book, &id).await?;
     Ok(Json(
         serde_json::to_value(instance).expect("an instance serializes"),
     ))
@@ -528,16 +537,7 @@ async fn signal_workflow(
     let payload = json_body(body)?;
     let book = book_of(&headers)?;
     catch_up(&state, seen_of(&headers)?).await?;
-    let instance = libflow::describe(&outside_ctx(&state, book), &id)
-        .await
-        .map_err(workflow_error)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_instance",
-                format!("no workflow instance {id:?}"),
-            )
-        })?;
+    let instance = find_instance(&state, book, &id).await?;
     // The signal goes in the log through an invocation of the instance's workflow that
     // delivers it and drives the instance on (one waiting for it holds no task), once per
     // signal id: the Idempotency-Key, or a new one.
@@ -583,16 +583,7 @@ async fn cancel_workflow(
     instance_id(&id)?;
     let book = book_of(&headers)?;
     catch_up(&state, seen_of(&headers)?).await?;
-    let instance = libflow::describe(&outside_ctx(&state, book), &id)
-        .await
-        .map_err(workflow_error)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_instance",
-                format!("no workflow instance {id:?}"),
-            )
-        })?;
+    let instance = find_instance(&state, book, &id).await?;
     let key = libflow::signal_key(&id, "cancel");
     let request = Request {
         idempotency_key: Some(&key),

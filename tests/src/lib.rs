@@ -87,6 +87,15 @@ impl Tally {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Where `tally up` takes workers, from what it printed.
+    pub fn workers_addr(&self) -> String {
+        self.stdout_lines
+            .iter()
+            .find_map(|l| l.strip_prefix("workers attach at "))
+            .expect("tally up prints the worker address")
+            .to_string()
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill9(mut self) -> anyhow::Result<()> {
         self.child.kill().context("SIGKILL")?;
@@ -168,6 +177,23 @@ pub fn run_tally(args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The gateway example binary `name` (built beside `tally`: `cargo test --workspace` builds
+/// the examples).
+pub fn example_bin(name: &str) -> PathBuf {
+    // target/<profile>/tally -> target/<profile>/examples/NAME
+    let bin = tally_bin()
+        .parent()
+        .expect("the binary lives in target/<profile>")
+        .join("examples")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p gateway --example {name}` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
 }
 
 /// One node of a `Cluster`, as cluster.json lists it.

@@ -4,37 +4,12 @@
 
 use reqwest::blocking::Client;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tally_tests::{tally_bin, wait_until, Tally};
-
-fn hello_worker() -> PathBuf {
-    // target/<profile>/tally -> target/<profile>/examples/hello-worker
-    let bin = tally_bin()
-        .parent()
-        .expect("the binary lives in target/<profile>")
-        .join("examples/hello-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p gateway --example hello-worker` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
-
-/// Where `tally up` takes workers, from what it printed.
-fn workers_of(tally: &Tally) -> String {
-    tally
-        .stdout_lines
-        .iter()
-        .find_map(|l| l.strip_prefix("workers attach at "))
-        .expect("tally up prints the worker address")
-        .to_string()
-}
+use tally_tests::{example_bin, wait_until, Tally};
 
 fn start_worker(gateway: &str) -> Child {
-    Command::new(hello_worker())
+    Command::new(example_bin("hello-worker"))
         .args(["--gateway", gateway])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -58,7 +33,7 @@ fn post(http: &Client, url: &str, body: &'static str) -> (u16, String) {
 fn a_worker_serves_functions_and_its_death_fails_calls_fast_with_503() {
     let dir = tempfile::tempdir().unwrap();
     let tally = Tally::up(dir.path(), &[]).unwrap();
-    let workers = workers_of(&tally);
+    let workers = tally.workers_addr();
     let http = Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -146,9 +121,9 @@ fn a_worker_serves_functions_and_its_death_fails_calls_fast_with_503() {
 fn a_worker_cannot_take_an_in_process_functions_name() {
     let dir = tempfile::tempdir().unwrap();
     let tally = Tally::up(dir.path(), &[]).unwrap();
-    let workers = workers_of(&tally);
+    let workers = tally.workers_addr();
     // `echo` is served in-process; a worker registering it is refused and exits.
-    let out = Command::new(hello_worker())
+    let out = Command::new(example_bin("hello-worker"))
         .args(["--gateway", &workers, "--also-echo"])
         .output()
         .unwrap();

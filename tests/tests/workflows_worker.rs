@@ -8,39 +8,16 @@
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tally_tests::{tally_bin, Tally};
+use tally_tests::{example_bin, Tally};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn flow_worker() -> PathBuf {
-    let bin = tally_bin()
-        .parent()
-        .expect("the binary lives in target/<profile>")
-        .join("examples/flow-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p gateway --example flow-worker` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
-
-fn workers_of(tally: &Tally) -> String {
-    tally
-        .stdout_lines
-        .iter()
-        .find_map(|l| l.strip_prefix("workers attach at "))
-        .expect("tally up prints the worker address")
-        .to_string()
-}
-
 /// Starts the worker (crashing at `crash`, if given) and waits until it registered.
 fn start_worker(gateway: &str, crash: Option<(u64, &str)>) -> Child {
-    let mut command = Command::new(flow_worker());
+    let mut command = Command::new(example_bin("flow-worker"));
     command.args(["--gateway", gateway]).env("RUST_LOG", "info");
     if let Some((at, when)) = crash {
         command.args(["--crash-at", &at.to_string(), "--crash-when", when]);
@@ -91,7 +68,7 @@ fn run(
     book: u32,
     crash: Option<(u64, &str)>,
 ) -> (Value, bool) {
-    let workers = workers_of(tally);
+    let workers = tally.workers_addr();
     let mut worker = start_worker(&workers, crash);
     let started = http
         .post(tally.url(&format!("/workflows/mixed-worker/{id}")))
