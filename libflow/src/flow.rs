@@ -967,13 +967,13 @@ fn same_writes(history: &[Write], code: &[Write]) -> bool {
             .all(|(a, b)| a.table == b.table && a.key == b.key)
 }
 
-/// A compensation as a step or call was given it: its input's JSON, or why it has none.
-fn compensation_of(
-    compensation: Option<(String, Result<Value, Error>)>,
-) -> Result<Option<(String, Value)>, Error> {
-    compensation
-        .map(|(function, input)| input.map(|input| (function, input)))
-        .transpose()
+/// A compensation that calls `function` with `input` (JSON), or why it cannot.
+fn compensation_call(
+    function: &str,
+    input: &(impl Serialize + ?Sized),
+) -> Result<(String, Value), Error> {
+    let input = serde_json::to_value(input)?;
+    Ok((function.to_string(), input))
 }
 
 /// A callee that could not run stops the execution (it is driven again later); any other
@@ -1034,7 +1034,7 @@ pub struct Step<T, F> {
     name: String,
     f: F,
     retry: RetryPolicy,
-    compensation: Option<(String, Result<Value, Error>)>,
+    compensation: Option<Result<(String, Value), Error>>,
     _out: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -1052,10 +1052,7 @@ impl<T, F> Step<T, F> {
         function: &str,
         input: &(impl Serialize + ?Sized),
     ) -> Self {
-        self.compensation = Some((
-            function.to_string(),
-            serde_json::to_value(input).map_err(Error::from),
-        ));
+        self.compensation = Some(compensation_call(function, input));
         self
     }
 }
@@ -1081,7 +1078,7 @@ where
         Box::pin(async move {
             let mut slot = flow.slot();
             let pos = slot.pos;
-            let compensation = compensation_of(compensation)?;
+            let compensation = compensation.transpose()?;
             let probe = Op::Step {
                 name: name.clone(),
                 outcome: Outcome::Ok(Value::Null),
@@ -1131,7 +1128,7 @@ pub struct CallBuilder<T> {
     flow: Flow,
     function: String,
     input: Result<Value, Error>,
-    compensation: Option<(String, Result<Value, Error>)>,
+    compensation: Option<Result<(String, Value), Error>>,
     _out: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -1143,10 +1140,7 @@ impl<T> CallBuilder<T> {
         function: &str,
         input: &(impl Serialize + ?Sized),
     ) -> Self {
-        self.compensation = Some((
-            function.to_string(),
-            serde_json::to_value(input).map_err(Error::from),
-        ));
+        self.compensation = Some(compensation_call(function, input));
         self
     }
 }
@@ -1167,7 +1161,7 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for CallBuilder<T> {
             let mut slot = flow.slot();
             let pos = slot.pos;
             let input = input?;
-            let compensation = compensation_of(compensation)?;
+            let compensation = compensation.transpose()?;
             let probe = Op::Call {
                 function: function.clone(),
                 outcome: Outcome::Ok(Value::Null),
