@@ -260,6 +260,10 @@ struct UpArgs {
     /// How long an idempotency key names its invocation, in seconds (default: a day).
     #[arg(long)]
     idempotency_retention_s: Option<u64>,
+    /// How long an ended workflow instance is kept before it is collected, in seconds
+    /// (default: a week).
+    #[arg(long)]
+    workflow_retention_s: Option<u64>,
     /// Where worker processes attach to serve functions (gRPC; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8081", env = "TALLY_WORKER_ADDR")]
     worker_addr: SocketAddr,
@@ -671,6 +675,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         peers,
         key_retention: tally_cli::config::idempotency_retention(args.idempotency_retention_s)
             .context("--idempotency-retention-s")?,
+        workflow_retention: match args.workflow_retention_s {
+            None => gateway::http::WORKFLOW_RETENTION_DEFAULT,
+            Some(s) => tally_cli::config::idempotency_retention(Some(s))
+                .context("--workflow-retention-s")?,
+        },
     };
     let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), setup)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;

@@ -42,6 +42,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The engine behind the log, for gauges; absent when serving another `LogBook`.
     pub engine: Option<Arc<GatewayLog>>,
+    /// The books workflows were started in since this gateway started (and book 0): where
+    /// garbage collection looks.
+    pub workflow_books: std::sync::Mutex<std::collections::BTreeSet<BookId>>,
 }
 
 /// An error response.
@@ -140,12 +143,52 @@ pub fn default_state(
     let engine = log.clone();
     let progress = Arc::new(move || engine.applied_end().0.checked_sub(1).map(Seqnum));
     dispatcher.set_forwarder(crate::forward::Forwarder::new(setup.peers, progress));
-    Ok(Arc::new(AppState {
+    let state = Arc::new(AppState {
         dispatcher,
         log: metered,
         metrics,
         engine: Some(log),
-    }))
+        workflow_books: std::sync::Mutex::new([BookId(0)].into()),
+    });
+    tokio::spawn(collect_workflows(
+        Arc::downgrade(&state),
+        setup.workflow_retention,
+    ));
+    Ok(state)
+}
+
+/// Collects ended workflow instances past `retention`, in every book workflows were started
+/// in, every `retention / 2` (1 s to a minute), until the state is dropped.
+async fn collect_workflows(state: std::sync::Weak<AppState>, retention: Duration) {
+    let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let books: Vec<BookId> = state
+            .workflow_books
+            .lock()
+            .expect("no panics under the books lock")
+            .iter()
+            .copied()
+            .collect();
+        let mut kept = 0;
+        for book in books {
+            match libflow::collect(&outside_ctx(&state, book), retention).await {
+                Ok(done) => {
+                    state.metrics.workflows_collected.inc_by(done.instances);
+                    state
+                        .metrics
+                        .workflow_records_collected
+                        .inc_by(done.records);
+                    kept += done.kept;
+                }
+                Err(e) => tracing::warn!(book = book.0, error = %e, "collecting workflows"),
+            }
+        }
+        state.metrics.workflows_kept.set(kept as i64);
+    }
 }
 
 /// How a gateway's functions are set up.
@@ -156,7 +199,12 @@ pub struct Setup {
     pub peers: tokio::sync::watch::Receiver<crate::invocations::Peers>,
     /// How long an idempotency key names its invocation.
     pub key_retention: Duration,
+    /// How long an ended workflow instance is kept before it is collected.
+    pub workflow_retention: Duration,
 }
+
+/// How long an ended workflow instance is kept, by default: a week.
+pub const WORKFLOW_RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The router of a gateway.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -428,6 +476,11 @@ async fn start_workflow(
             ));
         }
     }
+    state
+        .workflow_books
+        .lock()
+        .expect("no panics under the books lock")
+        .insert(book);
     let key = format!("workflow:{id}");
     let request = Request {
         idempotency_key: Some(&key),
@@ -463,7 +516,15 @@ async fn start_workflow(
             let instance = libflow::wait_ended(&ctx, &id, left)
                 .await
                 .map_err(workflow_error)?;
-            if let Some(instance) = instance.filter(|i| i.status != libflow::Status::Running) {
+            let Some(instance) = instance else {
+                // Its invocation ended, and its history is gone: it was collected.
+                return Err(ApiError::new(
+                    StatusCode::GONE,
+                    "instance_collected",
+                    format!("instance {id} ended and was collected; start it under another id"),
+                ));
+            };
+            if instance.status != libflow::Status::Running {
                 return Ok(with_seen(
                     accepted_at,
                     serde_json::to_value(instance).expect("an instance serializes"),

@@ -56,6 +56,11 @@ pub struct Metrics {
     pub function_running: Family<FunctionName, Gauge>,
     /// Durable invocations this gateway took over from a dead one.
     pub redriven: Counter,
+    /// Workflow instances garbage-collected, and their records trimmed.
+    pub workflows_collected: Counter,
+    pub workflow_records_collected: Counter,
+    /// Workflow instances the last collection kept (running, or within their retention).
+    pub workflows_kept: Gauge,
     pub pending_appends: Gauge,
     pub cache_bytes: Gauge,
     pub cache_hits: Gauge,
@@ -82,6 +87,9 @@ impl Metrics {
             function_queued: Family::default(),
             function_running: Family::default(),
             redriven: Counter::default(),
+            workflows_collected: Counter::default(),
+            workflow_records_collected: Counter::default(),
+            workflows_kept: Gauge::default(),
             pending_appends: Gauge::default(),
             cache_bytes: Gauge::default(),
             cache_hits: Gauge::default(),
@@ -137,6 +145,21 @@ impl Metrics {
             "invocations_redriven",
             "Durable invocations taken over from a gateway that died",
             m.redriven.clone(),
+        );
+        registry.register(
+            "workflows_collected",
+            "Ended workflow instances garbage-collected after their retention",
+            m.workflows_collected.clone(),
+        );
+        registry.register(
+            "workflow_records_collected",
+            "Records of collected workflow instances trimmed (histories and dead table versions)",
+            m.workflow_records_collected.clone(),
+        );
+        registry.register(
+            "workflows_kept",
+            "Workflow instances the last collection kept (running, or within their retention)",
+            m.workflows_kept.clone(),
         );
         registry.register(
             "pending_appends",

@@ -30,6 +30,7 @@ fn app() -> Router {
         log,
         metrics,
         engine: None,
+        workflow_books: Default::default(),
     }))
 }
 

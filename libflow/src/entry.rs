@@ -180,6 +180,11 @@ pub fn instances_tag() -> Tag {
 /// The name of the signal that cancels an instance (no user signal may start with `libflow.`).
 pub const CANCEL_SIGNAL: &str = "libflow.cancel";
 
+/// Every signal sent to instance `id`, whatever its name (what garbage collection trims).
+pub fn signals_tag(id: &str) -> Tag {
+    tag_of(&["libflow", "signals", id])
+}
+
 /// The signals named `name` sent to instance `id`.
 pub fn signal_tag(id: &str, name: &str) -> Tag {
     tag_of(&["libflow", "signal", id, name])

@@ -31,7 +31,8 @@ pub use error::Error;
 pub use flow::{CallBuilder, Flow, RetryPolicy, Step};
 pub use table::{Protocol, Table};
 pub use workflows::{
-    cancel_input, check_instance_id, check_signal_name, describe, list, signal, signal_input,
-    signal_key, start_input, wait_ended, Delivery, Ended, Instance, SignalError, StartInput,
-    StepView, Summary, Workflows, INSTANCE_ID_BYTES_MAX, SUSPEND_AFTER_DEFAULT, WORKFLOW_LIMITS,
+    cancel_input, check_instance_id, check_signal_name, collect, describe, list, signal,
+    signal_input, signal_key, start_input, wait_ended, Collected, Delivery, Ended, Instance,
+    SignalError, StartInput, StepView, Summary, Workflows, INSTANCE_ID_BYTES_MAX,
+    SUSPEND_AFTER_DEFAULT, WORKFLOW_LIMITS,
 };

@@ -8,8 +8,8 @@
 //! crash, on any gateway that serves the workflow.
 
 use crate::entry::{
-    instances_tag, now_ms, signal_tag, steps_tag, Entry, Op, Outcome, SignalRecord, Status,
-    CANCEL_SIGNAL,
+    instances_tag, key_tag, now_ms, signal_tag, signals_tag, steps_tag, Entry, Op, Outcome,
+    SignalRecord, Status, CANCEL_SIGNAL,
 };
 use crate::flow::{Flow, RetryPolicy, Setup};
 use crate::table::Protocol;
@@ -388,6 +388,14 @@ impl Workflows {
         if !matches!(e, Error::Superseded { .. }) {
             return Err(stopped(e));
         }
+        // Position 0 taken but nothing there: the instance ended and was collected.
+        let collected = e == (Error::Superseded { position: 0 })
+            && read_history(ctx, id).await.is_ok_and(|h| h.is_empty());
+        if collected {
+            return Err(FunctionError::bad_input(format!(
+                "instance {id} ended and was collected; start it under another id"
+            )));
+        }
         let deadline = now_ms() + SUPERSEDED_WAIT.as_millis() as u64;
         let tag = steps_tag(id);
         let mut from = Seqnum(0);
@@ -479,7 +487,7 @@ async fn deliver(ctx: &Ctx, id: &str, signal: &Delivery) -> Result<(), FunctionE
         id: Some(signal.id.clone()),
     };
     let data = serde_json::to_vec(&record).expect("JSON values serialize");
-    ctx.append(&[signal_tag(id, &signal.name)], data)
+    ctx.append(&[signal_tag(id, &signal.name), signals_tag(id)], data)
         .await
         .map_err(|e| stopped(Error::Log(e)))?;
     Ok(())
@@ -528,6 +536,100 @@ pub fn cancel_input(id: &str, input: Value) -> Bytes {
     signal_input(id, input, "cancel", CANCEL_SIGNAL, Value::Null)
 }
 
+/// What one garbage collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collected {
+    /// Ended instances past their retention whose records were trimmed.
+    pub instances: u64,
+    /// Records of theirs no longer in any stream: their histories, and table versions no
+    /// live instance can read.
+    pub records: u64,
+    /// Instances left (running, or ended within the retention).
+    pub kept: u64,
+}
+
+/// Trims the book's ended instances whose end is older than `retention`: their step
+/// streams, signals, their place in the list of instances, and the versions of the keys they
+/// wrote that no instance can read any more (every version of a key before its newest one at
+/// the start of the oldest running instance). An instance collected is gone: its id starts
+/// nothing again (its step stream keeps its length, so a late execution loses position 0 and
+/// stops), and `GET /workflows/{id}` no longer finds it.
+pub async fn collect(ctx: &Ctx, retention: Duration) -> Result<Collected, Error> {
+    let now = now_ms();
+    let starts = read_stream(ctx, instances_tag()).await?;
+    let mut collected = Collected::default();
+    // The start of the oldest running instance: what any live instance may still read from.
+    let mut low_water: Option<Seqnum> = None;
+    // The first instance kept: the list is trimmed below it.
+    let mut first_kept: Option<Seqnum> = None;
+    let mut dead = Vec::new();
+    for start in &starts {
+        let Some(Entry {
+            op: Op::Start { instance, .. },
+            ..
+        }) = entry_of(start)
+        else {
+            continue;
+        };
+        let Some(last) = ctx.check_tail(steps_tag(&instance)).await? else {
+            // Collected before.
+            continue;
+        };
+        let end = entry_of(&last).filter(|e| end_of(e).is_some());
+        match end {
+            Some(end) if end.at_ms.saturating_add(retention.as_millis() as u64) <= now => {
+                dead.push(instance);
+            }
+            Some(_) => {
+                first_kept.get_or_insert(start.seqnum);
+                collected.kept += 1;
+            }
+            None => {
+                low_water.get_or_insert(start.seqnum);
+                first_kept.get_or_insert(start.seqnum);
+                collected.kept += 1;
+            }
+        }
+    }
+    for id in dead {
+        let history = read_history(ctx, &id).await?;
+        collected.records += history.len() as u64;
+        let mut keys: Vec<(String, String)> = history
+            .iter()
+            .flat_map(|(_, e)| e.writes.iter().map(|w| (w.table.clone(), w.key.clone())))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for (table, key) in keys {
+            let tag = key_tag(&table, &key);
+            let newest = ctx.read_prev(tag, low_water.unwrap_or(Seqnum::MAX)).await?;
+            if let Some(newest) = newest {
+                let below = ctx
+                    .read_range(
+                        tag,
+                        ReadRange {
+                            from: Seqnum(0),
+                            to: newest.seqnum,
+                            limit: logbook::READ_RANGE_RECORDS_MAX,
+                        },
+                    )
+                    .await?;
+                collected.records += below.len() as u64;
+                ctx.trim(tag, newest.seqnum).await?;
+            }
+        }
+        ctx.trim(steps_tag(&id), Seqnum::MAX).await?;
+        ctx.trim(signals_tag(&id), Seqnum::MAX).await?;
+        collected.instances += 1;
+    }
+    // Below the first instance kept, or past the last one (never MAX: instances started
+    // later must be listed).
+    let past_last = starts.last().map_or(Seqnum(0), |s| Seqnum(s.seqnum.0 + 1));
+    let list_below = first_kept.unwrap_or(past_last);
+    ctx.trim(instances_tag(), list_below).await?;
+    Ok(collected)
+}
+
 /// One instance in a list of instances.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -561,13 +663,14 @@ pub async fn list(
             ..
         }) = entry_of(&record)
         {
+            // An instance with nothing in its stream was collected: it is not listed.
             let last = ctx.check_tail(steps_tag(&instance)).await?;
-            let now = last
-                .as_ref()
-                .and_then(entry_of)
-                .and_then(|e| end_of(&e))
-                .map_or(Status::Running, |e| e.status);
-            if status.is_none_or(|s| s == now) {
+            let now = last.as_ref().map(|last| {
+                entry_of(last)
+                    .and_then(|e| end_of(&e))
+                    .map_or(Status::Running, |e| e.status)
+            });
+            if let Some(now) = now.filter(|now| status.is_none_or(|s| s == *now)) {
                 found.push(Summary {
                     id: instance,
                     workflow,
@@ -857,7 +960,9 @@ pub async fn signal(
         id: None,
     };
     let data = serde_json::to_vec(&record).expect("JSON values serialize");
-    Ok(ctx.append(&[signal_tag(id, name)], data).await?)
+    Ok(ctx
+        .append(&[signal_tag(id, name), signals_tag(id)], data)
+        .await?)
 }
 
 /// Why a signal was not sent.

@@ -9,6 +9,7 @@ mod common;
 use common::{crash_and_redrive, outside, run_in, send_signal, wait_ended, Children, Crash};
 use libflow::{Error, Flow, Protocol, Status, Workflows};
 use logbook::memory::MemoryLogBook;
+use logbook::LogBook as _;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -579,4 +580,92 @@ async fn a_cancelled_instance_compensates_what_succeeded_once_and_ends_cancelled
             .unwrap()
             .is_empty()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_trims_ended_instances_and_the_versions_no_live_instance_reads() {
+    async fn bump(flow: Flow, input: Value) -> Result<u64, Error> {
+        let t = flow.table("t");
+        if input["wait"] == true {
+            let _: Value = flow.wait_signal("go").await?;
+        }
+        t.put(flow.id(), &1).await?;
+        t.update("shared", |n: Option<u64>| n.unwrap_or(0) + 1)
+            .await
+    }
+    let mut w = Workflows::new();
+    w.register("bump", bump);
+    let log = Arc::new(MemoryLogBook::new());
+    let kids = Children::default();
+    let ctx = outside(&log);
+    for i in 0..20 {
+        let (ended, _) = run_in(&w, &log, &kids, None, "bump", &format!("b{i}"), json!({})).await;
+        assert_eq!(ended.unwrap().output.unwrap(), i + 1);
+    }
+    // One instance waits, started after b19: it may still read what was there at its start.
+    let (waiting, _) = run_in(
+        &w,
+        &log,
+        &kids,
+        None,
+        "bump",
+        "waiter",
+        json!({ "wait": true }),
+    )
+    .await;
+    assert_eq!(waiting.unwrap().status, Status::Running);
+    for i in 20..30 {
+        run_in(&w, &log, &kids, None, "bump", &format!("b{i}"), json!({})).await;
+    }
+    let shared = |log: Arc<MemoryLogBook>| async move {
+        let range = logbook::ReadRange {
+            from: logbook::Seqnum(0),
+            to: logbook::Seqnum::MAX,
+            limit: 1000,
+        };
+        let tag = libflow::key_tag("t", "shared");
+        log.read_range(common::BOOK, tag, range)
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(shared(log.clone()).await, 30);
+
+    let first = libflow::collect(&ctx, Duration::ZERO).await.unwrap();
+    assert_eq!((first.instances, first.kept), (30, 1), "{first:?}");
+    assert!(libflow::describe(&ctx, "b3").await.unwrap().is_none());
+    // The versions after the waiting instance's start stay, and the one it would read.
+    assert_eq!(shared(log.clone()).await, 11);
+    let listed = libflow::list(&ctx, None, None, 100).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, "waiter");
+
+    send_signal(&w, &log, &kids, "bump", "waiter", "go", json!(1)).await;
+    assert_eq!(wait_ended(&log, "waiter").await.output.unwrap(), 31);
+    let second = libflow::collect(&ctx, Duration::ZERO).await.unwrap();
+    assert_eq!((second.instances, second.kept), (1, 0), "{second:?}");
+    assert_eq!(
+        shared(log.clone()).await,
+        1,
+        "only the newest version is left"
+    );
+    assert!(libflow::list(&ctx, None, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    // Collecting again finds nothing; a collected id starts nothing again.
+    assert_eq!(
+        libflow::collect(&ctx, Duration::ZERO).await.unwrap(),
+        Default::default()
+    );
+    let handler = w.handler("bump").unwrap();
+    let again = handler(ctx.clone(), libflow::start_input("b3", json!({}))).await;
+    assert!(again.unwrap_err().message.contains("collected"));
+    assert_eq!(shared(log.clone()).await, 1);
+    // A retention not yet over keeps what ended.
+    run_in(&w, &log, &kids, None, "bump", "late", json!({})).await;
+    let kept = libflow::collect(&ctx, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!((kept.instances, kept.kept), (0, 1));
 }

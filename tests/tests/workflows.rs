@@ -313,3 +313,86 @@ fn a_failed_car_reservation_cancels_the_flight_and_the_hotel_once_each() {
         .contains("unknown_instance"));
     tally.stop().unwrap();
 }
+
+/// A counter or gauge of `tally`'s `/metrics`, 0 if absent.
+fn metric(http: &Client, tally: &Tally, name: &str) -> f64 {
+    let text = http
+        .get(tally.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_thousand_ended_instances_are_collected_after_their_retention() {
+    const N: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let tally = Tally::up(&dir.path().join("data"), &["--workflow-retention-s", "1"]).unwrap();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    // Records each instance's step stream holds at its end, from the answers.
+    let records_each = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let http = client();
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n >= N {
+                        return;
+                    }
+                    let ended: Value = http
+                        .post(tally.url(&format!("/workflows/writes/g{n}?wait_ms=30000")))
+                        .json(&json!({ "steps": 2 }))
+                        .send()
+                        .unwrap()
+                        .json()
+                        .unwrap();
+                    assert_eq!(ended["status"], "succeeded", "{ended}");
+                    let records = ended["log_records"].as_u64().unwrap();
+                    records_each.store(records, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let http = client();
+    let listed = |http: &Client| -> usize {
+        let v: Value = http
+            .get(tally.url("/workflows?limit=1000"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["instances"].as_array().map_or(0, Vec::len)
+    };
+    let records_each = records_each.into_inner();
+    wait_until(Duration::from_secs(60), || {
+        metric(&http, &tally, "tally_workflows_collected_total") >= N as f64
+    })
+    .unwrap();
+    assert_eq!(listed(&http), 0, "every instance is out of the list");
+    for n in [0, 499, 999] {
+        assert!(
+            instance(&http, &tally, &format!("g{n}")).is_none(),
+            "g{n} is gone"
+        );
+    }
+    let records = metric(&http, &tally, "tally_workflow_records_collected_total");
+    println!(
+        "{N} instances of {records_each} records each collected: {records} records trimmed, {} kept",
+        metric(&http, &tally, "tally_workflows_kept")
+    );
+    assert!(records >= (N as u64 * records_each) as f64);
+    // A collected id starts nothing again.
+    let again = http
+        .post(tally.url("/workflows/writes/g0?wait_ms=5000"))
+        .json(&json!({ "steps": 2 }))
+        .send()
+        .unwrap();
+    assert_eq!(again.status(), 410, "{}", again.text().unwrap());
+    tally.stop().unwrap();
+}
