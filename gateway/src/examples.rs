@@ -58,6 +58,7 @@ pub fn workflows() -> libflow::Workflows {
     workflows.register("approval", approval);
     workflows.register("travel", travel);
     workflows.register("writes", writes);
+    workflows.with_schedules();
     for protocol in [
         libflow::Protocol::Symmetric,
         libflow::Protocol::WriteLog,

@@ -218,6 +218,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/workflows/{id}/signals/{name}", post(signal_workflow))
         .route("/workflows/{id}/cancel", post(cancel_workflow))
         .route("/workflows", get(list_workflows))
+        .route("/schedules", post(create_schedule).get(list_schedules))
+        .route("/schedules/{name}", axum::routing::delete(delete_schedule))
         .route("/log/{book}/append", post(log_append))
         .route("/log/{book}/records", get(log_records))
         .route("/log/{book}/next", get(log_next))
@@ -669,6 +671,173 @@ async fn cancel_workflow(
     })?;
     let accepted_at = rx.borrow().accepted_at;
     let mut response = with_seen(accepted_at, json!({ "id": id, "cancelling": true }));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    Ok(response)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleRequest {
+    name: String,
+    workflow: String,
+    #[serde(default)]
+    input: Value,
+    every_s: u64,
+}
+
+/// `POST /schedules`: starts workflow `workflow` with `input` every `every_s` seconds, the
+/// first time one interval from now, once per tick (instances `NAME.0`, `NAME.1`, ...). A
+/// name already scheduled is 409.
+async fn create_schedule(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: ScheduleRequest = serde_json::from_value(json_body(body)?)
+        .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let every_ms = request.every_s.saturating_mul(1000);
+    let schedule = libflow::Schedule {
+        name: request.name,
+        workflow: request.workflow,
+        input: request.input,
+        every_ms,
+        first_ms: crate::invocations::now_ms().saturating_add(every_ms),
+        tick: 0,
+    };
+    schedule.check().map_err(ApiError::bad_request)?;
+    if state
+        .dispatcher
+        .registry()
+        .config(&schedule.workflow)
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_workflow",
+            format!("no workflow named {:?} here", schedule.workflow),
+        ));
+    }
+    let book = book_of(&headers)?;
+    let (id, input) = schedule.start();
+    state
+        .workflow_books
+        .lock()
+        .expect("no panics under the books lock")
+        .insert(book);
+    let key = format!("workflow:{id}");
+    let request = Request {
+        idempotency_key: Some(&key),
+        asynchronous: true,
+        ..Request::new(libflow::SCHEDULE_WORKFLOW, book, input)
+    };
+    let rx = state.dispatcher.call(request).await.map_err(|e| match e {
+        InvokeError::KeyReused(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "schedule_exists",
+            format!("a schedule named {:?} exists", schedule.name),
+        ),
+        InvokeError::UnknownFunction(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "schedules_unavailable",
+            "this gateway runs no schedules",
+        ),
+        InvokeError::Log(e) => e.into(),
+    })?;
+    let accepted_at = rx.borrow().accepted_at;
+    let mut response = with_seen(
+        accepted_at,
+        json!({ "name": schedule.name, "first_ms": schedule.first_ms, "every_ms": every_ms }),
+    );
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
+}
+
+/// The running links of schedule chains in `book`: one per schedule.
+async fn running_schedules(
+    state: &AppState,
+    book: BookId,
+) -> Result<Vec<(libflow::Summary, libflow::Schedule)>, ApiError> {
+    let ctx = outside_ctx(state, book);
+    let running = libflow::list(
+        &ctx,
+        Some(libflow::Status::Running),
+        None,
+        WORKFLOW_LIST_MAX,
+    )
+    .await
+    .map_err(workflow_error)?;
+    let mut schedules = Vec::new();
+    for summary in running {
+        if summary.workflow != libflow::SCHEDULE_WORKFLOW {
+            continue;
+        }
+        let instance = find_instance(state, book, &summary.id).await?;
+        if let Ok(schedule) = serde_json::from_value(instance.input) {
+            schedules.push((summary, schedule));
+        }
+    }
+    Ok(schedules)
+}
+
+/// `GET /schedules`: the book's schedules, with the tick each waits for.
+async fn list_schedules(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let schedules: Vec<Value> = running_schedules(&state, book)
+        .await?
+        .into_iter()
+        .map(|(_, s)| {
+            json!({
+                "name": s.name, "workflow": s.workflow, "input": s.input,
+                "every_ms": s.every_ms, "next_tick": s.tick,
+                "next_at_ms": s.first_ms.saturating_add(s.tick.saturating_mul(s.every_ms)),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "schedules": schedules })))
+}
+
+/// `DELETE /schedules/{name}`: ends the schedule (its waiting link is cancelled); ticks
+/// already started go on.
+async fn delete_schedule(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(name) = name?;
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let links: Vec<_> = running_schedules(&state, book)
+        .await?
+        .into_iter()
+        .filter(|(_, s)| s.name == name)
+        .collect();
+    if links.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_schedule",
+            format!("no schedule named {name:?}"),
+        ));
+    }
+    for (summary, schedule) in links {
+        let key = libflow::signal_key(&summary.id, "cancel");
+        let input = libflow::cancel_input(
+            &summary.id,
+            serde_json::to_value(&schedule).expect("serializes"),
+        );
+        let request = Request {
+            idempotency_key: Some(&key),
+            asynchronous: true,
+            ..Request::new(libflow::SCHEDULE_WORKFLOW, book, input)
+        };
+        state.dispatcher.call(request).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cancel", e.to_string())
+        })?;
+    }
+    let mut response = Json(json!({ "name": name, "deleted": true })).into_response();
     *response.status_mut() = StatusCode::ACCEPTED;
     Ok(response)
 }

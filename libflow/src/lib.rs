@@ -23,12 +23,14 @@
 mod entry;
 mod error;
 mod flow;
+mod schedule;
 mod table;
 mod workflows;
 
 pub use entry::{instances_tag, key_tag, signal_tag, steps_tag, Status, CANCEL_SIGNAL};
 pub use error::Error;
 pub use flow::{CallBuilder, Flow, RetryPolicy, Step};
+pub use schedule::{Schedule, SCHEDULE_EVERY_MS_MIN, SCHEDULE_WORKFLOW};
 pub use table::{Protocol, Table};
 pub use workflows::{
     cancel_input, check_instance_id, check_signal_name, collect, describe, list, signal,

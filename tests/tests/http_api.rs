@@ -78,6 +78,7 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
             "echo",
             "greet",
             "guestbook",
+            "libflow.schedule",
             "noop",
             "reserve_car",
             "reserve_flight",

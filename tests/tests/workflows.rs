@@ -396,3 +396,94 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
     assert_eq!(again.status(), 410, "{}", again.text().unwrap());
     tally.stop().unwrap();
 }
+
+#[test]
+fn a_schedule_starts_its_workflow_once_a_tick_across_a_restart_until_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = client();
+    let tally = Tally::up(&data, &[]).unwrap();
+    let schedule =
+        json!({ "name": "tick", "workflow": "steps", "input": { "steps": 1 }, "every_s": 1 });
+    let created = http
+        .post(tally.url("/schedules"))
+        .json(&schedule)
+        .send()
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().unwrap());
+    let again = http
+        .post(tally.url("/schedules"))
+        .json(&schedule)
+        .send()
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    for (body, status) in [
+        (
+            json!({ "name": "x", "workflow": "nosuch", "every_s": 1 }),
+            404,
+        ),
+        (
+            json!({ "name": "x", "workflow": "steps", "every_s": 0 }),
+            400,
+        ),
+        (
+            json!({ "name": "a.b", "workflow": "steps", "every_s": 1 }),
+            400,
+        ),
+    ] {
+        let r = http
+            .post(tally.url("/schedules"))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), status, "{body}");
+    }
+    let ended = wait_end(&http, &tally, "tick.1", Duration::from_secs(30));
+    assert_eq!(ended["output"], json!({ "count": 1 }));
+    let listed: Value = http
+        .get(tally.url("/schedules"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(listed["schedules"][0]["name"], "tick", "{listed}");
+
+    // The gateway dies; the restarted one goes on ticking.
+    tally.kill9().unwrap();
+    let tally = Tally::up(&data, &[]).unwrap();
+    let ended = wait_end(&http, &tally, "tick.3", Duration::from_secs(60));
+    assert_eq!(ended["status"], "succeeded");
+    for tick in 0..=3 {
+        let v = instance(&http, &tally, &format!("tick.{tick}")).unwrap();
+        assert_eq!(
+            v["steps"].as_array().unwrap().len(),
+            3,
+            "tick {tick} ran once: {v}"
+        );
+    }
+
+    // Deleted: its waiting link ends cancelled, and none waits any more.
+    let deleted = http.delete(tally.url("/schedules/tick")).send().unwrap();
+    assert_eq!(deleted.status(), 202);
+    wait_until(Duration::from_secs(30), || {
+        let v: Value = http
+            .get(tally.url("/schedules"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["schedules"].as_array().is_some_and(Vec::is_empty)
+    })
+    .unwrap();
+    let cancelled: Value = http
+        .get(tally.url("/workflows?status=cancelled"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let link = cancelled["instances"][0]["id"].as_str().unwrap_or_default();
+    assert!(link.starts_with("schedule.tick."), "{cancelled}");
+    let missing = http.delete(tally.url("/schedules/tick")).send().unwrap();
+    assert_eq!(missing.status(), 404);
+    tally.stop().unwrap();
+}
