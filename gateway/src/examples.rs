@@ -15,8 +15,8 @@ use logbook::{ReadRange, Seqnum, Tag};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// Registers every example function.
-pub fn register(registry: &mut Registry) {
+/// Registers every example function and workflow; returns the workflows (for their queries).
+pub fn register(registry: &mut Registry) -> libflow::Workflows {
     registry.register("echo", |_ctx, input| async move { Ok(input) });
     registry.register("guestbook", guestbook);
     registry.register("greet", greet);
@@ -40,6 +40,7 @@ pub fn register(registry: &mut Registry) {
             handler(ctx, input)
         });
     }
+    workflows
 }
 
 /// How a workflow's function runs: an instance may wait long (timers, signals), and an
@@ -59,6 +60,16 @@ pub fn workflows() -> libflow::Workflows {
     workflows.register("travel", travel);
     workflows.register("writes", writes);
     workflows.with_schedules();
+    // How far a `steps` instance is: its counter as of its newest record.
+    workflows.query("steps", "progress", |q: libflow::Query| async move {
+        let count: Option<u64> = q.get("steps", &q.instance().id).await?;
+        Ok(json!({ "count": count.unwrap_or(0), "status": q.instance().status }))
+    });
+    // Whether an `approval` still waits.
+    workflows.query("approval", "waiting", |q: libflow::Query| async move {
+        let waiting = q.instance().status == libflow::Status::Running;
+        Ok(json!({ "waiting": waiting }))
+    });
     for protocol in [
         libflow::Protocol::Symmetric,
         libflow::Protocol::WriteLog,

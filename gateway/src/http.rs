@@ -45,6 +45,8 @@ pub struct AppState {
     /// The books workflows were started in since this gateway started (and book 0): where
     /// garbage collection looks.
     pub workflow_books: std::sync::Mutex<std::collections::BTreeSet<BookId>>,
+    /// The in-process workflows, for their queries.
+    pub workflows: libflow::Workflows,
 }
 
 /// An error response.
@@ -129,7 +131,7 @@ pub fn default_state(
         metrics.clone(),
     ));
     let mut registry = crate::Registry::new();
-    crate::examples::register(&mut registry);
+    let workflows = crate::examples::register(&mut registry);
     for (name, config) in &setup.functions {
         registry.configure(name, *config)?;
     }
@@ -149,6 +151,7 @@ pub fn default_state(
         metrics,
         engine: Some(log),
         workflow_books: std::sync::Mutex::new([BookId(0)].into()),
+        workflows,
     });
     tokio::spawn(collect_workflows(
         Arc::downgrade(&state),
@@ -217,6 +220,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/workflows/{id}", get(get_workflow))
         .route("/workflows/{id}/signals/{name}", post(signal_workflow))
         .route("/workflows/{id}/cancel", post(cancel_workflow))
+        .route("/workflows/{id}/queries/{name}", get(query_workflow))
         .route("/workflows", get(list_workflows))
         .route("/schedules", post(create_schedule).get(list_schedules))
         .route("/schedules/{name}", axum::routing::delete(delete_schedule))
@@ -840,6 +844,35 @@ async fn delete_schedule(
     let mut response = Json(json!({ "name": name, "deleted": true })).into_response();
     *response.status_mut() = StatusCode::ACCEPTED;
     Ok(response)
+}
+
+/// `GET /workflows/{id}/queries/{name}?ARG=V...`: a read-only query of an instance, answered
+/// from its history and its tables; it changes nothing.
+async fn query_workflow(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<std::collections::BTreeMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let Path((id, name)) = path?;
+    instance_id(&id)?;
+    let Query(args) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let answer = state
+        .workflows
+        .ask(&outside_ctx(&state, book), &id, &name, json!(args))
+        .await
+        .map_err(|e| match e {
+            libflow::QueryError::NoInstance(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_instance", e.to_string())
+            }
+            libflow::QueryError::NoQuery { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_query", e.to_string())
+            }
+            libflow::QueryError::Failed(e) => workflow_error(e),
+        })?;
+    Ok(Json(answer))
 }
 
 /// Most instances one list answers.

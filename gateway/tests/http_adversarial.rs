@@ -23,7 +23,7 @@ fn app() -> Router {
     let log: Arc<dyn LogBook> = Arc::new(MemoryLogBook::new());
     let metrics = Metrics::new();
     let mut registry = Registry::new();
-    gateway::examples::register(&mut registry);
+    let workflows = gateway::examples::register(&mut registry);
     let dispatcher = Dispatcher::new(registry, log.clone(), metrics.clone());
     router(Arc::new(AppState {
         dispatcher,
@@ -31,6 +31,7 @@ fn app() -> Router {
         metrics,
         engine: None,
         workflow_books: Default::default(),
+        workflows,
     }))
 }
 

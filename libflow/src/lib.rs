@@ -23,6 +23,7 @@
 mod entry;
 mod error;
 mod flow;
+mod query;
 mod schedule;
 mod table;
 mod workflows;
@@ -30,6 +31,7 @@ mod workflows;
 pub use entry::{instances_tag, key_tag, signal_tag, steps_tag, Status, CANCEL_SIGNAL};
 pub use error::Error;
 pub use flow::{CallBuilder, Flow, RetryPolicy, Step};
+pub use query::{Query, QueryError};
 pub use schedule::{Schedule, SCHEDULE_EVERY_MS_MIN, SCHEDULE_WORKFLOW};
 pub use table::{Protocol, Table};
 pub use workflows::{

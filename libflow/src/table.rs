@@ -203,8 +203,18 @@ pub(crate) async fn value_at(
     key: &str,
     at: Seqnum,
 ) -> Result<Option<Value>, Error> {
-    let tag = key_tag(table, key);
-    let ctx = flow.ctx();
+    value_at_tag(flow.ctx(), key_tag(table, key), table, key, at).await
+}
+
+/// `value_at` over a `Ctx`: the last write to `table`/`key` in `tag`'s records at or before
+/// `at`.
+pub(crate) async fn value_at_tag(
+    ctx: &tally_sdk::Ctx,
+    tag: logbook::Tag,
+    table: &str,
+    key: &str,
+    at: Seqnum,
+) -> Result<Option<Value>, Error> {
     let mut at = at;
     loop {
         let Some(record) = ctx.read_prev(tag, at).await? else {

@@ -62,6 +62,7 @@ pub struct Workflows {
     protocols: Arc<RwLock<BTreeMap<String, Protocol>>>,
     default_protocol: Protocol,
     suspend_after: Arc<RwLock<Duration>>,
+    pub(crate) queries: Arc<RwLock<BTreeMap<(String, String), crate::query::QueryFn>>>,
 }
 
 /// How the gateway runs a workflow's function served by a worker (`Workflows::serve_in`).
@@ -82,6 +83,7 @@ impl Default for Workflows {
             protocols: Arc::default(),
             default_protocol: Protocol::default(),
             suspend_after: Arc::new(RwLock::new(SUSPEND_AFTER_DEFAULT)),
+            queries: Arc::default(),
         }
     }
 }

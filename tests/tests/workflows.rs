@@ -83,6 +83,22 @@ fn steps_instances_survive_a_sigkill_of_tally_up_and_each_counts_exactly_its_ste
         "the kill came after every instance ended"
     );
 
+    // A query answers from the instance and its table, and changes nothing.
+    let before = instance(&http, &tally, "s0").unwrap();
+    let progress: Value = http
+        .get(tally.url("/workflows/s0/queries/progress"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(progress, json!({ "count": STEPS, "status": "succeeded" }));
+    assert_eq!(instance(&http, &tally, "s0").unwrap(), before);
+    let unknown = http
+        .get(tally.url("/workflows/s0/queries/nosuch"))
+        .send()
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
     // The same id again is the same instance, at once; another input is refused.
     let again: Value = http
         .post(tally.url("/workflows/steps/s0?wait_ms=5000"))
@@ -169,6 +185,13 @@ fn a_waiting_approval_holds_no_task_and_a_signal_or_its_timer_across_a_restart_e
     // Approved by a signal: while it waits, no call of `approval` runs.
     start(&http, &tally, "approval", "a1", json!({ "timeout_s": 600 }));
     wait_suspended(&http, &tally, "approval", "a1");
+    let waiting: Value = http
+        .get(tally.url("/workflows/a1/queries/waiting"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(waiting, json!({ "waiting": true }));
     let signal = http
         .post(tally.url("/workflows/a1/signals/approve"))
         .header("Idempotency-Key", "ops-1")
