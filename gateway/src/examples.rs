@@ -76,6 +76,7 @@ pub fn workflows() -> libflow::Workflows {
         libflow::Protocol::ReadLog,
     ] {
         workflows.set_protocol(&format!("writes-{}", protocol.name()), protocol);
+        workflows.set_protocol(&format!("trips-{}", protocol.name()), protocol);
     }
     workflows
 }
@@ -135,17 +136,32 @@ fn stable_tag_suffix(kind: &str) -> u32 {
 /// The resources `travel` reserves, in order.
 pub const TRAVEL_RESOURCES: [&str; 3] = ["flight", "hotel", "car"];
 
-/// `{"trip": T, "fail": "car"}` in (`fail` optional): searches, then reserves a flight, a
-/// hotel and a car at once, each a call of `reserve_KIND` (which keeps its reservations in its
-/// own stream of the log) undone by `cancel_KIND` if the trip fails: a failed reservation
-/// (`"fail": KIND`) cancels the others, once each, and the instance ends `compensated`.
+/// `{"trip": T, "fail": "car", "traveller": X, "protocol": P}` in (all optional): reads the
+/// traveller's profile from the table `trips-P` (in protocol P, default write-log), searches,
+/// then reserves a flight, a hotel and a car at once, each a call of `reserve_KIND` (which
+/// keeps its reservations in its own stream of the log) undone by `cancel_KIND` if the trip
+/// fails: a failed reservation
+/// (`"fail": KIND`) cancels the others, once each, and the instance ends `compensated`; else
+/// it writes the trip and the traveller's count of trips to the table.
 async fn travel(
     flow: libflow::Flow,
     input: serde_json::Value,
 ) -> Result<serde_json::Value, libflow::Error> {
     let trip = input["trip"].as_str().unwrap_or(flow.id()).to_string();
     let fail = input["fail"].as_str().unwrap_or("").to_string();
-    let options: serde_json::Value = flow.call("search", &json!({ "trip": trip })).await?;
+    let traveller = input["traveller"].as_str().unwrap_or("anyone").to_string();
+    let protocol: libflow::Protocol = input["protocol"]
+        .as_str()
+        .unwrap_or("write-log")
+        .parse()
+        .map_err(libflow::Error::terminal)?;
+    // The trips table, in the protocol asked for: the traveller's profile is read, the trip
+    // and the traveller's count of trips written.
+    let trips = flow.table(&format!("trips-{}", protocol.name()));
+    let profile: Option<serde_json::Value> = trips.get(&format!("profile:{traveller}")).await?;
+    let options: serde_json::Value = flow
+        .call("search", &json!({ "trip": trip, "profile": profile }))
+        .await?;
     let reserve = |kind: &str| {
         let request = json!({ "trip": trip, "fail": fail == kind, "option": options[kind] });
         flow.call::<serde_json::Value>(&format!("reserve_{kind}"), &request)
@@ -156,7 +172,13 @@ async fn travel(
     for (kind, booking) in TRAVEL_RESOURCES.iter().zip(booked) {
         reservations.insert(kind.to_string(), booking?);
     }
-    Ok(json!({ "trip": trip, "reservations": reservations }))
+    trips.put(&trip, &reservations).await?;
+    let count = trips
+        .update(&format!("count:{traveller}"), |n: Option<u64>| {
+            n.unwrap_or(0) + 1
+        })
+        .await?;
+    Ok(json!({ "trip": trip, "reservations": reservations, "trips": count }))
 }
 
 /// `search`: the options for a trip (a stand-in for a search service).
