@@ -776,7 +776,13 @@ async fn running_schedules(
             continue;
         }
         let instance = find_instance(state, book, &summary.id).await?;
-        if let Ok(schedule) = serde_json::from_value(instance.input) {
+        let Ok(schedule) = serde_json::from_value::<libflow::Schedule>(instance.input) else {
+            continue;
+        };
+        let stopped = libflow::schedules::stopped(&ctx, &schedule.name)
+            .await
+            .map_err(workflow_error)?;
+        if !stopped {
             schedules.push((summary, schedule));
         }
     }
@@ -804,8 +810,9 @@ async fn list_schedules(
     Ok(Json(json!({ "schedules": schedules })))
 }
 
-/// `DELETE /schedules/{name}`: ends the schedule (its waiting link is cancelled); ticks
-/// already started go on.
+/// `DELETE /schedules/{name}`: stops the schedule: no tick starts after this answers (a link
+/// on its way finds the stop and ends), and the waiting link is cancelled; ticks already
+/// started go on.
 async fn delete_schedule(
     State(state): State<Arc<AppState>>,
     name: Result<Path<String>, PathRejection>,
@@ -826,6 +833,9 @@ async fn delete_schedule(
             format!("no schedule named {name:?}"),
         ));
     }
+    libflow::schedules::stop(&outside_ctx(&state, book), &name)
+        .await
+        .map_err(workflow_error)?;
     for (summary, schedule) in links {
         let key = libflow::signal_key(&summary.id, "cancel");
         let input = libflow::cancel_input(

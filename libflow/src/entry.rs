@@ -152,7 +152,7 @@ fn hash(parts: &[&str]) -> u64 {
 }
 
 /// A tag from a hash, off the two values no record may carry.
-fn tag_of(parts: &[&str]) -> Tag {
+pub(crate) fn tag_of(parts: &[&str]) -> Tag {
     let h = hash(parts);
     let tag = Tag(h);
     if tag.is_record_tag() {

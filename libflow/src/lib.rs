@@ -33,6 +33,10 @@ pub use error::Error;
 pub use flow::{CallBuilder, Flow, RetryPolicy, Step};
 pub use query::{Query, QueryError};
 pub use schedule::{Schedule, SCHEDULE_EVERY_MS_MIN, SCHEDULE_WORKFLOW};
+/// Stopping schedules.
+pub mod schedules {
+    pub use crate::schedule::{stop, stopped};
+}
 pub use table::{Protocol, Table};
 pub use workflows::{
     cancel_input, check_instance_id, check_signal_name, collect, describe, list, signal,

@@ -4,12 +4,16 @@
 //! workflow's instance `NAME.N`, and starts `schedule.NAME.N+1`; then it ends, so no history
 //! grows without bound. Both starts are child calls, once per tick however often the chain
 //! is driven again; ticks missed while no gateway ran are started, in order, when one runs
-//! again. Cancelling the running `schedule.NAME.N` ends the schedule.
+//! again. `stop` ends a schedule: each link looks (a logged step) whether its schedule was
+//! stopped before it starts its tick, so a link already on its way starts nothing.
 
+use crate::entry::tag_of;
 use crate::workflows::StartInput;
 use crate::{check_instance_id, Error, Flow, Workflows};
+use logbook::{Seqnum, Tag};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tally_sdk::Ctx;
 
 /// The workflow that runs schedules.
 pub const SCHEDULE_WORKFLOW: &str = "libflow.schedule";
@@ -67,11 +71,37 @@ impl Schedule {
     }
 }
 
+/// The stream of schedule `name`'s stop record.
+fn stop_tag(name: &str) -> Tag {
+    tag_of(&["libflow", "schedule-stop", name])
+}
+
+/// Stops schedule `name` (in the context's book): no tick starts after this returns.
+pub async fn stop(ctx: &Ctx, name: &str) -> Result<Seqnum, Error> {
+    let record = json!({ "schedule": name, "stopped": true }).to_string();
+    Ok(ctx.append(&[stop_tag(name)], record).await?)
+}
+
+/// Whether schedule `name` was stopped.
+pub async fn stopped(ctx: &Ctx, name: &str) -> Result<bool, Error> {
+    Ok(ctx.read_next(stop_tag(name), Seqnum(0)).await?.is_some())
+}
+
 async fn run(flow: Flow, schedule: Schedule) -> Result<Value, Error> {
     let at = schedule
         .first_ms
         .saturating_add(schedule.tick.saturating_mul(schedule.every_ms));
     flow.sleep_until(at).await?;
+    let (ctx, name) = (flow.ctx().clone(), schedule.name.clone());
+    let was_stopped: bool = flow
+        .step("stopped", move || {
+            let (ctx, name) = (ctx.clone(), name.clone());
+            async move { stopped(&ctx, &name).await }
+        })
+        .await?;
+    if was_stopped {
+        return Ok(json!({ "stopped": true }));
+    }
     let id = schedule.tick_id(schedule.tick);
     let start = StartInput {
         instance: id.clone(),

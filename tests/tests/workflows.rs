@@ -485,27 +485,43 @@ fn a_schedule_starts_its_workflow_once_a_tick_across_a_restart_until_deleted() {
         );
     }
 
-    // Deleted: its waiting link ends cancelled, and none waits any more.
+    // Deleted: no schedule is listed at once, and every link of the chain ends, the last one
+    // cancelled or stopped before it started its tick.
     let deleted = http.delete(tally.url("/schedules/tick")).send().unwrap();
     assert_eq!(deleted.status(), 202);
-    wait_until(Duration::from_secs(30), || {
-        let v: Value = http
-            .get(tally.url("/schedules"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        v["schedules"].as_array().is_some_and(Vec::is_empty)
-    })
-    .unwrap();
-    let cancelled: Value = http
-        .get(tally.url("/workflows?status=cancelled"))
+    let v: Value = http
+        .get(tally.url("/schedules"))
         .send()
         .unwrap()
         .json()
         .unwrap();
-    let link = cancelled["instances"][0]["id"].as_str().unwrap_or_default();
-    assert!(link.starts_with("schedule.tick."), "{cancelled}");
+    assert_eq!(v["schedules"], json!([]), "{v}");
+    let links = |http: &Client| -> Vec<Value> {
+        let v: Value = http
+            .get(tally.url("/workflows?limit=1000"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["workflow"] == "libflow.schedule")
+            .cloned()
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), || {
+        links(&http).iter().all(|l| l["status"] != "running")
+    })
+    .unwrap();
+    let newest = &links(&http)[0];
+    let id = newest["id"].as_str().unwrap();
+    let last = instance(&http, &tally, id).unwrap();
+    assert!(
+        last["status"] == "cancelled" || last["output"] == json!({ "stopped": true }),
+        "{last}"
+    );
     let missing = http.delete(tally.url("/schedules/tick")).send().unwrap();
     assert_eq!(missing.status(), 404);
     tally.stop().unwrap();
