@@ -44,12 +44,13 @@ pub fn register(registry: &mut Registry) -> libflow::Workflows {
 }
 
 /// How a workflow's function runs: an instance may wait long (timers, signals), and an
-/// execution that stopped on a log error is driven again.
+/// execution that stopped on a log error is driven again: `libflow::WORKFLOW_LIMITS`, as a
+/// worker gets them too.
 pub const WORKFLOW_CONFIG: crate::functions::FunctionConfig = crate::functions::FunctionConfig {
-    max_concurrency: 4096,
-    timeout: std::time::Duration::from_secs(24 * 3600),
-    retries: 10,
-    backoff: std::time::Duration::from_millis(100),
+    max_concurrency: libflow::WORKFLOW_LIMITS.max_concurrency as usize,
+    timeout: libflow::WORKFLOW_LIMITS.timeout,
+    retries: libflow::WORKFLOW_LIMITS.retries,
+    backoff: libflow::WORKFLOW_LIMITS.backoff,
 };
 
 /// The example workflows `tally up` serves.
