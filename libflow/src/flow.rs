@@ -288,9 +288,15 @@ impl Flow {
             return Ok(());
         }
         self.suspend_for_timer_at(written, deadline_ms).await?;
-        Err(Error::Suspended(format!(
-            "{deadline_ms} ms since the epoch"
-        )))
+        Err(self.suspended(format!("{deadline_ms} ms since the epoch")))
+    }
+
+    /// Ends this execution to wait without a task: anything else of it that would still run
+    /// fails at once rather than wait for a position that will not be written here.
+    fn suspended(&self, until: String) -> Error {
+        let e = Error::Suspended(until);
+        self.stop(e.clone());
+        e
     }
 
     /// Whether `deadline_ms` is far enough away to give up the task until then.
@@ -721,7 +727,7 @@ impl Flow {
                 self.suspend_for_timer_at(slot.pos, deadline).await?;
             }
             slot.done = true;
-            return Err(Error::Suspended(format!("signal {name:?}")));
+            return Err(self.suspended(format!("signal {name:?}")));
         }
         if payload.is_some() {
             *self

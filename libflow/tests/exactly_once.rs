@@ -669,3 +669,29 @@ async fn garbage_collection_trims_ended_instances_and_the_versions_no_live_insta
         .unwrap();
     assert_eq!((kept.instances, kept.kept), (0, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_suspends_while_a_branch_still_runs_ends_its_execution_at_once() {
+    async fn branches(flow: Flow, _input: Value) -> Result<Value, Error> {
+        let signal = async { flow.wait_signal::<Value>("go").await };
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flow.step("later", || async { Ok(2) }).await
+        };
+        let (signal, later) = futures::join!(signal, later);
+        Ok(json!([signal?, later?]))
+    }
+    let mut w = Workflows::new();
+    w.register("branches", branches);
+    let log = Arc::new(MemoryLogBook::new());
+    let kids = Children::default();
+    // Without a signal the first execution suspends; the branch still running must not hold
+    // it (it would wait for ever for the signal's position).
+    let run = run_in(&w, &log, &kids, None, "branches", "j", json!({}));
+    let (first, _) = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the suspended execution ends");
+    assert_eq!(first.unwrap().status, Status::Running);
+    send_signal(&w, &log, &kids, "branches", "j", "go", json!(1)).await;
+    assert_eq!(wait_ended(&log, "j").await.output.unwrap(), json!([1, 2]));
+}
