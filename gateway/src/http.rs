@@ -160,6 +160,16 @@ pub fn default_state(
     Ok(state)
 }
 
+impl AppState {
+    /// Notes that workflows run in `book` (garbage collection looks there).
+    fn workflows_in(&self, book: BookId) {
+        self.workflow_books
+            .lock()
+            .expect("no panics under the books lock")
+            .insert(book);
+    }
+}
+
 /// Collects ended workflow instances past `retention`, in every book workflows were started
 /// in, every `retention / 2` (1 s to a minute), until the state is dropped.
 async fn collect_workflows(state: std::sync::Weak<AppState>, retention: Duration) {
@@ -482,11 +492,7 @@ async fn start_workflow(
             ));
         }
     }
-    state
-        .workflow_books
-        .lock()
-        .expect("no panics under the books lock")
-        .insert(book);
+    state.workflows_in(book);
     let key = format!("workflow:{id}");
     let request = Request {
         idempotency_key: Some(&key),
@@ -723,11 +729,7 @@ async fn create_schedule(
     }
     let book = book_of(&headers)?;
     let (id, input) = schedule.start();
-    state
-        .workflow_books
-        .lock()
-        .expect("no panics under the books lock")
-        .insert(book);
+    state.workflows_in(book);
     let key = format!("workflow:{id}");
     let request = Request {
         idempotency_key: Some(&key),

@@ -11,6 +11,11 @@ use tally_tests::{run_tally, wait_until, Tally};
 const INSTANCES: usize = 40;
 const STEPS: u64 = 20;
 
+/// GET `url` and its JSON answer.
+fn get_json(http: &Client, url: String) -> Value {
+    http.get(url).send().unwrap().json().unwrap()
+}
+
 fn client() -> Client {
     Client::builder()
         .timeout(Duration::from_secs(30))
@@ -85,12 +90,7 @@ fn steps_instances_survive_a_sigkill_of_tally_up_and_each_counts_exactly_its_ste
 
     // A query answers from the instance and its table, and changes nothing.
     let before = instance(&http, &tally, "s0").unwrap();
-    let progress: Value = http
-        .get(tally.url("/workflows/s0/queries/progress"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let progress: Value = get_json(&http, tally.url("/workflows/s0/queries/progress"));
     assert_eq!(progress, json!({ "count": STEPS, "status": "succeeded" }));
     assert_eq!(instance(&http, &tally, "s0").unwrap(), before);
     let unknown = http
@@ -185,12 +185,7 @@ fn a_waiting_approval_holds_no_task_and_a_signal_or_its_timer_across_a_restart_e
     // Approved by a signal: while it waits, no call of `approval` runs.
     start(&http, &tally, "approval", "a1", json!({ "timeout_s": 600 }));
     wait_suspended(&http, &tally, "approval", "a1");
-    let waiting: Value = http
-        .get(tally.url("/workflows/a1/queries/waiting"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let waiting: Value = get_json(&http, tally.url("/workflows/a1/queries/waiting"));
     assert_eq!(waiting, json!({ "waiting": true }));
     let signal = http
         .post(tally.url("/workflows/a1/signals/approve"))
@@ -234,12 +229,7 @@ fn a_waiting_approval_holds_no_task_and_a_signal_or_its_timer_across_a_restart_e
     assert_eq!(ended["status"], "cancelled", "{ended}");
     let listed = run_tally(&["workflow", "list", "--status", "cancelled", "--addr", addr]).unwrap();
     assert_eq!(listed.trim(), "a3\tapproval\tcancelled");
-    let all: Value = http
-        .get(tally.url("/workflows?limit=10"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let all: Value = get_json(&http, tally.url("/workflows?limit=10"));
     let ids: Vec<&str> = all["instances"]
         .as_array()
         .unwrap()
@@ -384,12 +374,7 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
     });
     let http = client();
     let listed = |http: &Client| -> usize {
-        let v: Value = http
-            .get(tally.url("/workflows?limit=1000"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let v: Value = get_json(&http, tally.url("/workflows?limit=1000"));
         v["instances"].as_array().map_or(0, Vec::len)
     };
     let records_each = records_each.into_inner();
@@ -463,12 +448,7 @@ fn a_schedule_starts_its_workflow_once_a_tick_across_a_restart_until_deleted() {
     }
     let ended = wait_end(&http, &tally, "tick.1", Duration::from_secs(30));
     assert_eq!(ended["output"], json!({ "count": 1 }));
-    let listed: Value = http
-        .get(tally.url("/schedules"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let listed: Value = get_json(&http, tally.url("/schedules"));
     assert_eq!(listed["schedules"][0]["name"], "tick", "{listed}");
 
     // The gateway dies; the restarted one goes on ticking.
@@ -489,20 +469,10 @@ fn a_schedule_starts_its_workflow_once_a_tick_across_a_restart_until_deleted() {
     // cancelled or stopped before it started its tick.
     let deleted = http.delete(tally.url("/schedules/tick")).send().unwrap();
     assert_eq!(deleted.status(), 202);
-    let v: Value = http
-        .get(tally.url("/schedules"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v: Value = get_json(&http, tally.url("/schedules"));
     assert_eq!(v["schedules"], json!([]), "{v}");
     let links = |http: &Client| -> Vec<Value> {
-        let v: Value = http
-            .get(tally.url("/workflows?limit=1000"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let v: Value = get_json(&http, tally.url("/workflows?limit=1000"));
         v["instances"]
             .as_array()
             .unwrap()
