@@ -374,7 +374,7 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
     });
     let http = client();
     let listed = |http: &Client| -> usize {
-        let v: Value = get_json(&http, tally.url("/workflows?limit=1000"));
+        let v: Value = get_json(http, tally.url("/workflows?limit=1000"));
         v["instances"].as_array().map_or(0, Vec::len)
     };
     let records_each = records_each.into_inner();
@@ -472,7 +472,7 @@ fn a_schedule_starts_its_workflow_once_a_tick_across_a_restart_until_deleted() {
     let v: Value = get_json(&http, tally.url("/schedules"));
     assert_eq!(v["schedules"], json!([]), "{v}");
     let links = |http: &Client| -> Vec<Value> {
-        let v: Value = get_json(&http, tally.url("/workflows?limit=1000"));
+        let v: Value = get_json(http, tally.url("/workflows?limit=1000"));
         v["instances"]
             .as_array()
             .unwrap()
