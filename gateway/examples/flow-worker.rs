@@ -8,13 +8,10 @@
 //! effect), an asynchronous one (`append3` again), a durable timer, the signal `approve`, a
 //! step and a random number; it answers what it read and got.
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use libflow::{Error, Flow, Workflows};
-use logbook::{AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag};
+use logbook::crashing::{CrashAt, CrashPlan, CrashingLog};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tally_sdk::Worker;
@@ -59,87 +56,6 @@ async fn mixed(flow: Flow, _input: Value) -> Result<Value, Error> {
     }))
 }
 
-/// The process's appends, and where it dies.
-struct Crash {
-    appends: AtomicU64,
-    at: Option<u64>,
-    when: When,
-}
-
-/// A call's log, counting its appends against the process's crash plan.
-struct Crashing {
-    inner: Arc<dyn LogBook>,
-    crash: Arc<Crash>,
-}
-
-impl Crashing {
-    async fn appending<T>(
-        &self,
-        append: impl std::future::Future<Output = Result<T, LogError>>,
-    ) -> Result<T, LogError> {
-        let n = self.crash.appends.fetch_add(1, Ordering::SeqCst);
-        let here = self.crash.at == Some(n);
-        if here && self.crash.when == When::Before {
-            eprintln!("flow-worker: crashing before append {n}");
-            std::process::abort();
-        }
-        let result = append.await;
-        if here {
-            eprintln!("flow-worker: crashing after append {n}");
-            std::process::abort();
-        }
-        result
-    }
-}
-
-#[async_trait]
-impl LogBook for Crashing {
-    async fn append(&self, b: BookId, tags: &[Tag], data: Bytes) -> Result<Seqnum, LogError> {
-        self.appending(self.inner.append(b, tags, data)).await
-    }
-    async fn cond_append(
-        &self,
-        b: BookId,
-        tags: &[Tag],
-        data: Bytes,
-        cond: Cond,
-    ) -> Result<Seqnum, LogError> {
-        self.appending(self.inner.cond_append(b, tags, data, cond))
-            .await
-    }
-    async fn append_batch(
-        &self,
-        b: BookId,
-        records: Vec<AppendRequest>,
-    ) -> Result<Vec<Seqnum>, LogError> {
-        self.appending(self.inner.append_batch(b, records)).await
-    }
-    async fn read_next(&self, b: BookId, t: Tag, s: Seqnum) -> Result<Option<Record>, LogError> {
-        self.inner.read_next(b, t, s).await
-    }
-    async fn read_prev(&self, b: BookId, t: Tag, s: Seqnum) -> Result<Option<Record>, LogError> {
-        self.inner.read_prev(b, t, s).await
-    }
-    async fn read_next_blocking(
-        &self,
-        b: BookId,
-        t: Tag,
-        s: Seqnum,
-        timeout: Duration,
-    ) -> Result<Option<Record>, LogError> {
-        self.inner.read_next_blocking(b, t, s, timeout).await
-    }
-    async fn set_aux_data(&self, b: BookId, s: Seqnum, aux: Bytes) -> Result<(), LogError> {
-        self.inner.set_aux_data(b, s, aux).await
-    }
-    async fn trim(&self, b: BookId, t: Tag, below: Seqnum) -> Result<(), LogError> {
-        self.inner.trim(b, t, below).await
-    }
-    async fn read_range(&self, b: BookId, t: Tag, r: ReadRange) -> Result<Vec<Record>, LogError> {
-        self.inner.read_range(b, t, r).await
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -151,10 +67,14 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let mut workflows = Workflows::new();
     workflows.register("mixed-worker", mixed);
-    let crash = Arc::new(Crash {
-        appends: AtomicU64::new(0),
-        at: args.crash_at,
-        when: args.crash_when,
+    // The process dies at its append `crash_at`, counted over all its calls.
+    let at = args.crash_at.map(|n| match args.crash_when {
+        When::Before => CrashAt::Before(n),
+        When::After => CrashAt::After(n),
+    });
+    let plan = CrashPlan::with_on_crash(at, |at| {
+        eprintln!("flow-worker: crashing at {at:?}");
+        std::process::abort();
     });
     let handler = workflows.handler("mixed-worker").expect("registered above");
     let mut worker = Worker::new("flow-worker");
@@ -162,8 +82,8 @@ async fn main() -> std::process::ExitCode {
         "mixed-worker",
         libflow::WORKFLOW_LIMITS,
         move |ctx, input| {
-            let crash = crash.clone();
-            let ctx = ctx.wrap_log(|inner| Arc::new(Crashing { inner, crash }));
+            let plan = plan.clone();
+            let ctx = ctx.wrap_log(|inner| Arc::new(CrashingLog::new(inner, plan)));
             handler(ctx, input)
         },
     );

@@ -117,6 +117,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// The outcome of a replayed step or call (`Slot::replayed` checked the kind).
+    pub(crate) fn into_outcome(self) -> Outcome {
+        match self {
+            Op::Step { outcome, .. } | Op::Call { outcome, .. } => outcome,
+            other => unreachable!("{} has no outcome", other.describe()),
+        }
+    }
+
     /// How the operation reads in a non-determinism error.
     pub fn describe(&self) -> String {
         match self {

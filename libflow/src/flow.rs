@@ -1091,12 +1091,7 @@ where
                 attempts: 0,
             };
             let outcome = match slot.replayed(&probe)? {
-                Some((_, entry)) => {
-                    let Op::Step { outcome, .. } = entry.op else {
-                        unreachable!("replayed checks the kind")
-                    };
-                    outcome
-                }
+                Some((_, entry)) => entry.op.into_outcome(),
                 None => {
                     let mut attempts = 0;
                     let outcome = loop {
@@ -1173,12 +1168,7 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for CallBuilder<T> {
                 outcome: Outcome::Ok(Value::Null),
             };
             let outcome = match slot.replayed(&probe)? {
-                Some((_, entry)) => {
-                    let Op::Call { outcome, .. } = entry.op else {
-                        unreachable!("replayed checks the kind")
-                    };
-                    outcome
-                }
+                Some((_, entry)) => entry.op.into_outcome(),
                 None => {
                     let key = flow.child_key(pos);
                     let input = serde_json::to_vec(&input)?;

@@ -19,6 +19,8 @@ pub mod rpc;
 #[cfg(feature = "testkit")]
 pub mod conformance;
 #[cfg(feature = "testkit")]
+pub mod crashing;
+#[cfg(feature = "testkit")]
 pub mod memory;
 
 pub use book::{

@@ -8,129 +8,38 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use libflow::{Ended, Workflows};
+use logbook::crashing::{CrashPlan, CrashingLog};
 use logbook::memory::MemoryLogBook;
-use logbook::{AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag};
+use logbook::BookId;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tally_sdk::{Call, Ctx, FunctionError, FunctionResult, Invoker};
 
 pub const BOOK: BookId = BookId(1);
 
-/// Where a process dies: at its `n`th append (from 0), before or after the log takes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Crash {
-    Before(u64),
-    After(u64),
-}
+pub use logbook::crashing::CrashAt as Crash;
 
-/// One process's view of the shared log: counts its appends and dies where told.
+/// One process's view of the shared log: its appends counted, dying where its plan says.
 pub struct Process {
-    log: Arc<MemoryLogBook>,
-    crash: Option<Crash>,
-    appends: AtomicU64,
-    dead: AtomicBool,
+    plan: Arc<CrashPlan>,
+    log: Arc<CrashingLog>,
 }
 
 impl Process {
     pub fn new(log: Arc<MemoryLogBook>, crash: Option<Crash>) -> Arc<Process> {
-        Arc::new(Process {
-            log,
-            crash,
-            appends: AtomicU64::new(0),
-            dead: AtomicBool::new(false),
-        })
+        let plan = CrashPlan::new(crash);
+        let log = Arc::new(CrashingLog::new(log, plan.clone()));
+        Arc::new(Process { plan, log })
     }
 
     pub fn appends(&self) -> u64 {
-        self.appends.load(Ordering::SeqCst)
+        self.plan.appends()
     }
 
     pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::SeqCst)
-    }
-
-    fn alive(&self) -> Result<(), LogError> {
-        if self.is_dead() {
-            Err(LogError::Io("the process crashed".into()))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Runs one append under the crash plan.
-    async fn appending<T>(
-        &self,
-        append: impl std::future::Future<Output = Result<T, LogError>>,
-    ) -> Result<T, LogError> {
-        self.alive()?;
-        let n = self.appends.fetch_add(1, Ordering::SeqCst);
-        if self.crash == Some(Crash::Before(n)) {
-            self.dead.store(true, Ordering::SeqCst);
-            return Err(LogError::Io("the process crashed".into()));
-        }
-        let result = append.await;
-        if self.crash == Some(Crash::After(n)) {
-            self.dead.store(true, Ordering::SeqCst);
-            return Err(LogError::Io("the process crashed".into()));
-        }
-        result
-    }
-}
-
-#[async_trait]
-impl LogBook for Process {
-    async fn append(&self, book: BookId, tags: &[Tag], data: Bytes) -> Result<Seqnum, LogError> {
-        self.appending(self.log.append(book, tags, data)).await
-    }
-    async fn cond_append(
-        &self,
-        book: BookId,
-        tags: &[Tag],
-        data: Bytes,
-        cond: Cond,
-    ) -> Result<Seqnum, LogError> {
-        self.appending(self.log.cond_append(book, tags, data, cond))
-            .await
-    }
-    async fn append_batch(
-        &self,
-        book: BookId,
-        records: Vec<AppendRequest>,
-    ) -> Result<Vec<Seqnum>, LogError> {
-        self.appending(self.log.append_batch(book, records)).await
-    }
-    async fn read_next(&self, b: BookId, t: Tag, s: Seqnum) -> Result<Option<Record>, LogError> {
-        self.alive()?;
-        self.log.read_next(b, t, s).await
-    }
-    async fn read_prev(&self, b: BookId, t: Tag, s: Seqnum) -> Result<Option<Record>, LogError> {
-        self.alive()?;
-        self.log.read_prev(b, t, s).await
-    }
-    async fn read_next_blocking(
-        &self,
-        b: BookId,
-        t: Tag,
-        s: Seqnum,
-        timeout: Duration,
-    ) -> Result<Option<Record>, LogError> {
-        self.alive()?;
-        self.log.read_next_blocking(b, t, s, timeout).await
-    }
-    async fn set_aux_data(&self, b: BookId, s: Seqnum, aux: Bytes) -> Result<(), LogError> {
-        self.alive()?;
-        self.log.set_aux_data(b, s, aux).await
-    }
-    async fn trim(&self, b: BookId, t: Tag, below: Seqnum) -> Result<(), LogError> {
-        self.alive()?;
-        self.log.trim(b, t, below).await
-    }
-    async fn read_range(&self, b: BookId, t: Tag, r: ReadRange) -> Result<Vec<Record>, LogError> {
-        self.alive()?;
-        self.log.read_range(b, t, r).await
+        self.plan.is_dead()
     }
 }
 
@@ -290,7 +199,7 @@ pub async fn run_input(
         workflows: workflows.clone(),
         log: log.clone(),
     });
-    let ctx = Ctx::with_invoker(process.clone(), BOOK, "inv".into(), invoker, 0);
+    let ctx = Ctx::with_invoker(process.log.clone(), BOOK, "inv".into(), invoker, 0);
     let handler = workflows
         .handler(workflow)
         .expect("the workflow is registered");
