@@ -23,6 +23,13 @@ pub struct Cond {
     pub position: u64,
 }
 
+impl Cond {
+    /// The record must land at `position` of `tag`'s stream.
+    pub fn at(tag: Tag, position: u64) -> Cond {
+        Cond { tag, position }
+    }
+}
+
 /// One record to append.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendRequest {
