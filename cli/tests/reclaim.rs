@@ -51,10 +51,7 @@ async fn trim_reclaims_segments_and_restart_keeps_positions() {
             BOOK,
             &[STEPS],
             Bytes::from_static(b"step"),
-            Cond {
-                tag: STEPS,
-                position,
-            },
+            Cond::at(STEPS, position),
         )
         .await
         .unwrap();
@@ -100,10 +97,7 @@ async fn trim_reclaims_segments_and_restart_keeps_positions() {
             BOOK,
             &[STEPS],
             Bytes::from_static(b"again"),
-            Cond {
-                tag: STEPS,
-                position: 2,
-            },
+            Cond::at(STEPS, 2),
         )
         .await;
     assert!(
@@ -114,10 +108,7 @@ async fn trim_reclaims_segments_and_restart_keeps_positions() {
         BOOK,
         &[STEPS],
         Bytes::from_static(b"next"),
-        Cond {
-            tag: STEPS,
-            position: 3,
-        },
+        Cond::at(STEPS, 3),
     )
     .await
     .unwrap();

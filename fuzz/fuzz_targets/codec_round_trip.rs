@@ -51,7 +51,7 @@ impl Entry {
 #[derive(Arbitrary, Debug)]
 enum Kind {
     Data,
-    Cond(u64, u64),
+    Cond(u64, u64, u64, u64),
     Trim(u64, u64),
 }
 
@@ -120,10 +120,9 @@ impl Input {
             } => {
                 let kind = match *kind {
                     Kind::Data => RecordKind::Data,
-                    Kind::Cond(tag, position) => RecordKind::Cond(Cond {
-                        tag: Tag(tag),
-                        position,
-                    }),
+                    Kind::Cond(tag, position, token, after) => {
+                        RecordKind::Cond(Cond::chained(Tag(tag), position, token, after))
+                    }
                     Kind::Trim(tag, below) => RecordKind::Trim {
                         tag: Tag(tag),
                         below: Seqnum(below),

@@ -283,10 +283,7 @@ impl Journal {
                             "the log has run out of invocation owner numbers".into(),
                         ));
                     }
-                    let cond = Cond {
-                        tag: OWNERS_TAG,
-                        position,
-                    };
+                    let cond = Cond::at(OWNERS_TAG, position);
                     match self
                         .log
                         .cond_append(INVOCATIONS_BOOK, &[OWNERS_TAG], data.clone(), cond)
@@ -349,10 +346,7 @@ impl Journal {
         let seqnum = match key_tag {
             Some((tag, generation)) => {
                 let tags = [owner_tag(owner), inv_tag, tag];
-                let cond = Cond {
-                    tag,
-                    position: generation,
-                };
+                let cond = Cond::at(tag, generation);
                 self.log
                     .cond_append(INVOCATIONS_BOOK, &tags, data, cond)
                     .await?
@@ -388,10 +382,7 @@ impl Journal {
             at_ms: finished.finished_at_ms,
         };
         let data = encode(&entry, &finished.payload);
-        let cond = Cond {
-            tag: inv_tag,
-            position,
-        };
+        let cond = Cond::at(inv_tag, position);
         let tags = [inv_tag, owner_tag(finished.owner)];
         match self
             .log
@@ -478,10 +469,7 @@ impl Journal {
             owner,
             at_ms: now_ms(),
         };
-        let cond = Cond {
-            tag: inv_tag,
-            position: history.len,
-        };
+        let cond = Cond::at(inv_tag, history.len);
         let tags = [owner_tag(owner), inv_tag];
         match self
             .log

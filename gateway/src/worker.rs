@@ -271,10 +271,7 @@ async fn serve(ctx: &Ctx, op: Option<request::Op>) -> reply::Result {
                     "cond_append needs a record and a cond".into(),
                 ));
             };
-            let cond = Cond {
-                tag: Tag(cond.tag),
-                position: cond.position,
-            };
+            let cond = Cond::chained(Tag(cond.tag), cond.position, cond.token, cond.after);
             seqnums(
                 ctx.cond_append(&tags(&r.tags), r.data, cond)
                     .await

@@ -553,10 +553,7 @@ impl Flow {
     /// Appends `data` at `pos` of the step stream, once. A condition lost to a record equal
     /// to `data` (an earlier try of this append that landed) counts as written.
     async fn append_at(&self, pos: u64, tags: &[Tag], data: Bytes) -> Result<Seqnum, Error> {
-        let cond = Cond {
-            tag: self.inner.steps,
-            position: pos,
-        };
+        let cond = Cond::at(self.inner.steps, pos);
         let mut tries = 0;
         loop {
             tries += 1;

@@ -189,16 +189,8 @@ pub async fn cond_append_races_have_one_winner_per_position(log: Arc<dyn LogBook
             let log = log.clone();
             tasks.push(tokio::spawn(async move {
                 let data = Bytes::from(format!("p{position}-w{w}"));
-                log.cond_append(
-                    B,
-                    &[stream, Tag(43)],
-                    data,
-                    Cond {
-                        tag: stream,
-                        position,
-                    },
-                )
-                .await
+                log.cond_append(B, &[stream, Tag(43)], data, Cond::at(stream, position))
+                    .await
             }));
         }
         let mut winners = 0;
@@ -237,74 +229,88 @@ pub async fn cond_append_at_wrong_position_fails(log: &dyn LogBook) {
     let t = Tag(50);
     let data = || Bytes::from_static(b"c");
     assert!(log
-        .cond_append(
-            B,
-            &[t],
-            data(),
-            Cond {
-                tag: t,
-                position: 0
-            }
-        )
+        .cond_append(B, &[t], data(), Cond::at(t, 0))
         .await
         .is_ok());
-    let stale = log
-        .cond_append(
-            B,
-            &[t],
-            data(),
-            Cond {
-                tag: t,
-                position: 0,
-            },
-        )
-        .await;
+    let stale = log.cond_append(B, &[t], data(), Cond::at(t, 0)).await;
     assert!(
         matches!(stale, Err(LogError::CondFailed { stream_len: 1, .. })),
         "{stale:?}"
     );
-    let future = log
-        .cond_append(
-            B,
-            &[t],
-            data(),
-            Cond {
-                tag: t,
-                position: 5,
-            },
-        )
-        .await;
+    let future = log.cond_append(B, &[t], data(), Cond::at(t, 5)).await;
     assert!(
         matches!(future, Err(LogError::CondFailed { stream_len: 1, .. })),
         "{future:?}"
     );
-    let absent = log
-        .cond_append(
-            B,
-            &[Tag(51)],
-            data(),
-            Cond {
-                tag: t,
-                position: 1,
-            },
-        )
-        .await;
+    let absent = log.cond_append(B, &[Tag(51)], data(), Cond::at(t, 1)).await;
     assert!(
         matches!(absent, Err(LogError::BadArgument(_))),
         "{absent:?}"
     );
     assert!(log
-        .cond_append(
-            B,
-            &[t],
-            data(),
-            Cond {
-                tag: t,
-                position: 1
-            }
-        )
+        .cond_append(B, &[t], data(), Cond::at(t, 1))
         .await
         .is_ok());
+}
+
+/// A chained conditional append (`Cond::chained`) lands only right after a record written
+/// with the token it names: once one link of a writer's chain loses its position to another
+/// writer, every later link loses too, though its position is free.
+pub async fn chained_cond_appends_stop_at_the_first_lost_link(log: &dyn LogBook) {
+    let t = Tag(52);
+    const TOKEN_A: u64 = 0xa;
+    const TOKEN_B: u64 = 0xb;
+    let append = |d: &'static str, cond: Cond| {
+        log.cond_append(
+            B,
+            std::slice::from_ref(&t),
+            Bytes::from_static(d.as_bytes()),
+            cond,
+        )
+    };
+    // Writer A's first link names no predecessor; its second names A.
+    append("a0", Cond::chained(t, 0, TOKEN_A, 0))
+        .await
+        .expect("a0 lands");
+    append("a1", Cond::chained(t, 1, TOKEN_A, TOKEN_A))
+        .await
+        .expect("a1 lands");
+    // B takes position 2 first; A's link at 2 loses on its position, and A's link at 3 loses
+    // on its predecessor, although position 3 is free.
+    append("b2", Cond::chained(t, 2, TOKEN_B, 0))
+        .await
+        .expect("b2 lands");
+    let lost = append("a2", Cond::chained(t, 2, TOKEN_A, TOKEN_A)).await;
+    assert!(
+        matches!(lost, Err(LogError::CondFailed { stream_len: 3, .. })),
+        "{lost:?}"
+    );
+    let behind_b = append("a3", Cond::chained(t, 3, TOKEN_A, TOKEN_A)).await;
+    assert!(
+        matches!(behind_b, Err(LogError::CondFailed { stream_len: 3, .. })),
+        "a link after another writer's record must lose: {behind_b:?}"
+    );
+    // B's chain goes on; a plain record clears the stream's token.
+    append("b3", Cond::chained(t, 3, TOKEN_B, TOKEN_B))
+        .await
+        .expect("b3 lands");
+    log.append(B, &[t], Bytes::from_static(b"plain"))
+        .await
+        .expect("a plain append");
+    let after_plain = append("b5", Cond::chained(t, 5, TOKEN_B, TOKEN_B)).await;
+    assert!(
+        matches!(after_plain, Err(LogError::CondFailed { stream_len: 5, .. })),
+        "{after_plain:?}"
+    );
+    append("x5", Cond::at(t, 5))
+        .await
+        .expect("a plain condition holds");
+    let got: Vec<String> = read_all(log, B, t)
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(got, ["a0", "a1", "b2", "b3", "plain", "x5"]);
 }
 
 /// A blocking read returns a record appended after it started waiting.
@@ -607,6 +613,7 @@ macro_rules! conformance_tests {
             any_tag_reads_every_record_of_the_book,
             books_are_isolated,
             cond_append_at_wrong_position_fails,
+            chained_cond_appends_stop_at_the_first_lost_link,
             blocking_read_times_out_empty,
             trim_removes_a_prefix,
             aux_data_is_returned_with_its_record,

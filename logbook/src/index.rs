@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 pub enum Applied {
     /// The record is visible under its tags and `Tag::ANY`.
     Indexed,
-    /// A conditional record lost: its stream held `stream_len` records already. Not visible.
+    /// A conditional record lost: its stream held `stream_len` records already, or its
+    /// newest record did not carry the token the condition names. Not visible.
     CondFailed { stream_len: u64 },
     /// A trim marker moved trim points; the marker itself is not visible.
     Trimmed,
@@ -29,6 +30,8 @@ struct Stream {
     /// Records dropped from the front by compaction: positions never move.
     compacted: u64,
     trimmed_below: Seqnum,
+    /// The token of the stream's newest record (`Cond::token`; 0 for a plain record).
+    last_token: u64,
 }
 
 impl Stream {
@@ -36,8 +39,9 @@ impl Stream {
         self.compacted + self.seqnums.len() as u64
     }
 
-    fn push(&mut self, seqnum: Seqnum) {
+    fn push(&mut self, seqnum: Seqnum, token: u64) {
         self.seqnums.push(seqnum);
+        self.last_token = token;
     }
 
     fn trim(&mut self, below: Seqnum) {
@@ -88,9 +92,13 @@ impl Stream {
     }
 
     fn checkpoint(&self, below: Seqnum) -> StreamCheckpoint {
+        // Records at or above `below` are replayed over the checkpoint and set the newest
+        // token again; only a stream whose newest record is below it needs its token kept.
+        let newest_below = self.seqnums.last().is_none_or(|s| *s < below);
         StreamCheckpoint {
             len: self.len_below(below),
             trimmed_below: self.trimmed_below,
+            last_token: if newest_below { self.last_token } else { 0 },
         }
     }
 
@@ -99,6 +107,7 @@ impl Stream {
             seqnums: Vec::new(),
             compacted: cp.len,
             trimmed_below: cp.trimmed_below,
+            last_token: cp.last_token,
         }
     }
 }
@@ -124,6 +133,9 @@ pub struct BookCheckpoint {
 pub struct StreamCheckpoint {
     pub len: u64,
     pub trimmed_below: Seqnum,
+    /// The token of the newest record below the checkpoint (`Cond::token`).
+    #[serde(default)]
+    pub last_token: u64,
 }
 
 #[derive(Debug, Default)]
@@ -188,8 +200,10 @@ impl TagIndex {
                 Applied::Trimmed
             }
             RecordKind::Cond(cond) => {
-                let stream_len = book.tags.get(&cond.tag).map_or(0, Stream::len);
-                if stream_len != cond.position {
+                let stream = book.tags.get(&cond.tag);
+                let stream_len = stream.map_or(0, Stream::len);
+                let last_token = stream.map_or(0, |s| s.last_token);
+                if stream_len != cond.position || (cond.after != 0 && last_token != cond.after) {
                     return Applied::CondFailed { stream_len };
                 }
                 Self::index(book, entry);
@@ -205,9 +219,13 @@ impl TagIndex {
     }
 
     fn index(book: &mut BookIndex, entry: &IndexEntry) {
-        book.all.push(entry.seqnum);
+        book.all.push(entry.seqnum, 0);
         for &tag in &entry.tags {
-            book.stream_mut(tag).push(entry.seqnum);
+            let token = match entry.kind {
+                RecordKind::Cond(c) if c.tag == tag => c.token,
+                _ => 0,
+            };
+            book.stream_mut(tag).push(entry.seqnum, token);
         }
     }
 
@@ -362,10 +380,7 @@ mod tests {
 
     fn cond(seqnum: u64, tag: u64, position: u64) -> IndexEntry {
         IndexEntry {
-            kind: RecordKind::Cond(Cond {
-                tag: Tag(tag),
-                position,
-            }),
+            kind: RecordKind::Cond(Cond::at(Tag(tag), position)),
             ..data(seqnum, 0, &[tag])
         }
     }
@@ -474,6 +489,43 @@ mod tests {
             3,
             "stale condition at 7 lost, 8 won"
         );
+    }
+
+    #[test]
+    fn a_chain_token_survives_a_checkpoint() {
+        let chained = |seqnum: u64, position: u64, token: u64, after: u64| IndexEntry {
+            kind: RecordKind::Cond(Cond::chained(Tag(9), position, token, after)),
+            ..data(seqnum, 0, &[9])
+        };
+        let trim = IndexEntry {
+            kind: RecordKind::Trim {
+                tag: Tag::ANY,
+                below: Seqnum(2),
+            },
+            ..data(2, 0, &[])
+        };
+        let entries = [chained(1, 0, 7, 0), trim];
+        // Below 3 the checkpoint keeps the token; below 1 the replay sets it again.
+        for (below, replayed) in [(3, 2), (1, 0)] {
+            let mut full = TagIndex::new();
+            for e in &entries {
+                full.apply(e);
+            }
+            let mut restored = TagIndex::from_checkpoint(&full.checkpoint(Seqnum(below)));
+            for e in &entries[replayed..] {
+                restored.apply(e);
+            }
+            assert_eq!(
+                restored.apply(&chained(3, 1, 8, 7)),
+                Applied::Indexed,
+                "below {below}: the link after token 7 lands"
+            );
+            assert_eq!(
+                restored.apply(&chained(4, 2, 7, 7)),
+                Applied::CondFailed { stream_len: 2 },
+                "below {below}: the stream's newest token is 8 now"
+            );
+        }
     }
 
     #[test]

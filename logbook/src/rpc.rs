@@ -49,6 +49,8 @@ impl From<&LogRecord> for pb::LogRecord {
                 Some(pb::Cond {
                     tag: c.tag.0,
                     position: c.position,
+                    token: c.token,
+                    after: c.after,
                 }),
                 None,
             ),
@@ -75,10 +77,12 @@ impl pb::LogRecord {
     pub fn kind(&self) -> Result<RecordKind, WireError> {
         match (&self.cond, &self.trim) {
             (None, None) => Ok(RecordKind::Data),
-            (Some(c), None) => Ok(RecordKind::Cond(Cond {
-                tag: Tag(c.tag),
-                position: c.position,
-            })),
+            (Some(c), None) => Ok(RecordKind::Cond(Cond::chained(
+                Tag(c.tag),
+                c.position,
+                c.token,
+                c.after,
+            ))),
             (None, Some(t)) => Ok(RecordKind::Trim {
                 tag: Tag(t.tag),
                 below: Seqnum(t.below),
@@ -262,10 +266,8 @@ mod tests {
     fn records_entries_and_views_round_trip() {
         for kind in [
             RecordKind::Data,
-            RecordKind::Cond(Cond {
-                tag: Tag(3),
-                position: 9,
-            }),
+            RecordKind::Cond(Cond::at(Tag(3), 9)),
+            RecordKind::Cond(Cond::chained(Tag(3), 9, 11, 12)),
             RecordKind::Trim {
                 tag: Tag::ANY,
                 below: Seqnum(77),

@@ -310,6 +310,8 @@ impl LogBook for Remote {
             cond: Some(wpb::Cond {
                 tag: cond.tag.0,
                 position: cond.position,
+                token: cond.token,
+                after: cond.after,
             }),
         });
         Ok(self.seqnums(op).await?[0])

@@ -963,10 +963,10 @@ impl World {
                 data: bytes::Bytes::from(format!("{}:{op_id}", id.0)),
                 tags: vec![tag],
                 kind: if conditional {
-                    RecordKind::Cond(logbook::Cond {
+                    RecordKind::Cond(logbook::Cond::at(
                         tag,
-                        position: (seen + 1).saturating_sub(self.rng.random_range(0..3)),
-                    })
+                        (seen + 1).saturating_sub(self.rng.random_range(0..3)),
+                    ))
                 } else {
                     RecordKind::Data
                 },

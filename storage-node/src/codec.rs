@@ -33,6 +33,7 @@
 //! Record (kind 2):
 //! `shard u32, local_id u64, book u32, record_kind u8` then by `record_kind`:
 //! 0 data: nothing; 1 cond: `tag u64, position u64`; 2 trim: `tag u64, below u64`;
+//! 3 chained cond: `tag u64, position u64, token u64, after u64` (a cond with tokens);
 //! then `tag_count u16, tag_count x tag u64, data_len u32, data`.
 //!
 //! Metalog (kind 3): one `MetalogEntry`.
@@ -60,6 +61,7 @@ const KIND_CHECKPOINT: u8 = 4;
 const RECORD_DATA: u8 = 0;
 const RECORD_COND: u8 = 1;
 const RECORD_TRIM: u8 = 2;
+const RECORD_COND_CHAINED: u8 = 3;
 
 /// One shard's position at the start of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,10 +170,17 @@ pub fn encode_record(shard: ShardId, local_id: LocalId, r: &LogRecord, out: &mut
         out.put_u32_le(r.book.0);
         match r.kind {
             RecordKind::Data => out.put_u8(RECORD_DATA),
-            RecordKind::Cond(c) => {
+            RecordKind::Cond(c) if c.token == 0 && c.after == 0 => {
                 out.put_u8(RECORD_COND);
                 out.put_u64_le(c.tag.0);
                 out.put_u64_le(c.position);
+            }
+            RecordKind::Cond(c) => {
+                out.put_u8(RECORD_COND_CHAINED);
+                out.put_u64_le(c.tag.0);
+                out.put_u64_le(c.position);
+                out.put_u64_le(c.token);
+                out.put_u64_le(c.after);
             }
             RecordKind::Trim { tag, below } => {
                 out.put_u8(RECORD_TRIM);
@@ -374,10 +383,10 @@ fn decode_record(r: &mut Reader<'_>) -> Result<RecordFrame, DecodeError> {
     let book = BookId(r.u32()?);
     let kind = match r.u8()? {
         RECORD_DATA => RecordKind::Data,
-        RECORD_COND => RecordKind::Cond(Cond {
-            tag: Tag(r.u64()?),
-            position: r.u64()?,
-        }),
+        RECORD_COND => RecordKind::Cond(Cond::at(Tag(r.u64()?), r.u64()?)),
+        RECORD_COND_CHAINED => {
+            RecordKind::Cond(Cond::chained(Tag(r.u64()?), r.u64()?, r.u64()?, r.u64()?))
+        }
         RECORD_TRIM => RecordKind::Trim {
             tag: Tag(r.u64()?),
             below: Seqnum(r.u64()?),
@@ -519,10 +528,9 @@ mod tests {
     fn record_strategy() -> impl Strategy<Value = RecordFrame> {
         let kind = prop_oneof![
             Just(RecordKind::Data),
-            (any::<u64>(), any::<u64>()).prop_map(|(t, p)| RecordKind::Cond(Cond {
-                tag: Tag(t),
-                position: p
-            })),
+            (any::<u64>(), any::<u64>()).prop_map(|(t, p)| RecordKind::Cond(Cond::at(Tag(t), p))),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
+                .prop_map(|(t, p, k, a)| RecordKind::Cond(Cond::chained(Tag(t), p, k, a))),
             (any::<u64>(), any::<u64>()).prop_map(|(t, b)| RecordKind::Trim {
                 tag: Tag(t),
                 below: Seqnum(b)

@@ -232,10 +232,7 @@ async fn recovery_round_trip_restores_metalog_index_progress_and_reads() {
     let cond = LogRecord {
         book: BookId(2),
         tags: vec![Tag(3), Tag(4)],
-        kind: RecordKind::Cond(Cond {
-            tag: Tag(3),
-            position: 0,
-        }),
+        kind: RecordKind::Cond(Cond::at(Tag(3), 0)),
         data: Bytes::from_static(b"cond"),
     };
     let trim = LogRecord {

@@ -41,10 +41,7 @@ fn data(t: &[u64], bytes: &'static str) -> (Vec<Tag>, RecordKind, Bytes) {
 fn cond(t: &[u64], bytes: &'static str, tag: u64, position: u64) -> (Vec<Tag>, RecordKind, Bytes) {
     (
         tags(t),
-        RecordKind::Cond(Cond {
-            tag: Tag(tag),
-            position,
-        }),
+        RecordKind::Cond(Cond::at(Tag(tag), position)),
         Bytes::from_static(bytes.as_bytes()),
     )
 }
