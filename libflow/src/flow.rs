@@ -7,6 +7,16 @@
 //! first polled, which `join_all` makes the order they are listed in, run at once, and write
 //! their outcomes in position order. An operation's future must be awaited to its end: one
 //! dropped half-way leaves its position `Abandoned`.
+//!
+//! **Running ahead of the disk.** An operation hands its record to the log and goes on
+//! without waiting for the log to acknowledge it: the records of one execution are a chain of
+//! conditional appends (`Cond::chained`, with the execution's token), so they land in position
+//! order or not at all, and once one loses its position to another execution every later one
+//! loses too. A crash loses a suffix of the chain, never a record in the middle. What leaves
+//! the instance waits until every record handed to the log before it is acknowledged (a
+//! barrier): an external step before it runs, a child call before it starts the child, a
+//! suspension, and the instance's end (its reply). Table operations, `now`/`random`/`uuid`,
+//! `version`, timers' records and steps marked `internal()` do not wait.
 
 use crate::entry::{
     key_tag, now_ms, signal_tag, steps_tag, Entry, Op, Outcome, SignalRecord, Write,
@@ -30,6 +40,8 @@ use tokio::sync::watch;
 const APPEND_TRIES: u32 = 8;
 /// Longest one blocking read of a signal stream waits before looking again.
 const SIGNAL_POLL: Duration = Duration::from_secs(30);
+/// Records an execution hands to the log before the oldest of them is acknowledged, at most.
+const RUN_AHEAD_MAX: u64 = 64;
 
 /// How often a step is tried, and how long it waits between tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +104,9 @@ struct Inner {
     ctx: Ctx,
     id: String,
     steps: Tag,
+    /// This execution's token: each record it writes names it, and names it as its
+    /// predecessor's (`Cond::chained`).
+    token: u64,
     setup: Setup,
     state: Mutex<State>,
     progress: watch::Sender<Progress>,
@@ -100,14 +115,21 @@ struct Inner {
 /// How far the step stream is written, or why this execution stopped.
 #[derive(Clone)]
 struct Progress {
+    /// Positions below this are in the log, acknowledged.
     written: u64,
+    /// Positions below this are handed to the log (acknowledged or not).
+    sent: u64,
     stopped: Option<Error>,
 }
 
 struct State {
     /// The records of the step stream this execution knows, by position: those read at its
-    /// start, then those it wrote.
+    /// start, then those it wrote and the log acknowledged.
     history: Vec<(Seqnum, Entry)>,
+    /// Records handed to the log and not yet acknowledged, by position (past `history`).
+    in_flight: BTreeMap<u64, Entry>,
+    /// Acknowledged positions past a gap (a record before them is not acknowledged yet).
+    acked: BTreeMap<u64, Seqnum>,
     /// Positions below this are replayed from the history.
     replay_len: u64,
     /// The next position an operation takes.
@@ -132,6 +154,7 @@ impl Flow {
         let written = history.len() as u64;
         let (progress, _) = watch::channel(Progress {
             written,
+            sent: written,
             stopped: None,
         });
         Flow {
@@ -139,9 +162,12 @@ impl Flow {
                 ctx,
                 id: id.to_string(),
                 steps: steps_tag(id),
+                token: random_u64() | 1,
                 setup,
                 state: Mutex::new(State {
                     history,
+                    in_flight: BTreeMap::new(),
+                    acked: BTreeMap::new(),
                     replay_len: written,
                     // Position 0 is the instance's start.
                     next: 1,
@@ -203,6 +229,7 @@ impl Flow {
             name: name.to_string(),
             f,
             retry: self.inner.setup.retry,
+            internal: false,
             compensation: None,
             _out: std::marker::PhantomData,
         }
@@ -244,6 +271,8 @@ impl Flow {
             };
             return Ok(invocation);
         }
+        // The child is seen outside the instance: what it depends on must be in the log.
+        self.barrier().await?;
         let key = self.child_key(slot.pos);
         let invocation = match self.ctx().invoke_async_keyed(function, &key, input).await {
             Ok(id) => id,
@@ -283,8 +312,13 @@ impl Flow {
     /// away and nothing else of the instance is under way: an invocation of the workflow,
     /// in the log and due at the deadline, drives it on from its history.
     async fn suspend_for_timer(&self, deadline_ms: u64) -> Result<(), Error> {
+        if !self.far(deadline_ms) {
+            return Ok(());
+        }
+        // The instance goes on from its history in the log: all of it must be there.
+        self.barrier().await?;
         let written = self.state().history.len() as u64;
-        if !self.far(deadline_ms) || written == 0 || !self.quiet(written - 1) {
+        if written == 0 || !self.quiet(written - 1) {
             return Ok(());
         }
         self.suspend_for_timer_at(written, deadline_ms).await?;
@@ -528,17 +562,58 @@ impl Flow {
         Ok(self.state().history[pos as usize].0)
     }
 
-    /// Waits until the positions below `len` are written.
-    async fn wait_written(&self, len: u64) -> Result<(), Error> {
+    /// Waits until every record handed to the log so far is acknowledged: what leaves the
+    /// instance after this depends on nothing a crash could lose.
+    pub(crate) async fn barrier(&self) -> Result<(), Error> {
+        let sent = self.inner.progress.borrow().sent;
+        self.wait_written(sent).await
+    }
+
+    /// Waits until the positions below `len` are handed to the log.
+    async fn wait_sent(&self, len: u64) -> Result<(), Error> {
+        self.wait_progress(|p| p.sent >= len).await
+    }
+
+    /// Waits until fewer than `RUN_AHEAD_MAX` records handed to the log are unacknowledged.
+    async fn wait_run_ahead(&self) -> Result<(), Error> {
+        self.wait_progress(|p| p.sent - p.written < RUN_AHEAD_MAX)
+            .await
+    }
+
+    /// Waits until `done` holds of the progress; fails if the execution stops first.
+    async fn wait_progress(&self, done: impl Fn(&Progress) -> bool) -> Result<(), Error> {
         let mut progress = self.inner.progress.subscribe();
         let progress = progress
-            .wait_for(|p| p.written >= len || p.stopped.is_some())
+            .wait_for(|p| done(p) || p.stopped.is_some())
             .await
             .expect("the flow keeps its progress sender");
         match &progress.stopped {
-            Some(e) if progress.written < len => Err(e.clone()),
+            Some(e) if !done(&progress) => Err(e.clone()),
             _ => Ok(()),
         }
+    }
+
+    /// The newest value this execution wrote to `table`/`key` in records before `pos` that the
+    /// log has not acknowledged yet (`Some(None)`: a delete), if it wrote one.
+    pub(crate) fn in_flight_write(
+        &self,
+        table: &str,
+        key: &str,
+        pos: u64,
+    ) -> Option<Option<Value>> {
+        let state = self.state();
+        state
+            .in_flight
+            .range(..pos)
+            .rev()
+            .flat_map(|(_, entry)| entry.writes.iter().rev())
+            .find(|w| w.table == table && w.key == key)
+            .map(|w| w.value.clone())
+    }
+
+    /// Waits until the positions below `len` are written.
+    async fn wait_written(&self, len: u64) -> Result<(), Error> {
+        self.wait_progress(|p| p.written >= len).await
     }
 
     /// Stops this execution: every operation waiting for its turn fails with `e`.
@@ -550,24 +625,44 @@ impl Flow {
         });
     }
 
+    /// The condition of this execution's record at `pos`: the next link of its chain. The
+    /// first record after the history it read names no predecessor (its position decides).
+    fn cond_at(&self, pos: u64) -> Cond {
+        let replayed = pos == 0 || pos - 1 < self.state().replay_len;
+        let after = if replayed { 0 } else { self.inner.token };
+        Cond::chained(self.inner.steps, pos, self.inner.token, after)
+    }
+
     /// Appends `data` at `pos` of the step stream, once. A condition lost to a record equal
-    /// to `data` (an earlier try of this append that landed) counts as written.
-    async fn append_at(&self, pos: u64, tags: &[Tag], data: Bytes) -> Result<Seqnum, Error> {
-        let cond = Cond::at(self.inner.steps, pos);
+    /// to `data` (an earlier try of this append that landed) counts as written; one lost
+    /// because this execution's record before it is not in the log yet is tried again once
+    /// that one is.
+    async fn append_at(
+        &self,
+        pos: u64,
+        tags: &[Tag],
+        data: Bytes,
+        cond: Cond,
+    ) -> Result<Seqnum, Error> {
         let mut tries = 0;
         loop {
             tries += 1;
             match self.ctx().cond_append(tags, data.clone(), cond).await {
                 Ok(seqnum) => return Ok(seqnum),
                 Err(LogError::CondFailed { .. }) => {
+                    // Whatever is at `pos` came after every earlier position.
+                    self.wait_written(pos).await?;
                     let after = match pos {
                         0 => Seqnum(0),
                         _ => Seqnum(self.state().history[pos as usize - 1].0 .0 + 1),
                     };
-                    return match self.ctx().read_next(self.inner.steps, after).await? {
-                        Some(record) if record.data == data => Ok(record.seqnum),
-                        _ => Err(Error::Superseded { position: pos }),
-                    };
+                    match self.ctx().read_next(self.inner.steps, after).await? {
+                        Some(record) if record.data == data => return Ok(record.seqnum),
+                        Some(_) => return Err(Error::Superseded { position: pos }),
+                        // Nothing there yet: this try overtook the record before it.
+                        None if tries < APPEND_TRIES => {}
+                        None => return Err(Error::Superseded { position: pos }),
+                    }
                 }
                 Err(e) if e.is_retryable() && tries < APPEND_TRIES => {
                     tokio::time::sleep(Duration::from_millis(10 << tries.min(6))).await;
@@ -577,17 +672,26 @@ impl Flow {
         }
     }
 
-    /// Notes that `entry` is written at `pos`.
-    fn written(&self, pos: u64, seqnum: Seqnum, entry: Entry) {
+    /// Notes that the log acknowledged the record at `pos` (handed to it, in `in_flight`).
+    fn acknowledged(&self, pos: u64, seqnum: Seqnum) {
         let mut state = self.state();
-        debug_assert_eq!(
-            state.history.len() as u64,
-            pos,
-            "positions are written in order"
-        );
-        state.history.push((seqnum, entry));
+        state.acked.insert(pos, seqnum);
+        loop {
+            let next = state.history.len() as u64;
+            let Some(seqnum) = state.acked.remove(&next) else {
+                break;
+            };
+            let entry = state
+                .in_flight
+                .remove(&next)
+                .expect("an acknowledged record was handed to the log");
+            state.history.push((seqnum, entry));
+        }
+        let written = state.history.len() as u64;
         drop(state);
-        self.inner.progress.send_modify(|p| p.written = pos + 1);
+        self.inner
+            .progress
+            .send_modify(|p| p.written = p.written.max(written));
     }
 
     /// Remembers a compensation for the operation at `pos`, which succeeded.
@@ -633,15 +737,17 @@ impl Flow {
         Ok(n)
     }
 
-    /// Writes the instance's end (with any buffered writes).
-    pub(crate) async fn end(&self, op: Op) -> Result<(), Error> {
+    /// Writes the instance's end (with any buffered writes) and waits until it and every
+    /// record before it are in the log; returns the end's record (an earlier execution's, on
+    /// a replay).
+    pub(crate) async fn end(&self, op: Op) -> Result<Entry, Error> {
         // The end is written whatever came before it, a cancellation too.
         self.state().compensating = true;
         let mut slot = self.slot();
-        if slot.replayed(&op)?.is_none() {
-            slot.commit(op).await?;
+        if let Some((_, entry)) = slot.replayed(&op)? {
+            return Ok(entry);
         }
-        Ok(())
+        slot.commit_durable(op).await
     }
 
     // -----------------------------------------------------------------------------------
@@ -863,6 +969,11 @@ impl Slot {
         Ok(Some((seqnum, entry)))
     }
 
+    /// The position.
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
     /// The writes this position's record carries.
     pub(crate) fn carried(&self) -> &[Write] {
         &self.carried
@@ -873,16 +984,47 @@ impl Slot {
         self.flow.wait_written(self.pos).await
     }
 
-    /// Writes `op`'s record at this position, after every earlier one.
-    pub(crate) async fn commit(mut self, op: Op) -> Result<Seqnum, Error> {
+    /// Waits until every earlier position is handed to the log: every write of this
+    /// execution before this position is in the history or in flight.
+    pub(crate) async fn wait_sent(&self) -> Result<(), Error> {
+        self.flow.wait_sent(self.pos).await
+    }
+
+    /// Hands `op`'s record at this position to the log, after every earlier one, and returns
+    /// without waiting for the log's acknowledgement (`Flow::barrier` waits for it). A record
+    /// the log refuses stops the execution.
+    pub(crate) async fn commit(self, op: Op) -> Result<(), Error> {
+        if let Handed::OnItsWay(append) = self.hand_over(op).await?.1 {
+            tokio::spawn(append);
+        }
+        Ok(())
+    }
+
+    /// Like `commit`, and waits until the log took the record: then every earlier position
+    /// is in the log too (the record landed right after them). Returns the record.
+    pub(crate) async fn commit_durable(self, op: Op) -> Result<Entry, Error> {
+        let (entry, handed) = self.hand_over(op).await?;
+        match handed {
+            Handed::Taken(result) => result?,
+            Handed::OnItsWay(append) => append.await?,
+        };
+        Ok(entry)
+    }
+
+    /// Builds the record, hands it to the log once every earlier position's is, and returns
+    /// it with its append (which notes the log's answer in the flow when it comes).
+    async fn hand_over(mut self, op: Op) -> Result<(Entry, Handed), Error> {
         self.done = true;
-        self.wait_turn().await?;
+        let flow = self.flow.clone();
+        let pos = self.pos;
+        flow.wait_sent(pos).await?;
+        flow.wait_run_ahead().await?;
         let entry = Entry {
             op,
             writes: std::mem::take(&mut self.carried),
             at_ms: now_ms(),
         };
-        let mut tags = vec![self.flow.inner.steps];
+        let mut tags = vec![flow.inner.steps];
         if matches!(entry.op, Op::Start { .. }) {
             tags.push(crate::entry::instances_tag());
         }
@@ -892,18 +1034,43 @@ impl Slot {
                 tags.push(tag);
             }
         }
-        let data = Bytes::from(serde_json::to_vec(&entry)?);
-        match self.flow.append_at(self.pos, &tags, data).await {
-            Ok(seqnum) => {
-                self.flow.written(self.pos, seqnum, entry);
-                Ok(seqnum)
-            }
+        let data = match serde_json::to_vec(&entry) {
+            Ok(data) => Bytes::from(data),
             Err(e) => {
-                self.flow.stop(e.clone());
-                Err(e)
+                let e = Error::from(e);
+                flow.stop(e.clone());
+                return Err(e);
             }
-        }
+        };
+        let cond = flow.cond_at(pos);
+        flow.state().in_flight.insert(pos, entry.clone());
+        let mut append: BoxFuture<Seqnum> = Box::pin({
+            let flow = flow.clone();
+            async move {
+                let result = flow.append_at(pos, &tags, data, cond).await;
+                match &result {
+                    Ok(seqnum) => flow.acknowledged(pos, *seqnum),
+                    Err(e) => flow.stop(e.clone()),
+                }
+                result
+            }
+        });
+        // The first poll hands the record to the log; the next position's goes after it.
+        let handed = match futures::poll!(append.as_mut()) {
+            std::task::Poll::Ready(result) => Handed::Taken(result),
+            std::task::Poll::Pending => Handed::OnItsWay(append),
+        };
+        flow.inner
+            .progress
+            .send_modify(|p| p.sent = p.sent.max(pos + 1));
+        Ok((entry, handed))
     }
+}
+
+/// A record handed to the log: its append's outcome, or the append on its way.
+enum Handed {
+    Taken(Result<Seqnum, Error>),
+    OnItsWay(BoxFuture<Seqnum>),
 }
 
 impl Drop for Slot {
@@ -1037,6 +1204,7 @@ pub struct Step<T, F> {
     name: String,
     f: F,
     retry: RetryPolicy,
+    internal: bool,
     compensation: Option<Result<(String, Value), Error>>,
     _out: std::marker::PhantomData<fn() -> T>,
 }
@@ -1045,6 +1213,15 @@ impl<T, F> Step<T, F> {
     /// How often this step is tried.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Marks the step as one whose effects stay inside Tally (its log, its tables, calls to
+    /// its functions): it runs at once, without waiting for the instance's earlier records
+    /// to reach the log. A step is external by default: before it runs, every earlier record
+    /// is in the log, so whatever it shows the outside world survives a crash.
+    pub fn internal(mut self) -> Self {
+        self.internal = true;
         self
     }
 
@@ -1075,6 +1252,7 @@ where
             name,
             mut f,
             retry,
+            internal,
             compensation,
             ..
         } = self;
@@ -1090,6 +1268,9 @@ where
             let outcome = match slot.replayed(&probe)? {
                 Some((_, entry)) => entry.op.into_outcome(),
                 None => {
+                    if !internal {
+                        flow.barrier().await?;
+                    }
                     let mut attempts = 0;
                     let outcome = loop {
                         attempts += 1;
@@ -1167,6 +1348,9 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for CallBuilder<T> {
             let outcome = match slot.replayed(&probe)? {
                 Some((_, entry)) => entry.op.into_outcome(),
                 None => {
+                    // The child is seen outside the instance: what it depends on must be in
+                    // the log.
+                    flow.barrier().await?;
                     let key = flow.child_key(pos);
                     let input = serde_json::to_vec(&input)?;
                     let outcome = match flow.ctx().invoke_keyed(&function, &key, input).await {

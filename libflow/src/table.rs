@@ -172,14 +172,15 @@ impl Table {
                 _ => unreachable!("replayed checks the kind"),
             };
         }
-        slot.wait_turn().await?;
+        slot.wait_sent().await?;
         // The instance's own writes not yet in the log come first: it reads what it wrote.
         let own = slot
             .carried()
             .iter()
             .rev()
             .find(|w| w.table == self.name && w.key == key)
-            .map(|w| w.value.clone());
+            .map(|w| w.value.clone())
+            .or_else(|| self.flow.in_flight_write(&self.name, key, slot.pos()));
         let value = match own {
             Some(value) => value,
             None => value_at(&self.flow, &self.name, key, Seqnum::MAX).await?,

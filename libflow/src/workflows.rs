@@ -276,7 +276,7 @@ impl Workflows {
         };
         if history.is_empty() {
             // Position 0 is the start: an execution that loses it lost the instance.
-            let start = Flow::new(ctx.clone(), id, Vec::new(), setup.clone());
+            let flow = Flow::new(ctx.clone(), id, Vec::new(), setup);
             let entry = Entry {
                 op: Op::Start {
                     instance: id.to_string(),
@@ -287,12 +287,11 @@ impl Workflows {
                 writes: Vec::new(),
                 at_ms: now_ms(),
             };
-            if let Err(e) = start.write_start(entry).await {
+            // The execution that writes the start runs on from it (without waiting for it:
+            // its later records land only after it).
+            if let Err(e) = flow.write_start(entry).await {
                 return self.after_stop(&ctx, id, e).await;
             }
-            // Run over the history just written.
-            let history = read_history(&ctx, id).await.map_err(stopped)?;
-            let flow = Flow::new(ctx.clone(), id, history, setup);
             return self.run(definition, &ctx, id, flow, input).await;
         }
         let flow = Flow::new(ctx.clone(), id, history, setup);
@@ -368,11 +367,11 @@ impl Workflows {
                 }
             }
         };
-        if let Err(e) = flow.end(end).await {
-            return self.after_stop(ctx, id, e).await;
+        match flow.end(end).await {
+            Ok(entry) => end_of(&entry)
+                .ok_or_else(|| FunctionError::new("the instance's end is not in its stream")),
+            Err(e) => self.after_stop(ctx, id, e).await,
         }
-        let history = read_history(ctx, id).await.map_err(stopped)?;
-        ended(&history).ok_or_else(|| FunctionError::new("the instance's end is not in its stream"))
     }
 
     /// An execution stopped before the end: a suspended instance answers `running` (its

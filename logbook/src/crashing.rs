@@ -2,7 +2,10 @@
 //! under it takes it: crash injection for tests and for example workers. A `CrashPlan` counts
 //! the appends of every `CrashingLog` made with it (one process's calls), and once it has
 //! crashed every call of theirs fails, as a dead process would, unless its `on_crash` ends
-//! the process itself (an example worker aborts).
+//! the process itself (an example worker aborts). A plan may also delay each append by a
+//! random time before the log under it sees it (`with_delays`), so appends made one after the
+//! other without waiting reach the log late and out of order, as over a network; one still
+//! on its way when the process dies is lost.
 
 use crate::{AppendRequest, BookId, Cond, LogBook, LogError, ReadRange, Record, Seqnum, Tag};
 use async_trait::async_trait;
@@ -24,6 +27,13 @@ pub struct CrashPlan {
     appends: AtomicU64,
     dead: AtomicBool,
     on_crash: Box<dyn Fn(CrashAt) + Send + Sync>,
+    /// The longest delay of an append, in microseconds (0: none).
+    max_delay_us: u64,
+    /// The state of the delays' xorshift generator.
+    rng: AtomicU64,
+    /// Appends started and not yet answered, and the most there were at once.
+    on_their_way: AtomicU64,
+    most_on_their_way: AtomicU64,
 }
 
 impl CrashPlan {
@@ -43,12 +53,50 @@ impl CrashPlan {
             appends: AtomicU64::new(0),
             dead: AtomicBool::new(false),
             on_crash: Box::new(on_crash),
+            max_delay_us: 0,
+            rng: AtomicU64::new(1),
+            on_their_way: AtomicU64::new(0),
+            most_on_their_way: AtomicU64::new(0),
         })
+    }
+
+    /// A plan that dies at `at` and delays each append by up to `max_delay` (drawn from
+    /// `seed`) before the log under it sees it.
+    pub fn with_delays(at: Option<CrashAt>, max_delay: Duration, seed: u64) -> Arc<CrashPlan> {
+        Arc::new(CrashPlan {
+            at,
+            appends: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
+            on_crash: Box::new(|_| {}),
+            max_delay_us: max_delay.as_micros() as u64,
+            rng: AtomicU64::new(seed | 1),
+            on_their_way: AtomicU64::new(0),
+            most_on_their_way: AtomicU64::new(0),
+        })
+    }
+
+    /// The next append's delay.
+    fn delay(&self) -> Duration {
+        if self.max_delay_us == 0 {
+            return Duration::ZERO;
+        }
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        Duration::from_micros(x % (self.max_delay_us + 1))
     }
 
     /// The appends made so far (the one that crashed included).
     pub fn appends(&self) -> u64 {
         self.appends.load(Ordering::SeqCst)
+    }
+
+    /// The most appends that were on their way at once (started, not yet answered): more
+    /// than 1 means the caller did not wait for one answer before its next append.
+    pub fn most_on_their_way(&self) -> u64 {
+        self.most_on_their_way.load(Ordering::SeqCst)
     }
 
     pub fn is_dead(&self) -> bool {
@@ -91,7 +139,19 @@ impl CrashingLog {
         if self.plan.at == Some(CrashAt::Before(n)) {
             return Err(self.plan.crash(CrashAt::Before(n)));
         }
-        let result = append.await;
+        let now = self.plan.on_their_way.fetch_add(1, Ordering::SeqCst) + 1;
+        self.plan.most_on_their_way.fetch_max(now, Ordering::SeqCst);
+        let result = async {
+            let delay = self.plan.delay();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+                // Still on its way when the process died: lost with it.
+                self.plan.alive()?;
+            }
+            append.await
+        }
+        .await;
+        self.plan.on_their_way.fetch_sub(1, Ordering::SeqCst);
         if self.plan.at == Some(CrashAt::After(n)) {
             return Err(self.plan.crash(CrashAt::After(n)));
         }

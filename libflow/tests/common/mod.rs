@@ -1,6 +1,8 @@
 //! A world for libflow's tests: the in-memory log as the durable state, a process that can
 //! crash at a chosen append (every log call and child call after it fails, as if the process
-//! died), child functions whose runs are counted, and a driver that runs an instance the way
+//! died) and whose appends reach the log after a random delay of up to `APPEND_DELAY` (so an
+//! instance that runs ahead of the log has records on their way, landing out of order), child
+//! functions whose runs are counted, and a driver that runs an instance the way
 //! a gateway does (through the workflow's function handler).
 
 #![allow(dead_code)]
@@ -19,6 +21,9 @@ use tally_sdk::{Call, Ctx, FunctionError, FunctionResult, Invoker};
 
 pub const BOOK: BookId = BookId(1);
 
+/// The longest time a process's append takes to reach the log.
+pub const APPEND_DELAY: Duration = Duration::from_micros(700);
+
 pub use logbook::crashing::CrashAt as Crash;
 
 /// One process's view of the shared log: its appends counted, dying where its plan says.
@@ -29,13 +34,22 @@ pub struct Process {
 
 impl Process {
     pub fn new(log: Arc<MemoryLogBook>, crash: Option<Crash>) -> Arc<Process> {
-        let plan = CrashPlan::new(crash);
+        let seed = match crash {
+            Some(Crash::Before(n)) => 2 * n + 3,
+            Some(Crash::After(n)) => 2 * n + 4,
+            None => 1,
+        };
+        let plan = CrashPlan::with_delays(crash, APPEND_DELAY, seed);
         let log = Arc::new(CrashingLog::new(log, plan.clone()));
         Arc::new(Process { plan, log })
     }
 
     pub fn appends(&self) -> u64 {
         self.plan.appends()
+    }
+
+    pub fn most_appends_on_their_way(&self) -> u64 {
+        self.plan.most_on_their_way()
     }
 
     pub fn is_dead(&self) -> bool {
