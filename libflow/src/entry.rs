@@ -193,6 +193,22 @@ pub fn signals_tag(id: &str) -> Tag {
     tag_of(&["libflow", "signals", id])
 }
 
+/// What instance `id` gave up its task to wait for (`WaitRecord`s): `GET /workflows/{id}`
+/// shows the newest while nothing was written after it.
+pub fn waits_tag(id: &str) -> Tag {
+    tag_of(&["libflow", "waits", id])
+}
+
+/// A note that an execution gave up its task at `position` to wait for a signal (and, with
+/// `deadline_ms`, a timer). Not part of the step stream: it changes no replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitRecord {
+    pub position: u64,
+    pub signal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
 /// The signals named `name` sent to instance `id`.
 pub fn signal_tag(id: &str, name: &str) -> Tag {
     tag_of(&["libflow", "signal", id, name])

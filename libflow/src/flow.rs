@@ -19,7 +19,8 @@
 //! `version`, timers' records and steps marked `internal()` do not wait.
 
 use crate::entry::{
-    key_tag, now_ms, signal_tag, steps_tag, Entry, Op, Outcome, SignalRecord, Write,
+    key_tag, now_ms, signal_tag, steps_tag, waits_tag, Entry, Op, Outcome, SignalRecord,
+    WaitRecord, Write,
 };
 use crate::table::{Protocol, Table};
 use crate::Error;
@@ -829,6 +830,16 @@ impl Flow {
             if let Some(deadline) = deadline_ms {
                 self.suspend_for_timer_at(slot.pos, deadline).await?;
             }
+            // For people only (`GET /workflows/{id}`): what the instance waits for.
+            let note = WaitRecord {
+                position: slot.pos,
+                signal: name.to_string(),
+                deadline_ms,
+            };
+            let data = Bytes::from(serde_json::to_vec(&note)?);
+            self.ctx()
+                .append(&[waits_tag(&self.inner.id)], data)
+                .await?;
             slot.done = true;
             return Err(self.suspended(format!("signal {name:?}")));
         }

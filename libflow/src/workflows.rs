@@ -8,8 +8,8 @@
 //! crash, on any gateway that serves the workflow.
 
 use crate::entry::{
-    instances_tag, key_tag, now_ms, signal_tag, signals_tag, steps_tag, Entry, Op, Outcome,
-    SignalRecord, Status, CANCEL_SIGNAL,
+    instances_tag, key_tag, now_ms, signal_tag, signals_tag, steps_tag, waits_tag, Entry, Op,
+    Outcome, SignalRecord, Status, WaitRecord, CANCEL_SIGNAL,
 };
 use crate::flow::{Flow, RetryPolicy, Setup};
 use crate::table::Protocol;
@@ -621,6 +621,7 @@ pub async fn collect(ctx: &Ctx, retention: Duration) -> Result<Collected, Error>
         }
         ctx.trim(steps_tag(&id), Seqnum::MAX).await?;
         ctx.trim(signals_tag(&id), Seqnum::MAX).await?;
+        ctx.trim(waits_tag(&id), Seqnum::MAX).await?;
         collected.instances += 1;
     }
     // Below the first instance kept, or past the last one (never MAX: instances started
@@ -801,7 +802,8 @@ pub struct Instance {
     pub output: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// What a running instance waits for, when its history says (a timer).
+    /// What a running instance waits for: a timer its history holds, or a signal it gave up
+    /// its task for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
     pub started_at_ms: u64,
@@ -908,6 +910,20 @@ pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
             bytes: record.data.len(),
             writes: entry.writes.len(),
         });
+    }
+    if instance.status == Status::Running {
+        if let Some(wait) = ctx.check_tail(waits_tag(id)).await? {
+            let note = serde_json::from_slice::<WaitRecord>(&wait.data).ok();
+            if let Some(note) = note.filter(|n| n.position == records.len() as u64) {
+                instance.waiting = Some(match note.deadline_ms {
+                    Some(d) => format!(
+                        "signal {:?} or a timer until {d} ms since the epoch",
+                        note.signal
+                    ),
+                    None => format!("signal {:?}", note.signal),
+                });
+            }
+        }
     }
     Ok(Some(instance))
 }

@@ -527,6 +527,47 @@ async fn a_waiting_instance_gives_up_its_task_and_its_timer_or_signal_drives_it_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_gave_up_its_task_for_a_signal_shows_what_it_waits_for() {
+    async fn go(flow: Flow, _input: Value) -> Result<String, Error> {
+        let first: String = flow.wait_signal("go").await?;
+        let second: Option<String> = flow
+            .wait_signal_timeout("again", Duration::from_secs(3600))
+            .await?;
+        Ok(format!("{first} {second:?}"))
+    }
+    let mut w = Workflows::new();
+    w.register("go", go);
+    w.set_suspend_after(Duration::from_millis(50));
+    let log = Arc::new(MemoryLogBook::new());
+    let kids = Children::default();
+    let waiting = |log: Arc<MemoryLogBook>| async move {
+        libflow::describe(&outside(&log), "g")
+            .await
+            .unwrap()
+            .unwrap()
+            .waiting
+    };
+    let (first, _) = run_in(&w, &log, &kids, None, "go", "g", json!({})).await;
+    assert_eq!(first.unwrap().status, Status::Running);
+    assert_eq!(waiting(log.clone()).await.as_deref(), Some("signal \"go\""));
+    send_signal(&w, &log, &kids, "go", "g", "go", json!("now")).await;
+    // Driven on by the signal, it suspends again at the next wait, which has a timer too.
+    let shown = waiting(log.clone()).await.unwrap_or_default();
+    assert!(
+        shown.starts_with("signal \"again\" or a timer until"),
+        "{shown}"
+    );
+    send_signal(&w, &log, &kids, "go", "g", "again", json!("later")).await;
+    let ended = wait_ended(&log, "g").await;
+    assert_eq!(ended.output.unwrap(), "now Some(\"later\")");
+    assert_eq!(
+        waiting(log.clone()).await,
+        None,
+        "an ended instance waits for nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_instance_compensates_what_succeeded_once_and_ends_cancelled() {
     async fn order(flow: Flow, _input: Value) -> Result<Value, Error> {
         flow.call::<Value>("reserve_flight", &json!({ "what": "flight" }))
