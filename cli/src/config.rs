@@ -103,6 +103,9 @@ pub struct NodeFile {
     pub workers: Option<String>,
     /// How long an idempotency key names its invocation, in seconds (gateways).
     pub idempotency_retention_s: Option<u64>,
+    /// How long an ended workflow instance is kept before it is collected, in seconds
+    /// (gateways).
+    pub workflow_retention_s: Option<u64>,
     #[serde(default)]
     pub cluster: ClusterFile,
     /// `[functions.NAME]` tables (gateways): each function's limits.
@@ -115,8 +118,21 @@ pub const IDEMPOTENCY_RETENTION_S_MAX: u64 = 10 * 365 * 24 * 60 * 60;
 
 /// The retention of idempotency keys, `seconds` if given (1 s to ten years), else the default.
 pub fn idempotency_retention(seconds: Option<u64>) -> anyhow::Result<std::time::Duration> {
+    retention(seconds, ::gateway::invocations::KEY_RETENTION_DEFAULT)
+}
+
+/// The retention of ended workflow instances, `seconds` if given (1 s to ten years), else
+/// the default (a week).
+pub fn workflow_retention(seconds: Option<u64>) -> anyhow::Result<std::time::Duration> {
+    retention(seconds, ::gateway::http::WORKFLOW_RETENTION_DEFAULT)
+}
+
+fn retention(
+    seconds: Option<u64>,
+    default: std::time::Duration,
+) -> anyhow::Result<std::time::Duration> {
     match seconds {
-        None => Ok(::gateway::invocations::KEY_RETENTION_DEFAULT),
+        None => Ok(default),
         Some(s) if (1..=IDEMPOTENCY_RETENTION_S_MAX).contains(&s) => {
             Ok(std::time::Duration::from_secs(s))
         }
@@ -309,6 +325,7 @@ impl Merged {
         over!(cache_mb, "cache_mb");
         over!(workers, "workers");
         over!(idempotency_retention_s, "idempotency_retention_s");
+        over!(workflow_retention_s, "workflow_retention_s");
         over!(cluster.sequencers, "sequencers");
         over!(cluster.storage, "storage");
         over!(cluster.replication, "replication");
@@ -471,6 +488,12 @@ impl Merged {
                     role,
                     "only a gateway keeps idempotency keys",
                 )?;
+                self.refuse(
+                    &v.workflow_retention_s,
+                    "workflow_retention_s",
+                    role,
+                    "only a gateway collects workflow instances",
+                )?;
                 let storage = storage.as_ref().ok_or_else(|| {
                     self.missing("storage", "every storage node as ID = \"HOST:PORT\"")
                 })?;
@@ -554,12 +577,15 @@ impl Merged {
                     .map_err(|e| anyhow!("{} = {workers_text:?}: {e}", self.at("workers")))?;
                 let key_retention = idempotency_retention(v.idempotency_retention_s)
                     .map_err(|e| anyhow!("{}: {e}", self.at("idempotency_retention_s")))?;
+                let workflow_retention = workflow_retention(v.workflow_retention_s)
+                    .map_err(|e| anyhow!("{}: {e}", self.at("workflow_retention_s")))?;
                 let source = self
                     .path
                     .as_ref()
                     .map_or("the flags".to_string(), |p| p.display().to_string());
                 Ok(RoleOptions::Gateway(GatewayOptions {
                     key_retention,
+                    workflow_retention,
                     id: node,
                     http,
                     sequencers: sequencers.clone(),
@@ -827,6 +853,31 @@ sequencers = { 0 = "127.0.0.1:7000" }
         assert_eq!(o.http, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(o.cache_bytes_max, CACHE_MB_DEFAULT * 1024 * 1024);
         assert_eq!(o.pending_appends_max, PENDING_APPENDS_MAX_DEFAULT);
+        assert_eq!(
+            o.workflow_retention,
+            ::gateway::http::WORKFLOW_RETENTION_DEFAULT
+        );
+        let kept = GATEWAY.replace("[cluster]", "workflow_retention_s = 60\n[cluster]");
+        let RoleOptions::Gateway(o) =
+            load_text(Role::Gateway, &kept, NodeFile::default()).expect("valid config")
+        else {
+            panic!("not a gateway")
+        };
+        assert_eq!(o.workflow_retention, Duration::from_secs(60));
+        let never = GATEWAY.replace("[cluster]", "workflow_retention_s = 0\n[cluster]");
+        check_error(
+            Role::Gateway,
+            &never,
+            NodeFile::default(),
+            "`workflow_retention_s` in node.toml: 0 s",
+        );
+        let on_storage = SEQUENCER.replace("[cluster]", "workflow_retention_s = 60\n[cluster]");
+        check_error(
+            Role::Sequencer,
+            &on_storage,
+            NodeFile::default(),
+            "only a gateway collects workflow instances",
+        );
         let no_http = without(GATEWAY, "http");
         let RoleOptions::Gateway(o) =
             load_text(Role::Gateway, &no_http, NodeFile::default()).expect("valid config")

@@ -675,11 +675,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         peers,
         key_retention: tally_cli::config::idempotency_retention(args.idempotency_retention_s)
             .context("--idempotency-retention-s")?,
-        workflow_retention: match args.workflow_retention_s {
-            None => gateway::http::WORKFLOW_RETENTION_DEFAULT,
-            Some(s) => tally_cli::config::idempotency_retention(Some(s))
-                .context("--workflow-retention-s")?,
-        },
+        workflow_retention: tally_cli::config::workflow_retention(args.workflow_retention_s)
+            .context("--workflow-retention-s")?,
     };
     let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), setup)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;

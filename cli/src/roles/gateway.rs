@@ -430,7 +430,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         functions: options.functions.clone(),
         peers,
         key_retention: options.key_retention,
-        workflow_retention: gateway::http::WORKFLOW_RETENTION_DEFAULT,
+        workflow_retention: options.workflow_retention,
     };
     let state = gateway::http::default_state(log, metrics, setup)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;

@@ -71,6 +71,8 @@ pub struct GatewayOptions {
     pub functions: BTreeMap<String, ::gateway::functions::FunctionConfig>,
     /// How long an idempotency key names its invocation.
     pub key_retention: std::time::Duration,
+    /// How long an ended workflow instance is kept before it is collected.
+    pub workflow_retention: std::time::Duration,
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).
