@@ -460,3 +460,206 @@ pub(crate) fn check_size(doc: &Option<Value>, bytes_max: usize) -> Result<(), Er
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Applies `ops` to `doc`; expects the new document and results, or an error whose
+    /// message contains `expect`'s string.
+    fn check(doc: Option<Value>, ops: &[Op], expect: Result<(Option<Value>, Vec<Value>), &str>) {
+        let got = apply_all(&doc, ops, 1000);
+        match (got, expect) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{ops:?} on {doc:?}"),
+            (Err(e), Err(want)) => assert!(
+                e.to_string().contains(want),
+                "{ops:?} on {doc:?}: {e} lacks {want:?}"
+            ),
+            (got, want) => panic!("{ops:?} on {doc:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn writes_do_what_they_say() {
+        let doc = Some(json!({"n": 1, "l": [1, 2], "s": "x", "o": {"a/b": 1, "t~": 2}}));
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut d = doc.clone().unwrap();
+            f(&mut d);
+            Some(d)
+        };
+        let cases: Vec<(Vec<Op>, Option<Value>, Vec<Value>)> = vec![
+            (
+                vec![Op::set("/n", json!(5))],
+                with(&|d| d["n"] = json!(5)),
+                vec![json!(1)],
+            ),
+            (
+                vec![Op::set("/new", json!(true))],
+                with(&|d| d["new"] = json!(true)),
+                vec![Value::Null],
+            ),
+            (
+                vec![Op::set("/l/0", json!(9))],
+                with(&|d| d["l"][0] = json!(9)),
+                vec![json!(1)],
+            ),
+            (
+                vec![Op::set("/l/-", json!(3))],
+                with(&|d| d["l"] = json!([1, 2, 3])),
+                vec![Value::Null],
+            ),
+            (
+                vec![Op::set("/o/a~1b", json!(7))],
+                with(&|d| d["o"]["a/b"] = json!(7)),
+                vec![json!(1)],
+            ),
+            (
+                vec![Op::delete("/o/t~0")],
+                with(&|d| {
+                    d["o"].as_object_mut().unwrap().remove("t~");
+                }),
+                vec![json!(2)],
+            ),
+            (
+                vec![Op::set("", json!(3))],
+                Some(json!(3)),
+                vec![doc.clone().unwrap()],
+            ),
+            (vec![Op::delete("")], None, vec![doc.clone().unwrap()]),
+            (vec![Op::delete("/gone")], doc.clone(), vec![Value::Null]),
+            (
+                vec![Op::delete("/l/0")],
+                with(&|d| d["l"] = json!([2])),
+                vec![json!(1)],
+            ),
+            (
+                vec![Op::add("/n", 2)],
+                with(&|d| d["n"] = json!(3)),
+                vec![json!(1)],
+            ),
+            (
+                vec![Op::add("/m", -2)],
+                with(&|d| d["m"] = json!(-2)),
+                vec![json!(0)],
+            ),
+            (
+                vec![Op::push("/l", json!(3), Some(2))],
+                with(&|d| d["l"] = json!([2, 3])),
+                vec![json!(2)],
+            ),
+            (
+                vec![Op::push("/q", json!(1), None)],
+                with(&|d| d["q"] = json!([1])),
+                vec![json!(1)],
+            ),
+            (
+                vec![Op::pop("/l")],
+                with(&|d| d["l"] = json!([1])),
+                vec![json!(2)],
+            ),
+            (
+                vec![Op::make_array("/l")],
+                with(&|d| d["l"] = json!([])),
+                vec![json!([1, 2])],
+            ),
+            (
+                vec![Op::make_object("/o")],
+                with(&|d| d["o"] = json!({})),
+                vec![json!({"a/b": 1, "t~": 2})],
+            ),
+            (
+                vec![Op::compare_and_set("/s", Some(json!("x")), json!("y"))],
+                with(&|d| d["s"] = json!("y")),
+                vec![json!(true)],
+            ),
+            (
+                vec![Op::compare_and_set("/s", Some(json!("z")), json!("y"))],
+                doc.clone(),
+                vec![json!(false)],
+            ),
+            (
+                vec![Op::compare_and_set("/k", None, json!(1))],
+                with(&|d| d["k"] = json!(1)),
+                vec![json!(true)],
+            ),
+            (
+                vec![Op::add("/n", 1), Op::add("/n", 1)],
+                with(&|d| d["n"] = json!(3)),
+                vec![json!(1), json!(2)],
+            ),
+        ];
+        for (ops, new, results) in cases {
+            check(doc.clone(), &ops, Ok((new, results)));
+        }
+    }
+
+    #[test]
+    fn a_missing_document_is_made_by_a_write_below_its_root() {
+        check(
+            None,
+            &[Op::add("/n", 1)],
+            Ok((Some(json!({"n": 1})), vec![json!(0)])),
+        );
+        check(None, &[Op::delete("/n")], Ok((None, vec![Value::Null])));
+        check(None, &[Op::pop("")], Ok((None, vec![Value::Null])));
+        assert_eq!(get(None, "/a/b").unwrap(), None);
+    }
+
+    #[test]
+    fn bad_paths_and_type_mismatches_are_errors_that_change_nothing() {
+        let doc = Some(json!({"n": 1, "l": [1], "s": "x"}));
+        let cases: Vec<(Op, &str)> = vec![
+            (Op::set("n", json!(1)), "starts with '/'"),
+            (
+                Op::set("/n/x", json!(1)),
+                "/n is a number, not an object or an array",
+            ),
+            (Op::set("/a/b", json!(1)), "/a does not exist"),
+            (Op::set("/l/5", json!(1)), "/l has 1 elements, no 5"),
+            (Op::set("/l/1", json!(1)), "use /- to append"),
+            (Op::set("/l/01", json!(1)), "is not an index"),
+            (Op::set("/l/x/y", json!(1)), "is not an index"),
+            (Op::set("/~2", json!(1)), "'~' must be followed by 0 or 1"),
+            (
+                Op::add("/s", 1),
+                "add at \"/s\" needs a number, but finds a string",
+            ),
+            (
+                Op::push("/n", json!(1), None),
+                "push at \"/n\" needs an array, but finds a number",
+            ),
+            (Op::pop("/s"), "needs an array"),
+            (Op::add("/n", u64::MAX), "overflows"),
+            (Op::set("/big", json!("x".repeat(1000))), "the document is"),
+        ];
+        for (op, want) in cases {
+            // A good op first: an error undoes it too.
+            check(doc.clone(), &[Op::add("/n", 1), op], Err(want));
+        }
+        assert!(get(doc.as_ref(), "/s/0").is_err());
+        assert_eq!(get(doc.as_ref(), "/l/3").unwrap(), None);
+    }
+
+    #[test]
+    fn numbers_add_exactly() {
+        let cases = [
+            (json!(1), Number::from(2), json!(3)),
+            (json!(u64::MAX - 1), Number::from(1), json!(u64::MAX)),
+            (json!(-5), Number::from(u64::MAX - 1), json!(u64::MAX - 6)),
+            (json!(1.5), Number::from(1), json!(2.5)),
+        ];
+        for (old, delta, new) in cases {
+            let (doc, _) = apply_all(
+                &Some(json!({"n": old})),
+                &[Op::Add {
+                    path: "/n".into(),
+                    delta,
+                }],
+                1000,
+            )
+            .unwrap();
+            assert_eq!(doc.unwrap()["n"], new);
+        }
+    }
+}
