@@ -196,5 +196,8 @@ async fn a_hot_object_under_concurrent_fetch_adds_is_linearizable() {
         .filter(|a| history.iter().any(|b| a.inv < b.inv && b.inv < a.resp))
         .count();
     assert!(overlapping > 0, "no two operations overlapped");
-    println!("{} operations, {overlapping} overlapping another", history.len());
+    println!(
+        "{} operations, {overlapping} overlapping another",
+        history.len()
+    );
 }
