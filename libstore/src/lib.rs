@@ -16,6 +16,11 @@
 //! aux data is only a cache. libstore depends on `logbook` and the SDK only: it runs wherever a
 //! function runs, over the `Ctx` of the call.
 
+/// The README's example compiles.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod entry;
 mod error;
 mod oneshot;

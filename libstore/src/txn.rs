@@ -227,6 +227,37 @@ impl Transaction {
         Ok(len.as_u64().expect("push returns a length") as usize)
     }
 
+    /// Removes the last element of the array at `path`; it (`null` if the array was empty).
+    pub async fn pop(&mut self, object: &Object, path: &str) -> Result<Value, Error> {
+        Ok(only(self.apply(object, vec![Op::pop(path)]).await?))
+    }
+
+    /// Sets `path` to `value` if it holds `expected` (`None`: missing); whether it did.
+    pub async fn compare_and_set(
+        &mut self,
+        object: &Object,
+        path: &str,
+        expected: Option<Value>,
+        value: Value,
+    ) -> Result<bool, Error> {
+        let op = Op::compare_and_set(path, expected, value);
+        Ok(only(self.apply(object, vec![op]).await?) == Value::Bool(true))
+    }
+
+    /// Sets `path` to `{}`.
+    pub async fn make_object(&mut self, object: &Object, path: &str) -> Result<(), Error> {
+        self.apply(object, vec![Op::make_object(path)])
+            .await
+            .map(drop)
+    }
+
+    /// Sets `path` to `[]`.
+    pub async fn make_array(&mut self, object: &Object, path: &str) -> Result<(), Error> {
+        self.apply(object, vec![Op::make_array(path)])
+            .await
+            .map(drop)
+    }
+
     /// Commits: appends one record with the read and write sets, tagged with each written
     /// object, and decides it as every reader will. A transaction that wrote nothing appends
     /// nothing and commits (its reads were one snapshot).
