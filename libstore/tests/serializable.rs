@@ -37,6 +37,12 @@ enum Dep {
     Rw,
 }
 
+/// A dependency cycle: transactions, each with the edge to the next (the last to the first).
+type Cycle = Vec<(usize, Dep)>;
+
+/// A class of cycles: the edges it may use, and the anomaly it is.
+type Class = (&'static [Dep], fn(Cycle) -> Anomaly);
+
 /// What the checker found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Anomaly {
@@ -55,10 +61,10 @@ enum Anomaly {
         txn: usize,
         key: Key,
     },
-    /// A dependency cycle, as transactions and the edge from each to the next.
-    G0(Vec<(usize, Dep)>),
-    G1c(Vec<(usize, Dep)>),
-    G2(Vec<(usize, Dep)>),
+    /// A dependency cycle: only ww edges (G0), ww and wr (G1c), or with rw (G2).
+    G0(Cycle),
+    G1c(Cycle),
+    G2(Cycle),
 }
 
 /// Checks a list-append history against the final lists.
@@ -108,7 +114,7 @@ fn check(history: &[Txn], finals: &BTreeMap<Key, Vec<Element>>) -> Vec<Anomaly> 
         }
     }
     edges.retain(|(a, b, _)| a != b);
-    let classes: [(&[Dep], fn(Vec<(usize, Dep)>) -> Anomaly); 3] = [
+    let classes: [Class; 3] = [
         (&[Dep::Ww], Anomaly::G0),
         (&[Dep::Ww, Dep::Wr], Anomaly::G1c),
         (&[Dep::Ww, Dep::Wr, Dep::Rw], Anomaly::G2),
@@ -129,7 +135,7 @@ fn check(history: &[Txn], finals: &BTreeMap<Key, Vec<Element>>) -> Vec<Anomaly> 
 }
 
 /// A cycle in the graph, if any: from each node, a shortest path back to it (BFS).
-fn find_cycle(nodes: usize, edges: &[(usize, usize, Dep)]) -> Option<Vec<(usize, Dep)>> {
+fn find_cycle(nodes: usize, edges: &[(usize, usize, Dep)]) -> Option<Cycle> {
     let mut out: Vec<Vec<(usize, Dep)>> = vec![Vec::new(); nodes];
     for &(a, b, d) in edges {
         out[a].push((b, d));
