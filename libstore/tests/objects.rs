@@ -385,3 +385,30 @@ async fn checkpoints_bound_the_replay_of_a_cold_read() {
         warm.stats()
     );
 }
+
+#[tokio::test]
+async fn a_commit_record_that_aborted_does_not_abort_the_transactions_after_it() {
+    let (store, log) = store();
+    let c = store.collection("c");
+    let (x, y, z) = (c.object("x"), c.object("y"), c.object("z"));
+    for o in [&x, &y, &z] {
+        o.set("", json!({"n": 0})).await.unwrap();
+    }
+    // T1 reads x and writes y; T2 reads y and writes z; both at the same snapshot.
+    let mut t1 = store.begin().await.unwrap();
+    let mut t2 = store.begin().await.unwrap();
+    t1.get(&x, "/n").await.unwrap();
+    t1.set(&y, "/n", json!(1)).await.unwrap();
+    t2.get(&y, "/n").await.unwrap();
+    t2.set(&z, "/n", json!(2)).await.unwrap();
+    // x changes, so T1's commit record aborts; T2 validates y against T1's record, which
+    // changed nothing because it aborted: T2 commits.
+    x.fetch_add("/n", 1).await.unwrap();
+    assert!(!t1.commit().await.unwrap().is_committed());
+    assert!(t2.commit().await.unwrap().is_committed());
+    // A reader with nothing cached decides both records the same from the log alone.
+    let cold = store_over(Arc::new(NoAux(log)));
+    let c = cold.collection("c");
+    assert_eq!(c.object("y").get("/n").await.unwrap(), Some(json!(0)));
+    assert_eq!(c.object("z").get("/n").await.unwrap(), Some(json!(2)));
+}
