@@ -141,12 +141,22 @@ pub(crate) enum Decision {
     Aborted(String),
 }
 
+/// A view as the caches keep it: with its depth, the records replayed on top of the newest
+/// checkpoint (or the stream's start) to reach it. A view deeper than
+/// `Settings::checkpoint_every` gets a checkpoint appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Cached {
+    #[serde(flatten)]
+    pub view: View,
+    pub depth: u64,
+}
+
 /// The cache attached to a record: the views of the objects it changed (after it), and the
 /// decision of a transaction record. Only ever a cache: any of it may be missing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Aux {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub views: Vec<(ObjectId, View)>,
+    pub views: Vec<(ObjectId, Cached)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
 }
@@ -159,12 +169,12 @@ impl Aux {
             .unwrap_or_default()
     }
 
-    pub fn view(&self, object: &ObjectId) -> Option<&View> {
+    pub fn view(&self, object: &ObjectId) -> Option<&Cached> {
         self.views.iter().find(|(o, _)| o == object).map(|(_, v)| v)
     }
 
     /// Adds (or replaces) an object's view.
-    pub fn put_view(&mut self, object: &ObjectId, view: View) {
+    pub fn put_view(&mut self, object: &ObjectId, view: Cached) {
         self.views.retain(|(o, _)| o != object);
         self.views.push((object.clone(), view));
     }

@@ -34,6 +34,6 @@ pub use oneshot::{Condition, OneShot, Read, Test, Write, ONESHOT_ITEMS_MAX};
 pub use path::{Op, PATH_BYTES_MAX};
 pub use store::{
     Collection, Object, Settings, Stats, Store, DECISIONS_CACHED_MAX, OPS_PER_WRITE_MAX,
-    TXN_OBJECTS_MAX,
+    TXN_OBJECTS_MAX, VIEWS_CACHED_MAX,
 };
 pub use txn::{Isolation, Outcome, Transaction};

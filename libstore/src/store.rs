@@ -7,10 +7,12 @@
 //! met on the way is decided by the rule every reader applies (`decide_commit`,
 //! `decide_oneshot`), which reads other objects at the seqnum just below the record: the
 //! recursion only goes down the log, so it ends. Decisions are kept in memory and in the
-//! record's aux data, views in aux data; both are caches. A read that replayed more than
-//! `Settings::checkpoint_every` records appends a checkpoint, so cold reads stay bounded.
+//! record's aux data, views in memory (the newest per object) and in aux data; all are
+//! caches. Each cached view knows its depth, the records replayed on top of the newest
+//! checkpoint to reach it; whoever computes a view deeper than `Settings::checkpoint_every`
+//! appends a checkpoint, so a read with no cache at all replays about that many records.
 
-use crate::entry::{object_tag, Aux, Commit, Decision, Entry, ObjectId, View};
+use crate::entry::{object_tag, Aux, Cached, Commit, Decision, Entry, ObjectId, View};
 use crate::oneshot::{Evaluated, OneShot};
 use crate::path::{self, Op};
 use crate::txn::{Isolation, Outcome, Transaction};
@@ -31,12 +33,14 @@ pub const TXN_OBJECTS_MAX: usize = logbook::TAGS_PER_RECORD_MAX;
 pub const OPS_PER_WRITE_MAX: usize = 256;
 /// Most transaction decisions a store keeps in memory (the oldest go first).
 pub const DECISIONS_CACHED_MAX: usize = 65_536;
+/// Most objects whose newest view a store keeps in memory.
+pub const VIEWS_CACHED_MAX: usize = 16_384;
 
 /// A store's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// A read that replays more records than this appends a checkpoint of the object's view,
-    /// so a later read without aux data replays about this many at most.
+    /// A view that took more records than this on top of the newest checkpoint gets a
+    /// checkpoint appended, so a read with no cached view replays about this many at most.
     pub checkpoint_every: usize,
     /// Largest document, in bytes of JSON. Each write carries the limit it was made under.
     pub document_bytes_max: usize,
@@ -96,6 +100,9 @@ struct Inner {
     ctx: Ctx,
     settings: Settings,
     decisions: Mutex<BTreeMap<Seqnum, Decision>>,
+    /// The newest view computed of each object, and the seqnum it is as of: every record of
+    /// the object at or below it is in the view.
+    views: Mutex<BTreeMap<ObjectId, (Seqnum, Cached)>>,
     counters: Counters,
 }
 
@@ -130,6 +137,7 @@ impl Store {
                 ctx,
                 settings,
                 decisions: Mutex::new(BTreeMap::new()),
+                views: Mutex::new(BTreeMap::new()),
                 counters: Counters::default(),
             }),
         })
@@ -190,13 +198,12 @@ impl Store {
         let outcome = match evaluated {
             Ok(Evaluated { reads, written }) => {
                 for (object, doc) in written {
-                    aux.put_view(
-                        &object,
-                        View {
-                            doc,
-                            version: seqnum,
-                        },
-                    );
+                    let depth = self.view_at(&object, below(seqnum)).await?.depth + 1;
+                    let view = View {
+                        doc,
+                        version: seqnum,
+                    };
+                    aux.put_view(&object, Cached { view, depth });
                 }
                 aux.decision = Some(Decision::Committed);
                 Outcome::Committed {
@@ -236,11 +243,12 @@ impl Store {
         };
         if decision == Decision::Committed {
             for w in &commit.writes {
+                let depth = self.view_at(&w.object, below(seqnum)).await?.depth + 1;
                 let view = View {
                     doc: w.doc.clone(),
                     version: seqnum,
                 };
-                aux.put_view(&w.object, view);
+                aux.put_view(&w.object, Cached { view, depth });
             }
         }
         self.set_aux(seqnum, &aux).await;
@@ -279,17 +287,22 @@ impl Store {
             unreachable!("made ops above")
         };
         let before = self.view_at(object, below(seqnum)).await?;
-        let result = path::apply_all(&before.doc, &ops, document_bytes_max);
-        let after = match &result {
+        let result = path::apply_all(&before.view.doc, &ops, document_bytes_max);
+        let view = match &result {
             Ok((doc, _)) => View {
                 doc: doc.clone(),
                 version: seqnum,
             },
-            Err(_) => before,
+            Err(_) => before.view,
+        };
+        let after = Cached {
+            view,
+            depth: before.depth + 1,
         };
         let mut aux = Aux::default();
-        aux.put_view(object, after);
+        aux.put_view(object, after.clone());
         self.set_aux(seqnum, &aux).await;
+        self.cache_view(object, seqnum, after);
         result.map(|(_, results)| results)
     }
 
@@ -339,68 +352,125 @@ impl Store {
             .cloned()
     }
 
+    /// Keeps `view`, as of `as_of`, as the object's newest view (unless a newer one is kept).
+    fn cache_view(&self, object: &ObjectId, as_of: Seqnum, view: Cached) {
+        let mut views = self
+            .inner
+            .views
+            .lock()
+            .expect("no panics while holding the views");
+        if views.get(object).is_some_and(|(kept, _)| *kept > as_of) {
+            return;
+        }
+        if views.len() >= VIEWS_CACHED_MAX && !views.contains_key(object) {
+            views.pop_first();
+        }
+        views.insert(object.clone(), (as_of, view));
+    }
+
+    /// The kept view of the object if it is as of a seqnum in `[newest, at]`: `newest` being
+    /// the object's newest record at or below `at`, the view is then the one at `at`.
+    fn cached_view(&self, object: &ObjectId, newest: Seqnum, at: Seqnum) -> Option<Cached> {
+        let views = self
+            .inner
+            .views
+            .lock()
+            .expect("no panics while holding the views");
+        let (as_of, view) = views.get(object)?;
+        (newest <= *as_of && *as_of <= at).then(|| view.clone())
+    }
+
     /// The object's view after every record up to `at` (`Seqnum::MAX`: the newest).
-    pub(crate) fn view_at<'a>(&'a self, object: &'a ObjectId, at: Seqnum) -> Boxed<'a, View> {
+    pub(crate) async fn view(&self, object: &ObjectId, at: Seqnum) -> Result<View, Error> {
+        Ok(self.view_at(object, at).await?.view)
+    }
+
+    /// The object's view after every record up to `at` (`Seqnum::MAX`: the newest).
+    fn view_at<'a>(&'a self, object: &'a ObjectId, at: Seqnum) -> Boxed<'a, Cached> {
         Box::pin(async move {
             let ctx = &self.inner.ctx;
             let tag = object_tag(object);
             // The records to replay, newest first, down to a starting point.
             let mut pending: Vec<(Record, Entry)> = Vec::new();
             let mut cursor = at;
+            // The seqnum the view will be as of: `at`, or for the newest view, the newest
+            // record (every record below one that is readable is readable).
+            let mut as_of = (at != Seqnum::MAX).then_some(at);
             let start = loop {
                 let Some(record) = ctx.read_prev(tag, cursor).await? else {
-                    break View::empty();
+                    break Cached {
+                        view: View::empty(),
+                        depth: 0,
+                    };
                 };
-                if let Some(view) = Aux::of(record.aux.as_ref()).view(object) {
-                    break view.clone();
-                }
+                as_of.get_or_insert(record.seqnum);
                 let entry = parse(&record)?;
                 if let Entry::Checkpoint {
                     object: of,
-                    as_of,
+                    as_of: checkpoint_as_of,
                     view,
                 } = &entry
                 {
                     if of == object {
-                        let between = self.read_between(tag, as_of.next(), record.seqnum).await?;
+                        let between =
+                            (self.read_between(tag, checkpoint_as_of.next(), record.seqnum))
+                                .await?;
                         pending.extend(between.into_iter().rev());
-                        break view.clone();
+                        let view = view.clone();
+                        break Cached { view, depth: 0 };
                     }
+                }
+                if let Some(cached) = self.cached_view(object, record.seqnum, cursor) {
+                    break cached;
+                }
+                if let Some(cached) = Aux::of(record.aux.as_ref()).view(object) {
+                    break cached.clone();
                 }
                 let seqnum = record.seqnum;
                 pending.push((record, entry));
                 if seqnum == Seqnum::ZERO {
-                    break View::empty();
+                    break Cached {
+                        view: View::empty(),
+                        depth: 0,
+                    };
                 }
                 cursor = below(seqnum);
             };
             let replayed = pending.len() as u64;
-            let mut view = start;
+            let mut view = start.view;
             let mut last = None;
             for (record, entry) in pending.into_iter().rev() {
                 view = self.effect(object, view, &record, &entry).await?;
                 last = Some(record);
             }
+            let cached = Cached {
+                view,
+                depth: start.depth + replayed,
+            };
             let c = &self.inner.counters;
             c.views.fetch_add(1, Ordering::Relaxed);
             c.records_replayed.fetch_add(replayed, Ordering::Relaxed);
             c.replay_max.fetch_max(replayed, Ordering::Relaxed);
             if let Some(record) = last {
+                let kept = cached.clone();
                 self.add_aux((record.seqnum, record.aux.as_ref()), |aux| {
-                    aux.put_view(object, view.clone())
+                    aux.put_view(object, kept)
                 })
                 .await;
-                if replayed > self.inner.settings.checkpoint_every as u64 {
+            }
+            if let Some(as_of) = as_of {
+                self.cache_view(object, as_of, cached.clone());
+                if cached.depth > self.inner.settings.checkpoint_every as u64 {
                     let checkpoint = Entry::Checkpoint {
                         object: object.clone(),
-                        as_of: record.seqnum,
-                        view: view.clone(),
+                        as_of,
+                        view: cached.view.clone(),
                     };
                     self.append(&[tag], &checkpoint).await?;
                     c.checkpoints.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Ok(view)
+            Ok(cached)
         })
     }
 
@@ -521,7 +591,7 @@ impl Store {
             }
             let mut decision = Decision::Committed;
             for touched in commit.validated() {
-                let now = self.view_at(&touched.object, below(seqnum)).await?;
+                let now = self.view(&touched.object, below(seqnum)).await?;
                 if now.version != touched.version {
                     decision = Decision::Aborted(format!(
                         "{} changed at seqnum {} after the snapshot at {}",
@@ -576,7 +646,7 @@ impl Store {
     ) -> Result<Result<Evaluated, String>, Error> {
         let mut docs = BTreeMap::new();
         for object in transaction.objects() {
-            let view = self.view_at(object, below(seqnum)).await?;
+            let view = self.view(object, below(seqnum)).await?;
             docs.insert(object.clone(), view.doc);
         }
         Ok(transaction.evaluate(&docs, document_bytes_max))
@@ -657,7 +727,7 @@ impl Object {
     /// The whole document and its version (the seqnum of the record that last changed it).
     pub async fn view(&self) -> Result<View, Error> {
         self.id.check()?;
-        self.store.view_at(&self.id, Seqnum::MAX).await
+        self.store.view(&self.id, Seqnum::MAX).await
     }
 
     /// Applies `ops` together, as one record: all take effect or none. Each op's result.

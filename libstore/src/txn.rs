@@ -155,7 +155,7 @@ impl Transaction {
     async fn load(&mut self, object: &ObjectId) -> Result<&mut Loaded, Error> {
         if !self.objects.contains_key(object) {
             object.check()?;
-            let view = self.store.view_at(object, self.snapshot).await?;
+            let view = self.store.view(object, self.snapshot).await?;
             let loaded = Loaded {
                 version: view.version,
                 doc: view.doc,
