@@ -26,6 +26,7 @@ pub struct ObjectId {
 pub const NAME_BYTES_MAX: usize = 256;
 
 impl ObjectId {
+    /// The object `key` of `collection`.
     pub fn new(collection: &str, key: &str) -> ObjectId {
         ObjectId {
             collection: collection.into(),

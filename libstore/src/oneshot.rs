@@ -91,6 +91,7 @@ pub struct Write {
 }
 
 impl OneShot {
+    /// A transaction with nothing in it yet.
     pub fn new() -> OneShot {
         OneShot::default()
     }

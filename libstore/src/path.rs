@@ -49,6 +49,7 @@ pub enum Op {
 }
 
 impl Op {
+    /// Sets `path` to `value`.
     pub fn set(path: &str, value: Value) -> Op {
         Op::Set {
             path: path.into(),
@@ -56,18 +57,22 @@ impl Op {
         }
     }
 
+    /// Removes `path`.
     pub fn delete(path: &str) -> Op {
         Op::Delete { path: path.into() }
     }
 
+    /// Sets `path` to `{}`.
     pub fn make_object(path: &str) -> Op {
         Op::MakeObject { path: path.into() }
     }
 
+    /// Sets `path` to `[]`.
     pub fn make_array(path: &str) -> Op {
         Op::MakeArray { path: path.into() }
     }
 
+    /// Adds `delta` to the number at `path`.
     pub fn add(path: &str, delta: impl Into<Number>) -> Op {
         Op::Add {
             path: path.into(),
@@ -75,6 +80,7 @@ impl Op {
         }
     }
 
+    /// Appends `value` to the array at `path`, keeping the newest `limit`.
     pub fn push(path: &str, value: Value, limit: Option<usize>) -> Op {
         Op::Push {
             path: path.into(),
@@ -83,10 +89,12 @@ impl Op {
         }
     }
 
+    /// Removes the last element of the array at `path`.
     pub fn pop(path: &str) -> Op {
         Op::Pop { path: path.into() }
     }
 
+    /// Sets `path` to `value` if it holds `expected` (`None`: missing).
     pub fn compare_and_set(path: &str, expected: Option<Value>, value: Value) -> Op {
         Op::CompareAndSet {
             path: path.into(),

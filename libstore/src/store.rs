@@ -143,10 +143,12 @@ impl Store {
         })
     }
 
+    /// The store's settings.
     pub fn settings(&self) -> Settings {
         self.inner.settings
     }
 
+    /// What the store has done so far.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
         Stats {
@@ -673,6 +675,7 @@ pub struct Collection {
 }
 
 impl Collection {
+    /// The collection's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -714,6 +717,7 @@ fn none_if_null(value: Value) -> Option<Value> {
 }
 
 impl Object {
+    /// The object's address.
     pub fn id(&self) -> &ObjectId {
         &self.id
     }

@@ -47,6 +47,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the transaction took effect.
     pub fn is_committed(&self) -> bool {
         matches!(self, Outcome::Committed { .. })
     }
@@ -148,6 +149,7 @@ impl Transaction {
         self.snapshot
     }
 
+    /// What the commit will validate.
     pub fn isolation(&self) -> Isolation {
         self.isolation
     }
