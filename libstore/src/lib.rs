@@ -1,0 +1,39 @@
+//! libstore: durable JSON objects on the log, with transactions decided by the log alone.
+//!
+//! An object (a key in a collection) is a JSON document whose every change is a record in the
+//! object's stream of the log (`object_tag`). Every reader replays the stream the same way, so
+//! the log's order is the objects' order:
+//!
+//! - Path operations (`Object::set`, `fetch_add`, `push`, `compare_and_set`, ...) append one
+//!   record and read the object up to it: each is linearized by its record's position.
+//! - One-shot transactions (`Store::run`, Calvin and Styx style) declare their objects and
+//!   carry their logic as data (`OneShot`); every reader applies them at their position, so
+//!   conflicting ones queue instead of aborting.
+//! - Interactive transactions (`Store::begin`) read one snapshot and commit with one record
+//!   that every reader validates alike: serializable by default, snapshot isolation on request.
+//!
+//! Views are cached in aux data and checkpointed in the log, so reads replay a bounded suffix;
+//! aux data is only a cache. libstore depends on `logbook` and the SDK only: it runs wherever a
+//! function runs, over the `Ctx` of the call.
+
+/// The README's example compiles.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+mod entry;
+mod error;
+mod oneshot;
+mod path;
+mod store;
+mod txn;
+
+pub use entry::{object_tag, ObjectId, View, NAME_BYTES_MAX};
+pub use error::Error;
+pub use oneshot::{Condition, OneShot, Read, Test, Write, ONESHOT_ITEMS_MAX};
+pub use path::{Op, PATH_BYTES_MAX};
+pub use store::{
+    Collection, Object, Settings, Stats, Store, DECISIONS_CACHED_MAX, OPS_PER_WRITE_MAX,
+    TXN_OBJECTS_MAX, VIEWS_CACHED_MAX,
+};
+pub use txn::{Isolation, Outcome, Transaction};
