@@ -3,6 +3,8 @@
 //! append to the log (from 0), just before or just after the log takes it (`--crash-when`):
 //! what the crash tests use to kill the worker at every step boundary.
 //!
+//! It also answers the query `count` of `mixed-worker` instances (its table's counter).
+//!
 //! `mixed-worker` (any input) mixes what a workflow does: a table read and writes, a
 //! synchronous call (`append3`, whose three appends to tag 3 of the call's book are its
 //! effect), an asynchronous one (`append3` again), a durable timer, the signal `approve`, a
@@ -76,8 +78,14 @@ async fn main() -> std::process::ExitCode {
         eprintln!("flow-worker: crashing at {at:?}");
         std::process::abort();
     });
+    // A query, answered here for the gateway (`GET /workflows/{id}/queries/count`).
+    workflows.query("mixed-worker", "count", |q: libflow::Query| async move {
+        let count: Option<u64> = q.get("worker-counters", &q.instance().id).await?;
+        Ok(json!({ "count": count.unwrap_or(0), "status": q.instance().status }))
+    });
     let handler = workflows.handler("mixed-worker").expect("registered above");
     let mut worker = Worker::new("flow-worker");
+    workflows.serve_queries_in(&mut worker);
     worker.register_limited(
         "mixed-worker",
         libflow::WORKFLOW_LIMITS,

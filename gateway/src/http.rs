@@ -874,17 +874,72 @@ async fn query_workflow(
     let answer = state
         .workflows
         .ask(&outside_ctx(&state, book), &id, &name, json!(args))
-        .await
-        .map_err(|e| match e {
-            libflow::QueryError::NoInstance(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_instance", e.to_string())
+        .await;
+    match answer {
+        Ok(answer) => Ok(Json(answer)),
+        Err(e @ libflow::QueryError::NoInstance(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_instance",
+            e.to_string(),
+        )),
+        // Not in-process: a worker that runs the workflow may answer it.
+        Err(e @ libflow::QueryError::NoQuery { .. }) => {
+            let libflow::QueryError::NoQuery { workflow, .. } = &e else {
+                unreachable!("matched above")
+            };
+            let function = libflow::query_function(workflow, &name);
+            let input = libflow::query_input(&id, json!(args));
+            let request = Request::new(&function, book, input);
+            let rx = state
+                .dispatcher
+                .call(request)
+                .await
+                .map_err(|call| match call {
+                    InvokeError::UnknownFunction(_) => {
+                        ApiError::new(StatusCode::NOT_FOUND, "unknown_query", e.to_string())
+                    }
+                    InvokeError::Log(e) => e.into(),
+                    other => ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "query_failed",
+                        other.to_string(),
+                    ),
+                })?;
+            match Dispatcher::wait(rx).await.output {
+                Some(Ok(output)) => {
+                    let answer = serde_json::from_slice(&output).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "query_failed",
+                            format!("the query's answer is not JSON: {e}"),
+                        )
+                    })?;
+                    Ok(Json(answer))
+                }
+                Some(Err(e)) if e.bad_input => Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "query_failed",
+                    e.message,
+                )),
+                Some(Err(e)) if e.unavailable => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "function_unavailable",
+                    e.message,
+                )),
+                Some(Err(e)) => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "query_failed",
+                    e.message,
+                )),
+                None => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "lost",
+                    "the query's answer was evicted",
+                )),
             }
-            libflow::QueryError::NoQuery { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_query", e.to_string())
-            }
-            libflow::QueryError::Failed(e) => workflow_error(e),
-        })?;
-    Ok(Json(answer))
+        }
+        Err(libflow::QueryError::Failed(e)) => Err(workflow_error(e)),
+    }
 }
 
 /// Most instances one list answers.

@@ -31,7 +31,7 @@ mod workflows;
 pub use entry::{instances_tag, key_tag, signal_tag, steps_tag, Status, CANCEL_SIGNAL};
 pub use error::Error;
 pub use flow::{CallBuilder, Flow, RetryPolicy, Step};
-pub use query::{Query, QueryError};
+pub use query::{query_function, query_input, Query, QueryError};
 pub use schedule::{Schedule, SCHEDULE_EVERY_MS_MIN, SCHEDULE_WORKFLOW};
 /// Stopping schedules.
 pub mod schedules {

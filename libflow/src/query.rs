@@ -62,7 +62,60 @@ pub enum QueryError {
     Failed(Error),
 }
 
+/// The function that answers query `name` of `workflow` where the workflow runs in a worker
+/// (`Workflows::serve_queries_in`); its input is `query_input`'s.
+pub fn query_function(workflow: &str, name: &str) -> String {
+    format!("libflow.query.{workflow}.{name}")
+}
+
+/// The input of a query function: the instance and the query's arguments.
+pub fn query_input(id: &str, args: Value) -> bytes::Bytes {
+    let input = serde_json::json!({ "instance": id, "args": args });
+    bytes::Bytes::from(serde_json::to_vec(&input).expect("JSON values serialize"))
+}
+
+#[derive(serde::Deserialize)]
+struct QueryInput {
+    instance: String,
+    #[serde(default)]
+    args: Value,
+}
+
 impl Workflows {
+    /// Registers every query with `worker` as a function (`query_function`), so a gateway
+    /// answers `GET /workflows/{id}/queries/{name}` of a workflow the worker runs by calling
+    /// it. A query function appends nothing; an unknown instance or a failed handler is a bad
+    /// input.
+    pub fn serve_queries_in(&self, worker: &mut tally_sdk::Worker) {
+        let names: Vec<(String, String)> = self
+            .queries
+            .read()
+            .expect("no panics under the queries lock")
+            .keys()
+            .cloned()
+            .collect();
+        for (workflow, name) in names {
+            let workflows = self.clone();
+            let query = name.clone();
+            worker.register(&query_function(&workflow, &name), move |ctx, input| {
+                let (workflows, query) = (workflows.clone(), query.clone());
+                async move {
+                    let input: QueryInput = tally_sdk::json::input(&input)?;
+                    let answer = workflows
+                        .ask(&ctx, &input.instance, &query, input.args)
+                        .await
+                        .map_err(|e| match e {
+                            QueryError::Failed(e) if e.stops_execution() => {
+                                tally_sdk::FunctionError::unavailable(e.to_string())
+                            }
+                            e => tally_sdk::FunctionError::bad_input(e.to_string()),
+                        })?;
+                    tally_sdk::json::output(&answer)
+                }
+            });
+        }
+    }
+
     /// Exposes query `name` on instances of `workflow`: `handler` answers from the instance
     /// and its tables, appending nothing.
     ///

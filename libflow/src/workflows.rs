@@ -207,6 +207,7 @@ impl Workflows {
     /// Registers every workflow with `worker`, as the gateway registers in-process ones: many
     /// at once, a day each at most, and an execution that stopped before the end (its
     /// worker or the log failed) driven again with backoff.
+    /// Its queries too (`serve_queries_in`).
     pub fn serve_in(&self, worker: &mut tally_sdk::Worker) {
         for name in self.names() {
             let handler = self.handler(&name).expect("a registered workflow");
@@ -214,6 +215,7 @@ impl Workflows {
                 handler(ctx, input)
             });
         }
+        self.serve_queries_in(worker);
     }
 
     /// Runs instance `id` of workflow `name` to its end, from its history.

@@ -142,6 +142,33 @@ fn a_worker_killed_at_every_append_of_a_workflow_changes_nothing_of_its_outcome(
     let mut expected = clean["output"].clone();
     expected["lucky"] = Value::Null;
     let clean_shape = shape(&clean);
+    // A query of a workflow that runs in a worker is answered by that worker.
+    let mut worker = start_worker(&tally.workers_addr(), None);
+    let query = |name: &str| {
+        http.get(tally.url(&format!("/workflows/clean/queries/{name}")))
+            .header("X-Tally-Book", 100)
+            .send()
+            .unwrap()
+    };
+    let deadline = Instant::now() + WAIT;
+    let answer = loop {
+        let got = query("count");
+        if got.status() == 200 {
+            break got.json::<Value>().unwrap();
+        }
+        // The worker may not have attached yet.
+        assert!(
+            Instant::now() < deadline,
+            "no answer: {}",
+            got.text().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(answer, json!({ "count": 2, "status": "succeeded" }));
+    let unknown = query("colour");
+    assert_eq!(unknown.status(), 404, "{}", unknown.text().unwrap());
+    let _ = worker.kill();
+    let _ = worker.wait();
     let mut book = 101;
     let mut boundaries = 0;
     'boundaries: for n in 0.. {
