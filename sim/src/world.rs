@@ -963,10 +963,16 @@ impl World {
                 data: bytes::Bytes::from(format!("{}:{op_id}", id.0)),
                 tags: vec![tag],
                 kind: if conditional {
-                    RecordKind::Cond(logbook::Cond::at(
-                        tag,
-                        (seen + 1).saturating_sub(self.rng.random_range(0..3)),
-                    ))
+                    let position = (seen + 1).saturating_sub(self.rng.random_range(0..3));
+                    // Half are chained: a writer's token out of three, naming one of them (or
+                    // none) as the predecessor's, so chains both hold and break.
+                    if self.rng.random_bool(0.5) {
+                        let token = self.rng.random_range(1..=3);
+                        let after = self.rng.random_range(0..=3);
+                        RecordKind::Cond(logbook::Cond::chained(tag, position, token, after))
+                    } else {
+                        RecordKind::Cond(logbook::Cond::at(tag, position))
+                    }
                 } else {
                     RecordKind::Data
                 },
