@@ -576,8 +576,10 @@ impl Flow {
     }
 
     /// Waits until fewer than `RUN_AHEAD_MAX` records handed to the log are unacknowledged.
+    /// (An append the log answers at its first poll is acknowledged a moment before it counts
+    /// as handed over.)
     async fn wait_run_ahead(&self) -> Result<(), Error> {
-        self.wait_progress(|p| p.sent - p.written < RUN_AHEAD_MAX)
+        self.wait_progress(|p| p.sent.saturating_sub(p.written) < RUN_AHEAD_MAX)
             .await
     }
 
