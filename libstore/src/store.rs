@@ -12,7 +12,9 @@
 //! checkpoint to reach it; whoever computes a view deeper than `Settings::checkpoint_every`
 //! appends a checkpoint, so a read with no cache at all replays about that many records.
 
-use crate::entry::{object_tag, Aux, Cached, Commit, Decision, Entry, ObjectId, View};
+use crate::entry::{
+    key_tag, marks_tag, object_tag, Aux, Cached, Commit, Decision, Entry, ObjectId, View,
+};
 use crate::oneshot::{Evaluated, OneShot};
 use crate::path::{self, Op};
 use crate::txn::{Isolation, Outcome, Transaction};
@@ -25,6 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tally_sdk::Ctx;
 
 /// Most objects one transaction writes: one tag per written object on its record.
@@ -35,6 +38,8 @@ pub const OPS_PER_WRITE_MAX: usize = 256;
 pub const DECISIONS_CACHED_MAX: usize = 65_536;
 /// Most objects whose newest view a store keeps in memory.
 pub const VIEWS_CACHED_MAX: usize = 16_384;
+/// Longest key prefix (`Store::keyed`), in bytes.
+pub const KEY_PREFIX_BYTES_MAX: usize = 512;
 
 /// A store's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +49,11 @@ pub struct Settings {
     pub checkpoint_every: usize,
     /// Largest document, in bytes of JSON. Each write carries the limit it was made under.
     pub document_bytes_max: usize,
+    /// How long an interactive transaction surely reads its snapshot: `collect` never trims
+    /// versions newer than this (whatever retention it is given). An older transaction keeps
+    /// what it read, but reading an object it had not read may fail with
+    /// `Error::SnapshotCollected`.
+    pub transaction_lifetime: Duration,
 }
 
 impl Default for Settings {
@@ -51,6 +61,7 @@ impl Default for Settings {
         Settings {
             checkpoint_every: 64,
             document_bytes_max: 64 * 1024,
+            transaction_lifetime: Duration::from_secs(60),
         }
     }
 }
@@ -118,6 +129,13 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// A keyed store's key prefix and the number of its next operation.
+    keys: Option<Arc<Keys>>,
+}
+
+struct Keys {
+    prefix: String,
+    next: AtomicU64,
 }
 
 /// A boxed future: view and decision computations recurse down the log.
@@ -140,7 +158,51 @@ impl Store {
                 views: Mutex::new(BTreeMap::new()),
                 counters: Counters::default(),
             }),
+            keys: None,
         })
+    }
+
+    /// The same store (sharing its caches) whose writes, one-shot transactions and
+    /// interactive transactions carry keys `prefix#0`, `prefix#1`, ... in the order they
+    /// start: of the records with one key, every reader applies only the first, and a later
+    /// one answers the first one's result. Made for a workflow step that may run again
+    /// (`Flow::step_with_key` in libflow gives it a key that does not change between runs).
+    ///
+    /// ```
+    /// # async fn f(ctx: tally_sdk::Ctx) -> Result<(), libstore::Error> {
+    /// let store = libstore::Store::new(ctx);
+    /// let once = store.keyed("instance-7/step-3");
+    /// once.collection("pages").object("home").fetch_add("/visits", 1).await?;
+    /// // Run again with the same prefix, the write changes nothing and answers the same.
+    /// let again = store.keyed("instance-7/step-3");
+    /// again.collection("pages").object("home").fetch_add("/visits", 1).await?;
+    /// assert_eq!(store.collection("pages").object("home").get("/visits").await?,
+    ///            Some(serde_json::json!(1)));
+    /// # Ok(()) }
+    /// ```
+    pub fn keyed(&self, prefix: &str) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            keys: Some(Arc::new(Keys {
+                prefix: prefix.to_string(),
+                next: AtomicU64::new(0),
+            })),
+        }
+    }
+
+    /// The key of the next operation of a keyed store (none for a store without keys).
+    pub(crate) fn next_key(&self) -> Result<Option<String>, Error> {
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        if keys.prefix.is_empty() || keys.prefix.len() > KEY_PREFIX_BYTES_MAX {
+            return Err(Error::Invalid(format!(
+                "a key prefix is 1 to {KEY_PREFIX_BYTES_MAX} bytes, got {}",
+                keys.prefix.len()
+            )));
+        }
+        let n = keys.next.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(format!("{}#{n}", keys.prefix)))
     }
 
     /// The store's settings.
@@ -174,25 +236,55 @@ impl Store {
 
     /// Begins an interactive transaction with `isolation` at the log's tail.
     pub async fn begin_with(&self, isolation: Isolation) -> Result<Transaction, Error> {
+        // The key is taken before any wait, so operations started together number alike in
+        // every run.
+        let key = self.next_key()?;
         let snapshot = self
             .inner
             .ctx
             .check_tail(Tag::ANY)
             .await?
             .map_or(Seqnum::ZERO, |r| r.seqnum);
-        Ok(Transaction::new(self.clone(), snapshot, isolation))
+        Ok(Transaction::new(self.clone(), snapshot, isolation, key))
     }
 
-    /// Runs a one-shot transaction: appends it, then evaluates it at its position.
+    /// Runs a one-shot transaction: appends it, then evaluates it at its position. From a
+    /// keyed store, a transaction whose key was used before answers the first one's outcome.
     pub async fn run(&self, transaction: &OneShot) -> Result<Outcome, Error> {
         transaction.check()?;
+        let key = self.next_key()?;
         let document_bytes_max = self.inner.settings.document_bytes_max;
+        let mut tags: Vec<Tag> = transaction.written().into_iter().map(object_tag).collect();
+        tags.extend(key.as_deref().map(key_tag));
+        check_tags(&tags)?;
         let entry = Entry::OneShot {
             transaction: transaction.clone(),
             document_bytes_max,
+            key,
         };
-        let tags: Vec<Tag> = transaction.written().into_iter().map(object_tag).collect();
         let seqnum = self.append(&tags, &entry).await?;
+        if let Some(key) = entry.key() {
+            if let Some(first) = self.first_of_key(seqnum, key).await? {
+                self.remember(seqnum, Decision::Duplicate(first));
+                self.add_aux((seqnum, None), |a| {
+                    a.decision = Some(Decision::Duplicate(first))
+                })
+                .await;
+                return self.outcome_of_first(first, &entry).await;
+            }
+        }
+        self.evaluate_at(seqnum, transaction, document_bytes_max)
+            .await
+    }
+
+    /// Evaluates the one-shot transaction at `seqnum` (not a duplicate), caches its views and
+    /// decision, and returns its outcome.
+    async fn evaluate_at(
+        &self,
+        seqnum: Seqnum,
+        transaction: &OneShot,
+        document_bytes_max: usize,
+    ) -> Result<Outcome, Error> {
         let evaluated = self
             .evaluate_oneshot(seqnum, transaction, document_bytes_max)
             .await?;
@@ -228,17 +320,19 @@ impl Store {
 
     /// Appends an interactive transaction's commit record and decides it.
     pub(crate) async fn commit(&self, commit: Commit) -> Result<Outcome, Error> {
-        let tags: Vec<Tag> = commit
+        let mut tags: Vec<Tag> = commit
             .writes
             .iter()
             .map(|w| object_tag(&w.object))
             .collect();
+        tags.extend(commit.key.as_deref().map(key_tag));
+        check_tags(&tags)?;
         let entry = Entry::Commit(commit);
         let seqnum = self.append(&tags, &entry).await?;
-        let Entry::Commit(commit) = entry else {
+        let Entry::Commit(commit) = &entry else {
             unreachable!("made a commit above")
         };
-        let decision = self.decide_commit(seqnum, None, &commit).await?;
+        let decision = self.decide_commit(seqnum, None, commit).await?;
         let mut aux = Aux {
             decision: Some(decision.clone()),
             ..Aux::default()
@@ -254,20 +348,49 @@ impl Store {
             }
         }
         self.set_aux(seqnum, &aux).await;
-        Ok(match decision {
-            Decision::Committed => Outcome::Committed {
+        match decision {
+            Decision::Committed => Ok(Outcome::Committed {
                 seqnum: Some(seqnum),
                 reads: Vec::new(),
-            },
-            Decision::Aborted(reason) => Outcome::Aborted {
+            }),
+            Decision::Aborted(reason) => Ok(Outcome::Aborted {
                 seqnum: Some(seqnum),
                 reason,
-            },
-        })
+            }),
+            Decision::Duplicate(first) => self.outcome_of_first(first, &entry).await,
+        }
     }
 
-    /// Appends one write (several ops on one object), then reads the object up to it.
+    /// The outcome of a keyed transaction that wrote nothing (and appends nothing): its key's
+    /// first commit's, if the log has one (the same step, run before), else committed.
+    pub(crate) async fn commit_nothing(&self, key: Option<&str>) -> Result<Outcome, Error> {
+        let nothing = Outcome::Committed {
+            seqnum: None,
+            reads: Vec::new(),
+        };
+        let Some(key) = key else {
+            return Ok(nothing);
+        };
+        match self.first_of_key(Seqnum::MAX, key).await? {
+            Some(first) => {
+                let probe = Entry::Commit(Commit {
+                    snapshot: Seqnum::ZERO,
+                    isolation: Isolation::Serializable,
+                    touched: Vec::new(),
+                    writes: Vec::new(),
+                    key: Some(key.to_string()),
+                });
+                self.outcome_of_first(first, &probe).await
+            }
+            None => Ok(nothing),
+        }
+    }
+
+    /// Appends one write (several ops on one object), then reads the object up to it. From
+    /// a keyed store, a write whose key was used before changes nothing and answers the
+    /// first one's results.
     pub(crate) async fn write(&self, object: &ObjectId, ops: Vec<Op>) -> Result<Vec<Value>, Error> {
+        let key = self.next_key()?;
         object.check()?;
         if ops.is_empty() || ops.len() > OPS_PER_WRITE_MAX {
             return Err(Error::Invalid(format!(
@@ -279,23 +402,39 @@ impl Store {
         for op in &ops {
             op.check()?;
         }
+        let mut tags = vec![object_tag(object)];
+        tags.extend(key.as_deref().map(key_tag));
         let entry = Entry::Ops {
             object: object.clone(),
             ops,
             document_bytes_max,
+            key,
         };
-        let seqnum = self.append(&[object_tag(object)], &entry).await?;
-        let Entry::Ops { ops, .. } = entry else {
+        let seqnum = self.append(&tags, &entry).await?;
+        let first = match entry.key() {
+            Some(key) => self.first_of_key(seqnum, key).await?,
+            None => None,
+        };
+        let Entry::Ops { ops, .. } = &entry else {
             unreachable!("made ops above")
         };
         let before = self.view_at(object, below(seqnum)).await?;
-        let result = path::apply_all(&before.view.doc, &ops, document_bytes_max);
-        let view = match &result {
-            Ok((doc, _)) => View {
-                doc: doc.clone(),
-                version: seqnum,
-            },
-            Err(_) => before.view,
+        let (view, result) = match first {
+            Some(first) => {
+                self.remember(seqnum, Decision::Duplicate(first));
+                (before.view, self.results_of_first(first, &entry).await)
+            }
+            None => {
+                let result = path::apply_all(&before.view.doc, ops, document_bytes_max);
+                let view = match &result {
+                    Ok((doc, _)) => View {
+                        doc: doc.clone(),
+                        version: seqnum,
+                    },
+                    Err(_) => before.view,
+                };
+                (view, result.map(|(_, results)| results))
+            }
         };
         let after = Cached {
             view,
@@ -303,9 +442,154 @@ impl Store {
         };
         let mut aux = Aux::default();
         aux.put_view(object, after.clone());
+        aux.decision = first.map(Decision::Duplicate);
         self.set_aux(seqnum, &aux).await;
         self.cache_view(object, seqnum, after);
-        result.map(|(_, results)| results)
+        result
+    }
+
+    /// The first record of `key` below `seqnum` that a record at `seqnum` looks for: at or
+    /// above the horizon of the newest collection's mark below `seqnum`. Its seqnum, if any.
+    async fn first_of_key(&self, seqnum: Seqnum, key: &str) -> Result<Option<Seqnum>, Error> {
+        let horizon = match self.inner.ctx.read_prev(marks_tag(), below(seqnum)).await? {
+            Some(record) => match parse(&record)? {
+                Entry::Mark { horizon, .. } => horizon,
+                _ => Seqnum::ZERO,
+            },
+            None => Seqnum::ZERO,
+        };
+        let tag = key_tag(key);
+        let mut from = horizon;
+        while from < seqnum {
+            let range = ReadRange {
+                from,
+                to: seqnum,
+                limit: READ_RANGE_RECORDS_MAX,
+            };
+            let records = self.inner.ctx.read_range(tag, range).await?;
+            let Some(last) = records.last() else { break };
+            from = last.seqnum.next();
+            for record in records {
+                // Another key may share the tag: the record names its own.
+                if parse(&record)?.key() == Some(key) {
+                    return Ok(Some(record.seqnum));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first record of a key, and whether `duplicate` is the same kind of operation on
+    /// the same objects (else the key was reused: `Error::KeyReused`).
+    async fn first_record(
+        &self,
+        first: Seqnum,
+        duplicate: &Entry,
+    ) -> Result<(Record, Entry), Error> {
+        let key = duplicate.key().expect("a duplicate is keyed");
+        let record = self
+            .inner
+            .ctx
+            .read_next(key_tag(key), first)
+            .await?
+            .filter(|r| r.seqnum == first)
+            .ok_or(Error::SnapshotCollected {
+                snapshot: first,
+                horizon: first.next(),
+            })?;
+        let entry = parse(&record)?;
+        let same = match (&entry, duplicate) {
+            (
+                Entry::Ops {
+                    object: a, ops: x, ..
+                },
+                Entry::Ops {
+                    object: b, ops: y, ..
+                },
+            ) => {
+                a == b
+                    && x.len() == y.len()
+                    && x.iter().zip(y).all(|(x, y)| {
+                        std::mem::discriminant(x) == std::mem::discriminant(y)
+                            && x.path() == y.path()
+                    })
+            }
+            (Entry::OneShot { .. }, Entry::OneShot { .. }) => true,
+            (Entry::Commit(_), Entry::Commit(_)) => true,
+            _ => false,
+        };
+        if !same {
+            return Err(Error::KeyReused {
+                key: key.to_string(),
+                seqnum: first,
+            });
+        }
+        Ok((record, entry))
+    }
+
+    /// A duplicate write's answer: what its key's first write returned.
+    async fn results_of_first(
+        &self,
+        first: Seqnum,
+        duplicate: &Entry,
+    ) -> Result<Vec<Value>, Error> {
+        let (
+            _,
+            Entry::Ops {
+                object,
+                ops,
+                document_bytes_max,
+                ..
+            },
+        ) = self.first_record(first, duplicate).await?
+        else {
+            unreachable!("first_record checks the kind")
+        };
+        let before = self.view(&object, below(first)).await?;
+        path::apply_all(&before.doc, &ops, document_bytes_max).map(|(_, results)| results)
+    }
+
+    /// A duplicate transaction's answer: its key's first transaction's outcome.
+    async fn outcome_of_first(&self, first: Seqnum, duplicate: &Entry) -> Result<Outcome, Error> {
+        let (record, entry) = self.first_record(first, duplicate).await?;
+        match entry {
+            Entry::OneShot {
+                transaction,
+                document_bytes_max,
+                ..
+            } => {
+                let evaluated = self
+                    .evaluate_oneshot(first, &transaction, document_bytes_max)
+                    .await?;
+                Ok(match evaluated {
+                    Ok(Evaluated { reads, .. }) => Outcome::Committed {
+                        seqnum: Some(first),
+                        reads,
+                    },
+                    Err(reason) => Outcome::Aborted {
+                        seqnum: Some(first),
+                        reason,
+                    },
+                })
+            }
+            Entry::Commit(commit) => Ok(
+                match self
+                    .decide_commit(first, record.aux.as_ref(), &commit)
+                    .await?
+                {
+                    Decision::Committed => Outcome::Committed {
+                        seqnum: Some(first),
+                        reads: Vec::new(),
+                    },
+                    Decision::Aborted(reason) => Outcome::Aborted {
+                        seqnum: Some(first),
+                        reason,
+                    },
+                    Decision::Duplicate(_) => unreachable!("a key's first record is no duplicate"),
+                },
+            ),
+            _ => unreachable!("first_record checks the kind"),
+        }
     }
 
     async fn append(&self, tags: &[Tag], entry: &Entry) -> Result<Seqnum, Error> {
@@ -516,13 +800,22 @@ impl Store {
                 object: of,
                 ops,
                 document_bytes_max,
-            } if of == object => match path::apply_all(&view.doc, ops, *document_bytes_max) {
-                Ok((doc, _)) => View {
-                    doc,
-                    version: seqnum,
-                },
-                Err(_) => view,
-            },
+                key,
+            } if of == object => {
+                if let Some(key) = key {
+                    let decision = self.decide_keyed(seqnum, record.aux.as_ref(), key).await?;
+                    if let Decision::Duplicate(_) = decision {
+                        return Ok(view);
+                    }
+                }
+                match path::apply_all(&view.doc, ops, *document_bytes_max) {
+                    Ok((doc, _)) => View {
+                        doc,
+                        version: seqnum,
+                    },
+                    Err(_) => view,
+                }
+            }
             Entry::Commit(commit) => {
                 let Some(written) = commit.writes.iter().find(|w| &w.object == object) else {
                     return Ok(view);
@@ -535,12 +828,13 @@ impl Store {
                         doc: written.doc.clone(),
                         version: seqnum,
                     },
-                    Decision::Aborted(_) => view,
+                    Decision::Aborted(_) | Decision::Duplicate(_) => view,
                 }
             }
             Entry::OneShot {
                 transaction,
                 document_bytes_max,
+                key,
             } => {
                 if !transaction.writes.iter().any(|w| &w.object == object) {
                     return Ok(view);
@@ -551,6 +845,7 @@ impl Store {
                         record.aux.as_ref(),
                         transaction,
                         *document_bytes_max,
+                        key.as_deref(),
                     )
                     .await?;
                 match decision {
@@ -566,7 +861,7 @@ impl Store {
                             version: seqnum,
                         }
                     }
-                    Decision::Aborted(_) => view,
+                    Decision::Aborted(_) | Decision::Duplicate(_) => view,
                 }
             }
             // Checkpoints change nothing; a record of another object is here only by a
@@ -591,6 +886,13 @@ impl Store {
                 self.remember(seqnum, decision.clone());
                 return Ok(decision);
             }
+            if let Some(key) = &commit.key {
+                if let Some(first) = self.first_of_key(seqnum, key).await? {
+                    return Ok(self
+                        .keep_decision(seqnum, aux, Decision::Duplicate(first))
+                        .await);
+                }
+            }
             let mut decision = Decision::Committed;
             for touched in commit.validated() {
                 let now = self.view(&touched.object, below(seqnum)).await?;
@@ -602,12 +904,44 @@ impl Store {
                     break;
                 }
             }
-            self.remember(seqnum, decision.clone());
-            let cached = decision.clone();
-            self.add_aux((seqnum, aux), |a| a.decision = Some(cached))
-                .await;
-            Ok(decision)
+            Ok(self.keep_decision(seqnum, aux, decision).await)
         })
+    }
+
+    /// Keeps a record's decision in memory and in its aux data; returns it.
+    async fn keep_decision(
+        &self,
+        seqnum: Seqnum,
+        aux: Option<&Bytes>,
+        decision: Decision,
+    ) -> Decision {
+        self.remember(seqnum, decision.clone());
+        let cached = decision.clone();
+        self.add_aux((seqnum, aux), |a| a.decision = Some(cached))
+            .await;
+        decision
+    }
+
+    /// Decides whether the keyed write at `seqnum` is its key's first record (`Committed`:
+    /// it applies, or fails alike for every reader) or a duplicate.
+    async fn decide_keyed(
+        &self,
+        seqnum: Seqnum,
+        aux: Option<&Bytes>,
+        key: &str,
+    ) -> Result<Decision, Error> {
+        if let Some(decision) = self.remembered(seqnum) {
+            return Ok(decision);
+        }
+        if let Some(decision) = Aux::of(aux).decision {
+            self.remember(seqnum, decision.clone());
+            return Ok(decision);
+        }
+        let decision = match self.first_of_key(seqnum, key).await? {
+            Some(first) => Decision::Duplicate(first),
+            None => Decision::Committed,
+        };
+        Ok(self.keep_decision(seqnum, aux, decision).await)
     }
 
     /// Decides a one-shot transaction's record at `seqnum` by evaluating it there.
@@ -617,6 +951,7 @@ impl Store {
         aux: Option<&Bytes>,
         transaction: &OneShot,
         document_bytes_max: usize,
+        key: Option<&str>,
     ) -> Result<Decision, Error> {
         if let Some(decision) = self.remembered(seqnum) {
             return Ok(decision);
@@ -625,6 +960,13 @@ impl Store {
             self.remember(seqnum, decision.clone());
             return Ok(decision);
         }
+        if let Some(key) = key {
+            if let Some(first) = self.first_of_key(seqnum, key).await? {
+                return Ok(self
+                    .keep_decision(seqnum, aux, Decision::Duplicate(first))
+                    .await);
+            }
+        }
         let decision = match self
             .evaluate_oneshot(seqnum, transaction, document_bytes_max)
             .await?
@@ -632,11 +974,7 @@ impl Store {
             Ok(_) => Decision::Committed,
             Err(reason) => Decision::Aborted(reason),
         };
-        self.remember(seqnum, decision.clone());
-        let cached = decision.clone();
-        self.add_aux((seqnum, aux), |a| a.decision = Some(cached))
-            .await;
-        Ok(decision)
+        Ok(self.keep_decision(seqnum, aux, decision).await)
     }
 
     /// Evaluates a one-shot transaction on its objects just below `seqnum`.
@@ -653,6 +991,19 @@ impl Store {
         }
         Ok(transaction.evaluate(&docs, document_bytes_max))
     }
+}
+
+/// Checks that a record's tags fit: a keyed transaction's key takes one of them.
+fn check_tags(tags: &[Tag]) -> Result<(), Error> {
+    if tags.len() > logbook::TAGS_PER_RECORD_MAX {
+        return Err(Error::Invalid(format!(
+            "a record carries at most {} tags: a keyed transaction writes at most {} objects, this one {}",
+            logbook::TAGS_PER_RECORD_MAX,
+            logbook::TAGS_PER_RECORD_MAX - 1,
+            tags.len() - 1
+        )));
+    }
+    Ok(())
 }
 
 /// The seqnum just below `seqnum` (records are never at 0 in a book: it has none below).
