@@ -242,6 +242,11 @@ pub fn marks_tag() -> Tag {
     record_tag(hash(&["libstore", "marks"]))
 }
 
+/// The stream of an object's bases: its view just below a collection's horizon.
+pub fn base_tag(object: &ObjectId) -> Tag {
+    record_tag(hash(&["libstore", "base", &object.collection, &object.key]))
+}
+
 fn record_tag(h: u64) -> Tag {
     let tag = Tag(h);
     if tag.is_record_tag() {

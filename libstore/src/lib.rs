@@ -37,7 +37,7 @@ pub use error::Error;
 pub use oneshot::{Condition, OneShot, Read, Test, Write, ONESHOT_ITEMS_MAX};
 pub use path::{Op, PATH_BYTES_MAX};
 pub use store::{
-    Collection, Object, Settings, Stats, Store, DECISIONS_CACHED_MAX, KEY_PREFIX_BYTES_MAX,
-    OPS_PER_WRITE_MAX, TXN_OBJECTS_MAX, VIEWS_CACHED_MAX,
+    Collected, Collection, Object, Settings, Stats, Store, DECISIONS_CACHED_MAX,
+    KEY_PREFIX_BYTES_MAX, OPS_PER_WRITE_MAX, TXN_OBJECTS_MAX, VIEWS_CACHED_MAX,
 };
 pub use txn::{Isolation, Outcome, Transaction};

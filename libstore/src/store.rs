@@ -13,7 +13,7 @@
 //! appends a checkpoint, so a read with no cache at all replays about that many records.
 
 use crate::entry::{
-    key_tag, marks_tag, object_tag, Aux, Cached, Commit, Decision, Entry, ObjectId, View,
+    base_tag, key_tag, marks_tag, object_tag, Aux, Cached, Commit, Decision, Entry, ObjectId, View,
 };
 use crate::oneshot::{Evaluated, OneShot};
 use crate::path::{self, Op};
@@ -136,6 +136,17 @@ pub struct Store {
 struct Keys {
     prefix: String,
     next: AtomicU64,
+}
+
+/// What one collection did (`Store::collect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Object streams are trimmed below this seqnum (0: nothing is trimmed yet).
+    pub horizon: Seqnum,
+    /// Objects whose stream this collection trimmed (each got a base).
+    pub objects: u64,
+    /// Records of libstore this collection trimmed from every stream they were in.
+    pub records: u64,
 }
 
 /// A boxed future: view and decision computations recurse down the log.
@@ -451,13 +462,7 @@ impl Store {
     /// The first record of `key` below `seqnum` that a record at `seqnum` looks for: at or
     /// above the horizon of the newest collection's mark below `seqnum`. Its seqnum, if any.
     async fn first_of_key(&self, seqnum: Seqnum, key: &str) -> Result<Option<Seqnum>, Error> {
-        let horizon = match self.inner.ctx.read_prev(marks_tag(), below(seqnum)).await? {
-            Some(record) => match parse(&record)? {
-                Entry::Mark { horizon, .. } => horizon,
-                _ => Seqnum::ZERO,
-            },
-            None => Seqnum::ZERO,
-        };
+        let horizon = self.horizon_below(seqnum).await?;
         let tag = key_tag(key);
         let mut from = horizon;
         while from < seqnum {
@@ -487,6 +492,7 @@ impl Store {
         duplicate: &Entry,
     ) -> Result<(Record, Entry), Error> {
         let key = duplicate.key().expect("a duplicate is keyed");
+        let first = self.original(first, key).await?;
         let record = self
             .inner
             .ctx
@@ -527,6 +533,40 @@ impl Store {
         Ok((record, entry))
     }
 
+    /// The horizon declared by the newest collection's mark below `seqnum` (0: none).
+    async fn horizon_below(&self, seqnum: Seqnum) -> Result<Seqnum, Error> {
+        Ok(
+            match self.inner.ctx.read_prev(marks_tag(), below(seqnum)).await? {
+                Some(record) => match parse(&record)? {
+                    Entry::Mark { horizon, .. } => horizon,
+                    _ => Seqnum::ZERO,
+                },
+                None => Seqnum::ZERO,
+            },
+        )
+    }
+
+    /// The record a duplicate's answer comes from: `first`, or if `first` is itself a
+    /// duplicate (of a record below the horizon its reader looked from), the one it repeats.
+    async fn original(&self, mut first: Seqnum, key: &str) -> Result<Seqnum, Error> {
+        loop {
+            let of = match self.remembered(first) {
+                Some(Decision::Duplicate(of)) => Some(of),
+                Some(_) => None,
+                None => self.first_of_key(first, key).await?,
+            };
+            let Some(of) = of else {
+                return Ok(first);
+            };
+            // A collection may have trimmed the record it repeats: then its answer is its
+            // own, as if it had run at its position.
+            if of < self.horizon_below(Seqnum::MAX).await? {
+                return Ok(first);
+            }
+            first = of;
+        }
+    }
+
     /// A duplicate write's answer: what its key's first write returned.
     async fn results_of_first(
         &self,
@@ -534,7 +574,7 @@ impl Store {
         duplicate: &Entry,
     ) -> Result<Vec<Value>, Error> {
         let (
-            _,
+            record,
             Entry::Ops {
                 object,
                 ops,
@@ -545,13 +585,14 @@ impl Store {
         else {
             unreachable!("first_record checks the kind")
         };
-        let before = self.view(&object, below(first)).await?;
+        let before = self.view(&object, below(record.seqnum)).await?;
         path::apply_all(&before.doc, &ops, document_bytes_max).map(|(_, results)| results)
     }
 
     /// A duplicate transaction's answer: its key's first transaction's outcome.
     async fn outcome_of_first(&self, first: Seqnum, duplicate: &Entry) -> Result<Outcome, Error> {
         let (record, entry) = self.first_record(first, duplicate).await?;
+        let first = record.seqnum;
         match entry {
             Entry::OneShot {
                 transaction,
@@ -585,7 +626,12 @@ impl Store {
                         seqnum: Some(first),
                         reason,
                     },
-                    Decision::Duplicate(_) => unreachable!("a key's first record is no duplicate"),
+                    Decision::Duplicate(of) => {
+                        return Err(Error::Corrupt {
+                            seqnum: first,
+                            reason: format!("a key's first record is decided a duplicate of {of}"),
+                        })
+                    }
                 },
             ),
             _ => unreachable!("first_record checks the kind"),
@@ -656,14 +702,19 @@ impl Store {
 
     /// The kept view of the object if it is as of a seqnum in `[newest, at]`: `newest` being
     /// the object's newest record at or below `at`, the view is then the one at `at`.
-    fn cached_view(&self, object: &ObjectId, newest: Seqnum, at: Seqnum) -> Option<Cached> {
+    fn cached_view(
+        &self,
+        object: &ObjectId,
+        newest: Seqnum,
+        at: Seqnum,
+    ) -> Option<(Seqnum, Cached)> {
         let views = self
             .inner
             .views
             .lock()
             .expect("no panics while holding the views");
         let (as_of, view) = views.get(object)?;
-        (newest <= *as_of && *as_of <= at).then(|| view.clone())
+        (newest <= *as_of && *as_of <= at).then(|| (*as_of, view.clone()))
     }
 
     /// The object's view after every record up to `at` (`Seqnum::MAX`: the newest).
@@ -684,9 +735,23 @@ impl Store {
             let mut as_of = (at != Seqnum::MAX).then_some(at);
             let start = loop {
                 let Some(record) = ctx.read_prev(tag, cursor).await? else {
-                    break Cached {
-                        view: View::empty(),
-                        depth: 0,
+                    // The stream's start, or a collection's trim: then the base holds the
+                    // view just below it.
+                    break match self.base(object).await? {
+                        Some((base_as_of, view)) if base_as_of <= at => {
+                            pending.retain(|(r, _)| r.seqnum > base_as_of);
+                            Cached { view, depth: 0 }
+                        }
+                        Some((base_as_of, _)) => {
+                            return Err(Error::SnapshotCollected {
+                                snapshot: at,
+                                horizon: base_as_of.next(),
+                            })
+                        }
+                        None => Cached {
+                            view: View::empty(),
+                            depth: 0,
+                        },
                     };
                 };
                 as_of.get_or_insert(record.seqnum);
@@ -698,15 +763,30 @@ impl Store {
                 } = &entry
                 {
                     if of == object {
-                        let between =
-                            (self.read_between(tag, checkpoint_as_of.next(), record.seqnum))
-                                .await?;
+                        // A collection may have trimmed records the checkpoint needs: its
+                        // base is then newer than the checkpoint, and the replay starts there.
+                        let (from, view) = match self.base(object).await? {
+                            Some((base_as_of, base))
+                                if base_as_of > *checkpoint_as_of && base_as_of < record.seqnum =>
+                            {
+                                (base_as_of, base)
+                            }
+                            _ => (*checkpoint_as_of, view.clone()),
+                        };
+                        let between = (self.read_between(tag, from.next(), record.seqnum)).await?;
                         pending.extend(between.into_iter().rev());
-                        let view = view.clone();
                         break Cached { view, depth: 0 };
                     }
                 }
-                if let Some(cached) = self.cached_view(object, record.seqnum, cursor) {
+                if let Some((kept_as_of, cached)) = self.cached_view(object, record.seqnum, cursor)
+                {
+                    // Kept by a writer after this read began, the view may be as of a newer
+                    // record than the one just read: it is then as of that one.
+                    if pending.is_empty() {
+                        if let Some(as_of) = as_of.as_mut() {
+                            *as_of = (*as_of).max(kept_as_of);
+                        }
+                    }
                     break cached;
                 }
                 if let Some(cached) = Aux::of(record.aux.as_ref()).view(object) {
@@ -758,6 +838,142 @@ impl Store {
             }
             Ok(cached)
         })
+    }
+
+    /// The object's newest base (its view just below a collection's horizon), if it has one:
+    /// the seqnum the view is as of, and the view.
+    async fn base(&self, object: &ObjectId) -> Result<Option<(Seqnum, View)>, Error> {
+        let tag = base_tag(object);
+        let mut cursor = Seqnum::MAX;
+        while let Some(record) = self.inner.ctx.read_prev(tag, cursor).await? {
+            if let Entry::Checkpoint {
+                object: of,
+                as_of,
+                view,
+            } = parse(&record)?
+            {
+                if &of == object {
+                    return Ok(Some((as_of, view)));
+                }
+            }
+            // Another object's base, by a collision of tags.
+            if record.seqnum == Seqnum::ZERO {
+                break;
+            }
+            cursor = below(record.seqnum);
+        }
+        Ok(None)
+    }
+
+    /// Trims what no reader needs any more: every object's versions below the **horizon**,
+    /// the newest mark of a collection older than `retention` (or than
+    /// `Settings::transaction_lifetime`, if longer). Appends this collection's mark first;
+    /// the first collection, with no mark old enough, trims nothing. Each object changed
+    /// between the previous horizon and this one gets a base (its view just below the
+    /// horizon, in its base stream) before its stream is trimmed, so every answer stays the
+    /// same; key streams are trimmed too, but for a key with a duplicate above the horizon.
+    ///
+    /// ```
+    /// # async fn f(store: libstore::Store) -> Result<(), libstore::Error> {
+    /// let collected = store.collect(std::time::Duration::from_secs(3600)).await?;
+    /// println!("{} records trimmed from {} objects", collected.records, collected.objects);
+    /// # Ok(()) }
+    /// ```
+    pub async fn collect(&self, retention: Duration) -> Result<Collected, Error> {
+        let ctx = &self.inner.ctx;
+        let retention = retention.max(self.inner.settings.transaction_lifetime);
+        let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+        let now = now_ms();
+        let mut previous = Seqnum::ZERO;
+        let mut horizon = Seqnum::ZERO;
+        for (record, entry) in self
+            .read_between(marks_tag(), Seqnum::ZERO, Seqnum::MAX)
+            .await?
+        {
+            if let Entry::Mark {
+                at_ms,
+                horizon: declared,
+            } = entry
+            {
+                previous = previous.max(declared);
+                if at_ms.saturating_add(retention_ms) <= now {
+                    horizon = horizon.max(record.seqnum);
+                }
+            }
+        }
+        // Horizons only move forward (a longer retention than last time trims nothing).
+        let horizon = horizon.max(previous);
+        let mark = Entry::Mark {
+            at_ms: now,
+            horizon,
+        };
+        self.append(&[marks_tag()], &mark).await?;
+        let mut collected = Collected {
+            horizon,
+            ..Collected::default()
+        };
+        if horizon <= previous {
+            return Ok(collected);
+        }
+        // What changed between the two horizons: read once, by this collection only.
+        let mut objects = std::collections::BTreeSet::new();
+        let mut keys = std::collections::BTreeSet::new();
+        let mut from = previous;
+        while from < horizon {
+            let range = ReadRange {
+                from,
+                to: horizon,
+                limit: READ_RANGE_RECORDS_MAX,
+            };
+            let records = ctx.read_range(Tag::ANY, range).await?;
+            let Some(last) = records.last() else { break };
+            from = last.seqnum.next();
+            for record in records {
+                // The book holds other libraries' records too.
+                let Ok(entry) = serde_json::from_slice::<Entry>(&record.data) else {
+                    continue;
+                };
+                collected.records += 1;
+                if let Some(key) = entry.key() {
+                    keys.insert(key.to_string());
+                }
+                match entry {
+                    Entry::Ops { object, .. } | Entry::Checkpoint { object, .. } => {
+                        objects.insert(object);
+                    }
+                    Entry::Commit(commit) => {
+                        objects.extend(commit.writes.into_iter().map(|w| w.object));
+                    }
+                    Entry::OneShot { transaction, .. } => {
+                        objects.extend(transaction.written().into_iter().cloned());
+                    }
+                    Entry::Mark { .. } => {}
+                }
+            }
+        }
+        for object in objects {
+            let view = self.view(&object, below(horizon)).await?;
+            let base = Entry::Checkpoint {
+                object: object.clone(),
+                as_of: below(horizon),
+                view,
+            };
+            let base = self.append(&[base_tag(&object)], &base).await?;
+            ctx.trim(object_tag(&object), horizon).await?;
+            ctx.trim(base_tag(&object), base).await?;
+            collected.objects += 1;
+        }
+        for key in keys {
+            // A duplicate above the horizon made before this mark looks below it for its
+            // first record: keep the key's stream for it.
+            let tag = key_tag(&key);
+            let above = self.read_between(tag, horizon, Seqnum::MAX).await?;
+            if !above.iter().any(|(_, e)| e.key() == Some(key.as_str())) {
+                ctx.trim(tag, horizon).await?;
+            }
+        }
+        ctx.trim(marks_tag(), horizon).await?;
+        Ok(collected)
     }
 
     /// The records of `tag` in `[from, to)`, in log order.
@@ -1004,6 +1220,13 @@ fn check_tags(tags: &[Tag]) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch: a collection's mark.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The seqnum just below `seqnum` (records are never at 0 in a book: it has none below).
