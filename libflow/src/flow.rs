@@ -236,6 +236,50 @@ impl Flow {
         }
     }
 
+    /// Like `step`, and hands `f` the step's **key**: a string that names the instance and
+    /// the step's position, the same in every execution of the instance and every try of the
+    /// step. Effects keyed by it take effect once however often the step runs: a libstore
+    /// store keyed with it (`Store::new(ctx).keyed(&key)`) makes the step's object writes and
+    /// transactions exactly once (a write run again answers its first run's result).
+    ///
+    /// ```no_run
+    /// # async fn f(flow: libflow::Flow) -> Result<(), libflow::Error> {
+    /// use libstore::Store;
+    /// use tally_sdk::FunctionError as E;
+    ///
+    /// let ctx = flow.ctx().clone();
+    /// let paid: bool = flow
+    ///     .step_with_key("pay", move |key| {
+    ///         let store = Store::new(ctx.clone()).keyed(&key);
+    ///         async move {
+    ///             let accounts = store.collection("accounts");
+    ///             let (a1, a2) = (accounts.object("a1"), accounts.object("a2"));
+    ///             let mut tx = store.begin().await.map_err(E::from)?;
+    ///             tx.fetch_add(&a1, "/balance", -5).await.map_err(E::from)?;
+    ///             tx.fetch_add(&a2, "/balance", 5).await.map_err(E::from)?;
+    ///             Ok(tx.commit().await.map_err(E::from)?.is_committed())
+    ///         }
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn step_with_key<T, F, Fut>(&self, name: &str, f: F) -> Step<T, WithKey<F>>
+    where
+        F: FnMut(String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Error>> + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Step {
+            flow: self.clone(),
+            name: name.to_string(),
+            f: WithKey(f),
+            retry: self.inner.setup.retry,
+            internal: false,
+            compensation: None,
+            _out: std::marker::PhantomData,
+        }
+    }
+
     /// Calls `function` with `input` (JSON) and returns its JSON output. The child runs once
     /// for this position of the instance, however often the instance is replayed: its
     /// invocation's idempotency key is derived from the instance and position.
@@ -453,6 +497,11 @@ impl Flow {
             .state
             .lock()
             .expect("no panics while the flow's state is locked")
+    }
+
+    /// The key of the step at `position` (`step_with_key`).
+    fn step_key(&self, position: u64) -> String {
+        format!("libflow-step:{}:{}", self.inner.id, position)
     }
 
     /// The idempotency key of the child started at `position`.
@@ -1250,10 +1299,42 @@ impl<T, F> Step<T, F> {
     }
 }
 
-impl<T, F, Fut> IntoFuture for Step<T, F>
+/// What a step runs: a closure `|| async { .. }` (`Flow::step`), or one that takes the step's
+/// key, `|key| async { .. }` (`Flow::step_with_key`).
+pub trait StepBody<T>: Send + 'static {
+    type Fut: Future<Output = Result<T, Error>> + Send + 'static;
+    /// Starts one try of the step.
+    fn start(&mut self, key: &str) -> Self::Fut;
+}
+
+impl<T, F, Fut> StepBody<T> for F
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    type Fut = Fut;
+    fn start(&mut self, _key: &str) -> Fut {
+        self()
+    }
+}
+
+/// A step's closure that takes the step's key (`Flow::step_with_key`).
+pub struct WithKey<F>(F);
+
+impl<T, F, Fut> StepBody<T> for WithKey<F>
+where
+    F: FnMut(String) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    type Fut = Fut;
+    fn start(&mut self, key: &str) -> Fut {
+        (self.0)(key.to_string())
+    }
+}
+
+impl<T, F> IntoFuture for Step<T, F>
+where
+    F: StepBody<T>,
     T: Serialize + DeserializeOwned + Send + 'static,
 {
     type Output = Result<T, Error>;
@@ -1284,10 +1365,11 @@ where
                     if !internal {
                         flow.barrier().await?;
                     }
+                    let key = flow.step_key(pos);
                     let mut attempts = 0;
                     let outcome = loop {
                         attempts += 1;
-                        match f().await {
+                        match f.start(&key).await {
                             Ok(value) => break Outcome::Ok(serde_json::to_value(&value)?),
                             Err(e) if e.stops_execution() => return Err(e),
                             Err(Error::Failed { message, retryable }) => {

@@ -8,6 +8,8 @@
 //! again) and continues where it stopped: its effects happen once.
 //!
 //! - `flow.step(name, || async { .. })`: run once, result logged; retries with backoff.
+//!   `step_with_key(name, |key| async { .. })` also hands it a key that is the same in every
+//!   run and try of the step (for a keyed libstore store: its writes take effect once).
 //! - `flow.call(function, &input)` / `call_async`: child invocations, once per position.
 //! - `flow.sleep(d)`, `wait_signal(name)`, `wait_signal_timeout(name, d)`: durable timers and
 //!   events from outside (`signal`).
@@ -30,7 +32,7 @@ mod workflows;
 
 pub use entry::{instances_tag, key_tag, signal_tag, steps_tag, Status, CANCEL_SIGNAL};
 pub use error::Error;
-pub use flow::{CallBuilder, Flow, RetryPolicy, Step};
+pub use flow::{CallBuilder, Flow, RetryPolicy, Step, StepBody, WithKey};
 pub use query::{query_function, query_input, Query, QueryError};
 pub use schedule::{Schedule, SCHEDULE_EVERY_MS_MIN, SCHEDULE_WORKFLOW};
 /// Stopping schedules.

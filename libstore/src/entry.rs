@@ -6,6 +6,10 @@
 //! transactions that write it, and checkpoints of its view. The object's document after a
 //! seqnum is what replaying its stream up to that seqnum gives; every reader replays alike.
 //! Records and aux data are JSON.
+//!
+//! Other streams: a keyed record is also in its key's stream (`key_tag`), where a reader finds
+//! the first record of a key; collections write marks (`marks_tag`) and each collected
+//! object's base, its view just below the horizon (`base_tag`).
 
 use crate::oneshot::OneShot;
 use crate::path::Op;
@@ -82,6 +86,8 @@ pub(crate) enum Entry {
         object: ObjectId,
         ops: Vec<Op>,
         document_bytes_max: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// An interactive transaction's commit record.
     Commit(Commit),
@@ -89,6 +95,8 @@ pub(crate) enum Entry {
     OneShot {
         transaction: OneShot,
         document_bytes_max: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// The object's view as of `as_of` (a seqnum below this record's): a replay may start
     /// here, applying the stream's records after `as_of`.
@@ -97,6 +105,21 @@ pub(crate) enum Entry {
         as_of: Seqnum,
         view: View,
     },
+    /// A collection's mark, in the marks stream: the time it was made, and the horizon it
+    /// declares (below it, object streams are trimmed, and a key's first record is not
+    /// looked for by the records after this mark).
+    Mark { at_ms: u64, horizon: Seqnum },
+}
+
+impl Entry {
+    /// The key of a keyed write or transaction.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Entry::Ops { key, .. } | Entry::OneShot { key, .. } => key.as_deref(),
+            Entry::Commit(commit) => commit.key.as_deref(),
+            Entry::Checkpoint { .. } | Entry::Mark { .. } => None,
+        }
+    }
 }
 
 /// An interactive transaction's commit record.
@@ -108,6 +131,9 @@ pub(crate) struct Commit {
     pub touched: Vec<Touched>,
     /// The new document of each written object (`None`: deleted).
     pub writes: Vec<Written>,
+    /// The transaction's key, if it was begun by a keyed store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +166,8 @@ impl Commit {
 pub(crate) enum Decision {
     Committed,
     Aborted(String),
+    /// A keyed record whose key's first record is at this seqnum: it changes nothing.
+    Duplicate(Seqnum),
 }
 
 /// A view as the caches keep it: with its depth, the records replayed on top of the newest
@@ -196,7 +224,30 @@ fn hash(parts: &[&str]) -> u64 {
 
 /// The stream of an object: every record that may change it.
 pub fn object_tag(object: &ObjectId) -> Tag {
-    let h = hash(&["libstore", "object", &object.collection, &object.key]);
+    record_tag(hash(&[
+        "libstore",
+        "object",
+        &object.collection,
+        &object.key,
+    ]))
+}
+
+/// The stream of key `key`: every keyed record that carries it.
+pub fn key_tag(key: &str) -> Tag {
+    record_tag(hash(&["libstore", "key", key]))
+}
+
+/// The stream of collections' marks.
+pub fn marks_tag() -> Tag {
+    record_tag(hash(&["libstore", "marks"]))
+}
+
+/// The stream of an object's bases: its view just below a collection's horizon.
+pub fn base_tag(object: &ObjectId) -> Tag {
+    record_tag(hash(&["libstore", "base", &object.collection, &object.key]))
+}
+
+fn record_tag(h: u64) -> Tag {
     let tag = Tag(h);
     if tag.is_record_tag() {
         tag
@@ -231,6 +282,7 @@ mod tests {
                 Op::push("/l", serde_json::json!(1), Some(3)),
             ],
             document_bytes_max: 10,
+            key: Some("step#0".into()),
         };
         let bytes = serde_json::to_vec(&entry).unwrap();
         assert_eq!(serde_json::from_slice::<Entry>(&bytes).unwrap(), entry);

@@ -37,6 +37,14 @@ pub enum Error {
     /// transaction, a push limit of 0. The message says what to change.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A keyed operation whose key names another operation in the log (another kind of
+    /// operation, or another object): the key is not unique in its step. Nothing changed.
+    #[error("key {key:?} names another operation, at seqnum {seqnum}: each keyed operation needs a key of its own")]
+    KeyReused { key: String, seqnum: Seqnum },
+    /// A read at a snapshot below a collection's horizon (a transaction that outlived
+    /// `Settings::transaction_lifetime`): the versions it needs are trimmed. Begin again.
+    #[error("the snapshot at seqnum {snapshot} is below the collected horizon {horizon}: begin the transaction again")]
+    SnapshotCollected { snapshot: Seqnum, horizon: Seqnum },
     /// A record in an object's stream is not a libstore record, or contradicts the log.
     #[error("record {seqnum} of an object's stream cannot be read: {reason}")]
     Corrupt { seqnum: Seqnum, reason: String },

@@ -12,6 +12,10 @@
 //! - Interactive transactions (`Store::begin`) read one snapshot and commit with one record
 //!   that every reader validates alike: serializable by default, snapshot isolation on request.
 //!
+//! A keyed store (`Store::keyed`) puts a key in each record it appends; every reader applies
+//! only the first record of a key, so a workflow step that runs again changes nothing twice.
+//! `Store::collect` trims versions older than a retention, keeping a base view per object.
+//!
 //! Views are cached in aux data and checkpointed in the log, so reads replay a bounded suffix;
 //! aux data is only a cache. libstore depends on `logbook` and the SDK only: it runs wherever a
 //! function runs, over the `Ctx` of the call.
@@ -28,12 +32,12 @@ mod path;
 mod store;
 mod txn;
 
-pub use entry::{object_tag, ObjectId, View, NAME_BYTES_MAX};
+pub use entry::{key_tag, object_tag, ObjectId, View, NAME_BYTES_MAX};
 pub use error::Error;
 pub use oneshot::{Condition, OneShot, Read, Test, Write, ONESHOT_ITEMS_MAX};
 pub use path::{Op, PATH_BYTES_MAX};
 pub use store::{
-    Collection, Object, Settings, Stats, Store, DECISIONS_CACHED_MAX, OPS_PER_WRITE_MAX,
-    TXN_OBJECTS_MAX, VIEWS_CACHED_MAX,
+    Collected, Collection, Object, Settings, Stats, Store, DECISIONS_CACHED_MAX,
+    KEY_PREFIX_BYTES_MAX, OPS_PER_WRITE_MAX, TXN_OBJECTS_MAX, VIEWS_CACHED_MAX,
 };
 pub use txn::{Isolation, Outcome, Transaction};

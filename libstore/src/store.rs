@@ -12,7 +12,9 @@
 //! checkpoint to reach it; whoever computes a view deeper than `Settings::checkpoint_every`
 //! appends a checkpoint, so a read with no cache at all replays about that many records.
 
-use crate::entry::{object_tag, Aux, Cached, Commit, Decision, Entry, ObjectId, View};
+use crate::entry::{
+    base_tag, key_tag, marks_tag, object_tag, Aux, Cached, Commit, Decision, Entry, ObjectId, View,
+};
 use crate::oneshot::{Evaluated, OneShot};
 use crate::path::{self, Op};
 use crate::txn::{Isolation, Outcome, Transaction};
@@ -25,6 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tally_sdk::Ctx;
 
 /// Most objects one transaction writes: one tag per written object on its record.
@@ -35,6 +38,8 @@ pub const OPS_PER_WRITE_MAX: usize = 256;
 pub const DECISIONS_CACHED_MAX: usize = 65_536;
 /// Most objects whose newest view a store keeps in memory.
 pub const VIEWS_CACHED_MAX: usize = 16_384;
+/// Longest key prefix (`Store::keyed`), in bytes.
+pub const KEY_PREFIX_BYTES_MAX: usize = 512;
 
 /// A store's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +49,11 @@ pub struct Settings {
     pub checkpoint_every: usize,
     /// Largest document, in bytes of JSON. Each write carries the limit it was made under.
     pub document_bytes_max: usize,
+    /// How long an interactive transaction surely reads its snapshot: `collect` never trims
+    /// versions newer than this (whatever retention it is given). An older transaction keeps
+    /// what it read, but reading an object it had not read may fail with
+    /// `Error::SnapshotCollected`.
+    pub transaction_lifetime: Duration,
 }
 
 impl Default for Settings {
@@ -51,6 +61,7 @@ impl Default for Settings {
         Settings {
             checkpoint_every: 64,
             document_bytes_max: 64 * 1024,
+            transaction_lifetime: Duration::from_secs(60),
         }
     }
 }
@@ -118,6 +129,24 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// A keyed store's key prefix and the number of its next operation.
+    keys: Option<Arc<Keys>>,
+}
+
+struct Keys {
+    prefix: String,
+    next: AtomicU64,
+}
+
+/// What one collection did (`Store::collect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Object streams are trimmed below this seqnum (0: nothing is trimmed yet).
+    pub horizon: Seqnum,
+    /// Objects whose stream this collection trimmed (each got a base).
+    pub objects: u64,
+    /// Records of libstore this collection trimmed from every stream they were in.
+    pub records: u64,
 }
 
 /// A boxed future: view and decision computations recurse down the log.
@@ -140,7 +169,51 @@ impl Store {
                 views: Mutex::new(BTreeMap::new()),
                 counters: Counters::default(),
             }),
+            keys: None,
         })
+    }
+
+    /// The same store (sharing its caches) whose writes, one-shot transactions and
+    /// interactive transactions carry keys `prefix#0`, `prefix#1`, ... in the order they
+    /// start: of the records with one key, every reader applies only the first, and a later
+    /// one answers the first one's result. Made for a workflow step that may run again
+    /// (`Flow::step_with_key` in libflow gives it a key that does not change between runs).
+    ///
+    /// ```
+    /// # async fn f(ctx: tally_sdk::Ctx) -> Result<(), libstore::Error> {
+    /// let store = libstore::Store::new(ctx);
+    /// let once = store.keyed("instance-7/step-3");
+    /// once.collection("pages").object("home").fetch_add("/visits", 1).await?;
+    /// // Run again with the same prefix, the write changes nothing and answers the same.
+    /// let again = store.keyed("instance-7/step-3");
+    /// again.collection("pages").object("home").fetch_add("/visits", 1).await?;
+    /// assert_eq!(store.collection("pages").object("home").get("/visits").await?,
+    ///            Some(serde_json::json!(1)));
+    /// # Ok(()) }
+    /// ```
+    pub fn keyed(&self, prefix: &str) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            keys: Some(Arc::new(Keys {
+                prefix: prefix.to_string(),
+                next: AtomicU64::new(0),
+            })),
+        }
+    }
+
+    /// The key of the next operation of a keyed store (none for a store without keys).
+    pub(crate) fn next_key(&self) -> Result<Option<String>, Error> {
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        if keys.prefix.is_empty() || keys.prefix.len() > KEY_PREFIX_BYTES_MAX {
+            return Err(Error::Invalid(format!(
+                "a key prefix is 1 to {KEY_PREFIX_BYTES_MAX} bytes, got {}",
+                keys.prefix.len()
+            )));
+        }
+        let n = keys.next.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(format!("{}#{n}", keys.prefix)))
     }
 
     /// The store's settings.
@@ -174,25 +247,55 @@ impl Store {
 
     /// Begins an interactive transaction with `isolation` at the log's tail.
     pub async fn begin_with(&self, isolation: Isolation) -> Result<Transaction, Error> {
+        // The key is taken before any wait, so operations started together number alike in
+        // every run.
+        let key = self.next_key()?;
         let snapshot = self
             .inner
             .ctx
             .check_tail(Tag::ANY)
             .await?
             .map_or(Seqnum::ZERO, |r| r.seqnum);
-        Ok(Transaction::new(self.clone(), snapshot, isolation))
+        Ok(Transaction::new(self.clone(), snapshot, isolation, key))
     }
 
-    /// Runs a one-shot transaction: appends it, then evaluates it at its position.
+    /// Runs a one-shot transaction: appends it, then evaluates it at its position. From a
+    /// keyed store, a transaction whose key was used before answers the first one's outcome.
     pub async fn run(&self, transaction: &OneShot) -> Result<Outcome, Error> {
         transaction.check()?;
+        let key = self.next_key()?;
         let document_bytes_max = self.inner.settings.document_bytes_max;
+        let mut tags: Vec<Tag> = transaction.written().into_iter().map(object_tag).collect();
+        tags.extend(key.as_deref().map(key_tag));
+        check_tags(&tags)?;
         let entry = Entry::OneShot {
             transaction: transaction.clone(),
             document_bytes_max,
+            key,
         };
-        let tags: Vec<Tag> = transaction.written().into_iter().map(object_tag).collect();
         let seqnum = self.append(&tags, &entry).await?;
+        if let Some(key) = entry.key() {
+            if let Some(first) = self.first_of_key(seqnum, key).await? {
+                self.remember(seqnum, Decision::Duplicate(first));
+                self.add_aux((seqnum, None), |a| {
+                    a.decision = Some(Decision::Duplicate(first))
+                })
+                .await;
+                return self.outcome_of_first(first, &entry).await;
+            }
+        }
+        self.evaluate_at(seqnum, transaction, document_bytes_max)
+            .await
+    }
+
+    /// Evaluates the one-shot transaction at `seqnum` (not a duplicate), caches its views and
+    /// decision, and returns its outcome.
+    async fn evaluate_at(
+        &self,
+        seqnum: Seqnum,
+        transaction: &OneShot,
+        document_bytes_max: usize,
+    ) -> Result<Outcome, Error> {
         let evaluated = self
             .evaluate_oneshot(seqnum, transaction, document_bytes_max)
             .await?;
@@ -228,17 +331,19 @@ impl Store {
 
     /// Appends an interactive transaction's commit record and decides it.
     pub(crate) async fn commit(&self, commit: Commit) -> Result<Outcome, Error> {
-        let tags: Vec<Tag> = commit
+        let mut tags: Vec<Tag> = commit
             .writes
             .iter()
             .map(|w| object_tag(&w.object))
             .collect();
+        tags.extend(commit.key.as_deref().map(key_tag));
+        check_tags(&tags)?;
         let entry = Entry::Commit(commit);
         let seqnum = self.append(&tags, &entry).await?;
-        let Entry::Commit(commit) = entry else {
+        let Entry::Commit(commit) = &entry else {
             unreachable!("made a commit above")
         };
-        let decision = self.decide_commit(seqnum, None, &commit).await?;
+        let decision = self.decide_commit(seqnum, None, commit).await?;
         let mut aux = Aux {
             decision: Some(decision.clone()),
             ..Aux::default()
@@ -254,20 +359,49 @@ impl Store {
             }
         }
         self.set_aux(seqnum, &aux).await;
-        Ok(match decision {
-            Decision::Committed => Outcome::Committed {
+        match decision {
+            Decision::Committed => Ok(Outcome::Committed {
                 seqnum: Some(seqnum),
                 reads: Vec::new(),
-            },
-            Decision::Aborted(reason) => Outcome::Aborted {
+            }),
+            Decision::Aborted(reason) => Ok(Outcome::Aborted {
                 seqnum: Some(seqnum),
                 reason,
-            },
-        })
+            }),
+            Decision::Duplicate(first) => self.outcome_of_first(first, &entry).await,
+        }
     }
 
-    /// Appends one write (several ops on one object), then reads the object up to it.
+    /// The outcome of a keyed transaction that wrote nothing (and appends nothing): its key's
+    /// first commit's, if the log has one (the same step, run before), else committed.
+    pub(crate) async fn commit_nothing(&self, key: Option<&str>) -> Result<Outcome, Error> {
+        let nothing = Outcome::Committed {
+            seqnum: None,
+            reads: Vec::new(),
+        };
+        let Some(key) = key else {
+            return Ok(nothing);
+        };
+        match self.first_of_key(Seqnum::MAX, key).await? {
+            Some(first) => {
+                let probe = Entry::Commit(Commit {
+                    snapshot: Seqnum::ZERO,
+                    isolation: Isolation::Serializable,
+                    touched: Vec::new(),
+                    writes: Vec::new(),
+                    key: Some(key.to_string()),
+                });
+                self.outcome_of_first(first, &probe).await
+            }
+            None => Ok(nothing),
+        }
+    }
+
+    /// Appends one write (several ops on one object), then reads the object up to it. From
+    /// a keyed store, a write whose key was used before changes nothing and answers the
+    /// first one's results.
     pub(crate) async fn write(&self, object: &ObjectId, ops: Vec<Op>) -> Result<Vec<Value>, Error> {
+        let key = self.next_key()?;
         object.check()?;
         if ops.is_empty() || ops.len() > OPS_PER_WRITE_MAX {
             return Err(Error::Invalid(format!(
@@ -279,23 +413,39 @@ impl Store {
         for op in &ops {
             op.check()?;
         }
+        let mut tags = vec![object_tag(object)];
+        tags.extend(key.as_deref().map(key_tag));
         let entry = Entry::Ops {
             object: object.clone(),
             ops,
             document_bytes_max,
+            key,
         };
-        let seqnum = self.append(&[object_tag(object)], &entry).await?;
-        let Entry::Ops { ops, .. } = entry else {
+        let seqnum = self.append(&tags, &entry).await?;
+        let first = match entry.key() {
+            Some(key) => self.first_of_key(seqnum, key).await?,
+            None => None,
+        };
+        let Entry::Ops { ops, .. } = &entry else {
             unreachable!("made ops above")
         };
         let before = self.view_at(object, below(seqnum)).await?;
-        let result = path::apply_all(&before.view.doc, &ops, document_bytes_max);
-        let view = match &result {
-            Ok((doc, _)) => View {
-                doc: doc.clone(),
-                version: seqnum,
-            },
-            Err(_) => before.view,
+        let (view, result) = match first {
+            Some(first) => {
+                self.remember(seqnum, Decision::Duplicate(first));
+                (before.view, self.results_of_first(first, &entry).await)
+            }
+            None => {
+                let result = path::apply_all(&before.view.doc, ops, document_bytes_max);
+                let view = match &result {
+                    Ok((doc, _)) => View {
+                        doc: doc.clone(),
+                        version: seqnum,
+                    },
+                    Err(_) => before.view,
+                };
+                (view, result.map(|(_, results)| results))
+            }
         };
         let after = Cached {
             view,
@@ -303,9 +453,189 @@ impl Store {
         };
         let mut aux = Aux::default();
         aux.put_view(object, after.clone());
+        aux.decision = first.map(Decision::Duplicate);
         self.set_aux(seqnum, &aux).await;
         self.cache_view(object, seqnum, after);
-        result.map(|(_, results)| results)
+        result
+    }
+
+    /// The first record of `key` below `seqnum` that a record at `seqnum` looks for: at or
+    /// above the horizon of the newest collection's mark below `seqnum`. Its seqnum, if any.
+    async fn first_of_key(&self, seqnum: Seqnum, key: &str) -> Result<Option<Seqnum>, Error> {
+        let horizon = self.horizon_below(seqnum).await?;
+        let tag = key_tag(key);
+        let mut from = horizon;
+        while from < seqnum {
+            let range = ReadRange {
+                from,
+                to: seqnum,
+                limit: READ_RANGE_RECORDS_MAX,
+            };
+            let records = self.inner.ctx.read_range(tag, range).await?;
+            let Some(last) = records.last() else { break };
+            from = last.seqnum.next();
+            for record in records {
+                // Another key may share the tag: the record names its own.
+                if parse(&record)?.key() == Some(key) {
+                    return Ok(Some(record.seqnum));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first record of a key, and whether `duplicate` is the same kind of operation on
+    /// the same objects (else the key was reused: `Error::KeyReused`).
+    async fn first_record(
+        &self,
+        first: Seqnum,
+        duplicate: &Entry,
+    ) -> Result<(Record, Entry), Error> {
+        let key = duplicate.key().expect("a duplicate is keyed");
+        let first = self.original(first, key).await?;
+        let record = self
+            .inner
+            .ctx
+            .read_next(key_tag(key), first)
+            .await?
+            .filter(|r| r.seqnum == first)
+            .ok_or(Error::SnapshotCollected {
+                snapshot: first,
+                horizon: first.next(),
+            })?;
+        let entry = parse(&record)?;
+        let same = match (&entry, duplicate) {
+            (
+                Entry::Ops {
+                    object: a, ops: x, ..
+                },
+                Entry::Ops {
+                    object: b, ops: y, ..
+                },
+            ) => {
+                a == b
+                    && x.len() == y.len()
+                    && x.iter().zip(y).all(|(x, y)| {
+                        std::mem::discriminant(x) == std::mem::discriminant(y)
+                            && x.path() == y.path()
+                    })
+            }
+            (Entry::OneShot { .. }, Entry::OneShot { .. }) => true,
+            (Entry::Commit(_), Entry::Commit(_)) => true,
+            _ => false,
+        };
+        if !same {
+            return Err(Error::KeyReused {
+                key: key.to_string(),
+                seqnum: first,
+            });
+        }
+        Ok((record, entry))
+    }
+
+    /// The horizon declared by the newest collection's mark below `seqnum` (0: none).
+    async fn horizon_below(&self, seqnum: Seqnum) -> Result<Seqnum, Error> {
+        Ok(
+            match self.inner.ctx.read_prev(marks_tag(), below(seqnum)).await? {
+                Some(record) => match parse(&record)? {
+                    Entry::Mark { horizon, .. } => horizon,
+                    _ => Seqnum::ZERO,
+                },
+                None => Seqnum::ZERO,
+            },
+        )
+    }
+
+    /// The record a duplicate's answer comes from: `first`, or if `first` is itself a
+    /// duplicate (of a record below the horizon its reader looked from), the one it repeats.
+    async fn original(&self, mut first: Seqnum, key: &str) -> Result<Seqnum, Error> {
+        loop {
+            let of = match self.remembered(first) {
+                Some(Decision::Duplicate(of)) => Some(of),
+                Some(_) => None,
+                None => self.first_of_key(first, key).await?,
+            };
+            let Some(of) = of else {
+                return Ok(first);
+            };
+            // A collection may have trimmed the record it repeats: then its answer is its
+            // own, as if it had run at its position.
+            if of < self.horizon_below(Seqnum::MAX).await? {
+                return Ok(first);
+            }
+            first = of;
+        }
+    }
+
+    /// A duplicate write's answer: what its key's first write returned.
+    async fn results_of_first(
+        &self,
+        first: Seqnum,
+        duplicate: &Entry,
+    ) -> Result<Vec<Value>, Error> {
+        let (
+            record,
+            Entry::Ops {
+                object,
+                ops,
+                document_bytes_max,
+                ..
+            },
+        ) = self.first_record(first, duplicate).await?
+        else {
+            unreachable!("first_record checks the kind")
+        };
+        let before = self.view(&object, below(record.seqnum)).await?;
+        path::apply_all(&before.doc, &ops, document_bytes_max).map(|(_, results)| results)
+    }
+
+    /// A duplicate transaction's answer: its key's first transaction's outcome.
+    async fn outcome_of_first(&self, first: Seqnum, duplicate: &Entry) -> Result<Outcome, Error> {
+        let (record, entry) = self.first_record(first, duplicate).await?;
+        let first = record.seqnum;
+        match entry {
+            Entry::OneShot {
+                transaction,
+                document_bytes_max,
+                ..
+            } => {
+                let evaluated = self
+                    .evaluate_oneshot(first, &transaction, document_bytes_max)
+                    .await?;
+                Ok(match evaluated {
+                    Ok(Evaluated { reads, .. }) => Outcome::Committed {
+                        seqnum: Some(first),
+                        reads,
+                    },
+                    Err(reason) => Outcome::Aborted {
+                        seqnum: Some(first),
+                        reason,
+                    },
+                })
+            }
+            Entry::Commit(commit) => Ok(
+                match self
+                    .decide_commit(first, record.aux.as_ref(), &commit)
+                    .await?
+                {
+                    Decision::Committed => Outcome::Committed {
+                        seqnum: Some(first),
+                        reads: Vec::new(),
+                    },
+                    Decision::Aborted(reason) => Outcome::Aborted {
+                        seqnum: Some(first),
+                        reason,
+                    },
+                    Decision::Duplicate(of) => {
+                        return Err(Error::Corrupt {
+                            seqnum: first,
+                            reason: format!("a key's first record is decided a duplicate of {of}"),
+                        })
+                    }
+                },
+            ),
+            _ => unreachable!("first_record checks the kind"),
+        }
     }
 
     async fn append(&self, tags: &[Tag], entry: &Entry) -> Result<Seqnum, Error> {
@@ -372,14 +702,19 @@ impl Store {
 
     /// The kept view of the object if it is as of a seqnum in `[newest, at]`: `newest` being
     /// the object's newest record at or below `at`, the view is then the one at `at`.
-    fn cached_view(&self, object: &ObjectId, newest: Seqnum, at: Seqnum) -> Option<Cached> {
+    fn cached_view(
+        &self,
+        object: &ObjectId,
+        newest: Seqnum,
+        at: Seqnum,
+    ) -> Option<(Seqnum, Cached)> {
         let views = self
             .inner
             .views
             .lock()
             .expect("no panics while holding the views");
         let (as_of, view) = views.get(object)?;
-        (newest <= *as_of && *as_of <= at).then(|| view.clone())
+        (newest <= *as_of && *as_of <= at).then(|| (*as_of, view.clone()))
     }
 
     /// The object's view after every record up to `at` (`Seqnum::MAX`: the newest).
@@ -400,9 +735,23 @@ impl Store {
             let mut as_of = (at != Seqnum::MAX).then_some(at);
             let start = loop {
                 let Some(record) = ctx.read_prev(tag, cursor).await? else {
-                    break Cached {
-                        view: View::empty(),
-                        depth: 0,
+                    // The stream's start, or a collection's trim: then the base holds the
+                    // view just below it.
+                    break match self.base(object).await? {
+                        Some((base_as_of, view)) if base_as_of <= at => {
+                            pending.retain(|(r, _)| r.seqnum > base_as_of);
+                            Cached { view, depth: 0 }
+                        }
+                        Some((base_as_of, _)) => {
+                            return Err(Error::SnapshotCollected {
+                                snapshot: at,
+                                horizon: base_as_of.next(),
+                            })
+                        }
+                        None => Cached {
+                            view: View::empty(),
+                            depth: 0,
+                        },
                     };
                 };
                 as_of.get_or_insert(record.seqnum);
@@ -414,15 +763,30 @@ impl Store {
                 } = &entry
                 {
                     if of == object {
-                        let between =
-                            (self.read_between(tag, checkpoint_as_of.next(), record.seqnum))
-                                .await?;
+                        // A collection may have trimmed records the checkpoint needs: its
+                        // base is then newer than the checkpoint, and the replay starts there.
+                        let (from, view) = match self.base(object).await? {
+                            Some((base_as_of, base))
+                                if base_as_of > *checkpoint_as_of && base_as_of < record.seqnum =>
+                            {
+                                (base_as_of, base)
+                            }
+                            _ => (*checkpoint_as_of, view.clone()),
+                        };
+                        let between = (self.read_between(tag, from.next(), record.seqnum)).await?;
                         pending.extend(between.into_iter().rev());
-                        let view = view.clone();
                         break Cached { view, depth: 0 };
                     }
                 }
-                if let Some(cached) = self.cached_view(object, record.seqnum, cursor) {
+                if let Some((kept_as_of, cached)) = self.cached_view(object, record.seqnum, cursor)
+                {
+                    // Kept by a writer after this read began, the view may be as of a newer
+                    // record than the one just read: it is then as of that one.
+                    if pending.is_empty() {
+                        if let Some(as_of) = as_of.as_mut() {
+                            *as_of = (*as_of).max(kept_as_of);
+                        }
+                    }
                     break cached;
                 }
                 if let Some(cached) = Aux::of(record.aux.as_ref()).view(object) {
@@ -476,6 +840,142 @@ impl Store {
         })
     }
 
+    /// The object's newest base (its view just below a collection's horizon), if it has one:
+    /// the seqnum the view is as of, and the view.
+    async fn base(&self, object: &ObjectId) -> Result<Option<(Seqnum, View)>, Error> {
+        let tag = base_tag(object);
+        let mut cursor = Seqnum::MAX;
+        while let Some(record) = self.inner.ctx.read_prev(tag, cursor).await? {
+            if let Entry::Checkpoint {
+                object: of,
+                as_of,
+                view,
+            } = parse(&record)?
+            {
+                if &of == object {
+                    return Ok(Some((as_of, view)));
+                }
+            }
+            // Another object's base, by a collision of tags.
+            if record.seqnum == Seqnum::ZERO {
+                break;
+            }
+            cursor = below(record.seqnum);
+        }
+        Ok(None)
+    }
+
+    /// Trims what no reader needs any more: every object's versions below the **horizon**,
+    /// the newest mark of a collection older than `retention` (or than
+    /// `Settings::transaction_lifetime`, if longer). Appends this collection's mark first;
+    /// the first collection, with no mark old enough, trims nothing. Each object changed
+    /// between the previous horizon and this one gets a base (its view just below the
+    /// horizon, in its base stream) before its stream is trimmed, so every answer stays the
+    /// same; key streams are trimmed too, but for a key with a duplicate above the horizon.
+    ///
+    /// ```
+    /// # async fn f(store: libstore::Store) -> Result<(), libstore::Error> {
+    /// let collected = store.collect(std::time::Duration::from_secs(3600)).await?;
+    /// println!("{} records trimmed from {} objects", collected.records, collected.objects);
+    /// # Ok(()) }
+    /// ```
+    pub async fn collect(&self, retention: Duration) -> Result<Collected, Error> {
+        let ctx = &self.inner.ctx;
+        let retention = retention.max(self.inner.settings.transaction_lifetime);
+        let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+        let now = now_ms();
+        let mut previous = Seqnum::ZERO;
+        let mut horizon = Seqnum::ZERO;
+        for (record, entry) in self
+            .read_between(marks_tag(), Seqnum::ZERO, Seqnum::MAX)
+            .await?
+        {
+            if let Entry::Mark {
+                at_ms,
+                horizon: declared,
+            } = entry
+            {
+                previous = previous.max(declared);
+                if at_ms.saturating_add(retention_ms) <= now {
+                    horizon = horizon.max(record.seqnum);
+                }
+            }
+        }
+        // Horizons only move forward (a longer retention than last time trims nothing).
+        let horizon = horizon.max(previous);
+        let mark = Entry::Mark {
+            at_ms: now,
+            horizon,
+        };
+        self.append(&[marks_tag()], &mark).await?;
+        let mut collected = Collected {
+            horizon,
+            ..Collected::default()
+        };
+        if horizon <= previous {
+            return Ok(collected);
+        }
+        // What changed between the two horizons: read once, by this collection only.
+        let mut objects = std::collections::BTreeSet::new();
+        let mut keys = std::collections::BTreeSet::new();
+        let mut from = previous;
+        while from < horizon {
+            let range = ReadRange {
+                from,
+                to: horizon,
+                limit: READ_RANGE_RECORDS_MAX,
+            };
+            let records = ctx.read_range(Tag::ANY, range).await?;
+            let Some(last) = records.last() else { break };
+            from = last.seqnum.next();
+            for record in records {
+                // The book holds other libraries' records too.
+                let Ok(entry) = serde_json::from_slice::<Entry>(&record.data) else {
+                    continue;
+                };
+                collected.records += 1;
+                if let Some(key) = entry.key() {
+                    keys.insert(key.to_string());
+                }
+                match entry {
+                    Entry::Ops { object, .. } | Entry::Checkpoint { object, .. } => {
+                        objects.insert(object);
+                    }
+                    Entry::Commit(commit) => {
+                        objects.extend(commit.writes.into_iter().map(|w| w.object));
+                    }
+                    Entry::OneShot { transaction, .. } => {
+                        objects.extend(transaction.written().into_iter().cloned());
+                    }
+                    Entry::Mark { .. } => {}
+                }
+            }
+        }
+        for object in objects {
+            let view = self.view(&object, below(horizon)).await?;
+            let base = Entry::Checkpoint {
+                object: object.clone(),
+                as_of: below(horizon),
+                view,
+            };
+            let base = self.append(&[base_tag(&object)], &base).await?;
+            ctx.trim(object_tag(&object), horizon).await?;
+            ctx.trim(base_tag(&object), base).await?;
+            collected.objects += 1;
+        }
+        for key in keys {
+            // A duplicate above the horizon made before this mark looks below it for its
+            // first record: keep the key's stream for it.
+            let tag = key_tag(&key);
+            let above = self.read_between(tag, horizon, Seqnum::MAX).await?;
+            if !above.iter().any(|(_, e)| e.key() == Some(key.as_str())) {
+                ctx.trim(tag, horizon).await?;
+            }
+        }
+        ctx.trim(marks_tag(), horizon).await?;
+        Ok(collected)
+    }
+
     /// The records of `tag` in `[from, to)`, in log order.
     async fn read_between(
         &self,
@@ -516,13 +1016,22 @@ impl Store {
                 object: of,
                 ops,
                 document_bytes_max,
-            } if of == object => match path::apply_all(&view.doc, ops, *document_bytes_max) {
-                Ok((doc, _)) => View {
-                    doc,
-                    version: seqnum,
-                },
-                Err(_) => view,
-            },
+                key,
+            } if of == object => {
+                if let Some(key) = key {
+                    let decision = self.decide_keyed(seqnum, record.aux.as_ref(), key).await?;
+                    if let Decision::Duplicate(_) = decision {
+                        return Ok(view);
+                    }
+                }
+                match path::apply_all(&view.doc, ops, *document_bytes_max) {
+                    Ok((doc, _)) => View {
+                        doc,
+                        version: seqnum,
+                    },
+                    Err(_) => view,
+                }
+            }
             Entry::Commit(commit) => {
                 let Some(written) = commit.writes.iter().find(|w| &w.object == object) else {
                     return Ok(view);
@@ -535,12 +1044,13 @@ impl Store {
                         doc: written.doc.clone(),
                         version: seqnum,
                     },
-                    Decision::Aborted(_) => view,
+                    Decision::Aborted(_) | Decision::Duplicate(_) => view,
                 }
             }
             Entry::OneShot {
                 transaction,
                 document_bytes_max,
+                key,
             } => {
                 if !transaction.writes.iter().any(|w| &w.object == object) {
                     return Ok(view);
@@ -551,6 +1061,7 @@ impl Store {
                         record.aux.as_ref(),
                         transaction,
                         *document_bytes_max,
+                        key.as_deref(),
                     )
                     .await?;
                 match decision {
@@ -566,7 +1077,7 @@ impl Store {
                             version: seqnum,
                         }
                     }
-                    Decision::Aborted(_) => view,
+                    Decision::Aborted(_) | Decision::Duplicate(_) => view,
                 }
             }
             // Checkpoints change nothing; a record of another object is here only by a
@@ -591,6 +1102,13 @@ impl Store {
                 self.remember(seqnum, decision.clone());
                 return Ok(decision);
             }
+            if let Some(key) = &commit.key {
+                if let Some(first) = self.first_of_key(seqnum, key).await? {
+                    return Ok(self
+                        .keep_decision(seqnum, aux, Decision::Duplicate(first))
+                        .await);
+                }
+            }
             let mut decision = Decision::Committed;
             for touched in commit.validated() {
                 let now = self.view(&touched.object, below(seqnum)).await?;
@@ -602,12 +1120,44 @@ impl Store {
                     break;
                 }
             }
-            self.remember(seqnum, decision.clone());
-            let cached = decision.clone();
-            self.add_aux((seqnum, aux), |a| a.decision = Some(cached))
-                .await;
-            Ok(decision)
+            Ok(self.keep_decision(seqnum, aux, decision).await)
         })
+    }
+
+    /// Keeps a record's decision in memory and in its aux data; returns it.
+    async fn keep_decision(
+        &self,
+        seqnum: Seqnum,
+        aux: Option<&Bytes>,
+        decision: Decision,
+    ) -> Decision {
+        self.remember(seqnum, decision.clone());
+        let cached = decision.clone();
+        self.add_aux((seqnum, aux), |a| a.decision = Some(cached))
+            .await;
+        decision
+    }
+
+    /// Decides whether the keyed write at `seqnum` is its key's first record (`Committed`:
+    /// it applies, or fails alike for every reader) or a duplicate.
+    async fn decide_keyed(
+        &self,
+        seqnum: Seqnum,
+        aux: Option<&Bytes>,
+        key: &str,
+    ) -> Result<Decision, Error> {
+        if let Some(decision) = self.remembered(seqnum) {
+            return Ok(decision);
+        }
+        if let Some(decision) = Aux::of(aux).decision {
+            self.remember(seqnum, decision.clone());
+            return Ok(decision);
+        }
+        let decision = match self.first_of_key(seqnum, key).await? {
+            Some(first) => Decision::Duplicate(first),
+            None => Decision::Committed,
+        };
+        Ok(self.keep_decision(seqnum, aux, decision).await)
     }
 
     /// Decides a one-shot transaction's record at `seqnum` by evaluating it there.
@@ -617,6 +1167,7 @@ impl Store {
         aux: Option<&Bytes>,
         transaction: &OneShot,
         document_bytes_max: usize,
+        key: Option<&str>,
     ) -> Result<Decision, Error> {
         if let Some(decision) = self.remembered(seqnum) {
             return Ok(decision);
@@ -625,6 +1176,13 @@ impl Store {
             self.remember(seqnum, decision.clone());
             return Ok(decision);
         }
+        if let Some(key) = key {
+            if let Some(first) = self.first_of_key(seqnum, key).await? {
+                return Ok(self
+                    .keep_decision(seqnum, aux, Decision::Duplicate(first))
+                    .await);
+            }
+        }
         let decision = match self
             .evaluate_oneshot(seqnum, transaction, document_bytes_max)
             .await?
@@ -632,11 +1190,7 @@ impl Store {
             Ok(_) => Decision::Committed,
             Err(reason) => Decision::Aborted(reason),
         };
-        self.remember(seqnum, decision.clone());
-        let cached = decision.clone();
-        self.add_aux((seqnum, aux), |a| a.decision = Some(cached))
-            .await;
-        Ok(decision)
+        Ok(self.keep_decision(seqnum, aux, decision).await)
     }
 
     /// Evaluates a one-shot transaction on its objects just below `seqnum`.
@@ -653,6 +1207,26 @@ impl Store {
         }
         Ok(transaction.evaluate(&docs, document_bytes_max))
     }
+}
+
+/// Checks that a record's tags fit: a keyed transaction's key takes one of them.
+fn check_tags(tags: &[Tag]) -> Result<(), Error> {
+    if tags.len() > logbook::TAGS_PER_RECORD_MAX {
+        return Err(Error::Invalid(format!(
+            "a record carries at most {} tags: a keyed transaction writes at most {} objects, this one {}",
+            logbook::TAGS_PER_RECORD_MAX,
+            logbook::TAGS_PER_RECORD_MAX - 1,
+            tags.len() - 1
+        )));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch: a collection's mark.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The seqnum just below `seqnum` (records are never at 0 in a book: it has none below).

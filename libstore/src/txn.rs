@@ -128,6 +128,8 @@ pub struct Transaction {
     snapshot: Seqnum,
     isolation: Isolation,
     objects: BTreeMap<ObjectId, Loaded>,
+    /// The commit record's key, from a keyed store.
+    key: Option<String>,
 }
 
 fn only(mut results: Vec<Value>) -> Value {
@@ -135,12 +137,18 @@ fn only(mut results: Vec<Value>) -> Value {
 }
 
 impl Transaction {
-    pub(crate) fn new(store: Store, snapshot: Seqnum, isolation: Isolation) -> Transaction {
+    pub(crate) fn new(
+        store: Store,
+        snapshot: Seqnum,
+        isolation: Isolation,
+        key: Option<String>,
+    ) -> Transaction {
         Transaction {
             store,
             snapshot,
             isolation,
             objects: BTreeMap::new(),
+            key,
         }
     }
 
@@ -262,7 +270,9 @@ impl Transaction {
 
     /// Commits: appends one record with the read and write sets, tagged with each written
     /// object, and decides it as every reader will. A transaction that wrote nothing appends
-    /// nothing and commits (its reads were one snapshot).
+    /// nothing and commits (its reads were one snapshot). From a keyed store, a commit whose
+    /// key was used before (the same step, run again) changes nothing and answers the first
+    /// commit's outcome.
     pub async fn commit(self) -> Result<Outcome, Error> {
         let writes: Vec<Written> = (self.objects.iter())
             .filter(|(_, l)| l.written)
@@ -272,10 +282,7 @@ impl Transaction {
             })
             .collect();
         if writes.is_empty() {
-            return Ok(Outcome::Committed {
-                seqnum: None,
-                reads: Vec::new(),
-            });
+            return self.store.commit_nothing(self.key.as_deref()).await;
         }
         if writes.len() > TXN_OBJECTS_MAX {
             return Err(Error::Invalid(format!(
@@ -294,6 +301,7 @@ impl Transaction {
             isolation: self.isolation,
             touched,
             writes,
+            key: self.key,
         };
         self.store.commit(commit).await
     }
