@@ -551,6 +551,9 @@ pub struct Collected {
     pub kept: u64,
 }
 
+/// Trims one collection pass has under way at once.
+const TRIMS_AT_ONCE: usize = 64;
+
 /// Trims the book's ended instances whose end is older than `retention`: their step
 /// streams, signals, their place in the list of instances, and the versions of the keys they
 /// wrote that no instance can read any more (every version of a key before its newest one at
@@ -558,6 +561,7 @@ pub struct Collected {
 /// nothing again (its step stream keeps its length, so a late execution loses position 0 and
 /// stops), and `GET /workflows/{id}` no longer finds it.
 pub async fn collect(ctx: &Ctx, retention: Duration) -> Result<Collected, Error> {
+    use futures::StreamExt;
     let now = now_ms();
     let starts = read_stream(ctx, instances_tag()).await?;
     let mut collected = Collected::default();
@@ -566,6 +570,7 @@ pub async fn collect(ctx: &Ctx, retention: Duration) -> Result<Collected, Error>
     // The first instance kept: the list is trimmed below it.
     let mut first_kept: Option<Seqnum> = None;
     let mut dead = Vec::new();
+    let mut trims: Vec<(logbook::Tag, Seqnum)> = Vec::new();
     for start in &starts {
         let Some(Entry {
             op: Op::Start { instance, .. },
@@ -618,14 +623,22 @@ pub async fn collect(ctx: &Ctx, retention: Duration) -> Result<Collected, Error>
                     )
                     .await?;
                 collected.records += below.len() as u64;
-                ctx.trim(tag, newest.seqnum).await?;
+                trims.push((tag, newest.seqnum));
             }
         }
-        ctx.trim(steps_tag(&id), Seqnum::MAX).await?;
-        ctx.trim(signals_tag(&id), Seqnum::MAX).await?;
-        ctx.trim(waits_tag(&id), Seqnum::MAX).await?;
+        for tag in [steps_tag(&id), signals_tag(&id), waits_tag(&id)] {
+            trims.push((tag, Seqnum::MAX));
+        }
         collected.instances += 1;
     }
+    // Each trim is an append: many at once share the log's syncs.
+    let mut trimming = futures::stream::iter(trims)
+        .map(|(tag, below)| ctx.trim(tag, below))
+        .buffer_unordered(TRIMS_AT_ONCE);
+    while let Some(trimmed) = trimming.next().await {
+        trimmed?;
+    }
+    drop(trimming);
     // Below the first instance kept, or past the last one (never MAX: instances started
     // later must be listed).
     let past_last = starts.last().map_or(Seqnum(0), |s| Seqnum(s.seqnum.0 + 1));
