@@ -7,7 +7,6 @@
 //! again. `stop` ends a schedule: each link looks (a logged step) whether its schedule was
 //! stopped before it starts its tick, so a link already on its way starts nothing.
 
-use crate::entry::tag_of;
 use crate::workflows::StartInput;
 use crate::{check_instance_id, Error, Flow, Workflows};
 use logbook::{Seqnum, Tag};
@@ -73,7 +72,7 @@ impl Schedule {
 
 /// The stream of schedule `name`'s stop record.
 fn stop_tag(name: &str) -> Tag {
-    tag_of(&["libflow", "schedule-stop", name])
+    logbook::Tag::named(&["libflow", "schedule-stop", name])
 }
 
 /// Stops schedule `name` (in the context's book): no tick starts after this returns.

@@ -24,6 +24,26 @@ impl Tag {
     pub fn is_record_tag(self) -> bool {
         self != Tag::ANY && self != Tag::RESERVED
     }
+
+    /// A record tag named by `parts` (`["libflow", "steps", id]`): 64-bit FNV-1a over the
+    /// parts, each followed by a 0 byte, moved off the two values no record may carry. Stable
+    /// across processes and versions, unlike `std`'s hasher: libraries name their streams
+    /// with it, so it is part of the log's format and must never change.
+    pub fn named(parts: &[&str]) -> Tag {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in parts {
+            for b in part.bytes().chain(std::iter::once(0)) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        let tag = Tag(h);
+        if tag.is_record_tag() {
+            tag
+        } else {
+            Tag(h ^ 1 | 2)
+        }
+    }
 }
 
 impl fmt::Display for Tag {
@@ -90,6 +110,14 @@ mod tests {
         assert_eq!(s.view(), ViewId(3));
         assert_eq!(s.position(), 42);
         assert!(Seqnum::new(ViewId(4), 0) > Seqnum::new(ViewId(3), Seqnum::POSITION_MAX));
+    }
+
+    #[test]
+    fn named_tags_are_stable_and_never_reserved() {
+        // Part of the log's format: these values must never change.
+        assert_eq!(Tag::named(&["a"]), Tag(0x089b_e207_b544_f1e4));
+        assert_ne!(Tag::named(&["t", "ab"]), Tag::named(&["ta", "b"]));
+        assert!(Tag::named(&[]).is_record_tag());
     }
 
     #[test]
