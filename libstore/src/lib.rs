@@ -23,6 +23,7 @@ pub struct ReadmeDoctests;
 
 mod entry;
 mod error;
+mod history;
 mod oneshot;
 mod path;
 mod store;
@@ -30,6 +31,7 @@ mod txn;
 
 pub use entry::{object_tag, ObjectId, View, NAME_BYTES_MAX};
 pub use error::Error;
+pub use history::{Change, ChangeKind, History, HISTORY_BYTES_MAX, HISTORY_LIMIT_MAX};
 pub use oneshot::{Condition, OneShot, Read, Test, Write, ONESHOT_ITEMS_MAX};
 pub use path::{Op, PATH_BYTES_MAX};
 pub use store::{

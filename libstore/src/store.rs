@@ -13,6 +13,7 @@
 //! appends a checkpoint, so a read with no cache at all replays about that many records.
 
 use crate::entry::{object_tag, Aux, Cached, Commit, Decision, Entry, ObjectId, View};
+use crate::history::{self, Change, ChangeKind, History, HISTORY_BYTES_MAX, HISTORY_LIMIT_MAX};
 use crate::oneshot::{Evaluated, OneShot};
 use crate::path::{self, Op};
 use crate::txn::{Isolation, Outcome, Transaction};
@@ -187,6 +188,9 @@ impl Store {
     pub async fn run(&self, transaction: &OneShot) -> Result<Outcome, Error> {
         transaction.check()?;
         let document_bytes_max = self.inner.settings.document_bytes_max;
+        for w in &transaction.writes {
+            w.op.check_value_size(document_bytes_max)?;
+        }
         let entry = Entry::OneShot {
             transaction: transaction.clone(),
             document_bytes_max,
@@ -278,6 +282,7 @@ impl Store {
         let document_bytes_max = self.inner.settings.document_bytes_max;
         for op in &ops {
             op.check()?;
+            op.check_value_size(document_bytes_max)?;
         }
         let entry = Entry::Ops {
             object: object.clone(),
@@ -474,6 +479,147 @@ impl Store {
             }
             Ok(cached)
         })
+    }
+
+    /// The object's changes after `after`, oldest first: at most `limit`, and documents of
+    /// about `HISTORY_BYTES_MAX` bytes at most.
+    pub(crate) async fn history(
+        &self,
+        object: &ObjectId,
+        after: Seqnum,
+        limit: usize,
+    ) -> Result<History, Error> {
+        object.check()?;
+        if limit == 0 || limit > HISTORY_LIMIT_MAX {
+            return Err(Error::Invalid(format!(
+                "a history page holds 1 to {HISTORY_LIMIT_MAX} changes, not {limit}"
+            )));
+        }
+        let tag = object_tag(object);
+        let mut view = self.view(object, after).await?;
+        let mut changes: Vec<Change> = Vec::new();
+        let mut bytes = 0;
+        let mut from = after.next();
+        loop {
+            let range = ReadRange {
+                from,
+                to: Seqnum::MAX,
+                limit: (limit - changes.len()).min(READ_RANGE_RECORDS_MAX),
+            };
+            let records = self.inner.ctx.read_range(tag, range).await?;
+            let Some(last) = records.last() else {
+                return Ok(History {
+                    changes,
+                    next: None,
+                });
+            };
+            from = last.seqnum.next();
+            for record in records {
+                let entry = parse(&record)?;
+                let Some(change) = self.change(object, &view, &record, &entry).await? else {
+                    continue;
+                };
+                if change.applied {
+                    view = View {
+                        doc: change.doc.clone(),
+                        version: record.seqnum,
+                    };
+                }
+                bytes += change.doc.as_ref().map_or(0, |d| d.to_string().len());
+                changes.push(change);
+                if changes.len() == limit || bytes > HISTORY_BYTES_MAX {
+                    let next = Some(record.seqnum);
+                    return Ok(History { changes, next });
+                }
+            }
+        }
+    }
+
+    /// What `record` did to the object, given its view before; `None` if the record is not a
+    /// change of it (a checkpoint, or another object's record under a colliding tag).
+    async fn change(
+        &self,
+        object: &ObjectId,
+        before: &View,
+        record: &Record,
+        entry: &Entry,
+    ) -> Result<Option<Change>, Error> {
+        let seqnum = record.seqnum;
+        let (kind, ops, outcome) = match entry {
+            Entry::Ops {
+                object: of,
+                ops,
+                document_bytes_max,
+            } if of == object => {
+                let outcome = path::apply_all(&before.doc, ops, *document_bytes_max)
+                    .map(|(doc, _)| doc)
+                    .map_err(|e| e.to_string());
+                (ChangeKind::Write, ops.clone(), outcome)
+            }
+            Entry::Commit(commit) => {
+                let Some(ops) = history::commit_ops(commit, object) else {
+                    return Ok(None);
+                };
+                let decision = self
+                    .decide_commit(seqnum, record.aux.as_ref(), commit)
+                    .await?;
+                let outcome = match decision {
+                    Decision::Committed => Ok(self
+                        .effect(object, before.clone(), record, entry)
+                        .await?
+                        .doc),
+                    Decision::Aborted(reason) => Err(reason),
+                };
+                (ChangeKind::Transaction, ops, outcome)
+            }
+            Entry::OneShot {
+                transaction,
+                document_bytes_max,
+            } => {
+                let ops: Vec<Op> = (transaction.writes.iter())
+                    .filter(|w| &w.object == object)
+                    .map(|w| w.op.clone())
+                    .collect();
+                if ops.is_empty() {
+                    return Ok(None);
+                }
+                let decision = self
+                    .decide_oneshot(
+                        seqnum,
+                        record.aux.as_ref(),
+                        transaction,
+                        *document_bytes_max,
+                    )
+                    .await?;
+                let outcome = match decision {
+                    Decision::Committed => Ok(self
+                        .effect(object, before.clone(), record, entry)
+                        .await?
+                        .doc),
+                    Decision::Aborted(reason) => Err(reason),
+                };
+                (ChangeKind::Oneshot, ops, outcome)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(match outcome {
+            Ok(doc) => Change {
+                seqnum,
+                kind,
+                ops,
+                applied: true,
+                reason: None,
+                doc,
+            },
+            Err(reason) => Change {
+                seqnum,
+                kind,
+                ops,
+                applied: false,
+                reason: Some(reason),
+                doc: before.doc.clone(),
+            },
+        }))
     }
 
     /// The records of `tag` in `[from, to)`, in log order.
@@ -732,6 +878,25 @@ impl Object {
     pub async fn view(&self) -> Result<View, Error> {
         self.id.check()?;
         self.store.view(&self.id, Seqnum::MAX).await
+    }
+
+    /// The object's changes after seqnum `after` (`Seqnum::ZERO`: from the start), oldest
+    /// first, at most `limit` (1 to `HISTORY_LIMIT_MAX`): each record that tried to change it,
+    /// what it did, whether it took effect, and the document after it. `next` continues.
+    ///
+    /// ```
+    /// # async fn f(store: libstore::Store) -> Result<(), libstore::Error> {
+    /// use serde_json::json;
+    /// let counter = store.collection("counters").object("hits");
+    /// counter.fetch_add("/n", 1).await?;
+    /// counter.fetch_add("/n", 2).await?;
+    /// let page = counter.history(logbook::Seqnum::ZERO, 10).await?;
+    /// let docs: Vec<_> = page.changes.iter().map(|c| c.doc.clone()).collect();
+    /// assert_eq!(docs, [Some(json!({"n": 1})), Some(json!({"n": 3}))]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn history(&self, after: Seqnum, limit: usize) -> Result<History, Error> {
+        self.store.history(&self.id, after, limit).await
     }
 
     /// Applies `ops` together, as one record: all take effect or none. Each op's result.
