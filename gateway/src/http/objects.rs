@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-/// Most books whose store a gateway keeps at once (the first made goes first).
+/// Most books whose store a gateway keeps at once; beyond, the lowest-numbered one is dropped
+/// (only a cache: a store made again reads the same from the log).
 pub const STORES_MAX: usize = 64;
 /// Changes a history page holds when the request names no limit.
 pub const HISTORY_LIMIT_DEFAULT: usize = 100;
