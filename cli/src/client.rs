@@ -1,5 +1,5 @@
 //! A typed HTTP client for the gateway's API, used by the CLI's commands: append, read, wait
-//! for the next record, invoke a function, check health. It turns transport and server
+//! for the next record, invoke a function, workflows, objects and transactions, check health. It turns transport and server
 //! failures into errors a person can act on; it does no retries and prints nothing.
 
 use std::time::Duration;
@@ -285,6 +285,97 @@ impl Client {
         }
         self.call(with_book(self.http.get(url), book), "list workflows")
             .await
+    }
+
+    /// Object `collection/key`'s document, or the part at `path`.
+    pub async fn object_get(
+        &self,
+        collection: &str,
+        key: &str,
+        path: Option<&str>,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut url = self.url(&["objects", collection, key]);
+        if let Some(path) = path {
+            url.query_pairs_mut().append_pair("path", path);
+        }
+        let what = format!("get {collection}/{key}");
+        self.call(with_book(self.http.get(url), book), &what).await
+    }
+
+    /// Sets object `collection/key`'s whole document; the gateway's answer (`{"old": ...}`).
+    pub async fn object_put(
+        &self,
+        collection: &str,
+        key: &str,
+        doc: &serde_json::Value,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = self.url(&["objects", collection, key]);
+        let what = format!("set {collection}/{key}");
+        self.call(with_book(self.http.put(url).json(doc), book), &what)
+            .await
+    }
+
+    /// Applies path operations (a JSON list) to object `collection/key`, all or none; the
+    /// gateway's answer (`{"results": [...]}`).
+    pub async fn object_patch(
+        &self,
+        collection: &str,
+        key: &str,
+        ops: &serde_json::Value,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = self.url(&["objects", collection, key]);
+        let what = format!("patch {collection}/{key}");
+        self.call(with_book(self.http.patch(url).json(ops), book), &what)
+            .await
+    }
+
+    /// Deletes object `collection/key`; the gateway's answer (`{"old": ...}`).
+    pub async fn object_delete(
+        &self,
+        collection: &str,
+        key: &str,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = self.url(&["objects", collection, key]);
+        let what = format!("delete {collection}/{key}");
+        self.call(with_book(self.http.delete(url), book), &what)
+            .await
+    }
+
+    /// A page of object `collection/key`'s changes after seqnum `after`.
+    pub async fn object_history(
+        &self,
+        collection: &str,
+        key: &str,
+        after: Option<u64>,
+        limit: Option<usize>,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut url = self.url(&["objects", collection, key, "history"]);
+        if let Some(after) = after {
+            url.query_pairs_mut()
+                .append_pair("after", &after.to_string());
+        }
+        if let Some(limit) = limit {
+            url.query_pairs_mut()
+                .append_pair("limit", &limit.to_string());
+        }
+        let what = format!("history of {collection}/{key}");
+        self.call(with_book(self.http.get(url), book), &what).await
+    }
+
+    /// Runs a one-shot transaction (its JSON); the outcome (`{"committed": ...}`).
+    pub async fn transaction(
+        &self,
+        transaction: &serde_json::Value,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = self.url(&["transactions"]);
+        let request = with_book(self.http.post(url).json(transaction), book);
+        self.call(request, "transaction").await
     }
 
     /// The names of the functions the gateway serves.

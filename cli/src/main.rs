@@ -39,6 +39,9 @@ enum Command {
     /// Start, show and signal workflow instances.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Read, write and show the history of JSON objects; run one-shot transactions.
+    #[command(subcommand)]
+    Object(ObjectCommand),
     /// Append to and read from a LogBook.
     #[command(subcommand)]
     Log(LogCommand),
@@ -365,6 +368,81 @@ enum WorkflowCommand {
 }
 
 #[derive(Subcommand)]
+enum ObjectCommand {
+    /// Print an object's document, or the part at --path.
+    Get {
+        collection: String,
+        key: String,
+        /// A JSON Pointer into the document (`/items/0`).
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Set an object's whole document; prints the old one.
+    Set {
+        collection: String,
+        key: String,
+        /// The document, as JSON (`-`: read it from stdin).
+        doc: String,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Apply path operations to an object, all or none; prints each one's result.
+    Patch {
+        collection: String,
+        key: String,
+        /// A JSON list of operations (`-`: read it from stdin), e.g.
+        /// '[{"op": "add", "path": "/n", "delta": 1}]'.
+        ops: String,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Delete an object; prints its last document.
+    Delete {
+        collection: String,
+        key: String,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Print an object's changes, oldest first: `SEQNUM KIND applied|not-applied OPS` a line.
+    History {
+        collection: String,
+        key: String,
+        /// Only changes after this seqnum.
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many changes (1 to 1000; default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the gateway's JSON (with the document after each change) instead.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Run a one-shot transaction from a JSON file (`-`: stdin); prints its outcome.
+    Tx {
+        /// `{"reads": [...], "conditions": [...], "writes": [...]}` (see the README).
+        file: String,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+}
+
+#[derive(Subcommand)]
 enum LogCommand {
     /// Append one record and print its seqnum.
     Append {
@@ -533,6 +611,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Up(args) => up(args).await,
             Command::Invoke(args) => invoke(args).await,
             Command::Workflow(cmd) => workflow(cmd).await,
+            Command::Object(cmd) => object(cmd).await,
             Command::Functions(args) => functions(args).await,
             Command::Log(cmd) => log(cmd).await,
             Command::Bench(cmd) => bench(cmd).await,
@@ -831,6 +910,109 @@ async fn workflow(cmd: WorkflowCommand) -> anyhow::Result<()> {
             let payload = json_arg("payload", payload)?;
             Client::new(&addr.addr)?
                 .workflow_signal(&id, &name, payload, book, idempotency_key.as_deref())
+                .await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+/// JSON given on the command line, or read from stdin (`-`) or, with `file`, from a file.
+fn json_input(what: &str, text: &str, file: bool) -> anyhow::Result<serde_json::Value> {
+    let text = if text == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+    } else if file {
+        std::fs::read_to_string(text).with_context(|| format!("reading {text}"))?
+    } else {
+        text.to_string()
+    };
+    serde_json::from_str(&text).with_context(|| format!("the {what} must be JSON"))
+}
+
+async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
+    let answer = match cmd {
+        ObjectCommand::Get {
+            collection,
+            key,
+            path,
+            book,
+            addr,
+        } => {
+            Client::new(&addr.addr)?
+                .object_get(&collection, &key, path.as_deref(), book)
+                .await?
+        }
+        ObjectCommand::Set {
+            collection,
+            key,
+            doc,
+            book,
+            addr,
+        } => {
+            let doc = json_input("document", &doc, false)?;
+            Client::new(&addr.addr)?
+                .object_put(&collection, &key, &doc, book)
+                .await?
+        }
+        ObjectCommand::Patch {
+            collection,
+            key,
+            ops,
+            book,
+            addr,
+        } => {
+            let ops = json_input("list of operations", &ops, false)?;
+            Client::new(&addr.addr)?
+                .object_patch(&collection, &key, &ops, book)
+                .await?
+        }
+        ObjectCommand::Delete {
+            collection,
+            key,
+            book,
+            addr,
+        } => {
+            Client::new(&addr.addr)?
+                .object_delete(&collection, &key, book)
+                .await?
+        }
+        ObjectCommand::History {
+            collection,
+            key,
+            after,
+            limit,
+            json,
+            book,
+            addr,
+        } => {
+            let page = Client::new(&addr.addr)?
+                .object_history(&collection, &key, after, limit, book)
+                .await?;
+            if json {
+                page
+            } else {
+                for change in page["changes"].as_array().into_iter().flatten() {
+                    let applied = match change["applied"].as_bool() {
+                        Some(true) => "applied".to_string(),
+                        _ => format!("not-applied ({})", change["reason"].as_str().unwrap_or("")),
+                    };
+                    println!(
+                        "{}\t{}\t{applied}\t{}",
+                        change["seqnum"],
+                        change["kind"].as_str().unwrap_or(""),
+                        change["ops"]
+                    );
+                }
+                if let Some(next) = page["next"].as_u64() {
+                    println!("# more: --after {next}");
+                }
+                return Ok(());
+            }
+        }
+        ObjectCommand::Tx { file, book, addr } => {
+            let transaction = json_input("transaction", &file, true)?;
+            Client::new(&addr.addr)?
+                .transaction(&transaction, book)
                 .await?
         }
     };

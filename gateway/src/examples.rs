@@ -7,7 +7,11 @@
 //! workflows (`workflows`): `steps`, which counts N steps in a table and appends a record in
 //! each; `approval`, which waits for a signal or a timeout; `travel`, a saga over `search`
 //! and the `reserve_KIND`/`cancel_KIND` functions; and `writes`, N table writes in a chosen
-//! protocol.
+//! protocol. And two over libstore's objects: `bank` (accounts and transfers, `bank.rs`) and
+//! `retwis` (users, followers, posts and timelines, `retwis.rs`).
+
+pub mod bank;
+pub mod retwis;
 
 use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};
 use bytes::Bytes;
@@ -25,6 +29,8 @@ pub fn register(registry: &mut Registry) -> libflow::Workflows {
     registry.register("noop", noop);
     registry.register("append3", append3);
     registry.register("search", search);
+    registry.register("bank", bank::bank);
+    registry.register("retwis", retwis::retwis);
     for kind in TRAVEL_RESOURCES {
         registry.register(&format!("reserve_{kind}"), move |ctx, input| {
             reserve(kind, ctx, input)

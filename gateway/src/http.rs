@@ -1,5 +1,9 @@
-//! The gateway's HTTP API (axum): function calls, invocations, the log, health and metrics.
-//! Every error is JSON: `{"error": {"code": "...", "message": "..."}}`.
+//! The gateway's HTTP API (axum): function calls, invocations, workflows, objects (`objects`),
+//! the log, health and metrics. Every error is JSON: `{"error": {"code": "...", "message":
+//! "..."}}`.
+
+mod objects;
+pub use objects::{Stores, HISTORY_LIMIT_DEFAULT, STORES_MAX, VERSION_HEADER};
 
 use crate::functions::{Dispatcher, Invocation, InvokeError, Request, Status, CALL_DEPTH_MAX};
 use crate::invocations::INVOCATIONS_BOOK;
@@ -47,6 +51,8 @@ pub struct AppState {
     pub workflow_books: std::sync::Mutex<std::collections::BTreeSet<BookId>>,
     /// The in-process workflows, for their queries.
     pub workflows: libflow::Workflows,
+    /// The object stores of the books objects were used in.
+    pub objects: Stores,
 }
 
 /// An error response.
@@ -152,6 +158,7 @@ pub fn default_state(
         engine: Some(log),
         workflow_books: std::sync::Mutex::new([BookId(0)].into()),
         workflows,
+        objects: Stores::default(),
     });
     tokio::spawn(collect_workflows(
         Arc::downgrade(&state),
@@ -234,6 +241,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/workflows", get(list_workflows))
         .route("/schedules", post(create_schedule).get(list_schedules))
         .route("/schedules/{name}", axum::routing::delete(delete_schedule))
+        .route(
+            "/objects/{collection}/{key}",
+            get(objects::get_object)
+                .put(objects::put_object)
+                .patch(objects::patch_object)
+                .delete(objects::delete_object),
+        )
+        .route(
+            "/objects/{collection}/{key}/history",
+            get(objects::object_history),
+        )
+        .route("/transactions", post(objects::run_transaction))
         .route("/log/{book}/append", post(log_append))
         .route("/log/{book}/records", get(log_records))
         .route("/log/{book}/next", get(log_next))

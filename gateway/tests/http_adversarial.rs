@@ -32,6 +32,7 @@ fn app() -> Router {
         engine: None,
         workflow_books: Default::default(),
         workflows,
+        objects: Default::default(),
     }))
 }
 

@@ -74,6 +74,12 @@ impl View {
             version: Seqnum::ZERO,
         }
     }
+
+    /// The value at `path` (`""`: the whole document), or `None` if the path is missing;
+    /// `Error::BadPath` if it is malformed or leads through a number or a string.
+    pub fn get(&self, path: &str) -> Result<Option<&Value>, crate::Error> {
+        crate::path::get(self.doc.as_ref(), path)
+    }
 }
 
 /// One record of libstore.

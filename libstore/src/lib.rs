@@ -27,6 +27,7 @@ pub struct ReadmeDoctests;
 
 mod entry;
 mod error;
+mod history;
 mod oneshot;
 mod path;
 mod store;
@@ -34,6 +35,7 @@ mod txn;
 
 pub use entry::{key_tag, object_tag, ObjectId, View, NAME_BYTES_MAX};
 pub use error::Error;
+pub use history::{Change, ChangeKind, History, HISTORY_BYTES_MAX, HISTORY_LIMIT_MAX};
 pub use oneshot::{Condition, OneShot, Read, Test, Write, ONESHOT_ITEMS_MAX};
 pub use path::{Op, PATH_BYTES_MAX};
 pub use store::{

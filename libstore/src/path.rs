@@ -117,6 +117,35 @@ impl Op {
         }
     }
 
+    /// The value the operation puts in the document, if it puts one.
+    fn value(&self) -> Option<&Value> {
+        match self {
+            Op::Set { value, .. } | Op::Push { value, .. } | Op::CompareAndSet { value, .. } => {
+                Some(value)
+            }
+            _ => None,
+        }
+    }
+
+    /// Refuses a value that alone is larger than a document may be: no document can take
+    /// it, so it is refused before it is logged.
+    pub(crate) fn check_value_size(&self, document_bytes_max: usize) -> Result<(), Error> {
+        let Some(value) = self.value() else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(value)
+            .expect("a JSON value serializes")
+            .len();
+        if bytes > document_bytes_max {
+            return Err(Error::TooLarge {
+                what: "the value",
+                bytes,
+                max: document_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Op::Set { .. } => "set",

@@ -15,6 +15,7 @@
 use crate::entry::{
     base_tag, key_tag, marks_tag, object_tag, Aux, Cached, Commit, Decision, Entry, ObjectId, View,
 };
+use crate::history::{self, Change, ChangeKind, History, HISTORY_BYTES_MAX, HISTORY_LIMIT_MAX};
 use crate::oneshot::{Evaluated, OneShot};
 use crate::path::{self, Op};
 use crate::txn::{Isolation, Outcome, Transaction};
@@ -265,6 +266,9 @@ impl Store {
         transaction.check()?;
         let key = self.next_key()?;
         let document_bytes_max = self.inner.settings.document_bytes_max;
+        for w in &transaction.writes {
+            w.op.check_value_size(document_bytes_max)?;
+        }
         let mut tags: Vec<Tag> = transaction.written().into_iter().map(object_tag).collect();
         tags.extend(key.as_deref().map(key_tag));
         check_tags(&tags)?;
@@ -412,6 +416,7 @@ impl Store {
         let document_bytes_max = self.inner.settings.document_bytes_max;
         for op in &ops {
             op.check()?;
+            op.check_value_size(document_bytes_max)?;
         }
         let mut tags = vec![object_tag(object)];
         tags.extend(key.as_deref().map(key_tag));
@@ -1002,6 +1007,167 @@ impl Store {
         Ok(out)
     }
 
+    /// The object's changes after `after`, oldest first: at most `limit`, and documents of
+    /// about `HISTORY_BYTES_MAX` bytes at most. Changes below a collection's horizon are gone:
+    /// a history from before it starts at the object's base.
+    pub(crate) async fn history(
+        &self,
+        object: &ObjectId,
+        after: Seqnum,
+        limit: usize,
+    ) -> Result<History, Error> {
+        object.check()?;
+        if limit == 0 || limit > HISTORY_LIMIT_MAX {
+            return Err(Error::Invalid(format!(
+                "a history page holds 1 to {HISTORY_LIMIT_MAX} changes, not {limit}"
+            )));
+        }
+        let tag = object_tag(object);
+        let (mut view, after) = match self.view(object, after).await {
+            Ok(view) => (view, after),
+            Err(Error::SnapshotCollected { .. }) => match self.base(object).await? {
+                Some((as_of, view)) => (view, as_of),
+                None => (View::empty(), after),
+            },
+            Err(e) => return Err(e),
+        };
+        let mut changes: Vec<Change> = Vec::new();
+        let mut bytes = 0;
+        let mut from = after.next();
+        loop {
+            let range = ReadRange {
+                from,
+                to: Seqnum::MAX,
+                limit: (limit - changes.len()).min(READ_RANGE_RECORDS_MAX),
+            };
+            let records = self.inner.ctx.read_range(tag, range).await?;
+            let Some(last) = records.last() else {
+                return Ok(History {
+                    changes,
+                    next: None,
+                });
+            };
+            from = last.seqnum.next();
+            for record in records {
+                let entry = parse(&record)?;
+                let Some(change) = self.change(object, &view, &record, &entry).await? else {
+                    continue;
+                };
+                if change.applied {
+                    view = View {
+                        doc: change.doc.clone(),
+                        version: record.seqnum,
+                    };
+                }
+                bytes += change.doc.as_ref().map_or(0, |d| d.to_string().len());
+                changes.push(change);
+                if changes.len() == limit || bytes > HISTORY_BYTES_MAX {
+                    let next = Some(record.seqnum);
+                    return Ok(History { changes, next });
+                }
+            }
+        }
+    }
+
+    /// What `record` did to the object, given its view before; `None` if the record is not a
+    /// change of it (a checkpoint, or another object's record under a colliding tag). The
+    /// document after it is `effect`'s, the rule every reader replays with; a repeat of a
+    /// keyed record is a change that did not apply.
+    async fn change(
+        &self,
+        object: &ObjectId,
+        before: &View,
+        record: &Record,
+        entry: &Entry,
+    ) -> Result<Option<Change>, Error> {
+        let seqnum = record.seqnum;
+        let (kind, ops, decision) = match entry {
+            Entry::Ops {
+                object: of,
+                ops,
+                document_bytes_max,
+                key,
+            } if of == object => {
+                let repeat = match key {
+                    Some(key) => self.decide_keyed(seqnum, record.aux.as_ref(), key).await?,
+                    None => Decision::Committed,
+                };
+                let decision = match repeat {
+                    Decision::Committed => {
+                        match path::apply_all(&before.doc, ops, *document_bytes_max) {
+                            Ok(_) => Decision::Committed,
+                            Err(e) => Decision::Aborted(e.to_string()),
+                        }
+                    }
+                    other => other,
+                };
+                (ChangeKind::Write, ops.clone(), decision)
+            }
+            Entry::Commit(commit) => {
+                let Some(ops) = history::commit_ops(commit, object) else {
+                    return Ok(None);
+                };
+                let decision = self
+                    .decide_commit(seqnum, record.aux.as_ref(), commit)
+                    .await?;
+                (ChangeKind::Transaction, ops, decision)
+            }
+            Entry::OneShot {
+                transaction,
+                document_bytes_max,
+                key,
+            } => {
+                let ops: Vec<Op> = (transaction.writes.iter())
+                    .filter(|w| &w.object == object)
+                    .map(|w| w.op.clone())
+                    .collect();
+                if ops.is_empty() {
+                    return Ok(None);
+                }
+                let decision = self
+                    .decide_oneshot(
+                        seqnum,
+                        record.aux.as_ref(),
+                        transaction,
+                        *document_bytes_max,
+                        key.as_deref(),
+                    )
+                    .await?;
+                (ChangeKind::Oneshot, ops, decision)
+            }
+            _ => return Ok(None),
+        };
+        let reason = match decision {
+            Decision::Committed => None,
+            Decision::Aborted(reason) => Some(reason),
+            Decision::Duplicate(first) => Some(format!(
+                "a repeat of the keyed record at seqnum {}",
+                first.0
+            )),
+        };
+        Ok(Some(match reason {
+            None => Change {
+                seqnum,
+                kind,
+                ops,
+                applied: true,
+                reason: None,
+                doc: self
+                    .effect(object, before.clone(), record, entry)
+                    .await?
+                    .doc,
+            },
+            Some(reason) => Change {
+                seqnum,
+                kind,
+                ops,
+                applied: false,
+                reason: Some(reason),
+                doc: before.doc.clone(),
+            },
+        }))
+    }
+
     /// The object's view after `record`, given its view before.
     async fn effect(
         &self,
@@ -1306,6 +1472,25 @@ impl Object {
     pub async fn view(&self) -> Result<View, Error> {
         self.id.check()?;
         self.store.view(&self.id, Seqnum::MAX).await
+    }
+
+    /// The object's changes after seqnum `after` (`Seqnum::ZERO`: from the start), oldest
+    /// first, at most `limit` (1 to `HISTORY_LIMIT_MAX`): each record that tried to change it,
+    /// what it did, whether it took effect, and the document after it. `next` continues.
+    ///
+    /// ```
+    /// # async fn f(store: libstore::Store) -> Result<(), libstore::Error> {
+    /// use serde_json::json;
+    /// let counter = store.collection("counters").object("hits");
+    /// counter.fetch_add("/n", 1).await?;
+    /// counter.fetch_add("/n", 2).await?;
+    /// let page = counter.history(logbook::Seqnum::ZERO, 10).await?;
+    /// let docs: Vec<_> = page.changes.iter().map(|c| c.doc.clone()).collect();
+    /// assert_eq!(docs, [Some(json!({"n": 1})), Some(json!({"n": 3}))]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn history(&self, after: Seqnum, limit: usize) -> Result<History, Error> {
+        self.store.history(&self.id, after, limit).await
     }
 
     /// Applies `ops` together, as one record: all take effect or none. Each op's result.

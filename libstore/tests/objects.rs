@@ -407,3 +407,121 @@ async fn a_commit_record_that_aborted_does_not_abort_the_transactions_after_it()
     assert_eq!(c.object("y").get("/n").await.unwrap(), Some(json!(0)));
     assert_eq!(c.object("z").get("/n").await.unwrap(), Some(json!(2)));
 }
+
+#[tokio::test]
+async fn history_shows_each_change_with_its_effect_and_pages_in_log_order() {
+    let settings = Settings {
+        checkpoint_every: 2,
+        ..Settings::default()
+    };
+    let log = Arc::new(MemoryLogBook::new());
+    let store = store_with(log.clone(), settings);
+    let accounts = store.collection("accounts");
+    let (a1, a2) = (accounts.object("a1"), accounts.object("a2"));
+    a1.set("", json!({"balance": 10})).await.unwrap();
+    a1.fetch_add("/balance", 5).await.unwrap();
+    // A write that fails is in the history, not applied, with its reason.
+    a1.push("/balance", json!(1), None).await.unwrap_err();
+    let transfer = |amount: i64| {
+        OneShot::new()
+            .condition(
+                &a1,
+                "/balance",
+                Test::Ge(json!(amount)),
+                "insufficient funds",
+            )
+            .write(&a1, Op::add("/balance", -amount))
+            .write(&a2, Op::add("/balance", amount))
+    };
+    assert!(store.run(&transfer(4)).await.unwrap().is_committed());
+    assert!(!store.run(&transfer(100)).await.unwrap().is_committed());
+    let mut tx = store.begin().await.unwrap();
+    tx.fetch_add(&a1, "/balance", 1).await.unwrap();
+    assert!(tx.commit().await.unwrap().is_committed());
+    a1.delete("").await.unwrap();
+
+    // (kind, applied, doc after): checkpoints (every 2 records here) are not changes.
+    let expect = [
+        ("write", true, Some(json!({"balance": 10}))),
+        ("write", true, Some(json!({"balance": 15}))),
+        ("write", false, Some(json!({"balance": 15}))),
+        ("oneshot", true, Some(json!({"balance": 11}))),
+        ("oneshot", false, Some(json!({"balance": 11}))),
+        ("transaction", true, Some(json!({"balance": 12}))),
+        ("write", true, None),
+    ];
+    let summary = |changes: &[libstore::Change]| -> Vec<(String, bool, Option<Value>)> {
+        changes
+            .iter()
+            .map(|c| {
+                let kind = serde_json::to_value(c.kind).unwrap();
+                (kind.as_str().unwrap().to_string(), c.applied, c.doc.clone())
+            })
+            .collect()
+    };
+    let want: Vec<(String, bool, Option<Value>)> = expect
+        .iter()
+        .map(|(k, a, d)| (k.to_string(), *a, d.clone()))
+        .collect();
+    let all = a1.history(logbook::Seqnum::ZERO, 100).await.unwrap();
+    assert_eq!(summary(&all.changes), want);
+    assert_eq!(all.next, None);
+    assert!(all.changes.windows(2).all(|w| w[0].seqnum < w[1].seqnum));
+    assert_eq!(
+        all.changes[2].reason.as_deref(),
+        Some("push at \"/balance\" needs an array, but finds a number")
+    );
+    assert_eq!(all.changes[4].reason.as_deref(), Some("insufficient funds"));
+    assert_eq!(all.changes[3].ops, vec![Op::add("/balance", -4)]);
+    assert_eq!(
+        all.changes[5].ops,
+        vec![Op::set("", json!({"balance": 12}))]
+    );
+
+    // Pages of 3 give the same changes; a reader with nothing cached agrees.
+    let cold = store_with(Arc::new(NoAux(log)), settings);
+    let cold_a1 = cold.collection("accounts").object("a1");
+    let mut paged = Vec::new();
+    let mut after = logbook::Seqnum::ZERO;
+    loop {
+        let page = cold_a1.history(after, 3).await.unwrap();
+        paged.extend(page.changes);
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(paged, all.changes);
+    let a2_history = a2.history(logbook::Seqnum::ZERO, 100).await.unwrap();
+    assert_eq!(summary(&a2_history.changes).len(), 2);
+    assert!(matches!(
+        a1.history(logbook::Seqnum::ZERO, 0).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_value_larger_than_a_document_is_refused_before_it_is_logged() {
+    let settings = Settings {
+        document_bytes_max: 100,
+        ..Settings::default()
+    };
+    let log = Arc::new(MemoryLogBook::new());
+    let store = store_with(log.clone(), settings);
+    let o = store.collection("c").object("k");
+    let e = o.set("", json!("x".repeat(200))).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLarge {
+                what: "the value",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let big = OneShot::new().write(&o, Op::set("/s", json!("x".repeat(200))));
+    assert!(matches!(store.run(&big).await, Err(Error::TooLarge { .. })));
+    let tail = log.check_tail(common::BOOK, Tag::ANY).await.unwrap();
+    assert!(tail.is_none(), "{tail:?}");
+}

@@ -1,8 +1,10 @@
 //! Helpers for integration tests that start real `tally` processes: find the binary, start
 //! `tally up` on an ephemeral loopback port in a temp dir, wait for it to be ready, kill it;
 //! or start a multi-process cluster with `tally cluster up` (`Cluster`) and kill, restart and
-//! watch its nodes. Tests wait on conditions with deadlines, never on fixed sleeps.
+//! watch its nodes. Tests wait on conditions with deadlines, never on fixed sleeps. `bank`
+//! drives and checks TX-1 against the `bank` example.
 
+pub mod bank;
 pub mod history;
 
 use anyhow::{bail, Context as _};

@@ -72,6 +72,7 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
         [
             "append3",
             "approval",
+            "bank",
             "cancel_car",
             "cancel_flight",
             "cancel_hotel",
@@ -83,6 +84,7 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
             "reserve_car",
             "reserve_flight",
             "reserve_hotel",
+            "retwis",
             "search",
             "sleep",
             "steps",
