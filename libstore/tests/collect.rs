@@ -223,3 +223,49 @@ async fn a_key_is_remembered_as_long_as_the_retention() {
         Some(json!(2))
     );
 }
+
+/// An object's history shows a repeat of a keyed write as a change that did not apply, and
+/// after a collection starts at the object's base: the document after the last change is the
+/// object's document either way.
+#[tokio::test]
+async fn a_history_shows_repeats_and_starts_at_a_collected_objects_base() {
+    let log = Arc::new(MemoryLogBook::new());
+    let store = store_with(log.clone(), settings());
+    let o = store.collection("c").object("h");
+    o.fetch_add("/n", 1).await.unwrap();
+    let step = store.keyed("step-7");
+    step.collection("c")
+        .object("h")
+        .fetch_add("/n", 10)
+        .await
+        .unwrap();
+    // The step runs again: its write is a repeat.
+    let again = store.keyed("step-7");
+    again
+        .collection("c")
+        .object("h")
+        .fetch_add("/n", 10)
+        .await
+        .unwrap();
+    let page = o.history(Seqnum::ZERO, 10).await.unwrap();
+    let applied: Vec<bool> = page.changes.iter().map(|c| c.applied).collect();
+    assert_eq!(applied, [true, true, false], "{page:?}");
+    let repeat = page.changes[2].reason.clone().unwrap_or_default();
+    assert!(repeat.contains("repeat"), "{repeat}");
+    assert_eq!(page.changes[2].doc, Some(json!({ "n": 11 })));
+
+    // Two collections put the horizon above every change so far; later changes follow it.
+    store.collect(Duration::ZERO).await.unwrap();
+    o.fetch_add("/n", 100).await.unwrap();
+    store.collect(Duration::ZERO).await.unwrap();
+    o.fetch_add("/n", 1000).await.unwrap();
+    let page = o.history(Seqnum::ZERO, 10).await.unwrap();
+    let last = page.changes.last().expect("the newest change");
+    assert!(last.applied);
+    assert_eq!(last.doc, Some(json!({ "n": 1111 })));
+    assert_eq!(o.view().await.unwrap().doc, Some(json!({ "n": 1111 })));
+    assert!(
+        page.changes.len() < 5,
+        "changes below the horizon are gone: {page:?}"
+    );
+}
