@@ -222,10 +222,13 @@ pub(crate) struct State {
     /// The group's clock: the greatest writer's time of its records so far.
     pub clock_ms: u64,
     /// Messages delivered and not acked, by seqnum.
+    #[serde(with = "pairs")]
     pub in_flight: BTreeMap<u64, Flight>,
     /// Requeued dead letters, with their deliveries so far.
+    #[serde(with = "pairs")]
     pub ready: BTreeMap<u64, u32>,
     /// Dead letters, with their deliveries.
+    #[serde(with = "pairs")]
     pub dead: BTreeMap<u64, u32>,
     pub acked: u64,
     pub delivered: u64,
@@ -263,6 +266,26 @@ impl State {
             .flatten()
             .map(|s| Seqnum(*s))
             .fold(self.next, Seqnum::min)
+    }
+}
+
+/// Maps keyed by seqnum as lists of pairs: JSON object keys are strings, which a state inside
+/// a tagged record (a checkpoint) would not read back as numbers.
+mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<V: Serialize, S: Serializer>(
+        map: &BTreeMap<u64, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, V: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u64, V>, D::Error> {
+        Ok(Vec::<(u64, V)>::deserialize(d)?.into_iter().collect())
     }
 }
 

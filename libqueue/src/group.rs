@@ -413,15 +413,13 @@ impl Group {
     /// Whether a pop made now could take a message of `shard`, and if not, when.
     async fn available(&self, shard: u32, state: &State, now: u64) -> Result<Available, Error> {
         let clock = state.clock_ms.max(now);
-        let max = self.inner.settings.max_deliveries;
         if !state.ready.is_empty() {
             return Ok(Available::Now);
         }
         let mut soonest: Option<u64> = None;
         for (m, flight) in &state.in_flight {
-            if flight.deliveries >= max {
-                continue;
-            }
+            // A timed-out delivery is taken again, or (the last allowed one) moved to the
+            // dead letters by the pop's record: either needs one.
             if flight.expires_ms() <= clock || self.fault_takes(*m, flight) {
                 return Ok(Available::Now);
             }
