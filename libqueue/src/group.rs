@@ -434,7 +434,9 @@ impl Group {
     }
 
     fn fault_takes(&self, message: u64, flight: &Flight) -> bool {
-        self.inner.settings.fault_pop_takes_in_flight && message % 7 == 0 && flight.deliveries < 2
+        self.inner.settings.fault_pop_takes_in_flight
+            && message.is_multiple_of(7)
+            && flight.deliveries < 2
     }
 
     /// Acks a delivery: the message is done for this group. An ack of a delivery that is not

@@ -72,9 +72,16 @@ async fn trims_reclaim_what_every_group_acked_and_answers_stay_the_same() {
     assert_eq!(first.checkpoints, 4);
     let second = queue.trim().await.unwrap();
     assert_eq!(second.group_streams_cut, 4);
-    let pushes_before: usize = count(&dyn_log, push_tag_of(0)).await + count(&dyn_log, push_tag_of(1)).await;
-    assert!(pushes_before < 100, "the messages both groups acked are gone: {pushes_before} left");
-    assert!(pushes_before >= 60, "none the slow group needs is gone: {pushes_before} left");
+    let pushes_before: usize =
+        count(&dyn_log, push_tag_of(0)).await + count(&dyn_log, push_tag_of(1)).await;
+    assert!(
+        pushes_before < 100,
+        "the messages both groups acked are gone: {pushes_before} left"
+    );
+    assert!(
+        pushes_before >= 60,
+        "none the slow group needs is gone: {pushes_before} left"
+    );
 
     // Fresh handles with no cache, on a log without aux data, answer alike.
     let cold_log: Arc<dyn LogBook> = Arc::new(NoAux(dyn_log.clone()));
@@ -82,7 +89,10 @@ async fn trims_reclaim_what_every_group_acked_and_answers_stay_the_same() {
     let cold_slow = cold.group("slow").await.unwrap();
     let warm = slow.stats().await.unwrap();
     assert_eq!(cold_slow.stats().await.unwrap(), warm);
-    assert_eq!(cold.group("fast").await.unwrap().stats().await.unwrap().lag, 0);
+    assert_eq!(
+        cold.group("fast").await.unwrap().stats().await.unwrap().lag,
+        0
+    );
     slow.ack(&held).await.unwrap();
     let mut rest = drain(&cold_slow, 59).await;
     assert_eq!(cold_slow.pop().await.unwrap(), None);
@@ -100,7 +110,11 @@ async fn trims_reclaim_what_every_group_acked_and_answers_stay_the_same() {
     // The queue still works after its trims.
     queue.push("later").await.unwrap();
     assert_eq!(
-        fast.pop_wait(Duration::from_secs(5)).await.unwrap().unwrap().data,
+        fast.pop_wait(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap()
+            .data,
         "later"
     );
 }

@@ -35,7 +35,11 @@ async fn an_unacked_message_comes_back_after_its_timeout_and_not_before() {
     clock.advance(99);
     assert_eq!(group.pop().await.unwrap(), None, "still in flight");
     clock.advance(1);
-    let second = group.pop().await.unwrap().expect("timed out: delivered again");
+    let second = group
+        .pop()
+        .await
+        .unwrap()
+        .expect("timed out: delivered again");
     assert_eq!((second.id, second.deliveries), (id, 2));
     // The first delivery's ack comes too late: refused, and changes nothing.
     assert!(matches!(
