@@ -247,6 +247,24 @@ async fn run(config: Config) -> History {
         }
     }
     let started = std::time::Instant::now();
+    // A trimmer runs all along, reclaiming what both groups acked.
+    let trimmer = {
+        let (log, dones) = (log.clone(), dones.clone());
+        tokio::spawn(async move {
+            let queue = open_as(log, "trimmer").await.unwrap();
+            let mut every = tokio::time::interval(Duration::from_millis(50));
+            let mut rounds = 0u64;
+            while dones
+                .iter()
+                .any(|d| d.load(Ordering::SeqCst) < config.messages)
+            {
+                every.tick().await;
+                queue.trim().await.unwrap();
+                rounds += 1;
+            }
+            rounds
+        })
+    };
     // A lost message would keep its group's consumers waiting: give up after a while and
     // say how far each group got.
     let all = async {
@@ -261,6 +279,15 @@ async fn run(config: Config) -> History {
         let done: Vec<u64> = dones.iter().map(|d| d.load(Ordering::SeqCst)).collect();
         panic!("consumers still waiting after 120 s; processed per group: {done:?}");
     }
+    let rounds = trimmer.await.unwrap();
+    let left: u64 = {
+        let queue = open_as(log.clone(), "audit").await.unwrap();
+        queue.trim().await.unwrap();
+        queue.trim().await.unwrap();
+        queue.len().await.unwrap()
+    };
+    println!("{rounds} trims; {left} messages left after two more");
+    assert_eq!(left, 0);
     println!("ran in {:?}", started.elapsed());
     Arc::try_unwrap(history).ok().unwrap().into_inner().unwrap()
 }
