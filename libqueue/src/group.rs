@@ -925,7 +925,5 @@ impl Group {
 
 /// A stable spread of handles over shards, from a name.
 pub(crate) fn spread(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h: u64, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    Tag::named(&["libqueue", "spread", name]).0
 }
