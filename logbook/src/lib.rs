@@ -22,6 +22,8 @@ pub mod conformance;
 pub mod crashing;
 #[cfg(feature = "testkit")]
 pub mod memory;
+#[cfg(feature = "testkit")]
+pub mod testing;
 
 pub use book::{
     validate_append, validate_aux, validate_batch, validate_batch_len, validate_cond,
