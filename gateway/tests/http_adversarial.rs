@@ -4,37 +4,16 @@
 //! serving afterwards. Requests go straight into the router (`oneshot`) over an in-memory log,
 //! except for the few that only a real connection can carry.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, StatusCode};
 use axum::Router;
-use gateway::http::{router, AppState, REQUEST_BODY_BYTES_MAX};
-use gateway::metrics::Metrics;
-use gateway::{Dispatcher, Registry};
-use logbook::memory::MemoryLogBook;
-use logbook::LogBook;
+use common::app;
+use gateway::http::REQUEST_BODY_BYTES_MAX;
 use proptest::prelude::*;
 use serde_json::Value;
-use std::sync::Arc;
 use tower::ServiceExt;
-
-/// The gateway of `tally up` with the example functions, over an in-memory log. Needs a tokio
-/// runtime (the dispatcher starts its recovery task).
-fn app() -> Router {
-    let log: Arc<dyn LogBook> = Arc::new(MemoryLogBook::new());
-    let metrics = Metrics::new();
-    let mut registry = Registry::new();
-    let workflows = gateway::examples::register(&mut registry);
-    let dispatcher = Dispatcher::new(registry, log.clone(), metrics.clone());
-    router(Arc::new(AppState {
-        dispatcher,
-        log,
-        metrics,
-        engine: None,
-        workflow_books: Default::default(),
-        workflows,
-        objects: Default::default(),
-    }))
-}
 
 /// One request: method, URI, headers (raw value bytes), body.
 struct Req {

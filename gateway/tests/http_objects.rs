@@ -3,34 +3,14 @@
 //! that every refusal is a JSON error with the documented 4xx status that leaves the
 //! document as it was.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
-use gateway::http::{router, AppState};
-use gateway::metrics::Metrics;
-use gateway::{Dispatcher, Registry};
-use logbook::memory::MemoryLogBook;
-use logbook::LogBook;
+use common::app;
 use serde_json::{json, Value};
-use std::sync::Arc;
 use tower::ServiceExt;
-
-fn app() -> Router {
-    let log: Arc<dyn LogBook> = Arc::new(MemoryLogBook::new());
-    let metrics = Metrics::new();
-    let mut registry = Registry::new();
-    let workflows = gateway::examples::register(&mut registry);
-    let dispatcher = Dispatcher::new(registry, log.clone(), metrics.clone());
-    router(Arc::new(AppState {
-        dispatcher,
-        log,
-        metrics,
-        engine: None,
-        workflow_books: Default::default(),
-        workflows,
-        objects: Default::default(),
-    }))
-}
 
 /// Sends a request; the status, the body as JSON (`null` if it is not JSON) and the
 /// `X-Tally-Version` header.
