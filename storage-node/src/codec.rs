@@ -385,7 +385,14 @@ fn decode_record(r: &mut Reader<'_>) -> Result<RecordFrame, DecodeError> {
         RECORD_DATA => RecordKind::Data,
         RECORD_COND => RecordKind::Cond(Cond::at(Tag(r.u64()?), r.u64()?)),
         RECORD_COND_CHAINED => {
-            RecordKind::Cond(Cond::chained(Tag(r.u64()?), r.u64()?, r.u64()?, r.u64()?))
+            let cond = Cond::chained(Tag(r.u64()?), r.u64()?, r.u64()?, r.u64()?);
+            if cond.token == 0 && cond.after == 0 {
+                // Written as a plain cond: a frame decodes only from its record's one encoding.
+                return Err(DecodeError::BadBody(
+                    "a chained cond without tokens is a plain cond".into(),
+                ));
+            }
+            RecordKind::Cond(cond)
         }
         RECORD_TRIM => RecordKind::Trim {
             tag: Tag(r.u64()?),
@@ -501,6 +508,40 @@ impl Reader<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A record frame of kind `record_kind` with `fields` (u64s) as its kind's body.
+    fn record_frame(record_kind: u8, fields: &[u64]) -> Bytes {
+        let mut out = Vec::new();
+        framed(&mut out, KIND_RECORD, |out| {
+            out.put_u32_le(1); // shard
+            out.put_u64_le(0); // local id
+            out.put_u32_le(0); // book
+            out.put_u8(record_kind);
+            for f in fields {
+                out.put_u64_le(*f);
+            }
+            out.put_u16_le(1);
+            out.put_u64_le(5); // a tag
+            out.put_u32_le(1);
+            out.put_u8(b'x');
+        });
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn a_chained_cond_decodes_only_with_a_token() {
+        // Both tokens 0 is a plain cond, which has an encoding of its own: refused, so every
+        // frame that decodes encodes back to the same bytes (a fuzzing finding).
+        let plain = record_frame(RECORD_COND_CHAINED, &[5, 3, 0, 0]);
+        assert!(matches!(decode(&plain), Err(DecodeError::BadBody(_))));
+        for fields in [[5, 3, 7, 0], [5, 3, 0, 7], [5, 3, 7, 7]] {
+            let frame = record_frame(RECORD_COND_CHAINED, &fields);
+            let (decoded, len) = decode(&frame).expect("a chained cond with a token");
+            let mut out = Vec::new();
+            assert_eq!(encode(&decoded, &mut out), len);
+            assert_eq!(out, frame[..len]);
+        }
+    }
 
     /// Valid entries only (`MetalogEntry::validate`): the codec refuses the others.
     fn metalog_strategy() -> impl Strategy<Value = MetalogEntry> {
