@@ -19,8 +19,9 @@
 # Cells (each on both systems, each system started afresh in a temp dir for each cell, alone):
 #   ycsbt over ACCOUNTS (10000) accounts, uniform and zipfian THETA (0.99), and over
 #   HOT_ACCOUNTS (100) accounts, uniform and zipfian (contention), each in oneshot and
-#   interactive mode; retwis over USERS (10000) users: 50% timeline, 15% profile, 15% login,
-#   15% post, 5% follow, users drawn uniformly. A transfer moves 1 to 10 between two distinct
+#   interactive mode; retwis over USERS (10000) users, each following FOLLOWS (5) others after
+#   the setup phase (user u follows u+1 to u+5): 50% timeline, 15% profile, 15% login, 15% post,
+#   5% follow, users drawn uniformly. A transfer moves 1 to 10 between two distinct
 #   accounts that each start with 1,000,000, so insufficient funds does not happen in practice;
 #   an abort is a conflict given up on.
 #
@@ -34,7 +35,7 @@
 # own where only loopback exists. PostgreSQL runs as the `postgres` user (root cannot run it).
 #
 # Environment: CLIENTS (32), DURATION seconds measured per cell (10), WARMUP seconds before
-# each (2), RUNS (3), ACCOUNTS (10000), HOT_ACCOUNTS (100), THETA (0.99), USERS (10000),
+# each (2), RUNS (3), ACCOUNTS (10000), HOT_ACCOUNTS (100), THETA (0.99), USERS (10000), FOLLOWS (5),
 # CELLS (all of: ycsbt-big-uniform ycsbt-big-zipfian ycsbt-hot-uniform ycsbt-hot-zipfian retwis),
 # MODES ("oneshot interactive"), SYSTEMS ("tally postgres"), OUT
 # (bench/results/store-<date>.json), QUICK=1 (a smoke check: one run of 2 s after 1 s, over
@@ -55,6 +56,7 @@ ACCOUNTS="${ACCOUNTS:-10000}"
 HOT_ACCOUNTS="${HOT_ACCOUNTS:-100}"
 THETA="${THETA:-0.99}"
 USERS="${USERS:-10000}"
+FOLLOWS="${FOLLOWS:-5}"
 CELLS="${CELLS:-ycsbt-big-uniform ycsbt-big-zipfian ycsbt-hot-uniform ycsbt-hot-zipfian retwis}"
 MODES="${MODES:-oneshot interactive}"
 SYSTEMS="${SYSTEMS:-tally postgres}"
@@ -65,6 +67,7 @@ READY_TIMEOUT_S=60
 # Messages, processes, ports, readiness, the network namespace, the build and `tally up`.
 source "$ROOT/bench/lib.sh"
 
+[[ "$FOLLOWS" =~ ^[0-9]+$ ]] || die "FOLLOWS must be a whole number, not '$FOLLOWS'"
 for name in CLIENTS DURATION RUNS ACCOUNTS HOT_ACCOUNTS USERS; do
     [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, not '${!name}'"
 done
@@ -144,7 +147,7 @@ else
             die "PostgreSQL cannot run as root in a user namespace: run as root, or NETNS=0"
     fi
     [[ "$NETNS" == 0 ]] || reenter_in_network_namespace "${BASH_SOURCE[0]}" OUT TALLY PG_BIN \
-        CLIENTS DURATION WARMUP RUNS ACCOUNTS HOT_ACCOUNTS THETA USERS CELLS MODES SYSTEMS
+        CLIENTS DURATION WARMUP RUNS ACCOUNTS HOT_ACCOUNTS THETA USERS FOLLOWS CELLS MODES SYSTEMS
     NETWORK="this machine's network namespace, on 127.0.0.1"
 fi
 
@@ -168,7 +171,8 @@ cat >&2 <<EOF
 == Transactions over objects: $SYSTEMS ==
 cells: $CELLS (ycsbt modes: $MODES); $CLIENTS clients; ${DURATION} s measured after ${WARMUP} s \
 of warmup per cell; median of $RUNS run(s)
-ycsbt: $ACCOUNTS accounts (hot: $HOT_ACCOUNTS), zipfian theta $THETA; retwis: $USERS users
+ycsbt: $ACCOUNTS accounts (hot: $HOT_ACCOUNTS), zipfian theta $THETA; retwis: $USERS users \
+following $FOLLOWS each
 tally: $TALLY ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown))
 postgres: ${PG_VERSION:-not measured}
 temp dir: $WORK ($WORK_FS)
@@ -221,7 +225,7 @@ workload_args() {
     case "$cell" in
     ycsbt-big-*) WORKLOAD_ARGS=(ycsbt --accounts "$ACCOUNTS" --mode "$mode") ;;
     ycsbt-hot-*) WORKLOAD_ARGS=(ycsbt --accounts "$HOT_ACCOUNTS" --mode "$mode") ;;
-    retwis) WORKLOAD_ARGS=(retwis --users "$USERS") ;;
+    retwis) WORKLOAD_ARGS=(retwis --users "$USERS" --follows "$FOLLOWS") ;;
     esac
     case "$cell" in
     *-uniform) WORKLOAD_ARGS+=(--distribution uniform) ;;
@@ -299,7 +303,7 @@ PG_VERSION="$PG_VERSION" NETWORK="$NETWORK" LOAD_BEFORE="$LOAD_BEFORE" \
     TALLY_COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
     CLIENTS="$CLIENTS" DURATION="$DURATION" WARMUP="$WARMUP" RUNS="$RUNS" CELLS="$CELLS" \
     MODES="$MODES" SYSTEMS="$SYSTEMS" ACCOUNTS="$ACCOUNTS" HOT_ACCOUNTS="$HOT_ACCOUNTS" \
-    THETA="$THETA" USERS="$USERS" QUICK="${QUICK:-0}" \
+    THETA="$THETA" USERS="$USERS" FOLLOWS="$FOLLOWS" QUICK="${QUICK:-0}" \
     python3 - "$RESULTS" "$OUT" <<'EOF'
 import glob, json, os, platform, statistics, sys, time
 
@@ -391,7 +395,8 @@ print("tally: tally up (fsync durability), bank and retwis over HTTP; oneshot = 
       " record, interactive = snapshot reads and one commit record, retried by bank up to 5 times")
 print(f"postgres: {env['PG_VERSION'] or '-'} (its defaults: fsync on), SERIALIZABLE, each"
       " transaction retried on serialization failure up to 10 times")
-print("retwis mix: 50% timeline, 15% profile, 15% login, 15% post, 5% follow")
+print(f"retwis: each user follows {env['FOLLOWS']} others after the setup phase; mix: 50%"
+      " timeline, 15% profile, 15% login, 15% post, 5% follow")
 print(f"load average (1, 5, 15 min) before: {env['LOAD_BEFORE']}, after: {env['LOAD_AFTER']}"
       f" on {os.cpu_count()} cores")
 
@@ -405,7 +410,8 @@ report = {
     "params": {"clients": int(env["CLIENTS"]), "systems": systems, "cells": env["CELLS"].split(),
                "modes": env["MODES"].split(), "accounts": int(env["ACCOUNTS"]),
                "hot_accounts": int(env["HOT_ACCOUNTS"]), "theta": float(env["THETA"]),
-               "users": int(env["USERS"]), "duration_s": int(env["DURATION"]),
+               "users": int(env["USERS"]), "follows": int(env["FOLLOWS"]),
+               "duration_s": int(env["DURATION"]),
                "warmup_s": int(env["WARMUP"]), "runs": int(env["RUNS"]),
                "quick": env["QUICK"] == "1",
                "retwis_mix": {"timeline": 50, "profile": 15, "login": 15, "post": 15,

@@ -41,6 +41,8 @@ pub const TRANSFER_AMOUNT_MAX: u64 = 10;
 /// Attempts of one PostgreSQL transaction that fails serialization (or deadlocks) before it
 /// counts as aborted.
 pub const SERIALIZATION_TRIES_MAX: u32 = 10;
+/// Users each user follows after the setup phase, at most.
+pub const FOLLOWS_MAX: u64 = 1000;
 /// Requests in flight at once during the setup phase.
 const SETUP_CONCURRENCY: usize = 32;
 /// Attempts of one Tally request answered 503 (unavailable: try again) before it is an error.
@@ -83,8 +85,10 @@ pub enum Workload {
         distribution: Distribution,
         mode: TransferMode,
     },
-    /// Retwis over `users` users, in the mix of `RETWIS_MIX`, users drawn uniformly.
-    Retwis { users: u64 },
+    /// Retwis over `users` users, in the mix of `RETWIS_MIX`, users drawn uniformly. The setup
+    /// phase registers them, then has user `u` follow users `u + 1` to `u + follows` (modulo
+    /// `users`), so every user starts with `follows` followers and as many followed.
+    Retwis { users: u64, follows: u64 },
 }
 
 /// Retwis's operations and their shares in percent (BokiStore's read-heavy mix).
@@ -145,10 +149,16 @@ impl StoreConfig {
                     );
                 }
             }
-            Workload::Retwis { users } => ensure!(
-                (2..=ITEMS_MAX).contains(users),
-                "users must be 2..={ITEMS_MAX}, not {users}"
-            ),
+            Workload::Retwis { users, follows } => {
+                ensure!(
+                    (2..=ITEMS_MAX).contains(users),
+                    "users must be 2..={ITEMS_MAX}, not {users}"
+                );
+                ensure!(
+                    follows < users && *follows <= FOLLOWS_MAX,
+                    "follows must be below users and at most {FOLLOWS_MAX}, not {follows}"
+                );
+            }
         }
         Ok(())
     }
@@ -201,12 +211,15 @@ impl StoreReport {
                 };
                 format!("ycsbt: transfers between {accounts} accounts, {d}, {mode:?}")
             }
-            Workload::Retwis { users } => {
+            Workload::Retwis { users, follows } => {
                 let mix: Vec<String> = RETWIS_MIX
                     .iter()
                     .map(|(op, share)| format!("{share}% {op}"))
                     .collect();
-                format!("retwis: {users} users; {}", mix.join(", "))
+                format!(
+                    "retwis: {users} users following {follows} each; {}",
+                    mix.join(", ")
+                )
             }
         };
         let _ = writeln!(out, "  workload      {workload}");
@@ -342,7 +355,7 @@ impl Generator {
                 let amount = self.rng.random_range(1..=TRANSFER_AMOUNT_MAX);
                 Operation::Transfer { from, to, amount }
             }
-            Workload::Retwis { users } => {
+            Workload::Retwis { users, .. } => {
                 let user = self.rng.random_range(0..users);
                 let mut pick = self.rng.random_range(0..100u32);
                 let mut op = RETWIS_MIX[0].0;
@@ -531,8 +544,22 @@ impl TallyConnection {
     /// `{"balance": BALANCE_INITIAL}`, with `PUT /objects` (the document bank's `open` makes,
     /// without its entry in `bank/index`, one document every open would queue on, which only
     /// `audit` reads); user `item` is registered with retwis's `register`.
-    async fn setup_one(&self, workload: &Workload, item: u64) -> Result<(), String> {
+    async fn setup_one(&self, workload: &Workload, step: SetupStep) -> Result<(), String> {
         let mut retried = 0;
+        let item = match step {
+            SetupStep::Create(item) => item,
+            SetupStep::Follow { user, follows } => {
+                let body = json!({
+                    "action": "follow", "user": user_name(user), "follows": user_name(follows),
+                });
+                return match TallyConnection::outcome(
+                    self.call(&self.retwis_url, body, &mut retried).await?,
+                ) {
+                    Outcome::Committed => Ok(()),
+                    Outcome::Aborted(reason) => Err(format!("user {user} following: {reason}")),
+                };
+            }
+        };
         let answer = match workload {
             Workload::Ycsbt { .. } => {
                 let url = format!("{}/{}", self.accounts_url, account_name(item));
@@ -798,7 +825,7 @@ async fn postgres_setup(url: &str, workload: &Workload) -> anyhow::Result<()> {
                 .await
                 .context("opening the accounts")?;
         }
-        Workload::Retwis { users } => {
+        Workload::Retwis { users, follows } => {
             client
                 .execute(
                     "INSERT INTO users (id, name, password) \
@@ -807,6 +834,16 @@ async fn postgres_setup(url: &str, workload: &Workload) -> anyhow::Result<()> {
                 )
                 .await
                 .context("registering the users")?;
+            // The same graph as on Tally: user g follows g + 1 to g + follows.
+            client
+                .execute(
+                    "INSERT INTO follows (follower, followee) \
+                     SELECT 'u' || g, 'u' || ((g + k) % $1::bigint) \
+                     FROM generate_series(0, $1::bigint - 1) g, generate_series(1, $2::bigint) k",
+                    &[&(*users as i64), &(*follows as i64)],
+                )
+                .await
+                .context("making the follow graph")?;
         }
     }
     client
@@ -816,24 +853,62 @@ async fn postgres_setup(url: &str, workload: &Workload) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One request of the setup phase on Tally.
+#[derive(Clone, Copy, Debug)]
+enum SetupStep {
+    /// Make account or user number n.
+    Create(u64),
+    Follow {
+        user: u64,
+        follows: u64,
+    },
+}
+
 async fn tally_setup(url: &str, workload: &Workload) -> anyhow::Result<()> {
-    let items = match workload {
-        Workload::Ycsbt { accounts, .. } => *accounts,
-        Workload::Retwis { users } => *users,
-    };
     let connection = Arc::new(TallyConnection::new(url)?);
+    match workload {
+        Workload::Ycsbt { accounts, .. } => {
+            tally_setup_steps(&connection, workload, *accounts, SetupStep::Create).await
+        }
+        Workload::Retwis { users, follows } => {
+            let (users, follows) = (*users, *follows);
+            // Every user exists before anyone follows them.
+            tally_setup_steps(&connection, workload, users, SetupStep::Create).await?;
+            if follows == 0 {
+                return Ok(());
+            }
+            tally_setup_steps(&connection, workload, users * follows, move |i| {
+                let user = i / follows;
+                SetupStep::Follow {
+                    user,
+                    follows: (user + 1 + i % follows) % users,
+                }
+            })
+            .await
+        }
+    }
+}
+
+/// Makes `steps` setup requests, step `i` being `step(i)`, `SETUP_CONCURRENCY` at a time.
+async fn tally_setup_steps(
+    connection: &Arc<TallyConnection>,
+    workload: &Workload,
+    steps: u64,
+    step: impl Fn(u64) -> SetupStep + Copy + Send + 'static,
+) -> anyhow::Result<()> {
+    let items = steps;
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..SETUP_CONCURRENCY)
         .map(|_| {
             let (connection, next, workload) =
-                (Arc::clone(&connection), Arc::clone(&next), workload.clone());
+                (Arc::clone(connection), Arc::clone(&next), workload.clone());
             tokio::spawn(async move {
                 loop {
                     let item = next.fetch_add(1, Ordering::Relaxed);
                     if item >= items {
                         return Ok(());
                     }
-                    connection.setup_one(&workload, item).await?;
+                    connection.setup_one(&workload, step(item)).await?;
                 }
             })
         })
@@ -1087,7 +1162,10 @@ mod tests {
         assert_eq!(RETWIS_MIX.iter().map(|(_, s)| s).sum::<u32>(), 100);
         let mut generator = Generator {
             rng: SmallRng::seed_from_u64(1),
-            workload: Workload::Retwis { users: 10 },
+            workload: Workload::Retwis {
+                users: 10,
+                follows: 0,
+            },
             zipfian: None,
             client: 0,
             posts: 0,

@@ -617,6 +617,10 @@ enum BenchCommand {
         /// retwis: how many users.
         #[arg(long, default_value_t = 10_000)]
         users: u64,
+        /// retwis: how many users each user follows after the setup phase (user u follows
+        /// u+1 to u+N), so posts fan out and timelines fill.
+        #[arg(long, default_value_t = 5)]
+        follows: u64,
         /// Concurrent clients, each with one operation in flight.
         #[arg(long, default_value_t = 32)]
         clients: usize,
@@ -1249,6 +1253,7 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             theta,
             mode,
             users,
+            follows,
             clients,
             duration,
             warmup,
@@ -1273,7 +1278,7 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                         _ => bench::TransferMode::Oneshot,
                     },
                 },
-                _ => bench::Workload::Retwis { users },
+                _ => bench::Workload::Retwis { users, follows },
             };
             let config = bench::StoreConfig {
                 target,
