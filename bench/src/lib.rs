@@ -9,7 +9,9 @@
 //! (Tally's `/function/{name}`, or Restate's ingress) and reports a `CallReport`;
 //! `run_workflows` starts a new workflow instance per call on Tally's gateways
 //! (`/workflows/{name}/{id}`) and reports the same way. All of them share one driver
-//! (`closed_loop`).
+//! (`closed_loop`). `run_store` measures transactions over objects (YCSB-T transfers, Retwis)
+//! on Tally's `bank` and `retwis` functions or on PostgreSQL at SERIALIZABLE, counting
+//! aborts apart from errors.
 
 mod ack_log;
 mod append;
@@ -20,6 +22,7 @@ mod filler;
 mod jetstream;
 mod progress;
 mod report;
+mod store;
 #[cfg(test)]
 mod test_server;
 mod workflow;
@@ -34,4 +37,8 @@ pub use filler::{filler, filler_origin, FILLER_HEADER_BYTES};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{run_jetstream, JetStreamConfig, REPLICAS_MAX};
 pub use report::{AppendReport, CallReport, Percentiles, RunConfig};
+pub use store::{
+    run_store, Distribution, StoreConfig, StoreReport, StoreTarget, TransferMode, Workload,
+    RETWIS_MIX, SERIALIZATION_TRIES_MAX,
+};
 pub use workflow::{run_workflows, workflow_url, WorkflowConfig, WAIT_MS_MAX};

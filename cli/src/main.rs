@@ -581,6 +581,62 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Transactions over objects: YCSB-T transfers or the Retwis mix, with aborts counted.
+    ///
+    /// Sets up the data first (ycsbt: opens --accounts accounts through `bank`'s open, or
+    /// bulk-inserts them on PostgreSQL; retwis: registers --users users), then runs --clients
+    /// closed-loop clients for --duration seconds after --warmup seconds. On Tally every
+    /// operation is a POST to /function/bank or /function/retwis; with --postgres the same
+    /// operations run as SERIALIZABLE transactions, retried on serialization failures up to
+    /// 10 times. Reports committed/s, p50/p99 of every answered operation and the abort rate
+    /// ({"committed":false} answers apart from errors).
+    Store {
+        /// ycsbt (transfers between accounts) or retwis (50% timeline, 15% profile, 15% login,
+        /// 15% post, 5% follow, users drawn uniformly).
+        #[arg(value_parser = ["ycsbt", "retwis"])]
+        workload: String,
+        /// Tally gateway address or base URL.
+        #[arg(long, default_value = DEFAULT_HTTP_ADDR, conflicts_with = "postgres")]
+        addr: String,
+        /// Drive PostgreSQL at this connection string instead (its tables are dropped and
+        /// made afresh), e.g. postgresql://postgres@127.0.0.1:5432/postgres.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// ycsbt: how many accounts.
+        #[arg(long, default_value_t = 10_000)]
+        accounts: u64,
+        /// ycsbt: uniform or zipfian.
+        #[arg(long, default_value = "uniform", value_parser = ["uniform", "zipfian"])]
+        distribution: String,
+        /// ycsbt: the zipfian constant, above 0 and below 1.
+        #[arg(long, default_value_t = 0.99)]
+        theta: f64,
+        /// ycsbt: oneshot or interactive transfers.
+        #[arg(long, default_value = "oneshot", value_parser = ["oneshot", "interactive"])]
+        mode: String,
+        /// retwis: how many users.
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// retwis: how many users each user follows after the setup phase (user u follows
+        /// u+1 to u+N), so posts fan out and timelines fill.
+        #[arg(long, default_value_t = 5)]
+        follows: u64,
+        /// Concurrent clients, each with one operation in flight.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// How long to measure, in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// How long to run before measuring, in seconds.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Seeds the clients' choice of operations.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the figures and the configuration as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -1188,6 +1244,57 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
+        BenchCommand::Store {
+            workload,
+            addr,
+            postgres,
+            accounts,
+            distribution,
+            theta,
+            mode,
+            users,
+            follows,
+            clients,
+            duration,
+            warmup,
+            seed,
+            json,
+        } => {
+            let target = match postgres {
+                Some(url) => bench::StoreTarget::Postgres { url },
+                None => bench::StoreTarget::Tally {
+                    url: bench::base_url(&addr)?,
+                },
+            };
+            let workload = match workload.as_str() {
+                "ycsbt" => bench::Workload::Ycsbt {
+                    accounts,
+                    distribution: match distribution.as_str() {
+                        "zipfian" => bench::Distribution::Zipfian { theta },
+                        _ => bench::Distribution::Uniform,
+                    },
+                    mode: match mode.as_str() {
+                        "interactive" => bench::TransferMode::Interactive,
+                        _ => bench::TransferMode::Oneshot,
+                    },
+                },
+                _ => bench::Workload::Retwis { users, follows },
+            };
+            let config = bench::StoreConfig {
+                target,
+                workload,
+                clients,
+                duration: Duration::from_secs(duration),
+                warmup: Duration::from_secs(warmup),
+                seed,
+            };
+            let report = bench::run_store(config, true).await?;
+            report.print_human();
+            if let Some(path) = json {
+                report.write_json(&path)?;
+                println!("wrote {}", path.display());
+            }
+        }
     }
     Ok(())
 }
@@ -1246,6 +1353,36 @@ mod tests {
         let (addr, _) = parse(&["steps", "--url", "http://127.0.0.1:1"]).unwrap();
         assert_eq!(addr, ["http://127.0.0.1:1"]);
         assert_eq!(parse(&[]), None);
+    }
+
+    #[test]
+    fn bench_store_takes_a_workload_and_tally_or_postgres_not_both() {
+        let parses = |args: &[&str]| {
+            let argv = ["tally", "bench", "store"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).is_ok()
+        };
+        assert!(parses(&[
+            "ycsbt",
+            "--distribution",
+            "zipfian",
+            "--mode",
+            "interactive"
+        ]));
+        assert!(parses(&[
+            "retwis",
+            "--postgres",
+            "postgresql://postgres@127.0.0.1:1/db"
+        ]));
+        assert!(!parses(&[]));
+        assert!(!parses(&["tpcc"]));
+        assert!(!parses(&["ycsbt", "--mode", "batch"]));
+        assert!(!parses(&[
+            "ycsbt",
+            "--addr",
+            "127.0.0.1:1",
+            "--postgres",
+            "postgresql://postgres@127.0.0.1:1/db"
+        ]));
     }
 
     /// Parses `tally <args>` as a role command and returns its config file and overrides.
