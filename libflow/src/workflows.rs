@@ -31,6 +31,14 @@ pub const INSTANCE_ID_BYTES_MAX: usize = 256;
 /// How long an execution that lost its instance to another waits for the other's end before
 /// it gives up (the instance is then driven again).
 const SUPERSEDED_WAIT: Duration = Duration::from_secs(60);
+/// An execution that lost its instance to another drives the instance again itself once the
+/// other has written nothing for this long: the other may have died (a crashed process's last
+/// records can land after a new execution read the history, and win its positions).
+const SUPERSEDED_QUIET: Duration = Duration::from_secs(10);
+/// How often one invocation drives its instance again after losing it to a quiet execution.
+const REDRIVES_MAX: u32 = 5;
+/// The message of the error that asks the handler to drive the instance again.
+const REDRIVE: &str = "libflow: the execution that won the instance went quiet; drive it again";
 
 type WorkflowFn = Arc<
     dyn Fn(Flow, Value) -> Pin<Box<dyn Future<Output = Result<Value, Error>> + Send>> + Send + Sync,
@@ -196,9 +204,22 @@ impl Workflows {
                 if let Some(signal) = &start.signal {
                     deliver(&ctx, &start.instance, signal).await?;
                 }
-                let ended = workflows
-                    .drive(&definition, &name, ctx, &start.instance, start.input)
-                    .await?;
+                let mut redrives = 0;
+                let ended = loop {
+                    let driven = workflows
+                        .drive(
+                            &definition,
+                            &name,
+                            ctx.clone(),
+                            &start.instance,
+                            start.input.clone(),
+                        )
+                        .await;
+                    match driven {
+                        Err(e) if e.message == REDRIVE && redrives < REDRIVES_MAX => redrives += 1,
+                        other => break other?,
+                    }
+                };
                 tally_sdk::json::output(&ended)
             }) as tally_sdk::BoxFuture
         }))
@@ -403,13 +424,23 @@ impl Workflows {
         let tag = steps_tag(id);
         let mut from = Seqnum(0);
         while now_ms() < deadline {
-            let wait = Duration::from_millis((deadline - now_ms()).min(10_000));
+            let quiet = SUPERSEDED_QUIET.as_millis() as u64;
+            let wait = Duration::from_millis((deadline - now_ms()).min(quiet));
             match ctx.read_next_blocking(tag, from, wait).await {
                 Ok(Some(record)) => {
                     from = Seqnum(record.seqnum.0 + 1);
                     if let Some(ended) = entry_of(&record).and_then(|e| end_of(&e)) {
                         return Ok(ended);
                     }
+                }
+                // Nothing written for a while: the winner may be dead. Driving the instance
+                // again is safe (its records are conditional), at worst a second execution.
+                Ok(None) if wait.as_millis() as u64 == quiet => {
+                    tracing::debug!(
+                        instance = id,
+                        "the winning execution went quiet; driving again"
+                    );
+                    return Err(FunctionError::new(REDRIVE));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(stopped(Error::Log(e))),
