@@ -69,15 +69,7 @@ done
 PIDS=()
 WORK=""
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_all "$rc"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # Builds what runs (release); sets TALLY, BENCH_WORKER and RESTATE_SERVICE.
 build() {

@@ -93,26 +93,10 @@ PIDS=()
 STOP_PIDS=()
 WORK=""
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_all "$rc"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # ---------------------------------------------------------------------------------------------
 # Installation (outside the network namespace).
-
-# PostgreSQL's server programs: the newest /usr/lib/postgresql/N/bin with initdb, or nothing.
-pg_bindir() {
-    local dir
-    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
-    [[ -n "$dir" && -x "$dir/initdb" ]] && echo "$dir"
-    return 0
-}
 
 install_debian_packages() {
     local missing=()
@@ -139,21 +123,12 @@ else
     build_tally
     PG_BIN=""
     if wants postgres; then
-        PG_BIN="$(pg_bindir)"
-        [[ -n "$PG_BIN" ]] || die "no PostgreSQL server programs in /usr/lib/postgresql/*/bin"
-        [[ $EUID -ne 0 ]] || id -u postgres >/dev/null 2>&1 ||
-            die "no 'postgres' user to run PostgreSQL as (Debian's postgresql package makes it)"
-        [[ $EUID -eq 0 || "$NETNS" == 0 ]] ||
-            die "PostgreSQL cannot run as root in a user namespace: run as root, or NETNS=0"
+        find_postgres
     fi
     [[ "$NETNS" == 0 ]] || reenter_in_network_namespace "${BASH_SOURCE[0]}" OUT TALLY PG_BIN \
         CLIENTS DURATION WARMUP RUNS ACCOUNTS HOT_ACCOUNTS THETA USERS FOLLOWS CELLS MODES SYSTEMS
     NETWORK="this machine's network namespace, on 127.0.0.1"
 fi
-
-# PostgreSQL refuses to run as root: as root, it runs as `postgres`.
-PG_AS=()
-[[ $EUID -ne 0 ]] || PG_AS=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 
 # Data dirs live here: a disk, not tmpfs, or fsync costs nothing and the figures mislead.
 WORK="$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/tally-store.XXXXXX")"
@@ -190,30 +165,10 @@ start_tally_store() {
     TARGET_ARGS=(--addr "$TALLY_URL")
 }
 
-# PostgreSQL, a fresh copy of the cluster made once per invocation (initdb: trust on
-# loopback, its defaults otherwise), on a free loopback port.
-start_postgres() {
-    local dir=$1 pid port
-    if [[ ! -d "$WORK/postgres-template" ]]; then
-        mkdir "$WORK/postgres-template"
-        [[ $EUID -ne 0 ]] || chown postgres: "$WORK/postgres-template"
-        if ! "${PG_AS[@]}" "$PG_BIN/initdb" -D "$WORK/postgres-template" -U postgres \
-            --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1; then
-            tail -n 20 "$WORK/initdb.log" >&2
-            log "initdb failed; its log is above"
-            rm -rf "$WORK/postgres-template"
-            return 1
-        fi
-    fi
-    cp -a "$WORK/postgres-template" "$dir/postgres"
-    port="$(free_ports 1)"
-    # TCP on loopback only, no Unix socket.
-    start_tracked "$dir/postgres.log" "${PG_AS[@]}" "$PG_BIN/postgres" -D "$dir/postgres" \
-        -c listen_addresses=127.0.0.1 -p "$port" -c unix_socket_directories=
-    pid=$STARTED_PID
-    (wait_until_ready "$pid" "$dir/postgres.log" "PostgreSQL" \
-        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port") || return 1
-    TARGET_ARGS=(--postgres "postgresql://postgres@127.0.0.1:$port/postgres")
+# PostgreSQL (bench/lib.sh), and the load generator's address for it.
+start_postgres_target() {
+    start_postgres "$1" || return 1
+    TARGET_ARGS=(--postgres "postgresql://postgres@127.0.0.1:$PG_PORT/postgres")
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +198,7 @@ run_cell() {
     mkdir -p "$dir"
     case "$system" in
     tally) start=start_tally_store ;;
-    postgres) start=start_postgres ;;
+    postgres) start=start_postgres_target ;;
     esac
     if ! "$start" "$dir"; then
         log "  $name: $system did not start"

@@ -110,26 +110,10 @@ PIDS=()
 STOP_PIDS=()
 WORK=""
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_all "$rc"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # ---------------------------------------------------------------------------------------------
 # Installation (outside the network namespace).
-
-# PostgreSQL's server programs: the newest /usr/lib/postgresql/N/bin with initdb, or nothing.
-pg_bindir() {
-    local dir
-    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
-    [[ -n "$dir" && -x "$dir/initdb" ]] && echo "$dir"
-    return 0
-}
 
 # Installs the Debian packages this machine lacks, after one `apt-get update`.
 install_debian_packages() {
@@ -189,22 +173,13 @@ else
     if wants restate; then build_restate_service; fi
     PG_BIN=""
     if wants dbos; then
-        PG_BIN="$(pg_bindir)"
-        [[ -n "$PG_BIN" ]] || die "no PostgreSQL server programs in /usr/lib/postgresql/*/bin"
-        [[ $EUID -ne 0 ]] || id -u postgres >/dev/null 2>&1 ||
-            die "no 'postgres' user to run PostgreSQL as (Debian's postgresql package makes it)"
-        [[ $EUID -eq 0 || "$NETNS" == 0 ]] ||
-            die "PostgreSQL cannot run as root in a user namespace: run as root, or NETNS=0"
+        find_postgres
     fi
     [[ "$NETNS" == 0 ]] || reenter_in_network_namespace "${BASH_SOURCE[0]}" OUT TALLY RESTATE \
         RESTATE_SERVER_VERSION RESTATE_SERVICE PEERS_VENV PEERS_PY TEMPORAL_CLI \
         TEMPORAL_CLI_VERSION PEER_PACKAGES PG_BIN
     NETWORK="this machine's network namespace, on 127.0.0.1"
 fi
-
-# PostgreSQL refuses to run as root: as root, it runs as `postgres`.
-PG_AS=()
-[[ $EUID -ne 0 ]] || PG_AS=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 
 # Data dirs live here: a disk, not tmpfs, or fsync costs nothing and the figures mislead.
 WORK="$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/tally-workflows.XXXXXX")"
@@ -301,30 +276,6 @@ start_restate_steps() {
     CELL_URL="$RESTATE_INGRESS/Bench/steps"
 }
 
-# PostgreSQL, a fresh copy of the cluster made once per invocation (initdb: trust on
-# loopback, its defaults otherwise), on a free loopback port. Sets PG_PORT.
-start_postgres() {
-    local dir=$1 pid
-    if [[ ! -d "$WORK/postgres-template" ]]; then
-        mkdir "$WORK/postgres-template"
-        [[ $EUID -ne 0 ]] || chown postgres: "$WORK/postgres-template"
-        if ! "${PG_AS[@]}" "$PG_BIN/initdb" -D "$WORK/postgres-template" -U postgres \
-            --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1; then
-            tail -n 20 "$WORK/initdb.log" >&2
-            log "initdb failed; its log is above"
-            rm -rf "$WORK/postgres-template"
-            return 1
-        fi
-    fi
-    cp -a "$WORK/postgres-template" "$dir/postgres"
-    PG_PORT="$(free_ports 1)"
-    # TCP on loopback only, no Unix socket.
-    start_tracked "$dir/postgres.log" "${PG_AS[@]}" "$PG_BIN/postgres" -D "$dir/postgres" \
-        -c listen_addresses=127.0.0.1 -p "$PG_PORT" -c unix_socket_directories=
-    pid=$STARTED_PID
-    (wait_until_ready "$pid" "$dir/postgres.log" "PostgreSQL" \
-        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT") || return 1
-}
 
 # DBOS: PostgreSQL and the application, a first workflow run to completion.
 start_dbos() {

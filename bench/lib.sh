@@ -244,3 +244,61 @@ stop_all() {
         fi
     fi
 }
+
+# Stops every tracked process and handles WORK (stop_all) however the script exits.
+trap_cleanup() {
+    cleanup() {
+        local rc=$?
+        trap - EXIT INT TERM
+        stop_all "$rc"
+        exit "$rc"
+    }
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# PostgreSQL's server programs: the newest /usr/lib/postgresql/N/bin with initdb, or nothing.
+pg_bindir() {
+    local dir
+    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    [[ -n "$dir" && -x "$dir/initdb" ]] && echo "$dir"
+    return 0
+}
+
+# Sets PG_BIN to PostgreSQL's server programs, or dies saying why they cannot run here.
+find_postgres() {
+    PG_BIN="$(pg_bindir)"
+    [[ -n "$PG_BIN" ]] || die "no PostgreSQL server programs in /usr/lib/postgresql/*/bin"
+    [[ $EUID -ne 0 ]] || id -u postgres >/dev/null 2>&1 ||
+        die "no 'postgres' user to run PostgreSQL as (Debian's postgresql package makes it)"
+    [[ $EUID -eq 0 || "$NETNS" == 0 ]] ||
+        die "PostgreSQL cannot run as root in a user namespace: run as root, or NETNS=0"
+}
+
+# PostgreSQL (PG_BIN) in DIR/postgres, a fresh copy of a cluster made once per invocation in
+# WORK (initdb: trust on loopback, its defaults otherwise), on a free loopback port. As root it
+# runs as `postgres` (PostgreSQL refuses root). Sets PG_PORT.
+start_postgres() {
+    local dir=$1 pid as=()
+    [[ $EUID -ne 0 ]] || as=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+    if [[ ! -d "$WORK/postgres-template" ]]; then
+        mkdir "$WORK/postgres-template"
+        [[ $EUID -ne 0 ]] || chown postgres: "$WORK/postgres-template"
+        if ! "${as[@]}" "$PG_BIN/initdb" -D "$WORK/postgres-template" -U postgres \
+            --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1; then
+            tail -n 20 "$WORK/initdb.log" >&2
+            log "initdb failed; its log is above"
+            rm -rf "$WORK/postgres-template"
+            return 1
+        fi
+    fi
+    cp -a "$WORK/postgres-template" "$dir/postgres"
+    PG_PORT="$(free_ports 1)"
+    # TCP on loopback only, no Unix socket.
+    start_tracked "$dir/postgres.log" "${as[@]}" "$PG_BIN/postgres" -D "$dir/postgres" \
+        -c listen_addresses=127.0.0.1 -p "$PG_PORT" -c unix_socket_directories=
+    pid=$STARTED_PID
+    (wait_until_ready "$pid" "$dir/postgres.log" "PostgreSQL" \
+        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT") || return 1
+}
