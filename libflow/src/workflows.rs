@@ -37,8 +37,6 @@ const SUPERSEDED_WAIT: Duration = Duration::from_secs(60);
 const SUPERSEDED_QUIET: Duration = Duration::from_secs(10);
 /// How often one invocation drives its instance again after losing it to a quiet execution.
 const REDRIVES_MAX: u32 = 5;
-/// The message of the error that asks the handler to drive the instance again.
-const REDRIVE: &str = "libflow: the execution that won the instance went quiet; drive it again";
 
 type WorkflowFn = Arc<
     dyn Fn(Flow, Value) -> Pin<Box<dyn Future<Output = Result<Value, Error>> + Send>> + Send + Sync,
@@ -204,22 +202,9 @@ impl Workflows {
                 if let Some(signal) = &start.signal {
                     deliver(&ctx, &start.instance, signal).await?;
                 }
-                let mut redrives = 0;
-                let ended = loop {
-                    let driven = workflows
-                        .drive(
-                            &definition,
-                            &name,
-                            ctx.clone(),
-                            &start.instance,
-                            start.input.clone(),
-                        )
-                        .await;
-                    match driven {
-                        Err(e) if e.message == REDRIVE && redrives < REDRIVES_MAX => redrives += 1,
-                        other => break other?,
-                    }
-                };
+                let ended = workflows
+                    .drive(&definition, &name, ctx, &start.instance, start.input)
+                    .await?;
                 tally_sdk::json::output(&ended)
             }) as tally_sdk::BoxFuture
         }))
@@ -239,7 +224,8 @@ impl Workflows {
         self.serve_queries_in(worker);
     }
 
-    /// Runs instance `id` of workflow `name` to its end, from its history.
+    /// Runs instance `id` of workflow `name` to its end, from its history, again (from the
+    /// newer history) when it lost the instance to an execution that went quiet.
     async fn drive(
         &self,
         definition: &Definition,
@@ -249,9 +235,32 @@ impl Workflows {
         input: Value,
     ) -> Result<Ended, FunctionError> {
         check_instance_id(id).map_err(FunctionError::bad_input)?;
+        for _ in 0..=REDRIVES_MAX {
+            let driven = self
+                .drive_once(definition, name, ctx.clone(), id, input.clone())
+                .await?;
+            if let Some(ended) = driven {
+                return Ok(ended);
+            }
+        }
+        Err(FunctionError::new(format!(
+            "instance {id} is run by other executions, which went quiet without ending it"
+        )))
+    }
+
+    /// One execution of instance `id` from its history: how the instance ended, or `None` if
+    /// another execution won it and went quiet (it is to be driven again).
+    async fn drive_once(
+        &self,
+        definition: &Definition,
+        name: &str,
+        ctx: Ctx,
+        id: &str,
+        input: Value,
+    ) -> Result<Option<Ended>, FunctionError> {
         let history = read_history(&ctx, id).await.map_err(stopped)?;
         if let Some(ended) = ended(&history) {
-            return Ok(ended);
+            return Ok(Some(ended));
         }
         let protocols = match history.first() {
             Some((_, entry)) => match &entry.op {
@@ -338,7 +347,7 @@ impl Workflows {
         id: &str,
         flow: Flow,
         input: Value,
-    ) -> Result<Ended, FunctionError> {
+    ) -> Result<Option<Ended>, FunctionError> {
         if Workflows::cancel_requested(ctx, id).await? {
             flow.request_cancel();
         }
@@ -392,6 +401,7 @@ impl Workflows {
         };
         match flow.end(end).await {
             Ok(entry) => end_of(&entry)
+                .map(Some)
                 .ok_or_else(|| FunctionError::new("the instance's end is not in its stream")),
             Err(e) => self.after_stop(ctx, id, e).await,
         }
@@ -401,13 +411,18 @@ impl Workflows {
     /// timer's or signal's invocation drives it on); one superseded waits for the execution
     /// that owns the instance to end it; any other stop fails the invocation so it is driven
     /// again.
-    async fn after_stop(&self, ctx: &Ctx, id: &str, e: Error) -> Result<Ended, FunctionError> {
+    async fn after_stop(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        e: Error,
+    ) -> Result<Option<Ended>, FunctionError> {
         if let Error::Suspended(until) = &e {
-            return Ok(Ended {
+            return Ok(Some(Ended {
                 status: Status::Running,
                 output: None,
                 error: Some(format!("suspended until {until}")),
-            });
+            }));
         }
         if !matches!(e, Error::Superseded { .. }) {
             return Err(stopped(e));
@@ -430,7 +445,7 @@ impl Workflows {
                 Ok(Some(record)) => {
                     from = Seqnum(record.seqnum.0 + 1);
                     if let Some(ended) = entry_of(&record).and_then(|e| end_of(&e)) {
-                        return Ok(ended);
+                        return Ok(Some(ended));
                     }
                 }
                 // Nothing written for a while: the winner may be dead. Driving the instance
@@ -440,7 +455,7 @@ impl Workflows {
                         instance = id,
                         "the winning execution went quiet; driving again"
                     );
-                    return Err(FunctionError::new(REDRIVE));
+                    return Ok(None);
                 }
                 Ok(None) => {}
                 Err(e) => return Err(stopped(Error::Log(e))),
