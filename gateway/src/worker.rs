@@ -47,8 +47,10 @@ impl WorkerService {
 struct Attached {
     tx: mpsc::Sender<Result<ToWorker, Status>>,
     next_call: AtomicU64,
-    /// Running calls: where their result goes, and their context (for requests).
-    calls: Mutex<HashMap<u64, (oneshot::Sender<FunctionResult>, Ctx)>>,
+    /// Running calls: where their result goes, and their context (for requests). `None` once
+    /// the worker is gone, so a call that picked this worker just before it went fails at once
+    /// instead of waiting for an answer that cannot come.
+    calls: Mutex<Option<HashMap<u64, (oneshot::Sender<FunctionResult>, Ctx)>>>,
 }
 
 impl Attached {
@@ -63,17 +65,17 @@ impl Attached {
             input,
             invocation_id: ctx.invocation_id().to_string(),
         };
-        self.calls
-            .lock()
-            .expect("calls lock")
-            .insert(id, (done, ctx));
+        let gone = || FunctionError::unavailable(format!("the worker serving {function} is gone"));
+        match self.calls.lock().expect("calls lock").as_mut() {
+            Some(calls) => calls.insert(id, (done, ctx)),
+            None => return Err(gone()),
+        };
         // However this ends (answered, refused, or dropped at the function's timeout), the
         // call is forgotten: a late answer finds nothing.
         let _forget = Forget { attached: self, id };
         let message = ToWorker {
             kind: Some(to_worker::Kind::Call(call)),
         };
-        let gone = || FunctionError::unavailable(format!("the worker serving {function} is gone"));
         if self.tx.send(Ok(message)).await.is_err() {
             return Err(gone());
         }
@@ -84,6 +86,7 @@ impl Attached {
         self.calls
             .lock()
             .expect("calls lock")
+            .as_ref()?
             .get(&call)
             .map(|(_, ctx)| ctx.clone())
     }
@@ -97,11 +100,9 @@ struct Forget<'a> {
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.attached
-            .calls
-            .lock()
-            .expect("calls lock")
-            .remove(&self.id);
+        if let Some(calls) = self.attached.calls.lock().expect("calls lock").as_mut() {
+            calls.remove(&self.id);
+        }
     }
 }
 
@@ -126,7 +127,7 @@ impl Workers for WorkerService {
         let attached = Arc::new(Attached {
             tx: tx.clone(),
             next_call: AtomicU64::new(0),
-            calls: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Some(HashMap::new())),
         });
         // A unique name per connection, so a late disconnect of an old connection never
         // marks the functions a newer one registered as gone.
@@ -187,7 +188,8 @@ impl Workers for WorkerService {
                             .calls
                             .lock()
                             .expect("calls lock")
-                            .remove(&done.call);
+                            .as_mut()
+                            .and_then(|calls| calls.remove(&done.call));
                         if let Some((result, _)) = waiting {
                             let _ = result.send(call_result(done.result));
                         }
@@ -219,7 +221,12 @@ impl Workers for WorkerService {
             }
             // The worker is gone: its running calls fail, its functions fail fast.
             registry.worker_gone(&worker, &names);
-            let running: Vec<_> = attached.calls.lock().expect("calls lock").drain().collect();
+            let running = attached
+                .calls
+                .lock()
+                .expect("calls lock")
+                .take()
+                .unwrap_or_default();
             for (_, (result, _)) in running {
                 let _ = result.send(Err(FunctionError::unavailable(format!(
                     "worker {worker} disconnected during the call"
