@@ -29,8 +29,11 @@ pub fn register(registry: &mut Registry) -> libflow::Workflows {
     registry.register("noop", noop);
     registry.register("append3", append3);
     registry.register("search", search);
-    registry.register("bank", bank::bank);
-    registry.register("retwis", retwis::retwis);
+    // One `Stores` for both, so each call reads the views earlier calls cached.
+    let stores = libstore::Stores::new();
+    let bank_stores = stores.clone();
+    registry.register("bank", move |ctx, input| bank::bank(bank_stores.of(ctx), input));
+    registry.register("retwis", move |ctx, input| retwis::retwis(stores.of(ctx), input));
     for kind in TRAVEL_RESOURCES {
         registry.register(&format!("reserve_{kind}"), move |ctx, input| {
             reserve(kind, ctx, input)

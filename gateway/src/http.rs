@@ -3,7 +3,7 @@
 //! "..."}}`.
 
 mod objects;
-pub use objects::{Stores, HISTORY_LIMIT_DEFAULT, STORES_MAX, VERSION_HEADER};
+pub use objects::{HISTORY_LIMIT_DEFAULT, VERSION_HEADER};
 
 use crate::functions::{Dispatcher, Invocation, InvokeError, Request, Status, CALL_DEPTH_MAX};
 use crate::invocations::INVOCATIONS_BOOK;
@@ -52,7 +52,7 @@ pub struct AppState {
     /// The in-process workflows, for their queries.
     pub workflows: libflow::Workflows,
     /// The object stores of the books objects were used in.
-    pub objects: Stores,
+    pub objects: libstore::Stores,
 }
 
 /// An error response.
@@ -158,7 +158,7 @@ pub fn default_state(
         engine: Some(log),
         workflow_books: std::sync::Mutex::new([BookId(0)].into()),
         workflows,
-        objects: Stores::default(),
+        objects: libstore::Stores::new(),
     });
     tokio::spawn(collect_workflows(
         Arc::downgrade(&state),

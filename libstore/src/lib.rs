@@ -39,7 +39,8 @@ pub use history::{Change, ChangeKind, History, HISTORY_BYTES_MAX, HISTORY_LIMIT_
 pub use oneshot::{Condition, OneShot, Read, Test, Write, ONESHOT_ITEMS_MAX};
 pub use path::{Op, PATH_BYTES_MAX};
 pub use store::{
-    Collected, Collection, Object, Settings, Stats, Store, DECISIONS_CACHED_MAX,
-    KEY_PREFIX_BYTES_MAX, OPS_PER_WRITE_MAX, TXN_OBJECTS_MAX, VIEWS_CACHED_MAX,
+    Collected, Collection, Object, Settings, Stats, Store, Stores, BOOKS_CACHED_MAX,
+    DECISIONS_CACHED_MAX, KEY_PREFIX_BYTES_MAX, OPS_PER_WRITE_MAX, RECORDS_CACHED_MAX,
+    TXN_OBJECTS_MAX, VERSIONS_CACHED_MAX, VIEWS_CACHED_MAX,
 };
 pub use txn::{Isolation, Outcome, Transaction};

@@ -21,7 +21,7 @@ use crate::path::{self, Op};
 use crate::txn::{Isolation, Outcome, Transaction};
 use crate::Error;
 use bytes::Bytes;
-use logbook::{ReadRange, Record, Seqnum, Tag, READ_RANGE_RECORDS_MAX, RECORD_BYTES_MAX};
+use logbook::{BookId, ReadRange, Record, Seqnum, Tag, READ_RANGE_RECORDS_MAX, RECORD_BYTES_MAX};
 use serde_json::{Number, Value};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -37,8 +37,13 @@ pub const TXN_OBJECTS_MAX: usize = logbook::TAGS_PER_RECORD_MAX;
 pub const OPS_PER_WRITE_MAX: usize = 256;
 /// Most transaction decisions a store keeps in memory (the oldest go first).
 pub const DECISIONS_CACHED_MAX: usize = 65_536;
-/// Most objects whose newest view a store keeps in memory.
+/// Most views a store keeps in memory, over all objects.
 pub const VIEWS_CACHED_MAX: usize = 16_384;
+/// Most views of one object a store keeps in memory: its newest, and the ones before it that
+/// transactions still on their way need (each is evaluated just below its own record).
+pub const VERSIONS_CACHED_MAX: usize = 16;
+/// Most parsed records a store keeps in memory (the oldest go first).
+pub const RECORDS_CACHED_MAX: usize = 8_192;
 /// Longest key prefix (`Store::keyed`), in bytes.
 pub const KEY_PREFIX_BYTES_MAX: usize = 512;
 
@@ -108,17 +113,28 @@ struct Counters {
     checkpoints: AtomicU64,
 }
 
-struct Inner {
-    ctx: Ctx,
+/// What the stores of one book share: settings, caches and counters.
+struct Shared {
     settings: Settings,
     decisions: Mutex<BTreeMap<Seqnum, Decision>>,
-    /// The newest view computed of each object, and the seqnum it is as of: every record of
-    /// the object at or below it is in the view.
-    views: Mutex<BTreeMap<ObjectId, (Seqnum, Cached)>>,
+    views: Mutex<Views>,
+    /// Records parsed lately, by seqnum (records never change).
+    records: Mutex<BTreeMap<Seqnum, Arc<Entry>>>,
     counters: Counters,
 }
 
+/// The newest views computed of each object, by the seqnum each is as of: every record of
+/// the object at or below it is in the view.
+#[derive(Default)]
+struct Views {
+    objects: BTreeMap<ObjectId, BTreeMap<Seqnum, Cached>>,
+    /// Views kept, over all objects.
+    count: usize,
+}
+
 /// Durable JSON objects in the book of a `Ctx`. Cheap to clone; clones share their caches.
+/// A function that runs many times makes its stores with one `Stores`, so that each call
+/// starts from the views and decisions the calls before it computed.
 ///
 /// ```
 /// # async fn f(ctx: tally_sdk::Ctx) -> Result<(), libstore::Error> {
@@ -129,7 +145,8 @@ struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    ctx: Ctx,
+    shared: Arc<Shared>,
     /// A keyed store's key prefix and the number of its next operation.
     keys: Option<Arc<Keys>>,
 }
@@ -137,6 +154,80 @@ pub struct Store {
 struct Keys {
     prefix: String,
     next: AtomicU64,
+}
+
+impl Shared {
+    fn new(settings: Settings) -> Shared {
+        Shared {
+            settings,
+            decisions: Mutex::new(BTreeMap::new()),
+            views: Mutex::new(Views::default()),
+            records: Mutex::new(BTreeMap::new()),
+            counters: Counters::default(),
+        }
+    }
+}
+
+/// Books whose caches a `Stores` keeps; past it the lowest book's are dropped.
+pub const BOOKS_CACHED_MAX: usize = 1024;
+
+/// Makes stores over the `Ctx` of many calls that share their caches per book: a function
+/// registered once and called many times keeps one `Stores` and asks it for each call's store,
+/// so a call reads the views and decisions earlier calls computed instead of replaying the
+/// objects' streams again. Cheap to clone; clones share everything.
+///
+/// ```
+/// # async fn f(ctxs: Vec<tally_sdk::Ctx>) -> Result<(), libstore::Error> {
+/// let stores = libstore::Stores::new();
+/// for ctx in ctxs {
+///     // In a function: `let store = stores.of(ctx);` at the top of each call.
+///     let store = stores.of(ctx);
+///     store.collection("pages").object("home").fetch_add("/visits", 1).await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct Stores {
+    settings: Settings,
+    books: Arc<Mutex<BTreeMap<BookId, Arc<Shared>>>>,
+}
+
+impl Stores {
+    /// Stores with the default settings.
+    pub fn new() -> Stores {
+        Stores::default()
+    }
+
+    /// Stores with `settings`.
+    pub fn with_settings(settings: Settings) -> Result<Stores, Error> {
+        settings.check()?;
+        Ok(Stores {
+            settings,
+            books: Arc::default(),
+        })
+    }
+
+    /// The store over `ctx`, sharing caches with every store this made for `ctx`'s book.
+    pub fn of(&self, ctx: Ctx) -> Store {
+        let mut books = self.books.lock().expect("no panics under the books lock");
+        let book = ctx.book();
+        let shared = match books.get(&book) {
+            Some(shared) => shared.clone(),
+            None => {
+                if books.len() >= BOOKS_CACHED_MAX {
+                    books.pop_first();
+                }
+                let shared = Arc::new(Shared::new(self.settings));
+                books.insert(book, shared.clone());
+                shared
+            }
+        };
+        Store {
+            ctx,
+            shared,
+            keys: None,
+        }
+    }
 }
 
 /// What one collection did (`Store::collect`).
@@ -163,13 +254,8 @@ impl Store {
     pub fn with_settings(ctx: Ctx, settings: Settings) -> Result<Store, Error> {
         settings.check()?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                ctx,
-                settings,
-                decisions: Mutex::new(BTreeMap::new()),
-                views: Mutex::new(BTreeMap::new()),
-                counters: Counters::default(),
-            }),
+            ctx,
+            shared: Arc::new(Shared::new(settings)),
             keys: None,
         })
     }
@@ -194,7 +280,8 @@ impl Store {
     /// ```
     pub fn keyed(&self, prefix: &str) -> Store {
         Store {
-            inner: self.inner.clone(),
+            ctx: self.ctx.clone(),
+            shared: self.shared.clone(),
             keys: Some(Arc::new(Keys {
                 prefix: prefix.to_string(),
                 next: AtomicU64::new(0),
@@ -219,12 +306,12 @@ impl Store {
 
     /// The store's settings.
     pub fn settings(&self) -> Settings {
-        self.inner.settings
+        self.shared.settings
     }
 
     /// What the store has done so far.
     pub fn stats(&self) -> Stats {
-        let c = &self.inner.counters;
+        let c = &self.shared.counters;
         Stats {
             views: c.views.load(Ordering::Relaxed),
             records_replayed: c.records_replayed.load(Ordering::Relaxed),
@@ -252,7 +339,6 @@ impl Store {
         // every run.
         let key = self.next_key()?;
         let snapshot = self
-            .inner
             .ctx
             .check_tail(Tag::ANY)
             .await?
@@ -265,7 +351,7 @@ impl Store {
     pub async fn run(&self, transaction: &OneShot) -> Result<Outcome, Error> {
         transaction.check()?;
         let key = self.next_key()?;
-        let document_bytes_max = self.inner.settings.document_bytes_max;
+        let document_bytes_max = self.shared.settings.document_bytes_max;
         for w in &transaction.writes {
             w.op.check_value_size(document_bytes_max)?;
         }
@@ -301,7 +387,7 @@ impl Store {
         document_bytes_max: usize,
     ) -> Result<Outcome, Error> {
         let evaluated = self
-            .evaluate_oneshot(seqnum, transaction, document_bytes_max)
+            .evaluate_oneshot(seqnum, transaction, document_bytes_max, None)
             .await?;
         let mut aux = Aux::default();
         let outcome = match evaluated {
@@ -312,7 +398,9 @@ impl Store {
                         doc,
                         version: seqnum,
                     };
-                    aux.put_view(&object, Cached { view, depth });
+                    let cached = Cached { view, depth };
+                    self.cache_view(&object, seqnum, cached.clone());
+                    aux.put_view(&object, cached);
                 }
                 aux.decision = Some(Decision::Committed);
                 Outcome::Committed {
@@ -347,7 +435,7 @@ impl Store {
         let Entry::Commit(commit) = &entry else {
             unreachable!("made a commit above")
         };
-        let decision = self.decide_commit(seqnum, None, commit).await?;
+        let decision = self.decide_commit(seqnum, None, commit, None).await?;
         let mut aux = Aux {
             decision: Some(decision.clone()),
             ..Aux::default()
@@ -413,7 +501,7 @@ impl Store {
                 ops.len()
             )));
         }
-        let document_bytes_max = self.inner.settings.document_bytes_max;
+        let document_bytes_max = self.shared.settings.document_bytes_max;
         for op in &ops {
             op.check()?;
             op.check_value_size(document_bytes_max)?;
@@ -476,7 +564,7 @@ impl Store {
                 to: seqnum,
                 limit: READ_RANGE_RECORDS_MAX,
             };
-            let records = self.inner.ctx.read_range(tag, range).await?;
+            let records = self.ctx.read_range(tag, range).await?;
             let Some(last) = records.last() else { break };
             from = last.seqnum.next();
             for record in records {
@@ -499,7 +587,6 @@ impl Store {
         let key = duplicate.key().expect("a duplicate is keyed");
         let first = self.original(first, key).await?;
         let record = self
-            .inner
             .ctx
             .read_next(key_tag(key), first)
             .await?
@@ -541,7 +628,7 @@ impl Store {
     /// The horizon declared by the newest collection's mark below `seqnum` (0: none).
     async fn horizon_below(&self, seqnum: Seqnum) -> Result<Seqnum, Error> {
         Ok(
-            match self.inner.ctx.read_prev(marks_tag(), below(seqnum)).await? {
+            match self.ctx.read_prev(marks_tag(), below(seqnum)).await? {
                 Some(record) => match parse(&record)? {
                     Entry::Mark { horizon, .. } => horizon,
                     _ => Seqnum::ZERO,
@@ -605,7 +692,7 @@ impl Store {
                 ..
             } => {
                 let evaluated = self
-                    .evaluate_oneshot(first, &transaction, document_bytes_max)
+                    .evaluate_oneshot(first, &transaction, document_bytes_max, None)
                     .await?;
                 Ok(match evaluated {
                     Ok(Evaluated { reads, .. }) => Outcome::Committed {
@@ -620,7 +707,7 @@ impl Store {
             }
             Entry::Commit(commit) => Ok(
                 match self
-                    .decide_commit(first, record.aux.as_ref(), &commit)
+                    .decide_commit(first, record.aux.as_ref(), &commit, None)
                     .await?
                 {
                     Decision::Committed => Outcome::Committed {
@@ -652,13 +739,13 @@ impl Store {
                 max: RECORD_BYTES_MAX,
             });
         }
-        Ok(self.inner.ctx.append(tags, data).await?)
+        Ok(self.ctx.append(tags, data).await?)
     }
 
     /// Attaches `aux` to a record. A cache: if it cannot be set, reads replay a little more.
     async fn set_aux(&self, seqnum: Seqnum, aux: &Aux) {
         let data = serde_json::to_vec(aux).expect("aux data serializes");
-        let _ = self.inner.ctx.set_aux_data(seqnum, data).await;
+        let _ = self.ctx.set_aux_data(seqnum, data).await;
     }
 
     /// Adds to a record's aux data (as read with it) and sets it.
@@ -670,7 +757,7 @@ impl Store {
 
     fn remember(&self, seqnum: Seqnum, decision: Decision) {
         let mut decisions = self
-            .inner
+            .shared
             .decisions
             .lock()
             .expect("no panics while holding the decisions");
@@ -681,7 +768,7 @@ impl Store {
     }
 
     fn remembered(&self, seqnum: Seqnum) -> Option<Decision> {
-        self.inner
+        self.shared
             .decisions
             .lock()
             .expect("no panics while holding the decisions")
@@ -689,24 +776,36 @@ impl Store {
             .cloned()
     }
 
-    /// Keeps `view`, as of `as_of`, as the object's newest view (unless a newer one is kept).
+    /// Keeps `view`, as of `as_of`, among the object's views: its newest
+    /// `VERSIONS_CACHED_MAX`, and `VIEWS_CACHED_MAX` over all objects.
     fn cache_view(&self, object: &ObjectId, as_of: Seqnum, view: Cached) {
         let mut views = self
-            .inner
+            .shared
             .views
             .lock()
             .expect("no panics while holding the views");
-        if views.get(object).is_some_and(|(kept, _)| *kept > as_of) {
-            return;
+        let Views { objects, count } = &mut *views;
+        let versions = objects.entry(object.clone()).or_default();
+        if versions.insert(as_of, view).is_none() {
+            *count += 1;
         }
-        if views.len() >= VIEWS_CACHED_MAX && !views.contains_key(object) {
-            views.pop_first();
+        if versions.len() > VERSIONS_CACHED_MAX {
+            versions.pop_first();
+            *count -= 1;
         }
-        views.insert(object.clone(), (as_of, view));
+        while *count > VIEWS_CACHED_MAX {
+            // The first object in name order gives up its oldest view.
+            let mut first = objects.first_entry().expect("views are counted");
+            first.get_mut().pop_first();
+            *count -= 1;
+            if first.get().is_empty() {
+                first.remove();
+            }
+        }
     }
 
-    /// The kept view of the object if it is as of a seqnum in `[newest, at]`: `newest` being
-    /// the object's newest record at or below `at`, the view is then the one at `at`.
+    /// A kept view of the object as of a seqnum in `[newest, at]`: `newest` being the
+    /// object's newest record at or below `at`, the view is then the one at `at`.
     fn cached_view(
         &self,
         object: &ObjectId,
@@ -714,12 +813,37 @@ impl Store {
         at: Seqnum,
     ) -> Option<(Seqnum, Cached)> {
         let views = self
-            .inner
+            .shared
             .views
             .lock()
             .expect("no panics while holding the views");
-        let (as_of, view) = views.get(object)?;
-        (newest <= *as_of && *as_of <= at).then(|| (*as_of, view.clone()))
+        let (as_of, view) = views.objects.get(object)?.range(..=at).next_back()?;
+        (newest <= *as_of).then(|| (*as_of, view.clone()))
+    }
+
+    /// The entry a record holds, parsed once and then kept a while.
+    fn entry(&self, record: &Record) -> Result<Arc<Entry>, Error> {
+        let kept = self
+            .shared
+            .records
+            .lock()
+            .expect("no panics while holding the records")
+            .get(&record.seqnum)
+            .cloned();
+        if let Some(entry) = kept {
+            return Ok(entry);
+        }
+        let entry = Arc::new(parse(record)?);
+        let mut records = self
+            .shared
+            .records
+            .lock()
+            .expect("no panics while holding the records");
+        records.insert(record.seqnum, entry.clone());
+        if records.len() > RECORDS_CACHED_MAX {
+            records.pop_first();
+        }
+        Ok(entry)
     }
 
     /// The object's view after every record up to `at` (`Seqnum::MAX`: the newest).
@@ -730,10 +854,10 @@ impl Store {
     /// The object's view after every record up to `at` (`Seqnum::MAX`: the newest).
     fn view_at<'a>(&'a self, object: &'a ObjectId, at: Seqnum) -> Boxed<'a, Cached> {
         Box::pin(async move {
-            let ctx = &self.inner.ctx;
+            let ctx = &self.ctx;
             let tag = object_tag(object);
             // The records to replay, newest first, down to a starting point.
-            let mut pending: Vec<(Record, Entry)> = Vec::new();
+            let mut pending: Vec<(Record, Arc<Entry>)> = Vec::new();
             let mut cursor = at;
             // The seqnum the view will be as of: `at`, or for the newest view, the newest
             // record (every record below one that is readable is readable).
@@ -760,12 +884,26 @@ impl Store {
                     };
                 };
                 as_of.get_or_insert(record.seqnum);
-                let entry = parse(&record)?;
+                if let Some((kept_as_of, cached)) = self.cached_view(object, record.seqnum, cursor)
+                {
+                    // Kept by a writer after this read began, the view may be as of a newer
+                    // record than the one just read: it is then as of that one.
+                    if pending.is_empty() {
+                        if let Some(as_of) = as_of.as_mut() {
+                            *as_of = (*as_of).max(kept_as_of);
+                        }
+                    }
+                    break cached;
+                }
+                if let Some(cached) = Aux::of(record.aux.as_ref()).view(object) {
+                    break cached.clone();
+                }
+                let entry = self.entry(&record)?;
                 if let Entry::Checkpoint {
                     object: of,
                     as_of: checkpoint_as_of,
                     view,
-                } = &entry
+                } = &*entry
                 {
                     if of == object {
                         // A collection may have trimmed records the checkpoint needs: its
@@ -783,20 +921,6 @@ impl Store {
                         break Cached { view, depth: 0 };
                     }
                 }
-                if let Some((kept_as_of, cached)) = self.cached_view(object, record.seqnum, cursor)
-                {
-                    // Kept by a writer after this read began, the view may be as of a newer
-                    // record than the one just read: it is then as of that one.
-                    if pending.is_empty() {
-                        if let Some(as_of) = as_of.as_mut() {
-                            *as_of = (*as_of).max(kept_as_of);
-                        }
-                    }
-                    break cached;
-                }
-                if let Some(cached) = Aux::of(record.aux.as_ref()).view(object) {
-                    break cached.clone();
-                }
                 let seqnum = record.seqnum;
                 pending.push((record, entry));
                 if seqnum == Seqnum::ZERO {
@@ -810,15 +934,24 @@ impl Store {
             let replayed = pending.len() as u64;
             let mut view = start.view;
             let mut last = None;
-            for (record, entry) in pending.into_iter().rev() {
+            for (i, (record, entry)) in pending.into_iter().rev().enumerate() {
                 view = self.effect(object, view, &record, &entry).await?;
+                if (i as u64) + 1 < replayed {
+                    // Each step is the view as of its record: a transaction on its way
+                    // just above it finds it here.
+                    let step = Cached {
+                        view: view.clone(),
+                        depth: start.depth + i as u64 + 1,
+                    };
+                    self.cache_view(object, record.seqnum, step);
+                }
                 last = Some(record);
             }
             let cached = Cached {
                 view,
                 depth: start.depth + replayed,
             };
-            let c = &self.inner.counters;
+            let c = &self.shared.counters;
             c.views.fetch_add(1, Ordering::Relaxed);
             c.records_replayed.fetch_add(replayed, Ordering::Relaxed);
             c.replay_max.fetch_max(replayed, Ordering::Relaxed);
@@ -831,7 +964,7 @@ impl Store {
             }
             if let Some(as_of) = as_of {
                 self.cache_view(object, as_of, cached.clone());
-                if cached.depth > self.inner.settings.checkpoint_every as u64 {
+                if cached.depth > self.shared.settings.checkpoint_every as u64 {
                     let checkpoint = Entry::Checkpoint {
                         object: object.clone(),
                         as_of,
@@ -850,7 +983,7 @@ impl Store {
     async fn base(&self, object: &ObjectId) -> Result<Option<(Seqnum, View)>, Error> {
         let tag = base_tag(object);
         let mut cursor = Seqnum::MAX;
-        while let Some(record) = self.inner.ctx.read_prev(tag, cursor).await? {
+        while let Some(record) = self.ctx.read_prev(tag, cursor).await? {
             if let Entry::Checkpoint {
                 object: of,
                 as_of,
@@ -885,8 +1018,8 @@ impl Store {
     /// # Ok(()) }
     /// ```
     pub async fn collect(&self, retention: Duration) -> Result<Collected, Error> {
-        let ctx = &self.inner.ctx;
-        let retention = retention.max(self.inner.settings.transaction_lifetime);
+        let ctx = &self.ctx;
+        let retention = retention.max(self.shared.settings.transaction_lifetime);
         let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
         let now = now_ms();
         let mut previous = Seqnum::ZERO;
@@ -898,7 +1031,7 @@ impl Store {
             if let Entry::Mark {
                 at_ms,
                 horizon: declared,
-            } = entry
+            } = *entry
             {
                 previous = previous.max(declared);
                 if at_ms.saturating_add(retention_ms) <= now {
@@ -987,7 +1120,7 @@ impl Store {
         tag: Tag,
         from: Seqnum,
         to: Seqnum,
-    ) -> Result<Vec<(Record, Entry)>, Error> {
+    ) -> Result<Vec<(Record, Arc<Entry>)>, Error> {
         let mut out = Vec::new();
         let mut from = from;
         while from < to {
@@ -996,11 +1129,11 @@ impl Store {
                 to,
                 limit: READ_RANGE_RECORDS_MAX,
             };
-            let records = self.inner.ctx.read_range(tag, range).await?;
+            let records = self.ctx.read_range(tag, range).await?;
             let Some(last) = records.last() else { break };
             from = last.seqnum.next();
             for record in records {
-                let entry = parse(&record)?;
+                let entry = self.entry(&record)?;
                 out.push((record, entry));
             }
         }
@@ -1040,7 +1173,7 @@ impl Store {
                 to: Seqnum::MAX,
                 limit: (limit - changes.len()).min(READ_RANGE_RECORDS_MAX),
             };
-            let records = self.inner.ctx.read_range(tag, range).await?;
+            let records = self.ctx.read_range(tag, range).await?;
             let Some(last) = records.last() else {
                 return Ok(History {
                     changes,
@@ -1108,7 +1241,7 @@ impl Store {
                     return Ok(None);
                 };
                 let decision = self
-                    .decide_commit(seqnum, record.aux.as_ref(), commit)
+                    .decide_commit(seqnum, record.aux.as_ref(), commit, None)
                     .await?;
                 (ChangeKind::Transaction, ops, decision)
             }
@@ -1131,6 +1264,7 @@ impl Store {
                         transaction,
                         *document_bytes_max,
                         key.as_deref(),
+                        None,
                     )
                     .await?;
                 (ChangeKind::Oneshot, ops, decision)
@@ -1203,7 +1337,7 @@ impl Store {
                     return Ok(view);
                 };
                 match self
-                    .decide_commit(seqnum, record.aux.as_ref(), commit)
+                    .decide_commit(seqnum, record.aux.as_ref(), commit, Some((object, &view)))
                     .await?
                 {
                     Decision::Committed => View {
@@ -1228,6 +1362,7 @@ impl Store {
                         transaction,
                         *document_bytes_max,
                         key.as_deref(),
+                        Some((object, &view)),
                     )
                     .await?;
                 match decision {
@@ -1254,11 +1389,14 @@ impl Store {
 
     /// Decides an interactive transaction's commit record at `seqnum`: it commits iff no
     /// object it validates has another version just below the record than at its snapshot.
+    /// `known`: one object's view just below the record, if the caller has it (a replay of
+    /// that object's stream), so it is not computed again.
     fn decide_commit<'a>(
         &'a self,
         seqnum: Seqnum,
         aux: Option<&'a Bytes>,
         commit: &'a Commit,
+        known: Option<(&'a ObjectId, &'a View)>,
     ) -> Boxed<'a, Decision> {
         Box::pin(async move {
             if let Some(decision) = self.remembered(seqnum) {
@@ -1277,11 +1415,14 @@ impl Store {
             }
             let mut decision = Decision::Committed;
             for touched in commit.validated() {
-                let now = self.view(&touched.object, below(seqnum)).await?;
-                if now.version != touched.version {
+                let version = match known {
+                    Some((object, view)) if *object == touched.object => view.version,
+                    _ => self.view(&touched.object, below(seqnum)).await?.version,
+                };
+                if version != touched.version {
                     decision = Decision::Aborted(format!(
                         "{} changed at seqnum {} after the snapshot at {}",
-                        touched.object, now.version.0, commit.snapshot.0
+                        touched.object, version.0, commit.snapshot.0
                     ));
                     break;
                 }
@@ -1334,6 +1475,7 @@ impl Store {
         transaction: &OneShot,
         document_bytes_max: usize,
         key: Option<&str>,
+        known: Option<(&ObjectId, &View)>,
     ) -> Result<Decision, Error> {
         if let Some(decision) = self.remembered(seqnum) {
             return Ok(decision);
@@ -1350,7 +1492,7 @@ impl Store {
             }
         }
         let decision = match self
-            .evaluate_oneshot(seqnum, transaction, document_bytes_max)
+            .evaluate_oneshot(seqnum, transaction, document_bytes_max, known)
             .await?
         {
             Ok(_) => Decision::Committed,
@@ -1359,17 +1501,22 @@ impl Store {
         Ok(self.keep_decision(seqnum, aux, decision).await)
     }
 
-    /// Evaluates a one-shot transaction on its objects just below `seqnum`.
+    /// Evaluates a one-shot transaction on its objects just below `seqnum` (`known`: one
+    /// object's view there, if the caller has it).
     async fn evaluate_oneshot(
         &self,
         seqnum: Seqnum,
         transaction: &OneShot,
         document_bytes_max: usize,
+        known: Option<(&ObjectId, &View)>,
     ) -> Result<Result<Evaluated, String>, Error> {
         let mut docs = BTreeMap::new();
         for object in transaction.objects() {
-            let view = self.view(object, below(seqnum)).await?;
-            docs.insert(object.clone(), view.doc);
+            let doc = match known {
+                Some((of, view)) if of == object => view.doc.clone(),
+                _ => self.view(object, below(seqnum)).await?.doc,
+            };
+            docs.insert(object.clone(), doc);
         }
         Ok(transaction.evaluate(&docs, document_bytes_max))
     }

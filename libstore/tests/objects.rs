@@ -6,11 +6,12 @@
 mod common;
 
 use common::{store, store_over, store_with, NoAux};
-use libstore::{Error, Isolation, OneShot, Op, Outcome, Settings, Store, Test};
+use libstore::{Error, Isolation, OneShot, Op, Outcome, Settings, Store, Stores, Test};
 use logbook::memory::MemoryLogBook;
-use logbook::{LogBook, Tag};
+use logbook::{BookId, LogBook, Tag};
 use serde_json::{json, Value};
 use std::sync::Arc;
+use tally_sdk::Ctx;
 
 #[tokio::test]
 async fn path_operations_return_and_leave_what_they_say() {
@@ -368,6 +369,11 @@ async fn checkpoints_bound_the_replay_of_a_cold_read() {
     let stats = writer.stats();
     assert!(stats.replay_max <= 1, "{stats:?}");
     assert!(stats.checkpoints >= 200 / 9 - 1, "{stats:?}");
+    // About one checkpoint per 8 records, however often the object is read.
+    for _ in 0..50 {
+        o.get("/n").await.unwrap();
+    }
+    assert!(writer.stats().checkpoints <= 200 / 8 + 1, "{:?}", writer.stats());
     // A reader with no cache at all (no aux data, nothing in memory) replays only what lies
     // above the newest checkpoint.
     let cold = store_with(Arc::new(NoAux(log.clone())), settings);
@@ -379,6 +385,46 @@ async fn checkpoints_bound_the_replay_of_a_cold_read() {
     let o = warm.collection("c").object("hot");
     assert_eq!(o.get("/n").await.unwrap(), Some(json!(200)));
     assert!(warm.stats().replay_max <= 1, "{:?}", warm.stats());
+}
+
+#[tokio::test]
+async fn stores_share_caches_across_calls_of_one_book_and_only_of_one_book() {
+    // No aux data, so only the in-memory caches can spare a replay.
+    let log: Arc<dyn LogBook> = Arc::new(NoAux(Arc::new(MemoryLogBook::new())));
+    let stores = Stores::with_settings(Settings {
+        checkpoint_every: 1000,
+        ..Settings::default()
+    })
+    .unwrap();
+    let call = |book: u32, id: &str| stores.of(Ctx::new(log.clone(), BookId(book), id.into()));
+    let first = call(1, "call-1");
+    let o = first.collection("c").object("hot");
+    for _ in 0..100 {
+        o.fetch_add("/n", 1).await.unwrap();
+    }
+    // A later call of the same book reads the view the first one left: no replay.
+    let later = call(1, "call-2");
+    let replayed = later.stats().records_replayed;
+    let o = later.collection("c").object("hot");
+    assert_eq!(o.get("/n").await.unwrap(), Some(json!(100)));
+    assert_eq!(
+        later.stats().records_replayed,
+        replayed,
+        "{:?}",
+        later.stats()
+    );
+    // A store of its own replays the object's whole stream.
+    let alone = Store::new(Ctx::new(log.clone(), BookId(1), "alone".into()));
+    let o = alone.collection("c").object("hot");
+    assert_eq!(o.get("/n").await.unwrap(), Some(json!(100)));
+    assert!(alone.stats().records_replayed >= 100, "{:?}", alone.stats());
+    // Another book's store shares nothing with book 1's.
+    let other = call(2, "call-3");
+    assert_eq!(
+        other.collection("c").object("hot").get("/n").await.unwrap(),
+        None
+    );
+    assert_eq!(other.stats().views, 1, "{:?}", other.stats());
 }
 
 #[tokio::test]

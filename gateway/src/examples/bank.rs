@@ -16,7 +16,7 @@
 //! - `{"action":"audit"}`: `{"accounts": N, "total": T}`, every account read in one
 //!   snapshot (a read-only transaction: it appends nothing).
 
-use crate::functions::{Ctx, FunctionError, FunctionResult};
+use crate::functions::{FunctionError, FunctionResult};
 use bytes::Bytes;
 use libstore::{Object, OneShot, Op, Outcome, Store, Test};
 use serde::Deserialize;
@@ -81,14 +81,14 @@ fn duplicate_reason(id: &str) -> String {
     format!("transfer {id} was applied already")
 }
 
-/// The `bank` function.
-pub async fn bank(ctx: Ctx, input: Bytes) -> FunctionResult {
+/// The `bank` function, over the store of its call (made by the `Stores` it is registered with,
+/// so its caches outlive the call).
+pub async fn bank(store: Store, input: Bytes) -> FunctionResult {
     let request: Request = serde_json::from_slice(&input).map_err(|e| {
         FunctionError::bad_input(format!(
             "expected {{\"action\": \"open\"|\"transfer\"|\"balance\"|\"audit\", ...}}: {e}"
         ))
     })?;
-    let store = Store::new(ctx);
     let answer = match request {
         Request::Open { account, balance } => open(&store, &account, balance).await?,
         Request::Transfer {

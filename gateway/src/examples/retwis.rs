@@ -18,7 +18,7 @@
 //! `{"action":"timeline","user":"ana","limit":20}` (newest first). Writes answer
 //! `{"committed": true, ...}` or `{"committed": false, "reason": "..."}`.
 
-use crate::functions::{Ctx, FunctionError, FunctionResult};
+use crate::functions::{FunctionError, FunctionResult};
 use bytes::Bytes;
 use libstore::{Object, OneShot, Op, Outcome, Store, Test, TXN_OBJECTS_MAX};
 use serde::Deserialize;
@@ -71,14 +71,14 @@ enum Request {
     },
 }
 
-/// The `retwis` function.
-pub async fn retwis(ctx: Ctx, input: Bytes) -> FunctionResult {
+/// The `retwis` function, over the store of its call (made by the `Stores` it is registered with,
+/// so its caches outlive the call).
+pub async fn retwis(store: Store, input: Bytes) -> FunctionResult {
     let request: Request = serde_json::from_slice(&input).map_err(|e| {
         FunctionError::bad_input(format!(
             "expected {{\"action\": \"register\"|\"login\"|\"profile\"|\"follow\"|\"post\"|\"posts\"|\"timeline\", ...}}: {e}"
         ))
     })?;
-    let store = Store::new(ctx);
     let answer = match request {
         Request::Register {
             user,

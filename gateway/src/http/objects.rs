@@ -1,6 +1,6 @@
 //! The object routes: libstore's JSON objects and one-shot transactions over HTTP, in the
-//! request's book (`X-Tally-Book`). Each book's store is kept while the gateway runs, so its
-//! cached views and decisions serve every request in that book.
+//! request's book (`X-Tally-Book`). One `libstore::Stores` serves every request, so the views
+//! and decisions cached for a book serve every later request in that book.
 //!
 //! Refusals are the gateway's JSON errors: a malformed body or an unknown operation 400, a
 //! missing object or path 404, an operation that does not fit the value it meets (`add` on a
@@ -13,40 +13,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use libstore::{Object, OneShot, Op, Store};
-use logbook::{BookId, Seqnum};
+use libstore::{Object, OneShot, Op};
+use logbook::Seqnum;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
-/// Most books whose store a gateway keeps at once; beyond, the lowest-numbered one is dropped
-/// (only a cache: a store made again reads the same from the log).
-pub const STORES_MAX: usize = 64;
+use std::sync::Arc;
 /// Changes a history page holds when the request names no limit.
 pub const HISTORY_LIMIT_DEFAULT: usize = 100;
 /// The header carrying an object's version: the seqnum of the record that last changed it.
 pub const VERSION_HEADER: &str = "x-tally-version";
-
-/// The store of each book objects were used in.
-#[derive(Default)]
-pub struct Stores {
-    stores: Mutex<BTreeMap<BookId, Store>>,
-}
-
-impl Stores {
-    fn get(&self, state: &AppState, book: BookId) -> Store {
-        let mut stores = self.stores.lock().expect("no panics under the stores lock");
-        if let Some(store) = stores.get(&book) {
-            return store.clone();
-        }
-        if stores.len() >= STORES_MAX {
-            stores.pop_first();
-        }
-        let store = Store::new(super::outside_ctx(state, book));
-        stores.insert(book, store.clone());
-        store
-    }
-}
 
 /// A libstore error as the gateway's JSON error.
 pub(super) fn store_error(e: libstore::Error) -> ApiError {
@@ -77,7 +51,7 @@ async fn object(
     catch_up(state, seen_of(headers)?).await?;
     Ok(state
         .objects
-        .get(state, book)
+        .of(super::outside_ctx(state, book))
         .collection(&collection)
         .object(&key))
 }
@@ -270,7 +244,7 @@ pub(super) async fn run_transaction(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_transaction", e.to_string()))?;
     let book = book_of(&headers)?;
     catch_up(&state, seen_of(&headers)?).await?;
-    let store = state.objects.get(&state, book);
+    let store = state.objects.of(super::outside_ctx(&state, book));
     let outcome = store.run(&transaction).await.map_err(store_error)?;
     let body = serde_json::to_value(outcome).expect("an outcome serializes");
     reply(&state, &headers, body)
