@@ -27,7 +27,9 @@
 #
 # Each figure is the median of RUNS runs; systems take turns within a run. Throughput is
 # committed operations per second; p50/p99 cover every answered operation (committed or
-# aborted); abort rate is aborted / answered; errors (failed requests) are counted apart.
+# aborted); abort rate is aborted / answered; errors (failed requests) are counted apart. Per
+# CPU s is committed operations per CPU second the system's processes used over the measured
+# window (`tally up`; PostgreSQL's postmaster and its backends), the load generator apart.
 # T/P is Tally over PostgreSQL (throughput above 1: Tally ahead; latency above 1: Tally slower).
 #
 # The script installs what it lacks (Debian's postgresql, python3, curl, iproute2; one
@@ -162,13 +164,14 @@ LOAD_BEFORE="$(cut -d ' ' -f 1-3 /proc/loadavg)"
 
 start_tally_store() {
     start_tally "$1" || return 1
-    TARGET_ARGS=(--addr "$TALLY_URL")
+    TARGET_ARGS=(--addr "$TALLY_URL" --cpu-pid "$STARTED_PID")
 }
 
 # PostgreSQL (bench/lib.sh), and the load generator's address for it.
 start_postgres_target() {
     start_postgres "$1" || return 1
-    TARGET_ARGS=(--postgres "postgresql://postgres@127.0.0.1:$PG_PORT/postgres")
+    TARGET_ARGS=(--postgres "postgresql://postgres@127.0.0.1:$PG_PORT/postgres"
+        --cpu-pid "$STARTED_PID")
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +236,7 @@ l = r["latency_us"]
 errors = f"  errors {r['errors']}" if r["errors"] else ""
 print(f"  {sys.argv[2]:<40} {r['committed_per_s']:>9,.1f} committed/s  p50 {l['p50']/1000:.2f} ms"
       f"  p99 {l['p99']/1000:.2f} ms  aborts {100 * r['abort_rate']:.1f}%"
+      f"  {r.get('server_cpu_s') or 0:.1f} CPU s"
       f"  (setup {r['setup_s']:.1f} s){errors}")
 EOF
 }
@@ -276,6 +280,8 @@ for path in glob.glob(os.path.join(results_dir, "*.json")):
         "p99_us": r["latency_us"]["p99"],
         "p999_us": r["latency_us"]["p999"],
         "abort_rate": r["abort_rate"],
+        "server_cpu_s": r.get("server_cpu_s"),
+        "committed_per_cpu_s": r.get("committed_per_cpu_s"),
         "committed": r["committed"],
         "aborted": r["aborted"],
         "errors": r["errors"],
@@ -301,6 +307,9 @@ for cell in env["CELLS"].split():
                 rs = sorted(runs[key], key=lambda r: r["run"])
                 fields = ["committed_per_s", "p50_us", "p99_us", "p999_us", "abort_rate"]
                 entry["median"] = {f: statistics.median(r[f] for r in rs) for f in fields}
+                per_cpu = [r["committed_per_cpu_s"] for r in rs if r["committed_per_cpu_s"]]
+                entry["median"]["committed_per_cpu_s"] = (
+                    statistics.median(per_cpu) if per_cpu else None)
                 entry["runs"] = rs
                 entry["errors"] = sum(r["errors"] for r in rs)
             if key in failed:
@@ -320,7 +329,7 @@ def label(cell):
     return f"ycsbt {n:,} {'uniform' if dist == 'uniform' else 'zipf ' + env['THETA']}"
 
 header = (f"{'workload':<22}{'mode':<12}{'system':<10}{'committed/s':>12}{'p50 ms':>9}"
-          f"{'p99 ms':>9}{'aborts':>8}{'T/P':>7}")
+          f"{'p99 ms':>9}{'aborts':>8}{'per CPU s':>11}{'T/P':>7}")
 lines = [header, "-" * len(header)]
 for row in rows:
     for i, system in enumerate(systems):
@@ -339,13 +348,17 @@ for row in rows:
             extra.append(f"{len(e['failed_runs'])} run(s) failed")
         lines.append((lead + f"{m['committed_per_s']:>12,.1f}{m['p50_us'] / 1000:>9.2f}"
                       f"{m['p99_us'] / 1000:>9.2f}{100 * m['abort_rate']:>7.1f}%"
+                      + (f"{m['committed_per_cpu_s']:>11,.0f}" if m['committed_per_cpu_s']
+                         else f"{'-':>11}")
                       + (f"{ratio:>7.2f}" if ratio is not None and system == "postgres" else "")
                       + ("  (" + ", ".join(extra) + ")" if extra else "")).rstrip())
 print()
 print("\n".join(lines))
 print(f"\n{env['CLIENTS']} clients; medians of {env['RUNS']} run(s) of {env['DURATION']} s after"
       f" {env['WARMUP']} s of warmup; committed/s counts committed operations; p50/p99 every"
-      " answered one; aborts = aborted / answered; T/P = Tally / PostgreSQL throughput")
+      " answered one; aborts = aborted / answered; per CPU s = committed operations per CPU"
+      " second of the system's processes (throughput per core used; the load generator"
+      " apart); T/P = Tally / PostgreSQL throughput")
 print("tally: tally up (fsync durability), bank and retwis over HTTP; oneshot = one log-ordered"
       " record, interactive = snapshot reads and one commit record, retried by bank up to 5 times")
 print(f"postgres: {env['PG_VERSION'] or '-'} (its defaults: fsync on), SERIALIZABLE, each"

@@ -17,6 +17,7 @@ mod ack_log;
 mod append;
 mod call;
 mod closed_loop;
+mod cpu;
 mod filler;
 #[cfg(feature = "jetstream")]
 mod jetstream;

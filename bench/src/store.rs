@@ -122,6 +122,9 @@ pub struct StoreConfig {
     pub warmup: Duration,
     /// Seeds every client's choice of operations (client `i` uses `seed + i`).
     pub seed: u64,
+    /// The system's processes (each with every process below it) whose CPU time over the
+    /// measured window is reported; none: not measured.
+    pub cpu_pids: Vec<u32>,
 }
 
 impl StoreConfig {
@@ -185,6 +188,10 @@ pub struct StoreReport {
     pub first_abort: Option<String>,
     pub first_error: Option<String>,
     pub started_unix_ms: u64,
+    /// CPU seconds the system's processes (`cpu_pids`) used over the measured window.
+    pub server_cpu_s: Option<f64>,
+    /// Committed operations per CPU second of the system: throughput per core used.
+    pub committed_per_cpu_s: Option<f64>,
 }
 
 impl StoreReport {
@@ -248,6 +255,13 @@ impl StoreReport {
             "  latency_us    p50 {}  p99 {}  p999 {}  max {}  mean {:.1}",
             l.p50, l.p99, l.p999, l.max, l.mean
         );
+        if let (Some(cpu_s), Some(per)) = (self.server_cpu_s, self.committed_per_cpu_s) {
+            let _ = writeln!(
+                out,
+                "  server_cpu    {cpu_s:.2} s over the window ({:.2} cores), {per:.1} committed per CPU second",
+                cpu_s / self.elapsed_s.max(f64::EPSILON)
+            );
+        }
         if let Some(reason) = &self.first_abort {
             let _ = writeln!(out, "  first_abort   {reason}");
         }
@@ -1012,6 +1026,16 @@ pub async fn run_store(config: StoreConfig, progress: bool) -> anyhow::Result<St
     let started_unix_ms = (SystemTime::now() + config.warmup)
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    // The system's CPU time at the start and the end of the measured window.
+    let cpu = (!config.cpu_pids.is_empty()).then(|| {
+        let pids = config.cpu_pids.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_start).await;
+            let first = crate::cpu::tree_cpu_s(&pids);
+            tokio::time::sleep_until(end).await;
+            crate::cpu::tree_cpu_s(&pids) - first
+        })
+    });
     let display = Progress::start(
         progress.then_some("store"),
         "operation",
@@ -1117,6 +1141,10 @@ pub async fn run_store(config: StoreConfig, progress: bool) -> anyhow::Result<St
         .saturating_duration_since(measure_start)
         .as_secs_f64();
     let answered = total.committed + total.aborted;
+    let server_cpu_s = match cpu {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
     Ok(StoreReport {
         setup_s,
         committed: total.committed,
@@ -1138,6 +1166,10 @@ pub async fn run_store(config: StoreConfig, progress: bool) -> anyhow::Result<St
         first_abort: first(&shared.first_abort),
         first_error,
         started_unix_ms,
+        server_cpu_s,
+        committed_per_cpu_s: server_cpu_s
+            .filter(|s| *s > 0.0)
+            .map(|s| total.committed as f64 / s),
         config,
     })
 }

@@ -106,6 +106,9 @@ pub struct NodeFile {
     /// How long an ended workflow instance is kept before it is collected, in seconds
     /// (gateways).
     pub workflow_retention_s: Option<u64>,
+    /// How long an object's versions are kept before they are collected, in seconds
+    /// (gateways).
+    pub object_retention_s: Option<u64>,
     #[serde(default)]
     pub cluster: ClusterFile,
     /// `[functions.NAME]` tables (gateways): each function's limits.
@@ -125,6 +128,12 @@ pub fn idempotency_retention(seconds: Option<u64>) -> anyhow::Result<std::time::
 /// the default (a week).
 pub fn workflow_retention(seconds: Option<u64>) -> anyhow::Result<std::time::Duration> {
     retention(seconds, ::gateway::http::WORKFLOW_RETENTION_DEFAULT)
+}
+
+/// The retention of object versions, `seconds` if given (1 s to ten years), else the
+/// default (a day).
+pub fn object_retention(seconds: Option<u64>) -> anyhow::Result<std::time::Duration> {
+    retention(seconds, ::gateway::http::OBJECT_RETENTION_DEFAULT)
 }
 
 fn retention(
@@ -326,6 +335,7 @@ impl Merged {
         over!(workers, "workers");
         over!(idempotency_retention_s, "idempotency_retention_s");
         over!(workflow_retention_s, "workflow_retention_s");
+        over!(object_retention_s, "object_retention_s");
         over!(cluster.sequencers, "sequencers");
         over!(cluster.storage, "storage");
         over!(cluster.replication, "replication");
@@ -494,6 +504,12 @@ impl Merged {
                     role,
                     "only a gateway collects workflow instances",
                 )?;
+                self.refuse(
+                    &v.object_retention_s,
+                    "object_retention_s",
+                    role,
+                    "only a gateway collects object versions",
+                )?;
                 let storage = storage.as_ref().ok_or_else(|| {
                     self.missing("storage", "every storage node as ID = \"HOST:PORT\"")
                 })?;
@@ -579,6 +595,8 @@ impl Merged {
                     .map_err(|e| anyhow!("{}: {e}", self.at("idempotency_retention_s")))?;
                 let workflow_retention = workflow_retention(v.workflow_retention_s)
                     .map_err(|e| anyhow!("{}: {e}", self.at("workflow_retention_s")))?;
+                let object_retention = object_retention(v.object_retention_s)
+                    .map_err(|e| anyhow!("{}: {e}", self.at("object_retention_s")))?;
                 let source = self
                     .path
                     .as_ref()
@@ -586,6 +604,7 @@ impl Merged {
                 Ok(RoleOptions::Gateway(GatewayOptions {
                     key_retention,
                     workflow_retention,
+                    object_retention,
                     id: node,
                     http,
                     sequencers: sequencers.clone(),
@@ -864,6 +883,13 @@ sequencers = { 0 = "127.0.0.1:7000" }
             panic!("not a gateway")
         };
         assert_eq!(o.workflow_retention, Duration::from_secs(60));
+        let kept = GATEWAY.replace("[cluster]", "object_retention_s = 90\n[cluster]");
+        let RoleOptions::Gateway(o) =
+            load_text(Role::Gateway, &kept, NodeFile::default()).expect("valid config")
+        else {
+            panic!("not a gateway")
+        };
+        assert_eq!(o.object_retention, Duration::from_secs(90));
         let never = GATEWAY.replace("[cluster]", "workflow_retention_s = 0\n[cluster]");
         check_error(
             Role::Gateway,

@@ -267,6 +267,10 @@ struct UpArgs {
     /// (default: a week).
     #[arg(long)]
     workflow_retention_s: Option<u64>,
+    /// How long an object's versions (its history, and what transactions may read) are kept
+    /// before they are collected, in seconds (default: a day).
+    #[arg(long)]
+    object_retention_s: Option<u64>,
     /// Where worker processes attach to serve functions (gRPC; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8081", env = "TALLY_WORKER_ADDR")]
     worker_addr: SocketAddr,
@@ -633,6 +637,11 @@ enum BenchCommand {
         /// Seeds the clients' choice of operations.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Report the CPU time this process (and every process below it) used over the
+        /// measured window, and committed operations per CPU second; may be repeated (the
+        /// server's process, e.g. `tally up`'s or PostgreSQL's postmaster).
+        #[arg(long = "cpu-pid")]
+        cpu_pids: Vec<u32>,
         /// Write the figures and the configuration as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -812,6 +821,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .context("--idempotency-retention-s")?,
         workflow_retention: tally_cli::config::workflow_retention(args.workflow_retention_s)
             .context("--workflow-retention-s")?,
+        object_retention: tally_cli::config::object_retention(args.object_retention_s)
+            .context("--object-retention-s")?,
     };
     let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), setup)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;
@@ -1258,6 +1269,7 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             duration,
             warmup,
             seed,
+            cpu_pids,
             json,
         } => {
             let target = match postgres {
@@ -1287,6 +1299,7 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration),
                 warmup: Duration::from_secs(warmup),
                 seed,
+                cpu_pids,
             };
             let report = bench::run_store(config, true).await?;
             report.print_human();

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 /// Registers every example function and workflow; returns the workflows (for their queries).
-pub fn register(registry: &mut Registry) -> libflow::Workflows {
+/// `bank` and `retwis` take each call's store from `stores`.
+pub fn register(registry: &mut Registry, stores: &libstore::Stores) -> libflow::Workflows {
     registry.register("echo", |_ctx, input| async move { Ok(input) });
     registry.register("guestbook", guestbook);
     registry.register("greet", greet);
@@ -29,11 +30,15 @@ pub fn register(registry: &mut Registry) -> libflow::Workflows {
     registry.register("noop", noop);
     registry.register("append3", append3);
     registry.register("search", search);
-    // One `Stores` for both, so each call reads the views earlier calls cached.
-    let stores = libstore::Stores::new();
+    // Each call reads the views earlier calls (and the object routes) cached.
     let bank_stores = stores.clone();
-    registry.register("bank", move |ctx, input| bank::bank(bank_stores.of(ctx), input));
-    registry.register("retwis", move |ctx, input| retwis::retwis(stores.of(ctx), input));
+    let stores = stores.clone();
+    registry.register("bank", move |ctx, input| {
+        bank::bank(bank_stores.of(ctx), input)
+    });
+    registry.register("retwis", move |ctx, input| {
+        retwis::retwis(stores.of(ctx), input)
+    });
     for kind in TRAVEL_RESOURCES {
         registry.register(&format!("reserve_{kind}"), move |ctx, input| {
             reserve(kind, ctx, input)

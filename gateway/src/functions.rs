@@ -1173,7 +1173,7 @@ mod tests {
     #[tokio::test]
     async fn a_function_calls_one_function_and_starts_another() {
         let mut registry = Registry::new();
-        crate::examples::register(&mut registry);
+        crate::examples::register(&mut registry, &libstore::Stores::new());
         let d = dispatcher(registry);
         let input = Bytes::from_static(br#"{"name":"ana"}"#);
         let done =

@@ -137,7 +137,15 @@ pub fn default_state(
         metrics.clone(),
     ));
     let mut registry = crate::Registry::new();
-    let workflows = crate::examples::register(&mut registry);
+    // A retention shorter than the default transaction lifetime shortens it too: an interactive
+    // transaction older than the retention may then find its snapshot collected.
+    let defaults = libstore::Settings::default();
+    let objects = libstore::Stores::with_settings(libstore::Settings {
+        transaction_lifetime: defaults.transaction_lifetime.min(setup.object_retention),
+        ..defaults
+    })
+    .map_err(|e| format!("object settings: {e}"))?;
+    let workflows = crate::examples::register(&mut registry, &objects);
     for (name, config) in &setup.functions {
         registry.configure(name, *config)?;
     }
@@ -158,11 +166,15 @@ pub fn default_state(
         engine: Some(log),
         workflow_books: std::sync::Mutex::new([BookId(0)].into()),
         workflows,
-        objects: libstore::Stores::new(),
+        objects,
     });
     tokio::spawn(collect_workflows(
         Arc::downgrade(&state),
         setup.workflow_retention,
+    ));
+    tokio::spawn(collect_objects(
+        Arc::downgrade(&state),
+        setup.object_retention,
     ));
     Ok(state)
 }
@@ -177,10 +189,15 @@ impl AppState {
     }
 }
 
+/// How often a collection runs for `retention`: every `retention / 2`, 1 s to a minute.
+fn collection_period(retention: Duration) -> Duration {
+    (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 /// Collects ended workflow instances past `retention`, in every book workflows were started
-/// in, every `retention / 2` (1 s to a minute), until the state is dropped.
+/// in, every `collection_period`, until the state is dropped.
 async fn collect_workflows(state: std::sync::Weak<AppState>, retention: Duration) {
-    let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let every = collection_period(retention);
     loop {
         tokio::time::sleep(every).await;
         let Some(state) = state.upgrade() else {
@@ -211,6 +228,29 @@ async fn collect_workflows(state: std::sync::Weak<AppState>, retention: Duration
     }
 }
 
+/// Trims object versions older than `retention` (`libstore::Store::collect`) in every book
+/// this gateway's object routes and example functions used objects in, every
+/// `collection_period`, until the state is dropped.
+async fn collect_objects(state: std::sync::Weak<AppState>, retention: Duration) {
+    let every = collection_period(retention);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        for book in state.objects.books() {
+            let store = state.objects.of(outside_ctx(&state, book));
+            match store.collect(retention).await {
+                Ok(done) => {
+                    state.metrics.objects_collected.inc_by(done.objects);
+                    state.metrics.object_records_collected.inc_by(done.records);
+                }
+                Err(e) => tracing::warn!(book = book.0, error = %e, "collecting objects"),
+            }
+        }
+    }
+}
+
 /// How a gateway's functions are set up.
 pub struct Setup {
     /// Limits of functions, by name.
@@ -221,10 +261,16 @@ pub struct Setup {
     pub key_retention: Duration,
     /// How long an ended workflow instance is kept before it is collected.
     pub workflow_retention: Duration,
+    /// How long an object's versions are kept (its history, and what transactions may read)
+    /// before they are collected. Below `libstore::Settings::default().transaction_lifetime`
+    /// (a minute), it is also how long an interactive transaction surely reads its snapshot.
+    pub object_retention: Duration,
 }
 
 /// How long an ended workflow instance is kept, by default: a week.
 pub const WORKFLOW_RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long an object's versions are kept, by default: a day.
+pub const OBJECT_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 
 /// The router of a gateway.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub workflow_records_collected: Counter,
     /// Workflow instances the last collection kept (running, or within their retention).
     pub workflows_kept: Gauge,
+    /// Objects whose old versions a collection trimmed, and the records trimmed.
+    pub objects_collected: Counter,
+    pub object_records_collected: Counter,
     pub pending_appends: Gauge,
     pub cache_bytes: Gauge,
     pub cache_hits: Gauge,
@@ -90,6 +93,8 @@ impl Metrics {
             workflows_collected: Counter::default(),
             workflow_records_collected: Counter::default(),
             workflows_kept: Gauge::default(),
+            objects_collected: Counter::default(),
+            object_records_collected: Counter::default(),
             pending_appends: Gauge::default(),
             cache_bytes: Gauge::default(),
             cache_hits: Gauge::default(),
@@ -160,6 +165,16 @@ impl Metrics {
             "workflows_kept",
             "Workflow instances the last collection kept (running, or within their retention)",
             m.workflows_kept.clone(),
+        );
+        registry.register(
+            "objects_collected",
+            "Objects whose versions older than the retention a collection trimmed",
+            m.objects_collected.clone(),
+        );
+        registry.register(
+            "object_records_collected",
+            "Records of libstore trimmed by collections (old versions, marks, keys)",
+            m.object_records_collected.clone(),
         );
         registry.register(
             "pending_appends",

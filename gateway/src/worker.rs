@@ -50,8 +50,11 @@ struct Attached {
     /// Running calls: where their result goes, and their context (for requests). `None` once
     /// the worker is gone, so a call that picked this worker just before it went fails at once
     /// instead of waiting for an answer that cannot come.
-    calls: Mutex<Option<HashMap<u64, (oneshot::Sender<FunctionResult>, Ctx)>>>,
+    calls: Mutex<Option<Running>>,
 }
+
+/// A worker's running calls, by call number: where each result goes, and the call's context.
+type Running = HashMap<u64, (oneshot::Sender<FunctionResult>, Ctx)>;
 
 impl Attached {
     /// Sends a call to the worker and waits for its result.

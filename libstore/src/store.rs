@@ -207,6 +207,12 @@ impl Stores {
         })
     }
 
+    /// The books this made stores for (and still keeps caches of), lowest first.
+    pub fn books(&self) -> Vec<BookId> {
+        let books = self.books.lock().expect("no panics under the books lock");
+        books.keys().copied().collect()
+    }
+
     /// The store over `ctx`, sharing caches with every store this made for `ctx`'s book.
     pub fn of(&self, ctx: Ctx) -> Store {
         let mut books = self.books.lock().expect("no panics under the books lock");

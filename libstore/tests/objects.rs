@@ -373,7 +373,11 @@ async fn checkpoints_bound_the_replay_of_a_cold_read() {
     for _ in 0..50 {
         o.get("/n").await.unwrap();
     }
-    assert!(writer.stats().checkpoints <= 200 / 8 + 1, "{:?}", writer.stats());
+    assert!(
+        writer.stats().checkpoints <= 200 / 8 + 1,
+        "{:?}",
+        writer.stats()
+    );
     // A reader with no cache at all (no aux data, nothing in memory) replays only what lies
     // above the newest checkpoint.
     let cold = store_with(Arc::new(NoAux(log.clone())), settings);

@@ -165,6 +165,20 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> any
     bail!("condition not met within {timeout:?}")
 }
 
+/// A counter or gauge (without labels) of the `/metrics` of the gateway at `base`; 0 if
+/// absent or unreachable.
+pub fn metric(http: &reqwest::blocking::Client, base: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Runs `tally` with `args` and returns its stdout; fails with its stderr on a non-zero exit.
 pub fn run_tally(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(tally_bin())

@@ -57,17 +57,6 @@ fn final_status(http: &Client, gateway: &str, id: &str, seen: Option<u64>) -> Va
     }
 }
 
-fn metric(http: &Client, gateway: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("{gateway}/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Sends a keyed synchronous call 10 times at once, spread over `gateways`; every answer must
 /// be the same success. Returns it.
 fn ten_at_once(gateways: &[String], function: &str, key: &str, body: &str) -> (Value, String) {
@@ -176,7 +165,7 @@ fn async_invocations_accepted_by_a_killed_gateway_all_finish_at_the_other() {
         *statuses.entry(*at).or_insert(0) += 1;
     }
     // Some of the dead gateway's were still running when it died: the survivor ran them.
-    let redriven = metric(&http, &gateways[0], "tally_invocations_redriven_total");
+    let redriven = tally_tests::metric(&http, &gateways[0], "tally_invocations_redriven_total");
     assert!(
         redriven >= 1.0,
         "no invocation was taken over ({statuses:?}); {}",

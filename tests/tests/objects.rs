@@ -158,6 +158,63 @@ fn object_routes_and_the_cli_answer_refuse_with_4xx_and_survive_a_sigkill() {
 }
 
 #[test]
+fn old_versions_are_collected_on_a_timer_and_every_answer_stays_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let tally = Tally::up(&dir.path().join("data"), &["--object-retention-s", "1"]).unwrap();
+    let http = client();
+    let counter = tally.url("/objects/counters/c1");
+    assert_eq!(send(http.put(&counter).body(r#"{"n": 0}"#)).0, 200);
+    for _ in 0..100 {
+        let (status, body) = send(
+            http.patch(&counter)
+                .body(r#"[{"op": "add", "path": "/n", "delta": 1}]"#),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    // The `bank` function's objects too, in another book.
+    let bank = |body: Value| {
+        send(
+            http.post(tally.url("/function/bank"))
+                .header("X-Tally-Book", "3")
+                .json(&body),
+        )
+    };
+    for account in ["a1", "a2"] {
+        let (status, body) = bank(json!({"action": "open", "account": account, "balance": 100}));
+        assert_eq!(status, 200, "{body}");
+    }
+    for _ in 0..50 {
+        let transfer = json!({"action": "transfer", "from": "a1", "to": "a2", "amount": 1,
+                              "mode": "oneshot"});
+        assert_eq!(bank(transfer), (200, json!({"committed": true})));
+    }
+    let base = tally.url("");
+    // A collection marks the log; the next one past the retention trims below that mark.
+    wait_until(Duration::from_secs(30), || {
+        tally_tests::metric(&http, &base, "tally_object_records_collected_total") >= 150.0
+    })
+    .expect("both books' old versions are trimmed");
+    assert!(tally_tests::metric(&http, &base, "tally_objects_collected_total") >= 3.0);
+    assert_eq!(send(http.get(&counter)), (200, json!({"n": 100})));
+    let (_, history) = send(http.get(format!("{counter}/history")));
+    let changes = history["changes"].as_array().unwrap();
+    assert!(
+        changes.len() < 101,
+        "{} changes still listed",
+        changes.len()
+    );
+    assert_eq!(
+        bank(json!({"action": "balance", "account": "a2"})),
+        (200, json!({"balance": 150}))
+    );
+    assert_eq!(
+        bank(json!({"action": "audit"})),
+        (200, json!({"accounts": 2, "total": 200}))
+    );
+    tally.stop().unwrap();
+}
+
+#[test]
 fn bank_keeps_its_invariant_under_concurrent_transfers_while_tally_up_is_sigkilled() {
     let scale = Scale::from_env();
     let kills = 3;

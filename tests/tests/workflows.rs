@@ -329,16 +329,7 @@ fn a_failed_car_reservation_cancels_the_flight_and_the_hotel_once_each() {
 
 /// A counter or gauge of `tally`'s `/metrics`, 0 if absent.
 fn metric(http: &Client, tally: &Tally, name: &str) -> f64 {
-    let text = http
-        .get(tally.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    tally_tests::metric(http, &tally.url(""), name)
 }
 
 #[test]

@@ -431,6 +431,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         peers,
         key_retention: options.key_retention,
         workflow_retention: options.workflow_retention,
+        object_retention: options.object_retention,
     };
     let state = gateway::http::default_state(log, metrics, setup)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;

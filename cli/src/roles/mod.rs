@@ -73,6 +73,8 @@ pub struct GatewayOptions {
     pub key_retention: std::time::Duration,
     /// How long an ended workflow instance is kept before it is collected.
     pub workflow_retention: std::time::Duration,
+    /// How long an object's versions are kept before they are collected.
+    pub object_retention: std::time::Duration,
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).

@@ -15,7 +15,8 @@ pub fn app() -> Router {
     let log: Arc<dyn LogBook> = Arc::new(MemoryLogBook::new());
     let metrics = Metrics::new();
     let mut registry = Registry::new();
-    let workflows = gateway::examples::register(&mut registry);
+    let objects = libstore::Stores::new();
+    let workflows = gateway::examples::register(&mut registry, &objects);
     let dispatcher = Dispatcher::new(registry, log.clone(), metrics.clone());
     router(Arc::new(AppState {
         dispatcher,
@@ -24,6 +25,6 @@ pub fn app() -> Router {
         engine: None,
         workflow_books: Default::default(),
         workflows,
-        objects: Default::default(),
+        objects,
     }))
 }
