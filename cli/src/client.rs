@@ -378,6 +378,123 @@ impl Client {
         self.call(request, "transaction").await
     }
 
+    /// Creates queue `name` (with `shards`), or checks its shard count; `{"name", "shards"}`.
+    pub async fn queue_create(
+        &self,
+        name: &str,
+        shards: Option<u32>,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut url = self.url(&["queues", name]);
+        if let Some(shards) = shards {
+            url.query_pairs_mut()
+                .append_pair("shards", &shards.to_string());
+        }
+        self.call(
+            with_book(self.http.put(url), book),
+            &format!("create {name}"),
+        )
+        .await
+    }
+
+    /// Creates consumer group `group` of queue `name`.
+    pub async fn queue_create_group(
+        &self,
+        name: &str,
+        group: &str,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = self.url(&["queues", name, "groups", group]);
+        self.call(
+            with_book(self.http.put(url), book),
+            &format!("create group {group} of {name}"),
+        )
+        .await
+    }
+
+    /// Pushes one message to queue `name`; the gateway's answer (`{"id": ...}`).
+    pub async fn queue_push(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        key: Option<&str>,
+        shards: Option<u32>,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut url = self.url(&["queues", name, "push"]);
+        if let Some(shards) = shards {
+            url.query_pairs_mut()
+                .append_pair("shards", &shards.to_string());
+        }
+        let mut request = with_book(self.http.post(url).body(data), book);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.call(request, &format!("push to {name}")).await
+    }
+
+    /// Pops a message of queue `name` for `group`, waiting up to `wait_ms`: the delivery
+    /// (`{"id", "data", "deliveries", "receipt"}`), or `None` if nothing came in time.
+    pub async fn queue_pop(
+        &self,
+        name: &str,
+        group: &str,
+        wait_ms: u64,
+        visibility_timeout_ms: Option<u64>,
+        book: Option<u32>,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let mut url = self.url(&["queues", name, "pop"]);
+        url.query_pairs_mut()
+            .append_pair("group", group)
+            .append_pair("wait_ms", &wait_ms.to_string());
+        if let Some(ms) = visibility_timeout_ms {
+            url.query_pairs_mut()
+                .append_pair("visibility_timeout_ms", &ms.to_string());
+        }
+        let request = with_book(self.http.post(url), book)
+            .timeout(Duration::from_millis(wait_ms) + NEXT_TIMEOUT_MARGIN);
+        let body = self.send(request, &format!("pop from {name}")).await?;
+        if body.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&body).map(Some).with_context(|| {
+            format!(
+                "pop: unexpected reply from {}: {}",
+                self.addr,
+                snippet(&body)
+            )
+        })
+    }
+
+    /// Acks the delivery `receipt` of message `id` of queue `name` for `group`.
+    pub async fn queue_ack(
+        &self,
+        name: &str,
+        group: &str,
+        id: &str,
+        receipt: u64,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut url = self.url(&["queues", name, "ack"]);
+        url.query_pairs_mut()
+            .append_pair("group", group)
+            .append_pair("id", id)
+            .append_pair("receipt", &receipt.to_string());
+        let request = with_book(self.http.post(url), book);
+        self.call(request, &format!("ack {id} of {name}")).await
+    }
+
+    /// Queue `name`'s shards, length and groups.
+    pub async fn queue_stat(
+        &self,
+        name: &str,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = self.url(&["queues", name]);
+        self.call(with_book(self.http.get(url), book), &format!("stat {name}"))
+            .await
+    }
+
     /// The names of the functions the gateway serves.
     pub async fn functions(&self) -> anyhow::Result<Vec<String>> {
         #[derive(serde::Deserialize)]

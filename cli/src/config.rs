@@ -157,6 +157,10 @@ pub struct FunctionFile {
     pub timeout_ms: Option<u64>,
     pub retries: Option<u32>,
     pub backoff_ms: Option<u64>,
+    /// A queue whose every message invokes the function once (gateway/src/triggers.rs).
+    pub queue: Option<String>,
+    /// The queue's book (default 0).
+    pub queue_book: Option<u32>,
 }
 
 /// The most retries of one asynchronous call a config may ask for.
@@ -204,10 +208,51 @@ pub fn function_configs(
     Ok(configs)
 }
 
+/// The functions `[functions.NAME]` tables trigger by a queue (`queue = "..."`), checked.
+pub fn queue_triggers(
+    tables: &BTreeMap<String, FunctionFile>,
+    source: &str,
+) -> anyhow::Result<Vec<gateway::triggers::QueueTrigger>> {
+    let mut triggers = Vec::new();
+    for (name, table) in tables {
+        let at = |key: &str| format!("`functions.{name}.{key}` in {source}");
+        let Some(queue) = &table.queue else {
+            if table.queue_book.is_some() {
+                bail!("{} needs `queue`", at("queue_book"));
+            }
+            continue;
+        };
+        if queue.is_empty() || queue.len() > libqueue::NAME_BYTES_MAX {
+            bail!(
+                "{} must be 1 to {} bytes",
+                at("queue"),
+                libqueue::NAME_BYTES_MAX
+            );
+        }
+        let book = table.queue_book.unwrap_or(0);
+        if book == gateway::invocations::INVOCATIONS_BOOK.0 {
+            bail!(
+                "{} is {book}, the book invocations are kept in",
+                at("queue_book")
+            );
+        }
+        triggers.push(gateway::triggers::QueueTrigger {
+            function: name.clone(),
+            queue: queue.clone(),
+            book: logbook::BookId(book),
+        });
+    }
+    Ok(triggers)
+}
+
+/// The limits of functions, by name, and the functions queues trigger.
+pub type Functions = (
+    BTreeMap<String, gateway::functions::FunctionConfig>,
+    Vec<gateway::triggers::QueueTrigger>,
+);
+
 /// A file of `[functions.NAME]` tables only (`tally up --functions FILE`).
-pub fn load_functions(
-    path: &Path,
-) -> anyhow::Result<BTreeMap<String, gateway::functions::FunctionConfig>> {
+pub fn load_functions(path: &Path) -> anyhow::Result<Functions> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct FunctionsOnly {
@@ -218,7 +263,11 @@ pub fn load_functions(
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file: FunctionsOnly = toml::from_str(&text)
         .map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
-    function_configs(&file.functions, &path.display().to_string())
+    let source = path.display().to_string();
+    Ok((
+        function_configs(&file.functions, &source)?,
+        queue_triggers(&file.functions, &source)?,
+    ))
 }
 
 /// The `[cluster]` section: the same on every node.
@@ -611,6 +660,7 @@ impl Merged {
                     cache_bytes_max: cache_mb * 1024 * 1024,
                     pending_appends_max: PENDING_APPENDS_MAX_DEFAULT,
                     functions: function_configs(&v.functions, &source)?,
+                    triggers: queue_triggers(&v.functions, &source)?,
                     workers,
                 }))
             }

@@ -42,6 +42,9 @@ enum Command {
     /// Read, write and show the history of JSON objects; run one-shot transactions.
     #[command(subcommand)]
     Object(ObjectCommand),
+    /// Push to, pop from and inspect queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Append to and read from a LogBook.
     #[command(subcommand)]
     Log(LogCommand),
@@ -447,6 +450,82 @@ enum ObjectCommand {
 }
 
 #[derive(Subcommand)]
+enum QueueCommand {
+    /// Create a queue (or check its shard count) and consumer groups; a group sees the
+    /// messages pushed after it was created.
+    Create {
+        name: String,
+        #[arg(long)]
+        shards: Option<u32>,
+        /// A consumer group to create (repeat for several).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Push one message; prints its id.
+    Push {
+        name: String,
+        /// The message (`-`: read it from stdin).
+        data: String,
+        /// Push once per key: the same key again prints the same id.
+        #[arg(long)]
+        key: Option<String>,
+        /// Create the queue with this many shards (or check that it has them).
+        #[arg(long)]
+        shards: Option<u32>,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Pop a message for a consumer group and print it (`ID DELIVERIES RECEIPT` on stderr, the
+    /// message on stdout); exits 2 if none came in time.
+    Pop {
+        name: String,
+        #[arg(long)]
+        group: String,
+        /// How long to wait for a message, in milliseconds (at most 60000).
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        /// Not acked within this many milliseconds, the message is delivered again.
+        #[arg(long)]
+        visibility_timeout_ms: Option<u64>,
+        /// Ack the message once printed (at-most-once for this consumer: printed, then gone).
+        #[arg(long)]
+        ack: bool,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Ack a delivery: the message's id and the receipt its pop printed.
+    Ack {
+        name: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        receipt: u64,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Print a queue's shards, length and groups (lag, in flight, dead letters, oldest age).
+    Stat {
+        name: String,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+}
+
+#[derive(Subcommand)]
 enum LogCommand {
     /// Append one record and print its seqnum.
     Append {
@@ -677,6 +756,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Invoke(args) => invoke(args).await,
             Command::Workflow(cmd) => workflow(cmd).await,
             Command::Object(cmd) => object(cmd).await,
+            Command::Queue(cmd) => queue(cmd).await,
             Command::Functions(args) => functions(args).await,
             Command::Log(cmd) => log(cmd).await,
             Command::Bench(cmd) => bench(cmd).await,
@@ -787,7 +867,7 @@ async fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<()> {
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Checked before anything starts, so a bad file costs nothing.
-    let functions = match &args.functions {
+    let (functions, triggers) = match &args.functions {
         Some(path) => tally_cli::config::load_functions(path)?,
         None => Default::default(),
     };
@@ -826,6 +906,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), setup)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;
+    gateway::triggers::start(&state, &triggers).await;
     let workers = tokio::net::TcpListener::bind(args.worker_addr)
         .await
         .with_context(|| format!("binding the worker address {}", args.worker_addr))?;
@@ -1084,6 +1165,94 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
         }
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+async fn queue(cmd: QueueCommand) -> anyhow::Result<()> {
+    match cmd {
+        QueueCommand::Create {
+            name,
+            shards,
+            groups,
+            book,
+            addr,
+        } => {
+            let client = Client::new(&addr.addr)?;
+            let made = client.queue_create(&name, shards, book).await?;
+            for group in &groups {
+                client.queue_create_group(&name, group, book).await?;
+            }
+            println!("{name}: {} shard(s), groups {groups:?}", made["shards"]);
+        }
+        QueueCommand::Push {
+            name,
+            data,
+            key,
+            shards,
+            book,
+            addr,
+        } => {
+            let data = if data == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                    .context("reading stdin")?;
+                bytes
+            } else {
+                data.into_bytes()
+            };
+            let pushed = Client::new(&addr.addr)?
+                .queue_push(&name, data, key.as_deref(), shards, book)
+                .await?;
+            println!("{}", pushed["id"].as_str().unwrap_or_default());
+        }
+        QueueCommand::Pop {
+            name,
+            group,
+            wait_ms,
+            visibility_timeout_ms,
+            ack,
+            book,
+            addr,
+        } => {
+            let client = Client::new(&addr.addr)?;
+            let Some(delivery) = client
+                .queue_pop(&name, &group, wait_ms, visibility_timeout_ms, book)
+                .await?
+            else {
+                eprintln!("nothing in {name} for {group} within {wait_ms} ms");
+                std::process::exit(2);
+            };
+            let id = delivery["id"].as_str().unwrap_or_default();
+            let receipt = delivery["receipt"].as_u64().unwrap_or_default();
+            let data = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                delivery["data"].as_str().unwrap_or_default(),
+            )
+            .context("the message is not base64")?;
+            eprintln!("{id} {} {receipt}", delivery["deliveries"]);
+            std::io::Write::write_all(&mut std::io::stdout(), &data)?;
+            println!();
+            if ack {
+                client.queue_ack(&name, &group, id, receipt, book).await?;
+            }
+        }
+        QueueCommand::Ack {
+            name,
+            group,
+            id,
+            receipt,
+            book,
+            addr,
+        } => {
+            Client::new(&addr.addr)?
+                .queue_ack(&name, &group, &id, receipt, book)
+                .await?;
+        }
+        QueueCommand::Stat { name, book, addr } => {
+            let stat = Client::new(&addr.addr)?.queue_stat(&name, book).await?;
+            println!("{}", serde_json::to_string_pretty(&stat)?);
+        }
+    }
     Ok(())
 }
 

@@ -1,9 +1,11 @@
 //! The gateway's HTTP API (axum): function calls, invocations, workflows, objects (`objects`),
-//! the log, health and metrics. Every error is JSON: `{"error": {"code": "...", "message":
+//! queues (`queues`), the log, health and metrics. Every error is JSON: `{"error": {"code": "...", "message":
 //! "..."}}`.
 
 mod objects;
+mod queues;
 pub use objects::{HISTORY_LIMIT_DEFAULT, VERSION_HEADER};
+pub use queues::{Queues, POP_WAIT_MS_MAX, QUEUE_HANDLES_MAX};
 
 use crate::functions::{Dispatcher, Invocation, InvokeError, Request, Status, CALL_DEPTH_MAX};
 use crate::invocations::INVOCATIONS_BOOK;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub workflows: libflow::Workflows,
     /// The object stores of the books objects were used in.
     pub objects: libstore::Stores,
+    /// The queue and group handles the queue routes opened.
+    pub queues: Queues,
 }
 
 /// An error response.
@@ -73,6 +77,11 @@ impl ApiError {
 
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// What went wrong, as the error's JSON says it.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -167,6 +176,7 @@ pub fn default_state(
         workflow_books: std::sync::Mutex::new([BookId(0)].into()),
         workflows,
         objects,
+        queues: Queues::default(),
     });
     tokio::spawn(collect_workflows(
         Arc::downgrade(&state),
@@ -299,6 +309,23 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(objects::object_history),
         )
         .route("/transactions", post(objects::run_transaction))
+        .route("/queues/{name}", get(queues::stat).put(queues::create))
+        .route(
+            "/queues/{name}/groups/{group}",
+            axum::routing::put(queues::create_group),
+        )
+        .route("/queues/{name}/push", post(queues::push))
+        .route("/queues/{name}/push-batch", post(queues::push_batch))
+        .route("/queues/{name}/pop", post(queues::pop))
+        .route("/queues/{name}/ack", post(queues::ack))
+        .route(
+            "/queues/{name}/groups/{group}/dead-letters",
+            get(queues::dead_letters),
+        )
+        .route(
+            "/queues/{name}/groups/{group}/{action}",
+            post(queues::requeue_or_discard),
+        )
         .route("/log/{book}/append", post(log_append))
         .route("/log/{book}/records", get(log_records))
         .route("/log/{book}/next", get(log_next))

@@ -15,6 +15,7 @@ pub mod http;
 pub mod invocations;
 pub mod metrics;
 pub mod runtime;
+pub mod triggers;
 pub mod worker;
 
 pub use functions::{Ctx, Dispatcher, FunctionError, FunctionResult, Registry};

@@ -121,6 +121,9 @@ pub struct GroupStats {
     pub acked: u64,
     /// Deliveries so far, redeliveries included.
     pub delivered: u64,
+    /// When the oldest message the group has not acked (and that is not a dead letter) was
+    /// pushed, in ms since the epoch by its pusher's clock; `None` when there is none.
+    pub oldest_ms: Option<u64>,
 }
 
 /// What the replays of a group handle cost.
@@ -623,6 +626,29 @@ impl Group {
             stats.acked += state.acked;
             stats.delivered += state.delivered;
             stats.lag += pending + state.in_flight.len() as u64 + state.ready.len() as u64;
+            // Messages in flight or requeued came before every one not yet delivered.
+            let unfinished = (state.in_flight.keys().next().copied())
+                .into_iter()
+                .chain(state.ready.keys().next().copied())
+                .min();
+            let oldest = match unfinished {
+                Some(m) => Some(Seqnum(m)),
+                None if pending > 0 => {
+                    let mut probe = state.clone();
+                    self.next_push(shard, &mut probe, Seqnum::MAX)
+                        .await?
+                        .map(Seqnum)
+                }
+                None => None,
+            };
+            if let Some(seqnum) = oldest {
+                let record = self
+                    .record(push_tag(self.queue_name(), shard), seqnum)
+                    .await?;
+                if let Some(ts) = Entry::decode(&record)?.0.ts_ms() {
+                    stats.oldest_ms = Some(stats.oldest_ms.map_or(ts, |o: u64| o.min(ts)));
+                }
+            }
         }
         Ok(stats)
     }

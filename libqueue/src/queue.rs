@@ -134,6 +134,21 @@ impl Queue {
 
     /// Opens the queue `name` with `options`.
     pub async fn open_with(ctx: Ctx, name: &str, options: Options) -> Result<Queue, Error> {
+        let queue = Queue::open_inner(ctx, name, options, true).await?;
+        Ok(queue.expect("a queue is created if it is new"))
+    }
+
+    /// Opens the queue `name` if it exists (creating nothing): `None` if no one created it.
+    pub async fn find(ctx: Ctx, name: &str, options: Options) -> Result<Option<Queue>, Error> {
+        Queue::open_inner(ctx, name, options, false).await
+    }
+
+    async fn open_inner(
+        ctx: Ctx,
+        name: &str,
+        options: Options,
+        create: bool,
+    ) -> Result<Option<Queue>, Error> {
         check_name("queue name", name)?;
         if let Some(n) = options.shards {
             if n == 0 || n > SHARDS_MAX {
@@ -144,6 +159,9 @@ impl Queue {
         }
         let registry = read_all(&ctx, registry_tag(name)).await?;
         let mut shards = first_create(&registry);
+        if shards.is_none() && !create {
+            return Ok(None);
+        }
         if shards.is_none() {
             let create = Entry::Create {
                 shards: options.shards.unwrap_or(1),
@@ -161,7 +179,7 @@ impl Queue {
         }
         // Spread the pushes of different handles over the shards.
         let start = crate::group::spread(ctx.invocation_id());
-        Ok(Queue {
+        Ok(Some(Queue {
             inner: Arc::new(Inner {
                 ctx,
                 name: name.to_string(),
@@ -170,7 +188,7 @@ impl Queue {
                 next_shard: AtomicU64::new(start),
                 joins: Mutex::new(BTreeMap::new()),
             }),
-        })
+        }))
     }
 
     pub fn name(&self) -> &str {

@@ -6,6 +6,7 @@
 
 pub mod bank;
 pub mod history;
+pub mod queue;
 
 use anyhow::{bail, Context as _};
 use std::io::{BufRead as _, BufReader};

@@ -435,6 +435,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     };
     let state = gateway::http::default_state(log, metrics, setup)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;
+    gateway::triggers::start(&state, &options.triggers).await;
     let workers = tokio::net::TcpListener::bind(options.workers)
         .await
         .with_context(|| format!("binding the worker address {}", options.workers))?;

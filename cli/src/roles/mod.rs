@@ -75,6 +75,8 @@ pub struct GatewayOptions {
     pub workflow_retention: std::time::Duration,
     /// How long an object's versions are kept before they are collected.
     pub object_retention: std::time::Duration,
+    /// Functions each message of a queue invokes (`queue` in `[functions.NAME]`).
+    pub triggers: Vec<::gateway::triggers::QueueTrigger>,
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).

@@ -26,5 +26,6 @@ pub fn app() -> Router {
         workflow_books: Default::default(),
         workflows,
         objects,
+        queues: Default::default(),
     }))
 }
