@@ -5,7 +5,7 @@
 mod objects;
 mod queues;
 pub use objects::{HISTORY_LIMIT_DEFAULT, VERSION_HEADER};
-pub use queues::{Queues, POP_WAIT_MS_MAX, QUEUE_HANDLES_MAX};
+pub use queues::{Queues, POP_WAIT_MS_MAX, QUEUE_HANDLES_MAX, QUEUE_TRIM_EVERY};
 
 use crate::functions::{Dispatcher, Invocation, InvokeError, Request, Status, CALL_DEPTH_MAX};
 use crate::invocations::INVOCATIONS_BOOK;
@@ -186,6 +186,7 @@ pub fn default_state(
         Arc::downgrade(&state),
         setup.object_retention,
     ));
+    tokio::spawn(trim_queues(Arc::downgrade(&state)));
     Ok(state)
 }
 
@@ -258,6 +259,20 @@ async fn collect_objects(state: std::sync::Weak<AppState>, retention: Duration) 
                 Err(e) => tracing::warn!(book = book.0, error = %e, "collecting objects"),
             }
         }
+    }
+}
+
+/// Trims the queues this gateway's routes and triggers used, every `QUEUE_TRIM_EVERY`, until
+/// the state is dropped.
+async fn trim_queues(state: std::sync::Weak<AppState>) {
+    loop {
+        tokio::time::sleep(QUEUE_TRIM_EVERY).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let (cut, trims) = state.queues.trim_active(&state).await;
+        state.metrics.queue_trims.inc_by(trims);
+        state.metrics.queue_streams_cut.inc_by(cut);
     }
 }
 

@@ -64,6 +64,9 @@ pub struct Metrics {
     /// Objects whose old versions a collection trimmed, and the records trimmed.
     pub objects_collected: Counter,
     pub object_records_collected: Counter,
+    /// Queue trims, and the consumer groups' streams they cut below a checkpoint.
+    pub queue_trims: Counter,
+    pub queue_streams_cut: Counter,
     pub pending_appends: Gauge,
     pub cache_bytes: Gauge,
     pub cache_hits: Gauge,
@@ -95,6 +98,8 @@ impl Metrics {
             workflows_kept: Gauge::default(),
             objects_collected: Counter::default(),
             object_records_collected: Counter::default(),
+            queue_trims: Counter::default(),
+            queue_streams_cut: Counter::default(),
             pending_appends: Gauge::default(),
             cache_bytes: Gauge::default(),
             cache_hits: Gauge::default(),
@@ -175,6 +180,16 @@ impl Metrics {
             "object_records_collected",
             "Records of libstore trimmed by collections (old versions, marks, keys)",
             m.object_records_collected.clone(),
+        );
+        registry.register(
+            "queue_trims",
+            "Trims of queues this gateway used (what every group is done with goes)",
+            m.queue_trims.clone(),
+        );
+        registry.register(
+            "queue_streams_cut",
+            "Consumer groups' streams a queue trim cut below a checkpoint",
+            m.queue_streams_cut.clone(),
         );
         registry.register(
             "pending_appends",

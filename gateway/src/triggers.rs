@@ -127,6 +127,7 @@ async fn consume(state: Weak<AppState>, trigger: QueueTrigger, settings: Setting
         let Some(live) = state.upgrade() else {
             return;
         };
+        live.queues.touch(trigger.book, &trigger.queue);
         let key = trigger.key(&delivery.id);
         let succeeded = run(&live.dispatcher, &trigger, &key, delivery.data.clone()).await;
         drop(live);

@@ -170,6 +170,18 @@ fn queue_routes_and_the_cli_push_pop_ack_redeliver_and_dead_letter() {
     let big = vec![b'x'; 2 * 1024 * 1024];
     assert_eq!(send(http.post(q("/push")).body(big)).0, 413);
 
+    // The gateway trims what every group is done with, one round behind, and answers alike.
+    let base = tally.url("");
+    wait_until(Duration::from_secs(30), || {
+        tally_tests::metric(&http, &base, "tally_queue_streams_cut_total") >= 1.0
+    })
+    .expect("a trim cuts the group's stream");
+    let (_, after) = send(http.get(q("")));
+    assert_eq!(after["groups"][0]["acked"], 3, "{after}");
+    assert_eq!(after["groups"][0]["dead_letters"], 1, "{after}");
+    let (_, dead) = send(http.get(q("/groups/workers/dead-letters")));
+    assert_eq!(dead["dead_letters"].as_array().unwrap().len(), 1, "{dead}");
+
     // The CLI.
     let addr = tally.url("");
     let cli = |args: &[&str]| {
@@ -254,6 +266,7 @@ fn a_function_triggered_by_a_queue_runs_once_per_message_and_failures_become_dea
 
 /// Runs Q-1 against `urls` while `chaos` kills things; checks and reports.
 fn q1(urls: &Urls, scale: Scale, chaos: impl FnOnce(&AtomicU64, &Mutex<Consumers>) + Send) {
+    let began = Instant::now();
     queue::create(&urls.up()[0], scale);
     let consumers = Mutex::new(Consumers::start(urls, scale));
     let pushed = AtomicU64::new(0);
@@ -263,8 +276,10 @@ fn q1(urls: &Urls, scale: Scale, chaos: impl FnOnce(&AtomicU64, &Mutex<Consumers
         producing.join().unwrap()
     });
     assert_eq!(ids.len(), scale.messages());
+    println!("produced in {:?}", began.elapsed());
     let stop = AtomicBool::new(false);
     let drained = queue::wait_drained(urls, scale.messages(), Duration::from_secs(300), &stop);
+    println!("drained after {:?}", began.elapsed());
     let url = urls.up()[0].clone();
     let stats: Vec<Value> = GROUPS
         .iter()

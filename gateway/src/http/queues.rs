@@ -53,14 +53,60 @@ pub const POP_WAIT_MS_MAX: u64 = 60_000;
 
 type GroupKey = (BookId, String, String, u64, u32);
 
+/// How often a gateway trims the queues it used (`Queues::trim_active`).
+pub const QUEUE_TRIM_EVERY: Duration = Duration::from_secs(5);
+/// Trim rounds a queue gets after it was last used: a trim cuts one round behind.
+const TRIM_ROUNDS: u8 = 2;
+
 /// The queue and group handles of a gateway.
 #[derive(Default)]
 pub struct Queues {
     queues: Mutex<BTreeMap<(BookId, String), Queue>>,
     groups: Mutex<BTreeMap<GroupKey, Group>>,
+    /// Queues used lately, with the trim rounds they still get.
+    active: Mutex<BTreeMap<(BookId, String), u8>>,
 }
 
 impl Queues {
+    /// Notes that queue `name` was pushed to or popped from: the next trims look at it.
+    pub fn touch(&self, book: BookId, name: &str) {
+        self.active
+            .lock()
+            .expect("active lock")
+            .insert((book, name.to_string()), TRIM_ROUNDS);
+    }
+
+    /// Trims each queue used since its last trim rounds (`Queue::trim`): what every group is
+    /// done with goes. Returns the group streams cut and the trims made.
+    pub async fn trim_active(&self, state: &AppState) -> (u64, u64) {
+        let due: Vec<(BookId, String)> = {
+            let mut active = self.active.lock().expect("active lock");
+            let due = active.keys().cloned().collect();
+            active.retain(|_, rounds| {
+                *rounds -= 1;
+                *rounds > 0
+            });
+            due
+        };
+        let (mut cut, mut trims) = (0, 0);
+        for (book, name) in due {
+            let trimmed = match self.queue(state, book, &name, None, false).await {
+                Ok(queue) => queue.trim().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.message().to_string()),
+            };
+            match trimmed {
+                Ok(report) => {
+                    cut += report.group_streams_cut as u64;
+                    trims += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(book = book.0, queue = %name, error = %e, "trimming a queue")
+                }
+            }
+        }
+        (cut, trims)
+    }
+
     /// The handle of queue `name` in `book`, opened (with `shards`, if given) on first use;
     /// without `create`, 404 for a queue no one created.
     pub async fn queue(
@@ -227,6 +273,7 @@ pub(super) async fn push(
         None => queue.push(body).await,
     }
     .map_err(queue_error)?;
+    state.queues.touch(book, &name);
     Ok(Json(json!({ "id": id })).into_response())
 }
 
@@ -272,6 +319,7 @@ pub(super) async fn push_batch(
         .queue(&state, book, &name, q.shards, true)
         .await?;
     let ids = queue.push_batch(messages).await.map_err(queue_error)?;
+    state.queues.touch(book, &name);
     Ok(Json(json!({ "ids": ids })).into_response())
 }
 
@@ -319,6 +367,7 @@ pub(super) async fn pop(
         .group(&state, book, &name, &q.group, q.settings())
         .await?;
     let wait = Duration::from_millis(q.wait_ms);
+    state.queues.touch(book, &name);
     let delivery = match key {
         Some(key) => group.pop_keyed(&key, wait).await,
         None if wait.is_zero() => group.pop().await,
