@@ -166,6 +166,21 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> any
     bail!("condition not met within {timeout:?}")
 }
 
+/// An HTTP client for tests: a request that takes over 30 s fails.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Sends a request; its status and JSON body (null if it is not JSON).
+pub fn send(request: reqwest::blocking::RequestBuilder) -> (u16, serde_json::Value) {
+    let response = request.send().expect("the request is answered");
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(serde_json::Value::Null))
+}
+
 /// A counter or gauge (without labels) of the `/metrics` of the gateway at `base`; 0 if
 /// absent or unreachable.
 pub fn metric(http: &reqwest::blocking::Client, base: &str, name: &str) -> f64 {

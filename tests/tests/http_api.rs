@@ -3,14 +3,8 @@
 
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
+use tally_tests::client;
 use tally_tests::{run_tally, Tally};
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .expect("http client")
-}
 
 #[test]
 fn echo_answers_its_input() {

@@ -8,17 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tally_tests::client;
 use tally_tests::{wait_until, Cluster, Tally};
 
 const WAIT: Duration = Duration::from_secs(90);
 const SEEN: &str = "x-tally-seen";
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 /// Sends `request`; the status, the body as JSON (null if it is not), and `X-Tally-Seen`.
 fn send(request: RequestBuilder) -> Option<(u16, Value, Option<u64>)> {

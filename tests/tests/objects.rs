@@ -3,27 +3,13 @@
 //! mixing one-shot and interactive transfers over HTTP while `tally up` is SIGKILLed and
 //! started again on the same data dir (`TALLY_SLOW_TESTS=1` for the full size).
 
-use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tally_tests::bank::{self, Scale, Targets};
+use tally_tests::{client, send};
 use tally_tests::{run_tally, wait_until, Tally};
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// Sends a request; its status and JSON body.
-fn send(request: reqwest::blocking::RequestBuilder) -> (u16, Value) {
-    let response = request.send().unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().unwrap_or(Value::Null))
-}
 
 #[test]
 fn object_routes_and_the_cli_answer_refuse_with_4xx_and_survive_a_sigkill() {

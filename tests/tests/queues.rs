@@ -5,27 +5,14 @@
 //! `TALLY_SLOW_TESTS=1` runs Q-1 at the size (100,000 messages).
 
 use base64::Engine as _;
-use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tally_tests::queue::{self, Consumers, Scale, Urls, GROUPS};
+use tally_tests::{client, send};
 use tally_tests::{run_tally, wait_until, Cluster, Tally};
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-fn send(request: reqwest::blocking::RequestBuilder) -> (u16, Value) {
-    let response = request.send().unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().unwrap_or(Value::Null))
-}
 
 fn decode(data: &Value) -> String {
     let bytes = base64::engine::general_purpose::STANDARD

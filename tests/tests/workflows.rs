@@ -6,6 +6,7 @@
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use tally_tests::client;
 use tally_tests::{run_tally, wait_until, Tally};
 
 const INSTANCES: usize = 40;
@@ -14,13 +15,6 @@ const STEPS: u64 = 20;
 /// GET `url` and its JSON answer.
 fn get_json(http: &Client, url: String) -> Value {
     http.get(url).send().unwrap().json().unwrap()
-}
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 fn instance(http: &Client, tally: &Tally, id: &str) -> Option<Value> {

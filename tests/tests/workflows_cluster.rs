@@ -2,23 +2,16 @@
 //! of a `tally cluster`, one gateway SIGKILLed midway; the survivor drives the dead one's
 //! instances on from their history, and every instance ends with `{"count": 20}`.
 
-use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tally_tests::client;
 use tally_tests::{wait_until, Cluster};
 
 const INSTANCES: usize = 200;
 const STEPS: u64 = 20;
 const SEEN: &str = "x-tally-seen";
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn steps_instances_on_two_gateways_all_count_their_steps_when_one_gateway_is_killed_midway() {

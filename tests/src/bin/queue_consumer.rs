@@ -15,6 +15,16 @@ use base64::Engine as _;
 use std::io::Write as _;
 use std::time::Duration;
 
+/// The gateways' URLs, as the file says now.
+fn read_urls(file: &str) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [url_file, queue, group, index, visibility_ms] = &args[..] else {
@@ -30,12 +40,7 @@ fn main() {
     let mut out = std::io::stdout().lock();
     let mut turn = 0;
     loop {
-        let urls: Vec<String> = std::fs::read_to_string(url_file)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect();
+        let urls = read_urls(url_file);
         if urls.is_empty() {
             std::thread::sleep(Duration::from_millis(50));
             continue;
@@ -70,12 +75,7 @@ fn main() {
         // Ack, through whichever gateway answers; an ack whose answer was lost is sent again
         // (a second ack of a delivery that counted is refused as stale).
         loop {
-            let urls: Vec<String> = std::fs::read_to_string(url_file)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string)
-                .collect();
+            let urls = read_urls(url_file);
             let Some(url) = urls.get((index + turn) % urls.len().max(1)) else {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
