@@ -139,6 +139,26 @@ pub fn base_url(addr: &str) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// A server address, "host:port" or "SCHEME://host:port[/]", as "SCHEME://host:port" (NATS's
+/// "nats", Redis's "redis").
+pub(crate) fn scheme_url(addr: &str, scheme: &str) -> anyhow::Result<String> {
+    let addr = addr.trim().trim_end_matches('/');
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("{scheme}://{addr}")
+    };
+    let parsed = reqwest::Url::parse(&url).with_context(|| format!("bad server {addr:?}"))?;
+    ensure!(
+        parsed.scheme() == scheme
+            && parsed.host().is_some()
+            && parsed.port().is_some()
+            && parsed.path().is_empty(),
+        "bad server {addr:?}: expected {scheme}://host:port"
+    );
+    Ok(url)
+}
+
 /// One gateway and the connection pool its clients share.
 struct Gateway {
     addr: String,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::append::{as_secs_f64, root_cause, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
+use crate::append::{as_secs_f64, root_cause, scheme_url, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 use crate::closed_loop::{self, Failure, Load, Payload};
 use crate::report::{AppendReport, RunConfig};
 
@@ -116,22 +116,7 @@ impl RunConfig for JetStreamConfig {
 
 /// A server address, "host:port" or "nats://host:port", as "nats://host:port".
 fn server_url(server: &str) -> anyhow::Result<String> {
-    let server = server.trim().trim_end_matches('/');
-    let url = if server.contains("://") {
-        server.to_string()
-    } else {
-        format!("nats://{server}")
-    };
-    let parsed =
-        reqwest::Url::parse(&url).with_context(|| format!("bad NATS server {server:?}"))?;
-    ensure!(
-        parsed.scheme() == "nats"
-            && parsed.host().is_some()
-            && parsed.port().is_some()
-            && parsed.path().is_empty(),
-        "bad NATS server {server:?}: expected nats://host:port"
-    );
-    Ok(url)
+    scheme_url(server, "nats")
 }
 
 /// One client's connection and the subject it publishes to.
@@ -167,7 +152,7 @@ impl Connection {
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<async_nats::Client> {
+pub(crate) async fn connect(server: &str) -> anyhow::Result<async_nats::Client> {
     ConnectOptions::new()
         .name("bench-jetstream")
         .connection_timeout(CONNECT_TIMEOUT)

@@ -11,7 +11,10 @@
 //! (`/workflows/{name}/{id}`) and reports the same way. All of them share one driver
 //! (`closed_loop`). `run_store` measures transactions over objects (YCSB-T transfers, Retwis)
 //! on Tally's `bank` and `retwis` functions or on PostgreSQL at SERIALIZABLE, counting
-//! aborts apart from errors.
+//! aborts apart from errors. `run_queue` measures a queue with producers and consumers at once
+//! on Tally's queues over HTTP, or, with the `jetstream` and `redis` features, on a JetStream
+//! work-queue stream or a Redis stream's consumer group; its flags (`QueueArgs`) are the same
+//! in every binary that runs it.
 
 mod ack_log;
 mod append;
@@ -21,7 +24,12 @@ mod cpu;
 mod filler;
 #[cfg(feature = "jetstream")]
 mod jetstream;
+#[cfg(feature = "jetstream")]
+mod jetstream_queue;
 mod progress;
+mod queue;
+#[cfg(feature = "redis")]
+mod redis_queue;
 mod report;
 mod store;
 #[cfg(test)]
@@ -37,6 +45,10 @@ pub use call::{function_url, run_calls, CallConfig, ID_PLACEHOLDER, INPUT_BYTES_
 pub use filler::{filler, filler_origin, FILLER_HEADER_BYTES};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{run_jetstream, JetStreamConfig, REPLICAS_MAX};
+pub use queue::{
+    default_shards, run_queue, QueueArgs, QueueConfig, QueueReport, QueueTarget, GROUP,
+    MESSAGE_BYTES_MAX, POP_WAIT, QUEUE_CLIENTS_MAX, SHARDS_MAX,
+};
 pub use report::{AppendReport, CallReport, Percentiles, RunConfig};
 pub use store::{
     run_store, Distribution, StoreConfig, StoreReport, StoreTarget, TransferMode, Workload,

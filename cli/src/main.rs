@@ -725,6 +725,16 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Producers and consumers of one queue at once: messages acked and pushed a second, push
+    /// and pop-and-ack latency, errors, and the backlog at the end.
+    ///
+    /// Makes the queue (--shards, default one per consumer) and its group `bench` first, then
+    /// runs --producers and --consumers closed-loop clients side by side for --duration seconds
+    /// after --warmup seconds: a producer POSTs a message of --size bytes to
+    /// /queues/Q/push; a consumer POSTs /queues/Q/pop?group=bench&wait_ms=1000, then acks what
+    /// it got. --nats and --redis drive NATS JetStream and Redis streams the same way, in the
+    /// binaries that have their clients (`bench-jetstream queue`, `bench-redis`).
+    Queue(bench::QueueArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -1477,6 +1487,7 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
+        BenchCommand::Queue(args) => args.run().await?,
     }
     Ok(())
 }
@@ -1565,6 +1576,35 @@ mod tests {
             "--postgres",
             "postgresql://postgres@127.0.0.1:1/db"
         ]));
+    }
+
+    #[test]
+    fn bench_queue_takes_producers_consumers_and_one_system() {
+        let parse = |args: &[&str]| {
+            let argv = ["tally", "bench", "queue"].iter().chain(args).copied();
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Bench(BenchCommand::Queue(args))) => Some(args),
+                _ => None,
+            }
+        };
+        let args = parse(&["--producers", "16", "--consumers", "8"]).unwrap();
+        let config = args.config().unwrap();
+        assert_eq!((config.producers, config.consumers), (16, 8));
+        assert_eq!(
+            config.target,
+            bench::QueueTarget::Tally {
+                url: format!("http://{DEFAULT_HTTP_ADDR}"),
+                shards: 8
+            }
+        );
+        assert!(parse(&["--redis", "redis://127.0.0.1:1"]).is_some());
+        assert!(parse(&[
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--redis",
+            "redis://127.0.0.1:1"
+        ])
+        .is_none());
     }
 
     /// Parses `tally <args>` as a role command and returns its config file and overrides.
