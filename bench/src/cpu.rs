@@ -44,6 +44,24 @@ pub fn tree_cpu_s(roots: &[u32]) -> f64 {
     total as f64 / TICKS_PER_S
 }
 
+/// The CPU seconds `pids` (with their descendants) use between `start` and `end`, measured by
+/// a task that samples at both instants; `None` when there are no pids.
+pub fn window(
+    pids: &[u32],
+    start: tokio::time::Instant,
+    end: tokio::time::Instant,
+) -> Option<tokio::task::JoinHandle<f64>> {
+    let pids = pids.to_vec();
+    (!pids.is_empty()).then(|| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start).await;
+            let first = tree_cpu_s(&pids);
+            tokio::time::sleep_until(end).await;
+            tree_cpu_s(&pids) - first
+        })
+    })
+}
+
 /// A process's parent and its CPU ticks, its waited-for children's included.
 fn stat(pid: u32) -> Option<(u32, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

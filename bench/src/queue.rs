@@ -749,15 +749,7 @@ async fn drive(
     };
     let started_unix_ms = unix_ms(SystemTime::now() + config.warmup);
     // The system's CPU time at the start and the end of the measured window.
-    let cpu = (!config.cpu_pids.is_empty()).then(|| {
-        let pids = config.cpu_pids.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(window.measure_start).await;
-            let first = crate::cpu::tree_cpu_s(&pids);
-            tokio::time::sleep_until(window.end).await;
-            crate::cpu::tree_cpu_s(&pids) - first
-        })
-    });
+    let cpu = crate::cpu::window(&config.cpu_pids, window.measure_start, window.end);
     let display = Progress::start(
         progress.then_some("queue"),
         "ack",

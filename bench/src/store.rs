@@ -1027,15 +1027,7 @@ pub async fn run_store(config: StoreConfig, progress: bool) -> anyhow::Result<St
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     // The system's CPU time at the start and the end of the measured window.
-    let cpu = (!config.cpu_pids.is_empty()).then(|| {
-        let pids = config.cpu_pids.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(measure_start).await;
-            let first = crate::cpu::tree_cpu_s(&pids);
-            tokio::time::sleep_until(end).await;
-            crate::cpu::tree_cpu_s(&pids) - first
-        })
-    });
+    let cpu = crate::cpu::window(&config.cpu_pids, measure_start, end);
     let display = Progress::start(
         progress.then_some("store"),
         "operation",
