@@ -115,13 +115,7 @@ BENCH_JS="$TARGET_DIR/release/bench-jetstream"
 HAS_TALLY_CLUSTER=0
 if "$TALLY" cluster --help >/dev/null 2>&1; then HAS_TALLY_CLUSTER=1; fi
 
-# Data dirs live here: a disk, not tmpfs, or fsync costs nothing and the figures mislead.
-WORK="$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/tally-vs-jetstream.XXXXXX")"
-RESULTS="$WORK/results"
-mkdir -p "$RESULTS"
-WORK_FS="$(stat -f -c %T "$WORK")"
-[[ "$WORK_FS" != tmpfs ]] ||
-    log "warning: $WORK is on tmpfs: fsync is free there; set BENCH_TMPDIR to a dir on disk"
+make_work_dir vs-jetstream
 
 DURABILITY_NOTE="nats-server ${NATS_VERSION#nats-server: } (Debian's package). JetStream (2.9 and \
 later) acknowledges a publish once the stream leader (R1) or a quorum of replicas (R3) has \

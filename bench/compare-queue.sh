@@ -96,15 +96,9 @@ install_debian_packages() {
     [[ "$NETNS" == 0 ]] || command -v ip >/dev/null || missing+=(iproute2)
     if wants_jetstream && ! command -v nats-server >/dev/null; then missing+=(nats-server); fi
     if wants_redis && ! command -v redis-server >/dev/null; then missing+=(redis-server); fi
-    ((${#missing[@]} > 0)) || return 0
-    [[ $EUID -eq 0 ]] || die "missing Debian packages ${missing[*]}: install them (as root)"
-    command -v apt-get >/dev/null || die "missing packages ${missing[*]}, and no apt-get"
-    log "installing Debian packages: ${missing[*]} (apt-get update first)"
-    apt-get update -qq >&2 || die "apt-get update failed"
     # Debian's redis-server package starts a service where systemd runs; the measurements
     # start servers of their own on free ports, so one running elsewhere does not matter.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+    apt_install_missing "${missing[@]}"
 }
 
 # Builds bench-jetstream and bench-redis (release) with the features the wanted systems need;
@@ -155,13 +149,7 @@ else
     NETWORK="this machine's network namespace, on 127.0.0.1"
 fi
 
-# Data dirs live here: a disk, not tmpfs, or fsync costs nothing and the figures mislead.
-WORK="$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/tally-queue.XXXXXX")"
-RESULTS="$WORK/results"
-mkdir -p "$RESULTS"
-WORK_FS="$(stat -f -c %T "$WORK")"
-[[ "$WORK_FS" != tmpfs ]] ||
-    log "warning: $WORK is on tmpfs: fsync is free there; set BENCH_TMPDIR to a dir on disk"
+make_work_dir queue
 NATS_VERSION="" REDIS_VERSION=""
 if wants_jetstream; then NATS_VERSION="$(nats-server --version 2>&1 | head -n 1)"; fi
 if wants_redis; then REDIS_VERSION="$(redis-server --version 2>&1 | head -n 1)"; fi

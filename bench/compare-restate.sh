@@ -95,13 +95,7 @@ else
     NETWORK="this machine's network namespace, on 127.0.0.1"
 fi
 
-# Data dirs live here: a disk, not tmpfs, or fsync costs nothing and the figures mislead.
-WORK="$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/tally-vs-restate.XXXXXX")"
-RESULTS="$WORK/results"
-mkdir -p "$RESULTS"
-WORK_FS="$(stat -f -c %T "$WORK")"
-[[ "$WORK_FS" != tmpfs ]] ||
-    log "warning: $WORK is on tmpfs: fsync is free there; set BENCH_TMPDIR to a dir on disk"
+make_work_dir vs-restate
 
 DURABILITY_NOTE="Restate journals every invocation before it answers: the call, each ctx.run \
 step's result and the output go to its log (Bifrost, a replicated loglet with one replica on \

@@ -106,13 +106,7 @@ install_debian_packages() {
     command -v curl >/dev/null || missing+=(curl)
     [[ "$NETNS" == 0 ]] || command -v ip >/dev/null || missing+=(iproute2)
     if wants postgres && [[ -z "$(pg_bindir)" ]]; then missing+=(postgresql); fi
-    ((${#missing[@]} > 0)) || return 0
-    [[ $EUID -eq 0 ]] || die "missing Debian packages ${missing[*]}: install them (as root)"
-    command -v apt-get >/dev/null || die "missing packages ${missing[*]}, and no apt-get"
-    log "installing Debian packages: ${missing[*]} (apt-get update first)"
-    apt-get update -qq >&2 || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+    apt_install_missing "${missing[@]}"
 }
 
 if [[ "${TALLY_BENCH_IN_NETNS:-0}" == 1 ]]; then
@@ -132,15 +126,7 @@ else
     NETWORK="this machine's network namespace, on 127.0.0.1"
 fi
 
-# Data dirs live here: a disk, not tmpfs, or fsync costs nothing and the figures mislead.
-WORK="$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/tally-store.XXXXXX")"
-# PostgreSQL's user must reach its data dir inside.
-chmod 755 "$WORK"
-RESULTS="$WORK/results"
-mkdir -p "$RESULTS"
-WORK_FS="$(stat -f -c %T "$WORK")"
-[[ "$WORK_FS" != tmpfs ]] ||
-    log "warning: $WORK is on tmpfs: fsync is free there; set BENCH_TMPDIR to a dir on disk"
+make_work_dir store
 PG_VERSION=""
 [[ -z "$PG_BIN" ]] || PG_VERSION="$("$PG_BIN/postgres" --version)"
 

@@ -258,6 +258,32 @@ trap_cleanup() {
     trap 'exit 143' TERM
 }
 
+# Makes the run's temp dir, tally-NAME.XXXXXX under BENCH_TMPDIR (/var/tmp: a disk, not tmpfs,
+# or fsync costs nothing and the figures mislead), readable by other users (PostgreSQL's must
+# reach its data dir inside), with a results dir. Sets WORK, RESULTS and WORK_FS (its file
+# system), and warns when that is tmpfs.
+make_work_dir() {
+    WORK="$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/tally-$1.XXXXXX")"
+    chmod 755 "$WORK"
+    RESULTS="$WORK/results"
+    mkdir -p "$RESULTS"
+    WORK_FS="$(stat -f -c %T "$WORK")"
+    [[ "$WORK_FS" != tmpfs ]] ||
+        log "warning: $WORK is on tmpfs: fsync is free there; set BENCH_TMPDIR to a dir on disk"
+}
+
+# Installs the Debian packages given (those the caller found missing), after one
+# `apt-get update`; nothing when none is given. Dies, saying what to do, when it cannot.
+apt_install_missing() {
+    (($# > 0)) || return 0
+    [[ $EUID -eq 0 ]] || die "missing Debian packages $*: install them (as root)"
+    command -v apt-get >/dev/null || die "missing packages $*, and no apt-get"
+    log "installing Debian packages: $* (apt-get update first)"
+    apt-get update -qq >&2 || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "$@" >&2 || die "apt-get install $* failed"
+}
+
 # PostgreSQL's server programs: the newest /usr/lib/postgresql/N/bin with initdb, or nothing.
 pg_bindir() {
     local dir

@@ -100,32 +100,44 @@ async fn open(
         .await
 }
 
-async fn consume(state: Weak<AppState>, trigger: QueueTrigger, settings: Settings) {
+/// The trigger's group handle, once the log makes it (tried again every `RETRY_AFTER`);
+/// `None` once the state is dropped.
+async fn opened(
+    state: &Weak<AppState>,
+    trigger: &QueueTrigger,
+    settings: Settings,
+) -> Option<libqueue::Group> {
     loop {
+        let live = state.upgrade()?;
+        match open(&live, trigger, settings).await {
+            Ok(handle) => return Some(handle),
+            Err(e) => {
+                tracing::warn!(queue = %trigger.queue, function = %trigger.function, error = %e.message(), "opening a trigger's group")
+            }
+        }
+        drop(live);
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
+}
+
+async fn consume(state: Weak<AppState>, trigger: QueueTrigger, settings: Settings) {
+    let Some(handle) = opened(&state, &trigger, settings).await else {
+        return;
+    };
+    loop {
+        let popped = handle.pop_wait(POP_WAIT).await;
         let Some(live) = state.upgrade() else {
             return;
         };
-        let handle = open(&live, &trigger, settings).await;
-        drop(live);
-        let handle = match handle {
-            Ok(handle) => handle,
-            Err(e) => {
-                tracing::warn!(queue = %trigger.queue, function = %trigger.function, error = %e.message(), "opening a trigger's group");
-                tokio::time::sleep(RETRY_AFTER).await;
-                continue;
-            }
-        };
-        let delivery = match handle.pop_wait(POP_WAIT).await {
+        let delivery = match popped {
             Ok(Some(delivery)) => delivery,
             Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(queue = %trigger.queue, function = %trigger.function, error = %e, "popping for a trigger");
+                drop(live);
                 tokio::time::sleep(RETRY_AFTER).await;
                 continue;
             }
-        };
-        let Some(live) = state.upgrade() else {
-            return;
         };
         live.queues.touch(trigger.book, &trigger.queue);
         let key = trigger.key(&delivery.id);

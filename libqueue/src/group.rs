@@ -580,17 +580,9 @@ impl Group {
         for shard in 0..self.shards() {
             let state = self.state_at(shard, Seqnum::MAX).await?;
             let clock = state.clock_ms.max(now);
-            let expired = state
-                .in_flight
-                .iter()
-                .find(|(_, f)| f.deliveries < max && f.expires_ms() <= clock)
-                .map(|(m, f)| (*m, f.deliveries));
-            let ready = state.ready.iter().next().map(|(m, d)| (*m, *d));
-            let earlier = match (expired, ready) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let found = match earlier {
+            let again =
+                earliest_again(&state, |_, f| f.deliveries < max && f.expires_ms() <= clock);
+            let found = match again {
                 Some(found) => Some(found),
                 None => {
                     let mut probe = state.clone();
@@ -883,17 +875,10 @@ impl Group {
             let flight = state.in_flight.remove(&m).expect("listed above");
             state.dead.insert(m, flight.deliveries);
         }
-        let expired = state
-            .in_flight
-            .iter()
-            .find(|(m, f)| f.expires_ms() <= clock || self.fault_takes(**m, f))
-            .map(|(m, f)| (*m, f.deliveries));
-        let ready = state.ready.iter().next().map(|(m, d)| (*m, *d));
-        let earlier = match (expired, ready) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let taken = match earlier {
+        let again = earliest_again(state, |m, f| {
+            f.expires_ms() <= clock || self.fault_takes(m, f)
+        });
+        let taken = match again {
             Some(taken) => Some(taken),
             None => self.next_push(shard, state, pop).await?.map(|m| (m, 0)),
         };
@@ -952,4 +937,20 @@ impl Group {
 /// A stable spread of handles over shards, from a name.
 pub(crate) fn spread(name: &str) -> u64 {
     Tag::named(&["libqueue", "spread", name]).0
+}
+
+/// The earliest message a pop takes before any message never delivered: a requeued one, or
+/// one in flight that `takes_again` (given the message and its flight) hands out again; with
+/// its deliveries so far.
+fn earliest_again(state: &State, takes_again: impl Fn(u64, &Flight) -> bool) -> Option<(u64, u32)> {
+    let expired = state
+        .in_flight
+        .iter()
+        .find(|(m, f)| takes_again(**m, f))
+        .map(|(m, f)| (*m, f.deliveries));
+    let ready = state.ready.iter().next().map(|(m, d)| (*m, *d));
+    match (expired, ready) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }

@@ -940,9 +940,12 @@ impl Store {
             let replayed = pending.len() as u64;
             let mut view = start.view;
             let mut last = None;
+            // The steps kept: the last ones before the end (the end is kept below), as many
+            // as an object keeps; earlier ones would only be dropped again.
+            let kept_from = replayed.saturating_sub(VERSIONS_CACHED_MAX as u64);
             for (i, (record, entry)) in pending.into_iter().rev().enumerate() {
                 view = self.effect(object, view, &record, &entry).await?;
-                if (i as u64) + 1 < replayed {
+                if (kept_from..replayed - 1).contains(&(i as u64)) {
                     // Each step is the view as of its record: a transaction on its way
                     // just above it finds it here.
                     let step = Cached {

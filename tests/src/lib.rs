@@ -14,18 +14,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where cargo puts the binaries of this build: target/<profile>/ (this test runs from
+/// target/<profile>/deps/).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
 /// The `tally` binary: `$TALLY_BIN`, else the one cargo built next to this test.
 pub fn tally_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("TALLY_BIN") {
         return PathBuf::from(bin);
     }
-    let exe = std::env::current_exe().expect("the test binary has a path");
-    // target/<profile>/deps/<test> -> target/<profile>/tally
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .join("tally");
+    let bin = profile_dir().join("tally");
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p tally-cli` (cargo test --workspace does)",

@@ -171,14 +171,8 @@ pub struct Consumer {
 
 impl Consumer {
     pub fn start(urls: &Urls, group: &str, index: usize) -> Consumer {
-        // Built by cargo for this package's tests, next to them (target/<profile>/).
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        let bin = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps")
-            .join("queue_consumer");
-        let mut child = Command::new(bin)
+        // Built by cargo for this package's tests, next to them.
+        let mut child = Command::new(crate::profile_dir().join("queue_consumer"))
             .arg(&urls.path)
             .args([QUEUE, group, &index.to_string(), &VISIBILITY_MS.to_string()])
             .stdout(Stdio::piped())
