@@ -1,0 +1,120 @@
+//! What libobject writes to the log: an object's call records and done records, in the
+//! object's stream, and the streams it tags them with. Every record is JSON.
+
+use crate::{Error, ErrorKind, ObjectRef};
+use bytes::Bytes;
+use logbook::{Record, Tag};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Every call record and done record of an object, in log order.
+pub fn object_tag(class: &str, key: &str) -> Tag {
+    Tag::named(&["libobject", "object", class, key])
+}
+
+/// An object's done records: each lands at its position here (a conditional append), so one
+/// object never gets two done records for the same calls.
+pub fn done_tag(class: &str, key: &str) -> Tag {
+    Tag::named(&["libobject", "done", class, key])
+}
+
+/// The call records of an object under one key (an `Idempotency-Key`, or a key a method's
+/// call carries): the first of them is the call; later ones are duplicates.
+pub fn key_tag(class: &str, key: &str, call_key: &str) -> Tag {
+    Tag::named(&["libobject", "key", class, key, call_key])
+}
+
+/// The packages installed over HTTP, in book 0, newest last.
+pub fn packages_tag() -> Tag {
+    Tag::named(&["libobject", "packages"])
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    Call(CallRecord),
+    Done(DoneRecord),
+}
+
+/// A call, queued in the object's stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub method: String,
+    pub input: Value,
+    /// The object whose method made the call; none from outside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<ObjectRef>,
+    /// The call's key, if it has one: a second call record under it is a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The objects waiting, synchronously, for this call (its caller's chain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<ObjectRef>,
+    pub at_ms: u64,
+}
+
+/// The calls one drive ran, in their order in the stream, and the state they left.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoneRecord {
+    /// Its position among the object's done records.
+    pub index: u64,
+    /// How many calls the object has run, these included.
+    pub calls_total: u64,
+    pub outcomes: Vec<Outcome>,
+    /// The state after the last of them.
+    pub state: Value,
+    pub at_ms: u64,
+}
+
+/// How one call ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The seqnum of its call record.
+    pub call: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CallError>,
+    /// The state after it, if it changed the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+    /// A duplicate (its key was used first by this call): answered with that one's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Outcome {
+    /// The answer the caller gets.
+    pub fn result(&self) -> Result<Value, Error> {
+        match &self.error {
+            Some(e) => Err(Error::of_kind(e.kind, e.message.clone())),
+            None => Ok(self.output.clone().unwrap_or(Value::Null)),
+        }
+    }
+}
+
+impl Entry {
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("entries serialize"))
+    }
+
+    pub fn parse(record: &Record) -> Result<Entry, Error> {
+        serde_json::from_slice(&record.data).map_err(|e| Error::Corrupt {
+            seqnum: record.seqnum.0,
+            message: e.to_string(),
+        })
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,828 @@
+//! The runtime: calls of objects' methods, one at a time per object in log order.
+//!
+//! A queued call appends a call record to the object's stream, then drives the object: the
+//! driver replays the stream from the newest done record, runs the calls queued after it one
+//! by one (each on the state the one before it left, through the method's function), and
+//! appends one done record for them, conditionally at its position among the object's done
+//! records. A driver that loses that race reads the winner's record instead. Callers are
+//! answered from done records only, so an answer is never ahead of the state, nor behind it.
+//!
+//! One driver per object runs at a time in a process (a lock); any number of processes may
+//! drive one object (the conditional append keeps them apart). What a driver knows of an
+//! object (state, position, queue) is kept between calls, for the `OBJECTS_CACHED_MAX`
+//! objects used last; losing it costs one backward read and the queue's records.
+
+use crate::entry::{
+    done_tag, key_tag, now_ms, object_tag, CallError, CallRecord, DoneRecord, Entry, Outcome,
+};
+use crate::package::{Class, Classes, Method, ObjectRef, Package};
+use crate::Error;
+use bytes::Bytes;
+use logbook::{BookId, Cond, LogError, Seqnum};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use tally_sdk::{BoxFuture, Ctx, FunctionError};
+use tokio::sync::oneshot;
+
+/// The function every object call goes through: `Objects::handler`, which the gateway serves.
+/// Methods' calls of other objects (`This::call`, `send`) are calls of it.
+pub const CALL_FUNCTION: &str = "libobject.call";
+/// Most calls one done record answers.
+pub const BATCH_CALLS_MAX: usize = 64;
+/// A drive stops adding calls to a done record once their states pass this many bytes.
+pub const BATCH_STATE_BYTES_MAX: usize = 256 * 1024;
+/// Objects whose driver state a process keeps between calls.
+pub const OBJECTS_CACHED_MAX: usize = 16_384;
+/// Longest object key, in bytes.
+pub const KEY_BYTES_MAX: usize = 256;
+/// Most calls a history page holds, and queued calls `inspect` lists.
+pub const HISTORY_LIMIT_MAX: usize = 1_000;
+pub const QUEUED_LISTED_MAX: usize = 100;
+/// Outcomes a driver remembers for duplicates, beyond which it reads the log.
+const RECENT_OUTCOMES_MAX: usize = 256;
+
+/// A call, as `libobject.call` takes it (and the HTTP routes make it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRequest {
+    pub class: String,
+    pub key: String,
+    pub method: String,
+    #[serde(default)]
+    pub input: Value,
+    /// The object whose method makes the call; none from outside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<ObjectRef>,
+    /// Runs the call once: a second call record under this key is answered with the first's
+    /// outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_key: Option<String>,
+    /// The objects waiting synchronously on this call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<ObjectRef>,
+    /// A call of the caller's own method, run inside the caller's call on this state (not
+    /// queued); answered with the method's `MethodOutput`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_state: Option<Value>,
+}
+
+impl CallRequest {
+    /// A call from outside.
+    pub fn new(class: &str, key: &str, method: &str, input: Value) -> CallRequest {
+        CallRequest {
+            class: class.to_string(),
+            key: key.to_string(),
+            method: method.to_string(),
+            input,
+            caller: None,
+            call_key: None,
+            chain: Vec::new(),
+            inline_state: None,
+        }
+    }
+}
+
+/// What a method's function is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodInput {
+    pub class: String,
+    pub key: String,
+    pub method: String,
+    pub input: Value,
+    pub state: Value,
+    /// The call's id, `class/key@seqnum` (the seqnum of its call record): the prefix of the
+    /// keys of the calls it makes.
+    pub call: String,
+    #[serde(default)]
+    pub caller: Option<ObjectRef>,
+    /// The objects waiting on this call, the object itself last.
+    #[serde(default)]
+    pub chain: Vec<ObjectRef>,
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// What a method's function answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodOutput {
+    pub output: Value,
+    /// The new state, if the method changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+}
+
+/// An object as `inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObjectView {
+    pub class: String,
+    pub key: String,
+    pub state: Value,
+    /// Calls run so far (shared ones not counted: they leave no record).
+    pub calls: u64,
+    /// The seqnum of the newest done record; none before the first call.
+    pub version: Option<u64>,
+    /// Calls in the log, not run yet, oldest first (at most `QUEUED_LISTED_MAX`).
+    pub queued: Vec<Queued>,
+    pub queued_total: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Queued {
+    pub call: u64,
+    pub method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<ObjectRef>,
+    pub at_ms: u64,
+}
+
+/// One call in an object's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// The seqnum of its call record: calls ran in this order.
+    pub call: u64,
+    pub method: String,
+    pub input: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<ObjectRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub at_ms: u64,
+    /// The seqnum of the done record that answered it, and when it was written.
+    pub done: u64,
+    pub done_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<CallError>,
+    /// The state after it, if it changed the state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryPage {
+    pub calls: Vec<HistoryEntry>,
+    /// Pass as `after` for the next page; none at the end.
+    pub next: Option<u64>,
+}
+
+/// The installed classes and the objects this process drives. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct Objects {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    classes: RwLock<Classes>,
+    slots: Mutex<HashMap<(BookId, ObjectRef), Arc<Slot>>>,
+}
+
+/// One object, in this process.
+#[derive(Default)]
+struct Slot {
+    driver: tokio::sync::Mutex<Driver>,
+    /// Callers waiting for the outcome of their call record (by seqnum).
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// The newest done record read: its seqnum, the state after it, its call count.
+    latest: Mutex<Option<(u64, Arc<Value>, u64)>>,
+}
+
+/// What a driver knows of its object.
+#[derive(Default)]
+struct Driver {
+    loaded: bool,
+    /// The next seqnum of the object's stream to read.
+    cursor: u64,
+    /// The position of the next done record.
+    dones: u64,
+    calls_total: u64,
+    state: Value,
+    /// Call records not answered yet, in log order.
+    pending: VecDeque<(u64, CallRecord)>,
+    recent: VecDeque<Outcome>,
+}
+
+impl Slot {
+    fn resolve(&self, outcome: &Outcome) {
+        let waiter = self
+            .waiters
+            .lock()
+            .expect("no panics under the waiters lock")
+            .remove(&outcome.call);
+        if let Some(tx) = waiter {
+            let _ = tx.send(outcome.clone());
+        }
+    }
+
+    fn set_latest(&self, seqnum: u64, state: &Value, calls: u64) {
+        let mut latest = self.latest.lock().expect("no panics under the latest lock");
+        if latest.as_ref().is_none_or(|(s, _, _)| *s < seqnum) {
+            *latest = Some((seqnum, Arc::new(state.clone()), calls));
+        }
+    }
+}
+
+impl Objects {
+    pub fn new() -> Objects {
+        Objects::default()
+    }
+
+    /// Installs `package` (see `Classes::install`).
+    pub fn install(&self, package: Package) -> Result<(), Error> {
+        self.inner
+            .classes
+            .write()
+            .expect("no panics under the classes lock")
+            .install(package)
+    }
+
+    /// The installed classes, as they are now.
+    pub fn classes(&self) -> Classes {
+        self.inner
+            .classes
+            .read()
+            .expect("no panics under the classes lock")
+            .clone()
+    }
+
+    /// The class `name`, or `NoClass`.
+    pub fn class(&self, name: &str) -> Result<Arc<Class>, Error> {
+        self.inner
+            .classes
+            .read()
+            .expect("no panics under the classes lock")
+            .class(name)
+    }
+
+    /// Checks that `request` names a class and method and that its caller may call it:
+    /// what a call is refused for before anything is logged.
+    pub fn admit(&self, request: &CallRequest) -> Result<(Arc<Class>, Method), Error> {
+        check_key(&request.key)?;
+        let classes = self
+            .inner
+            .classes
+            .read()
+            .expect("no panics under the classes lock");
+        let class = classes.class(&request.class)?;
+        let method = class.method(&request.method)?.clone();
+        let callee = ObjectRef::new(&request.class, &request.key);
+        classes.check_access(
+            &callee,
+            &class,
+            &request.method,
+            &method,
+            request.caller.as_ref(),
+        )?;
+        Ok((class, method))
+    }
+
+    /// Calls a method and waits for its answer: shared methods at once on the newest state,
+    /// the others queued behind the object's earlier calls. `ctx` is the log and the
+    /// functions the call runs with (its book is the object's).
+    pub async fn call(&self, ctx: &Ctx, request: CallRequest) -> Result<Value, Error> {
+        let (class, method) = self.admit(&request)?;
+        let callee = ObjectRef::new(&request.class, &request.key);
+        if let Some(state) = request.inline_state.clone() {
+            if request.caller.as_ref() != Some(&callee) {
+                return Err(Error::Invalid(
+                    "only an object's own calls run inside its call".into(),
+                ));
+            }
+            let call = request.call_key.clone().unwrap_or_default();
+            let out = self
+                .run_method(ctx, &class, &callee, &request, &method, state, call)
+                .await?;
+            return Ok(serde_json::to_value(out).expect("method outputs serialize"));
+        }
+        if method.shared {
+            let state = self.latest_state(ctx, &class, &callee).await?;
+            let call = format!("{callee}@shared");
+            let out = self
+                .run_method(ctx, &class, &callee, &request, &method, state, call)
+                .await?;
+            return Ok(out.output);
+        }
+        if request.chain.contains(&callee) {
+            return Err(Error::Reentrant(format!(
+                "{callee} waits on this chain of calls ({}): a synchronous call into it would wait for itself; send a message instead, or use call_self",
+                request
+                    .chain
+                    .iter()
+                    .map(|o| o.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            )));
+        }
+        self.call_queued(ctx, class, callee, request).await
+    }
+
+    async fn call_queued(
+        &self,
+        ctx: &Ctx,
+        class: Arc<Class>,
+        callee: ObjectRef,
+        request: CallRequest,
+    ) -> Result<Value, Error> {
+        let mut tags = vec![object_tag(&callee.class, &callee.key)];
+        if let Some(k) = &request.call_key {
+            tags.push(key_tag(&callee.class, &callee.key, k));
+        }
+        let record = Entry::Call(CallRecord {
+            method: request.method,
+            input: request.input,
+            caller: request.caller,
+            key: request.call_key,
+            chain: request.chain,
+            at_ms: now_ms(),
+        });
+        let seqnum = ctx.append(&tags, record.to_bytes()).await?.0;
+        let slot = self.slot(ctx.book(), &callee);
+        let (tx, mut rx) = oneshot::channel();
+        slot.waiters
+            .lock()
+            .expect("no panics under the waiters lock")
+            .insert(seqnum, tx);
+        // In a task of its own: a caller that goes away does not cut a drive short.
+        let drive = {
+            let (me, ctx, slot, callee) = (self.clone(), ctx.clone(), slot.clone(), callee.clone());
+            tokio::spawn(async move { me.drive(&ctx, &slot, &class, &callee).await })
+        };
+        let driven = drive
+            .await
+            .unwrap_or_else(|e| Err(Error::Unavailable(format!("the drive stopped: {e}"))));
+        if let Ok(outcome) = rx.try_recv() {
+            return outcome.result();
+        }
+        slot.waiters
+            .lock()
+            .expect("no panics under the waiters lock")
+            .remove(&seqnum);
+        driven?;
+        // A driver that started from a done record newer than the call (another process ran
+        // it first) never applied the record that answered it: read that one.
+        find_outcome(ctx, &callee, seqnum).await?.result()
+    }
+
+    fn slot(&self, book: BookId, object: &ObjectRef) -> Arc<Slot> {
+        let mut slots = self
+            .inner
+            .slots
+            .lock()
+            .expect("no panics under the slots lock");
+        if let Some(slot) = slots.get(&(book, object.clone())) {
+            return slot.clone();
+        }
+        if slots.len() >= OBJECTS_CACHED_MAX {
+            // Forget the objects no call uses right now.
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        let slot = Arc::new(Slot::default());
+        slots.insert((book, object.clone()), slot.clone());
+        slot
+    }
+
+    async fn drive(
+        &self,
+        ctx: &Ctx,
+        slot: &Slot,
+        class: &Class,
+        object: &ObjectRef,
+    ) -> Result<(), Error> {
+        let mut driver = slot.driver.lock().await;
+        let driven = self
+            .drive_locked(ctx, slot, class, object, &mut driver)
+            .await;
+        if driven.is_err() {
+            // Start over from the log next time.
+            *driver = Driver::default();
+        }
+        driven
+    }
+
+    async fn drive_locked(
+        &self,
+        ctx: &Ctx,
+        slot: &Slot,
+        class: &Class,
+        object: &ObjectRef,
+        d: &mut Driver,
+    ) -> Result<(), Error> {
+        if !d.loaded {
+            load(ctx, slot, class, object, d).await?;
+        }
+        let done_tag = done_tag(&object.class, &object.key);
+        loop {
+            catch_up(ctx, slot, object, d).await?;
+            if d.pending.is_empty() {
+                return Ok(());
+            }
+            let (outcomes, state) = self.run_batch(ctx, class, object, d).await?;
+            let done = DoneRecord {
+                index: d.dones,
+                calls_total: d.calls_total + outcomes.len() as u64,
+                outcomes,
+                state,
+                at_ms: now_ms(),
+            };
+            let tags = [object_tag(&object.class, &object.key), done_tag];
+            let cond = Cond::at(done_tag, d.dones);
+            match ctx
+                .cond_append(&tags, Entry::Done(done.clone()).to_bytes(), cond)
+                .await
+            {
+                Ok(seqnum) => apply(slot, d, seqnum.0, done)?,
+                // Another driver answered these calls first: read its record.
+                Err(LogError::CondFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Runs the queued calls, each on the state the one before left; returns their outcomes
+    /// and the state after them.
+    async fn run_batch(
+        &self,
+        ctx: &Ctx,
+        class: &Class,
+        object: &ObjectRef,
+        d: &Driver,
+    ) -> Result<(Vec<Outcome>, Value), Error> {
+        let mut state = d.state.clone();
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        let mut state_bytes = 0;
+        for (seqnum, call) in d.pending.iter().take(BATCH_CALLS_MAX) {
+            let seqnum = *seqnum;
+            if let Some(key) = &call.key {
+                let first = ctx
+                    .read_next(key_tag(&object.class, &object.key, key), Seqnum::ZERO)
+                    .await?
+                    .map_or(seqnum, |r| r.seqnum.0);
+                if first < seqnum {
+                    let earlier = match outcomes
+                        .iter()
+                        .chain(d.recent.iter())
+                        .find(|o| o.call == first)
+                    {
+                        Some(o) => o.clone(),
+                        None => find_outcome(ctx, object, first).await?,
+                    };
+                    outcomes.push(Outcome {
+                        call: seqnum,
+                        state: None,
+                        duplicate_of: Some(first),
+                        ..earlier
+                    });
+                    continue;
+                }
+            }
+            let request = CallRequest {
+                class: object.class.clone(),
+                key: object.key.clone(),
+                method: call.method.clone(),
+                input: call.input.clone(),
+                caller: call.caller.clone(),
+                call_key: call.key.clone(),
+                chain: call.chain.clone(),
+                inline_state: None,
+            };
+            let call_id = format!("{object}@{seqnum}");
+            let ran = match class.method(&call.method) {
+                Ok(method) => {
+                    self.run_method(ctx, class, object, &request, method, state.clone(), call_id)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            let outcome = match ran {
+                Ok(out) => {
+                    if let Some(s) = &out.state {
+                        state_bytes += serde_json::to_vec(s).map(|v| v.len()).unwrap_or(0);
+                        state = s.clone();
+                    }
+                    Outcome {
+                        call: seqnum,
+                        output: Some(out.output),
+                        error: None,
+                        state: out.state,
+                        duplicate_of: None,
+                    }
+                }
+                Err(e) => Outcome {
+                    call: seqnum,
+                    output: None,
+                    error: Some(CallError {
+                        kind: e.kind(),
+                        message: e.to_string(),
+                    }),
+                    state: None,
+                    duplicate_of: None,
+                },
+            };
+            outcomes.push(outcome);
+            if state_bytes > BATCH_STATE_BYTES_MAX {
+                break;
+            }
+        }
+        Ok((outcomes, state))
+    }
+
+    /// Runs `method` of `object` on `state` through its function.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_method(
+        &self,
+        ctx: &Ctx,
+        class: &Class,
+        object: &ObjectRef,
+        request: &CallRequest,
+        method: &Method,
+        state: Value,
+        call: String,
+    ) -> Result<MethodOutput, Error> {
+        let mut chain = request.chain.clone();
+        chain.push(object.clone());
+        let input = MethodInput {
+            class: object.class.clone(),
+            key: object.key.clone(),
+            method: request.method.clone(),
+            input: request.input.clone(),
+            state,
+            call,
+            caller: request.caller.clone(),
+            chain,
+            shared: method.shared,
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&input).expect("method inputs serialize"));
+        let raw = ctx.call(&method.function, bytes, None).await?;
+        let out: MethodOutput = serde_json::from_slice(&raw).map_err(|e| {
+            Error::Failed(format!(
+                "{}.{}: function {} answered no method output ({e}); write methods with libobject::method",
+                object.class, request.method, method.function
+            ))
+        })?;
+        if let Some(state) = &out.state {
+            if method.shared {
+                return Err(Error::Invalid(format!(
+                    "{}.{} is shared (read-only) but changed the state",
+                    object.class, request.method
+                )));
+            }
+            class.check_state(state)?;
+        }
+        Ok(out)
+    }
+
+    /// The state of the newest done record (the class's initial state before any).
+    async fn latest_state(
+        &self,
+        ctx: &Ctx,
+        class: &Class,
+        object: &ObjectRef,
+    ) -> Result<Value, Error> {
+        let Some(record) = ctx.check_tail(done_tag(&object.class, &object.key)).await? else {
+            return Ok(class.initial_state());
+        };
+        let slot = self.slot(ctx.book(), object);
+        if let Some((seqnum, state, _)) = slot
+            .latest
+            .lock()
+            .expect("no panics under the latest lock")
+            .as_ref()
+        {
+            if *seqnum == record.seqnum.0 {
+                return Ok((**state).clone());
+            }
+        }
+        let Entry::Done(done) = Entry::parse(&record)? else {
+            return Err(corrupt(record.seqnum.0, "a call record among done records"));
+        };
+        slot.set_latest(record.seqnum.0, &done.state, done.calls_total);
+        Ok(done.state)
+    }
+
+    /// The object's state, call count and queued calls, as the log has them now.
+    pub async fn inspect(&self, ctx: &Ctx, object: &ObjectRef) -> Result<ObjectView, Error> {
+        check_key(&object.key)?;
+        let class = self.class(&object.class)?;
+        let slot = Slot::default();
+        let mut d = Driver::default();
+        load(ctx, &slot, &class, object, &mut d).await?;
+        catch_up(ctx, &slot, object, &mut d).await?;
+        let version = slot
+            .latest
+            .lock()
+            .expect("no panics under the latest lock")
+            .as_ref()
+            .map(|(s, _, _)| *s);
+        Ok(ObjectView {
+            class: object.class.clone(),
+            key: object.key.clone(),
+            state: d.state,
+            calls: d.calls_total,
+            version,
+            queued_total: d.pending.len(),
+            queued: d
+                .pending
+                .into_iter()
+                .take(QUEUED_LISTED_MAX)
+                .map(|(call, c)| Queued {
+                    call,
+                    method: c.method,
+                    caller: c.caller,
+                    at_ms: c.at_ms,
+                })
+                .collect(),
+        })
+    }
+
+    /// The calls the object ran after call seqnum `after`, oldest first, at most `limit`
+    /// (up to `HISTORY_LIMIT_MAX`); `next` continues.
+    pub async fn history(
+        &self,
+        ctx: &Ctx,
+        object: &ObjectRef,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, Error> {
+        check_key(&object.key)?;
+        self.class(&object.class)?;
+        let limit = limit.clamp(1, HISTORY_LIMIT_MAX);
+        let stream = object_tag(&object.class, &object.key);
+        let dones = done_tag(&object.class, &object.key);
+        let mut calls = Vec::new();
+        // A call's done record comes after it, so its first candidate is after `after`.
+        let mut at = after.saturating_add(1);
+        while let Some(record) = ctx.read_next(dones, Seqnum(at)).await? {
+            at = record.seqnum.0 + 1;
+            let Entry::Done(done) = Entry::parse(&record)? else {
+                return Err(corrupt(record.seqnum.0, "a call record among done records"));
+            };
+            for outcome in done.outcomes.into_iter().filter(|o| o.call > after) {
+                if calls.len() == limit {
+                    let next = calls.last().map(|c: &HistoryEntry| c.call);
+                    return Ok(HistoryPage { calls, next });
+                }
+                let call = match ctx.read_next(stream, Seqnum(outcome.call)).await? {
+                    Some(r) if r.seqnum.0 == outcome.call => match Entry::parse(&r)? {
+                        Entry::Call(c) => c,
+                        Entry::Done(_) => {
+                            return Err(corrupt(
+                                outcome.call,
+                                "a done record answers a done record",
+                            ))
+                        }
+                    },
+                    _ => return Err(corrupt(outcome.call, "the call record is gone")),
+                };
+                calls.push(HistoryEntry {
+                    call: outcome.call,
+                    method: call.method,
+                    input: call.input,
+                    caller: call.caller,
+                    key: call.key,
+                    at_ms: call.at_ms,
+                    done: record.seqnum.0,
+                    done_at_ms: done.at_ms,
+                    output: outcome.output,
+                    error: outcome.error,
+                    state: outcome.state,
+                    duplicate_of: outcome.duplicate_of,
+                });
+            }
+        }
+        Ok(HistoryPage { calls, next: None })
+    }
+
+    /// The handler of `CALL_FUNCTION`: a `CallRequest` in, the method's output out.
+    pub fn handler(&self) -> impl Fn(Ctx, Bytes) -> BoxFuture + Send + Sync + Clone + 'static {
+        let objects = self.clone();
+        move |ctx, raw| {
+            let objects = objects.clone();
+            Box::pin(async move {
+                let request: CallRequest = serde_json::from_slice(&raw).map_err(|e| {
+                    FunctionError::bad_input(format!("{CALL_FUNCTION} takes a call: {e}"))
+                })?;
+                let out = objects.call(&ctx, request).await?;
+                Ok(Bytes::from(
+                    serde_json::to_vec(&out).expect("JSON values serialize"),
+                ))
+            })
+        }
+    }
+}
+
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(Error::Invalid(format!(
+            "an object key is 1 to {KEY_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn corrupt(seqnum: u64, message: &str) -> Error {
+    Error::Corrupt {
+        seqnum,
+        message: message.to_string(),
+    }
+}
+
+/// Starts a driver at the newest done record: its state, and the calls after its last.
+async fn load(
+    ctx: &Ctx,
+    slot: &Slot,
+    class: &Class,
+    object: &ObjectRef,
+    d: &mut Driver,
+) -> Result<(), Error> {
+    *d = Driver {
+        state: class.initial_state(),
+        ..Driver::default()
+    };
+    if let Some(record) = ctx
+        .read_prev(done_tag(&object.class, &object.key), Seqnum::MAX)
+        .await?
+    {
+        let Entry::Done(done) = Entry::parse(&record)? else {
+            return Err(corrupt(record.seqnum.0, "a call record among done records"));
+        };
+        // Every call after the last one it answered is still to run.
+        d.cursor = done.outcomes.last().map_or(record.seqnum.0, |o| o.call + 1);
+        d.dones = done.index + 1;
+        d.calls_total = done.calls_total;
+        slot.set_latest(record.seqnum.0, &done.state, done.calls_total);
+        for outcome in &done.outcomes {
+            slot.resolve(outcome);
+        }
+        d.state = done.state;
+    }
+    d.loaded = true;
+    Ok(())
+}
+
+/// Reads the object's stream to its end: queues new calls, applies done records.
+async fn catch_up(ctx: &Ctx, slot: &Slot, object: &ObjectRef, d: &mut Driver) -> Result<(), Error> {
+    let stream = object_tag(&object.class, &object.key);
+    while let Some(record) = ctx.read_next(stream, Seqnum(d.cursor)).await? {
+        d.cursor = record.seqnum.0 + 1;
+        match Entry::parse(&record)? {
+            Entry::Call(call) => d.pending.push_back((record.seqnum.0, call)),
+            // Older ones were applied already (the newest when loading, or our own).
+            Entry::Done(done) if done.index < d.dones => {}
+            Entry::Done(done) => apply(slot, d, record.seqnum.0, done)?,
+        }
+    }
+    Ok(())
+}
+
+/// Applies a done record: answers its calls' callers and moves the state on.
+fn apply(slot: &Slot, d: &mut Driver, seqnum: u64, done: DoneRecord) -> Result<(), Error> {
+    if done.index != d.dones {
+        return Err(corrupt(
+            seqnum,
+            &format!("done record {} where {} was next", done.index, d.dones),
+        ));
+    }
+    for outcome in &done.outcomes {
+        match d.pending.pop_front() {
+            Some((call, _)) if call == outcome.call => {}
+            _ => {
+                return Err(corrupt(
+                    seqnum,
+                    &format!(
+                        "it answers call {}, which is not the next queued",
+                        outcome.call
+                    ),
+                ))
+            }
+        }
+        slot.resolve(outcome);
+        d.recent.push_back(outcome.clone());
+        if d.recent.len() > RECENT_OUTCOMES_MAX {
+            d.recent.pop_front();
+        }
+    }
+    d.dones += 1;
+    d.calls_total = done.calls_total;
+    slot.set_latest(seqnum, &done.state, done.calls_total);
+    d.state = done.state;
+    Ok(())
+}
+
+/// The outcome of call `call`, from the done record that answered it.
+async fn find_outcome(ctx: &Ctx, object: &ObjectRef, call: u64) -> Result<Outcome, Error> {
+    let dones = done_tag(&object.class, &object.key);
+    let mut at = call;
+    while let Some(record) = ctx.read_next(dones, Seqnum(at)).await? {
+        at = record.seqnum.0 + 1;
+        if let Entry::Done(done) = Entry::parse(&record)? {
+            if let Some(o) = done.outcomes.into_iter().find(|o| o.call == call) {
+                return Ok(o);
+            }
+        }
+    }
+    Err(corrupt(call, "no done record answers this call"))
+}

@@ -1,0 +1,739 @@
+//! libobject's runtime over the in-memory log: gateways (each its own `Objects` and caches, a
+//! log that can crash at a chosen append) calling objects of one package, one at a time per
+//! object in log order, exactly once across crashes, races between gateways and retries.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use libobject::{
+    method, CallRequest, Error, HistoryEntry, ObjectRef, Objects, Package, This, CALL_FUNCTION,
+};
+use logbook::crashing::{CrashAt, CrashPlan, CrashingLog};
+use logbook::memory::MemoryLogBook;
+use logbook::{BookId, LogBook, Seqnum, Tag};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tally_sdk::{Call, Ctx, FunctionError, FunctionResult, Handler, Invoker};
+
+const BOOK: BookId = BookId(3);
+
+const PACKAGE: &str = r#"
+name = "test"
+
+[classes.counter]
+fields = { value = { type = "integer", default = 0 } }
+
+[classes.counter.methods]
+add = { function = "counter.add" }
+get = { function = "counter.get", shared = true }
+reset = { function = "counter.reset", access = "private" }
+clear = { function = "counter.clear" }
+secret = { function = "counter.get", access = "internal", shared = true }
+corrupt = { function = "counter.corrupt" }
+sneak = { function = "counter.sneak", shared = true }
+forward = { function = "counter.forward" }
+bounce = { function = "counter.bounce" }
+notify = { function = "counter.notify" }
+later = { function = "counter.later" }
+whoami = { function = "counter.whoami" }
+
+[classes.auditor]
+methods = { peek = { function = "auditor.peek" } }
+"#;
+
+const STRANGER: &str = r#"
+name = "elsewhere"
+[classes.stranger]
+methods = { peek = { function = "auditor.peek" } }
+"#;
+
+#[derive(Serialize, Deserialize)]
+struct Counter {
+    value: i64,
+}
+
+#[derive(Deserialize)]
+struct Add {
+    by: i64,
+}
+
+#[derive(Deserialize)]
+struct Target {
+    key: String,
+}
+
+async fn add(this: This, add: Add) -> Result<Value, Error> {
+    let mut c: Counter = this.state()?;
+    c.value += add.by;
+    this.set_state(&c)?;
+    Ok(json!({ "value": c.value }))
+}
+
+async fn get(this: This, _: Value) -> Result<Value, Error> {
+    Ok(json!({ "value": this.state::<Counter>()?.value }))
+}
+
+async fn reset(this: This, _: Value) -> Result<Value, Error> {
+    this.set_state(&Counter { value: 0 })?;
+    Ok(json!({ "value": 0 }))
+}
+
+async fn clear(this: This, _: Value) -> Result<Value, Error> {
+    let before = this.state::<Counter>()?.value;
+    let after: Value = this.call_self("reset", &json!({})).await?;
+    Ok(json!({ "before": before, "after": after["value"] }))
+}
+
+async fn corrupt(this: This, _: Value) -> Result<Value, Error> {
+    this.set_state(&json!({ "value": "many" }))?;
+    Ok(Value::Null)
+}
+
+async fn sneak(this: This, _: Value) -> Result<Value, Error> {
+    this.set_state(&Counter { value: 99 })?;
+    Ok(Value::Null)
+}
+
+/// Adds 1 to counter `key`, then 1 to itself.
+async fn forward(this: This, t: Target) -> Result<Value, Error> {
+    let there: Value = this
+        .call("counter", &t.key, "add", &json!({"by": 1}))
+        .await?;
+    let mut c: Counter = this.state()?;
+    c.value += 1;
+    this.set_state(&c)?;
+    Ok(json!({ "there": there["value"], "here": c.value }))
+}
+
+/// Calls its caller back, synchronously: a cycle.
+async fn bounce(this: This, _: Value) -> Result<Value, Error> {
+    let caller = this
+        .caller()
+        .cloned()
+        .expect("bounce is called by an object");
+    this.call::<Value>(&caller.class, &caller.key, "add", &json!({"by": 1}))
+        .await
+}
+
+async fn notify(this: This, t: Target) -> Result<Value, Error> {
+    let id = this.send("counter", &t.key, "whoami", &json!({})).await?;
+    Ok(json!({ "sent": id }))
+}
+
+async fn later(this: This, t: Target) -> Result<Value, Error> {
+    this.send_after(
+        Duration::from_millis(300),
+        "counter",
+        &t.key,
+        "add",
+        &json!({"by": 10}),
+    )
+    .await?;
+    Ok(Value::Null)
+}
+
+/// Records who called it in its state (as the value: 1 if an object did).
+async fn whoami(this: This, _: Value) -> Result<Value, Error> {
+    let caller = this.caller().map(|c| c.to_string());
+    this.set_state(&Counter {
+        value: caller.is_some() as i64,
+    })?;
+    Ok(json!({ "caller": caller }))
+}
+
+async fn peek(this: This, t: Target) -> Result<Value, Error> {
+    this.call::<Value>("counter", &t.key, "secret", &json!({}))
+        .await
+}
+
+/// The shared log, the functions every gateway serves, and what ran.
+struct World {
+    log: Arc<MemoryLogBook>,
+    functions: BTreeMap<String, Handler>,
+    runs: Mutex<BTreeMap<String, usize>>,
+    /// Keys of asynchronous calls started (a durable invocation runs once per key).
+    started: Mutex<HashSet<String>>,
+    /// The gateway asynchronous calls run on (one that does not crash).
+    survivor: Mutex<Option<Arc<Gateway>>>,
+}
+
+struct Gateway {
+    world: Arc<World>,
+    objects: Objects,
+    plan: Arc<CrashPlan>,
+    log: Arc<dyn LogBook>,
+    me: std::sync::Weak<Gateway>,
+}
+
+fn world() -> Arc<World> {
+    let mut functions: BTreeMap<String, Handler> = BTreeMap::new();
+    let mut add_fn = |name: &str, h: Handler| {
+        functions.insert(name.to_string(), h);
+    };
+    add_fn("counter.add", Arc::new(method(add)));
+    add_fn("counter.get", Arc::new(method(get)));
+    add_fn("counter.reset", Arc::new(method(reset)));
+    add_fn("counter.clear", Arc::new(method(clear)));
+    add_fn("counter.corrupt", Arc::new(method(corrupt)));
+    add_fn("counter.sneak", Arc::new(method(sneak)));
+    add_fn("counter.forward", Arc::new(method(forward)));
+    add_fn("counter.bounce", Arc::new(method(bounce)));
+    add_fn("counter.notify", Arc::new(method(notify)));
+    add_fn("counter.later", Arc::new(method(later)));
+    add_fn("counter.whoami", Arc::new(method(whoami)));
+    add_fn("auditor.peek", Arc::new(method(peek)));
+    let world = Arc::new(World {
+        log: Arc::new(MemoryLogBook::new()),
+        functions,
+        runs: Mutex::new(BTreeMap::new()),
+        started: Mutex::new(HashSet::new()),
+        survivor: Mutex::new(None),
+    });
+    let survivor = gateway(&world, None);
+    *world.survivor.lock().unwrap() = Some(survivor);
+    world
+}
+
+fn gateway(world: &Arc<World>, crash: Option<CrashAt>) -> Arc<Gateway> {
+    gateway_with(world, CrashPlan::new(crash))
+}
+
+/// A gateway whose appends reach the log after a random delay of up to 300 µs, as over a
+/// network: two such gateways driving one object race for its done records.
+fn slow_gateway(world: &Arc<World>, seed: u64) -> Arc<Gateway> {
+    gateway_with(
+        world,
+        CrashPlan::with_delays(None, Duration::from_micros(300), seed),
+    )
+}
+
+fn gateway_with(world: &Arc<World>, plan: Arc<CrashPlan>) -> Arc<Gateway> {
+    let log: Arc<dyn LogBook> = Arc::new(CrashingLog::new(world.log.clone(), plan.clone()));
+    let objects = Objects::new();
+    objects
+        .install(Package::from_toml(PACKAGE).unwrap())
+        .unwrap();
+    objects
+        .install(Package::from_toml(STRANGER).unwrap())
+        .unwrap();
+    Arc::new_cyclic(|me| Gateway {
+        world: world.clone(),
+        objects,
+        plan,
+        log,
+        me: me.clone(),
+    })
+}
+
+impl World {
+    fn runs(&self, function: &str) -> usize {
+        self.runs
+            .lock()
+            .unwrap()
+            .get(function)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn survivor(&self) -> Arc<Gateway> {
+        self.survivor.lock().unwrap().clone().unwrap()
+    }
+}
+
+impl Gateway {
+    fn ctx(&self, depth: u32) -> Ctx {
+        let invoker: Arc<dyn Invoker> = self.me.upgrade().unwrap();
+        Ctx::with_invoker(self.log.clone(), BOOK, String::new(), invoker, depth)
+    }
+
+    async fn call(&self, class: &str, key: &str, m: &str, input: Value) -> Result<Value, Error> {
+        self.objects
+            .call(&self.ctx(0), CallRequest::new(class, key, m, input))
+            .await
+    }
+
+    async fn run(&self, function: &str, input: Bytes, depth: u32) -> FunctionResult {
+        if self.plan.is_dead() {
+            return Err(FunctionError::unavailable("the gateway crashed"));
+        }
+        *self
+            .world
+            .runs
+            .lock()
+            .unwrap()
+            .entry(function.to_string())
+            .or_default() += 1;
+        let ctx = self.ctx(depth);
+        if function == CALL_FUNCTION {
+            return self.objects.handler()(ctx, input).await;
+        }
+        let handler = self
+            .world
+            .functions
+            .get(function)
+            .cloned()
+            .ok_or_else(|| FunctionError::new(format!("no function {function}")))?;
+        handler(ctx, input).await
+    }
+}
+
+#[async_trait]
+impl Invoker for Gateway {
+    async fn invoke(&self, call: Call<'_>) -> FunctionResult {
+        self.run(call.function, call.input, call.depth).await
+    }
+
+    /// A durable invocation: runs once per key, on the survivor, once due.
+    async fn invoke_async(&self, call: Call<'_>) -> Result<String, FunctionError> {
+        if self.plan.is_dead() {
+            return Err(FunctionError::unavailable("the gateway crashed"));
+        }
+        let key = call.key.expect("objects send with keys").to_string();
+        if self.world.started.lock().unwrap().insert(key.clone()) {
+            let survivor = self.world.survivor();
+            let (function, input, due) =
+                (call.function.to_string(), call.input, call.not_before_ms);
+            tokio::spawn(async move {
+                if let Some(due) = due {
+                    let now = libobject_now();
+                    if due > now {
+                        tokio::time::sleep(Duration::from_millis(due - now)).await;
+                    }
+                }
+                let _ = survivor.run(&function, input, 1).await;
+            });
+        }
+        Ok(format!("async:{key}"))
+    }
+}
+
+fn libobject_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn history(g: &Gateway, class: &str, key: &str) -> Vec<HistoryEntry> {
+    let object = ObjectRef::new(class, key);
+    let (mut all, mut after) = (Vec::new(), 0);
+    loop {
+        let page = g
+            .objects
+            .history(&g.ctx(0), &object, after, 100)
+            .await
+            .unwrap();
+        all.extend(page.calls);
+        match page.next {
+            Some(next) => after = next,
+            None => return all,
+        }
+    }
+}
+
+/// Checks that a counter's history is serial: calls in log order, each applied once on the
+/// state the one before left (an `add` of `by` moves the value from v to v + by and answers
+/// it). Returns the final value.
+fn check_serial(history: &[HistoryEntry]) -> Result<i64, String> {
+    let mut value = 0;
+    let mut last_call = 0;
+    for h in history {
+        if h.call <= last_call {
+            return Err(format!("call {} ran after call {last_call}", h.call));
+        }
+        last_call = h.call;
+        if h.duplicate_of.is_some() || h.error.is_some() {
+            if h.state.is_some() {
+                return Err(format!("call {} changed the state without effect", h.call));
+            }
+            continue;
+        }
+        if h.method != "add" {
+            if let Some(s) = &h.state {
+                value = s["value"].as_i64().ok_or("a state without a value")?;
+            }
+            continue;
+        }
+        let by = h.input["by"].as_i64().ok_or("an add without by")?;
+        let state = h
+            .state
+            .as_ref()
+            .ok_or_else(|| format!("add {} left no state", h.call))?;
+        let after = state["value"].as_i64().ok_or("a state without a value")?;
+        if after != value + by || h.output.as_ref().map(|o| &o["value"]) != Some(&json!(after)) {
+            return Err(format!(
+                "call {}: add {by} on {value} left {after} and answered {:?}",
+                h.call, h.output
+            ));
+        }
+        value = after;
+    }
+    Ok(value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_takes_calls_one_at_a_time_in_log_order() {
+    let w = world();
+    let (a, b) = (slow_gateway(&w, 1), slow_gateway(&w, 2));
+    let mut tasks = Vec::new();
+    // 32 callers over two gateways: both drive the object; only one done record lands at
+    // each position.
+    for client in 0..32 {
+        let g = if client % 2 == 0 {
+            a.clone()
+        } else {
+            b.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..12 {
+                let out = g
+                    .call("counter", "hot", "add", json!({"by": 1}))
+                    .await
+                    .unwrap();
+                answers.push(out["value"].as_i64().unwrap());
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.extend(t.await.unwrap());
+    }
+    answers.sort();
+    assert_eq!(
+        answers,
+        (1..=384).collect::<Vec<_>>(),
+        "each call saw its own value"
+    );
+    let h = history(&a, "counter", "hot").await;
+    assert_eq!(h.len(), 384);
+    assert_eq!(check_serial(&h), Ok(384));
+    let got = b.call("counter", "hot", "get", Value::Null).await.unwrap();
+    assert_eq!(got, json!({"value": 384}));
+    let view = a
+        .objects
+        .inspect(&a.ctx(0), &ObjectRef::new("counter", "hot"))
+        .await
+        .unwrap();
+    assert_eq!((view.calls, view.queued_total), (384, 0));
+    assert_eq!(view.state, json!({"value": 384}));
+    // One done record per position, whoever won it; calls queued while a done record was on
+    // its way shared the next one.
+    let range = logbook::ReadRange {
+        from: Seqnum::ZERO,
+        to: Seqnum::MAX,
+        limit: 10_000,
+    };
+    let dones = w
+        .log
+        .read_range(BOOK, libobject::done_tag("counter", "hot"), range)
+        .await
+        .unwrap();
+    let indexes: Vec<u64> = dones
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.data).unwrap()["index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(indexes, (0..dones.len() as u64).collect::<Vec<_>>());
+    assert!(
+        dones.len() < 384,
+        "{} done records for 384 calls",
+        dones.len()
+    );
+}
+
+#[test]
+fn the_serial_checker_catches_what_it_is_for() {
+    let entry = |call: u64, by: i64, after: i64| HistoryEntry {
+        call,
+        method: "add".into(),
+        input: json!({ "by": by }),
+        caller: None,
+        key: None,
+        at_ms: 0,
+        done: call + 100,
+        done_at_ms: 0,
+        output: Some(json!({ "value": after })),
+        error: None,
+        state: Some(json!({ "value": after })),
+        duplicate_of: None,
+    };
+    let good = vec![entry(1, 1, 1), entry(2, 2, 3), entry(5, 1, 4)];
+    assert_eq!(check_serial(&good), Ok(4));
+    // A call applied twice, calls out of log order, a lost update, a duplicate with effect.
+    let mut twice = good.clone();
+    twice.insert(1, entry(1, 1, 1));
+    let mut swapped = good.clone();
+    swapped.swap(0, 1);
+    let mut lost = good.clone();
+    lost[1] = entry(2, 2, 2);
+    let mut dup = good.clone();
+    dup[1].duplicate_of = Some(1);
+    for bad in [twice, swapped, lost, dup] {
+        assert!(check_serial(&bad).is_err(), "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_that_dies_around_a_done_record_loses_nothing_and_applies_nothing_twice() {
+    for crash in [CrashAt::Before(1), CrashAt::After(1), CrashAt::After(0)] {
+        let w = world();
+        // Append 0 is the call record, 1 the done record.
+        let dying = gateway(&w, Some(crash));
+        assert!(dying
+            .call("counter", "c", "add", json!({"by": 5}))
+            .await
+            .is_err());
+        let b = gateway(&w, None);
+        let out = b
+            .call("counter", "c", "add", json!({"by": 1}))
+            .await
+            .unwrap();
+        assert_eq!(out, json!({"value": 6}), "{crash:?}");
+        let h = history(&b, "counter", "c").await;
+        assert_eq!(check_serial(&h), Ok(6), "{crash:?}");
+        assert_eq!(h.len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn keys_make_calls_once_and_duplicates_answer_the_first_outcome() {
+    let w = world();
+    let g = w.survivor();
+    let keyed = |k: &str| CallRequest {
+        call_key: Some(k.to_string()),
+        ..CallRequest::new("counter", "k", "add", json!({"by": 3}))
+    };
+    let first = g.objects.call(&g.ctx(0), keyed("pay-1")).await.unwrap();
+    let again = g.objects.call(&g.ctx(0), keyed("pay-1")).await.unwrap();
+    // A fresh gateway (no cache) reads the first outcome from the log.
+    let fresh = gateway(&w, None);
+    let third = fresh
+        .objects
+        .call(&fresh.ctx(0), keyed("pay-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.clone(), again, third),
+        (
+            json!({"value": 3}),
+            json!({"value": 3}),
+            json!({"value": 3})
+        )
+    );
+    let other = g.objects.call(&g.ctx(0), keyed("pay-2")).await.unwrap();
+    assert_eq!(other, json!({"value": 6}));
+    let h = history(&g, "counter", "k").await;
+    assert_eq!(h.len(), 4);
+    assert_eq!(h[1].duplicate_of, Some(h[0].call));
+    assert_eq!(h[2].duplicate_of, Some(h[0].call));
+    assert_eq!(check_serial(&h), Ok(6));
+    assert_eq!(w.runs("counter.add"), 2, "duplicates run nothing");
+}
+
+#[tokio::test]
+async fn a_method_run_again_makes_its_calls_once() {
+    let w = world();
+    // Appends of the dying gateway: 0 f's call record, 1 t's call record, 2 t's done record,
+    // 3 f's done record: it dies before f's done record, after t took the call.
+    let dying = gateway(&w, Some(CrashAt::Before(3)));
+    assert!(dying
+        .call("counter", "f", "forward", json!({"key": "t"}))
+        .await
+        .is_err());
+    let b = gateway(&w, None);
+    // The next call of f runs the one left queued first, then its own.
+    let out = b
+        .call("counter", "f", "forward", json!({"key": "t"}))
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"there": 2, "here": 2}));
+    let t = history(&b, "counter", "t").await;
+    assert_eq!(t.len(), 3, "{t:#?}");
+    assert_eq!(
+        t[1].duplicate_of,
+        Some(t[0].call),
+        "the re-run's call is a duplicate"
+    );
+    assert_eq!(check_serial(&t), Ok(2));
+    assert_eq!(t[0].caller, Some(ObjectRef::new("counter", "f")));
+    let f = history(&b, "counter", "f").await;
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[0].output, Some(json!({"there": 1, "here": 1})));
+}
+
+#[tokio::test]
+async fn access_rules_refuse_calls_before_anything_is_logged() {
+    let w = world();
+    let g = w.survivor();
+    g.call("counter", "a", "add", json!({"by": 7}))
+        .await
+        .unwrap();
+    let tail = w
+        .log
+        .check_tail(BOOK, Tag::ANY)
+        .await
+        .unwrap()
+        .map(|r| r.seqnum);
+    for (m, caller) in [
+        ("reset", None),
+        ("reset", Some(ObjectRef::new("counter", "b"))),
+        ("secret", None),
+        ("secret", Some(ObjectRef::new("stranger", "s"))),
+    ] {
+        let request = CallRequest {
+            caller,
+            ..CallRequest::new("counter", "a", m, Value::Null)
+        };
+        let refused = g.objects.call(&g.ctx(0), request).await;
+        assert!(
+            matches!(refused, Err(Error::Forbidden(_))),
+            "{m}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        w.log
+            .check_tail(BOOK, Tag::ANY)
+            .await
+            .unwrap()
+            .map(|r| r.seqnum),
+        tail,
+        "refused calls appended something"
+    );
+    // Internal: an object of the same package may call it; one of another package may not.
+    let peeked = g
+        .call("auditor", "x", "peek", json!({"key": "a"}))
+        .await
+        .unwrap();
+    assert_eq!(peeked, json!({"value": 7}));
+    let refused = g.call("stranger", "s", "peek", json!({"key": "a"})).await;
+    assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+    // Private: the object itself may, inside its own call.
+    let cleared = g.call("counter", "a", "clear", Value::Null).await.unwrap();
+    assert_eq!(cleared, json!({"before": 7, "after": 0}));
+    let got = g.call("counter", "a", "get", Value::Null).await.unwrap();
+    assert_eq!(got, json!({"value": 0}));
+}
+
+#[tokio::test]
+async fn bad_states_shared_writes_and_call_cycles_fail_and_change_nothing() {
+    let w = world();
+    let g = w.survivor();
+    g.call("counter", "s", "add", json!({"by": 2}))
+        .await
+        .unwrap();
+    let corrupt = g.call("counter", "s", "corrupt", Value::Null).await;
+    assert!(
+        matches!(corrupt, Err(Error::Invalid(ref m)) if m.contains("not a integer") || m.contains("integer")),
+        "{corrupt:?}"
+    );
+    let tail = w
+        .log
+        .check_tail(BOOK, Tag::ANY)
+        .await
+        .unwrap()
+        .map(|r| r.seqnum);
+    let sneak = g.call("counter", "s", "sneak", Value::Null).await;
+    assert!(matches!(sneak, Err(Error::Invalid(_))), "{sneak:?}");
+    assert_eq!(
+        w.log
+            .check_tail(BOOK, Tag::ANY)
+            .await
+            .unwrap()
+            .map(|r| r.seqnum),
+        tail,
+        "a shared call appended something"
+    );
+    // s.forward calls t.add; t.bounce calls its caller back: a cycle.
+    let request = CallRequest::new("counter", "s", "bounce", Value::Null);
+    let cycle = g
+        .objects
+        .call(
+            &g.ctx(0),
+            CallRequest {
+                caller: Some(ObjectRef::new("counter", "s")),
+                chain: vec![ObjectRef::new("counter", "s")],
+                ..CallRequest::new("counter", "t", "bounce", Value::Null)
+            },
+        )
+        .await;
+    assert!(matches!(cycle, Err(Error::Reentrant(_))), "{cycle:?}");
+    drop(request);
+    let got = g.call("counter", "s", "get", Value::Null).await.unwrap();
+    assert_eq!(got, json!({"value": 2}));
+    let missing = g.call("counter", "s", "fly", Value::Null).await;
+    assert!(
+        matches!(missing, Err(Error::NoMethod { .. })),
+        "{missing:?}"
+    );
+    let no_class = g.call("ghost", "s", "fly", Value::Null).await;
+    assert!(matches!(no_class, Err(Error::NoClass(_))), "{no_class:?}");
+    let h = history(&g, "counter", "s").await;
+    assert_eq!(check_serial(&h), Ok(2));
+}
+
+#[tokio::test]
+async fn messages_arrive_once_with_their_caller_and_delayed_ones_wait() {
+    let w = world();
+    let g = w.survivor();
+    g.call("counter", "n", "notify", json!({"key": "m"}))
+        .await
+        .unwrap();
+    let h = wait_for_calls(&g, "m", 1).await;
+    assert_eq!(h[0].output, Some(json!({"caller": "counter/n"})));
+    assert_eq!(h[0].caller, Some(ObjectRef::new("counter", "n")));
+    let started = std::time::Instant::now();
+    g.call("counter", "n", "later", json!({"key": "d"}))
+        .await
+        .unwrap();
+    let h = wait_for_calls(&g, "d", 1).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(h[0].state, Some(json!({"value": 10})));
+    assert_eq!(w.runs(CALL_FUNCTION), 2, "each message ran once");
+}
+
+async fn wait_for_calls(g: &Gateway, key: &str, n: usize) -> Vec<HistoryEntry> {
+    for _ in 0..500 {
+        let h = history(g, "counter", key).await;
+        if h.len() >= n {
+            return h;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{key} never got {n} calls");
+}
+
+#[tokio::test]
+async fn a_cold_gateway_reads_an_object_from_its_newest_done_record() {
+    let w = world();
+    let g = w.survivor();
+    for _ in 0..50 {
+        g.call("counter", "cold", "add", json!({"by": 2}))
+            .await
+            .unwrap();
+    }
+    let fresh = gateway(&w, None);
+    let out = fresh
+        .call("counter", "cold", "add", json!({"by": 1}))
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"value": 101}));
+    let seq = w
+        .log
+        .check_tail(BOOK, Tag::ANY)
+        .await
+        .unwrap()
+        .unwrap()
+        .seqnum;
+    assert!(seq > Seqnum::ZERO);
+}
