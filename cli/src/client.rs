@@ -345,6 +345,47 @@ impl Client {
             .await
     }
 
+    /// Calls `method` of object `class/key` with `input` (JSON); its output. Sent as a message
+    /// (`send`): `{"id": ...}`, the invocation that runs it. Under `idempotency_key`, once.
+    pub async fn object_call(
+        &self,
+        (class, key, method): (&str, &str, &str),
+        input: &serde_json::Value,
+        send: bool,
+        idempotency_key: Option<&str>,
+        book: Option<u32>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut parts = vec!["objects", class, key, method];
+        if send {
+            parts.push("send");
+        }
+        let mut request = self.http.post(self.url(&parts)).json(input);
+        if let Some(k) = idempotency_key {
+            request = request.header("Idempotency-Key", k);
+        }
+        let what = format!("{class}/{key}.{method}");
+        self.call(with_book(request, book), &what).await
+    }
+
+    /// Installs a package (its TOML text) under `name`; the gateway's description of it.
+    pub async fn package_put(&self, name: &str, text: String) -> anyhow::Result<serde_json::Value> {
+        let url = self.url(&["packages", name]);
+        self.call(
+            self.http.put(url).body(text),
+            &format!("install package {name}"),
+        )
+        .await
+    }
+
+    /// Every installed package (`name` given: that one), with its classes.
+    pub async fn packages(&self, name: Option<&str>) -> anyhow::Result<serde_json::Value> {
+        let url = match name {
+            Some(name) => self.url(&["packages", name]),
+            None => self.url(&["packages"]),
+        };
+        self.call(self.http.get(url), "list packages").await
+    }
+
     /// A page of object `collection/key`'s changes after seqnum `after`.
     pub async fn object_history(
         &self,

@@ -114,6 +114,8 @@ pub struct NodeFile {
     /// `[functions.NAME]` tables (gateways): each function's limits.
     #[serde(default)]
     pub functions: BTreeMap<String, FunctionFile>,
+    /// Package files of classes to install (gateways), relative to the config file.
+    pub packages: Option<Vec<PathBuf>>,
 }
 
 /// Longest an idempotency key may be kept: ten years.
@@ -270,6 +272,18 @@ pub fn load_functions(path: &Path) -> anyhow::Result<Functions> {
     ))
 }
 
+/// The packages in `paths` (TOML files, `tally up --package FILE`), checked.
+pub fn load_packages(paths: &[PathBuf]) -> anyhow::Result<Vec<libobject::Package>> {
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the package {}", path.display()))?;
+            libobject::Package::from_toml(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+        })
+        .collect()
+}
+
 /// The `[cluster]` section: the same on every node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -422,6 +436,25 @@ impl Merged {
         }
     }
 
+    /// The packages `packages` names, read relative to the config file's directory.
+    fn packages(&self) -> anyhow::Result<Vec<libobject::Package>> {
+        let dir = self
+            .path
+            .as_ref()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let paths: Vec<PathBuf> = self
+            .values
+            .packages
+            .iter()
+            .flatten()
+            .map(|p| match &dir {
+                Some(dir) if p.is_relative() => dir.join(p),
+                _ => p.clone(),
+            })
+            .collect();
+        load_packages(&paths).map_err(|e| anyhow!("{}: {e}", self.at("packages")))
+    }
+
     /// Refuses a node key that means nothing for this role, so a misplaced value is noticed.
     fn refuse<T>(
         &self,
@@ -541,6 +574,12 @@ impl Merged {
                     "only a gateway runs functions",
                 )?;
                 self.refuse(&v.workers, "workers", role, "only a gateway takes workers")?;
+                self.refuse(
+                    &v.packages,
+                    "packages",
+                    role,
+                    "only a gateway serves classes",
+                )?;
                 self.refuse(
                     &v.idempotency_retention_s,
                     "idempotency_retention_s",
@@ -662,6 +701,7 @@ impl Merged {
                     functions: function_configs(&v.functions, &source)?,
                     triggers: queue_triggers(&v.functions, &source)?,
                     workers,
+                    packages: self.packages()?,
                 }))
             }
         }
@@ -953,6 +993,40 @@ sequencers = { 0 = "127.0.0.1:7000" }
             &on_storage,
             NodeFile::default(),
             "only a gateway collects workflow instances",
+        );
+        // Packages: read relative to the file, checked, and a gateway's only.
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(
+            dir.path().join("shop.toml"),
+            "name = \"shop\"\n[classes.cart]\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("bad.toml"), "name = \"a b\"\n").expect("write");
+        let with =
+            |p: &str| GATEWAY.replace("[cluster]", &format!("packages = [\"{p}\"]\n[cluster]"));
+        let at = |text: &str| {
+            resolve(
+                Role::Gateway,
+                Some((&dir.path().join("node.toml"), file(text))),
+                NodeFile::default(),
+            )
+        };
+        let Ok(RoleOptions::Gateway(o)) = at(&with("shop.toml")) else {
+            panic!("a package file next to the node's file")
+        };
+        assert_eq!(o.packages[0].name, "shop");
+        for (bad, why) in [
+            ("bad.toml", "package name"),
+            ("gone.toml", "reading the package"),
+        ] {
+            let e = at(&with(bad)).expect_err(bad).to_string();
+            assert!(e.contains("`packages`") && e.contains(why), "{bad}: {e}");
+        }
+        check_error(
+            Role::Sequencer,
+            &SEQUENCER.replace("[cluster]", "packages = []\n[cluster]"),
+            NodeFile::default(),
+            "only a gateway serves classes",
         );
         let no_http = without(GATEWAY, "http");
         let RoleOptions::Gateway(o) =

@@ -5,6 +5,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -45,6 +46,9 @@ enum Command {
     /// Push to, pop from and inspect queues.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Install and list packages of classes.
+    #[command(subcommand)]
+    Package(PackageCommand),
     /// Append to and read from a LogBook.
     #[command(subcommand)]
     Log(LogCommand),
@@ -277,6 +281,9 @@ struct UpArgs {
     /// Where worker processes attach to serve functions (gRPC; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8081", env = "TALLY_WORKER_ADDR")]
     worker_addr: SocketAddr,
+    /// A package file of classes (TOML) to install, after the example package; repeatable.
+    #[arg(long = "package", value_name = "FILE")]
+    packages: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -420,7 +427,8 @@ enum ObjectCommand {
         #[command(flatten)]
         addr: AddrArg,
     },
-    /// Print an object's changes, oldest first: `SEQNUM KIND applied|not-applied OPS` a line.
+    /// Print an object's changes, oldest first: `SEQNUM KIND applied|not-applied OPS` a line
+    /// (an object of a class: its calls, `SEQNUM METHOD INPUT -> OUTPUT|error: MESSAGE`).
     History {
         collection: String,
         key: String,
@@ -433,6 +441,24 @@ enum ObjectCommand {
         /// Print the gateway's JSON (with the document after each change) instead.
         #[arg(long)]
         json: bool,
+        #[arg(long)]
+        book: Option<u32>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Call a method of an object of a class; prints its output (with --send, the id of the
+    /// invocation that runs it).
+    Call {
+        class: String,
+        key: String,
+        method: String,
+        /// The input, as JSON (`-`: read it from stdin; default null).
+        input: Option<String>,
+        /// Send it as a message: in the log at once, run later.
+        #[arg(long)]
+        send: bool,
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[arg(long)]
         book: Option<u32>,
         #[command(flatten)]
@@ -767,6 +793,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Workflow(cmd) => workflow(cmd).await,
             Command::Object(cmd) => object(cmd).await,
             Command::Queue(cmd) => queue(cmd).await,
+            Command::Package(cmd) => package(cmd).await,
             Command::Functions(args) => functions(args).await,
             Command::Log(cmd) => log(cmd).await,
             Command::Bench(cmd) => bench(cmd).await,
@@ -913,6 +940,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .context("--workflow-retention-s")?,
         object_retention: tally_cli::config::object_retention(args.object_retention_s)
             .context("--object-retention-s")?,
+        packages: tally_cli::config::load_packages(&args.packages).context("--package")?,
     };
     let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), setup)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;
@@ -1149,6 +1177,19 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
             if json {
                 page
             } else {
+                for call in page["calls"].as_array().into_iter().flatten() {
+                    let outcome = match (&call["error"], &call["duplicate_of"]) {
+                        (_, Value::Number(first)) => format!("duplicate of {first}"),
+                        (Value::Null, _) => call["output"].to_string(),
+                        (error, _) => format!("error: {}", error["message"].as_str().unwrap_or("")),
+                    };
+                    println!(
+                        "{}\t{}\t{} -> {outcome}",
+                        call["call"],
+                        call["method"].as_str().unwrap_or(""),
+                        call["input"]
+                    );
+                }
                 for change in page["changes"].as_array().into_iter().flatten() {
                     let applied = match change["applied"].as_bool() {
                         Some(true) => "applied".to_string(),
@@ -1167,6 +1208,30 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+        ObjectCommand::Call {
+            class,
+            key,
+            method,
+            input,
+            send,
+            idempotency_key,
+            book,
+            addr,
+        } => {
+            let input = match input {
+                Some(text) => json_input("input", &text, false)?,
+                None => Value::Null,
+            };
+            Client::new(&addr.addr)?
+                .object_call(
+                    (&class, &key, &method),
+                    &input,
+                    send,
+                    idempotency_key.as_deref(),
+                    book,
+                )
+                .await?
+        }
         ObjectCommand::Tx { file, book, addr } => {
             let transaction = json_input("transaction", &file, true)?;
             Client::new(&addr.addr)?
@@ -1175,6 +1240,76 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
         }
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+#[derive(Subcommand)]
+enum PackageCommand {
+    /// Install a package of classes from its TOML file (replacing one of the same name), on
+    /// every gateway.
+    Put {
+        /// The package file; its `name` (or the file's stem) names the package.
+        file: PathBuf,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// List the installed packages and their classes, `PACKAGE CLASS METHODS` a line.
+    List {
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Print a package: as declared, and each class resolved (inherited fields and methods).
+    Show {
+        name: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+}
+
+async fn package(cmd: PackageCommand) -> anyhow::Result<()> {
+    match cmd {
+        PackageCommand::Put { file, addr } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let named = libobject::Package::from_toml(&text).map(|p| p.name).ok();
+            let name = named
+                .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .context("the package has no name")?;
+            let described = Client::new(&addr.addr)?.package_put(&name, text).await?;
+            let classes: Vec<&str> = described["classes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            println!("installed {name}: {}", classes.join(", "));
+        }
+        PackageCommand::List { addr } => {
+            let listed = Client::new(&addr.addr)?.packages(None).await?;
+            for package in listed["packages"].as_array().into_iter().flatten() {
+                for class in package["classes"].as_array().into_iter().flatten() {
+                    let methods: Vec<&String> = class["methods"]
+                        .as_object()
+                        .map(|m| m.keys().collect())
+                        .unwrap_or_default();
+                    println!(
+                        "{}\t{}\t{}",
+                        package["name"].as_str().unwrap_or(""),
+                        class["name"].as_str().unwrap_or(""),
+                        methods
+                            .iter()
+                            .map(|m| m.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                }
+            }
+        }
+        PackageCommand::Show { name, addr } => {
+            let package = Client::new(&addr.addr)?.packages(Some(&name)).await?;
+            println!("{}", serde_json::to_string_pretty(&package)?);
+        }
+    }
     Ok(())
 }
 

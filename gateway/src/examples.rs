@@ -11,6 +11,7 @@
 //! `retwis` (users, followers, posts and timelines, `retwis.rs`).
 
 pub mod bank;
+pub mod objects;
 pub mod retwis;
 
 use crate::functions::{Ctx, FunctionError, FunctionResult, Registry};

@@ -1,7 +1,8 @@
-//! The gateway's HTTP API (axum): function calls, invocations, workflows, objects (`objects`),
-//! queues (`queues`), the log, health and metrics. Every error is JSON: `{"error": {"code": "...", "message":
+//! The gateway's HTTP API (axum): function calls, invocations, workflows, libstore's objects
+//! (`objects`), classes' objects and packages (`classes`), queues (`queues`), the log, health and metrics. Every error is JSON: `{"error": {"code": "...", "message":
 //! "..."}}`.
 
+mod classes;
 mod objects;
 mod queues;
 pub use objects::{HISTORY_LIMIT_DEFAULT, VERSION_HEADER};
@@ -57,6 +58,10 @@ pub struct AppState {
     pub objects: libstore::Stores,
     /// The queue and group handles the queue routes opened.
     pub queues: Queues,
+    /// The installed classes, and the objects this gateway drives.
+    pub classes: libobject::Objects,
+    /// How far this gateway read the packages installed over HTTP.
+    pub packages: crate::classes::Packages,
 }
 
 /// An error response.
@@ -155,6 +160,7 @@ pub fn default_state(
     })
     .map_err(|e| format!("object settings: {e}"))?;
     let workflows = crate::examples::register(&mut registry, &objects);
+    let classes = crate::classes::objects(&mut registry, &setup.packages)?;
     for (name, config) in &setup.functions {
         registry.configure(name, *config)?;
     }
@@ -177,7 +183,10 @@ pub fn default_state(
         workflows,
         objects,
         queues: Queues::default(),
+        classes,
+        packages: Default::default(),
     });
+    tokio::spawn(crate::classes::refresh_packages(Arc::downgrade(&state)));
     tokio::spawn(collect_workflows(
         Arc::downgrade(&state),
         setup.workflow_retention,
@@ -290,6 +299,9 @@ pub struct Setup {
     /// before they are collected. Below `libstore::Settings::default().transaction_lifetime`
     /// (a minute), it is also how long an interactive transaction surely reads its snapshot.
     pub object_retention: Duration,
+    /// Packages of classes to install after the example package (a later one replaces an
+    /// earlier one of the same name).
+    pub packages: Vec<libobject::Package>,
 }
 
 /// How long an ended workflow instance is kept, by default: a week.
@@ -322,6 +334,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/objects/{collection}/{key}/history",
             get(objects::object_history),
+        )
+        .route("/objects/{class}/{key}/{method}", post(classes::call))
+        .route("/objects/{class}/{key}/{method}/send", post(classes::send))
+        .route("/packages", get(classes::list_packages))
+        .route(
+            "/packages/{name}",
+            get(classes::get_package).put(classes::put_package),
         )
         .route("/transactions", post(objects::run_transaction))
         .route("/queues/{name}", get(queues::stat).put(queues::create))
@@ -429,7 +448,12 @@ async fn start(
         ..Request::new(name, book, input)
     };
     let started = state.dispatcher.call(request).await;
-    started.map_err(|e| match e {
+    started.map_err(invoke_error)
+}
+
+/// A call the dispatcher did not start, as the gateway's JSON error.
+fn invoke_error(e: InvokeError) -> ApiError {
+    match e {
         InvokeError::KeyReused(_) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_key_reused",
@@ -439,7 +463,7 @@ async fn start(
             ApiError::new(StatusCode::NOT_FOUND, "unknown_function", e.to_string())
         }
         InvokeError::Log(e) => e.into(),
-    })
+    }
 }
 
 async fn call_function(

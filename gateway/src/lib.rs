@@ -7,6 +7,7 @@
 //! The gateway does not store records: it hands them to its shard through the `Shard` trait
 //! and learns their order from metalog entries.
 
+pub mod classes;
 pub mod engine;
 pub mod examples;
 pub mod forward;

@@ -30,7 +30,7 @@ pub use objects::{
     OBJECTS_CACHED_MAX, QUEUED_LISTED_MAX,
 };
 pub use package::{
-    valid_name, Access, Class, ClassDecl, Classes, FieldDecl, FieldType, Method, MethodDecl,
+    valid_name, Access, Class, ClassDecl, Classes, Field, FieldDecl, FieldType, Method, MethodDecl,
     ObjectRef, Package,
 };
 pub use this::{method, This};

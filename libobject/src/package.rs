@@ -151,6 +151,14 @@ pub struct Method {
     pub declared_in: String,
 }
 
+/// A resolved field: its type and starting value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Field {
+    #[serde(rename = "type")]
+    pub kind: FieldType,
+    pub default: Value,
+}
+
 /// A resolved class: its own and inherited fields and methods.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Class {
@@ -158,8 +166,7 @@ pub struct Class {
     pub package: String,
     /// The classes it extends, nearest first.
     pub ancestors: Vec<String>,
-    /// Each field's type and starting value.
-    pub fields: BTreeMap<String, (FieldType, Value)>,
+    pub fields: BTreeMap<String, Field>,
     pub methods: BTreeMap<String, Method>,
 }
 
@@ -177,7 +184,7 @@ impl Class {
         Value::Object(
             self.fields
                 .iter()
-                .map(|(name, (_, default))| (name.clone(), default.clone()))
+                .map(|(name, field)| (name.clone(), field.default.clone()))
                 .collect(),
         )
     }
@@ -194,7 +201,7 @@ impl Class {
         if self.fields.is_empty() {
             return Ok(());
         }
-        for (name, (kind, _)) in &self.fields {
+        for (name, field) in &self.fields {
             match members.get(name) {
                 None => {
                     return Err(Error::Invalid(format!(
@@ -202,11 +209,11 @@ impl Class {
                         self.name
                     )))
                 }
-                Some(v) if !kind.holds(v) => {
+                Some(v) if !field.kind.holds(v) => {
                     return Err(Error::Invalid(format!(
                         "field {name:?} of a {} holds {v}, not a {}",
                         self.name,
-                        type_name(*kind)
+                        type_name(field.kind)
                     )))
                 }
                 Some(_) => {}
@@ -292,11 +299,11 @@ impl Package {
                 if !valid_name(field) {
                     return bad(format!("class {name:?}: bad field name {field:?}"));
                 }
-                let (kind, default) = decl.resolve();
-                if !kind.holds(&default) {
+                let resolved = decl.resolve();
+                if !resolved.kind.holds(&resolved.default) {
                     return bad(format!(
                         "class {name:?}: the default of field {field:?} is not a {}",
-                        type_name(kind)
+                        type_name(resolved.kind)
                     ));
                 }
             }
@@ -375,12 +382,16 @@ impl Package {
 }
 
 impl FieldDecl {
-    fn resolve(&self) -> (FieldType, Value) {
+    fn resolve(&self) -> Field {
         match self {
-            FieldDecl::Type(kind) => (*kind, kind.zero()),
-            FieldDecl::Full { kind, default } => {
-                (*kind, default.clone().unwrap_or_else(|| kind.zero()))
-            }
+            FieldDecl::Type(kind) => Field {
+                kind: *kind,
+                default: kind.zero(),
+            },
+            FieldDecl::Full { kind, default } => Field {
+                kind: *kind,
+                default: default.clone().unwrap_or_else(|| kind.zero()),
+            },
         }
     }
 }

@@ -2,10 +2,12 @@
 //! `tally up` on an ephemeral loopback port in a temp dir, wait for it to be ready, kill it;
 //! or start a multi-process cluster with `tally cluster up` (`Cluster`) and kill, restart and
 //! watch its nodes. Tests wait on conditions with deadlines, never on fixed sleeps. `bank`
-//! drives and checks TX-1 against the `bank` example.
+//! drives and checks TX-1 against the `bank` example; `objects` reads and checks objects'
+//! histories.
 
 pub mod bank;
 pub mod history;
+pub mod objects;
 pub mod queue;
 
 use anyhow::{bail, Context as _};

@@ -432,6 +432,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         key_retention: options.key_retention,
         workflow_retention: options.workflow_retention,
         object_retention: options.object_retention,
+        packages: options.packages.clone(),
     };
     let state = gateway::http::default_state(log, metrics, setup)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;

@@ -77,6 +77,8 @@ pub struct GatewayOptions {
     pub object_retention: std::time::Duration,
     /// Functions each message of a queue invokes (`queue` in `[functions.NAME]`).
     pub triggers: Vec<::gateway::triggers::QueueTrigger>,
+    /// Packages of classes installed at start (`packages` in the node's file).
+    pub packages: Vec<libobject::Package>,
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).

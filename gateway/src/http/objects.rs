@@ -7,6 +7,7 @@
 //! string) 409, a document or value over the limit 413, a path that does not fit the
 //! document 422. A refused write leaves the document as it was.
 
+use super::classes::is_class;
 use super::{book_of, catch_up, seen_of, with_seen, ApiError, AppState};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -43,10 +44,9 @@ pub(super) fn store_error(e: libstore::Error) -> ApiError {
 /// what the caller has seen.
 async fn object(
     state: &AppState,
-    path: Result<Path<(String, String)>, PathRejection>,
+    (collection, key): (String, String),
     headers: &HeaderMap,
 ) -> Result<Object, ApiError> {
-    let Path((collection, key)) = path?;
     let book = book_of(headers)?;
     catch_up(state, seen_of(headers)?).await?;
     Ok(state
@@ -54,6 +54,19 @@ async fn object(
         .of(super::outside_ctx(state, book))
         .collection(&collection)
         .object(&key))
+}
+
+/// The (collection, key) of a write; refused for a class's objects, which change only through
+/// their methods.
+fn store_path(
+    state: &AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    let Path((collection, key)) = path?;
+    if is_class(state, &collection) {
+        return Err(super::classes::methods_only(&collection));
+    }
+    Ok((collection, key))
 }
 
 /// A JSON reply carrying what the caller has now seen: everything this gateway applied.
@@ -80,7 +93,16 @@ pub(super) async fn get_object(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let object = object(&state, path, &headers).await?;
+    let Path((collection, key)) = path?;
+    if is_class(&state, &collection) {
+        if query.path.is_some() {
+            return Err(ApiError::bad_request(
+                "an object of a class is shown whole: no ?path=",
+            ));
+        }
+        return super::classes::inspect(&state, collection, key, &headers).await;
+    }
+    let object = object(&state, (collection, key), &headers).await?;
     let view = object.view().await.map_err(store_error)?;
     if view.doc.is_none() {
         return Err(ApiError::new(
@@ -122,7 +144,7 @@ pub(super) async fn put_object(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let doc = json_body(body)?;
-    let object = object(&state, path, &headers).await?;
+    let object = object(&state, store_path(&state, path)?, &headers).await?;
     let old = object.set("", doc).await.map_err(store_error)?;
     reply(&state, &headers, json!({ "old": old }))
 }
@@ -137,7 +159,7 @@ pub(super) async fn patch_object(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ops = parse_ops(json_body(body)?)?;
-    let object = object(&state, path, &headers).await?;
+    let object = object(&state, store_path(&state, path)?, &headers).await?;
     let results = object.apply(ops).await.map_err(store_error)?;
     reply(&state, &headers, json!({ "results": results }))
 }
@@ -179,7 +201,7 @@ pub(super) async fn delete_object(
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let object = object(&state, path, &headers).await?;
+    let object = object(&state, store_path(&state, path)?, &headers).await?;
     let old = object.delete("").await.map_err(store_error)?;
     reply(&state, &headers, json!({ "old": old }))
 }
@@ -187,8 +209,8 @@ pub(super) async fn delete_object(
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HistoryQuery {
-    after: Option<u64>,
-    limit: Option<usize>,
+    pub(super) after: Option<u64>,
+    pub(super) limit: Option<usize>,
 }
 
 /// `GET /objects/{collection}/{key}/history?after=SEQNUM&limit=N`: the object's changes after
@@ -201,6 +223,10 @@ pub(super) async fn object_history(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Path((collection, key)) = path?;
+    if is_class(&state, &collection) {
+        return super::classes::history(&state, collection, key, query, &headers).await;
+    }
     let limit = query.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
     if limit == 0 || limit > libstore::HISTORY_LIMIT_MAX {
         return Err(ApiError::bad_request(format!(
@@ -208,7 +234,7 @@ pub(super) async fn object_history(
             libstore::HISTORY_LIMIT_MAX
         )));
     }
-    let object = object(&state, path, &headers).await?;
+    let object = object(&state, (collection, key), &headers).await?;
     let after = Seqnum(query.after.unwrap_or(0));
     let history = object.history(after, limit).await.map_err(store_error)?;
     let body = serde_json::to_value(history).expect("a history serializes");

@@ -17,6 +17,7 @@ pub fn app() -> Router {
     let mut registry = Registry::new();
     let objects = libstore::Stores::new();
     let workflows = gateway::examples::register(&mut registry, &objects);
+    let classes = gateway::classes::objects(&mut registry, &[]).expect("the example package");
     let dispatcher = Dispatcher::new(registry, log.clone(), metrics.clone());
     router(Arc::new(AppState {
         dispatcher,
@@ -27,5 +28,7 @@ pub fn app() -> Router {
         workflows,
         objects,
         queues: Default::default(),
+        classes,
+        packages: Default::default(),
     }))
 }

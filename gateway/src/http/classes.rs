@@ -1,0 +1,313 @@
+//! The class routes: calls of objects' methods (`POST /objects/{class}/{key}/{method}`, and
+//! `.../send`), an object's state and queue (`GET /objects/{class}/{key}`) and history
+//! (`.../history`), and packages (`PUT /packages/{name}`, `GET /packages`). A collection name
+//! that is a class's is the class's: its objects change only through their methods.
+//!
+//! Refusals: an unknown class or method 404, a call an access rule refuses 403 (nothing is
+//! logged), a malformed input or a state that does not fit the class 400, the method's own
+//! failure 422 `method_failed`, a synchronous call cycle 409 `reentrant`, a method whose
+//! function cannot run 503.
+
+use super::{book_of, catch_up, idempotency_key, seen_of, with_seen, ApiError, AppState};
+use crate::functions::Dispatcher;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use libobject::{CallRequest, ObjectRef, Package, CALL_FUNCTION};
+use logbook::BookId;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// A libobject error as the gateway's JSON error.
+pub(super) fn object_error(e: libobject::Error) -> ApiError {
+    use libobject::Error as E;
+    let (status, code) = match &e {
+        E::NoClass(_) => (StatusCode::NOT_FOUND, "unknown_class"),
+        E::NoMethod { .. } => (StatusCode::NOT_FOUND, "unknown_method"),
+        E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        E::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        E::Failed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "method_failed"),
+        E::Reentrant(_) => (StatusCode::CONFLICT, "reentrant"),
+        E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        E::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
+        E::Log(e) => return e.clone().into(),
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+/// Whether `name` is an installed class's (then `/objects/{name}/...` is about its objects).
+pub(super) fn is_class(state: &AppState, name: &str) -> bool {
+    state.classes.class(name).is_ok()
+}
+
+/// The refusal of a direct write to an object of a class.
+pub(super) fn methods_only(class: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "methods_only",
+        format!("objects of class {class} change only through their methods: POST /objects/{class}/KEY/METHOD"),
+    )
+}
+
+/// The call a request makes, admitted (its class and method exist, its caller may call it),
+/// looking for packages other gateways installed once if the class is not known here.
+async fn admitted(state: &AppState, request: &CallRequest) -> Result<(), ApiError> {
+    match state.classes.admit(request) {
+        Err(libobject::Error::NoClass(_)) => {
+            state.packages.refresh(&*state.log, &state.classes).await?;
+            state
+                .classes
+                .admit(request)
+                .map(|_| ())
+                .map_err(object_error)
+        }
+        admitted => admitted.map(|_| ()).map_err(object_error),
+    }
+}
+
+fn request_of(
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<CallRequest, ApiError> {
+    let Path((class, key, method)) = path?;
+    let input = super::json_body(body)?;
+    Ok(CallRequest::new(&class, &key, &method, input))
+}
+
+/// `POST /objects/{class}/{key}/{method}`: calls the method and answers its output. Queued
+/// behind the object's earlier calls (a shared method runs at once). With an
+/// `Idempotency-Key`, the call runs once however often it is sent, as a durable invocation.
+pub(super) async fn call(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut request = request_of(path, body)?;
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    admitted(&state, &request).await?;
+    let key = idempotency_key(&headers)?;
+    let output = match key {
+        None => {
+            let ctx = call_ctx(&state, book);
+            state
+                .classes
+                .call(&ctx, request)
+                .await
+                .map_err(object_error)?
+        }
+        Some(key) => {
+            request.call_key = Some(format!("idempotency:{key}"));
+            let input = Bytes::from(serde_json::to_vec(&request).expect("requests serialize"));
+            let rx = state
+                .dispatcher
+                .start(CALL_FUNCTION, book, input, Some(&key))
+                .await
+                .map_err(super::invoke_error)?;
+            let invocation = Dispatcher::wait(rx).await;
+            match invocation.output {
+                Some(Ok(raw)) => serde_json::from_slice(&raw).unwrap_or(Value::Null),
+                Some(Err(e)) => return Err(object_error(libobject::Error::from(e))),
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "lost",
+                        "the invocation's result was evicted",
+                    ))
+                }
+            }
+        }
+    };
+    Ok(with_seen(applied(&state), output))
+}
+
+/// `POST /objects/{class}/{key}/{method}/send`: the call as a message, run later: 202 with its
+/// invocation id once it is in the log (`GET /invocations/{id}` shows its answer). Run by
+/// another gateway if this one dies; with an `Idempotency-Key`, sent once.
+pub(super) async fn send(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut request = request_of(path, body)?;
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    admitted(&state, &request).await?;
+    let key = match idempotency_key(&headers)? {
+        Some(key) => key,
+        None => state.dispatcher.fresh_id().await?,
+    };
+    request.call_key = Some(format!("send:{key}"));
+    let input = Bytes::from(serde_json::to_vec(&request).expect("requests serialize"));
+    let rx = state
+        .dispatcher
+        .start_async(CALL_FUNCTION, book, input, Some(&key))
+        .await
+        .map_err(super::invoke_error)?;
+    let (id, accepted_at) = {
+        let inv = rx.borrow();
+        (inv.id.clone(), inv.accepted_at)
+    };
+    let mut response = with_seen(seen_of(&headers)?.max(accepted_at), json!({ "id": id }));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    if let Ok(location) = HeaderValue::from_str(&format!("/invocations/{id}")) {
+        response.headers_mut().insert("location", location);
+    }
+    Ok(response)
+}
+
+/// A context whose calls go to this gateway's dispatcher: what an object call from outside
+/// runs its methods with.
+fn call_ctx(state: &AppState, book: BookId) -> crate::Ctx {
+    crate::Ctx::with_invoker(
+        state.log.clone(),
+        book,
+        String::new(),
+        state.dispatcher.clone(),
+        0,
+    )
+}
+
+fn applied(state: &AppState) -> Option<logbook::Seqnum> {
+    state
+        .engine
+        .as_ref()
+        .and_then(|e| e.applied_end().0.checked_sub(1).map(logbook::Seqnum))
+}
+
+/// `GET /objects/{class}/{key}` of a class: the object's state, how many calls it ran, its
+/// version (the seqnum of its newest done record) and the calls queued on it now.
+pub(super) async fn inspect(
+    state: &AppState,
+    class: String,
+    key: String,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let book = book_of(headers)?;
+    catch_up(state, seen_of(headers)?).await?;
+    let ctx = call_ctx(state, book);
+    let view = state
+        .classes
+        .inspect(&ctx, &ObjectRef::new(class, key))
+        .await
+        .map_err(object_error)?;
+    Ok(with_seen(applied(state), json!(view)))
+}
+
+/// `GET /objects/{class}/{key}/history?after=SEQNUM&limit=N` of a class: the calls the object
+/// ran, in order, each with its input, caller, output or error and the state after it.
+pub(super) async fn history(
+    state: &AppState,
+    class: String,
+    key: String,
+    query: super::objects::HistoryQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let book = book_of(headers)?;
+    catch_up(state, seen_of(headers)?).await?;
+    let ctx = call_ctx(state, book);
+    let limit = query.limit.unwrap_or(super::HISTORY_LIMIT_DEFAULT);
+    let page = state
+        .classes
+        .history(
+            &ctx,
+            &ObjectRef::new(class, key),
+            query.after.unwrap_or(0),
+            limit,
+        )
+        .await
+        .map_err(object_error)?;
+    Ok(with_seen(applied(state), json!(page)))
+}
+
+/// `PUT /packages/{name}`: installs a package (its TOML file, or the same as JSON; `name` may
+/// be left out), on this gateway at once and on the others within
+/// `PACKAGES_REFRESH_EVERY`; it replaces an installed package of the same name.
+pub(super) async fn put_package(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = name?;
+    let body = body?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("a package is UTF-8 text (TOML or JSON)"))?;
+    let mut value: Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("package: {e}")))?
+    } else {
+        toml::from_str(text).map_err(|e| ApiError::bad_request(format!("package: {e}")))?
+    };
+    match value.get("name") {
+        None => {
+            if let Some(members) = value.as_object_mut() {
+                members.insert("name".into(), json!(name));
+            }
+        }
+        Some(n) if n != &json!(name) => {
+            return Err(ApiError::bad_request(format!(
+                "the package is named {n}, the path {name:?}"
+            )))
+        }
+        Some(_) => {}
+    }
+    let package: Package = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("package: {e}")))?;
+    // Checked against what is installed before it goes into the log.
+    state.packages.refresh(&*state.log, &state.classes).await?;
+    state
+        .classes
+        .classes()
+        .install(package.clone())
+        .map_err(object_error)?;
+    let record = serde_json::to_vec(&package).expect("packages serialize");
+    state
+        .log
+        .append(BookId(0), &[libobject::packages_tag()], Bytes::from(record))
+        .await?;
+    state.packages.refresh(&*state.log, &state.classes).await?;
+    Ok(Json(describe(&state, &package)).into_response())
+}
+
+/// `GET /packages`: every installed package and its classes.
+pub(super) async fn list_packages(
+    State(state): State<Arc<AppState>>,
+) -> Result<Response, ApiError> {
+    state.packages.refresh(&*state.log, &state.classes).await?;
+    let classes = state.classes.classes();
+    let packages: Vec<Value> = classes.packages().map(|p| describe(&state, p)).collect();
+    Ok(Json(json!({ "packages": packages })).into_response())
+}
+
+/// `GET /packages/{name}`: the package as declared, and each class resolved (inherited
+/// fields and methods included).
+pub(super) async fn get_package(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = name?;
+    state.packages.refresh(&*state.log, &state.classes).await?;
+    let classes = state.classes.classes();
+    let package = classes.package(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_package",
+            format!("no package {name:?}"),
+        )
+    })?;
+    Ok(Json(describe(&state, package)).into_response())
+}
+
+fn describe(state: &AppState, package: &Package) -> Value {
+    let resolved: Vec<Value> = package
+        .classes
+        .keys()
+        .filter_map(|c| state.classes.class(c).ok())
+        .map(|c| json!(*c))
+        .collect();
+    json!({ "name": package.name, "declared": package, "classes": resolved })
+}

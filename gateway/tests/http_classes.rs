@@ -1,0 +1,258 @@
+//! The class routes (`/objects/{class}/{key}/{method}`, `/send`, the state, history and
+//! packages) and the example classes, requests straight into the router over an in-memory
+//! log: what each answers, the status of every refusal, and that a refused call changes
+//! nothing.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use common::app;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+async fn send(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Body::from(body.to_string()))
+        .expect("a valid request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("a body");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn post(app: &Router, uri: &str, body: &str) -> (StatusCode, Value) {
+    send(app, Method::POST, uri, &[], body).await
+}
+
+async fn get(app: &Router, uri: &str) -> Value {
+    let (status, body) = send(app, Method::GET, uri, &[], "").await;
+    assert_eq!(status, StatusCode::OK, "GET {uri}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn counter_calls_answer_and_refusals_change_nothing() {
+    let app = app();
+    assert_eq!(
+        post(&app, "/objects/counter/c/add", r#"{"by": 2}"#).await,
+        (StatusCode::OK, json!({"value": 2}))
+    );
+    assert_eq!(
+        post(&app, "/objects/counter/c/get", "").await,
+        (StatusCode::OK, json!({"value": 2}))
+    );
+    // (uri, body, status, code): each refused, none changing the counter.
+    let refusals = [
+        (
+            "/objects/counter/c/reset",
+            "",
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "/objects/counter/c/add",
+            r#"{"by": "x"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            "/objects/counter/c/add",
+            "{",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/objects/counter/c/fly",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown_method",
+        ),
+        (
+            "/objects/ghost/c/add",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown_class",
+        ),
+        (
+            "/objects/counter/c/add",
+            r#"{"by": 9223372036854775807}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "method_failed",
+        ),
+    ];
+    for (uri, body, status, code) in refusals {
+        let (got, error) = post(&app, uri, body).await;
+        assert_eq!(
+            (got, error["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{uri} {body}: {error}"
+        );
+    }
+    let view = get(&app, "/objects/counter/c").await;
+    assert_eq!(view["state"], json!({"value": 2}));
+    assert_eq!(view["queued_total"], json!(0));
+    // The failed add is a call that ran (its error is in the history); refusals are not.
+    let history = get(&app, "/objects/counter/c/history").await;
+    let calls = history["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 3, "{history}");
+    assert_eq!(calls[2]["error"]["kind"], json!("failed"));
+    // Direct writes to a class's objects are refused.
+    for method in [Method::PUT, Method::PATCH, Method::DELETE] {
+        let (status, body) = send(&app, method.clone(), "/objects/counter/c", &[], "[]").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}: {body}");
+        assert_eq!(body["error"]["code"], json!("methods_only"));
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_and_messages_run_a_call_once() {
+    let app = app();
+    let key = [("idempotency-key", "order-7")];
+    for _ in 0..3 {
+        let (status, body) = send(
+            &app,
+            Method::POST,
+            "/objects/counter/k/add",
+            &key,
+            r#"{"by": 5}"#,
+        )
+        .await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"value": 5})));
+    }
+    let (status, sent) = post(&app, "/objects/counter/k/add/send", r#"{"by": 1}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+    let id = sent["id"].as_str().unwrap().to_string();
+    for _ in 0..500 {
+        let invocation = get(&app, &format!("/invocations/{id}")).await;
+        if invocation["status"] == json!("succeeded") {
+            // An invocation's output is the function's bytes, here JSON text.
+            let output: Value =
+                serde_json::from_str(invocation["output"].as_str().unwrap()).unwrap();
+            assert_eq!(output, json!({"value": 6}));
+            let history = get(&app, "/objects/counter/k/history").await;
+            let calls = history["calls"].as_array().unwrap();
+            // The keyed call's invocation answered the repeats: one call record for three.
+            assert_eq!(calls.len(), 2, "{history}");
+            assert_eq!(calls[0]["key"], json!("idempotency:order-7"));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the message never ran");
+}
+
+#[tokio::test]
+async fn seats_go_in_arrival_order_and_inheritance_overrides_watch() {
+    let app = app();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            post(
+                &app,
+                "/objects/seats/show/reserve",
+                &format!(r#"{{"seat": "A{}", "by": "p{i}"}}"#, i % 10),
+            )
+            .await
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::OK => won.push(body["order"].as_i64().unwrap()),
+            StatusCode::UNPROCESSABLE_ENTITY => {}
+            other => panic!("{other}: {body}"),
+        }
+    }
+    won.sort();
+    assert_eq!(
+        won,
+        (1..=10).collect::<Vec<_>>(),
+        "each seat went once, in order"
+    );
+    // The first call record of each seat won it.
+    let history = get(&app, "/objects/seats/show/history").await;
+    let mut seen = std::collections::HashSet::new();
+    for call in history["calls"].as_array().unwrap() {
+        let first = seen.insert(call["input"]["seat"].as_str().unwrap().to_string());
+        assert_eq!(call["error"].is_null(), first, "{call}");
+    }
+
+    let (status, body) = post(&app, "/objects/premium_video/v/watch", "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let watched = post(&app, "/objects/premium_video/v/watch", r#"{"paid": true}"#).await;
+    assert_eq!(
+        watched,
+        (StatusCode::OK, json!({"views": 1, "paid_views": 1}))
+    );
+    let plain = post(&app, "/objects/video/v/watch", "").await;
+    assert_eq!(plain, (StatusCode::OK, json!({"views": 1})));
+    let described = post(&app, "/objects/premium_video/v/describe", "").await.1;
+    assert_eq!(described["class"], json!("premium_video"));
+    // `retitle` is internal: an editor (same package) may, a call from outside may not.
+    let (status, _) = post(&app, "/objects/video/v/retitle", r#"{"title": "x"}"#).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let retitled = post(
+        &app,
+        "/objects/editor/e/retitle",
+        r#"{"class": "video", "key": "v", "title": "Lisbon"}"#,
+    )
+    .await;
+    assert_eq!(
+        retitled,
+        (StatusCode::OK, json!({"title": "Lisbon", "by": "editor/e"}))
+    );
+}
+
+#[tokio::test]
+async fn packages_install_over_http_and_bad_ones_are_refused() {
+    let app = app();
+    let shop = "[classes.tally]\nfields = { value = \"integer\" }\nmethods = { add = { function = \"counter.add\" } }\n";
+    let (status, body) = send(&app, Method::PUT, "/packages/shop", &[], shop).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["classes"][0]["fields"]["value"],
+        json!({"type": "integer", "default": 0})
+    );
+    assert_eq!(
+        post(&app, "/objects/tally/t/add", r#"{"by": 4}"#).await,
+        (StatusCode::OK, json!({"value": 4}))
+    );
+    let listed = get(&app, "/packages").await;
+    let names: Vec<&str> = listed["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["examples", "shop"]);
+    for (uri, body) in [
+        ("/packages/shop", "name = \"other\""),
+        ("/packages/thief", "[classes.counter]"),
+        ("/packages/bad", "[classes.a]\nextends = \"b\""),
+        ("/packages/bad", "not toml ["),
+    ] {
+        let (status, error) = send(&app, Method::PUT, uri, &[], body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {body}: {error}");
+    }
+    // The examples' counter is still the examples'.
+    assert_eq!(
+        get(&app, "/packages/examples").await["name"],
+        json!("examples")
+    );
+}
