@@ -24,6 +24,18 @@ pub fn key_tag(class: &str, key: &str, call_key: &str) -> Tag {
     Tag::named(&["libobject", "key", class, key, call_key])
 }
 
+/// The records of transaction `id` (its first is the transaction; later ones, sent again,
+/// are duplicates).
+pub fn txn_tag(id: &str) -> Tag {
+    Tag::named(&["libobject", "txn", id])
+}
+
+/// The vote of participant `index` of the transaction whose record is at `txn` (a seqnum):
+/// one, conditionally at position 0.
+pub fn vote_tag(txn: u64, index: usize) -> Tag {
+    Tag::named(&["libobject", "vote", &txn.to_string(), &index.to_string()])
+}
+
 /// The packages installed over HTTP, in book 0, newest last.
 pub fn packages_tag() -> Tag {
     Tag::named(&["libobject", "packages"])
@@ -34,6 +46,42 @@ pub fn packages_tag() -> Tag {
 pub enum Entry {
     Call(CallRecord),
     Done(DoneRecord),
+    /// A transaction, in the stream of each of its participants.
+    Txn(TxnRecord),
+}
+
+/// A serializable transaction: one call on each of its participants, all of which take
+/// effect or none. Tagged with every participant's stream, so the log orders it against each
+/// one's other calls and transactions alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    pub id: String,
+    pub calls: Vec<TxnCall>,
+    pub at_ms: u64,
+}
+
+/// One participant's call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxnCall {
+    pub class: String,
+    pub key: String,
+    pub method: String,
+    #[serde(default)]
+    pub input: Value,
+}
+
+/// A participant's vote: its call run on its state at the transaction, staged (its state
+/// after, the messages it sends), or its failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vote {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CallError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<crate::objects::Message>,
 }
 
 /// A call, queued in the object's stream.
@@ -90,6 +138,20 @@ pub struct CallError {
 }
 
 impl Outcome {
+    /// The outcome of call `call` that failed with `e`.
+    pub fn failed(call: u64, e: &Error) -> Outcome {
+        Outcome {
+            call,
+            output: None,
+            error: Some(CallError {
+                kind: e.kind(),
+                message: e.to_string(),
+            }),
+            state: None,
+            duplicate_of: None,
+        }
+    }
+
     /// The answer the caller gets.
     pub fn result(&self) -> Result<Value, Error> {
         match &self.error {

@@ -22,12 +22,15 @@ mod objects;
 mod package;
 mod this;
 
-pub use entry::{done_tag, key_tag, object_tag, packages_tag, CallError, Outcome};
+pub use entry::{
+    done_tag, key_tag, object_tag, packages_tag, txn_tag, vote_tag, CallError, Outcome, TxnCall,
+};
 pub use error::{Error, ErrorKind};
 pub use objects::{
-    CallRequest, HistoryEntry, HistoryPage, MethodInput, MethodOutput, ObjectView, Objects, Queued,
-    BATCH_CALLS_MAX, BATCH_STATE_BYTES_MAX, CALL_FUNCTION, HISTORY_LIMIT_MAX, KEY_BYTES_MAX,
-    OBJECTS_CACHED_MAX, QUEUED_LISTED_MAX,
+    CallRequest, HistoryEntry, HistoryPage, Message, MethodInput, MethodOutput, ObjectView,
+    Objects, Queued, TxnOutcome, TxnStatus, BATCH_CALLS_MAX, BATCH_STATE_BYTES_MAX, CALL_FUNCTION,
+    HISTORY_LIMIT_MAX, KEY_BYTES_MAX, OBJECTS_CACHED_MAX, QUEUED_LISTED_MAX, TXN_CALLS_MAX,
+    TXN_ID_BYTES_MAX,
 };
 pub use package::{
     valid_name, Access, Class, ClassDecl, Classes, Field, FieldDecl, FieldType, Method, MethodDecl,

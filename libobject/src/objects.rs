@@ -14,7 +14,10 @@
 
 use crate::entry::{
     done_tag, key_tag, now_ms, object_tag, CallError, CallRecord, DoneRecord, Entry, Outcome,
+    TxnRecord,
 };
+
+mod txn;
 use crate::package::{Class, Classes, Method, ObjectRef, Package};
 use crate::Error;
 use bytes::Bytes;
@@ -25,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use tally_sdk::{BoxFuture, Ctx, FunctionError};
 use tokio::sync::oneshot;
+pub use txn::{TxnOutcome, TxnStatus, TXN_CALLS_MAX, TXN_ID_BYTES_MAX};
 
 /// The function every object call goes through: `Objects::handler`, which the gateway serves.
 /// Methods' calls of other objects (`This::call`, `send`) are calls of it.
@@ -65,6 +69,9 @@ pub struct CallRequest {
     /// queued); answered with the method's `MethodOutput`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline_state: Option<Value>,
+    /// The transaction the caller's call belongs to (an inline call's only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
 }
 
 impl CallRequest {
@@ -79,6 +86,7 @@ impl CallRequest {
             call_key: None,
             chain: Vec::new(),
             inline_state: None,
+            transaction: None,
         }
     }
 }
@@ -101,6 +109,11 @@ pub struct MethodInput {
     pub chain: Vec<ObjectRef>,
     #[serde(default)]
     pub shared: bool,
+    /// The transaction this call is a participant's call of: its state change is staged
+    /// until the transaction commits, its messages are sent only then, and it calls no other
+    /// object synchronously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
 }
 
 /// What a method's function answers.
@@ -110,6 +123,18 @@ pub struct MethodOutput {
     /// The new state, if the method changed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<Value>,
+    /// Messages held back until the transaction the call belongs to commits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<Message>,
+}
+
+/// A message a participant of a transaction sends, held until the transaction commits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub request: CallRequest,
+    /// Delivered no earlier than this (ms since the Unix epoch): `send_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<u64>,
 }
 
 /// An object as `inspect` shows it.
@@ -133,6 +158,9 @@ pub struct Queued {
     pub method: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<ObjectRef>,
+    /// The transaction it belongs to, if it is a participant's call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
     pub at_ms: u64,
 }
 
@@ -160,6 +188,9 @@ pub struct HistoryEntry {
     pub state: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<u64>,
+    /// The transaction it was a participant's call of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -201,9 +232,33 @@ struct Driver {
     dones: u64,
     calls_total: u64,
     state: Value,
-    /// Call records not answered yet, in log order.
-    pending: VecDeque<(u64, CallRecord)>,
+    /// Calls and transactions not answered yet, in log order.
+    pending: VecDeque<(u64, Item)>,
     recent: VecDeque<Outcome>,
+}
+
+/// What an object's queue holds.
+#[derive(Clone)]
+enum Item {
+    Call(CallRecord),
+    Txn(TxnRecord),
+}
+
+impl Item {
+    /// The method, caller and transaction id, as listings show them.
+    fn describe(&self, object: &ObjectRef) -> (String, Option<ObjectRef>, Option<String>, u64) {
+        match self {
+            Item::Call(c) => (c.method.clone(), c.caller.clone(), None, c.at_ms),
+            Item::Txn(t) => {
+                let method = t
+                    .calls
+                    .iter()
+                    .find(|c| c.class == object.class && c.key == object.key)
+                    .map_or_else(String::new, |c| c.method.clone());
+                (method, None, Some(t.id.clone()), t.at_ms)
+            }
+        }
+    }
 }
 
 impl Slot {
@@ -293,16 +348,17 @@ impl Objects {
                 ));
             }
             let call = request.call_key.clone().unwrap_or_default();
+            let input = (state, call, request.transaction.clone());
             let out = self
-                .run_method(ctx, &class, &callee, &request, &method, state, call)
+                .run_method(ctx, &class, &callee, &request, &method, input)
                 .await?;
             return Ok(serde_json::to_value(out).expect("method outputs serialize"));
         }
         if method.shared {
             let state = self.latest_state(ctx, &class, &callee).await?;
-            let call = format!("{callee}@shared");
+            let input = (state, format!("{callee}@shared"), None);
             let out = self
-                .run_method(ctx, &class, &callee, &request, &method, state, call)
+                .run_method(ctx, &class, &callee, &request, &method, input)
                 .await?;
             return Ok(out.output);
         }
@@ -417,10 +473,14 @@ impl Objects {
         let done_tag = done_tag(&object.class, &object.key);
         loop {
             catch_up(ctx, slot, object, d).await?;
-            if d.pending.is_empty() {
-                return Ok(());
-            }
-            let (outcomes, state) = self.run_batch(ctx, class, object, d).await?;
+            let (outcomes, state) = match d.pending.front() {
+                None => return Ok(()),
+                Some((seqnum, Item::Txn(t))) => {
+                    let (seqnum, t) = (*seqnum, t.clone());
+                    self.run_txn(ctx, class, object, d, seqnum, &t).await?
+                }
+                Some(_) => self.run_batch(ctx, class, object, d).await?,
+            };
             let done = DoneRecord {
                 index: d.dones,
                 calls_total: d.calls_total + outcomes.len() as u64,
@@ -454,8 +514,10 @@ impl Objects {
         let mut state = d.state.clone();
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut state_bytes = 0;
-        for (seqnum, call) in d.pending.iter().take(BATCH_CALLS_MAX) {
+        for (seqnum, item) in d.pending.iter().take(BATCH_CALLS_MAX) {
             let seqnum = *seqnum;
+            // A transaction runs on its own, once every call before it ran.
+            let Item::Call(call) = item else { break };
             if let Some(key) = &call.key {
                 let first = ctx
                     .read_next(key_tag(&object.class, &object.key, key), Seqnum::ZERO)
@@ -488,11 +550,13 @@ impl Objects {
                 call_key: call.key.clone(),
                 chain: call.chain.clone(),
                 inline_state: None,
+                transaction: None,
             };
             let call_id = format!("{object}@{seqnum}");
             let ran = match class.method(&call.method) {
                 Ok(method) => {
-                    self.run_method(ctx, class, object, &request, method, state.clone(), call_id)
+                    let input = (state.clone(), call_id, None);
+                    self.run_method(ctx, class, object, &request, method, input)
                         .await
                 }
                 Err(e) => Err(e),
@@ -511,16 +575,7 @@ impl Objects {
                         duplicate_of: None,
                     }
                 }
-                Err(e) => Outcome {
-                    call: seqnum,
-                    output: None,
-                    error: Some(CallError {
-                        kind: e.kind(),
-                        message: e.to_string(),
-                    }),
-                    state: None,
-                    duplicate_of: None,
-                },
+                Err(e) => Outcome::failed(seqnum, &e),
             };
             outcomes.push(outcome);
             if state_bytes > BATCH_STATE_BYTES_MAX {
@@ -530,8 +585,7 @@ impl Objects {
         Ok((outcomes, state))
     }
 
-    /// Runs `method` of `object` on `state` through its function.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs `method` of `object` through its function, on `(state, call id, transaction)`.
     async fn run_method(
         &self,
         ctx: &Ctx,
@@ -539,8 +593,7 @@ impl Objects {
         object: &ObjectRef,
         request: &CallRequest,
         method: &Method,
-        state: Value,
-        call: String,
+        (state, call, transaction): (Value, String, Option<String>),
     ) -> Result<MethodOutput, Error> {
         let mut chain = request.chain.clone();
         chain.push(object.clone());
@@ -554,6 +607,7 @@ impl Objects {
             caller: request.caller.clone(),
             chain,
             shared: method.shared,
+            transaction,
         };
         let bytes = Bytes::from(serde_json::to_vec(&input).expect("method inputs serialize"));
         let raw = ctx.call(&method.function, bytes, None).await?;
@@ -626,13 +680,17 @@ impl Objects {
             queued_total: d.pending.len(),
             queued: d
                 .pending
-                .into_iter()
+                .iter()
                 .take(QUEUED_LISTED_MAX)
-                .map(|(call, c)| Queued {
-                    call,
-                    method: c.method,
-                    caller: c.caller,
-                    at_ms: c.at_ms,
+                .map(|(call, item)| {
+                    let (method, caller, transaction, at_ms) = item.describe(object);
+                    Queued {
+                        call: *call,
+                        method,
+                        caller,
+                        transaction,
+                        at_ms,
+                    }
                 })
                 .collect(),
         })
@@ -665,25 +723,35 @@ impl Objects {
                     let next = calls.last().map(|c: &HistoryEntry| c.call);
                     return Ok(HistoryPage { calls, next });
                 }
-                let call = match ctx.read_next(stream, Seqnum(outcome.call)).await? {
-                    Some(r) if r.seqnum.0 == outcome.call => match Entry::parse(&r)? {
-                        Entry::Call(c) => c,
-                        Entry::Done(_) => {
-                            return Err(corrupt(
-                                outcome.call,
-                                "a done record answers a done record",
-                            ))
-                        }
-                    },
-                    _ => return Err(corrupt(outcome.call, "the call record is gone")),
-                };
+                let (method, input, caller, key, at_ms, transaction) =
+                    match ctx.read_next(stream, Seqnum(outcome.call)).await? {
+                        Some(r) if r.seqnum.0 == outcome.call => match Entry::parse(&r)? {
+                            Entry::Call(c) => (c.method, c.input, c.caller, c.key, c.at_ms, None),
+                            Entry::Txn(t) => {
+                                let mine = t
+                                    .calls
+                                    .into_iter()
+                                    .find(|c| c.class == object.class && c.key == object.key)
+                                    .ok_or_else(|| corrupt(outcome.call, "not a participant"))?;
+                                (mine.method, mine.input, None, None, t.at_ms, Some(t.id))
+                            }
+                            Entry::Done(_) => {
+                                return Err(corrupt(
+                                    outcome.call,
+                                    "a done record answers a done record",
+                                ))
+                            }
+                        },
+                        _ => return Err(corrupt(outcome.call, "the call record is gone")),
+                    };
                 calls.push(HistoryEntry {
                     call: outcome.call,
-                    method: call.method,
-                    input: call.input,
-                    caller: call.caller,
-                    key: call.key,
-                    at_ms: call.at_ms,
+                    method,
+                    input,
+                    caller,
+                    key,
+                    at_ms,
+                    transaction,
                     done: record.seqnum.0,
                     done_at_ms: done.at_ms,
                     output: outcome.output,
@@ -769,7 +837,8 @@ async fn catch_up(ctx: &Ctx, slot: &Slot, object: &ObjectRef, d: &mut Driver) ->
     while let Some(record) = ctx.read_next(stream, Seqnum(d.cursor)).await? {
         d.cursor = record.seqnum.0 + 1;
         match Entry::parse(&record)? {
-            Entry::Call(call) => d.pending.push_back((record.seqnum.0, call)),
+            Entry::Call(call) => d.pending.push_back((record.seqnum.0, Item::Call(call))),
+            Entry::Txn(t) => d.pending.push_back((record.seqnum.0, Item::Txn(t))),
             // Older ones were applied already (the newest when loading, or our own).
             Entry::Done(done) if done.index < d.dones => {}
             Entry::Done(done) => apply(slot, d, record.seqnum.0, done)?,
@@ -814,15 +883,22 @@ fn apply(slot: &Slot, d: &mut Driver, seqnum: u64, done: DoneRecord) -> Result<(
 
 /// The outcome of call `call`, from the done record that answered it.
 async fn find_outcome(ctx: &Ctx, object: &ObjectRef, call: u64) -> Result<Outcome, Error> {
+    answered(ctx, object, call)
+        .await?
+        .ok_or_else(|| corrupt(call, "no done record answers this call"))
+}
+
+/// The outcome of call `call` (or a transaction), if a done record answered it yet.
+async fn answered(ctx: &Ctx, object: &ObjectRef, call: u64) -> Result<Option<Outcome>, Error> {
     let dones = done_tag(&object.class, &object.key);
     let mut at = call;
     while let Some(record) = ctx.read_next(dones, Seqnum(at)).await? {
         at = record.seqnum.0 + 1;
         if let Entry::Done(done) = Entry::parse(&record)? {
             if let Some(o) = done.outcomes.into_iter().find(|o| o.call == call) {
-                return Ok(o);
+                return Ok(Some(o));
             }
         }
     }
-    Err(corrupt(call, "no done record answers this call"))
+    Ok(None)
 }

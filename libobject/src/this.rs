@@ -1,7 +1,7 @@
 //! What a method sees: `This`, the object as one call sees it (its state, its caller, calls
 //! it makes), and `method`, which turns a method into the function a class binds it to.
 
-use crate::objects::{CallRequest, MethodInput, MethodOutput, CALL_FUNCTION};
+use crate::objects::{CallRequest, Message, MethodInput, MethodOutput, CALL_FUNCTION};
 use crate::{Error, ObjectRef};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -27,6 +27,8 @@ struct Inner {
     state: Mutex<(Value, bool)>,
     /// How many calls and messages this call made: the position in their keys.
     made: AtomicU32,
+    /// Messages held until the call's transaction commits.
+    held: Mutex<Vec<Message>>,
 }
 
 impl This {
@@ -40,6 +42,7 @@ impl This {
                 me,
                 state: Mutex::new((state, false)),
                 made: AtomicU32::new(0),
+                held: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -71,6 +74,11 @@ impl This {
     /// The object whose method made this call; `None` for a call from outside.
     pub fn caller(&self) -> Option<&ObjectRef> {
         self.inner.call.caller.as_ref()
+    }
+
+    /// The transaction this call is a participant's call of, if it is.
+    pub fn transaction(&self) -> Option<&str> {
+        self.inner.call.transaction.as_deref()
     }
 
     /// The function's context: the log (in the object's book) and other functions.
@@ -133,7 +141,8 @@ impl This {
     }
 
     /// Calls `method` of object (`class`, `key`) and waits for its answer. Made once per
-    /// run of this call: run again, it gets the first run's answer.
+    /// run of this call: run again, it gets the first run's answer. A participant's call of
+    /// a transaction calls no other object (make that object a participant).
     pub async fn call<T: DeserializeOwned>(
         &self,
         class: &str,
@@ -141,6 +150,13 @@ impl This {
         method: &str,
         input: &(impl Serialize + ?Sized),
     ) -> Result<T, Error> {
+        if let Some(t) = self.transaction() {
+            return Err(Error::Invalid(format!(
+                "{}.{} runs in transaction {t}: it calls no other object ({class}/{key}); make that object a participant",
+                self.class(),
+                self.method()
+            )));
+        }
         let request = CallRequest {
             call_key: self.next_key(),
             ..self.request(class, key, method, to_value(input)?)
@@ -159,6 +175,7 @@ impl This {
         let request = CallRequest {
             call_key: Some(self.call_id().to_string()),
             inline_state: Some(self.state_value()),
+            transaction: self.inner.call.transaction.clone(),
             ..self.request(self.class(), self.key(), method, to_value(input)?)
         };
         let raw = self.call_function(&request).await?;
@@ -167,6 +184,7 @@ impl This {
         if let Some(state) = out.state {
             self.set_state(&state)?;
         }
+        self.hold().extend(out.messages);
         serde_json::from_value(out.output).map_err(|e| {
             Error::Failed(format!(
                 "{}.{method} answered what the caller cannot read: {e}",
@@ -177,6 +195,8 @@ impl This {
 
     /// Sends `method` of (`class`, `key`) a message: the call runs later, on its own, in the
     /// log before this returns; returns its invocation id. Sent once per run of this call.
+    /// In a transaction, the message is held until the transaction commits (and dropped if it
+    /// aborts); `send` then returns `held`.
     pub async fn send(
         &self,
         class: &str,
@@ -222,6 +242,10 @@ impl This {
             chain: Vec::new(),
             ..self.request(class, key, method, to_value(input)?)
         };
+        if self.transaction().is_some() {
+            self.hold().push(Message { request, due_ms });
+            return Ok("held".to_string());
+        }
         let bytes = Bytes::from(serde_json::to_vec(&request).expect("requests serialize"));
         let ctx = self.ctx();
         let sent = match due_ms {
@@ -245,11 +269,19 @@ impl This {
             .map_err(Error::from)
     }
 
+    fn hold(&self) -> std::sync::MutexGuard<'_, Vec<Message>> {
+        self.inner
+            .held
+            .lock()
+            .expect("no panics under the held lock")
+    }
+
     fn finish(&self, output: Value) -> MethodOutput {
         let (state, changed) = self.lock().clone();
         MethodOutput {
             output,
             state: changed.then_some(state),
+            messages: std::mem::take(&mut *self.hold()),
         }
     }
 }

@@ -1,0 +1,408 @@
+//! What libobject's tests share: a world over the in-memory log, gateways (each its own
+//! `Objects` and caches, a log that can crash at a chosen append) that serve one package's
+//! methods, and the history of an object.
+
+#![allow(dead_code)]
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use libobject::{
+    method, CallRequest, Error, HistoryEntry, ObjectRef, Objects, Package, This, CALL_FUNCTION,
+};
+use logbook::crashing::{CrashAt, CrashPlan, CrashingLog};
+use logbook::memory::MemoryLogBook;
+use logbook::{BookId, LogBook};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tally_sdk::{Call, Ctx, FunctionError, FunctionResult, Handler, Invoker};
+
+pub const BOOK: BookId = BookId(3);
+
+pub const PACKAGE: &str = r#"
+name = "test"
+
+[classes.counter]
+fields = { value = { type = "integer", default = 0 } }
+
+[classes.counter.methods]
+add = { function = "counter.add" }
+get = { function = "counter.get", shared = true }
+reset = { function = "counter.reset", access = "private" }
+clear = { function = "counter.clear" }
+secret = { function = "counter.get", access = "internal", shared = true }
+corrupt = { function = "counter.corrupt" }
+sneak = { function = "counter.sneak", shared = true }
+forward = { function = "counter.forward" }
+bounce = { function = "counter.bounce" }
+notify = { function = "counter.notify" }
+later = { function = "counter.later" }
+whoami = { function = "counter.whoami" }
+
+[classes.account]
+fields = { balance = "integer" }
+
+[classes.account.methods]
+deposit = { function = "account.deposit" }
+withdraw = { function = "account.withdraw" }
+balance = { function = "account.balance", shared = true }
+gated_deposit = { function = "account.gated_deposit" }
+call_out = { function = "account.call_out" }
+
+[classes.auditor]
+methods = { peek = { function = "auditor.peek" } }
+"#;
+
+pub const STRANGER: &str = r#"
+name = "elsewhere"
+[classes.stranger]
+methods = { peek = { function = "auditor.peek" } }
+"#;
+
+#[derive(Serialize, Deserialize)]
+pub struct Counter {
+    value: i64,
+}
+
+#[derive(Deserialize)]
+pub struct Add {
+    by: i64,
+}
+
+#[derive(Deserialize)]
+pub struct Target {
+    key: String,
+}
+
+pub async fn add(this: This, add: Add) -> Result<Value, Error> {
+    let mut c: Counter = this.state()?;
+    c.value += add.by;
+    this.set_state(&c)?;
+    Ok(json!({ "value": c.value }))
+}
+
+pub async fn get(this: This, _: Value) -> Result<Value, Error> {
+    Ok(json!({ "value": this.state::<Counter>()?.value }))
+}
+
+pub async fn reset(this: This, _: Value) -> Result<Value, Error> {
+    this.set_state(&Counter { value: 0 })?;
+    Ok(json!({ "value": 0 }))
+}
+
+pub async fn clear(this: This, _: Value) -> Result<Value, Error> {
+    let before = this.state::<Counter>()?.value;
+    let after: Value = this.call_self("reset", &json!({})).await?;
+    Ok(json!({ "before": before, "after": after["value"] }))
+}
+
+pub async fn corrupt(this: This, _: Value) -> Result<Value, Error> {
+    this.set_state(&json!({ "value": "many" }))?;
+    Ok(Value::Null)
+}
+
+pub async fn sneak(this: This, _: Value) -> Result<Value, Error> {
+    this.set_state(&Counter { value: 99 })?;
+    Ok(Value::Null)
+}
+
+/// Adds 1 to counter `key`, then 1 to itself.
+pub async fn forward(this: This, t: Target) -> Result<Value, Error> {
+    let there: Value = this
+        .call("counter", &t.key, "add", &json!({"by": 1}))
+        .await?;
+    let mut c: Counter = this.state()?;
+    c.value += 1;
+    this.set_state(&c)?;
+    Ok(json!({ "there": there["value"], "here": c.value }))
+}
+
+/// Calls its caller back, synchronously: a cycle.
+pub async fn bounce(this: This, _: Value) -> Result<Value, Error> {
+    let caller = this
+        .caller()
+        .cloned()
+        .expect("bounce is called by an object");
+    this.call::<Value>(&caller.class, &caller.key, "add", &json!({"by": 1}))
+        .await
+}
+
+pub async fn notify(this: This, t: Target) -> Result<Value, Error> {
+    let id = this.send("counter", &t.key, "whoami", &json!({})).await?;
+    Ok(json!({ "sent": id }))
+}
+
+pub async fn later(this: This, t: Target) -> Result<Value, Error> {
+    this.send_after(
+        Duration::from_millis(300),
+        "counter",
+        &t.key,
+        "add",
+        &json!({"by": 10}),
+    )
+    .await?;
+    Ok(Value::Null)
+}
+
+/// Records who called it in its state (as the value: 1 if an object did).
+pub async fn whoami(this: This, _: Value) -> Result<Value, Error> {
+    let caller = this.caller().map(|c| c.to_string());
+    this.set_state(&Counter {
+        value: caller.is_some() as i64,
+    })?;
+    Ok(json!({ "caller": caller }))
+}
+
+#[derive(Deserialize)]
+struct Amount {
+    amount: i64,
+    /// A counter to send `add` to, held until the transaction commits.
+    #[serde(default)]
+    notify: Option<String>,
+}
+
+async fn deposit(this: This, a: Amount) -> Result<Value, Error> {
+    let mut balance = this.state_value()["balance"].as_i64().unwrap_or(0);
+    balance += a.amount;
+    this.set_state(&json!({ "balance": balance }))?;
+    if let Some(key) = a.notify {
+        this.send("counter", &key, "add", &json!({"by": 1})).await?;
+    }
+    Ok(json!({ "balance": balance }))
+}
+
+async fn withdraw(this: This, a: Amount) -> Result<Value, Error> {
+    let balance = this.state_value()["balance"].as_i64().unwrap_or(0);
+    if balance < a.amount {
+        return Err(Error::failed(format!(
+            "insufficient funds: {balance} < {}",
+            a.amount
+        )));
+    }
+    this.set_state(&json!({ "balance": balance - a.amount }))?;
+    if let Some(key) = a.notify {
+        this.send("counter", &key, "add", &json!({"by": 1})).await?;
+    }
+    Ok(json!({ "balance": balance - a.amount }))
+}
+
+async fn balance(this: This, _: Value) -> Result<Value, Error> {
+    Ok(json!({ "balance": this.state_value()["balance"] }))
+}
+
+/// Permits for `gated_deposit`: a test holds a participant's vote back with them.
+pub static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+async fn gated_deposit(this: This, a: Amount) -> Result<Value, Error> {
+    GATE.acquire().await.expect("the gate stays open").forget();
+    deposit(this, a).await
+}
+
+/// Calls another object: refused inside a transaction.
+async fn call_out(this: This, _: Value) -> Result<Value, Error> {
+    this.call::<Value>("counter", "elsewhere", "add", &json!({"by": 1}))
+        .await
+}
+
+async fn peek(this: This, t: Target) -> Result<Value, Error> {
+    this.call::<Value>("counter", &t.key, "secret", &json!({}))
+        .await
+}
+
+/// The shared log, the functions every gateway serves, and what ran.
+pub struct World {
+    pub log: Arc<MemoryLogBook>,
+    functions: BTreeMap<String, Handler>,
+    runs: Mutex<BTreeMap<String, usize>>,
+    /// Keys of asynchronous calls started (a durable invocation runs once per key).
+    started: Mutex<HashSet<String>>,
+    /// The gateway asynchronous calls run on (one that does not crash).
+    survivor: Mutex<Option<Arc<Gateway>>>,
+}
+
+pub struct Gateway {
+    world: Arc<World>,
+    pub objects: Objects,
+    pub plan: Arc<CrashPlan>,
+    log: Arc<dyn LogBook>,
+    me: std::sync::Weak<Gateway>,
+}
+
+pub fn world() -> Arc<World> {
+    let mut functions: BTreeMap<String, Handler> = BTreeMap::new();
+    let mut add_fn = |name: &str, h: Handler| {
+        functions.insert(name.to_string(), h);
+    };
+    add_fn("counter.add", Arc::new(method(add)));
+    add_fn("counter.get", Arc::new(method(get)));
+    add_fn("counter.reset", Arc::new(method(reset)));
+    add_fn("counter.clear", Arc::new(method(clear)));
+    add_fn("counter.corrupt", Arc::new(method(corrupt)));
+    add_fn("counter.sneak", Arc::new(method(sneak)));
+    add_fn("counter.forward", Arc::new(method(forward)));
+    add_fn("counter.bounce", Arc::new(method(bounce)));
+    add_fn("counter.notify", Arc::new(method(notify)));
+    add_fn("counter.later", Arc::new(method(later)));
+    add_fn("counter.whoami", Arc::new(method(whoami)));
+    add_fn("auditor.peek", Arc::new(method(peek)));
+    add_fn("account.deposit", Arc::new(method(deposit)));
+    add_fn("account.withdraw", Arc::new(method(withdraw)));
+    add_fn("account.balance", Arc::new(method(balance)));
+    add_fn("account.gated_deposit", Arc::new(method(gated_deposit)));
+    add_fn("account.call_out", Arc::new(method(call_out)));
+    let world = Arc::new(World {
+        log: Arc::new(MemoryLogBook::new()),
+        functions,
+        runs: Mutex::new(BTreeMap::new()),
+        started: Mutex::new(HashSet::new()),
+        survivor: Mutex::new(None),
+    });
+    let survivor = gateway(&world, None);
+    *world.survivor.lock().unwrap() = Some(survivor);
+    world
+}
+
+pub fn gateway(world: &Arc<World>, crash: Option<CrashAt>) -> Arc<Gateway> {
+    gateway_with(world, CrashPlan::new(crash))
+}
+
+/// A gateway whose appends reach the log after a random delay of up to 300 µs, as over a
+/// network: two such gateways driving one object race for its done records.
+pub fn slow_gateway(world: &Arc<World>, seed: u64) -> Arc<Gateway> {
+    gateway_with(
+        world,
+        CrashPlan::with_delays(None, Duration::from_micros(300), seed),
+    )
+}
+
+pub fn gateway_with(world: &Arc<World>, plan: Arc<CrashPlan>) -> Arc<Gateway> {
+    let log: Arc<dyn LogBook> = Arc::new(CrashingLog::new(world.log.clone(), plan.clone()));
+    let objects = Objects::new();
+    objects
+        .install(Package::from_toml(PACKAGE).unwrap())
+        .unwrap();
+    objects
+        .install(Package::from_toml(STRANGER).unwrap())
+        .unwrap();
+    Arc::new_cyclic(|me| Gateway {
+        world: world.clone(),
+        objects,
+        plan,
+        log,
+        me: me.clone(),
+    })
+}
+
+impl World {
+    pub fn runs(&self, function: &str) -> usize {
+        self.runs
+            .lock()
+            .unwrap()
+            .get(function)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn survivor(&self) -> Arc<Gateway> {
+        self.survivor.lock().unwrap().clone().unwrap()
+    }
+}
+
+impl Gateway {
+    pub fn ctx(&self, depth: u32) -> Ctx {
+        let invoker: Arc<dyn Invoker> = self.me.upgrade().unwrap();
+        Ctx::with_invoker(self.log.clone(), BOOK, String::new(), invoker, depth)
+    }
+
+    pub async fn call(
+        &self,
+        class: &str,
+        key: &str,
+        m: &str,
+        input: Value,
+    ) -> Result<Value, Error> {
+        self.objects
+            .call(&self.ctx(0), CallRequest::new(class, key, m, input))
+            .await
+    }
+
+    pub async fn run(&self, function: &str, input: Bytes, depth: u32) -> FunctionResult {
+        if self.plan.is_dead() {
+            return Err(FunctionError::unavailable("the gateway crashed"));
+        }
+        *self
+            .world
+            .runs
+            .lock()
+            .unwrap()
+            .entry(function.to_string())
+            .or_default() += 1;
+        let ctx = self.ctx(depth);
+        if function == CALL_FUNCTION {
+            return self.objects.handler()(ctx, input).await;
+        }
+        let handler = self
+            .world
+            .functions
+            .get(function)
+            .cloned()
+            .ok_or_else(|| FunctionError::new(format!("no function {function}")))?;
+        handler(ctx, input).await
+    }
+}
+
+#[async_trait]
+impl Invoker for Gateway {
+    async fn invoke(&self, call: Call<'_>) -> FunctionResult {
+        self.run(call.function, call.input, call.depth).await
+    }
+
+    /// A durable invocation: runs once per key, on the survivor, once due.
+    async fn invoke_async(&self, call: Call<'_>) -> Result<String, FunctionError> {
+        if self.plan.is_dead() {
+            return Err(FunctionError::unavailable("the gateway crashed"));
+        }
+        let key = call.key.expect("objects send with keys").to_string();
+        if self.world.started.lock().unwrap().insert(key.clone()) {
+            let survivor = self.world.survivor();
+            let (function, input, due) =
+                (call.function.to_string(), call.input, call.not_before_ms);
+            tokio::spawn(async move {
+                if let Some(due) = due {
+                    let now = libobject_now();
+                    if due > now {
+                        tokio::time::sleep(Duration::from_millis(due - now)).await;
+                    }
+                }
+                let _ = survivor.run(&function, input, 1).await;
+            });
+        }
+        Ok(format!("async:{key}"))
+    }
+}
+
+pub fn libobject_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+pub async fn history(g: &Gateway, class: &str, key: &str) -> Vec<HistoryEntry> {
+    let object = ObjectRef::new(class, key);
+    let (mut all, mut after) = (Vec::new(), 0);
+    loop {
+        let page = g
+            .objects
+            .history(&g.ctx(0), &object, after, 100)
+            .await
+            .unwrap();
+        all.extend(page.calls);
+        match page.next {
+            Some(next) => after = next,
+            None => return all,
+        }
+    }
+}
