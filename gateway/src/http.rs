@@ -201,7 +201,7 @@ pub fn default_state(
 
 impl AppState {
     /// Notes that workflows run in `book` (garbage collection looks there).
-    fn workflows_in(&self, book: BookId) {
+    pub(crate) fn workflows_in(&self, book: BookId) {
         self.workflow_books
             .lock()
             .expect("no panics under the books lock")
@@ -343,6 +343,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(classes::get_package).put(classes::put_package),
         )
         .route("/transactions", post(objects::run_transaction))
+        .route(
+            "/transactions/{id}",
+            get(classes::transaction).post(classes::transact),
+        )
         .route("/queues/{name}", get(queues::stat).put(queues::create))
         .route(
             "/queues/{name}/groups/{group}",
@@ -701,7 +705,7 @@ async fn find_instance(
         })
 }
 
-fn workflow_error(e: libflow::Error) -> ApiError {
+pub(super) fn workflow_error(e: libflow::Error) -> ApiError {
     match e {
         libflow::Error::Log(e) => e.into(),
         other => ApiError::new(

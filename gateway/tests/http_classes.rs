@@ -256,3 +256,138 @@ async fn packages_install_over_http_and_bad_ones_are_refused() {
         json!("examples")
     );
 }
+
+fn transfer(from: &str, to: &str, amount: i64) -> Value {
+    json!({"calls": [
+        {"class": "account", "key": from, "method": "withdraw", "input": {"amount": amount}},
+        {"class": "account", "key": to, "method": "deposit", "input": {"amount": amount}},
+    ]})
+}
+
+async fn balance(app: &Router, key: &str) -> i64 {
+    let (_, body) = post(app, &format!("/objects/account/{key}/balance"), "").await;
+    body["balance"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn serializable_transfers_answer_one_outcome_per_id() {
+    let app = app();
+    post(&app, "/objects/account/a/deposit", r#"{"amount": 10}"#).await;
+    let body = transfer("a", "b", 4).to_string();
+    let (status, first) = post(&app, "/transactions/t1", &body).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["outcome"], json!("success"));
+    assert_eq!(first["results"], json!([{"balance": 6}, {"balance": 4}]));
+    assert_eq!(
+        post(&app, "/transactions/t1", &body).await,
+        (StatusCode::OK, first.clone())
+    );
+    assert_eq!(get(&app, "/transactions/t1").await, first);
+    let (status, failed) = post(&app, "/transactions/t2", &transfer("a", "b", 7).to_string()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{failed}");
+    assert_eq!(
+        (failed["outcome"].clone(), failed["participant"].clone()),
+        (json!("failure"), json!(0))
+    );
+    assert_eq!((balance(&app, "a").await, balance(&app, "b").await), (6, 4));
+    for (uri, body) in [
+        ("/transactions/t3", json!({"calls": []})),
+        (
+            "/transactions/t3",
+            json!({"calls": [{"class": "account", "key": "a", "method": "balance"}]}),
+        ),
+        (
+            "/transactions/t3",
+            json!({"calls": [{"class": "account", "key": "a", "method": "fly"}]}),
+        ),
+        (
+            "/transactions/t3",
+            json!({"calls": [{"class": "account", "key": "a", "method": "deposit", "extra": 1}]}),
+        ),
+        ("/transactions/t3", json!({"style": "both", "calls": []})),
+    ] {
+        let (status, error) = post(&app, uri, &body.to_string()).await;
+        assert!(status.is_client_error(), "{body}: {status} {error}");
+    }
+    let (status, _) = send(&app, Method::GET, "/transactions/nothing", &[], "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// SG-1: a saga of three deposits whose step k fails (a withdrawal too large, for every k):
+/// each step before it is compensated once, none after it runs, and the balances end as
+/// they began.
+#[tokio::test]
+async fn sg_1_a_saga_compensates_what_succeeded_once_for_every_failing_step() {
+    let app = app();
+    for k in 0..3 {
+        let keys = [format!("s{k}-0"), format!("s{k}-1"), format!("s{k}-2")];
+        for key in &keys {
+            post(
+                &app,
+                &format!("/objects/account/{key}/deposit"),
+                r#"{"amount": 5}"#,
+            )
+            .await;
+        }
+        let calls: Vec<Value> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let (method, amount) = if i == k { ("withdraw", 100) } else { ("deposit", 1) };
+                json!({"class": "account", "key": key, "method": method, "input": {"amount": amount},
+                       "compensate": {"method": "withdraw", "input": {"amount": 1}}})
+            })
+            .collect();
+        let body = json!({"style": "saga", "calls": calls}).to_string();
+        let (status, outcome) = post(&app, &format!("/transactions/saga-{k}"), &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{outcome}");
+        assert_eq!(
+            (outcome["outcome"].clone(), outcome["compensated"].clone()),
+            // Nothing to compensate when the first step fails.
+            (json!("failure"), json!(k > 0))
+        );
+        assert!(
+            outcome["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("insufficient funds"),
+            "{outcome}"
+        );
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(balance(&app, key).await, 5, "step {i} of saga {k}");
+            let history = get(&app, &format!("/objects/account/{key}/history")).await;
+            let methods: Vec<&str> = history["calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["method"].as_str().unwrap())
+                .collect();
+            let expected: &[&str] = match i.cmp(&k) {
+                std::cmp::Ordering::Less => &["deposit", "deposit", "withdraw"],
+                std::cmp::Ordering::Equal => &["deposit", "withdraw"],
+                std::cmp::Ordering::Greater => &["deposit"],
+            };
+            assert_eq!(methods, expected, "account {i} of saga {k}");
+        }
+        // The same id answers the same outcome, and runs nothing again.
+        assert_eq!(
+            post(&app, &format!("/transactions/saga-{k}"), &body)
+                .await
+                .1["outcome"],
+            json!("failure")
+        );
+        assert_eq!(
+            get(&app, &format!("/transactions/saga-{k}")).await["outcome"],
+            json!("failure")
+        );
+    }
+    let ok = json!({"style": "saga", "calls": [
+        {"class": "account", "key": "s0-0", "method": "withdraw", "input": {"amount": 2}},
+        {"class": "account", "key": "s0-1", "method": "deposit", "input": {"amount": 2}},
+    ]});
+    let (status, outcome) = post(&app, "/transactions/saga-ok", &ok.to_string()).await;
+    assert_eq!(
+        (status, outcome["results"].clone()),
+        (StatusCode::OK, json!([{"balance": 3}, {"balance": 7}]))
+    );
+}

@@ -62,6 +62,7 @@ pub struct TxnRecord {
 
 /// One participant's call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TxnCall {
     pub class: String,
     pub key: String,

@@ -20,6 +20,7 @@ mod entry;
 mod error;
 mod objects;
 mod package;
+mod saga;
 mod this;
 
 pub use entry::{
@@ -36,4 +37,5 @@ pub use package::{
     valid_name, Access, Class, ClassDecl, Classes, Field, FieldDecl, FieldType, Method, MethodDecl,
     ObjectRef, Package,
 };
+pub use saga::{register_sagas, saga_instance, Compensation, Saga, SagaCall, SAGA_WORKFLOW};
 pub use this::{method, This};

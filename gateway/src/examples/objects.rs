@@ -1,6 +1,7 @@
 //! The example classes' methods (`objects.toml`, the package `examples`): `counter`, `seats`
 //! (reservations in arrival order), `video` and `premium_video` (inheritance and an
-//! override), and `editor` (a caller of `video`'s internal method).
+//! override), `editor` (a caller of `video`'s internal method), and `account` (transfers
+//! between accounts are transactions across objects).
 
 use crate::functions::Registry;
 use libobject::{method, Error, Package, This};
@@ -28,6 +29,58 @@ pub fn register(registry: &mut Registry) {
     registry.register("video.retitle", method(video_retitle));
     registry.register("premium_video.watch", method(premium_watch));
     registry.register("editor.retitle", method(editor_retitle));
+    registry.register("account.deposit", method(account_deposit));
+    registry.register("account.withdraw", method(account_withdraw));
+    registry.register("account.balance", method(account_balance));
+}
+
+#[derive(Serialize, Deserialize)]
+struct Account {
+    balance: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Amount {
+    amount: i64,
+}
+
+fn positive(amount: i64) -> Result<i64, Error> {
+    if amount <= 0 {
+        return Err(Error::Invalid(format!(
+            "an amount is positive, not {amount}"
+        )));
+    }
+    Ok(amount)
+}
+
+async fn account_deposit(this: This, a: Amount) -> Result<Value, Error> {
+    let mut account: Account = this.state()?;
+    account.balance = account
+        .balance
+        .checked_add(positive(a.amount)?)
+        .ok_or_else(|| Error::failed("the balance would overflow"))?;
+    this.set_state(&account)?;
+    Ok(json!({ "balance": account.balance }))
+}
+
+async fn account_withdraw(this: This, a: Amount) -> Result<Value, Error> {
+    let mut account: Account = this.state()?;
+    if account.balance < positive(a.amount)? {
+        return Err(Error::failed(format!(
+            "insufficient funds: {} has {}, not {}",
+            this.key(),
+            account.balance,
+            a.amount
+        )));
+    }
+    account.balance -= a.amount;
+    this.set_state(&account)?;
+    Ok(json!({ "balance": account.balance }))
+}
+
+async fn account_balance(this: This, _: Value) -> Result<Value, Error> {
+    Ok(json!({ "balance": this.state::<Account>()?.balance }))
 }
 
 #[derive(Serialize, Deserialize)]

@@ -311,3 +311,180 @@ fn describe(state: &AppState, package: &Package) -> Value {
         .collect();
     json!({ "name": package.name, "declared": package, "classes": resolved })
 }
+
+/// How long a request for a saga waits for it to end before answering `running`.
+const SAGA_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(serde::Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Style {
+    #[default]
+    Serializable,
+    Saga,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnBody {
+    #[serde(default)]
+    style: Style,
+    calls: Value,
+}
+
+/// `POST /transactions/{id}`: a transaction across objects, `{"calls": [...]}`, serializable
+/// (the default) or a saga (`"style": "saga"`, each call with its `compensate`). Answers its
+/// outcome: `success` (200), `failure` (422), `retryable` (503), or for a saga still running
+/// after a minute `running` (202). The same id again answers the same outcome.
+pub(super) async fn transact(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    let body: TxnBody = serde_json::from_value(super::json_body(body)?)
+        .map_err(|e| ApiError::bad_request(format!("a transaction: {e}")))?;
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    match body.style {
+        Style::Serializable => {
+            let calls: Vec<libobject::TxnCall> = serde_json::from_value(body.calls)
+                .map_err(|e| ApiError::bad_request(format!("calls: {e}")))?;
+            serializable(&state, book, &id, calls).await
+        }
+        Style::Saga => {
+            let saga: libobject::Saga = serde_json::from_value(json!({ "calls": body.calls }))
+                .map_err(|e| ApiError::bad_request(format!("calls: {e}")))?;
+            state.classes.admit_saga(&saga).map_err(object_error)?;
+            let instance = libobject::saga_instance(&id);
+            libflow::check_instance_id(&instance).map_err(ApiError::bad_request)?;
+            state.workflows_in(book);
+            let key = format!("workflow:{instance}");
+            let input = libflow::start_input(&instance, json!(saga));
+            let rx = state
+                .dispatcher
+                .start_async(libobject::SAGA_WORKFLOW, book, input, Some(&key))
+                .await
+                .map_err(super::invoke_error)?;
+            let _ = tokio::time::timeout(SAGA_WAIT, Dispatcher::wait(rx)).await;
+            saga_outcome(&state, book, &id, SAGA_WAIT).await
+        }
+    }
+}
+
+async fn serializable(
+    state: &AppState,
+    book: BookId,
+    id: &str,
+    calls: Vec<libobject::TxnCall>,
+) -> Result<Response, ApiError> {
+    let ctx = call_ctx(state, book);
+    let outcome = state
+        .classes
+        .transact(&ctx, id, calls, None)
+        .await
+        .map_err(object_error)?;
+    let status = match outcome.outcome {
+        libobject::TxnStatus::Success => StatusCode::OK,
+        libobject::TxnStatus::Failure => StatusCode::UNPROCESSABLE_ENTITY,
+        libobject::TxnStatus::Retryable => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut body = json!(outcome);
+    body["style"] = json!("serializable");
+    let mut response = with_seen(applied(state), body);
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// A saga's outcome as the transaction routes answer it, once it ended (or `running`).
+async fn saga_outcome(
+    state: &AppState,
+    book: BookId,
+    id: &str,
+    wait: std::time::Duration,
+) -> Result<Response, ApiError> {
+    let ctx = call_ctx(state, book);
+    let instance = libflow::wait_ended(&ctx, &libobject::saga_instance(id), wait)
+        .await
+        .map_err(super::workflow_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_transaction",
+                format!("no transaction {id:?}"),
+            )
+        })?;
+    use libflow::Status as S;
+    let (status, mut body) = match instance.status {
+        S::Running => (StatusCode::ACCEPTED, json!({ "outcome": "running" })),
+        S::Succeeded => (
+            StatusCode::OK,
+            json!({ "outcome": "success", "results": instance.output.unwrap_or_default()["results"] }),
+        ),
+        S::Failed | S::Compensated | S::Cancelled => {
+            let message = instance.error.unwrap_or_default();
+            let e = libobject::Error::from(tally_sdk::FunctionError::new(message));
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "outcome": "failure",
+                    "compensated": instance.status == S::Compensated,
+                    "error": { "kind": e.kind(), "message": e.to_string() },
+                }),
+            )
+        }
+    };
+    body["id"] = json!(id);
+    body["style"] = json!("saga");
+    let mut response = with_seen(applied(state), body);
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// `GET /transactions/{id}`: a transaction's outcome, 200 whatever it is (202 for a saga still
+/// running; a serializable one is finished first if its coordinator died), or 404.
+pub(super) async fn transaction(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut response = transaction_outcome(state, id, headers).await?;
+    let status = response.status();
+    if status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::SERVICE_UNAVAILABLE {
+        *response.status_mut() = StatusCode::OK;
+    }
+    Ok(response)
+}
+
+async fn transaction_outcome(
+    state: Arc<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    if id.is_empty() || id.len() > libobject::TXN_ID_BYTES_MAX {
+        return Err(ApiError::bad_request("no such transaction id"));
+    }
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let record = state
+        .log
+        .read_next(book, libobject::txn_tag(&id), logbook::Seqnum::ZERO)
+        .await?;
+    if let Some(record) = record {
+        let txn: Value = serde_json::from_slice(&record.data).unwrap_or_default();
+        let calls: Vec<libobject::TxnCall> =
+            serde_json::from_value(txn["calls"].clone()).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
+            })?;
+        return serializable(&state, book, &id, calls).await;
+    }
+    if libflow::check_instance_id(&libobject::saga_instance(&id)).is_err() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_transaction",
+            format!("no transaction {id:?}"),
+        ));
+    }
+    saga_outcome(&state, book, &id, std::time::Duration::ZERO).await
+}
