@@ -27,6 +27,7 @@ pub use entry::{
     done_tag, key_tag, object_tag, packages_tag, txn_tag, vote_tag, CallError, Outcome, TxnCall,
 };
 pub use error::{Error, ErrorKind};
+pub use objects::{builtin_functions, BATCH_READ_MAX, LINKS_PER_TXN_MAX, REFS_MAX};
 pub use objects::{
     CallRequest, HistoryEntry, HistoryPage, Message, MethodInput, MethodOutput, ObjectView,
     Objects, Queued, TxnOutcome, TxnStatus, BATCH_CALLS_MAX, BATCH_STATE_BYTES_MAX, CALL_FUNCTION,
@@ -35,7 +36,7 @@ pub use objects::{
 };
 pub use package::{
     valid_name, Access, Class, ClassDecl, Classes, Field, FieldDecl, FieldType, Method, MethodDecl,
-    ObjectRef, Package,
+    ObjectRef, Package, Reference, DELETE_METHOD, LINK_METHOD,
 };
 pub use saga::{register_sagas, saga_instance, Compensation, Saga, SagaCall, SAGA_WORKFLOW};
 pub use this::{method, This};

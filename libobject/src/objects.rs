@@ -17,10 +17,12 @@ use crate::entry::{
     TxnRecord,
 };
 
+mod links;
 mod txn;
 use crate::package::{Class, Classes, Method, ObjectRef, Package};
 use crate::Error;
 use bytes::Bytes;
+pub use links::{builtin_functions, BATCH_READ_MAX, LINKS_PER_TXN_MAX, REFS_MAX};
 use logbook::{BookId, Cond, LogError, Seqnum};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -316,6 +318,11 @@ impl Objects {
     /// Checks that `request` names a class and method and that its caller may call it:
     /// what a call is refused for before anything is logged.
     pub fn admit(&self, request: &CallRequest) -> Result<(Arc<Class>, Method), Error> {
+        self.admit_as(request, false)
+    }
+
+    /// `admit`; `system`: the runtime's own calls of built-in methods (links, deletes).
+    fn admit_as(&self, request: &CallRequest, system: bool) -> Result<(Arc<Class>, Method), Error> {
         check_key(&request.key)?;
         let classes = self
             .inner
@@ -324,6 +331,9 @@ impl Objects {
             .expect("no panics under the classes lock");
         let class = classes.class(&request.class)?;
         let method = class.method(&request.method)?.clone();
+        if system && method.access == crate::Access::System {
+            return Ok((class, method));
+        }
         let callee = ObjectRef::new(&request.class, &request.key);
         classes.check_access(
             &callee,
@@ -625,6 +635,9 @@ impl Objects {
                 )));
             }
             class.check_state(state)?;
+            if method.access != crate::Access::System {
+                links::check_references_kept(class, &input.state, state)?;
+            }
         }
         Ok(out)
     }

@@ -17,7 +17,12 @@ pub const FIELDS_MAX: usize = 256;
 /// How deep inheritance goes, at most.
 pub const INHERITANCE_DEPTH_MAX: usize = 16;
 /// Method names the object routes use themselves (`/objects/{class}/{key}/history`, `.../send`).
-pub const RESERVED_METHODS: [&str; 2] = ["history", "send"];
+pub const RESERVED_METHODS: [&str; 3] = ["history", "send", "links"];
+/// The built-in methods every class has: the runtime's own, never called from outside.
+/// `libobject.link` adds or removes keys of a reference field; `libobject.delete` empties an
+/// object whose references are as expected. Their functions have the same names.
+pub const LINK_METHOD: &str = "libobject.link";
+pub const DELETE_METHOD: &str = "libobject.delete";
 
 /// A package as its file declares it (TOML) or `PUT /packages/{name}` sends it (TOML or JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,11 +56,19 @@ pub enum FieldDecl {
         kind: FieldType,
         #[serde(default)]
         default: Option<Value>,
+        /// For `ref` and `refs`: the class referred to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<String>,
+        /// For `ref` and `refs`: the field of that class that refers back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inverse: Option<String>,
     },
 }
 
 /// What a field holds. `any` takes every JSON value, `null` included; the others take their
-/// type only (an `integer` is a number without a fraction).
+/// type only (an `integer` is a number without a fraction). `ref` is the key of one object
+/// (or null) and `refs` a list of keys: references, kept consistent with the field that
+/// refers back (`inverse`) by the runtime alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldType {
@@ -67,9 +80,16 @@ pub enum FieldType {
     Bool,
     Array,
     Object,
+    Ref,
+    Refs,
 }
 
 impl FieldType {
+    /// Whether it holds references.
+    pub fn is_reference(self) -> bool {
+        matches!(self, FieldType::Ref | FieldType::Refs)
+    }
+
     fn holds(self, v: &Value) -> bool {
         match self {
             FieldType::Any => true,
@@ -79,6 +99,10 @@ impl FieldType {
             FieldType::Bool => v.is_boolean(),
             FieldType::Array => v.is_array(),
             FieldType::Object => v.is_object(),
+            FieldType::Ref => v.is_null() || v.is_string(),
+            FieldType::Refs => v
+                .as_array()
+                .is_some_and(|keys| keys.iter().all(Value::is_string)),
         }
     }
 
@@ -90,6 +114,8 @@ impl FieldType {
             FieldType::Bool => Value::Bool(false),
             FieldType::Array => Value::Array(Vec::new()),
             FieldType::Object => Value::Object(Map::new()),
+            FieldType::Ref => Value::Null,
+            FieldType::Refs => Value::Array(Vec::new()),
         }
     }
 }
@@ -118,6 +144,9 @@ pub enum Access {
     Internal,
     /// The object itself.
     Private,
+    /// The runtime's own (`LINK_METHOD`, `DELETE_METHOD`): never called from outside or by
+    /// a method; a package cannot declare it.
+    System,
 }
 
 /// An object's address.
@@ -157,6 +186,16 @@ pub struct Field {
     #[serde(rename = "type")]
     pub kind: FieldType,
     pub default: Value,
+    /// What a reference field refers to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refers: Option<Reference>,
+}
+
+/// The other side of a reference field: objects of `class`, whose field `inverse` refers back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reference {
+    pub class: String,
+    pub inverse: String,
 }
 
 /// A resolved class: its own and inherited fields and methods.
@@ -229,6 +268,25 @@ impl Class {
         Ok(())
     }
 
+    /// The keys `state` refers to, by reference field: (field, what it refers to, keys).
+    pub fn references<'a>(&'a self, state: &Value) -> Vec<(&'a str, &'a Reference, Vec<String>)> {
+        self.fields
+            .iter()
+            .filter_map(|(name, f)| f.refers.as_ref().map(|r| (name.as_str(), r)))
+            .map(|(name, r)| {
+                let keys = match &state[name] {
+                    Value::String(k) => vec![k.clone()],
+                    Value::Array(keys) => keys
+                        .iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (name, r, keys)
+            })
+            .collect()
+    }
+
     /// Whether an object of this class is a `class` (itself or an ancestor).
     pub fn is_a(&self, class: &str) -> bool {
         self.name == class || self.ancestors.iter().any(|a| a == class)
@@ -244,6 +302,8 @@ fn type_name(kind: FieldType) -> &'static str {
         FieldType::Bool => "bool",
         FieldType::Array => "array",
         FieldType::Object => "object",
+        FieldType::Ref => "ref",
+        FieldType::Refs => "refs",
     }
 }
 
@@ -306,6 +366,9 @@ impl Package {
                         type_name(resolved.kind)
                     ));
                 }
+                self.check_reference(name, field, decl).map_err(|m| {
+                    Error::Invalid(format!("package {:?}: class {name:?}: {m}", self.name))
+                })?;
             }
             for (method, decl) in &class.methods {
                 if !valid_name(method) || RESERVED_METHODS.contains(&method.as_str()) {
@@ -317,6 +380,11 @@ impl Package {
                 if decl.function.is_empty() {
                     return bad(format!(
                         "class {name:?}: method {method:?} names no function"
+                    ));
+                }
+                if decl.access == Access::System {
+                    return bad(format!(
+                        "class {name:?}: method {method:?}: access is public, internal or private"
                     ));
                 }
             }
@@ -337,6 +405,69 @@ impl Package {
                 }
                 at = next;
             }
+        }
+        Ok(())
+    }
+
+    /// A reference field names a class of the package and a field of it that refers back
+    /// to this one; references are neither inherited nor given defaults.
+    fn check_reference(&self, class: &str, field: &str, decl: &FieldDecl) -> Result<(), String> {
+        let (kind, target, inverse, default) = match decl {
+            FieldDecl::Type(kind) => (*kind, None, None, None),
+            FieldDecl::Full {
+                kind,
+                class,
+                inverse,
+                default,
+            } => (*kind, class.as_ref(), inverse.as_ref(), default.as_ref()),
+        };
+        if !kind.is_reference() {
+            if target.is_some() || inverse.is_some() {
+                return Err(format!(
+                    "field {field:?}: only ref and refs fields name a class and an inverse"
+                ));
+            }
+            return Ok(());
+        }
+        let (Some(target), Some(inverse)) = (target, inverse) else {
+            return Err(format!(
+                "field {field:?}: a {} field names the class it refers to and its inverse field (class = \"...\", inverse = \"...\")",
+                type_name(kind)
+            ));
+        };
+        if default.is_some() {
+            return Err(format!(
+                "field {field:?}: references start empty: no default"
+            ));
+        }
+        let Some(other) = self.classes.get(target) else {
+            return Err(format!(
+                "field {field:?} refers to class {target:?}, which the package does not declare"
+            ));
+        };
+        let back = match other.fields.get(inverse) {
+            Some(FieldDecl::Full {
+                kind,
+                class: Some(c),
+                inverse: Some(i),
+                ..
+            }) if kind.is_reference() => c == class && i == field,
+            _ => false,
+        };
+        if !back {
+            return Err(format!(
+                "field {field:?}: {target}.{inverse} must be a ref or refs field with class = {class:?} and inverse = {field:?}"
+            ));
+        }
+        let extended = |c: &str| {
+            self.classes
+                .values()
+                .any(|d| d.extends.as_deref() == Some(c))
+        };
+        if extended(class) || extended(target) || self.classes[class].extends.is_some() {
+            return Err(format!(
+                "field {field:?}: classes with reference fields neither extend nor are extended"
+            ));
         }
         Ok(())
     }
@@ -375,6 +506,19 @@ impl Package {
                         );
                     }
                 }
+                for (method, function) in
+                    [(LINK_METHOD, LINK_METHOD), (DELETE_METHOD, DELETE_METHOD)]
+                {
+                    class.methods.insert(
+                        method.to_string(),
+                        Method {
+                            function: function.to_string(),
+                            access: Access::System,
+                            shared: false,
+                            declared_in: name.clone(),
+                        },
+                    );
+                }
                 class
             })
             .collect()
@@ -387,10 +531,20 @@ impl FieldDecl {
             FieldDecl::Type(kind) => Field {
                 kind: *kind,
                 default: kind.zero(),
+                refers: None,
             },
-            FieldDecl::Full { kind, default } => Field {
+            FieldDecl::Full {
+                kind,
+                default,
+                class,
+                inverse,
+            } => Field {
                 kind: *kind,
                 default: default.clone().unwrap_or_else(|| kind.zero()),
+                refers: class
+                    .clone()
+                    .zip(inverse.clone())
+                    .map(|(class, inverse)| Reference { class, inverse }),
             },
         }
     }
@@ -457,6 +611,7 @@ impl Classes {
                 .and_then(|c| self.classes.get(&c.class))
                 .is_some_and(|c| c.package == class.package),
             Access::Private => caller == Some(callee),
+            Access::System => false,
         };
         if allowed {
             return Ok(());
@@ -472,6 +627,10 @@ impl Classes {
                 class.package
             ),
             Access::Private => "only the object itself may call it".to_string(),
+            Access::System => format!(
+                "the runtime's own: references change through /objects/{}/KEY/links/FIELD, objects go with DELETE",
+                class.name
+            ),
         };
         Err(Error::Forbidden(format!(
             "{callee}.{method_name} is {}: {rule}, not {who}",

@@ -51,6 +51,16 @@ balance = { function = "account.balance", shared = true }
 gated_deposit = { function = "account.gated_deposit" }
 call_out = { function = "account.call_out" }
 
+[classes.user]
+fields = { name = "string", groups = { type = "refs", class = "group", inverse = "members" }, team = { type = "ref", class = "team", inverse = "users" } }
+methods = { rename = { function = "user.rename" }, steal = { function = "user.steal" } }
+
+[classes.group]
+fields = { members = { type = "refs", class = "user", inverse = "groups" } }
+
+[classes.team]
+fields = { users = { type = "refs", class = "user", inverse = "team" } }
+
 [classes.auditor]
 methods = { peek = { function = "auditor.peek" } }
 "#;
@@ -206,6 +216,21 @@ async fn call_out(this: This, _: Value) -> Result<Value, Error> {
         .await
 }
 
+async fn rename(this: This, name: String) -> Result<Value, Error> {
+    let mut user = this.state_value();
+    user["name"] = json!(name);
+    this.set_state(&user)?;
+    Ok(user)
+}
+
+/// Changes a reference field itself: refused.
+async fn steal(this: This, group: String) -> Result<Value, Error> {
+    let mut user = this.state_value();
+    user["groups"] = json!([group]);
+    this.set_state(&user)?;
+    Ok(user)
+}
+
 async fn peek(this: This, t: Target) -> Result<Value, Error> {
     this.call::<Value>("counter", &t.key, "secret", &json!({}))
         .await
@@ -252,6 +277,11 @@ pub fn world() -> Arc<World> {
     add_fn("account.balance", Arc::new(method(balance)));
     add_fn("account.gated_deposit", Arc::new(method(gated_deposit)));
     add_fn("account.call_out", Arc::new(method(call_out)));
+    add_fn("user.rename", Arc::new(method(rename)));
+    add_fn("user.steal", Arc::new(method(steal)));
+    for (name, f) in libobject::builtin_functions() {
+        add_fn(name, Arc::from(f));
+    }
     let world = Arc::new(World {
         log: Arc::new(MemoryLogBook::new()),
         functions,
