@@ -36,6 +36,9 @@ pub fn objects(registry: &mut Registry, packages: &[Package]) -> Result<Objects,
             .map_err(|e| format!("package {}: {e}", package.name))?;
     }
     crate::examples::objects::register(registry);
+    for (name, handler) in libobject::builtin_functions() {
+        registry.register(name, move |ctx, input| handler(ctx, input));
+    }
     let handler = objects.handler();
     registry.register_with(CALL_FUNCTION, CALL_CONFIG, handler);
     Ok(objects)

@@ -335,7 +335,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/objects/{collection}/{key}/history",
             get(objects::object_history),
         )
+        .route("/objects/{class}", get(classes::read_many))
         .route("/objects/{class}/{key}/{method}", post(classes::call))
+        .route("/objects/{class}/{key}/links/{field}", post(classes::link))
         .route("/objects/{class}/{key}/{method}/send", post(classes::send))
         .route("/packages", get(classes::list_packages))
         .route(

@@ -110,8 +110,8 @@ async fn counter_calls_answer_and_refusals_change_nothing() {
     let calls = history["calls"].as_array().unwrap();
     assert_eq!(calls.len(), 3, "{history}");
     assert_eq!(calls[2]["error"]["kind"], json!("failed"));
-    // Direct writes to a class's objects are refused.
-    for method in [Method::PUT, Method::PATCH, Method::DELETE] {
+    // Direct writes to a class's objects are refused (a DELETE deletes it; see below).
+    for method in [Method::PUT, Method::PATCH] {
         let (status, body) = send(&app, method.clone(), "/objects/counter/c", &[], "[]").await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}: {body}");
         assert_eq!(body["error"]["code"], json!("methods_only"));
@@ -390,4 +390,49 @@ async fn sg_1_a_saga_compensates_what_succeeded_once_for_every_failing_step() {
         (status, outcome["results"].clone()),
         (StatusCode::OK, json!([{"balance": 3}, {"balance": 7}]))
     );
+}
+
+#[tokio::test]
+async fn users_and_groups_link_both_sides_and_deletes_unlink_every_referrer() {
+    let app = app();
+    let (status, linked) = post(
+        &app,
+        "/objects/user/ana/links/groups",
+        r#"{"add": ["dev", "ops"]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{linked}");
+    post(&app, "/objects/user/bo/links/groups", r#"{"add": ["dev"]}"#).await;
+    let groups = get(&app, "/objects/group?keys=dev,ops").await;
+    assert_eq!(groups["objects"]["dev"]["members"], json!(["ana", "bo"]));
+    assert_eq!(groups["objects"]["ops"]["members"], json!(["ana"]));
+    let (status, refused) = post(&app, "/objects/user/ana/links/name", r#"{"add": ["x"]}"#).await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid"))
+    );
+    let (status, _) = post(
+        &app,
+        "/objects/user/ana/links/groups",
+        r#"{"add": ["a"], "remove": ["b"]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = send(&app, Method::DELETE, "/objects/group/dev", &[], "").await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"deleted": true, "unlinked": 2}))
+    );
+    let users = get(&app, "/objects/user?keys=ana,bo").await;
+    assert_eq!(users["objects"]["ana"]["groups"], json!(["ops"]));
+    assert_eq!(users["objects"]["bo"]["groups"], json!([]));
+    let (status, _) = post(
+        &app,
+        "/objects/user/ana/libobject.link",
+        r#"{"field": "groups", "keys": ["x"], "add": true}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let renamed = post(&app, "/objects/user/ana/rename", r#"{"name": "Ana"}"#).await;
+    assert_eq!(renamed, (StatusCode::OK, json!({"name": "Ana"})));
 }

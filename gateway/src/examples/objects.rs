@@ -1,7 +1,8 @@
 //! The example classes' methods (`objects.toml`, the package `examples`): `counter`, `seats`
 //! (reservations in arrival order), `video` and `premium_video` (inheritance and an
-//! override), `editor` (a caller of `video`'s internal method), and `account` (transfers
-//! between accounts are transactions across objects).
+//! override), `editor` (a caller of `video`'s internal method), `account` (transfers
+//! between accounts are transactions across objects), and `user` and `group` (references,
+//! many-to-many).
 
 use crate::functions::Registry;
 use libobject::{method, Error, Package, This};
@@ -32,6 +33,27 @@ pub fn register(registry: &mut Registry) {
     registry.register("account.deposit", method(account_deposit));
     registry.register("account.withdraw", method(account_withdraw));
     registry.register("account.balance", method(account_balance));
+    registry.register("user.describe", method(describe));
+    registry.register("group.describe", method(describe));
+    registry.register("user.rename", method(user_rename));
+}
+
+/// The object's state, and whose it is.
+async fn describe(this: This, _: Value) -> Result<Value, Error> {
+    Ok(json!({ "object": this.me().to_string(), "state": this.state_value() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rename {
+    name: String,
+}
+
+async fn user_rename(this: This, r: Rename) -> Result<Value, Error> {
+    let mut user = this.state_value();
+    user["name"] = json!(r.name);
+    this.set_state(&user)?;
+    Ok(json!({ "name": r.name }))
 }
 
 #[derive(Serialize, Deserialize)]

@@ -488,3 +488,120 @@ async fn transaction_outcome(
     }
     saga_outcome(&state, book, &id, std::time::Duration::ZERO).await
 }
+
+/// The id of a link's or a delete's transaction: `{what}:{Idempotency-Key}`, so the same
+/// request again is the same transaction, or a fresh one.
+async fn runtime_txn_id(
+    state: &AppState,
+    what: &str,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
+    Ok(match idempotency_key(headers)? {
+        Some(key) => format!("{what}:{key}"),
+        None => format!("{what}:{}", state.dispatcher.fresh_id().await?),
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// `POST /objects/{class}/{key}/links/{field}` with `{"add": [keys]}` or `{"remove": [keys]}`:
+/// links (or unlinks) the object's reference field and each key's inverse field, both sides
+/// in one transaction; its outcome (200 success, 422 failure).
+pub(super) async fn link(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path((class, key, field)) = path?;
+    let body: LinkBody = serde_json::from_value(super::json_body(body)?).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{{\"add\": [keys]}} or {{\"remove\": [keys]}}: {e}"
+        ))
+    })?;
+    let (keys, add) = match (body.add.is_empty(), body.remove.is_empty()) {
+        (false, true) => (body.add, true),
+        (true, false) => (body.remove, false),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either add or remove, with keys",
+            ))
+        }
+    };
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    if !is_class(&state, &class) {
+        return Err(object_error(libobject::Error::NoClass(class)));
+    }
+    let id = runtime_txn_id(&state, "link", &headers).await?;
+    let ctx = call_ctx(&state, book);
+    let outcome = state
+        .classes
+        .link(&ctx, &id, &ObjectRef::new(class, key), &field, &keys, add)
+        .await
+        .map_err(object_error)?;
+    let status = match outcome.outcome {
+        libobject::TxnStatus::Success => StatusCode::OK,
+        libobject::TxnStatus::Failure => StatusCode::UNPROCESSABLE_ENTITY,
+        libobject::TxnStatus::Retryable => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut response = with_seen(applied(&state), json!(outcome));
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// `DELETE /objects/{class}/{key}` of a class: unlinks the object from every object that
+/// refers to it and empties it; `{"deleted": true, "unlinked": N}`.
+pub(super) async fn delete(
+    state: &AppState,
+    class: String,
+    key: String,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let book = book_of(headers)?;
+    catch_up(state, seen_of(headers)?).await?;
+    let id = runtime_txn_id(state, "delete", headers).await?;
+    let ctx = call_ctx(state, book);
+    let deleted = state
+        .classes
+        .delete(&ctx, &id, &ObjectRef::new(class, key))
+        .await
+        .map_err(object_error)?;
+    Ok(with_seen(applied(state), deleted))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeysQuery {
+    keys: String,
+}
+
+/// `GET /objects/{class}?keys=k1,k2`: the states of many objects, `{"objects": {key: state}}`.
+pub(super) async fn read_many(
+    State(state): State<Arc<AppState>>,
+    class: Result<Path<String>, PathRejection>,
+    query: Result<axum::extract::Query<KeysQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(class) = class?;
+    // A collection of libstore's has no listing: only classes are read so.
+    state.classes.class(&class).map_err(object_error)?;
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let keys: Vec<String> = query.keys.split(',').map(str::to_string).collect();
+    let book = book_of(&headers)?;
+    catch_up(&state, seen_of(&headers)?).await?;
+    let ctx = call_ctx(&state, book);
+    let objects = state
+        .classes
+        .read_many(&ctx, &class, &keys)
+        .await
+        .map_err(object_error)?;
+    Ok(with_seen(applied(&state), json!({ "objects": objects })))
+}

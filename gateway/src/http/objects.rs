@@ -195,13 +195,17 @@ fn parse_ops(body: Value) -> Result<Vec<Op>, ApiError> {
 }
 
 /// `DELETE /objects/{collection}/{key}`: removes the document; `{"old": the document, or
-/// null if there was none}`.
+/// null if there was none}`. An object of a class is deleted as `classes::delete` says.
 pub(super) async fn delete_object(
     State(state): State<Arc<AppState>>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let object = object(&state, store_path(&state, path)?, &headers).await?;
+    let Path((collection, key)) = path?;
+    if is_class(&state, &collection) {
+        return super::classes::delete(&state, collection, key, &headers).await;
+    }
+    let object = object(&state, (collection, key), &headers).await?;
     let old = object.delete("").await.map_err(store_error)?;
     reply(&state, &headers, json!({ "old": old }))
 }

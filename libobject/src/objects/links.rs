@@ -11,7 +11,8 @@ use crate::package::{Class, FieldType, DELETE_METHOD, LINK_METHOD};
 use crate::{method, Error, ObjectRef, This, TxnOutcome, TxnStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tally_sdk::{BoxFuture, Ctx};
+use std::sync::Arc;
+use tally_sdk::{Ctx, Handler};
 
 /// Most keys a reference field holds.
 pub const REFS_MAX: usize = 1_000;
@@ -121,13 +122,10 @@ async fn delete(this: This, d: Delete) -> Result<Value, Error> {
 }
 
 /// The built-in methods' functions, by name, for the registry that serves `libobject.call`.
-pub fn builtin_functions() -> Vec<(
-    &'static str,
-    Box<dyn Fn(Ctx, bytes::Bytes) -> BoxFuture + Send + Sync>,
-)> {
+pub fn builtin_functions() -> Vec<(&'static str, Handler)> {
     vec![
-        (LINK_METHOD, Box::new(method(link))),
-        (DELETE_METHOD, Box::new(method(delete))),
+        (LINK_METHOD, Arc::new(method(link))),
+        (DELETE_METHOD, Arc::new(method(delete))),
     ]
 }
 

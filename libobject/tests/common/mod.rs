@@ -280,7 +280,7 @@ pub fn world() -> Arc<World> {
     add_fn("user.rename", Arc::new(method(rename)));
     add_fn("user.steal", Arc::new(method(steal)));
     for (name, f) in libobject::builtin_functions() {
-        add_fn(name, Arc::from(f));
+        add_fn(name, f);
     }
     let world = Arc::new(World {
         log: Arc::new(MemoryLogBook::new()),
