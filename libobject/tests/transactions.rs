@@ -132,7 +132,7 @@ async fn two_pc_3_no_one_sees_a_staged_state_and_later_calls_queue_behind() {
     // b's vote waits at the gate: a has voted (its withdrawal staged), b has not.
     let calls = vec![
         call("a", "withdraw", json!({"amount": 5})),
-        call("b", "gated_deposit", json!({"amount": 5})),
+        call("b", "gated_deposit", json!({"amount": 5, "gate": 0})),
     ];
     let txn = {
         let g = g.clone();
@@ -175,7 +175,7 @@ async fn two_pc_3_no_one_sees_a_staged_state_and_later_calls_queue_behind() {
         !later.is_finished(),
         "a call after the transaction waits for it"
     );
-    GATE.add_permits(1);
+    GATES[0].add_permits(1);
     assert_eq!(txn.await.unwrap().unwrap().outcome, TxnStatus::Success);
     assert_eq!(later.await.unwrap().unwrap(), json!({"balance": 6}));
     let h = history(&g, "account", "a").await;
@@ -186,6 +186,66 @@ async fn two_pc_3_no_one_sees_a_staged_state_and_later_calls_queue_behind() {
     assert_eq!(
         methods,
         [("deposit", false), ("withdraw", true), ("deposit", false)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pc_5_an_abort_decided_before_a_participant_gets_there_stages_nothing_there() {
+    let w = world();
+    let g = w.survivor();
+    open(&g, "a", 1).await;
+    // b is busy: a gated deposit runs on it, queued before the transaction.
+    let busy = {
+        let g = g.clone();
+        tokio::spawn(async move {
+            let gated = json!({"amount": 5, "gate": 1});
+            g.call("account", "b", "gated_deposit", gated).await
+        })
+    };
+    let b = ObjectRef::new("account", "b");
+    wait_until(|| async {
+        let view = g.objects.inspect(&g.ctx(0), &b).await.unwrap();
+        view.queued_total == 1
+    })
+    .await;
+    // a fails at once: the outcome is failure while b has not reached the transaction.
+    let calls = vec![
+        call("a", "withdraw", json!({"amount": 100})),
+        call("b", "deposit", json!({"amount": 5})),
+    ];
+    let outcome = transact(&g, "t5", calls).await.unwrap();
+    assert_eq!(
+        (outcome.outcome, outcome.participant),
+        (TxnStatus::Failure, Some(0))
+    );
+    assert!(!busy.is_finished(), "b is still busy");
+    GATES[1].add_permits(1);
+    assert_eq!(busy.await.unwrap().unwrap(), json!({"balance": 5}));
+    // b reaches the transaction, aborted: its deposit never runs, it casts no vote, and the
+    // call after it is not held up.
+    let after = g
+        .call("account", "b", "deposit", json!({"amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(after, json!({"balance": 6}));
+    let vote = w
+        .log
+        .check_tail(BOOK, libobject::vote_tag(outcome.seqnum, 1))
+        .await
+        .unwrap();
+    assert!(vote.is_none(), "b voted on a transaction already aborted");
+    let h = history(&g, "account", "b").await;
+    let kinds: Vec<_> = h
+        .iter()
+        .map(|c| (c.method.as_str(), c.error.is_some()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("gated_deposit", false),
+            ("deposit", true),
+            ("deposit", false)
+        ]
     );
 }
 

@@ -29,8 +29,11 @@ pub const TXN_CALLS_MAX: usize = logbook::TAGS_PER_RECORD_MAX - 1;
 /// Longest transaction id, in bytes.
 pub const TXN_ID_BYTES_MAX: usize = 256;
 /// How long a wait for a vote or an answer lasts before the waiter drives the participants
-/// again, and how long in all before the transaction is reported `retryable`.
+/// again, and how long in all before the transaction is reported `retryable`. A waiter for
+/// votes looks at every vote each `VOTE_POLL` (a failed one ends the wait).
 const VOTE_WAIT: Duration = Duration::from_millis(500);
+const VOTE_POLL: Duration = Duration::from_millis(50);
+const KICK_EVERY_POLLS: u32 = 10;
 const DECISION_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// How a transaction ended.
@@ -63,12 +66,59 @@ pub struct TxnOutcome {
     pub error: Option<CallError>,
 }
 
-/// The first failed vote, if any.
-fn first_failure(votes: &[Vote]) -> Option<(usize, &CallError)> {
-    votes
-        .iter()
-        .enumerate()
-        .find_map(|(i, v)| v.error.as_ref().map(|e| (i, e)))
+/// The first failed vote cast so far, looking once at each participant's.
+async fn cast_failure(
+    ctx: &Ctx,
+    seqnum: u64,
+    participants: usize,
+) -> Result<Option<(usize, CallError)>, Error> {
+    for j in 0..participants {
+        if let Some(record) = ctx.read_next(vote_tag(seqnum, j), Seqnum::ZERO).await? {
+            if let Some(e) = parse_vote(&record)?.error {
+                return Ok(Some((j, e)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What the votes say so far.
+enum Votes {
+    /// Every participant's, in order, all succeeded: commit.
+    All(Vec<Vote>),
+    /// Participant `.0` failed: abort.
+    Aborted(usize, CallError),
+}
+
+/// The outcome of transaction `id`: each participant's result, or the participant that
+/// failed (if known) and its error.
+fn outcome_of(
+    id: &str,
+    seqnum: u64,
+    decided: Result<Vec<Value>, (Option<usize>, CallError)>,
+) -> TxnOutcome {
+    match decided {
+        Ok(results) => TxnOutcome {
+            id: id.to_string(),
+            outcome: TxnStatus::Success,
+            seqnum,
+            results,
+            participant: None,
+            error: None,
+        },
+        Err((participant, e)) => TxnOutcome {
+            id: id.to_string(),
+            outcome: if e.kind == ErrorKind::Unavailable {
+                TxnStatus::Retryable
+            } else {
+                TxnStatus::Failure
+            },
+            seqnum,
+            results: Vec::new(),
+            participant,
+            error: Some(e),
+        },
+    }
 }
 
 fn parse_vote(record: &Record) -> Result<Vote, Error> {
@@ -150,50 +200,29 @@ impl Objects {
         let votes = match self.votes(ctx, seqnum, &calls, None).await {
             Ok(votes) => votes,
             Err(Error::Unavailable(message)) => {
-                return Ok(TxnOutcome {
-                    id: id.to_string(),
-                    outcome: TxnStatus::Retryable,
-                    seqnum,
-                    results: Vec::new(),
-                    participant: None,
-                    error: Some(CallError {
-                        kind: ErrorKind::Unavailable,
-                        message,
-                    }),
-                })
+                let error = CallError {
+                    kind: ErrorKind::Unavailable,
+                    message,
+                };
+                return Ok(outcome_of(id, seqnum, Err((None, error))));
             }
             Err(e) => return Err(e),
+        };
+        let votes = match votes {
+            // Nothing changes anywhere: no participant needs to have answered it yet.
+            Votes::Aborted(j, e) => return Ok(outcome_of(id, seqnum, Err((Some(j), e)))),
+            Votes::All(votes) => votes,
         };
         // Answered once every participant answered it: a read after the answer sees it.
         for call in &calls {
             self.wait_answered(ctx, &ObjectRef::new(&call.class, &call.key), seqnum, &calls)
                 .await?;
         }
-        Ok(match first_failure(&votes) {
-            None => TxnOutcome {
-                id: id.to_string(),
-                outcome: TxnStatus::Success,
-                seqnum,
-                results: votes
-                    .into_iter()
-                    .map(|v| v.output.unwrap_or(Value::Null))
-                    .collect(),
-                participant: None,
-                error: None,
-            },
-            Some((i, e)) => TxnOutcome {
-                id: id.to_string(),
-                outcome: if e.kind == ErrorKind::Unavailable {
-                    TxnStatus::Retryable
-                } else {
-                    TxnStatus::Failure
-                },
-                seqnum,
-                results: Vec::new(),
-                participant: Some(i),
-                error: Some(e.clone()),
-            },
-        })
+        let results = votes
+            .into_iter()
+            .map(|v| v.output.unwrap_or(Value::Null))
+            .collect();
+        Ok(outcome_of(id, seqnum, Ok(results)))
     }
 
     /// Checks a transaction before anything is logged: its id, its size, one call per
@@ -261,45 +290,58 @@ impl Objects {
     }
 
     /// Every participant's vote, in order, waiting for those not cast yet (driving their
-    /// objects meanwhile). `known` is the caller's own vote, as participant `i`.
+    /// objects meanwhile); or, as soon as one failed, that one: the transaction aborts
+    /// whatever the others vote. `known` is the caller's own vote, as participant `i`.
     async fn votes(
         &self,
         ctx: &Ctx,
         seqnum: u64,
         calls: &[TxnCall],
         known: Option<(usize, &Vote)>,
-    ) -> Result<Vec<Vote>, Error> {
+    ) -> Result<Votes, Error> {
         let started = Instant::now();
-        let mut votes = Vec::with_capacity(calls.len());
-        for j in 0..calls.len() {
-            if let Some((i, vote)) = known {
-                if i == j {
-                    votes.push(vote.clone());
-                    continue;
+        let mut polls = 0u32;
+        loop {
+            let mut votes = Vec::with_capacity(calls.len());
+            let mut missing = None;
+            for j in 0..calls.len() {
+                let vote = match known {
+                    Some((i, vote)) if i == j => Some(vote.clone()),
+                    _ => match ctx.read_next(vote_tag(seqnum, j), Seqnum::ZERO).await? {
+                        Some(record) => Some(parse_vote(&record)?),
+                        None => None,
+                    },
+                };
+                match vote {
+                    Some(Vote { error: Some(e), .. }) => return Ok(Votes::Aborted(j, e)),
+                    Some(vote) => votes.push(vote),
+                    None => {
+                        missing.get_or_insert(j);
+                    }
                 }
             }
+            let Some(j) = missing else {
+                return Ok(Votes::All(votes));
+            };
+            if started.elapsed() > DECISION_WAIT_MAX {
+                return Err(Error::Unavailable(format!(
+                    "participant {j} ({}/{}) did not vote within {DECISION_WAIT_MAX:?}",
+                    calls[j].class, calls[j].key
+                )));
+            }
             let tag = vote_tag(seqnum, j);
-            loop {
-                if let Some(record) = ctx.read_next(tag, Seqnum::ZERO).await? {
-                    votes.push(parse_vote(&record)?);
-                    break;
-                }
-                if started.elapsed() > DECISION_WAIT_MAX {
-                    return Err(Error::Unavailable(format!(
-                        "participant {j} ({}/{}) did not vote within {DECISION_WAIT_MAX:?}",
-                        calls[j].class, calls[j].key
-                    )));
-                }
-                if ctx
-                    .read_next_blocking(tag, Seqnum::ZERO, VOTE_WAIT)
-                    .await?
-                    .is_none()
-                {
+            if ctx
+                .read_next_blocking(tag, Seqnum::ZERO, VOTE_POLL)
+                .await?
+                .is_none()
+            {
+                polls += 1;
+                if polls == KICK_EVERY_POLLS {
+                    polls = 0;
                     self.kick(ctx, calls, known.map(|(i, _)| i));
                 }
             }
         }
-        Ok(votes)
     }
 
     /// Waits until a done record of `object` answers the transaction at `seqnum`.
@@ -364,18 +406,32 @@ impl Objects {
             .iter()
             .position(|c| c.class == object.class && c.key == object.key)
             .ok_or_else(|| corrupt(seqnum, "a transaction in the stream of a non-participant"))?;
-        let mine = self.vote(ctx, class, object, d, seqnum, t, i).await?;
-        let votes = self.votes(ctx, seqnum, &t.calls, Some((i, &mine))).await?;
-        if let Some((j, e)) = first_failure(&votes) {
-            let reason = Error::of_kind(
-                e.kind,
-                format!(
-                    "transaction {} aborted: {}/{}.{} failed: {}",
-                    t.id, t.calls[j].class, t.calls[j].key, t.calls[j].method, e.message
-                ),
-            );
-            return Ok((vec![Outcome::failed(seqnum, &reason)], d.state.clone()));
-        }
+        // Another participant failed already: the transaction aborts, so this one's call
+        // does not even run (no staged state, and no vote).
+        let votes = match cast_failure(ctx, seqnum, t.calls.len()).await? {
+            Some((j, e)) => Err((j, e)),
+            None => Ok(self.vote(ctx, class, object, d, seqnum, t, i).await?),
+        };
+        let votes = match votes {
+            Ok(mine) => match self.votes(ctx, seqnum, &t.calls, Some((i, &mine))).await? {
+                Votes::All(_) => Ok(mine),
+                Votes::Aborted(j, e) => Err((j, e)),
+            },
+            Err(aborted) => Err(aborted),
+        };
+        let mine = match votes {
+            Ok(mine) => mine,
+            Err((j, e)) => {
+                let reason = Error::of_kind(
+                    e.kind,
+                    format!(
+                        "transaction {} aborted: {}/{}.{} failed: {}",
+                        t.id, t.calls[j].class, t.calls[j].key, t.calls[j].method, e.message
+                    ),
+                );
+                return Ok((vec![Outcome::failed(seqnum, &reason)], d.state.clone()));
+            }
+        };
         // Committed: the held messages go out now, each once (a driver that runs this again
         // sends them under the same keys).
         for (n, message) in mine.messages.iter().enumerate() {

@@ -171,6 +171,9 @@ struct Amount {
     /// A counter to send `add` to, held until the transaction commits.
     #[serde(default)]
     notify: Option<String>,
+    /// Which of `GATES` a `gated_deposit` waits at.
+    #[serde(default)]
+    gate: usize,
 }
 
 async fn deposit(this: This, a: Amount) -> Result<Value, Error> {
@@ -202,11 +205,19 @@ async fn balance(this: This, _: Value) -> Result<Value, Error> {
     Ok(json!({ "balance": this.state_value()["balance"] }))
 }
 
-/// Permits for `gated_deposit`: a test holds a participant's vote back with them.
-pub static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+/// Permits for `gated_deposit`: a test holds a participant's call back with them (one gate
+/// per test, as tests run at once).
+pub static GATES: [tokio::sync::Semaphore; 2] = [
+    tokio::sync::Semaphore::const_new(0),
+    tokio::sync::Semaphore::const_new(0),
+];
 
 async fn gated_deposit(this: This, a: Amount) -> Result<Value, Error> {
-    GATE.acquire().await.expect("the gate stays open").forget();
+    GATES[a.gate]
+        .acquire()
+        .await
+        .expect("the gate stays open")
+        .forget();
     deposit(this, a).await
 }
 
