@@ -77,6 +77,7 @@ pub fn workflows() -> libflow::Workflows {
     workflows.register("writes", writes);
     workflows.with_schedules();
     libobject::register_sagas(&mut workflows);
+    libobject::register_dataflows(&mut workflows);
     // How far a `steps` instance is: its counter as of its newest record.
     workflows.query("steps", "progress", |q: libflow::Query| async move {
         let count: Option<u64> = q.get("steps", &q.instance().id).await?;

@@ -436,3 +436,43 @@ async fn users_and_groups_link_both_sides_and_deletes_unlink_every_referrer() {
     let renamed = post(&app, "/objects/user/ana/rename", r#"{"name": "Ana"}"#).await;
     assert_eq!(renamed, (StatusCode::OK, json!({"name": "Ana"})));
 }
+
+#[tokio::test]
+async fn a_box_office_sells_a_seat_with_a_dataflow_method() {
+    let app = app();
+    post(&app, "/objects/account/ana/deposit", r#"{"amount": 50}"#).await;
+    let sale = r#"{"show": "gala", "seat": "B7", "buyer": "ana", "price": 20}"#;
+    let key = [("idempotency-key", "sale-1")];
+    let (status, sold) = send(
+        &app,
+        Method::POST,
+        "/objects/box_office/main/sell",
+        &key,
+        sale,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{sold}");
+    assert_eq!(
+        sold,
+        json!({"seat": "B7", "order": 1, "balance": 30, "sold": 1})
+    );
+    let (_, again) = send(
+        &app,
+        Method::POST,
+        "/objects/box_office/main/sell",
+        &key,
+        sale,
+    )
+    .await;
+    assert_eq!(again, sold, "one sale per key");
+    let (status, failed) = post(&app, "/objects/box_office/main/sell", sale).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("step seat"),
+        "{failed}"
+    );
+    assert_eq!(balance(&app, "ana").await, 30);
+}

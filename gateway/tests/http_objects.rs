@@ -244,7 +244,11 @@ async fn bad_object_requests_are_4xx_json_errors_that_change_nothing() {
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
         ),
-        ((Method::GET, "/objects/carts", ""), missing, "unknown_class"),
+        (
+            (Method::GET, "/objects/carts", ""),
+            missing,
+            "unknown_class",
+        ),
     ];
     for (request, status, code) in unlogged {
         refused(&app, CART, request, status, code).await;

@@ -994,6 +994,10 @@ pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
 pub async fn wait_ended(ctx: &Ctx, id: &str, timeout: Duration) -> Result<Option<Instance>, Error> {
     let deadline = now_ms().saturating_add(timeout.as_millis() as u64);
     loop {
+        // The stream's newest record before `describe` reads it: a record after it is news.
+        // (Not the newest step: an instance without steps yet, or with records that are not
+        // steps after its last, would find that record at once, again and again.)
+        let newest = ctx.check_tail(steps_tag(id)).await?.map(|r| r.seqnum.0);
         let Some(instance) = describe(ctx, id).await? else {
             return Ok(None);
         };
@@ -1001,7 +1005,7 @@ pub async fn wait_ended(ctx: &Ctx, id: &str, timeout: Duration) -> Result<Option
         if instance.status != Status::Running || now >= deadline {
             return Ok(Some(instance));
         }
-        let after = instance.steps.last().map_or(0, |s| s.seqnum) + 1;
+        let after = newest.map_or(0, |s| s + 1);
         let wait =
             Duration::from_millis((deadline - now).min(logbook::READ_BLOCKING_TIMEOUT_MS_MAX));
         ctx.read_next_blocking(steps_tag(id), Seqnum(after), wait)

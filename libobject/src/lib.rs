@@ -16,6 +16,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+mod dataflow;
 mod entry;
 mod error;
 mod objects;
@@ -23,6 +24,9 @@ mod package;
 mod saga;
 mod this;
 
+pub use dataflow::{
+    register_dataflows, Dataflow, DataflowRun, Step, DATAFLOW_STEPS_MAX, DATAFLOW_WORKFLOW,
+};
 pub use entry::{
     done_tag, key_tag, object_tag, packages_tag, txn_tag, vote_tag, CallError, Outcome, TxnCall,
 };

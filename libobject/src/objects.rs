@@ -364,6 +364,9 @@ impl Objects {
                 .await?;
             return Ok(serde_json::to_value(out).expect("method outputs serialize"));
         }
+        if let Some(dataflow) = &method.dataflow {
+            return self.run_dataflow(ctx, &request, dataflow).await;
+        }
         if method.shared {
             let state = self.latest_state(ctx, &class, &callee).await?;
             let input = (state, format!("{callee}@shared"), None);

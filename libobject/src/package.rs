@@ -124,8 +124,15 @@ impl FieldType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MethodDecl {
-    /// The function that runs it (in-process or in a worker).
+    /// The function that runs it (in-process or in a worker); none for a dataflow method.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub function: String,
+    /// A dataflow method: calls on objects, each run once its inputs exist, and what it
+    /// answers (`output`; by default every step's output, by step name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataflow: Option<Vec<crate::dataflow::Step>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
     #[serde(default)]
     pub access: Access,
     /// Read-only: runs at once on the newest state, beside the queue, and appends nothing.
@@ -178,6 +185,9 @@ pub struct Method {
     pub access: Access,
     pub shared: bool,
     pub declared_in: String,
+    /// A dataflow method's steps and output (its `function` is `DATAFLOW_WORKFLOW`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataflow: Option<crate::dataflow::Dataflow>,
 }
 
 /// A resolved field: its type and starting value.
@@ -377,10 +387,35 @@ impl Package {
                         RESERVED_METHODS.join(" or ")
                     ));
                 }
-                if decl.function.is_empty() {
-                    return bad(format!(
-                        "class {name:?}: method {method:?} names no function"
-                    ));
+                match (&decl.dataflow, decl.function.is_empty()) {
+                    (None, true) => {
+                        return bad(format!(
+                        "class {name:?}: method {method:?} names no function (nor is a dataflow)"
+                    ))
+                    }
+                    (Some(_), false) => {
+                        return bad(format!(
+                        "class {name:?}: method {method:?} is a function or a dataflow, not both"
+                    ))
+                    }
+                    (Some(steps), true) => {
+                        let dataflow = crate::dataflow::Dataflow {
+                            steps: steps.clone(),
+                            output: decl.output.clone(),
+                        };
+                        dataflow.check().map_err(|m| {
+                            Error::Invalid(format!(
+                                "package {:?}: class {name:?}: method {method:?}: {m}",
+                                self.name
+                            ))
+                        })?;
+                    }
+                    (None, false) if decl.output.is_some() => {
+                        return bad(format!(
+                            "class {name:?}: method {method:?}: only a dataflow names its output"
+                        ))
+                    }
+                    (None, false) => {}
                 }
                 if decl.access == Access::System {
                     return bad(format!(
@@ -498,10 +533,19 @@ impl Package {
                         class.methods.insert(
                             method.clone(),
                             Method {
-                                function: m.function.clone(),
+                                function: match &m.dataflow {
+                                    Some(_) => crate::dataflow::DATAFLOW_WORKFLOW.to_string(),
+                                    None => m.function.clone(),
+                                },
                                 access: m.access,
                                 shared: m.shared,
                                 declared_in: declared.clone(),
+                                dataflow: m.dataflow.clone().map(|steps| {
+                                    crate::dataflow::Dataflow {
+                                        steps,
+                                        output: m.output.clone(),
+                                    }
+                                }),
                             },
                         );
                     }
@@ -516,6 +560,7 @@ impl Package {
                             access: Access::System,
                             shared: false,
                             declared_in: name.clone(),
+                            dataflow: None,
                         },
                     );
                 }

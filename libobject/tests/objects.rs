@@ -415,3 +415,47 @@ async fn a_cold_gateway_reads_an_object_from_its_newest_done_record() {
         .seqnum;
     assert!(seq > Seqnum::ZERO);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataflow_method_runs_its_steps_once_each_in_the_order_their_inputs_need() {
+    let w = world();
+    let g = w.survivor();
+    g.call("account", "x", "deposit", json!({"amount": 10}))
+        .await
+        .unwrap();
+    let request = |key: &str| CallRequest {
+        call_key: Some(key.to_string()),
+        ..CallRequest::new(
+            "agent",
+            "a1",
+            "move",
+            json!({"from": "x", "to": "y", "amount": 3}),
+        )
+    };
+    let out = g.objects.call(&g.ctx(0), request("m1")).await.unwrap();
+    assert_eq!(out, json!({"from": 7, "to": 3, "moved": 3, "audited": 7}));
+    // The same key again: the same run, its steps not made again.
+    let again = g.objects.call(&g.ctx(0), request("m1")).await.unwrap();
+    assert_eq!(again, out);
+    let balance = g
+        .call("account", "x", "balance", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(balance, json!({"balance": 7}));
+    // `audit` used `out`'s output, so it ran after it; `out`, `in` and `count` ran at once.
+    let audit = history(&g, "counter", "audit").await;
+    let out_call = history(&g, "account", "x").await[1].call;
+    assert!(audit[0].call > out_call);
+    // A failing step ends the dataflow with its error.
+    let broke = CallRequest::new(
+        "agent",
+        "a1",
+        "move",
+        json!({"from": "x", "to": "y", "amount": 100}),
+    );
+    let failed = g.objects.call(&g.ctx(0), broke).await;
+    assert!(
+        matches!(&failed, Err(Error::Failed(m)) if m.contains("step out") && m.contains("insufficient funds")),
+        "{failed:?}"
+    );
+}

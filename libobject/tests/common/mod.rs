@@ -61,6 +61,15 @@ fields = { members = { type = "refs", class = "user", inverse = "groups" } }
 [classes.team]
 fields = { users = { type = "refs", class = "user", inverse = "team" } }
 
+[classes.agent.methods.move]
+dataflow = [
+    { step = "out", class = "account", key = "$input.from", method = "withdraw", input = { amount = "$input.amount" } },
+    { step = "in", class = "account", key = "$input.to", method = "deposit", input = { amount = "$input.amount" } },
+    { step = "count", class = "counter", key = "$key", method = "add", input = { by = "$input.amount" } },
+    { step = "audit", class = "counter", key = "audit", method = "add", input = { by = "$out.balance" } },
+]
+output = { from = "$out.balance", to = "$in.balance", moved = "$count.value", audited = "$audit.value" }
+
 [classes.auditor]
 methods = { peek = { function = "auditor.peek" } }
 "#;
@@ -293,6 +302,12 @@ pub fn world() -> Arc<World> {
     for (name, f) in libobject::builtin_functions() {
         add_fn(name, f);
     }
+    let mut workflows = libflow::Workflows::new();
+    libobject::register_dataflows(&mut workflows);
+    let dataflow = workflows
+        .handler(libobject::DATAFLOW_WORKFLOW)
+        .expect("registered");
+    add_fn(libobject::DATAFLOW_WORKFLOW, dataflow);
     let world = Arc::new(World {
         log: Arc::new(MemoryLogBook::new()),
         functions,
