@@ -398,7 +398,10 @@ impl Invoker for Dispatcher {
             .map_err(|e| FunctionError::new(e.to_string()))?;
         match Dispatcher::wait(rx).await.output {
             Some(result) => result,
-            None => Err(FunctionError::new(format!("{function} did not finish"))),
+            // Not a failure of the function: its result is not known here (yet).
+            None => Err(FunctionError::unavailable(format!(
+                "{function} did not finish here"
+            ))),
         }
     }
 
@@ -802,8 +805,19 @@ impl Dispatcher {
     /// Keeps `inv` in the table (under its key scope and input hash, if keyed).
     fn insert(&self, inv: Invocation, key: Option<(String, u64)>) -> watch::Receiver<Invocation> {
         let id = inv.id.clone();
-        let (tx, rx) = watch::channel(inv);
         let mut table = self.table();
+        // Kept already (followed, then claimed from a dead gateway): the same channel, so
+        // whoever waits on it sees how it ends.
+        if let Some(tx) = table.invocations.get(&id) {
+            tx.send_replace(inv);
+            let rx = tx.subscribe();
+            if let Some((scope, hash)) = key {
+                table.by_key.insert(scope.clone(), (id.clone(), hash));
+                table.key_of.insert(id, scope);
+            }
+            return rx;
+        }
+        let (tx, rx) = watch::channel(inv);
         table.invocations.insert(id.clone(), tx);
         if let Some((scope, hash)) = key {
             if let Some((replaced, _)) = table.by_key.insert(scope.clone(), (id.clone(), hash)) {

@@ -161,6 +161,8 @@ pub fn default_state(
     .map_err(|e| format!("object settings: {e}"))?;
     let workflows = crate::examples::register(&mut registry, &objects);
     let classes = crate::classes::objects(&mut registry, &setup.packages)?;
+    let observed = metrics.clone();
+    classes.set_observer(Arc::new(move |o| observed.observe_object(o)));
     for (name, config) in &setup.functions {
         registry.configure(name, *config)?;
     }

@@ -36,6 +36,17 @@ pub struct FunctionName {
     pub function: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassName {
+    pub class: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 10 µs to ~10 s.
     Histogram::new(exponential_buckets(0.000_01, 2.0, 21))
@@ -66,6 +77,14 @@ pub struct Metrics {
     pub object_records_collected: Counter,
     /// Queue trims, and the consumer groups' streams they cut below a checkpoint.
     pub queue_trims: Counter,
+    /// Calls of objects' methods answered in done records this gateway appended, by class
+    /// and outcome (`ok`, `failed`, `duplicate`).
+    pub object_calls: Family<ClassLabels, Counter>,
+    /// Done records this gateway appended, by class (calls / done records: how many calls a
+    /// done record answers).
+    pub object_done_records: Family<ClassName, Counter>,
+    /// How long methods' functions ran, by class.
+    pub object_method_latency_seconds: Family<ClassName, Histogram, fn() -> Histogram>,
     pub queue_streams_cut: Counter,
     pub pending_appends: Gauge,
     pub cache_bytes: Gauge,
@@ -99,6 +118,9 @@ impl Metrics {
             objects_collected: Counter::default(),
             object_records_collected: Counter::default(),
             queue_trims: Counter::default(),
+            object_calls: Family::default(),
+            object_done_records: Family::default(),
+            object_method_latency_seconds: Family::new_with_constructor(latency_histogram),
             queue_streams_cut: Counter::default(),
             pending_appends: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -187,6 +209,21 @@ impl Metrics {
             m.queue_trims.clone(),
         );
         registry.register(
+            "object_calls",
+            "Calls of objects' methods answered in done records this gateway appended, by class and outcome",
+            m.object_calls.clone(),
+        );
+        registry.register(
+            "object_done_records",
+            "Done records this gateway appended, by class (each answers the calls queued since the one before)",
+            m.object_done_records.clone(),
+        );
+        registry.register(
+            "object_method_latency_seconds",
+            "How long objects' methods ran, by class",
+            m.object_method_latency_seconds.clone(),
+        );
+        registry.register(
             "queue_streams_cut",
             "Consumer groups' streams a queue trim cut below a checkpoint",
             m.queue_streams_cut.clone(),
@@ -273,6 +310,34 @@ impl Metrics {
             self.function_queued.get_or_create(&name).clone(),
             self.function_running.get_or_create(&name).clone(),
         )
+    }
+
+    /// Counts what the object runtime observed.
+    pub fn observe_object(&self, observation: libobject::Observation<'_>) {
+        use libobject::Observation as O;
+        match observation {
+            O::Call { class, outcome } => self
+                .object_calls
+                .get_or_create(&ClassLabels {
+                    class: class.to_string(),
+                    outcome,
+                })
+                .inc(),
+            O::Done { class, .. } => self
+                .object_done_records
+                .get_or_create(&ClassName {
+                    class: class.to_string(),
+                })
+                .inc(),
+            O::Run { class, elapsed } => {
+                self.object_method_latency_seconds
+                    .get_or_create(&ClassName {
+                        class: class.to_string(),
+                    })
+                    .observe(elapsed.as_secs_f64());
+                0
+            }
+        };
     }
 
     pub fn observe_invocation(&self, function: &str, succeeded: bool, latency: Duration) {

@@ -34,9 +34,9 @@ pub use error::{Error, ErrorKind};
 pub use objects::{builtin_functions, BATCH_READ_MAX, LINKS_PER_TXN_MAX, REFS_MAX};
 pub use objects::{
     CallRequest, HistoryEntry, HistoryPage, Message, MethodInput, MethodOutput, ObjectView,
-    Objects, Queued, TxnOutcome, TxnStatus, BATCH_CALLS_MAX, BATCH_STATE_BYTES_MAX, CALL_FUNCTION,
-    HISTORY_LIMIT_MAX, KEY_BYTES_MAX, OBJECTS_CACHED_MAX, QUEUED_LISTED_MAX, TXN_CALLS_MAX,
-    TXN_ID_BYTES_MAX,
+    Objects, Observation, Observer, Queued, TxnOutcome, TxnStatus, BATCH_CALLS_MAX,
+    BATCH_STATE_BYTES_MAX, CALL_FUNCTION, HISTORY_LIMIT_MAX, KEY_BYTES_MAX, OBJECTS_CACHED_MAX,
+    QUEUED_LISTED_MAX, TXN_CALLS_MAX, TXN_ID_BYTES_MAX,
 };
 pub use package::{
     valid_name, Access, Class, ClassDecl, Classes, Field, FieldDecl, FieldType, Method, MethodDecl,

@@ -212,7 +212,31 @@ pub struct Objects {
 struct Inner {
     classes: RwLock<Classes>,
     slots: Mutex<HashMap<(BookId, ObjectRef), Arc<Slot>>>,
+    observer: RwLock<Option<Observer>>,
 }
+
+/// What the runtime tells an observer (metrics): each call it answered in a done record it
+/// appended, and each done record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation<'a> {
+    /// A call was answered (or found a duplicate) in a done record this process appended.
+    Call {
+        class: &'a str,
+        /// `ok`, `failed` or `duplicate`; a transaction's participant call counts too.
+        outcome: &'static str,
+    },
+    /// A method's function ran (in a call, a vote, a shared or an inline call), this long.
+    Run {
+        class: &'a str,
+        elapsed: std::time::Duration,
+    },
+    /// A done record this process appended, answering `calls` calls (many when calls
+    /// queued while the one before was on its way).
+    Done { class: &'a str, calls: usize },
+}
+
+/// A function the runtime calls with every observation.
+pub type Observer = Arc<dyn Fn(Observation<'_>) + Send + Sync>;
 
 /// One object, in this process.
 #[derive(Default)]
@@ -286,6 +310,28 @@ impl Slot {
 impl Objects {
     pub fn new() -> Objects {
         Objects::default()
+    }
+
+    /// Calls `observer` with every observation from now on (one observer; a later one
+    /// replaces it).
+    pub fn set_observer(&self, observer: Observer) {
+        *self
+            .inner
+            .observer
+            .write()
+            .expect("no panics under the observer lock") = Some(observer);
+    }
+
+    fn observe(&self, observation: Observation<'_>) {
+        let observer = self
+            .inner
+            .observer
+            .read()
+            .expect("no panics under the observer lock")
+            .clone();
+        if let Some(observer) = observer {
+            observer(observation);
+        }
     }
 
     /// Installs `package` (see `Classes::install`).
@@ -507,12 +553,42 @@ impl Objects {
                 .cond_append(&tags, Entry::Done(done.clone()).to_bytes(), cond)
                 .await
             {
-                Ok(seqnum) => apply(slot, d, seqnum.0, done)?,
+                Ok(seqnum) => {
+                    self.observe_done(class, &done);
+                    apply(slot, d, seqnum.0, done)?
+                }
                 // Another driver answered these calls first: read its record.
                 Err(LogError::CondFailed { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    fn observe_done(&self, class: &Class, done: &DoneRecord) {
+        if self
+            .inner
+            .observer
+            .read()
+            .map(|o| o.is_none())
+            .unwrap_or(true)
+        {
+            return;
+        }
+        for o in &done.outcomes {
+            let outcome = match (&o.duplicate_of, &o.error) {
+                (Some(_), _) => "duplicate",
+                (None, Some(_)) => "failed",
+                (None, None) => "ok",
+            };
+            self.observe(Observation::Call {
+                class: &class.name,
+                outcome,
+            });
+        }
+        self.observe(Observation::Done {
+            class: &class.name,
+            calls: done.outcomes.len(),
+        });
     }
 
     /// Runs the queued calls, each on the state the one before left; returns their outcomes
@@ -623,7 +699,13 @@ impl Objects {
             transaction,
         };
         let bytes = Bytes::from(serde_json::to_vec(&input).expect("method inputs serialize"));
-        let raw = ctx.call(&method.function, bytes, None).await?;
+        let started = std::time::Instant::now();
+        let raw = ctx.call(&method.function, bytes, None).await;
+        self.observe(Observation::Run {
+            class: &object.class,
+            elapsed: started.elapsed(),
+        });
+        let raw = raw?;
         let out: MethodOutput = serde_json::from_slice(&raw).map_err(|e| {
             Error::Failed(format!(
                 "{}.{}: function {} answered no method output ({e}); write methods with libobject::method",

@@ -1,7 +1,8 @@
 //! Classes and objects with real processes: 10,000 calls to one counter from 32 clients run
-//! one at a time in log order (checked from the object's history), and calls under
-//! idempotency keys, retried by their clients through SIGKILLs of `tally up`, each take
-//! effect once and answer alike.
+//! one at a time in log order (checked from the object's history); calls under idempotency
+//! keys, retried by their clients through SIGKILLs of `tally up`, each take effect once and
+//! answer alike; and transfers between accounts, serializable and sagas, retried through
+//! SIGKILLs, each take effect once (or, compensated, not at all).
 
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +55,24 @@ fn ten_thousand_calls_to_one_counter_from_32_clients_run_one_at_a_time_in_log_or
         (view["state"].clone(), view["calls"].clone()),
         (json!({"value": CALLS}), json!(CALLS))
     );
+    // Per class: the calls answered, and fewer done records than calls (they batch).
+    let metrics = http
+        .get(tally.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let counted = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let calls = counted("tally_object_calls_total{class=\"counter\",outcome=\"ok\"}");
+    let dones = counted("tally_object_done_records_total{class=\"counter\"}");
+    assert_eq!(calls, CALLS as f64, "{metrics}");
+    assert!(dones > 0.0 && dones < calls, "{dones} done records");
 }
 
 #[test]
@@ -142,4 +161,127 @@ fn keyed_calls_retried_through_sigkills_take_effect_once() {
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), total, "every applied call carries its own key");
+}
+
+/// 2PC-7, SG-2 and MSG-1 with real processes: transfers between accounts, serializable and
+/// sagas in turn, each under its own id, retried by their clients through SIGKILLs of `tally
+/// up` until they get an outcome. Every id's outcome is the same whenever it is asked, and
+/// every balance is its opening balance plus the transfers in, minus those out, of the ids
+/// whose outcome is success: each took effect once, and a compensated saga not at all.
+#[test]
+fn transfers_in_both_styles_retried_through_sigkills_take_effect_once_each() {
+    const ACCOUNTS: usize = 6;
+    const CLIENTS: usize = 6;
+    const TRANSFERS: usize = 30;
+    const OPENING: i64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tally = Tally::up(&data, &[]).unwrap();
+    let http = client();
+    for a in 0..ACCOUNTS {
+        let url = tally.url(&format!("/objects/account/a{a}/deposit"));
+        let (status, body) = send(http.post(url).json(&json!({ "amount": OPENING })));
+        assert_eq!(status, 200, "{body}");
+    }
+    let base = Arc::new(Mutex::new(tally.url("")));
+    let done = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (base, done) = (base.clone(), done.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .unwrap();
+                let mut outcomes = Vec::new();
+                for i in 0..TRANSFERS {
+                    let (from, to) = ((c + i) % ACCOUNTS, (c + 2 * i + 1) % ACCOUNTS);
+                    let to = if to == from { (to + 1) % ACCOUNTS } else { to };
+                    let amount = 1 + (i % 5) as i64;
+                    let id = format!("c{c}-t{i}");
+                    let body = transfer_body(from, to, amount, i % 2 == 1);
+                    let outcome = loop {
+                        let url = format!("{}/transactions/{id}", base.lock().unwrap());
+                        match http.post(url).json(&body).send() {
+                            Ok(r) if r.status() == 200 || r.status() == 422 => {
+                                break r.json::<Value>().unwrap()["outcome"].clone()
+                            }
+                            _ => std::thread::sleep(Duration::from_millis(50)),
+                        }
+                    };
+                    outcomes.push((id, from, to, amount, outcome));
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let total = CLIENTS * TRANSFERS;
+    let mut tally = Some(tally);
+    for kill_at in [total / 4, total / 2, 3 * total / 4] {
+        wait_until(Duration::from_secs(300), || {
+            done.load(Ordering::Relaxed) >= kill_at
+        })
+        .unwrap();
+        tally.take().unwrap().kill9().unwrap();
+        let restarted = Tally::up(&data, &[]).unwrap();
+        *base.lock().unwrap() = restarted.url("");
+        tally = Some(restarted);
+    }
+    let outcomes: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let tally = tally.unwrap();
+    let mut expected = vec![OPENING; ACCOUNTS];
+    let mut succeeded = 0;
+    for (id, from, to, amount, outcome) in &outcomes {
+        let (status, asked) = send(http.get(tally.url(&format!("/transactions/{id}"))));
+        assert_eq!((status, &asked["outcome"]), (200, outcome), "{id}: {asked}");
+        if outcome == "success" {
+            expected[*from] -= amount;
+            expected[*to] += amount;
+            succeeded += 1;
+        }
+    }
+    assert!(succeeded > total / 2, "{succeeded} of {total} succeeded");
+    let keys: Vec<String> = (0..ACCOUNTS).map(|a| format!("a{a}")).collect();
+    let (status, read) =
+        send(http.get(tally.url(&format!("/objects/account?keys={}", keys.join(",")))));
+    assert_eq!(status, 200, "{read}");
+    let balances: Vec<i64> = keys
+        .iter()
+        .map(|k| read["objects"][k]["balance"].as_i64().unwrap())
+        .collect();
+    if balances != expected {
+        // What to look at when it fails: the calls that failed or were duplicates.
+        for k in &keys {
+            for c in history(&http, &tally.url(""), "account", k) {
+                if !c["error"].is_null() || !c["duplicate_of"].is_null() {
+                    eprintln!("{k}: {c}");
+                }
+            }
+        }
+    }
+    assert_eq!(balances, expected);
+    assert_eq!(balances.iter().sum::<i64>(), OPENING * ACCOUNTS as i64);
+}
+
+fn transfer_body(from: usize, to: usize, amount: i64, saga: bool) -> Value {
+    let call = |key: usize, method: &str, undo: &str| {
+        let mut call = json!({"class": "account", "key": format!("a{key}"), "method": method,
+                              "input": {"amount": amount}});
+        if saga {
+            call["compensate"] = json!({"method": undo, "input": {"amount": amount}});
+        }
+        call
+    };
+    let calls = json!([
+        call(from, "withdraw", "deposit"),
+        call(to, "deposit", "withdraw")
+    ]);
+    match saga {
+        true => json!({"style": "saga", "calls": calls}),
+        false => json!({"calls": calls}),
+    }
 }
