@@ -293,7 +293,7 @@ impl Objects {
                 .read_next_blocking(dones, Seqnum(after), VOTE_WAIT)
                 .await?
             {
-                Some(record) => after = record.seqnum.0,
+                Some(record) => after = record.seqnum.0 + 1,
                 None => self.kick(ctx, calls, None),
             }
         }
