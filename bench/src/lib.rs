@@ -14,7 +14,10 @@
 //! aborts apart from errors. `run_queue` measures a queue with producers and consumers at once
 //! on Tally's queues over HTTP, or, with the `jetstream` and `redis` features, on a JetStream
 //! work-queue stream or a Redis stream's consumer group; its flags (`QueueArgs`) are the same
-//! in every binary that runs it.
+//! in every binary that runs it. `run_objects` calls methods of objects (a counter's `add` on
+//! Tally or on a Restate virtual object) or runs transfers between accounts as transactions
+//! (serializable or sagas) on Tally, counting failed and undecided transactions apart from
+//! errors.
 
 mod ack_log;
 mod append;
@@ -26,6 +29,7 @@ mod filler;
 mod jetstream;
 #[cfg(feature = "jetstream")]
 mod jetstream_queue;
+mod object;
 mod progress;
 mod queue;
 #[cfg(feature = "redis")]
@@ -45,6 +49,10 @@ pub use call::{function_url, run_calls, CallConfig, ID_PLACEHOLDER, INPUT_BYTES_
 pub use filler::{filler, filler_origin, FILLER_HEADER_BYTES};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{run_jetstream, JetStreamConfig, REPLICAS_MAX};
+pub use object::{
+    run_objects, ObjectArgs, ObjectConfig, ObjectReport, ObjectTarget, ObjectWorkload, TxnStyle,
+    ACCOUNT_DEPOSIT, OBJECT_CLIENTS_MAX, OBJECT_KEYS_MAX,
+};
 pub use queue::{
     default_shards, run_queue, QueueArgs, QueueConfig, QueueReport, QueueTarget, GROUP,
     MESSAGE_BYTES_MAX, POP_WAIT, QUEUE_CLIENTS_MAX, SHARDS_MAX,

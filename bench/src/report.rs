@@ -245,7 +245,7 @@ impl<C: RunConfig> CallReport<C> {
 
 /// `report` as a JSON object with the benchmark's and tool's names, the tool's version and
 /// the start of the measured window.
-fn with_provenance<C: RunConfig>(
+pub(crate) fn with_provenance<C: RunConfig>(
     report: &impl Serialize,
     started_unix_ms: u64,
 ) -> serde_json::Value {
@@ -259,13 +259,13 @@ fn with_provenance<C: RunConfig>(
     value
 }
 
-fn write_json(value: &serde_json::Value, path: &Path) -> anyhow::Result<()> {
+pub(crate) fn write_json(value: &serde_json::Value, path: &Path) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// `unix_ms` as "YYYY-MM-DDTHH:MM:SSZ" (Howard Hinnant's days-to-civil algorithm).
-fn rfc3339_utc(unix_ms: u64) -> String {
+pub(crate) fn rfc3339_utc(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let z = days as i64 + 719_468;

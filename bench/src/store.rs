@@ -312,7 +312,7 @@ enum Outcome {
 /// YCSB's Zipfian generator (Gray et al., "Quickly generating billion-record synthetic
 /// databases"): item 0 is the most popular.
 #[derive(Clone, Debug)]
-struct Zipfian {
+pub(crate) struct Zipfian {
     items: u64,
     theta: f64,
     alpha: f64,
@@ -321,7 +321,7 @@ struct Zipfian {
 }
 
 impl Zipfian {
-    fn new(items: u64, theta: f64) -> Zipfian {
+    pub(crate) fn new(items: u64, theta: f64) -> Zipfian {
         let zeta = |n: u64| (1..=n).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
         let zeta_n = zeta(items);
         let zeta_2 = zeta(2);
@@ -334,7 +334,7 @@ impl Zipfian {
         }
     }
 
-    fn next(&self, rng: &mut SmallRng) -> u64 {
+    pub(crate) fn next(&self, rng: &mut SmallRng) -> u64 {
         let u: f64 = rng.random();
         let uz = u * self.zeta_n;
         if uz < 1.0 {

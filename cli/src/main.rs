@@ -761,6 +761,15 @@ enum BenchCommand {
     /// it got. --nats and --redis drive NATS JetStream and Redis streams the same way, in the
     /// binaries that have their clients (`bench-jetstream queue`, `bench-redis`).
     Queue(bench::QueueArgs),
+    /// Calls to objects, or transactions between them: throughput, latency, per CPU second.
+    ///
+    /// --workload counter: each client POSTs {"by": 1} to /objects/counter/c{k}/add (k over
+    /// --keys counters), or with --restate to Restate's ingress, /Counter/c{k}/add (a virtual
+    /// object). --workload transfer (Tally only): opens --accounts accounts first (a deposit
+    /// each), then each call is a transfer of 1 between two distinct accounts, POST
+    /// /transactions/{id} in --style serializable or saga, under an id unique to the transfer.
+    /// Counts success, failure (422), retryable (503) and errors apart.
+    Object(bench::ObjectArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -1623,6 +1632,7 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             }
         }
         BenchCommand::Queue(args) => args.run().await?,
+        BenchCommand::Object(args) => args.run().await?,
     }
     Ok(())
 }
@@ -1738,6 +1748,49 @@ mod tests {
             "nats://127.0.0.1:1",
             "--redis",
             "redis://127.0.0.1:1"
+        ])
+        .is_none());
+    }
+
+    #[test]
+    fn bench_object_takes_a_workload_and_tally_or_restate() {
+        let parse = |args: &[&str]| {
+            let argv = ["tally", "bench", "object"].iter().chain(args).copied();
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Bench(BenchCommand::Object(args))) => Some(args),
+                _ => None,
+            }
+        };
+        let config = parse(&["--workload", "transfer", "--style", "saga"])
+            .unwrap()
+            .config()
+            .unwrap();
+        assert_eq!(
+            config.target,
+            bench::ObjectTarget::Tally {
+                url: format!("http://{DEFAULT_HTTP_ADDR}")
+            }
+        );
+        assert!(matches!(
+            config.workload,
+            bench::ObjectWorkload::Transfer {
+                style: bench::TxnStyle::Saga,
+                ..
+            }
+        ));
+        let args = parse(&["--workload", "counter", "--restate", "http://127.0.0.1:1"]).unwrap();
+        assert!(matches!(
+            args.config().unwrap().target,
+            bench::ObjectTarget::Restate { .. }
+        ));
+        assert!(parse(&[]).is_none());
+        assert!(parse(&[
+            "--workload",
+            "counter",
+            "--addr",
+            "127.0.0.1:1",
+            "--restate",
+            "http://127.0.0.1:2"
         ])
         .is_none());
     }

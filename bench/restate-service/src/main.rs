@@ -1,6 +1,8 @@
-//! `tally-bench-restate-service`: a Restate service (`Bench`) with the two handlers that
-//! `bench/compare-restate.sh` calls through Restate's ingress, side by side with Tally's `noop`
-//! and `append3` functions.
+//! `tally-bench-restate-service`: a Restate service (`Bench`) with the handlers that
+//! `bench/compare-restate.sh` and `bench/compare-workflows.sh` call through Restate's ingress,
+//! side by side with Tally's `noop` and `append3` functions and its `steps` workflow, and a
+//! virtual object (`Counter`) that `bench/compare-objects.sh` calls side by side with Tally's
+//! example class `counter`.
 //!
 //! - `Bench/noop`: returns its JSON input (`{}` for none) at once; Restate still journals the
 //!   invocation (its input and output) before answering.
@@ -11,6 +13,9 @@
 //! - `Bench/steps`: the workflow of `bench/compare-workflows.sh`, `{"steps": N}` in (default
 //!   10, at most `STEPS_MAX`): N `ctx.run` steps in a row, each returning its step number,
 //!   each journaled before the next starts. Out: `{"steps": N, "sum": 1 + ... + N}`.
+//! - `Counter/{key}/add`: `{"by": N}` in, `{"value": V}` out: adds N to the value kept in the
+//!   object's state (0 at first). Restate runs one call at a time per key, as Tally runs one
+//!   call at a time per object, and journals the state change with the call.
 //!
 //! It serves only what it is told to: `tally-bench-restate-service [ADDR]`, default
 //! 127.0.0.1:9080. It does not register itself; the script posts the deployment to Restate's
@@ -68,6 +73,32 @@ impl Bench {
     }
 }
 
+/// The virtual object's name in Restate's ingress paths: `/Counter/{key}/add`.
+struct Counter;
+
+/// The state key holding a counter's value.
+const VALUE: &str = "value";
+
+#[restate_sdk::object]
+impl Counter {
+    #[handler]
+    async fn add(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(input): Json<Value>,
+    ) -> HandlerResult<Json<Value>> {
+        let Some(by) = input.get("by").and_then(Value::as_i64) else {
+            return Err(TerminalError::new("add takes {\"by\": N}, N an integer").into());
+        };
+        let value = ctx.get::<i64>(VALUE).await?.unwrap_or(0);
+        let Some(value) = value.checked_add(by) else {
+            return Err(TerminalError::new("the counter would overflow").into());
+        };
+        ctx.set(VALUE, value);
+        Ok(Json(json!({ "value": value })))
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -88,7 +119,7 @@ async fn main() -> std::process::ExitCode {
     };
     // The script waits for this line before it registers the deployment.
     println!("listening on http://{addr}");
-    HttpServer::new(Endpoint::builder().bind(Bench).build())
+    HttpServer::new(Endpoint::builder().bind(Bench).bind(Counter).build())
         .serve(listener)
         .await;
     std::process::ExitCode::SUCCESS
