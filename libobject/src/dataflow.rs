@@ -255,7 +255,7 @@ impl crate::Objects {
                     request.class, request.key, request.method
                 ))
             ),
-            None => format!("dataflow.{}", fresh_suffix()),
+            None => format!("dataflow.{}", crate::objects::fresh_suffix()),
         };
         let run = DataflowRun {
             dataflow: dataflow.clone(),
@@ -302,14 +302,6 @@ fn stable_hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf29ce484222325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
     })
-}
-
-/// A suffix no other call of this process or another uses: the time, a counter, the pid.
-fn fresh_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}.{}.{n}", crate::entry::now_ms(), std::process::id())
 }
 
 #[cfg(test)]

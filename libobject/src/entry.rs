@@ -48,6 +48,32 @@ pub enum Entry {
     Done(DoneRecord),
     /// A transaction, in the stream of each of its participants.
     Txn(TxnRecord),
+    /// A call run at once on an object with nothing queued: its call record and its done
+    /// record in one, at the done stream's next position. It ran only if no record of the
+    /// object's stream came between the newest one its writer had read (`basis`) and it;
+    /// otherwise it is a call record like any other, queued behind those.
+    Fast(FastRecord),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FastRecord {
+    /// The seqnum of the newest record of the object's stream its writer had read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<u64>,
+    pub call: CallRecord,
+    /// Its outcome (whose `call` is 0: this record) and the state after it.
+    pub done: DoneRecord,
+}
+
+impl FastRecord {
+    /// Its done record, as if it were one, for the fast record at `seqnum`.
+    pub fn done_at(&self, seqnum: u64) -> DoneRecord {
+        let mut done = self.done.clone();
+        for o in &mut done.outcomes {
+            o.call = seqnum;
+        }
+        done
+    }
 }
 
 /// A serializable transaction: one call on each of its participants, all of which take
@@ -100,6 +126,10 @@ pub struct CallRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<ObjectRef>,
     pub at_ms: u64,
+    /// The call's id, if it was given one before it was logged (a call first tried at once):
+    /// the prefix of the keys of the calls it makes. Else `class/key@seqnum`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// The calls one drive ran, in their order in the stream, and the state they left.

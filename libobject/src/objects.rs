@@ -13,8 +13,8 @@
 //! objects used last; losing it costs one backward read and the queue's records.
 
 use crate::entry::{
-    done_tag, key_tag, now_ms, object_tag, CallError, CallRecord, DoneRecord, Entry, Outcome,
-    TxnRecord,
+    done_tag, key_tag, now_ms, object_tag, CallError, CallRecord, DoneRecord, Entry, FastRecord,
+    Outcome, TxnRecord,
 };
 
 mod links;
@@ -74,6 +74,9 @@ pub struct CallRequest {
     /// The transaction the caller's call belongs to (an inline call's only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<String>,
+    /// The caller's call runs at once, not logged yet (an inline call's only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast: bool,
 }
 
 impl CallRequest {
@@ -89,6 +92,7 @@ impl CallRequest {
             chain: Vec::new(),
             inline_state: None,
             transaction: None,
+            fast: false,
         }
     }
 }
@@ -116,7 +120,14 @@ pub struct MethodInput {
     /// object synchronously.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<String>,
+    /// Run at once, before the call is logged: the method may make no call and send no
+    /// message (`This` refuses them, and the call is then logged and run as any other).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast: bool,
 }
+
+/// The message of the refusal that ends a fast run of a method that makes a call.
+pub const FAST_REFUSAL: &str = "a call run at once makes no calls";
 
 /// What a method's function answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +139,9 @@ pub struct MethodOutput {
     /// Messages held back until the transaction the call belongs to commits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<Message>,
+    /// A fast run that tried to make a call: its outcome does not count.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused_fast: bool,
 }
 
 /// A message a participant of a transaction sends, held until the transaction commits.
@@ -258,6 +272,8 @@ struct Driver {
     dones: u64,
     calls_total: u64,
     state: Value,
+    /// The seqnum of the newest record of the object's stream read (or loaded).
+    last_seen: Option<u64>,
     /// Calls and transactions not answered yet, in log order.
     pending: VecDeque<(u64, Item)>,
     recent: VecDeque<Outcome>,
@@ -406,7 +422,7 @@ impl Objects {
             let call = request.call_key.clone().unwrap_or_default();
             let input = (state, call, request.transaction.clone());
             let out = self
-                .run_method(ctx, &class, &callee, &request, &method, input)
+                .run_method_as(ctx, &class, &callee, &request, &method, input, request.fast)
                 .await?;
             return Ok(serde_json::to_value(out).expect("method outputs serialize"));
         }
@@ -446,21 +462,155 @@ impl Objects {
         if let Some(k) = &request.call_key {
             tags.push(key_tag(&callee.class, &callee.key, k));
         }
-        let record = Entry::Call(CallRecord {
-            method: request.method,
-            input: request.input,
-            caller: request.caller,
-            key: request.call_key,
-            chain: request.chain,
+        let mut call = CallRecord {
+            method: request.method.clone(),
+            input: request.input.clone(),
+            caller: request.caller.clone(),
+            key: request.call_key.clone(),
+            chain: request.chain.clone(),
             at_ms: now_ms(),
-        });
-        let seqnum = ctx.append(&tags, record.to_bytes()).await?.0;
+            id: None,
+        };
         let slot = self.slot(ctx.book(), &callee);
-        let (tx, mut rx) = oneshot::channel();
+        // A call without a key on an object with nothing queued runs at once: one record.
+        if request.call_key.is_none() {
+            let queued = match slot.driver.try_lock() {
+                Err(_) => None,
+                Ok(mut d) => {
+                    call.id = Some(format!("{callee}@{}", fresh_suffix()));
+                    match self
+                        .run_fast(ctx, &slot, &class, &callee, &request, &call, &mut d)
+                        .await
+                    {
+                        Ok(Fast::Ran(outcome)) => return outcome.result(),
+                        // Queued behind calls that came first: answered as they are.
+                        Ok(Fast::Queued(seqnum)) => Some((seqnum, self.wait_for(&slot, seqnum))),
+                        Ok(Fast::NotNow) => None,
+                        Err(e) => {
+                            *d = Driver::default();
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            if let Some((seqnum, rx)) = queued {
+                return self.answer(ctx, class, callee, slot, seqnum, rx).await;
+            }
+        }
+        let seqnum = ctx.append(&tags, Entry::Call(call).to_bytes()).await?.0;
+        let rx = self.wait_for(&slot, seqnum);
+        self.answer(ctx, class, callee, slot, seqnum, rx).await
+    }
+
+    /// Registers a waiter for the outcome of the call at `seqnum`.
+    fn wait_for(&self, slot: &Slot, seqnum: u64) -> oneshot::Receiver<Outcome> {
+        let (tx, rx) = oneshot::channel();
         slot.waiters
             .lock()
             .expect("no panics under the waiters lock")
             .insert(seqnum, tx);
+        rx
+    }
+
+    /// Tries a call at once: with the object's driver held and nothing queued, runs it on the
+    /// newest state and appends one fast record at the done stream's next position.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_fast(
+        &self,
+        ctx: &Ctx,
+        slot: &Slot,
+        class: &Class,
+        object: &ObjectRef,
+        request: &CallRequest,
+        call: &CallRecord,
+        d: &mut Driver,
+    ) -> Result<Fast, Error> {
+        if !d.loaded {
+            load(ctx, slot, class, object, d).await?;
+        }
+        catch_up(ctx, slot, object, d).await?;
+        if !d.pending.is_empty() {
+            return Ok(Fast::NotNow);
+        }
+        let method = class.method(&call.method)?;
+        let id = call.id.clone().expect("a fast call has its id");
+        let ran = self
+            .run_method_as(
+                ctx,
+                class,
+                object,
+                request,
+                method,
+                (d.state.clone(), id, None),
+                true,
+            )
+            .await;
+        let outcome = match ran {
+            // It makes calls: they must be made once, so it runs only once it is logged.
+            Ok(out) if out.refused_fast => return Ok(Fast::NotNow),
+            Err(Error::Unavailable(m)) if m.contains(FAST_REFUSAL) => return Ok(Fast::NotNow),
+            Ok(out) => Outcome {
+                call: 0,
+                output: Some(out.output),
+                error: None,
+                state: out.state,
+                duplicate_of: None,
+            },
+            Err(e) => Outcome::failed(0, &e),
+        };
+        let fast = FastRecord {
+            basis: d.last_seen,
+            call: call.clone(),
+            done: DoneRecord {
+                index: d.dones,
+                calls_total: d.calls_total + 1,
+                state: outcome.state.clone().unwrap_or_else(|| d.state.clone()),
+                outcomes: vec![outcome],
+                at_ms: now_ms(),
+            },
+        };
+        let dones = done_tag(&object.class, &object.key);
+        let tags = [object_tag(&object.class, &object.key), dones];
+        let cond = Cond::at(dones, d.dones);
+        let seqnum = match ctx
+            .cond_append(&tags, Entry::Fast(fast.clone()).to_bytes(), cond)
+            .await
+        {
+            Ok(seqnum) => seqnum.0,
+            // Another driver's done record came first: log the call as any other, under
+            // the same id (so the calls it made are not made twice).
+            Err(LogError::CondFailed { .. }) => {
+                let seqnum = ctx
+                    .append(&tags[..1], Entry::Call(call.clone()).to_bytes())
+                    .await?;
+                return Ok(Fast::Queued(seqnum.0));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !fast_ran(ctx, object, seqnum, fast.basis).await? {
+            // A call came between: this one waits behind it; the stream says how it ends.
+            return Ok(Fast::Queued(seqnum));
+        }
+        let done = fast.done_at(seqnum);
+        self.observe_done(class, &done);
+        d.pending.push_back((seqnum, Item::Call(fast.call)));
+        d.cursor = seqnum + 1;
+        d.last_seen = Some(seqnum);
+        let outcome = done.outcomes[0].clone();
+        apply(slot, d, seqnum, done)?;
+        Ok(Fast::Ran(outcome))
+    }
+
+    /// The outcome of the call at `seqnum`, driving the object until it is answered.
+    async fn answer(
+        &self,
+        ctx: &Ctx,
+        class: Arc<Class>,
+        callee: ObjectRef,
+        slot: Arc<Slot>,
+        seqnum: u64,
+        mut rx: oneshot::Receiver<Outcome>,
+    ) -> Result<Value, Error> {
         // In a task of its own: a caller that goes away does not cut a drive short.
         let drive = {
             let (me, ctx, slot, callee) = (self.clone(), ctx.clone(), slot.clone(), callee.clone());
@@ -640,8 +790,12 @@ impl Objects {
                 chain: call.chain.clone(),
                 inline_state: None,
                 transaction: None,
+                fast: false,
             };
-            let call_id = format!("{object}@{seqnum}");
+            let call_id = call
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("{object}@{seqnum}"));
             let ran = match class.method(&call.method) {
                 Ok(method) => {
                     let input = (state.clone(), call_id, None);
@@ -682,7 +836,23 @@ impl Objects {
         object: &ObjectRef,
         request: &CallRequest,
         method: &Method,
+        input: (Value, String, Option<String>),
+    ) -> Result<MethodOutput, Error> {
+        self.run_method_as(ctx, class, object, request, method, input, false)
+            .await
+    }
+
+    /// `run_method`, at once (`fast`) or not.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_method_as(
+        &self,
+        ctx: &Ctx,
+        class: &Class,
+        object: &ObjectRef,
+        request: &CallRequest,
+        method: &Method,
         (state, call, transaction): (Value, String, Option<String>),
+        fast: bool,
     ) -> Result<MethodOutput, Error> {
         let mut chain = request.chain.clone();
         chain.push(object.clone());
@@ -697,6 +867,7 @@ impl Objects {
             chain,
             shared: method.shared,
             transaction,
+            fast,
         };
         let bytes = Bytes::from(serde_json::to_vec(&input).expect("method inputs serialize"));
         let started = std::time::Instant::now();
@@ -748,11 +919,13 @@ impl Objects {
                 return Ok((**state).clone());
             }
         }
-        let Entry::Done(done) = Entry::parse(&record)? else {
-            return Err(corrupt(record.seqnum.0, "a call record among done records"));
-        };
-        slot.set_latest(record.seqnum.0, &done.state, done.calls_total);
-        Ok(done.state)
+        match newest_done(ctx, object).await? {
+            Some((seqnum, done)) => {
+                slot.set_latest(seqnum, &done.state, done.calls_total);
+                Ok(done.state)
+            }
+            None => Ok(class.initial_state()),
+        }
     }
 
     /// The object's state, call count and queued calls, as the log has them now.
@@ -813,8 +986,8 @@ impl Objects {
         let mut at = after.saturating_add(1);
         while let Some(record) = ctx.read_next(dones, Seqnum(at)).await? {
             at = record.seqnum.0 + 1;
-            let Entry::Done(done) = Entry::parse(&record)? else {
-                return Err(corrupt(record.seqnum.0, "a call record among done records"));
+            let Some(done) = done_of(ctx, object, &record).await? else {
+                continue;
             };
             for outcome in done.outcomes.into_iter().filter(|o| o.call > after) {
                 if calls.len() == limit {
@@ -824,7 +997,9 @@ impl Objects {
                 let (method, input, caller, key, at_ms, transaction) =
                     match ctx.read_next(stream, Seqnum(outcome.call)).await? {
                         Some(r) if r.seqnum.0 == outcome.call => match Entry::parse(&r)? {
-                            Entry::Call(c) => (c.method, c.input, c.caller, c.key, c.at_ms, None),
+                            Entry::Call(c) | Entry::Fast(FastRecord { call: c, .. }) => {
+                                (c.method, c.input, c.caller, c.key, c.at_ms, None)
+                            }
                             Entry::Txn(t) => {
                                 let mine = t
                                     .calls
@@ -908,18 +1083,13 @@ async fn load(
         state: class.initial_state(),
         ..Driver::default()
     };
-    if let Some(record) = ctx
-        .read_prev(done_tag(&object.class, &object.key), Seqnum::MAX)
-        .await?
-    {
-        let Entry::Done(done) = Entry::parse(&record)? else {
-            return Err(corrupt(record.seqnum.0, "a call record among done records"));
-        };
+    if let Some((seqnum, done)) = newest_done(ctx, object).await? {
         // Every call after the last one it answered is still to run.
-        d.cursor = done.outcomes.last().map_or(record.seqnum.0, |o| o.call + 1);
+        d.cursor = done.outcomes.last().map_or(seqnum, |o| o.call + 1);
+        d.last_seen = Some(seqnum);
         d.dones = done.index + 1;
         d.calls_total = done.calls_total;
-        slot.set_latest(record.seqnum.0, &done.state, done.calls_total);
+        slot.set_latest(seqnum, &done.state, done.calls_total);
         for outcome in &done.outcomes {
             slot.resolve(outcome);
         }
@@ -933,13 +1103,35 @@ async fn load(
 async fn catch_up(ctx: &Ctx, slot: &Slot, object: &ObjectRef, d: &mut Driver) -> Result<(), Error> {
     let stream = object_tag(&object.class, &object.key);
     while let Some(record) = ctx.read_next(stream, Seqnum(d.cursor)).await? {
-        d.cursor = record.seqnum.0 + 1;
+        let seqnum = record.seqnum.0;
+        d.cursor = seqnum + 1;
+        d.last_seen = d.last_seen.max(Some(seqnum));
         match Entry::parse(&record)? {
-            Entry::Call(call) => d.pending.push_back((record.seqnum.0, Item::Call(call))),
-            Entry::Txn(t) => d.pending.push_back((record.seqnum.0, Item::Txn(t))),
+            Entry::Call(call) => d.pending.push_back((seqnum, Item::Call(call))),
+            Entry::Txn(t) => d.pending.push_back((seqnum, Item::Txn(t))),
             // Older ones were applied already (the newest when loading, or our own).
             Entry::Done(done) if done.index < d.dones => {}
-            Entry::Done(done) => apply(slot, d, record.seqnum.0, done)?,
+            Entry::Done(done) => apply(slot, d, seqnum, done)?,
+            // Read again below the newest done record: it ran already, or it is a call that
+            // the done records after it answered.
+            Entry::Fast(f) if f.done.index < d.dones => {
+                if !fast_ran(ctx, object, seqnum, f.basis).await? {
+                    d.pending.push_back((seqnum, Item::Call(f.call)));
+                }
+            }
+            Entry::Fast(f) => {
+                // It ran if nothing was queued when it came (nothing came after its basis).
+                let ran = d.pending.is_empty();
+                let done = f.done_at(seqnum);
+                d.pending.push_back((seqnum, Item::Call(f.call)));
+                if ran {
+                    apply(slot, d, seqnum, done)?;
+                } else if done.index == d.dones {
+                    d.dones += 1;
+                } else {
+                    return Err(corrupt(seqnum, "a fast record out of its place"));
+                }
+            }
         }
     }
     Ok(())
@@ -992,11 +1184,75 @@ async fn answered(ctx: &Ctx, object: &ObjectRef, call: u64) -> Result<Option<Out
     let mut at = call;
     while let Some(record) = ctx.read_next(dones, Seqnum(at)).await? {
         at = record.seqnum.0 + 1;
-        if let Entry::Done(done) = Entry::parse(&record)? {
+        if let Some(done) = done_of(ctx, object, &record).await? {
             if let Some(o) = done.outcomes.into_iter().find(|o| o.call == call) {
                 return Ok(Some(o));
             }
         }
     }
     Ok(None)
+}
+
+/// What a fast call tried: it ran (its outcome), it is queued at `seqnum` behind calls that
+/// came first, or it was not tried (something is queued).
+enum Fast {
+    Ran(Outcome),
+    Queued(u64),
+    NotNow,
+}
+
+/// Whether the fast record at `seqnum` ran: the first record of the object's stream after its
+/// basis is itself.
+async fn fast_ran(
+    ctx: &Ctx,
+    object: &ObjectRef,
+    seqnum: u64,
+    basis: Option<u64>,
+) -> Result<bool, Error> {
+    let from = basis.map_or(0, |b| b + 1);
+    let first = ctx
+        .read_next(object_tag(&object.class, &object.key), Seqnum(from))
+        .await?;
+    Ok(first.map(|r| r.seqnum.0) == Some(seqnum))
+}
+
+/// A record of an object's done stream as a done record: a done record, a fast record that
+/// ran, or none (a fast record that did not run).
+async fn done_of(
+    ctx: &Ctx,
+    object: &ObjectRef,
+    record: &logbook::Record,
+) -> Result<Option<DoneRecord>, Error> {
+    match Entry::parse(record)? {
+        Entry::Done(done) => Ok(Some(done)),
+        Entry::Fast(f) => Ok(fast_ran(ctx, object, record.seqnum.0, f.basis)
+            .await?
+            .then(|| f.done_at(record.seqnum.0))),
+        _ => Err(corrupt(record.seqnum.0, "a call record among done records")),
+    }
+}
+
+/// The newest done record of the object (a fast record that ran counts; one that did not is
+/// passed over), with its seqnum.
+async fn newest_done(ctx: &Ctx, object: &ObjectRef) -> Result<Option<(u64, DoneRecord)>, Error> {
+    let dones = done_tag(&object.class, &object.key);
+    let mut below = Seqnum::MAX;
+    while let Some(record) = ctx.read_prev(dones, below).await? {
+        if let Some(done) = done_of(ctx, object, &record).await? {
+            return Ok(Some((record.seqnum.0, done)));
+        }
+        match record.seqnum.0.checked_sub(1) {
+            Some(s) => below = Seqnum(s),
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// A call id no other call of this process or another uses: the time, the process, a counter.
+pub(crate) fn fresh_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}.{}.{n}", now_ms(), std::process::id())
 }

@@ -1,7 +1,9 @@
 //! What a method sees: `This`, the object as one call sees it (its state, its caller, calls
 //! it makes), and `method`, which turns a method into the function a class binds it to.
 
-use crate::objects::{CallRequest, Message, MethodInput, MethodOutput, CALL_FUNCTION};
+use crate::objects::{
+    CallRequest, Message, MethodInput, MethodOutput, CALL_FUNCTION, FAST_REFUSAL,
+};
 use crate::{Error, ObjectRef};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -29,6 +31,8 @@ struct Inner {
     made: AtomicU32,
     /// Messages held until the call's transaction commits.
     held: Mutex<Vec<Message>>,
+    /// A fast run tried to make a call.
+    refused_fast: std::sync::atomic::AtomicBool,
 }
 
 impl This {
@@ -43,6 +47,7 @@ impl This {
                 state: Mutex::new((state, false)),
                 made: AtomicU32::new(0),
                 held: Mutex::new(Vec::new()),
+                refused_fast: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -132,6 +137,16 @@ impl This {
         (!self.inner.call.shared).then(|| format!("{}#{n}", self.call_id()))
     }
 
+    /// A fast run (the call not logged yet) makes no call: it is refused, and the runtime
+    /// logs the call and runs it again, when the calls it makes can be made once.
+    fn refuse_if_fast(&self) -> Result<(), Error> {
+        if !self.inner.call.fast {
+            return Ok(());
+        }
+        self.inner.refused_fast.store(true, Ordering::Relaxed);
+        Err(Error::Unavailable(FAST_REFUSAL.to_string()))
+    }
+
     fn request(&self, class: &str, key: &str, method: &str, input: Value) -> CallRequest {
         CallRequest {
             caller: Some(self.me().clone()),
@@ -157,6 +172,7 @@ impl This {
                 self.method()
             )));
         }
+        self.refuse_if_fast()?;
         let request = CallRequest {
             call_key: self.next_key(),
             ..self.request(class, key, method, to_value(input)?)
@@ -176,11 +192,16 @@ impl This {
             call_key: Some(self.call_id().to_string()),
             inline_state: Some(self.state_value()),
             transaction: self.inner.call.transaction.clone(),
+            fast: self.inner.call.fast,
             ..self.request(self.class(), self.key(), method, to_value(input)?)
         };
         let raw = self.call_function(&request).await?;
         let out: MethodOutput = serde_json::from_slice(&raw)
             .map_err(|e| Error::Failed(format!("{}: not a method's output: {e}", method)))?;
+        if out.refused_fast {
+            self.inner.refused_fast.store(true, Ordering::Relaxed);
+            return Err(Error::Unavailable(FAST_REFUSAL.to_string()));
+        }
         if let Some(state) = out.state {
             self.set_state(&state)?;
         }
@@ -229,6 +250,7 @@ impl This {
         method: &str,
         input: &(impl Serialize + ?Sized),
     ) -> Result<String, Error> {
+        self.refuse_if_fast()?;
         let Some(call_key) = self.next_key() else {
             return Err(Error::Invalid(format!(
                 "{}.{} is shared (read-only): it sends nothing",
@@ -282,6 +304,7 @@ impl This {
             output,
             state: changed.then_some(state),
             messages: std::mem::take(&mut *self.hold()),
+            refused_fast: self.inner.refused_fast.load(Ordering::Relaxed),
         }
     }
 }

@@ -7,8 +7,9 @@ mod common;
 use common::*;
 use libobject::{CallRequest, Error, HistoryEntry, ObjectRef, CALL_FUNCTION};
 use logbook::crashing::CrashAt;
-use logbook::{LogBook, Seqnum, Tag};
+use logbook::{BookId, LogBook, LogError, Record, Seqnum, Tag};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 /// Checks that a counter's history is serial: calls in log order, each applied once on the
 /// state the one before left (an `add` of `by` moves the value from v to v + by and answers
@@ -112,7 +113,11 @@ async fn a_counter_takes_calls_one_at_a_time_in_log_order() {
     let indexes: Vec<u64> = dones
         .iter()
         .map(|r| {
-            serde_json::from_slice::<Value>(&r.data).unwrap()["index"]
+            let v = serde_json::from_slice::<Value>(&r.data).unwrap();
+            // A done record's, or a fast record's done part's.
+            v.get("done")
+                .map_or(&v["index"], |d| &d["index"])
+                .clone()
                 .as_u64()
                 .unwrap()
         })
@@ -160,23 +165,32 @@ fn the_serial_checker_catches_what_it_is_for() {
 
 #[tokio::test]
 async fn a_gateway_that_dies_around_a_done_record_loses_nothing_and_applies_nothing_twice() {
-    for crash in [CrashAt::Before(1), CrashAt::After(1), CrashAt::After(0)] {
+    // A keyed call is logged first (append 0), then answered (append 1, its done record); a
+    // call without a key on an idle object is one fast record (append 0).
+    let cases = [
+        (Some("k"), CrashAt::Before(1), 6),
+        (Some("k"), CrashAt::After(1), 6),
+        (Some("k"), CrashAt::After(0), 6),
+        (None, CrashAt::After(0), 6),
+        (None, CrashAt::Before(0), 1),
+    ];
+    for (key, crash, value) in cases {
         let w = world();
-        // Append 0 is the call record, 1 the done record.
         let dying = gateway(&w, Some(crash));
-        assert!(dying
-            .call("counter", "c", "add", json!({"by": 5}))
-            .await
-            .is_err());
+        let request = CallRequest {
+            call_key: key.map(str::to_string),
+            ..CallRequest::new("counter", "c", "add", json!({"by": 5}))
+        };
+        assert!(dying.objects.call(&dying.ctx(0), request).await.is_err());
         let b = gateway(&w, None);
         let out = b
             .call("counter", "c", "add", json!({"by": 1}))
             .await
             .unwrap();
-        assert_eq!(out, json!({"value": 6}), "{crash:?}");
+        assert_eq!(out, json!({ "value": value }), "{crash:?}");
         let h = history(&b, "counter", "c").await;
-        assert_eq!(check_serial(&h), Ok(6), "{crash:?}");
-        assert_eq!(h.len(), 2);
+        assert_eq!(check_serial(&h), Ok(value), "{crash:?}");
+        assert_eq!(h.len(), if value == 1 { 1 } else { 2 });
     }
 }
 
@@ -458,4 +472,126 @@ async fn a_dataflow_method_runs_its_steps_once_each_in_the_order_their_inputs_ne
         matches!(&failed, Err(Error::Failed(m)) if m.contains("step out") && m.contains("insufficient funds")),
         "{failed:?}"
     );
+}
+
+/// A log that, at its first conditional append, first appends another record: a call another
+/// gateway logged just before.
+struct Sneak {
+    inner: Arc<dyn LogBook>,
+    record: std::sync::Mutex<Option<(Vec<Tag>, bytes::Bytes)>>,
+}
+
+#[async_trait::async_trait]
+impl LogBook for Sneak {
+    async fn append(&self, b: BookId, t: &[Tag], d: bytes::Bytes) -> Result<Seqnum, LogError> {
+        self.inner.append(b, t, d).await
+    }
+    async fn cond_append(
+        &self,
+        b: BookId,
+        t: &[Tag],
+        d: bytes::Bytes,
+        c: logbook::Cond,
+    ) -> Result<Seqnum, LogError> {
+        let sneak = self.record.lock().unwrap().take();
+        if let Some((tags, data)) = sneak {
+            self.inner.append(b, &tags, data).await?;
+        }
+        self.inner.cond_append(b, t, d, c).await
+    }
+    async fn append_batch(
+        &self,
+        b: BookId,
+        r: Vec<logbook::AppendRequest>,
+    ) -> Result<Vec<Seqnum>, LogError> {
+        self.inner.append_batch(b, r).await
+    }
+    async fn read_next(&self, b: BookId, t: Tag, s: Seqnum) -> Result<Option<Record>, LogError> {
+        self.inner.read_next(b, t, s).await
+    }
+    async fn read_prev(&self, b: BookId, t: Tag, s: Seqnum) -> Result<Option<Record>, LogError> {
+        self.inner.read_prev(b, t, s).await
+    }
+    async fn read_next_blocking(
+        &self,
+        b: BookId,
+        t: Tag,
+        s: Seqnum,
+        timeout: Duration,
+    ) -> Result<Option<Record>, LogError> {
+        self.inner.read_next_blocking(b, t, s, timeout).await
+    }
+    async fn set_aux_data(&self, b: BookId, s: Seqnum, aux: bytes::Bytes) -> Result<(), LogError> {
+        self.inner.set_aux_data(b, s, aux).await
+    }
+    async fn trim(&self, b: BookId, t: Tag, below: Seqnum) -> Result<(), LogError> {
+        self.inner.trim(b, t, below).await
+    }
+    async fn read_range(
+        &self,
+        b: BookId,
+        t: Tag,
+        r: logbook::ReadRange,
+    ) -> Result<Vec<Record>, LogError> {
+        self.inner.read_range(b, t, r).await
+    }
+}
+
+#[tokio::test]
+async fn a_call_on_an_idle_object_is_one_record_and_one_overtaken_waits_its_turn() {
+    let w = world();
+    let g = w.survivor();
+    g.call("counter", "f", "add", json!({"by": 1}))
+        .await
+        .unwrap();
+    let before = w
+        .log
+        .check_tail(BOOK, Tag::ANY)
+        .await
+        .unwrap()
+        .unwrap()
+        .seqnum;
+    g.call("counter", "f", "add", json!({"by": 1}))
+        .await
+        .unwrap();
+    let after = w
+        .log
+        .check_tail(BOOK, Tag::ANY)
+        .await
+        .unwrap()
+        .unwrap()
+        .seqnum;
+    assert_eq!(
+        after.0 - before.0,
+        1,
+        "one record for a call on an idle object"
+    );
+
+    // Another gateway's call record lands between what this gateway read and its fast
+    // record: the fast record does not count as run; it waits behind that call.
+    let call = json!({"kind": "call", "method": "add", "input": {"by": 1}, "at_ms": 0});
+    let sneak = Arc::new(Sneak {
+        inner: w.log.clone(),
+        record: std::sync::Mutex::new(Some((
+            vec![libobject::object_tag("counter", "o")],
+            bytes::Bytes::from(call.to_string()),
+        ))),
+    });
+    let plan = logbook::crashing::CrashPlan::new(None);
+    let g2 = gateway_over(&w, plan, sneak);
+    let out = g2
+        .call("counter", "o", "add", json!({"by": 5}))
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"value": 6}), "the sneaked call ran first");
+    let fresh = gateway(&w, None);
+    let h = history(&fresh, "counter", "o").await;
+    assert_eq!(check_serial(&h), Ok(6));
+    let inputs: Vec<_> = h.iter().map(|c| c.input["by"].clone()).collect();
+    assert_eq!(inputs, [json!(1), json!(5)]);
+    let got = fresh
+        .call("counter", "o", "get", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(got, json!({"value": 6}));
 }

@@ -198,8 +198,17 @@ async fn two_pc_5_an_abort_decided_before_a_participant_gets_there_stages_nothin
     let busy = {
         let g = g.clone();
         tokio::spawn(async move {
-            let gated = json!({"amount": 5, "gate": 1});
-            g.call("account", "b", "gated_deposit", gated).await
+            // Keyed, so it is logged (queued) before it runs.
+            let gated = CallRequest {
+                call_key: Some("busy".into()),
+                ..CallRequest::new(
+                    "account",
+                    "b",
+                    "gated_deposit",
+                    json!({"amount": 5, "gate": 1}),
+                )
+            };
+            g.objects.call(&g.ctx(0), gated).await
         })
     };
     let b = ObjectRef::new("account", "b");

@@ -335,6 +335,15 @@ pub fn slow_gateway(world: &Arc<World>, seed: u64) -> Arc<Gateway> {
 
 pub fn gateway_with(world: &Arc<World>, plan: Arc<CrashPlan>) -> Arc<Gateway> {
     let log: Arc<dyn LogBook> = Arc::new(CrashingLog::new(world.log.clone(), plan.clone()));
+    gateway_over(world, plan, log)
+}
+
+/// A gateway whose log is `log` (over the world's).
+pub fn gateway_over(
+    world: &Arc<World>,
+    plan: Arc<CrashPlan>,
+    log: Arc<dyn LogBook>,
+) -> Arc<Gateway> {
     let objects = Objects::new();
     objects
         .install(Package::from_toml(PACKAGE).unwrap())
