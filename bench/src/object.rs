@@ -800,13 +800,6 @@ struct Shared {
     first_error: Mutex<Option<String>>,
 }
 
-fn note_first(slot: &Mutex<Option<String>>, message: &str) {
-    // A poisoned lock only means another client panicked; the join reports that.
-    if let Ok(mut first) = slot.lock() {
-        first.get_or_insert_with(|| message.to_string());
-    }
-}
-
 struct Counts {
     latency_us: Histogram<u64>,
     succeeded: u64,
@@ -858,7 +851,7 @@ impl Client {
                 Ok(outcome) => {
                     shared.ended.fetch_add(1, Ordering::Relaxed);
                     if let Outcome::Failure(reason) | Outcome::Retryable(reason) = &outcome {
-                        note_first(&shared.first_failure, reason);
+                        crate::store::note_first(&shared.first_failure, reason);
                     }
                     if measured {
                         counts.latency_us.saturating_record(latency_us.max(1));
@@ -871,7 +864,7 @@ impl Client {
                 }
                 Err(e) => {
                     shared.errors.fetch_add(1, Ordering::Relaxed);
-                    note_first(&shared.first_error, &e);
+                    crate::store::note_first(&shared.first_error, &e);
                     if measured {
                         counts.errors += 1;
                     }

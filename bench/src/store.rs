@@ -946,7 +946,8 @@ struct Shared {
     first_error: Mutex<Option<String>>,
 }
 
-fn note_first(slot: &Mutex<Option<String>>, message: &str) {
+/// Keeps `message` in `slot` if it holds none yet: the first failure or error of a run.
+pub(crate) fn note_first(slot: &Mutex<Option<String>>, message: &str) {
     // A poisoned lock only means another client panicked; the join reports that.
     if let Ok(mut first) = slot.lock() {
         first.get_or_insert_with(|| message.to_string());

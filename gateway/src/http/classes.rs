@@ -68,13 +68,21 @@ async fn admitted(state: &AppState, request: &CallRequest) -> Result<(), ApiErro
     }
 }
 
-fn request_of(
+/// The call a request makes and its book, once this gateway caught up with what the caller
+/// has seen and the call is admitted.
+async fn request_of(
+    state: &AppState,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<CallRequest, ApiError> {
+) -> Result<(CallRequest, BookId), ApiError> {
     let Path((class, key, method)) = path?;
     let input = super::json_body(body)?;
-    Ok(CallRequest::new(&class, &key, &method, input))
+    let request = CallRequest::new(&class, &key, &method, input);
+    let book = book_of(headers)?;
+    catch_up(state, seen_of(headers)?).await?;
+    admitted(state, &request).await?;
+    Ok((request, book))
 }
 
 /// `POST /objects/{class}/{key}/{method}`: calls the method and answers its output. Queued
@@ -86,10 +94,7 @@ pub(super) async fn call(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut request = request_of(path, body)?;
-    let book = book_of(&headers)?;
-    catch_up(&state, seen_of(&headers)?).await?;
-    admitted(&state, &request).await?;
+    let (mut request, book) = request_of(&state, path, &headers, body).await?;
     let key = idempotency_key(&headers)?;
     let output = match key {
         None => {
@@ -134,10 +139,7 @@ pub(super) async fn send(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut request = request_of(path, body)?;
-    let book = book_of(&headers)?;
-    catch_up(&state, seen_of(&headers)?).await?;
-    admitted(&state, &request).await?;
+    let (mut request, book) = request_of(&state, path, &headers, body).await?;
     let key = match idempotency_key(&headers)? {
         Some(key) => key,
         None => state.dispatcher.fresh_id().await?,
