@@ -7,6 +7,10 @@
 //!   log calls from a worker.
 //! - `welcome-worker`: the very `welcome` the gateway runs in-process (it calls `greet` and
 //!   waits, then starts `guestbook`), unchanged, here in a worker.
+//! - `wallet.add` and `wallet.coins`: the methods of a class `wallet` (a package of its own,
+//!   `tally package put wallet.toml`: `[classes.wallet] fields = { coins = "integer" }`,
+//!   `methods = { add = { function = "wallet.add" }, coins = { function = "wallet.coins",
+//!   shared = true } }`), written with `libobject::method`.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -39,6 +43,29 @@ async fn hello(_ctx: Ctx, input: Bytes) -> FunctionResult {
     Ok(serde_json::to_vec(&reply)?.into())
 }
 
+#[derive(serde::Deserialize)]
+struct Coins {
+    by: i64,
+}
+
+/// `wallet.add`: `{"by": N}` in, the new number of coins out.
+async fn wallet_add(
+    this: libobject::This,
+    add: Coins,
+) -> Result<serde_json::Value, libobject::Error> {
+    let coins = this.state_value()["coins"].as_i64().unwrap_or(0) + add.by;
+    this.set_state(&json!({ "coins": coins }))?;
+    Ok(json!({ "coins": coins, "from": "hello-worker" }))
+}
+
+/// `wallet.coins` (shared): the number of coins.
+async fn wallet_coins(
+    this: libobject::This,
+    _: serde_json::Value,
+) -> Result<serde_json::Value, libobject::Error> {
+    Ok(json!({ "coins": this.state_value()["coins"] }))
+}
+
 async fn visit(ctx: Ctx, input: Bytes) -> FunctionResult {
     let seqnum = ctx.append(&[Tag(7)], input).await?;
     let tail = ctx.check_tail(Tag(7)).await?;
@@ -63,7 +90,9 @@ async fn main() -> std::process::ExitCode {
     worker
         .register("hello", hello)
         .register("visit", visit)
-        .register("welcome-worker", gateway::examples::welcome);
+        .register("welcome-worker", gateway::examples::welcome)
+        .register("wallet.add", libobject::method(wallet_add))
+        .register("wallet.coins", libobject::method(wallet_coins));
     if args.also_echo {
         worker.register("echo", |_ctx, input| async move { Ok(input) });
     }

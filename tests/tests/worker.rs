@@ -190,3 +190,63 @@ fn a_worker_attached_to_one_gateway_of_a_cluster_serves_calls_through_it() {
     worker.kill().unwrap();
     worker.wait().unwrap();
 }
+
+/// Methods of a class served by a worker process: a package installed with `tally package
+/// put`, its methods in `hello-worker` (written with `libobject::method`); while the worker is
+/// gone a call fails with 503 and changes nothing; back, the object goes on from its state.
+#[test]
+fn a_class_s_methods_run_in_a_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let tally = Tally::up(&dir.path().join("data"), &[]).unwrap();
+    let package = dir.path().join("wallet.toml");
+    std::fs::write(
+        &package,
+        "name = \"wallets\"\n[classes.wallet]\nfields = { coins = \"integer\" }\n\
+         methods = { add = { function = \"wallet.add\" }, coins = { function = \"wallet.coins\", shared = true } }\n",
+    )
+    .unwrap();
+    let put = tally_tests::run_tally(&[
+        "package",
+        "put",
+        package.to_str().unwrap(),
+        "--addr",
+        &tally.addr,
+    ])
+    .unwrap();
+    assert!(put.contains("installed wallets: wallet"), "{put}");
+    let mut worker = start_worker(&tally.workers_addr());
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let add = tally.url("/objects/wallet/w1/add");
+    wait_until(Duration::from_secs(30), || {
+        post(&http, &add, r#"{"by": 3}"#).0 == 200
+    })
+    .unwrap();
+    let (status, body) = post(&http, &add, r#"{"by": 4}"#);
+    assert_eq!(status, 200, "{body}");
+    let coins: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(coins["coins"], 7, "{body}");
+    assert_eq!(coins["from"], "hello-worker");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    wait_until(Duration::from_secs(30), || {
+        post(&http, &add, r#"{"by": 100}"#).0 == 503
+    })
+    .unwrap();
+    let (status, body) = post(&http, &tally.url("/objects/wallet/w1/coins"), "");
+    assert_eq!(
+        status, 503,
+        "no worker for the shared method either: {body}"
+    );
+    let _worker = start_worker(&tally.workers_addr());
+    let coins = tally.url("/objects/wallet/w1/coins");
+    wait_until(Duration::from_secs(30), || post(&http, &coins, "").0 == 200).unwrap();
+    let (_, body) = post(&http, &coins, "");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        seen["coins"], 7,
+        "the calls without a worker changed nothing: {body}"
+    );
+}
