@@ -43,9 +43,19 @@ pub fn saga_instance(id: &str) -> String {
     format!("saga.{id}")
 }
 
-/// Registers `SAGA_WORKFLOW`. A call's failure is the saga's: its calls are not tried again.
+/// Registers `SAGA_WORKFLOW`. A call's failure is the saga's (a call whose method's function
+/// could not run is tried again, as libflow's default retry policy says).
 pub fn register_sagas(workflows: &mut Workflows) -> &mut Workflows {
-    workflows.register_with(SAGA_WORKFLOW, RetryPolicy::none(), run)
+    workflows.register_with(SAGA_WORKFLOW, RetryPolicy::default(), run)
+}
+
+/// A call's failure as a step's: tried again if it could not run, final if the method failed.
+fn step_error(e: tally_sdk::FunctionError) -> Error {
+    if e.unavailable {
+        Error::retryable(e.message)
+    } else {
+        Error::terminal(e.message)
+    }
 }
 
 async fn run(flow: Flow, saga: Saga) -> Result<Value, Error> {
@@ -58,7 +68,24 @@ async fn run(flow: Flow, saga: Saga) -> Result<Value, Error> {
             call_key: Some(format!("{id}#{i}")),
             ..CallRequest::new(&c.class, &c.key, &c.method, c.input.clone())
         };
-        let mut call = flow.call::<Value>(CALL_FUNCTION, &request);
+        // A step, not a child invocation: the object's key makes the call once however often
+        // the step runs, so nothing more than the step's result needs logging.
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&request).expect("requests serialize"));
+        let ctx = flow.ctx().clone();
+        let name = format!("{}.{}", c.class, c.method);
+        let mut call = flow
+            .step(&name, move || {
+                let (ctx, bytes) = (ctx.clone(), bytes.clone());
+                async move {
+                    let raw = ctx
+                        .call(CALL_FUNCTION, bytes, None)
+                        .await
+                        .map_err(step_error)?;
+                    serde_json::from_slice::<Value>(&raw)
+                        .map_err(|e| Error::terminal(e.to_string()))
+                }
+            })
+            .internal();
         if let Some(undo) = &c.compensate {
             let undo = CallRequest {
                 call_key: Some(format!("{id}#{i}:undo")),
