@@ -202,6 +202,13 @@ pub fn default_state(
 }
 
 impl AppState {
+    /// The newest seqnum this gateway applied: what a caller has seen once answered.
+    pub(crate) fn applied(&self) -> Option<Seqnum> {
+        self.engine
+            .as_ref()
+            .and_then(|e| e.applied_end().0.checked_sub(1).map(Seqnum))
+    }
+
     /// Notes that workflows run in `book` (garbage collection looks there).
     pub(crate) fn workflows_in(&self, book: BookId) {
         self.workflow_books

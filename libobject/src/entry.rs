@@ -86,6 +86,16 @@ pub struct TxnRecord {
     pub at_ms: u64,
 }
 
+impl TxnRecord {
+    /// `object`'s call in the transaction, and its place among the participants.
+    pub fn call_of(&self, object: &ObjectRef) -> Option<(usize, &TxnCall)> {
+        self.calls
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.class == object.class && c.key == object.key)
+    }
+}
+
 /// One participant's call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -292,12 +292,13 @@ impl Item {
         match self {
             Item::Call(c) => (c.method.clone(), c.caller.clone(), None, c.at_ms),
             Item::Txn(t) => {
-                let method = t
-                    .calls
-                    .iter()
-                    .find(|c| c.class == object.class && c.key == object.key)
-                    .map_or_else(String::new, |c| c.method.clone());
-                (method, None, Some(t.id.clone()), t.at_ms)
+                let method = t.call_of(object).map(|(_, c)| c.method.clone());
+                (
+                    method.unwrap_or_default(),
+                    None,
+                    Some(t.id.clone()),
+                    t.at_ms,
+                )
             }
         }
     }
@@ -1001,12 +1002,11 @@ impl Objects {
                                 (c.method, c.input, c.caller, c.key, c.at_ms, None)
                             }
                             Entry::Txn(t) => {
-                                let mine = t
-                                    .calls
-                                    .into_iter()
-                                    .find(|c| c.class == object.class && c.key == object.key)
+                                let (_, mine) = t
+                                    .call_of(object)
                                     .ok_or_else(|| corrupt(outcome.call, "not a participant"))?;
-                                (mine.method, mine.input, None, None, t.at_ms, Some(t.id))
+                                let (method, input) = (mine.method.clone(), mine.input.clone());
+                                (method, input, None, None, t.at_ms, Some(t.id))
                             }
                             Entry::Done(_) => {
                                 return Err(corrupt(

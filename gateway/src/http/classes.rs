@@ -127,7 +127,7 @@ pub(super) async fn call(
             }
         }
     };
-    Ok(with_seen(applied(&state), output))
+    Ok(with_seen(state.applied(), output))
 }
 
 /// `POST /objects/{class}/{key}/{method}/send`: the call as a message, run later: 202 with its
@@ -175,13 +175,6 @@ fn call_ctx(state: &AppState, book: BookId) -> crate::Ctx {
     )
 }
 
-fn applied(state: &AppState) -> Option<logbook::Seqnum> {
-    state
-        .engine
-        .as_ref()
-        .and_then(|e| e.applied_end().0.checked_sub(1).map(logbook::Seqnum))
-}
-
 /// `GET /objects/{class}/{key}` of a class: the object's state, how many calls it ran, its
 /// version (the seqnum of its newest done record) and the calls queued on it now.
 pub(super) async fn inspect(
@@ -198,7 +191,7 @@ pub(super) async fn inspect(
         .inspect(&ctx, &ObjectRef::new(class, key))
         .await
         .map_err(object_error)?;
-    Ok(with_seen(applied(state), json!(view)))
+    Ok(with_seen(state.applied(), json!(view)))
 }
 
 /// `GET /objects/{class}/{key}/history?after=SEQNUM&limit=N` of a class: the calls the object
@@ -224,7 +217,7 @@ pub(super) async fn history(
         )
         .await
         .map_err(object_error)?;
-    Ok(with_seen(applied(state), json!(page)))
+    Ok(with_seen(state.applied(), json!(page)))
 }
 
 /// `PUT /packages/{name}`: installs a package (its TOML file, or the same as JSON; `name` may
@@ -393,7 +386,7 @@ async fn serializable(
     };
     let mut body = json!(outcome);
     body["style"] = json!("serializable");
-    let mut response = with_seen(applied(state), body);
+    let mut response = with_seen(state.applied(), body);
     *response.status_mut() = status;
     Ok(response)
 }
@@ -438,7 +431,7 @@ async fn saga_outcome(
     };
     body["id"] = json!(id);
     body["style"] = json!("saga");
-    let mut response = with_seen(applied(state), body);
+    let mut response = with_seen(state.applied(), body);
     *response.status_mut() = status;
     Ok(response)
 }
@@ -554,7 +547,7 @@ pub(super) async fn link(
         libobject::TxnStatus::Failure => StatusCode::UNPROCESSABLE_ENTITY,
         libobject::TxnStatus::Retryable => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let mut response = with_seen(applied(&state), json!(outcome));
+    let mut response = with_seen(state.applied(), json!(outcome));
     *response.status_mut() = status;
     Ok(response)
 }
@@ -576,7 +569,7 @@ pub(super) async fn delete(
         .delete(&ctx, &id, &ObjectRef::new(class, key))
         .await
         .map_err(object_error)?;
-    Ok(with_seen(applied(state), deleted))
+    Ok(with_seen(state.applied(), deleted))
 }
 
 #[derive(serde::Deserialize)]
@@ -605,5 +598,5 @@ pub(super) async fn read_many(
         .read_many(&ctx, &class, &keys)
         .await
         .map_err(object_error)?;
-    Ok(with_seen(applied(&state), json!({ "objects": objects })))
+    Ok(with_seen(state.applied(), json!({ "objects": objects })))
 }

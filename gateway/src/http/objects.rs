@@ -71,11 +71,7 @@ fn store_path(
 
 /// A JSON reply carrying what the caller has now seen: everything this gateway applied.
 fn reply(state: &AppState, headers: &HeaderMap, body: Value) -> Result<Response, ApiError> {
-    let applied = state
-        .engine
-        .as_ref()
-        .and_then(|e| e.applied_end().0.checked_sub(1).map(Seqnum));
-    Ok(with_seen(seen_of(headers)?.max(applied), body))
+    Ok(with_seen(seen_of(headers)?.max(state.applied()), body))
 }
 
 #[derive(serde::Deserialize)]

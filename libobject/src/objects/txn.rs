@@ -12,7 +12,7 @@
 //! and no transaction is aborted for want of order. A participant waiting for votes drives
 //! the others, so one touch of any participant finishes a transaction whose coordinator died.
 
-use super::{answered, corrupt, Driver, Objects};
+use super::{corrupt, done_of, Driver, Objects};
 use crate::entry::{
     now_ms, object_tag, txn_tag, vote_tag, CallError, Entry, Outcome, TxnCall, TxnRecord, Vote,
 };
@@ -354,22 +354,24 @@ impl Objects {
     ) -> Result<(), Error> {
         let started = Instant::now();
         let dones = crate::entry::done_tag(&object.class, &object.key);
-        let mut after = seqnum;
+        // The done records not looked at yet: each is read once.
+        let mut from = seqnum;
         loop {
-            if answered(ctx, object, seqnum).await?.is_some() {
-                return Ok(());
+            while let Some(record) = ctx.read_next(dones, Seqnum(from)).await? {
+                from = record.seqnum.0 + 1;
+                let done = done_of(ctx, object, &record).await?;
+                if done.is_some_and(|d| d.outcomes.iter().any(|o| o.call == seqnum)) {
+                    return Ok(());
+                }
             }
             if started.elapsed() > DECISION_WAIT_MAX {
                 return Err(Error::Unavailable(format!(
                     "{object} did not answer the transaction at {seqnum}"
                 )));
             }
-            match ctx
-                .read_next_blocking(dones, Seqnum(after), VOTE_WAIT)
-                .await?
-            {
-                Some(record) => after = record.seqnum.0 + 1,
-                None => self.kick(ctx, calls, None),
+            let next = ctx.read_next_blocking(dones, Seqnum(from), VOTE_WAIT);
+            if next.await?.is_none() {
+                self.kick(ctx, calls, None);
             }
         }
     }
@@ -401,10 +403,8 @@ impl Objects {
             };
             return Ok((vec![outcome], d.state.clone()));
         }
-        let i = t
-            .calls
-            .iter()
-            .position(|c| c.class == object.class && c.key == object.key)
+        let (i, _) = t
+            .call_of(object)
             .ok_or_else(|| corrupt(seqnum, "a transaction in the stream of a non-participant"))?;
         // Another participant failed already: the transaction aborts, so this one's call
         // does not even run (no staged state, and no vote).
