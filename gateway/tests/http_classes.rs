@@ -313,6 +313,41 @@ async fn serializable_transfers_answer_one_outcome_per_id() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+#[tokio::test]
+async fn an_open_transaction_commits_every_account_its_method_reaches() {
+    let app = app();
+    post(&app, "/objects/account/a/deposit", r#"{"amount": 10}"#).await;
+    let pay = |from: &str, to: &str, amount: i64| {
+        json!({"call": {"class": "account", "key": from, "method": "pay", "input": {"to": to, "amount": amount}}})
+            .to_string()
+    };
+    let (status, first) = post(&app, "/transactions/o1", &pay("a", "b", 4)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["outcome"], json!("success"));
+    assert_eq!(first["results"], json!([{"balance": 6, "to": 4}]));
+    assert_eq!(first["style"], json!("serializable"));
+    assert_eq!(
+        post(&app, "/transactions/o1", &pay("a", "b", 4)).await,
+        (StatusCode::OK, first.clone())
+    );
+    assert_eq!(get(&app, "/transactions/o1").await, first);
+    // b pays a back more than it has: b's own withdrawal fails, nothing changes.
+    let (status, failed) = post(&app, "/transactions/o2", &pay("b", "a", 5)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{failed}");
+    assert_eq!(failed["outcome"], json!("failure"));
+    assert_eq!((balance(&app, "a").await, balance(&app, "b").await), (6, 4));
+    // The same id with another call, both forms at once, or neither: refused.
+    for body in [
+        pay("a", "b", 1),
+        json!({"calls": [], "call": {}}).to_string(),
+        json!({"style": "saga"}).to_string(),
+        json!({}).to_string(),
+    ] {
+        let (status, error) = post(&app, "/transactions/o1", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
+    }
+}
+
 /// SG-1: a saga of three deposits whose step k fails (a withdrawal too large, for every k):
 /// each step before it is compensated once, none after it runs, and the balances end as
 /// they began.

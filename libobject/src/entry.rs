@@ -36,6 +36,24 @@ pub fn vote_tag(txn: u64, index: usize) -> Tag {
     Tag::named(&["libobject", "vote", &txn.to_string(), &index.to_string()])
 }
 
+/// The calls of the open transaction `id` (each a join record): the objects it reached, in
+/// the order it reached them.
+pub fn members_tag(id: &str) -> Tag {
+    Tag::named(&["libobject", "members", id])
+}
+
+/// The join record of open transaction `id` under call key `key`: one, conditionally at
+/// position 0, so a call made again (its caller run again) joins once.
+pub fn join_tag(id: &str, key: &str) -> Tag {
+    Tag::named(&["libobject", "join", id, key])
+}
+
+/// The decision of open transaction `id`: one, conditionally at position 0 (commit by its
+/// root's driver, or abort by whoever finds it cannot commit).
+pub fn decision_tag(id: &str) -> Tag {
+    Tag::named(&["libobject", "decision", id])
+}
+
 /// The packages installed over HTTP, in book 0, newest last.
 pub fn packages_tag() -> Tag {
     Tag::named(&["libobject", "packages"])
@@ -53,6 +71,56 @@ pub enum Entry {
     /// object's stream came between the newest one its writer had read (`basis`) and it;
     /// otherwise it is a call record like any other, queued behind those.
     Fast(FastRecord),
+    /// A call of an open transaction (one that finds its participants as it runs) on this
+    /// object: its lock here, held from when the object runs it until the decision.
+    Join(JoinRecord),
+}
+
+/// A call of an open transaction on one object. The first (the root: the call the
+/// transaction was sent with) is the transaction's record; each call a method makes inside
+/// it joins another object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRecord {
+    pub txn: String,
+    /// The seqnum of the root's join record; none in the root's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<u64>,
+    pub call: TxnCall,
+    /// The object whose method made the call; none for the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<ObjectRef>,
+    /// The objects waiting, synchronously, for this call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<ObjectRef>,
+    pub at_ms: u64,
+}
+
+impl JoinRecord {
+    /// The transaction's seqnum (its root's), for the join record at `seqnum`.
+    pub fn txn_seqnum(&self, seqnum: u64) -> u64 {
+        self.root.unwrap_or(seqnum)
+    }
+
+    pub fn object(&self) -> ObjectRef {
+        ObjectRef::new(&self.call.class, &self.call.key)
+    }
+}
+
+/// How an open transaction ended: commit (the joins that voted, each taking effect) or
+/// abort (nothing takes effect; the error says why, and `Unavailable` makes it retryable: a
+/// deadlock's victim, or a decision that did not come in time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub commit: bool,
+    /// The seqnums of the join records that commit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joins: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CallError>,
+    /// The object whose call failed, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectRef>,
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,7 +28,8 @@ pub use dataflow::{
     register_dataflows, Dataflow, DataflowRun, Step, DATAFLOW_STEPS_MAX, DATAFLOW_WORKFLOW,
 };
 pub use entry::{
-    done_tag, key_tag, object_tag, packages_tag, txn_tag, vote_tag, CallError, Outcome, TxnCall,
+    decision_tag, done_tag, join_tag, key_tag, members_tag, object_tag, packages_tag, txn_tag,
+    vote_tag, CallError, Decision, JoinRecord, Outcome, TxnCall,
 };
 pub use error::{Error, ErrorKind};
 pub use objects::{builtin_functions, BATCH_READ_MAX, LINKS_PER_TXN_MAX, REFS_MAX};

@@ -14,10 +14,11 @@
 
 use crate::entry::{
     done_tag, key_tag, now_ms, object_tag, CallError, CallRecord, DoneRecord, Entry, FastRecord,
-    Outcome, TxnRecord,
+    JoinRecord, Outcome, TxnRecord,
 };
 
 mod links;
+mod locks;
 mod txn;
 use crate::package::{Class, Classes, Method, ObjectRef, Package};
 use crate::Error;
@@ -71,9 +72,13 @@ pub struct CallRequest {
     /// queued); answered with the method's `MethodOutput`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline_state: Option<Value>,
-    /// The transaction the caller's call belongs to (an inline call's only).
+    /// The transaction the caller's call belongs to: an inline call's, or a call an open
+    /// transaction makes (it joins the transaction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<String>,
+    /// The transaction is open: it finds its participants as it runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open: bool,
     /// The caller's call runs at once, not logged yet (an inline call's only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fast: bool,
@@ -92,6 +97,7 @@ impl CallRequest {
             chain: Vec::new(),
             inline_state: None,
             transaction: None,
+            open: false,
             fast: false,
         }
     }
@@ -116,10 +122,14 @@ pub struct MethodInput {
     #[serde(default)]
     pub shared: bool,
     /// The transaction this call is a participant's call of: its state change is staged
-    /// until the transaction commits, its messages are sent only then, and it calls no other
-    /// object synchronously.
+    /// until the transaction commits, and its messages are sent only then. In a transaction
+    /// of known participants it calls no other object synchronously; in an open one, each
+    /// object it calls joins the transaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<String>,
+    /// The transaction is open (it finds its participants as it runs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open: bool,
     /// Run at once, before the call is logged: the method may make no call and send no
     /// message (`This` refuses them, and the call is then logged and run as any other).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -284,6 +294,7 @@ struct Driver {
 enum Item {
     Call(CallRecord),
     Txn(TxnRecord),
+    Join(JoinRecord),
 }
 
 impl Item {
@@ -300,6 +311,12 @@ impl Item {
                     t.at_ms,
                 )
             }
+            Item::Join(j) => (
+                j.call.method.clone(),
+                j.caller.clone(),
+                Some(j.txn.clone()),
+                j.at_ms,
+            ),
         }
     }
 }
@@ -430,6 +447,17 @@ impl Objects {
         if let Some(dataflow) = &method.dataflow {
             return self.run_dataflow(ctx, &request, dataflow).await;
         }
+        if request.transaction.is_some() {
+            // A call an open transaction's method makes: it joins the transaction.
+            if method.dataflow.is_some() {
+                return Err(Error::Invalid(format!(
+                    "{}.{} is a dataflow method: it takes no part in a transaction",
+                    request.class, request.method
+                )));
+            }
+            check_chain(&request, &callee)?;
+            return self.join(ctx, request).await;
+        }
         if method.shared {
             let state = self.latest_state(ctx, &class, &callee).await?;
             let input = (state, format!("{callee}@shared"), None);
@@ -438,17 +466,7 @@ impl Objects {
                 .await?;
             return Ok(out.output);
         }
-        if request.chain.contains(&callee) {
-            return Err(Error::Reentrant(format!(
-                "{callee} waits on this chain of calls ({}): a synchronous call into it would wait for itself; send a message instead, or use call_self",
-                request
-                    .chain
-                    .iter()
-                    .map(|o| o.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" -> ")
-            )));
-        }
+        check_chain(&request, &callee)?;
         self.call_queued(ctx, class, callee, request).await
     }
 
@@ -689,6 +707,10 @@ impl Objects {
                     let (seqnum, t) = (*seqnum, t.clone());
                     self.run_txn(ctx, class, object, d, seqnum, &t).await?
                 }
+                Some((seqnum, Item::Join(j))) => {
+                    let (seqnum, j) = (*seqnum, j.clone());
+                    self.run_join(ctx, class, object, d, seqnum, &j).await?
+                }
                 Some(_) => self.run_batch(ctx, class, object, d).await?,
             };
             let done = DoneRecord {
@@ -791,6 +813,7 @@ impl Objects {
                 chain: call.chain.clone(),
                 inline_state: None,
                 transaction: None,
+                open: false,
                 fast: false,
             };
             let call_id = call
@@ -867,6 +890,7 @@ impl Objects {
             caller: request.caller.clone(),
             chain,
             shared: method.shared,
+            open: transaction.is_some() && request.open,
             transaction,
             fast,
         };
@@ -1008,6 +1032,10 @@ impl Objects {
                                 let (method, input) = (mine.method.clone(), mine.input.clone());
                                 (method, input, None, None, t.at_ms, Some(t.id))
                             }
+                            Entry::Join(j) => {
+                                let (method, input) = (j.call.method, j.call.input);
+                                (method, input, j.caller, None, j.at_ms, Some(j.txn))
+                            }
                             Entry::Done(_) => {
                                 return Err(corrupt(
                                     outcome.call,
@@ -1053,6 +1081,22 @@ impl Objects {
             })
         }
     }
+}
+
+/// Refuses a synchronous call into an object that waits on the call's chain.
+fn check_chain(request: &CallRequest, callee: &ObjectRef) -> Result<(), Error> {
+    if request.chain.contains(callee) {
+        return Err(Error::Reentrant(format!(
+            "{callee} waits on this chain of calls ({}): a synchronous call into it would wait for itself; send a message instead, or use call_self",
+            request
+                .chain
+                .iter()
+                .map(|o| o.to_string())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        )));
+    }
+    Ok(())
 }
 
 fn check_key(key: &str) -> Result<(), Error> {
@@ -1109,6 +1153,7 @@ async fn catch_up(ctx: &Ctx, slot: &Slot, object: &ObjectRef, d: &mut Driver) ->
         match Entry::parse(&record)? {
             Entry::Call(call) => d.pending.push_back((seqnum, Item::Call(call))),
             Entry::Txn(t) => d.pending.push_back((seqnum, Item::Txn(t))),
+            Entry::Join(j) => d.pending.push_back((seqnum, Item::Join(j))),
             // Older ones were applied already (the newest when loading, or our own).
             Entry::Done(done) if done.index < d.dones => {}
             Entry::Done(done) => apply(slot, d, seqnum, done)?,

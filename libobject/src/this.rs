@@ -81,7 +81,8 @@ impl This {
         self.inner.call.caller.as_ref()
     }
 
-    /// The transaction this call is a participant's call of, if it is.
+    /// The transaction this call is a participant's call of, if it is (of known participants,
+    /// or open: see `call`).
     pub fn transaction(&self) -> Option<&str> {
         self.inner.call.transaction.as_deref()
     }
@@ -156,8 +157,10 @@ impl This {
     }
 
     /// Calls `method` of object (`class`, `key`) and waits for its answer. Made once per
-    /// run of this call: run again, it gets the first run's answer. A participant's call of
-    /// a transaction calls no other object (make that object a participant).
+    /// run of this call: run again, it gets the first run's answer. In an open transaction
+    /// the object joins the transaction (it is locked for it until the decision; a failure
+    /// of its call aborts the transaction); a participant's call of a transaction of known
+    /// participants calls no other object (make that object a participant).
     pub async fn call<T: DeserializeOwned>(
         &self,
         class: &str,
@@ -165,16 +168,19 @@ impl This {
         method: &str,
         input: &(impl Serialize + ?Sized),
     ) -> Result<T, Error> {
-        if let Some(t) = self.transaction() {
-            return Err(Error::Invalid(format!(
+        match self.transaction() {
+            Some(t) if !self.inner.call.open => return Err(Error::Invalid(format!(
                 "{}.{} runs in transaction {t}: it calls no other object ({class}/{key}); make that object a participant",
                 self.class(),
                 self.method()
-            )));
+            ))),
+            _ => {}
         }
         self.refuse_if_fast()?;
         let request = CallRequest {
             call_key: self.next_key(),
+            transaction: self.inner.call.transaction.clone(),
+            open: self.inner.call.open,
             ..self.request(class, key, method, to_value(input)?)
         };
         let raw = self.call_function(&request).await?;
@@ -192,6 +198,7 @@ impl This {
             call_key: Some(self.call_id().to_string()),
             inline_state: Some(self.state_value()),
             transaction: self.inner.call.transaction.clone(),
+            open: self.inner.call.open,
             fast: self.inner.call.fast,
             ..self.request(self.class(), self.key(), method, to_value(input)?)
         };

@@ -400,20 +400,6 @@ async fn transactions_are_checked_before_anything_is_logged() {
     let _ = Arc::new(Seqnum::ZERO);
 }
 
-async fn wait_until<F, Fut>(mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..1_000 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("condition not met in 5 s");
-}
-
 async fn wait_for_history(
     g: &Gateway,
     class: &str,

@@ -67,6 +67,7 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
         [
             "account.balance",
             "account.deposit",
+            "account.pay",
             "account.withdraw",
             "append3",
             "approval",

@@ -33,6 +33,7 @@ pub fn register(registry: &mut Registry) {
     registry.register("account.deposit", method(account_deposit));
     registry.register("account.withdraw", method(account_withdraw));
     registry.register("account.balance", method(account_balance));
+    registry.register("account.pay", method(account_pay));
     registry.register("user.describe", method(describe));
     registry.register("group.describe", method(describe));
     registry.register("user.rename", method(user_rename));
@@ -99,6 +100,28 @@ async fn account_withdraw(this: This, a: Amount) -> Result<Value, Error> {
     account.balance -= a.amount;
     this.set_state(&account)?;
     Ok(json!({ "balance": account.balance }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pay {
+    to: String,
+    amount: i64,
+}
+
+/// Withdraws from this account and deposits on account `to`, a call: in an open transaction
+/// (`POST /transactions/ID` with `{"call": ...}`) `to` joins it, so both change or neither.
+async fn account_pay(this: This, p: Pay) -> Result<Value, Error> {
+    if p.to == this.key() {
+        return Err(Error::Invalid("an account pays another account".into()));
+    }
+    let mine: Value = this
+        .call_self("withdraw", &json!({ "amount": p.amount }))
+        .await?;
+    let theirs: Value = this
+        .call("account", &p.to, "deposit", &json!({ "amount": p.amount }))
+        .await?;
+    Ok(json!({ "balance": mine["balance"], "to": theirs["balance"] }))
 }
 
 async fn account_balance(this: This, _: Value) -> Result<Value, Error> {

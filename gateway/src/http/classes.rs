@@ -323,13 +323,18 @@ enum Style {
 struct TxnBody {
     #[serde(default)]
     style: Style,
-    calls: Value,
+    #[serde(default)]
+    calls: Option<Value>,
+    /// One call whose method's calls of other objects join the transaction (an open one).
+    #[serde(default)]
+    call: Option<Value>,
 }
 
 /// `POST /transactions/{id}`: a transaction across objects, `{"calls": [...]}`, serializable
-/// (the default) or a saga (`"style": "saga"`, each call with its `compensate`). Answers its
-/// outcome: `success` (200), `failure` (422), `retryable` (503), or for a saga still running
-/// after a minute `running` (202). The same id again answers the same outcome.
+/// (the default) or a saga (`"style": "saga"`, each call with its `compensate`), or
+/// `{"call": {...}}`, serializable, whose participants are the objects its method reaches.
+/// Answers its outcome: `success` (200), `failure` (422), `retryable` (503), or for a saga
+/// still running after a minute `running` (202). The same id again answers the same outcome.
 pub(super) async fn transact(
     State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
@@ -341,14 +346,22 @@ pub(super) async fn transact(
         .map_err(|e| ApiError::bad_request(format!("a transaction: {e}")))?;
     let book = book_of(&headers)?;
     catch_up(&state, seen_of(&headers)?).await?;
-    match body.style {
-        Style::Serializable => {
-            let calls: Vec<libobject::TxnCall> = serde_json::from_value(body.calls)
+    let ctx = call_ctx(&state, book);
+    match (body.style, body.calls, body.call) {
+        (Style::Serializable, Some(calls), None) => {
+            let calls: Vec<libobject::TxnCall> = serde_json::from_value(calls)
                 .map_err(|e| ApiError::bad_request(format!("calls: {e}")))?;
-            serializable(&state, book, &id, calls).await
+            let outcome = state.classes.transact(&ctx, &id, calls, None).await;
+            serializable(&state, outcome)
         }
-        Style::Saga => {
-            let saga: libobject::Saga = serde_json::from_value(json!({ "calls": body.calls }))
+        (Style::Serializable, None, Some(call)) => {
+            let call: libobject::TxnCall = serde_json::from_value(call)
+                .map_err(|e| ApiError::bad_request(format!("call: {e}")))?;
+            let outcome = state.classes.transact_open(&ctx, &id, call, None).await;
+            serializable(&state, outcome)
+        }
+        (Style::Saga, Some(calls), None) => {
+            let saga: libobject::Saga = serde_json::from_value(json!({ "calls": calls }))
                 .map_err(|e| ApiError::bad_request(format!("calls: {e}")))?;
             state.classes.admit_saga(&saga).map_err(object_error)?;
             let instance = libobject::saga_instance(&id);
@@ -364,21 +377,21 @@ pub(super) async fn transact(
             let _ = tokio::time::timeout(SAGA_WAIT, Dispatcher::wait(rx)).await;
             saga_outcome(&state, book, &id, SAGA_WAIT).await
         }
+        (Style::Saga, _, _) => Err(ApiError::bad_request(
+            "a saga takes \"calls\", each with its \"compensate\"",
+        )),
+        (Style::Serializable, _, _) => Err(ApiError::bad_request(
+            "a transaction takes \"calls\" (its participants' calls) or \"call\" (one call, whose method's calls of other objects join it)",
+        )),
     }
 }
 
-async fn serializable(
+/// A serializable transaction's outcome as the transaction routes answer it.
+fn serializable(
     state: &AppState,
-    book: BookId,
-    id: &str,
-    calls: Vec<libobject::TxnCall>,
+    outcome: Result<libobject::TxnOutcome, libobject::Error>,
 ) -> Result<Response, ApiError> {
-    let ctx = call_ctx(state, book);
-    let outcome = state
-        .classes
-        .transact(&ctx, id, calls, None)
-        .await
-        .map_err(object_error)?;
+    let outcome = outcome.map_err(object_error)?;
     let status = match outcome.outcome {
         libobject::TxnStatus::Success => StatusCode::OK,
         libobject::TxnStatus::Failure => StatusCode::UNPROCESSABLE_ENTITY,
@@ -462,17 +475,14 @@ async fn transaction_outcome(
     }
     let book = book_of(&headers)?;
     catch_up(&state, seen_of(&headers)?).await?;
-    let record = state
-        .log
-        .read_next(book, libobject::txn_tag(&id), logbook::Seqnum::ZERO)
-        .await?;
-    if let Some(record) = record {
-        let txn: Value = serde_json::from_slice(&record.data).unwrap_or_default();
-        let calls: Vec<libobject::TxnCall> =
-            serde_json::from_value(txn["calls"].clone()).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
-            })?;
-        return serializable(&state, book, &id, calls).await;
+    let ctx = call_ctx(&state, book);
+    if let Some(outcome) = state
+        .classes
+        .transaction(&ctx, &id)
+        .await
+        .map_err(object_error)?
+    {
+        return serializable(&state, Ok(outcome));
     }
     if libflow::check_instance_id(&libobject::saga_instance(&id)).is_err() {
         return Err(ApiError::new(

@@ -31,10 +31,10 @@ pub const TXN_ID_BYTES_MAX: usize = 256;
 /// How long a wait for a vote or an answer lasts before the waiter drives the participants
 /// again, and how long in all before the transaction is reported `retryable`. A waiter for
 /// votes looks at every vote each `VOTE_POLL` (a failed one ends the wait).
-const VOTE_WAIT: Duration = Duration::from_millis(500);
-const VOTE_POLL: Duration = Duration::from_millis(50);
-const KICK_EVERY_POLLS: u32 = 10;
-const DECISION_WAIT_MAX: Duration = Duration::from_secs(60);
+pub(super) const VOTE_WAIT: Duration = Duration::from_millis(500);
+pub(super) const VOTE_POLL: Duration = Duration::from_millis(50);
+pub(super) const KICK_EVERY_POLLS: u32 = 10;
+pub(super) const DECISION_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// How a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,7 +92,7 @@ enum Votes {
 
 /// The outcome of transaction `id`: each participant's result, or the participant that
 /// failed (if known) and its error.
-fn outcome_of(
+pub(super) fn outcome_of(
     id: &str,
     seqnum: u64,
     decided: Result<Vec<Value>, (Option<usize>, CallError)>,
@@ -121,7 +121,7 @@ fn outcome_of(
     }
 }
 
-fn parse_vote(record: &Record) -> Result<Vote, Error> {
+pub(super) fn parse_vote(record: &Record) -> Result<Vote, Error> {
     serde_json::from_slice(&record.data).map_err(|e| corrupt(record.seqnum.0, &e.to_string()))
 }
 
@@ -157,10 +157,14 @@ impl Objects {
         let Some(record) = ctx.read_next(txn_tag(id), Seqnum::ZERO).await? else {
             return Ok(None);
         };
-        let Entry::Txn(txn) = Entry::parse(&record)? else {
-            return Err(corrupt(record.seqnum.0, "not a transaction record"));
-        };
-        self.run_transaction(ctx, id, txn.calls).await.map(Some)
+        match Entry::parse(&record)? {
+            Entry::Txn(txn) => self.run_transaction(ctx, id, txn.calls).await.map(Some),
+            Entry::Join(root) if root.root.is_none() => self
+                .finish_open(ctx, id, record.seqnum.0, &root.call)
+                .await
+                .map(Some),
+            _ => Err(corrupt(record.seqnum.0, "not a transaction record")),
+        }
     }
 
     async fn run_transaction(
@@ -228,7 +232,7 @@ impl Objects {
     /// Checks a transaction before anything is logged: its id, its size, one call per
     /// object, and that each call names a method that `caller` may call and that may run in a
     /// transaction.
-    fn admit_txn(
+    pub(super) fn admit_txn(
         &self,
         id: &str,
         calls: &[TxnCall],
@@ -271,7 +275,7 @@ impl Objects {
     }
 
     /// Drives every participant but `except`, in tasks of their own.
-    fn kick(&self, ctx: &Ctx, calls: &[TxnCall], except: Option<usize>) {
+    pub(super) fn kick(&self, ctx: &Ctx, calls: &[TxnCall], except: Option<usize>) {
         for (j, call) in calls.iter().enumerate() {
             if Some(j) == except {
                 continue;
@@ -345,7 +349,7 @@ impl Objects {
     }
 
     /// Waits until a done record of `object` answers the transaction at `seqnum`.
-    async fn wait_answered(
+    pub(super) async fn wait_answered(
         &self,
         ctx: &Ctx,
         object: &ObjectRef,
@@ -432,24 +436,7 @@ impl Objects {
                 return Ok((vec![Outcome::failed(seqnum, &reason)], d.state.clone()));
             }
         };
-        // Committed: the held messages go out now, each once (a driver that runs this again
-        // sends them under the same keys).
-        for (n, message) in mine.messages.iter().enumerate() {
-            let key = format!("{}#{i}#{n}", t.id);
-            let request = CallRequest {
-                call_key: Some(key.clone()),
-                ..message.request.clone()
-            };
-            let bytes = Bytes::from(serde_json::to_vec(&request).expect("requests serialize"));
-            let sent = match message.due_ms {
-                None => ctx.invoke_async_keyed(CALL_FUNCTION, &key, bytes).await,
-                Some(due) => {
-                    ctx.invoke_async_keyed_at(CALL_FUNCTION, &key, bytes, due)
-                        .await
-                }
-            };
-            sent.map_err(Error::from)?;
-        }
+        send_held(ctx, &format!("{}#{i}", t.id), &mine.messages).await?;
         let state = mine.state.clone().unwrap_or_else(|| d.state.clone());
         let outcome = Outcome {
             call: seqnum,
@@ -474,53 +461,88 @@ impl Objects {
         t: &TxnRecord,
         i: usize,
     ) -> Result<Vote, Error> {
-        let tag = vote_tag(seqnum, i);
-        if let Some(record) = ctx.read_next(tag, Seqnum::ZERO).await? {
-            return parse_vote(&record);
-        }
         let call = &t.calls[i];
         let request = CallRequest::new(&call.class, &call.key, &call.method, call.input.clone());
-        let ran = match class.method(&call.method) {
-            Ok(method) => {
-                let input = (
-                    d.state.clone(),
-                    format!("{object}@{seqnum}"),
-                    Some(t.id.clone()),
-                );
-                self.run_method(ctx, class, object, &request, method, input)
+        let input = (
+            d.state.clone(),
+            format!("{object}@{seqnum}"),
+            Some(t.id.clone()),
+        );
+        let run = async {
+            let method = class.method(&call.method)?;
+            self.run_method(ctx, class, object, &request, method, input)
+                .await
+        };
+        cast(ctx, vote_tag(seqnum, i), seqnum, run).await
+    }
+}
+
+/// Sends a committed call's held messages, each once (a driver that runs the commit again
+/// sends them under the same keys: `{prefix}#{n}`).
+pub(super) async fn send_held(
+    ctx: &Ctx,
+    prefix: &str,
+    messages: &[crate::objects::Message],
+) -> Result<(), Error> {
+    for (n, message) in messages.iter().enumerate() {
+        let key = format!("{prefix}#{n}");
+        let request = CallRequest {
+            call_key: Some(key.clone()),
+            ..message.request.clone()
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&request).expect("requests serialize"));
+        let sent = match message.due_ms {
+            None => ctx.invoke_async_keyed(CALL_FUNCTION, &key, bytes).await,
+            Some(due) => {
+                ctx.invoke_async_keyed_at(CALL_FUNCTION, &key, bytes, due)
                     .await
             }
-            Err(e) => Err(e),
         };
-        let vote = match ran {
-            Ok(out) => Vote {
-                output: Some(out.output),
-                error: None,
-                state: out.state,
-                messages: out.messages,
-            },
-            Err(e) => Vote {
-                output: None,
-                error: Some(CallError {
-                    kind: e.kind(),
-                    message: e.to_string(),
-                }),
-                state: None,
-                messages: Vec::new(),
-            },
-        };
-        let bytes = Bytes::from(serde_json::to_vec(&vote).expect("votes serialize"));
-        match ctx.cond_append(&[tag], bytes, Cond::at(tag, 0)).await {
-            Ok(_) => Ok(vote),
-            // Another driver of this object voted first: its vote counts.
-            Err(LogError::CondFailed { .. }) => {
-                let record = ctx
-                    .read_next(tag, Seqnum::ZERO)
-                    .await?
-                    .ok_or_else(|| corrupt(seqnum, "a vote lost its place to nothing"))?;
-                parse_vote(&record)
-            }
-            Err(e) => Err(e.into()),
+        sent.map_err(Error::from)?;
+    }
+    Ok(())
+}
+
+/// The vote at `tag` (for the call at `seqnum`): read if cast already, else `run`'s outcome,
+/// cast once (a conditional append at position 0; another driver's vote, first, counts).
+pub(super) async fn cast(
+    ctx: &Ctx,
+    tag: logbook::Tag,
+    seqnum: u64,
+    run: impl std::future::Future<Output = Result<crate::objects::MethodOutput, Error>>,
+) -> Result<Vote, Error> {
+    if let Some(record) = ctx.read_next(tag, Seqnum::ZERO).await? {
+        return parse_vote(&record);
+    }
+    let ran = run.await;
+    let vote = match ran {
+        Ok(out) => Vote {
+            output: Some(out.output),
+            error: None,
+            state: out.state,
+            messages: out.messages,
+        },
+        Err(e) => Vote {
+            output: None,
+            error: Some(CallError {
+                kind: e.kind(),
+                message: e.to_string(),
+            }),
+            state: None,
+            messages: Vec::new(),
+        },
+    };
+    let bytes = Bytes::from(serde_json::to_vec(&vote).expect("votes serialize"));
+    match ctx.cond_append(&[tag], bytes, Cond::at(tag, 0)).await {
+        Ok(_) => Ok(vote),
+        // Another driver of this object voted first: its vote counts.
+        Err(LogError::CondFailed { .. }) => {
+            let record = ctx
+                .read_next(tag, Seqnum::ZERO)
+                .await?
+                .ok_or_else(|| corrupt(seqnum, "a vote lost its place to nothing"))?;
+            parse_vote(&record)
         }
+        Err(e) => Err(e.into()),
     }
 }

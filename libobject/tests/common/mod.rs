@@ -50,6 +50,7 @@ withdraw = { function = "account.withdraw" }
 balance = { function = "account.balance", shared = true }
 gated_deposit = { function = "account.gated_deposit" }
 call_out = { function = "account.call_out" }
+pay = { function = "account.pay" }
 
 [classes.user]
 fields = { name = "string", groups = { type = "refs", class = "group", inverse = "members" }, team = { type = "ref", class = "team", inverse = "users" } }
@@ -230,6 +231,82 @@ async fn gated_deposit(this: This, a: Amount) -> Result<Value, Error> {
     deposit(this, a).await
 }
 
+/// Waits (up to 5 s) until `parties` calls met at `name`: calls, not runs, so a call that
+/// two drivers run at once arrives once.
+pub async fn meet(name: &str, parties: usize, call: &str) {
+    static MET: Mutex<BTreeMap<String, HashSet<String>>> = Mutex::new(BTreeMap::new());
+    MET.lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_default()
+        .insert(call.to_string());
+    for _ in 0..5_000 {
+        if MET.lock().unwrap()[name].len() >= parties {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[derive(Deserialize)]
+struct Pay {
+    to: String,
+    amount: i64,
+    /// Meets others (`meet`: name, parties) after its withdrawal, before the call to `to`.
+    #[serde(default)]
+    before: Option<(String, usize)>,
+    /// Waits for a permit of `GATES[0]` after `to` answered.
+    #[serde(default)]
+    hold: bool,
+    /// A counter that `to` sends `add` to (held until the transaction commits).
+    #[serde(default)]
+    notify: Option<String>,
+    /// Withdraws from `to` instead of depositing there.
+    #[serde(default)]
+    take: bool,
+    /// Answers even if the call to `to` failed.
+    #[serde(default)]
+    swallow: bool,
+}
+
+/// Withdraws `amount` from itself and deposits it on account `to` (a call: in an open
+/// transaction, `to` joins it).
+async fn pay(this: This, p: Pay) -> Result<Value, Error> {
+    let balance = this.state_value()["balance"].as_i64().unwrap_or(0);
+    let sign = if p.take { -1 } else { 1 };
+    if balance < sign * p.amount {
+        return Err(Error::failed(format!(
+            "insufficient funds: {balance} < {}",
+            p.amount
+        )));
+    }
+    this.set_state(&json!({ "balance": balance - sign * p.amount }))?;
+    if let Some((name, parties)) = &p.before {
+        meet(name, *parties, this.call_id()).await;
+    }
+    let method = if p.take { "withdraw" } else { "deposit" };
+    let there = this
+        .call::<Value>(
+            "account",
+            &p.to,
+            method,
+            &json!({"amount": p.amount, "notify": p.notify}),
+        )
+        .await;
+    let there = match there {
+        Err(_) if p.swallow => Value::Null,
+        there => there?,
+    };
+    if p.hold {
+        GATES[0]
+            .acquire()
+            .await
+            .expect("the gate stays open")
+            .forget();
+    }
+    Ok(json!({ "balance": balance - sign * p.amount, "there": there }))
+}
+
 /// Calls another object: refused inside a transaction.
 async fn call_out(this: This, _: Value) -> Result<Value, Error> {
     this.call::<Value>("counter", "elsewhere", "add", &json!({"by": 1}))
@@ -297,6 +374,7 @@ pub fn world() -> Arc<World> {
     add_fn("account.balance", Arc::new(method(balance)));
     add_fn("account.gated_deposit", Arc::new(method(gated_deposit)));
     add_fn("account.call_out", Arc::new(method(call_out)));
+    add_fn("account.pay", Arc::new(method(pay)));
     add_fn("user.rename", Arc::new(method(rename)));
     add_fn("user.steal", Arc::new(method(steal)));
     for (name, f) in libobject::builtin_functions() {
@@ -470,4 +548,19 @@ pub async fn history(g: &Gateway, class: &str, key: &str) -> Vec<HistoryEntry> {
             None => return all,
         }
     }
+}
+
+/// Waits (up to 5 s) until `condition` holds.
+pub async fn wait_until<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1_000 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("condition not met in 5 s");
 }
