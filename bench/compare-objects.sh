@@ -13,15 +13,16 @@
 #   transfer: Tally only, TRANSFER_CLIENTS (32) clients: over each count of accounts in
 #             ACCOUNTS ("100 5000 10000"), each opened first with a deposit, keys drawn
 #             uniform or zipfian THETA (0.99), each call a transfer of 1 between two distinct
-#             accounts (`POST /transactions/{id}`, a unique id per transfer), serializable or
-#             a saga.
+#             accounts (`POST /transactions/{id}`, a unique id per transfer), serializable
+#             (one record in both accounts' queues), open (one call of `pay`, whose call of
+#             the other account joins it: two-phase commit with locks) or a saga.
 #
 # Every cell starts its system afresh in a temp dir, alone (the other system is stopped), and
 # stops it after; systems take turns within a run; each figure is the median of RUNS runs.
 # Per CPU s is successful operations per CPU second of the system's processes over the
 # measured window (`tally up`; Restate's server and its service), the load generator apart.
 # Beside them the goals: 5 times Restate's calls a second on both counter workloads; 1,200
-# serializable transactions and 1,800 sagas per CPU second.
+# serializable transactions (either form) and 1,800 sagas per CPU second.
 #
 # Restate's server asks GitHub for its latest release at every start, whatever its
 # configuration. So once everything is installed and built, the measurements run in a network
@@ -30,7 +31,7 @@
 #
 # Environment: CLIENTS ("1 32": the counter cells), TRANSFER_CLIENTS (32), KEYS (10000),
 # ACCOUNTS ("100 5000 10000"), DISTRIBUTIONS ("uniform zipfian"), THETA (0.99), STYLES
-# ("serializable saga"), WORKLOADS ("counter transfer"), DURATION seconds measured per cell (10),
+# ("serializable open saga"), WORKLOADS ("counter transfer"), DURATION seconds measured per cell (10),
 # WARMUP seconds before each (2), RUNS (3), OUT (bench/results/objects-<date>.json), QUICK=1
 # (a smoke check: one run of 2 s after 1 s, over 100 and 1000 accounts unless set),
 # RESTATE_VERSION (1.7.12), RESTATE_CACHE (where npm installs the server;
@@ -51,7 +52,7 @@ KEYS="${KEYS:-10000}"
 ACCOUNTS="${ACCOUNTS:-100 5000 10000}"
 DISTRIBUTIONS="${DISTRIBUTIONS:-uniform zipfian}"
 THETA="${THETA:-0.99}"
-STYLES="${STYLES:-serializable saga}"
+STYLES="${STYLES:-serializable open saga}"
 WORKLOADS="${WORKLOADS:-counter transfer}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
@@ -89,8 +90,8 @@ for distribution in $DISTRIBUTIONS; do
         die "DISTRIBUTIONS takes uniform and zipfian, not '$distribution'"
 done
 for style in $STYLES; do
-    [[ "$style" == serializable || "$style" == saga ]] ||
-        die "STYLES takes serializable and saga, not '$style'"
+    [[ "$style" == serializable || "$style" == open || "$style" == saga ]] ||
+        die "STYLES takes serializable, open and saga, not '$style'"
 done
 for workload in $WORKLOADS; do
     [[ "$workload" == counter || "$workload" == transfer ]] ||
@@ -138,7 +139,8 @@ make_work_dir objects
 DURABILITY_NOTE="Tally (tally up, fsync durability) logs a call to an object and then one \
 record with its output and the object's new state, fsynced, before it answers; a serializable \
 transfer is one transaction record in both accounts' queues, a vote from each and the decision; \
-a saga is a workflow whose two calls (and any compensation) are each such a call. Restate \
+an open one is the payer's join record and vote, the payee's join record and vote, and the \
+decision; a saga is a workflow whose two calls (and any compensation) are each such a call. Restate \
 (restate-server $RESTATE_VERSION, its defaults) journals the call, the state change and the \
 output of a virtual object's handler in its log (Bifrost, RocksDB WAL synced) and runs the \
 handler in the service's own process over HTTP/2."
@@ -281,6 +283,7 @@ results_dir, out = sys.argv[1], sys.argv[2]
 env = os.environ
 goal_ratio = float(env["GOAL_COUNTER_RATIO"])
 goal_per_cpu = {"serializable": float(env["GOAL_SERIALIZABLE_PER_CPU_S"]),
+                "open": float(env["GOAL_SERIALIZABLE_PER_CPU_S"]),
                 "saga": float(env["GOAL_SAGA_PER_CPU_S"])}
 
 def parse(stem):
@@ -391,7 +394,7 @@ if transfer:
               f"{'cores':>7}{'tx per CPU s':>14}  goal")
     lines += [header, "-" * len(header)]
     for c in sorted(transfer, key=lambda c: (c["keys"], c["distribution"] != "uniform",
-                                             c["style"] != "serializable")):
+                                             ["serializable", "open", "saga"].index(c["style"]))):
         lead = f"{c['keys']:>9,}  {c['distribution']:<9}{c['style']:<14}"
         if "median" not in c:
             lines.append(f"{lead}failed: {c['failed_runs'][0]['error']}")
@@ -409,7 +412,8 @@ print(f"\nmedians of {env['RUNS']} run(s) of {env['DURATION']} s after {env['WAR
       " CPU second of the system (Tally: tally up; Restate: its server and the service), the"
       " load generator apart; T/R = Tally / Restate")
 print(f"transfers: {env['TRANSFER_CLIENTS']} clients, 1 between two distinct accounts each,"
-      f" keys uniform or zipfian {env['THETA']}; a saga is a withdrawal and a deposit, each"
+      f" keys uniform or zipfian {env['THETA']}; open: the payer's pay calls the payee's"
+      " deposit (retryable: a deadlock's victim); a saga is a withdrawal and a deposit, each"
       " with its compensation")
 print(env["DURABILITY_NOTE"])
 print(f"load average (1, 5, 15 min) before: {env['LOAD_BEFORE']}, after: {env['LOAD_AFTER']}"

@@ -69,6 +69,9 @@ pub enum TxnStyle {
     Serializable,
     /// A workflow: the withdrawal, then the deposit, each with its compensation.
     Saga,
+    /// An open transaction: one call of `pay` on the payer, whose call of the payee's
+    /// `deposit` joins it (two-phase commit with locks; cycles lose a victim, `retryable`).
+    Open,
 }
 
 impl TxnStyle {
@@ -77,6 +80,7 @@ impl TxnStyle {
         match self {
             TxnStyle::Serializable => "serializable",
             TxnStyle::Saga => "saga",
+            TxnStyle::Open => "open",
         }
     }
 }
@@ -536,6 +540,12 @@ fn transfer_id(run: &str, client: usize, counter: u64) -> String {
 /// The body of `POST /transactions/{id}` moving `STEP` from account `a{from}` to `a{to}`: a
 /// withdrawal, then a deposit; in a saga each with the call that undoes it.
 fn transfer_body(from: u64, to: u64, style: TxnStyle) -> Value {
+    if style == TxnStyle::Open {
+        return json!({ "call": {
+            "class": "account", "key": account_key(from), "method": "pay",
+            "input": { "to": account_key(to), "amount": STEP },
+        }});
+    }
     let call = |key: u64, method: &str, undo: &str| {
         let mut call = json!({
             "class": "account", "key": account_key(key), "method": method,
@@ -1278,6 +1288,14 @@ mod tests {
             ],
         });
         assert_eq!(transfer_body(0, 7, TxnStyle::Saga), expect);
+    }
+
+    #[test]
+    fn an_open_transfer_is_one_call_of_pay() {
+        let expect = json!({"call": {
+            "class": "account", "key": "a3", "method": "pay", "input": {"to": "a8", "amount": 1},
+        }});
+        assert_eq!(transfer_body(3, 8, TxnStyle::Open), expect);
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! protocol are the cluster's: the gateway replicates its shard to the store, the store's
 //! progress feeds the sequencer, the sequencer's metalog entries are made durable in the store
 //! (standing in for the Raft log of a sequencer group) and then complete the gateway's appends.
+//! Here progress counts records queued in the store, not yet durable: the store writes in
+//! queue order and syncs in that order, so an entry durable implies the records it orders are
+//! (they share one fdatasync when they arrive together).
 //!
 //! Every start is a new view: appends that were pending at a crash were never acknowledged,
 //! and their records are left unordered in the old view.
@@ -91,7 +94,11 @@ struct LocalShard {
 impl Shard for LocalShard {
     async fn replicate(&self, first: LocalId, records: Vec<LogRecord>) -> Result<(), LogError> {
         let count = records.len() as u64;
-        self.store.append_records(SHARD, first, records).await?;
+        // Reported as soon as the records are queued: the metalog entry that orders them is
+        // queued after them, so the store writes it after them in its one file order, and it
+        // is durable (and applied) only once they are, usually in the same fdatasync, instead
+        // of one sync for the records and the next for the entry.
+        let durable = self.store.enqueue_records(SHARD, first, records).await?;
         let progress = ShardProgress {
             node: STORAGE_NODE,
             shard: SHARD,
@@ -103,7 +110,8 @@ impl Shard for LocalShard {
             .send(ProgressReport { progress, taken })
             .await
             .map_err(|_| LogError::Unavailable("sequencer stopped".into()))?;
-        // The records are durable either way; the answer only paces replication.
+        durable.await?;
+        // The answer only paces replication.
         let _ = taken_rx.await;
         Ok(())
     }
