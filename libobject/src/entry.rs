@@ -120,6 +120,10 @@ pub struct Decision {
     /// The object whose call failed, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<ObjectRef>,
+    /// The root call's vote, when its driver decided (the root votes in the decision: one
+    /// record where a vote and a decision would be two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Vote>,
     pub at_ms: u64,
 }
 

@@ -8,8 +8,9 @@
 //! method running in the transaction that calls another object appends a join there and
 //! waits for that object's vote: the object joins, and the caller gets its answer.
 //!
-//! Once the root's call voted (every call it made answered), the root's driver decides:
-//! commit with every join that voted, or abort if one failed. The decision is one record,
+//! Once the root's call ended (every call it made answered), the root's driver decides:
+//! commit with every join that voted, or abort if one failed; the root's outcome goes in the
+//! decision itself (one record where a vote and a decision would be two syncs apart). The decision is one record,
 //! conditionally at position 0, so an abort by anyone else (a deadlock's victim, a wait
 //! that ran out) and the commit cannot both land. Each participant applies it to its own
 //! join: commit, its staged state becomes its state and its held messages leave; abort,
@@ -23,8 +24,8 @@
 //! decision's one place makes it one abort. The victim is told `retryable`.
 
 use super::txn::{
-    cast, outcome_of, parse_vote, send_held, DECISION_WAIT_MAX, KICK_EVERY_POLLS, VOTE_POLL,
-    VOTE_WAIT,
+    cast, outcome_of, parse_vote, send_held, vote_of, DECISION_WAIT_MAX, KICK_EVERY_POLLS,
+    VOTE_POLL, VOTE_WAIT,
 };
 use super::{corrupt, newest_done, CallRequest, Driver, Objects};
 use crate::entry::{
@@ -42,8 +43,8 @@ use tally_sdk::Ctx;
 pub(super) const ROOT_KEY: &str = "root";
 /// How long a call of an open transaction waits for its object's vote before it looks for a
 /// deadlock, and how often it looks again.
-const DEADLOCK_CHECK_AFTER: Duration = Duration::from_millis(30);
-const DEADLOCK_CHECK_EVERY: Duration = Duration::from_millis(100);
+const DEADLOCK_CHECK_AFTER: Duration = Duration::from_millis(5);
+const DEADLOCK_CHECK_EVERY: Duration = Duration::from_millis(20);
 /// Most transactions one look for a deadlock visits.
 const WAIT_GRAPH_NODES_MAX: usize = 256;
 
@@ -134,10 +135,7 @@ impl Objects {
         for (s, j) in &committed {
             self.wait_answered(ctx, &j.object(), *s, &calls).await?;
         }
-        let output = read_vote(ctx, seqnum)
-            .await?
-            .and_then(|v| v.output)
-            .unwrap_or(Value::Null);
+        let output = decision.root.and_then(|v| v.output).unwrap_or(Value::Null);
         Ok(outcome_of(id, seqnum, Ok(vec![output])))
     }
 
@@ -159,11 +157,18 @@ impl Objects {
                 if let Some(d) = decision(ctx, &id).await? {
                     return Err(aborted(&id, &d));
                 }
-                if members(ctx, &id)
+                let joined = members(ctx, &id)
                     .await?
                     .iter()
-                    .any(|(_, j)| j.object() == callee)
-                {
+                    .any(|(_, j)| j.object() == callee);
+                // Joined since the look above by another run of the same call: that join.
+                let again = ctx.read_next(tag, Seqnum::ZERO).await?;
+                if let Some(record) = again {
+                    return self
+                        .wait_vote(ctx, &id, root, record.seqnum.0, &callee)
+                        .await;
+                }
+                if joined {
                     return Err(Error::Invalid(format!(
                         "{callee} takes part in transaction {id} already: a transaction calls each object once"
                     )));
@@ -216,10 +221,14 @@ impl Objects {
         let started = Instant::now();
         let tag = vote_tag(seqnum, 0);
         let mut check_at = DEADLOCK_CHECK_AFTER;
-        let mut polls = 0u32;
+        let mut kick_at = VOTE_POLL * KICK_EVERY_POLLS;
         self.kick_object(ctx, callee);
         loop {
-            if let Some(record) = ctx.read_next_blocking(tag, Seqnum::ZERO, VOTE_POLL).await? {
+            // Until the next look for a deadlock, at most.
+            let wait = check_at
+                .saturating_sub(started.elapsed())
+                .clamp(Duration::from_millis(1), VOTE_POLL);
+            if let Some(record) = ctx.read_next_blocking(tag, Seqnum::ZERO, wait).await? {
                 let vote = parse_vote(&record)?;
                 return match vote.error {
                     Some(e) => Err(Error::of_kind(e.kind, e.message)),
@@ -229,9 +238,9 @@ impl Objects {
             if let Some(d) = decision(ctx, id).await? {
                 return Err(aborted(id, &d));
             }
-            polls += 1;
-            if polls.is_multiple_of(KICK_EVERY_POLLS) {
+            if started.elapsed() >= kick_at {
                 self.kick_object(ctx, callee);
+                kick_at = started.elapsed() + VOTE_POLL * KICK_EVERY_POLLS;
             }
             if started.elapsed() >= check_at {
                 self.break_deadlock(ctx, id, root).await?;
@@ -298,15 +307,21 @@ impl Objects {
                     self.run_method(ctx, class, object, &request, method, input)
                         .await
                 };
-                let vote = cast(ctx, vote_tag(seqnum, 0), seqnum, run).await?;
                 if j.root.is_none() {
-                    self.decide(ctx, &j.txn, seqnum).await?;
+                    // The root votes in the decision it makes (every call it made answered).
+                    let vote = vote_of(run.await);
+                    self.decide(ctx, &j.txn, seqnum, vote).await?;
+                    decision(ctx, &j.txn)
+                        .await?
+                        .ok_or_else(|| corrupt(seqnum, "a decision lost its place to nothing"))?
+                } else {
+                    let vote = cast(ctx, vote_tag(seqnum, 0), seqnum, run).await?;
+                    if let Some(e) = vote.error {
+                        // The transaction aborts: this object holds nothing for it.
+                        return failed(Error::of_kind(e.kind, e.message));
+                    }
+                    self.wait_decision(ctx, &j.txn, None).await?
                 }
-                if let Some(e) = vote.error {
-                    // The transaction aborts: this object holds nothing for it.
-                    return failed(Error::of_kind(e.kind, e.message));
-                }
-                self.wait_decision(ctx, &j.txn, None).await?
             }
         };
         if decision.commit && !decision.joins.contains(&seqnum) {
@@ -319,9 +334,12 @@ impl Objects {
         if !decision.commit {
             return failed(aborted(&j.txn, &decision));
         }
-        let vote = read_vote(ctx, seqnum)
-            .await?
-            .ok_or_else(|| corrupt(seqnum, "a join committed without its vote"))?;
+        let vote = match (j.root, decision.root) {
+            (None, Some(vote)) => vote,
+            _ => read_vote(ctx, seqnum)
+                .await?
+                .ok_or_else(|| corrupt(seqnum, "a join committed without its vote"))?,
+        };
         send_held(ctx, &format!("{}#{seqnum}", j.txn), &vote.messages).await?;
         let state = vote.state.clone().unwrap_or_else(|| d.state.clone());
         let outcome = Outcome {
@@ -334,11 +352,11 @@ impl Objects {
         Ok((vec![outcome], state))
     }
 
-    /// Decides open transaction `id` once its root (the join at `root`) voted: commit with
-    /// every join that voted, unless one failed (abort). Decided already, or the root not
-    /// voted yet: nothing to do.
-    async fn decide(&self, ctx: &Ctx, id: &str, root: u64) -> Result<(), Error> {
-        if decision(ctx, id).await?.is_some() || read_vote(ctx, root).await?.is_none() {
+    /// Decides open transaction `id` once its root (the join at `root`) ran, with `vote` its
+    /// outcome: commit with every join that voted, unless one failed (abort). Decided
+    /// already: nothing to do (that decision stands).
+    async fn decide(&self, ctx: &Ctx, id: &str, root: u64, vote: Vote) -> Result<(), Error> {
+        if decision(ctx, id).await?.is_some() {
             return Ok(());
         }
         let mut joins = Vec::new();
@@ -346,8 +364,12 @@ impl Objects {
         // none of its calls failed (it fails because one did, if one did).
         let (mut failed, mut root_failed) = (None, None);
         for (seqnum, j) in members(ctx, id).await? {
-            match read_vote(ctx, seqnum).await? {
-                Some(Vote { error: Some(e), .. }) if j.root.is_none() => {
+            let voted = match seqnum == root {
+                true => Some(vote.clone()),
+                false => read_vote(ctx, seqnum).await?,
+            };
+            match voted {
+                Some(Vote { error: Some(e), .. }) if seqnum == root => {
                     root_failed = Some((j.object(), e));
                 }
                 Some(Vote { error: Some(e), .. }) => {
@@ -364,6 +386,7 @@ impl Objects {
                 joins,
                 error: None,
                 object: None,
+                root: Some(vote),
                 at_ms: now_ms(),
             },
             Some((object, e)) => Decision {
@@ -374,6 +397,7 @@ impl Objects {
                     message: format!("{object}: {}", e.message),
                 }),
                 object: Some(object),
+                root: None,
                 at_ms: now_ms(),
             },
         };
@@ -664,6 +688,7 @@ async fn abort(ctx: &Ctx, id: &str, kind: ErrorKind, message: String) -> Result<
         joins: Vec::new(),
         error: Some(CallError { kind, message }),
         object: None,
+        root: None,
         at_ms: now_ms(),
     };
     append_decision(ctx, id, &decision).await

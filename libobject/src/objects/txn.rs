@@ -503,19 +503,9 @@ pub(super) async fn send_held(
     Ok(())
 }
 
-/// The vote at `tag` (for the call at `seqnum`): read if cast already, else `run`'s outcome,
-/// cast once (a conditional append at position 0; another driver's vote, first, counts).
-pub(super) async fn cast(
-    ctx: &Ctx,
-    tag: logbook::Tag,
-    seqnum: u64,
-    run: impl std::future::Future<Output = Result<crate::objects::MethodOutput, Error>>,
-) -> Result<Vote, Error> {
-    if let Some(record) = ctx.read_next(tag, Seqnum::ZERO).await? {
-        return parse_vote(&record);
-    }
-    let ran = run.await;
-    let vote = match ran {
+/// A call's vote: its output, staged state and held messages, or its failure.
+pub(super) fn vote_of(ran: Result<crate::objects::MethodOutput, Error>) -> Vote {
+    match ran {
         Ok(out) => Vote {
             output: Some(out.output),
             error: None,
@@ -531,7 +521,21 @@ pub(super) async fn cast(
             state: None,
             messages: Vec::new(),
         },
-    };
+    }
+}
+
+/// The vote at `tag` (for the call at `seqnum`): read if cast already, else `run`'s outcome,
+/// cast once (a conditional append at position 0; another driver's vote, first, counts).
+pub(super) async fn cast(
+    ctx: &Ctx,
+    tag: logbook::Tag,
+    seqnum: u64,
+    run: impl std::future::Future<Output = Result<crate::objects::MethodOutput, Error>>,
+) -> Result<Vote, Error> {
+    if let Some(record) = ctx.read_next(tag, Seqnum::ZERO).await? {
+        return parse_vote(&record);
+    }
+    let vote = vote_of(run.await);
     let bytes = Bytes::from(serde_json::to_vec(&vote).expect("votes serialize"));
     match ctx.cond_append(&[tag], bytes, Cond::at(tag, 0)).await {
         Ok(_) => Ok(vote),
