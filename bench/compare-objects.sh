@@ -139,8 +139,8 @@ make_work_dir objects
 DURABILITY_NOTE="Tally (tally up, fsync durability) logs a call to an object and then one \
 record with its output and the object's new state, fsynced, before it answers; a serializable \
 transfer is one transaction record in both accounts' queues, a vote from each and the decision; \
-an open one is the payer's join record and vote, the payee's join record and vote, and the \
-decision; a saga is a workflow whose two calls (and any compensation) are each such a call. Restate \
+an open one is the payer's join record, the payee's join record and vote, and the decision \
+(which holds the payer's outcome), the payer locked until then; a saga is a workflow whose two calls (and any compensation) are each such a call. Restate \
 (restate-server $RESTATE_VERSION, its defaults) journals the call, the state change and the \
 output of a virtual object's handler in its log (Bifrost, RocksDB WAL synced) and runs the \
 handler in the service's own process over HTTP/2."
