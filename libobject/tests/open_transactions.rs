@@ -260,8 +260,8 @@ async fn transactions_that_wait_without_a_cycle_are_never_victims() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pc_7_an_open_transactions_coordinator_that_dies_at_any_append_leaves_one_outcome() {
-    // The dying gateway's appends: 0 the root's join, then (its drives) a's vote, b's join,
-    // b's vote, the decision and the done records, in an order the tasks decide.
+    // The dying gateway's appends: 0 the root's join, then (its drives) b's join, b's vote,
+    // the decision (with a's outcome) and the done records, in an order the tasks decide.
     for crash in [
         CrashAt::Before(0),
         CrashAt::After(0),

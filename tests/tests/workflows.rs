@@ -10,7 +10,7 @@ use tally_tests::client;
 use tally_tests::{run_tally, wait_until, Tally};
 
 const INSTANCES: usize = 40;
-const STEPS: u64 = 20;
+const STEPS: u64 = 50;
 
 /// GET `url` and its JSON answer.
 fn get_json(http: &Client, url: String) -> Value {
@@ -39,19 +39,24 @@ fn steps_instances_survive_a_sigkill_of_tally_up_and_each_counts_exactly_its_ste
             .unwrap();
         assert_eq!(response.status(), 202, "{}", response.text().unwrap());
     }
-    // Kill it once some instance has logged a few steps, while most are still running.
+    // Kill it once some instance has logged a few steps while others still run (both seen in
+    // the same look over the instances, right before the kill).
+    let mut running_at_kill = 0;
     wait_until(Duration::from_secs(30), || {
-        (0..INSTANCES).any(|i| {
-            instance(&http, &tally, &format!("s{i}"))
-                .is_some_and(|v| v["steps"].as_array().is_some_and(|s| s.len() >= 6))
-        })
+        let views: Vec<Option<Value>> = (0..INSTANCES)
+            .map(|i| instance(&http, &tally, &format!("s{i}")))
+            .collect();
+        let started = views
+            .iter()
+            .flatten()
+            .any(|v| v["steps"].as_array().is_some_and(|s| s.len() >= 6));
+        running_at_kill = views
+            .iter()
+            .filter(|v| v.as_ref().is_none_or(|v| v["status"] == "running"))
+            .count();
+        started
     })
     .unwrap();
-    let running_at_kill = (0..INSTANCES)
-        .filter(|i| {
-            instance(&http, &tally, &format!("s{i}")).is_none_or(|v| v["status"] == "running")
-        })
-        .count();
     tally.kill9().unwrap();
     let tally = Tally::up(&data, &[]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);

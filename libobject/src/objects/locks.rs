@@ -24,7 +24,7 @@
 //! decision's one place makes it one abort. The victim is told `retryable`.
 
 use super::txn::{
-    cast, outcome_of, parse_vote, send_held, vote_of, DECISION_WAIT_MAX, KICK_EVERY_POLLS,
+    cast, committed, outcome_of, parse_vote, vote_of, DECISION_WAIT_MAX, KICK_EVERY_POLLS,
     VOTE_POLL, VOTE_WAIT,
 };
 use super::{corrupt, newest_done, CallRequest, Driver, Objects};
@@ -340,16 +340,7 @@ impl Objects {
                 .await?
                 .ok_or_else(|| corrupt(seqnum, "a join committed without its vote"))?,
         };
-        send_held(ctx, &format!("{}#{seqnum}", j.txn), &vote.messages).await?;
-        let state = vote.state.clone().unwrap_or_else(|| d.state.clone());
-        let outcome = Outcome {
-            call: seqnum,
-            output: vote.output,
-            error: None,
-            state: vote.state,
-            duplicate_of: None,
-        };
-        Ok((vec![outcome], state))
+        committed(ctx, &format!("{}#{seqnum}", j.txn), seqnum, vote, d).await
     }
 
     /// Decides open transaction `id` once its root (the join at `root`) ran, with `vote` its

@@ -436,16 +436,7 @@ impl Objects {
                 return Ok((vec![Outcome::failed(seqnum, &reason)], d.state.clone()));
             }
         };
-        send_held(ctx, &format!("{}#{i}", t.id), &mine.messages).await?;
-        let state = mine.state.clone().unwrap_or_else(|| d.state.clone());
-        let outcome = Outcome {
-            call: seqnum,
-            output: mine.output,
-            error: None,
-            state: mine.state,
-            duplicate_of: None,
-        };
-        Ok((vec![outcome], state))
+        committed(ctx, &format!("{}#{i}", t.id), seqnum, mine, d).await
     }
 
     /// This participant's vote: cast once (its call run on its state at the transaction), or
@@ -475,6 +466,27 @@ impl Objects {
         };
         cast(ctx, vote_tag(seqnum, i), seqnum, run).await
     }
+}
+
+/// A participant's call at `seqnum` committed with `vote`: its held messages leave (keys
+/// `{prefix}#{n}`), its staged state becomes the state, and it answers its output.
+pub(super) async fn committed(
+    ctx: &Ctx,
+    prefix: &str,
+    seqnum: u64,
+    vote: Vote,
+    d: &Driver,
+) -> Result<(Vec<Outcome>, Value), Error> {
+    send_held(ctx, prefix, &vote.messages).await?;
+    let state = vote.state.clone().unwrap_or_else(|| d.state.clone());
+    let outcome = Outcome {
+        call: seqnum,
+        output: vote.output,
+        error: None,
+        state: vote.state,
+        duplicate_of: None,
+    };
+    Ok((vec![outcome], state))
 }
 
 /// Sends a committed call's held messages, each once (a driver that runs the commit again
