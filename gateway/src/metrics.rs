@@ -83,6 +83,8 @@ pub struct Metrics {
     /// Done records this gateway appended, by class (calls / done records: how many calls a
     /// done record answers).
     pub object_done_records: Family<ClassName, Counter>,
+    /// Deadlocks of open transactions this gateway broke (it wrote the victim's abort).
+    pub object_deadlocks: Counter,
     /// How long methods' functions ran, by class.
     pub object_method_latency_seconds: Family<ClassName, Histogram, fn() -> Histogram>,
     pub queue_streams_cut: Counter,
@@ -120,6 +122,7 @@ impl Metrics {
             queue_trims: Counter::default(),
             object_calls: Family::default(),
             object_done_records: Family::default(),
+            object_deadlocks: Counter::default(),
             object_method_latency_seconds: Family::new_with_constructor(latency_histogram),
             queue_streams_cut: Counter::default(),
             pending_appends: Gauge::default(),
@@ -217,6 +220,11 @@ impl Metrics {
             "object_done_records",
             "Done records this gateway appended, by class (each answers the calls queued since the one before)",
             m.object_done_records.clone(),
+        );
+        registry.register(
+            "object_deadlocks",
+            "Cycles of open transactions waiting for each other's locks that this gateway broke (it aborted the victim)",
+            m.object_deadlocks.clone(),
         );
         registry.register(
             "object_method_latency_seconds",
@@ -337,6 +345,7 @@ impl Metrics {
                     .observe(elapsed.as_secs_f64());
                 0
             }
+            O::Deadlock { .. } => self.object_deadlocks.inc(),
         };
     }
 

@@ -257,6 +257,9 @@ pub enum Observation<'a> {
     /// A done record this process appended, answering `calls` calls (many when calls
     /// queued while the one before was on its way).
     Done { class: &'a str, calls: usize },
+    /// A cycle of `members` open transactions waiting for each other's locks was broken here:
+    /// the abort of its victim is this process's record (one observation per deadlock).
+    Deadlock { members: usize },
 }
 
 /// A function the runtime calls with every observation.

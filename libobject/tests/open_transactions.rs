@@ -186,9 +186,20 @@ async fn cycle(g: &[std::sync::Arc<Gateway>], name: &str, n: usize) -> (Vec<TxnO
 async fn two_pc_6_a_cycle_of_locks_loses_exactly_its_youngest_and_the_retry_commits() {
     let w = world();
     let gateways = [slow_gateway(&w, 11), slow_gateway(&w, 12)];
-    for n in [2, 3, 5] {
+    // Deadlocks broken, as the gateways observe them (each writes the victim's abort once).
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for g in &gateways {
+        let broken = broken.clone();
+        g.objects.set_observer(std::sync::Arc::new(move |o| {
+            if let libobject::Observation::Deadlock { .. } = o {
+                broken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }));
+    }
+    for (k, n) in [2, 3, 5].into_iter().enumerate() {
         let name = format!("ring{n}");
         let (outcomes, detected) = cycle(&gateways, &name, n).await;
+        assert_eq!(broken.load(std::sync::atomic::Ordering::SeqCst), k + 1);
         let victims: Vec<&TxnOutcome> = outcomes
             .iter()
             .filter(|o| o.outcome != TxnStatus::Success)

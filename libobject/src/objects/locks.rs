@@ -392,7 +392,7 @@ impl Objects {
                 at_ms: now_ms(),
             },
         };
-        append_decision(ctx, id, &decision).await
+        append_decision(ctx, id, &decision).await.map(|_| ())
     }
 
     /// Waits for open transaction `id`'s decision, driving its root's object meanwhile (its
@@ -459,7 +459,11 @@ impl Objects {
                         cycle.push(p.clone());
                         at = p.id.clone();
                     }
-                    return abort_victim(ctx, &cycle).await;
+                    let broken = abort_victim(ctx, &cycle).await?;
+                    if let Some((_, members)) = &broken {
+                        self.observe(crate::Observation::Deadlock { members: *members });
+                    }
+                    return Ok(broken.map(|(victim, _)| victim));
                 }
                 if seen.len() < WAIT_GRAPH_NODES_MAX && seen.insert(next.id.clone()) {
                     parent.insert(next.id.clone(), node.clone());
@@ -473,7 +477,8 @@ impl Objects {
 
 /// Aborts the youngest open transaction of `cycle` if every one of them is still undecided
 /// (each waits for the next until one is decided, so the cycle is there now).
-async fn abort_victim(ctx: &Ctx, cycle: &[Node]) -> Result<Option<String>, Error> {
+/// Returns the victim's id and the cycle's length if this abort is its decision.
+async fn abort_victim(ctx: &Ctx, cycle: &[Node]) -> Result<Option<(String, usize)>, Error> {
     let Some(victim) = cycle
         .iter()
         .filter(|n| n.calls.is_none())
@@ -493,8 +498,8 @@ async fn abort_victim(ctx: &Ctx, cycle: &[Node]) -> Result<Option<String>, Error
         ids.join(" -> "),
         victim.id
     );
-    abort(ctx, &victim.id, ErrorKind::Unavailable, message).await?;
-    Ok(Some(victim.id.clone()))
+    let landed = abort(ctx, &victim.id, ErrorKind::Unavailable, message).await?;
+    Ok(landed.then(|| (victim.id.clone(), cycle.len())))
 }
 
 /// The transactions `node` waits for: for each of its calls not voted yet, the undecided
@@ -663,17 +668,20 @@ async fn decision(ctx: &Ctx, id: &str) -> Result<Option<Decision>, Error> {
 }
 
 /// Logs `decision` unless another is logged already (that one counts).
-async fn append_decision(ctx: &Ctx, id: &str, decision: &Decision) -> Result<(), Error> {
+/// Whether it was this one that landed.
+async fn append_decision(ctx: &Ctx, id: &str, decision: &Decision) -> Result<bool, Error> {
     let tag = decision_tag(id);
     let bytes = bytes::Bytes::from(serde_json::to_vec(decision).expect("decisions serialize"));
     match ctx.cond_append(&[tag], bytes, Cond::at(tag, 0)).await {
-        Ok(_) | Err(LogError::CondFailed { .. }) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(LogError::CondFailed { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Aborts open transaction `id` (unless it is decided already) for a reason of no call's.
-async fn abort(ctx: &Ctx, id: &str, kind: ErrorKind, message: String) -> Result<(), Error> {
+/// Aborts open transaction `id` (unless it is decided already) for a reason of no call's;
+/// whether this abort is the decision.
+async fn abort(ctx: &Ctx, id: &str, kind: ErrorKind, message: String) -> Result<bool, Error> {
     let decision = Decision {
         commit: false,
         joins: Vec::new(),
