@@ -114,6 +114,7 @@ impl Objects {
         seqnum: u64,
         root: &TxnCall,
     ) -> Result<TxnOutcome, Error> {
+        let root = ObjectRef::new(&root.class, &root.key);
         let decision = self.wait_decision(ctx, id, Some(root)).await?;
         let members = members(ctx, id).await?;
         if !decision.commit {
@@ -222,7 +223,7 @@ impl Objects {
         let tag = vote_tag(seqnum, 0);
         let mut check_at = DEADLOCK_CHECK_AFTER;
         let mut kick_at = VOTE_POLL * KICK_EVERY_POLLS;
-        self.kick_object(ctx, callee);
+        self.drive_later(ctx, callee);
         loop {
             // Until the next look for a deadlock, at most.
             let wait = check_at
@@ -239,7 +240,7 @@ impl Objects {
                 return Err(aborted(id, &d));
             }
             if started.elapsed() >= kick_at {
-                self.kick_object(ctx, callee);
+                self.drive_later(ctx, callee);
                 kick_at = started.elapsed() + VOTE_POLL * KICK_EVERY_POLLS;
             }
             if started.elapsed() >= check_at {
@@ -251,16 +252,6 @@ impl Objects {
                 abort(ctx, id, ErrorKind::Unavailable, message).await?;
             }
         }
-    }
-
-    fn kick_object(&self, ctx: &Ctx, object: &ObjectRef) {
-        let call = TxnCall {
-            class: object.class.clone(),
-            key: object.key.clone(),
-            method: String::new(),
-            input: Value::Null,
-        };
-        self.kick(ctx, &[call], None);
     }
 
     /// A participant's turn at a join of an open transaction at the head of its queue: vote
@@ -276,11 +267,20 @@ impl Objects {
         j: &JoinRecord,
     ) -> Result<(Vec<Outcome>, Value), Error> {
         let failed = |e: Error| Ok((vec![Outcome::failed(seqnum, &e)], d.state.clone()));
-        if j.root.is_none() && open_txn(ctx, &j.txn, None).await.ok().flatten() != Some(seqnum) {
-            return failed(Error::Invalid(format!(
-                "transaction id {} was used before",
-                j.txn
-            )));
+        if j.root.is_none() {
+            // A root whose id another transaction took first never runs (a failed read of
+            // the log is not that: the drive stops and is tried again).
+            let first = match open_txn(ctx, &j.txn, None).await {
+                Ok(first) => first,
+                Err(Error::Invalid(_)) => None,
+                Err(e) => return Err(e),
+            };
+            if first != Some(seqnum) {
+                return failed(Error::Invalid(format!(
+                    "transaction id {} was used before",
+                    j.txn
+                )));
+            }
         }
         let decision = match decision(ctx, &j.txn).await? {
             Some(decision) => decision,
@@ -310,10 +310,7 @@ impl Objects {
                 if j.root.is_none() {
                     // The root votes in the decision it makes (every call it made answered).
                     let vote = vote_of(run.await);
-                    self.decide(ctx, &j.txn, seqnum, vote).await?;
-                    decision(ctx, &j.txn)
-                        .await?
-                        .ok_or_else(|| corrupt(seqnum, "a decision lost its place to nothing"))?
+                    self.decide(ctx, &j.txn, seqnum, vote).await?
                 } else {
                     let vote = cast(ctx, vote_tag(seqnum, 0), seqnum, run).await?;
                     if let Some(e) = vote.error {
@@ -344,11 +341,11 @@ impl Objects {
     }
 
     /// Decides open transaction `id` once its root (the join at `root`) ran, with `vote` its
-    /// outcome: commit with every join that voted, unless one failed (abort). Decided
-    /// already: nothing to do (that decision stands).
-    async fn decide(&self, ctx: &Ctx, id: &str, root: u64, vote: Vote) -> Result<(), Error> {
-        if decision(ctx, id).await?.is_some() {
-            return Ok(());
+    /// outcome: commit with every join that voted, unless one failed (abort). Returns the
+    /// decision that stands (another one, if it was decided already).
+    async fn decide(&self, ctx: &Ctx, id: &str, root: u64, vote: Vote) -> Result<Decision, Error> {
+        if let Some(decision) = decision(ctx, id).await? {
+            return Ok(decision);
         }
         let mut joins = Vec::new();
         // The first call that failed, in the order they joined; the root's failure only if
@@ -392,43 +389,41 @@ impl Objects {
                 at_ms: now_ms(),
             },
         };
-        append_decision(ctx, id, &decision).await.map(|_| ())
+        if append_decision(ctx, id, &decision).await? {
+            return Ok(decision);
+        }
+        self::decision(ctx, id)
+            .await?
+            .ok_or_else(|| corrupt(root, "a decision lost its place to nothing"))
     }
 
     /// Waits for open transaction `id`'s decision, driving its root's object meanwhile (its
     /// driver decides: a coordinator that died leaves it to whoever waits); after
-    /// `DECISION_WAIT_MAX`, aborts it (retryable). `root`: the root call, if known.
+    /// `DECISION_WAIT_MAX`, aborts it (retryable). The coordinator passes the root's object
+    /// and has it run at once; a participant drives it only once the decision is slow.
     async fn wait_decision(
         &self,
         ctx: &Ctx,
         id: &str,
-        root: Option<&TxnCall>,
+        mut root: Option<ObjectRef>,
     ) -> Result<Decision, Error> {
         let started = Instant::now();
-        // The coordinator (who knows the root) has the root run at once; a participant, only
-        // once the decision is slow to come.
-        let mut root = root.cloned();
-        let mut first = true;
         loop {
             if let Some(decision) = decision(ctx, id).await? {
                 return Ok(decision);
             }
-            if root.is_some() || !first {
-                if root.is_none() {
-                    root = root_call(ctx, id).await?;
-                }
-                if let Some(root) = &root {
-                    self.kick(ctx, std::slice::from_ref(root), None);
-                }
+            if let Some(root) = &root {
+                self.drive_later(ctx, root);
             }
-            first = false;
             if started.elapsed() > DECISION_WAIT_MAX {
                 let message = format!("no decision within {DECISION_WAIT_MAX:?}");
                 abort(ctx, id, ErrorKind::Unavailable, message).await?;
                 continue;
             }
-            ctx.read_next_blocking(decision_tag(id), Seqnum::ZERO, VOTE_WAIT)
-                .await?;
+            let waited = ctx.read_next_blocking(decision_tag(id), Seqnum::ZERO, VOTE_WAIT);
+            if waited.await?.is_none() && root.is_none() {
+                root = root_object(ctx, id).await?;
+            }
         }
     }
 
@@ -625,13 +620,13 @@ async fn open_txn(ctx: &Ctx, id: &str, root: Option<&TxnCall>) -> Result<Option<
     }
 }
 
-/// The root call of open transaction `id`, if it was sent.
-async fn root_call(ctx: &Ctx, id: &str) -> Result<Option<TxnCall>, Error> {
+/// The object of open transaction `id`'s root call, if it was sent.
+async fn root_object(ctx: &Ctx, id: &str) -> Result<Option<ObjectRef>, Error> {
     let Some(record) = ctx.read_next(txn_tag(id), Seqnum::ZERO).await? else {
         return Ok(None);
     };
     match Entry::parse(&record)? {
-        Entry::Join(j) => Ok(Some(j.call)),
+        Entry::Join(j) => Ok(Some(j.object())),
         _ => Ok(None),
     }
 }

@@ -277,20 +277,23 @@ impl Objects {
     /// Drives every participant but `except`, in tasks of their own.
     pub(super) fn kick(&self, ctx: &Ctx, calls: &[TxnCall], except: Option<usize>) {
         for (j, call) in calls.iter().enumerate() {
-            if Some(j) == except {
-                continue;
+            if Some(j) != except {
+                self.drive_later(ctx, &ObjectRef::new(&call.class, &call.key));
             }
-            let Ok(class) = self.class(&call.class) else {
-                continue;
-            };
-            let object = ObjectRef::new(&call.class, &call.key);
-            let slot = self.slot(ctx.book(), &object);
-            let (me, ctx) = (self.clone(), ctx.clone());
-            tokio::spawn(async move {
-                // A failed drive is tried again by the next wait.
-                let _ = me.drive(&ctx, &slot, &class, &object).await;
-            });
         }
+    }
+
+    /// Drives `object` in a task of its own (nothing if its class is not installed here).
+    pub(super) fn drive_later(&self, ctx: &Ctx, object: &ObjectRef) {
+        let Ok(class) = self.class(&object.class) else {
+            return;
+        };
+        let slot = self.slot(ctx.book(), object);
+        let (me, ctx, object) = (self.clone(), ctx.clone(), object.clone());
+        tokio::spawn(async move {
+            // A failed drive is tried again by the next wait.
+            let _ = me.drive(&ctx, &slot, &class, &object).await;
+        });
     }
 
     /// Every participant's vote, in order, waiting for those not cast yet (driving their
