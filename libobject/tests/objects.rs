@@ -267,12 +267,7 @@ async fn access_rules_refuse_calls_before_anything_is_logged() {
     g.call("counter", "a", "add", json!({"by": 7}))
         .await
         .unwrap();
-    let tail = w
-        .log
-        .check_tail(BOOK, Tag::ANY)
-        .await
-        .unwrap()
-        .map(|r| r.seqnum);
+    let tail = w.tail().await;
     for (m, caller) in [
         ("reset", None),
         ("reset", Some(ObjectRef::new("counter", "b"))),
@@ -289,15 +284,7 @@ async fn access_rules_refuse_calls_before_anything_is_logged() {
             "{m}: {refused:?}"
         );
     }
-    assert_eq!(
-        w.log
-            .check_tail(BOOK, Tag::ANY)
-            .await
-            .unwrap()
-            .map(|r| r.seqnum),
-        tail,
-        "refused calls appended something"
-    );
+    assert_eq!(w.tail().await, tail, "refused calls appended something");
     // Internal: an object of the same package may call it; one of another package may not.
     let peeked = g
         .call("auditor", "x", "peek", json!({"key": "a"}))
@@ -325,23 +312,10 @@ async fn bad_states_shared_writes_and_call_cycles_fail_and_change_nothing() {
         matches!(corrupt, Err(Error::Invalid(ref m)) if m.contains("not a integer") || m.contains("integer")),
         "{corrupt:?}"
     );
-    let tail = w
-        .log
-        .check_tail(BOOK, Tag::ANY)
-        .await
-        .unwrap()
-        .map(|r| r.seqnum);
+    let tail = w.tail().await;
     let sneak = g.call("counter", "s", "sneak", Value::Null).await;
     assert!(matches!(sneak, Err(Error::Invalid(_))), "{sneak:?}");
-    assert_eq!(
-        w.log
-            .check_tail(BOOK, Tag::ANY)
-            .await
-            .unwrap()
-            .map(|r| r.seqnum),
-        tail,
-        "a shared call appended something"
-    );
+    assert_eq!(w.tail().await, tail, "a shared call appended something");
     // s.forward calls t.add; t.bounce calls its caller back: a cycle.
     let request = CallRequest::new("counter", "s", "bounce", Value::Null);
     let cycle = g
@@ -420,13 +394,7 @@ async fn a_cold_gateway_reads_an_object_from_its_newest_done_record() {
         .await
         .unwrap();
     assert_eq!(out, json!({"value": 101}));
-    let seq = w
-        .log
-        .check_tail(BOOK, Tag::ANY)
-        .await
-        .unwrap()
-        .unwrap()
-        .seqnum;
+    let seq = w.tail().await.unwrap();
     assert!(seq > Seqnum::ZERO);
 }
 
@@ -544,23 +512,11 @@ async fn a_call_on_an_idle_object_is_one_record_and_one_overtaken_waits_its_turn
     g.call("counter", "f", "add", json!({"by": 1}))
         .await
         .unwrap();
-    let before = w
-        .log
-        .check_tail(BOOK, Tag::ANY)
-        .await
-        .unwrap()
-        .unwrap()
-        .seqnum;
+    let before = w.tail().await.unwrap();
     g.call("counter", "f", "add", json!({"by": 1}))
         .await
         .unwrap();
-    let after = w
-        .log
-        .check_tail(BOOK, Tag::ANY)
-        .await
-        .unwrap()
-        .unwrap()
-        .seqnum;
+    let after = w.tail().await.unwrap();
     assert_eq!(
         after.0 - before.0,
         1,

@@ -448,6 +448,12 @@ impl World {
             .unwrap_or(0)
     }
 
+    /// The seqnum of the newest record of the test book, if any.
+    pub async fn tail(&self) -> Option<logbook::Seqnum> {
+        let newest = self.log.check_tail(BOOK, logbook::Tag::ANY).await.unwrap();
+        newest.map(|r| r.seqnum)
+    }
+
     pub fn survivor(&self) -> Arc<Gateway> {
         self.survivor.lock().unwrap().clone().unwrap()
     }
