@@ -4,16 +4,19 @@
 #
 #   R1: one nats-server with JetStream (file storage) against `tally up`, run twice
 #       (--durability fsync and --durability async).
-#   R3: a 3-node JetStream cluster (stream with 3 replicas, file storage) against
-#       `tally cluster up --sequencers 3 --storage 3 --gateways 2` in both durability modes
-#       (skipped, with a message, when this `tally` has no `cluster` command).
+#   R3: a 3-node JetStream cluster (stream with 3 replicas, file storage) against Tally
+#       clusters in both durability modes: a process per role (`tally cluster up --sequencers 3
+#       --storage 3 --gateways 2`) and three co-located nodes, each a sequencer, a storage node
+#       and a gateway in one process (`tally cluster up --nodes 3`, rows "nodes"). Skipped,
+#       with a message, when this `tally` has no `cluster` command.
 #
 # Both load generators are closed loops with the same client count and record sizes: a client
 # appends (Tally: HTTP POST /log/0/append; JetStream: publish, await the PubAck) and appends
 # again. Every run starts its system afresh in a temp dir; each cell is the median of RUNS runs.
 #
 # Environment: CLIENTS (32), DURATION seconds per run (10), RUNS (3), SIZES ("100 1024"),
-# CONFIGS ("r1 r3"), OUT (bench/results/jetstream-<date>.json), QUICK=1 (one run of 2 s, 1 KiB
+# CONFIGS ("r1 r3"), LAYOUTS ("roles nodes": which Tally clusters R3 runs),
+# OUT (bench/results/jetstream-<date>.json), QUICK=1 (one run of 2 s, 1 KiB
 # records: a smoke check), BENCH_TMPDIR (/var/tmp: where the data dirs go; a disk, not tmpfs),
 # KEEP_WORK=1 (keep the temp dir and its logs; a failed run keeps them anyway).
 set -euo pipefail
@@ -27,6 +30,7 @@ DURATION="${DURATION:-10}"
 RUNS="${RUNS:-3}"
 SIZES="${SIZES:-100 1024}"
 CONFIGS="${CONFIGS:-r1 r3}"
+LAYOUTS="${LAYOUTS:-roles nodes}"
 OUT="${OUT:-$ROOT/bench/results/jetstream-$(date -u +%Y%m%d-%H%M%S).json}"
 READY_TIMEOUT_S=60
 
@@ -41,6 +45,9 @@ for size in $SIZES; do
 done
 for config in $CONFIGS; do
     [[ "$config" == r1 || "$config" == r3 ]] || die "CONFIGS takes r1 and r3, not '$config'"
+done
+for layout in $LAYOUTS; do
+    [[ "$layout" == roles || "$layout" == nodes ]] || die "LAYOUTS takes roles and nodes, not '$layout'"
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -181,10 +188,16 @@ start_tally() {
 }
 
 # `tally cluster up` prints a line per gateway with its URL and writes DIR/cluster.json; it may
-# stay in the foreground or return once the cluster runs: both are handled.
+# stay in the foreground or return once the cluster runs: both are handled. LAYOUT: roles (a
+# process per role: 3 sequencers, 3 storage nodes, 2 gateways) or nodes (3 processes, each a
+# sequencer, a storage node and a gateway).
 start_tally_cluster() {
-    local dir=$1 durability=$2 pid i gateways="" up_exited=0
-    "$TALLY" cluster up --dir "$dir/cluster" --sequencers 3 --storage 3 --gateways 2 \
+    local dir=$1 durability=$2 layout=$3 pid i gateways="" up_exited=0 shape
+    case "$layout" in
+    nodes) shape=(--nodes 3) ;;
+    *) shape=(--sequencers 3 --storage 3 --gateways 2) ;;
+    esac
+    "$TALLY" cluster up --dir "$dir/cluster" "${shape[@]}" \
         --durability "$durability" >"$dir/cluster.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
@@ -253,7 +266,8 @@ run_one() {
     case "$config/$system" in
     */jetstream) start_jetstream "$dir" "$replicas" ;;
     r1/tally-*) start_tally "$dir" "${system#tally-}" ;;
-    r3/tally-*) start_tally_cluster "$dir" "${system#tally-}" ;;
+    r3/tally-nodes-*) start_tally_cluster "$dir" "${system#tally-nodes-}" nodes ;;
+    r3/tally-*) start_tally_cluster "$dir" "${system#tally-}" roles ;;
     esac
     probe "$system" "$replicas" "$dir"
     # In the background and waited for, so a signal stops the script at once, not after the run.
@@ -281,6 +295,11 @@ EOF
 SKIPPED=()
 for config in $CONFIGS; do
     systems="jetstream tally-fsync tally-async"
+    if [[ "$config" == r3 ]]; then
+        systems="jetstream"
+        [[ " $LAYOUTS " == *" roles "* ]] && systems+=" tally-fsync tally-async"
+        [[ " $LAYOUTS " == *" nodes "* ]] && systems+=" tally-nodes-fsync tally-nodes-async"
+    fi
     if [[ "$config" == r3 && "$HAS_TALLY_CLUSTER" == 0 ]]; then
         systems="jetstream"
         SKIPPED+=("R3 Tally rows: this tally has no cluster command (\`tally cluster --help\` failed)")
@@ -303,7 +322,7 @@ mkdir -p "$(dirname "$OUT")"
 SKIPPED_TEXT="$(printf '%s\n' "${SKIPPED[@]}")" \
     NATS_VERSION="$NATS_VERSION" DURABILITY_NOTE="$DURABILITY_NOTE" \
     TALLY_COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
-    CLIENTS="$CLIENTS" DURATION="$DURATION" RUNS="$RUNS" SIZES="$SIZES" CONFIGS="$CONFIGS" \
+    CLIENTS="$CLIENTS" DURATION="$DURATION" RUNS="$RUNS" SIZES="$SIZES" CONFIGS="$CONFIGS" LAYOUTS="$LAYOUTS" \
     QUICK="${QUICK:-0}" python3 - "$RESULTS" "$OUT" <<'EOF'
 import glob, json, os, platform, statistics, sys, time
 
@@ -313,6 +332,8 @@ SYSTEMS = {
     "jetstream": ("jetstream", "ack without fsync"),
     "tally-fsync": ("tally", "fsync"),
     "tally-async": ("tally", "async"),
+    "tally-nodes-fsync": ("tally", "nodes, fsync"),
+    "tally-nodes-async": ("tally", "nodes, async"),
 }
 runs = {}
 for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
@@ -391,7 +412,8 @@ report = {
     "nats_server_version": env["NATS_VERSION"],
     "params": {"clients": int(env["CLIENTS"]), "duration_s": int(env["DURATION"]),
                "runs": int(env["RUNS"]), "record_bytes": [int(s) for s in env["SIZES"].split()],
-               "configs": env["CONFIGS"].split(), "quick": env["QUICK"] == "1"},
+               "configs": env["CONFIGS"].split(), "layouts": env["LAYOUTS"].split(),
+               "quick": env["QUICK"] == "1"},
     "durability_note": env["DURABILITY_NOTE"],
     "skipped": skipped,
     "cells": cells,

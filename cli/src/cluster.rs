@@ -9,6 +9,10 @@
 //! DIR/gateway-20.toml  gateway-20.log       gateways 20, 21, ...
 //! ```
 //!
+//! With `--nodes N` every process hosts three roles instead (`tally node`): node K runs
+//! sequencer K, storage node 10+K and gateway 20+K from `DIR/node-K.toml`, with its data in
+//! `DIR/node-K/` and its log in `DIR/node-K.log`; any of the three ids names the process.
+//!
 //! `up` on a directory whose nodes are all stopped starts them again from the same files, so
 //! ids, ports and data survive a full restart. The processes run in their own sessions (no
 //! terminal signals reach them); `down`, `kill` and `start` find them through cluster.json.
@@ -84,6 +88,10 @@ pub struct NodeEntry {
     pub data_dir: Option<PathBuf>,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The node (`--nodes`) whose process hosts this role with others; none for a process
+    /// of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u32>,
 }
 
 impl NodeEntry {
@@ -98,6 +106,14 @@ impl NodeEntry {
 
     fn name(&self) -> String {
         format!("{} {}", self.role, self.id)
+    }
+
+    /// What the process is called: `node 1`, or the role's name for a process of one role.
+    fn process_name(&self) -> String {
+        match self.host {
+            Some(host) => format!("node {host}"),
+            None => self.name(),
+        }
     }
 
     /// Whether the node's process is running.
@@ -152,6 +168,37 @@ impl Manifest {
     fn of(&self, role: Role) -> impl Iterator<Item = &NodeEntry> {
         self.nodes.iter().filter(move |n| n.role == role)
     }
+
+    /// The entries of `indices` grouped by process (roles sharing a config file share one),
+    /// in the order their processes first appear.
+    fn processes(&self, indices: impl IntoIterator<Item = usize>) -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for index in indices {
+            let config = &self.nodes[index].config;
+            match groups
+                .iter_mut()
+                .find(|g| &self.nodes[g[0]].config == config)
+            {
+                Some(group) => group.push(index),
+                None => groups.push(vec![index]),
+            }
+        }
+        groups
+    }
+
+    /// How many processes host several roles (`--nodes`).
+    fn hosts(&self) -> usize {
+        let mut hosts: Vec<u32> = self.nodes.iter().filter_map(|n| n.host).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts.len()
+    }
+
+    /// The roles a process of `group` runs, for messages: `sequencer 0, storage 10`.
+    fn roles_of(&self, group: &[usize]) -> String {
+        let names: Vec<String> = group.iter().map(|&i| self.nodes[i].name()).collect();
+        names.join(", ")
+    }
 }
 
 /// The HTTP URLs of the gateways among `nodes`, by id.
@@ -169,6 +216,9 @@ pub fn gateway_urls(nodes: &[NodeEntry]) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub dir: PathBuf,
+    /// Processes that each host a sequencer, a storage node and a gateway (`tally node`),
+    /// instead of a process per role.
+    pub nodes: Option<usize>,
     pub sequencers: Option<usize>,
     pub storage: Option<usize>,
     pub gateways: Option<usize>,
@@ -219,10 +269,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
 
     let mut started = Vec::new();
     let result = async {
-        for index in 0..manifest.nodes.len() {
-            let node = spawn(&dir, &manifest.nodes[index])?;
-            manifest.nodes[index].pid = Some(node.child.id());
-            started.push((index, node));
+        for group in manifest.processes(0..manifest.nodes.len()) {
+            let process = spawn(&dir, &manifest.nodes[group[0]])?;
+            for &index in &group {
+                manifest.nodes[index].pid = Some(process.child.id());
+            }
+            started.push((group, process));
             manifest.write(&dir)?;
         }
         let deadline = Instant::now() + options.timeout;
@@ -252,8 +304,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             gateway.http.as_deref().unwrap_or("?")
         );
     }
+    let hosts = match manifest.hosts() {
+        0 => String::new(),
+        n => format!("{} hosting ", count(n, "node")),
+    };
     println!(
-        "cluster up in {}: {} (leader {}, view {}), {}, {}; logs in {}/*.log",
+        "cluster up in {}: {hosts}{} (leader {}, view {}), {}, {}; logs in {}/*.log",
         dir.display(),
         count(manifest.count(Role::Sequencer), "sequencer"),
         leader.id,
@@ -296,6 +352,13 @@ fn check_restart(manifest: &Manifest, options: &UpOptions) -> anyhow::Result<()>
             options.dir.display()
         )
     };
+    if let Some(given) = options.nodes.filter(|n| *n != manifest.hosts()) {
+        return Err(differs(
+            "--nodes",
+            given.to_string(),
+            format!("it has {}", count(manifest.hosts(), "node")),
+        ));
+    }
     for (flag, given, role, noun) in counts {
         let has = manifest.count(role);
         if let Some(given) = given.filter(|given| *given != has) {
@@ -312,7 +375,7 @@ fn check_restart(manifest: &Manifest, options: &UpOptions) -> anyhow::Result<()>
         .ok_or_else(|| anyhow!("{MANIFEST_FILE} lists no sequencer"))?;
     let text = fs::read_to_string(&first.config)
         .with_context(|| format!("reading {}", first.config.display()))?;
-    let cluster = config::parse_file(&first.config, &text)?.cluster;
+    let cluster = config::role_file(&first.config, &text, Role::Sequencer)?.cluster;
     let settings = [
         (
             "--replication",
@@ -380,7 +443,7 @@ fn refresh(manifest: &Manifest) -> anyhow::Result<Manifest> {
 
 fn load_node(role: Role, path: &Path) -> anyhow::Result<(NodeFile, config::RoleOptions)> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file = config::parse_file(path, &text)?;
+    let file = config::role_file(path, &text, role)?;
     let options = config::resolve(role, Some((path, file.clone())), NodeFile::default())?;
     Ok((file, options))
 }
@@ -416,9 +479,35 @@ struct Layout {
 
 /// Checks `up`'s options for a new cluster, before anything is written.
 fn layout(options: &UpOptions) -> anyhow::Result<Layout> {
-    let sequencers = options.sequencers.unwrap_or(SEQUENCERS_DEFAULT);
-    let storage = options.storage.unwrap_or(STORAGE_DEFAULT);
-    let gateways = options.gateways.unwrap_or(GATEWAYS_DEFAULT);
+    if let Some(nodes) = options.nodes {
+        let given: Vec<&str> = [
+            ("--sequencers", options.sequencers),
+            ("--storage", options.storage),
+            ("--gateways", options.gateways),
+        ]
+        .into_iter()
+        .filter_map(|(flag, n)| n.map(|_| flag))
+        .collect();
+        anyhow::ensure!(
+            given.is_empty(),
+            "--nodes {nodes} puts a sequencer, a storage node and a gateway in each node; \
+             {} cannot be given with it",
+            given.join(" and ")
+        );
+        anyhow::ensure!(
+            (1..=SEQUENCERS_MAX).contains(&nodes),
+            "--nodes is {nodes}; it must be 1..={SEQUENCERS_MAX}"
+        );
+    }
+    let sequencers = options
+        .nodes
+        .or(options.sequencers)
+        .unwrap_or(SEQUENCERS_DEFAULT);
+    let storage = options.nodes.or(options.storage).unwrap_or(STORAGE_DEFAULT);
+    let gateways = options
+        .nodes
+        .or(options.gateways)
+        .unwrap_or(GATEWAYS_DEFAULT);
     for (flag, n, max) in [
         ("--sequencers", sequencers, SEQUENCERS_MAX),
         ("--storage", storage, STORAGE_MAX),
@@ -488,6 +577,15 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
         cut_interval_us,
     );
 
+    if options.nodes.is_some() {
+        let nodes = create_hosts(
+            dir,
+            &cluster,
+            [&sequencer_map, &storage_map, &gateway_map],
+            &workers_map,
+        )?;
+        return finish_create(dir, Manifest { nodes });
+    }
     let mut nodes = Vec::new();
     let plan = [
         (Role::Gateway, &gateway_map),
@@ -531,16 +629,85 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
                 data_dir,
                 config,
                 log: dir.join(format!("{stem}.log")),
+                host: None,
             });
         }
     }
-    let manifest = Manifest { nodes };
-    // Check every file as its node will, before starting anything.
+    finish_create(dir, Manifest { nodes })
+}
+
+/// Checks every file of a new cluster as its node will, then writes cluster.json.
+fn finish_create(dir: &Path, manifest: Manifest) -> anyhow::Result<Manifest> {
     for node in &manifest.nodes {
         load_node(node.role, &node.config)?;
     }
     manifest.write(dir)?;
     Ok(manifest)
+}
+
+/// The files of a cluster of nodes that each host three roles: node K runs the K-th
+/// sequencer, storage node and gateway of `maps` from `node-K.toml`.
+fn create_hosts(
+    dir: &Path,
+    cluster: &str,
+    maps: [&BTreeMap<u32, String>; 3],
+    workers: &BTreeMap<u32, String>,
+) -> anyhow::Result<Vec<NodeEntry>> {
+    let [sequencers, storage, gateways] = maps;
+    let mut nodes = Vec::new();
+    let members = sequencers.iter().zip(storage).zip(gateways);
+    for (host, (((&seq, seq_addr), (&store, store_addr)), (&gateway, http))) in
+        (0u32..).zip(members)
+    {
+        let stem = format!("node-{host}");
+        let config = dir.join(format!("{stem}.toml"));
+        let data_dir = dir.join(&stem);
+        let text = format!(
+            "# Written by `tally cluster up`; `tally cluster up --dir {}` starts the cluster\n\
+             # again from these files. The [cluster] section is the same in every node's file.\n\
+             # `tally node --config` runs every role `roles` lists in one process.\n\
+             roles = [\"sequencer\", \"storage\", \"gateway\"]\ndata_dir = {}\n\n\
+             [sequencer]\nid = {seq}\nlisten = {}\n\n\
+             [storage]\nid = {store}\nlisten = {}\n\n\
+             [gateway]\nid = {gateway}\nhttp = {}\nworkers = {}\n{cluster}",
+            dir.display(),
+            toml_string(&data_dir.to_string_lossy()),
+            toml_string(seq_addr),
+            toml_string(store_addr),
+            toml_string(http),
+            toml_string(&workers[&gateway]),
+        );
+        fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
+        let entry = |role: Role, id: u32| NodeEntry {
+            role,
+            id,
+            pid: None,
+            rpc: match role {
+                Role::Sequencer => Some(seq_addr.clone()),
+                Role::Storage => Some(store_addr.clone()),
+                Role::Gateway => None,
+            },
+            http: (role == Role::Gateway).then(|| format!("http://{http}")),
+            workers: (role == Role::Gateway).then(|| workers[&gateway].clone()),
+            data_dir: (role != Role::Gateway).then(|| data_dir.join(role.name())),
+            config: config.clone(),
+            log: dir.join(format!("{stem}.log")),
+            host: Some(host),
+        };
+        for (role, id) in [
+            (Role::Sequencer, seq),
+            (Role::Storage, store),
+            (Role::Gateway, gateway),
+        ] {
+            let node = entry(role, id);
+            if let Some(data_dir) = &node.data_dir {
+                fs::create_dir_all(data_dir)
+                    .with_context(|| format!("creating {}", data_dir.display()))?;
+            }
+            nodes.push(node);
+        }
+    }
+    Ok(nodes)
 }
 
 /// The `[cluster]` section every node's file shares.
@@ -611,7 +778,7 @@ fn spawn(dir: &Path, node: &NodeEntry) -> anyhow::Result<Started> {
     writeln!(
         log,
         "---- tally cluster: starting {} from {} (unix time {unix_secs}) ----",
-        node.name(),
+        node.process_name(),
         node.config.display()
     )
     .with_context(|| format!("writing {}", node.log.display()))?;
@@ -623,7 +790,10 @@ fn spawn(dir: &Path, node: &NodeEntry) -> anyhow::Result<Started> {
         .with_context(|| format!("opening {}", node.log.display()))?;
     let mut command = Command::new(exe);
     command
-        .arg(node.role.name())
+        .arg(match node.host {
+            Some(_) => "node",
+            None => node.role.name(),
+        })
         .arg("--config")
         .arg(&node.config)
         .current_dir(dir)
@@ -641,22 +811,27 @@ fn spawn(dir: &Path, node: &NodeEntry) -> anyhow::Result<Started> {
     }
     let child = command
         .spawn()
-        .with_context(|| format!("starting {}", node.name()))?;
+        .with_context(|| format!("starting {}", node.process_name()))?;
     Ok(Started { child, log_offset })
 }
 
 /// Waits until every started node printed its ready line; a gateway's line gives its URL.
 async fn wait_ready(
     manifest: &mut Manifest,
-    started: &mut [(usize, Started)],
+    started: &mut [(Vec<usize>, Started)],
     deadline: Instant,
 ) -> anyhow::Result<()> {
-    let mut waiting: Vec<usize> = (0..started.len()).collect();
+    // (process, manifest index) of every role not ready yet.
+    let mut waiting: Vec<(usize, usize)> = started
+        .iter()
+        .enumerate()
+        .flat_map(|(p, (group, _))| group.iter().map(move |&index| (p, index)))
+        .collect();
     loop {
         let mut still = Vec::new();
-        for &i in &waiting {
-            let (index, process) = &mut started[i];
-            let node = &mut manifest.nodes[*index];
+        for &(p, index) in &waiting {
+            let process = &mut started[p].1;
+            let node = &mut manifest.nodes[index];
             let output = read_from(&node.log, process.log_offset);
             let prefix = node.ready_prefix();
             if let Some(line) = output.lines().find(|l| l.starts_with(&prefix)) {
@@ -668,7 +843,8 @@ async fn wait_ready(
             }
             if let Some(status) = process.child.try_wait().context("checking a node")? {
                 bail!(
-                    "{} exited ({status}) before it was ready; read {}{}",
+                    "{} exited ({status}) before {} was ready; read {}{}",
+                    node.process_name(),
                     node.name(),
                     node.log.display(),
                     last_line(&output)
@@ -676,7 +852,7 @@ async fn wait_ready(
                         .unwrap_or_default()
                 );
             }
-            still.push(i);
+            still.push((p, index));
         }
         waiting = still;
         if waiting.is_empty() {
@@ -685,8 +861,8 @@ async fn wait_ready(
         if Instant::now() >= deadline {
             let late: Vec<String> = waiting
                 .iter()
-                .map(|&i| {
-                    let node = &manifest.nodes[started[i].0];
+                .map(|&(_, index)| {
+                    let node = &manifest.nodes[index];
                     format!("{} (read {})", node.name(), node.log.display())
                 })
                 .collect();
@@ -764,7 +940,7 @@ fn view_gateways(status: &Value) -> Vec<u32> {
 }
 
 /// Stops the processes this command started: SIGTERM, then SIGKILL after a short grace.
-async fn stop_children(started: &mut [(usize, Started)]) {
+async fn stop_children(started: &mut [(Vec<usize>, Started)]) {
     for (_, process) in started.iter_mut() {
         if let Ok(None) = process.child.try_wait() {
             let _ = signal(process.child.id(), libc::SIGTERM);
@@ -1049,20 +1225,26 @@ fn list(value: &Value) -> String {
 /// `grace`; returns once all are gone. Data and files stay.
 pub async fn down(dir: &Path, grace: Duration) -> anyhow::Result<()> {
     let (_lock, manifest) = open(dir)?;
-    let running: Vec<&NodeEntry> = manifest.nodes.iter().filter(|n| n.alive()).collect();
+    let mut running: Vec<&NodeEntry> = manifest.nodes.iter().filter(|n| n.alive()).collect();
+    // One per process: roles that share one are stopped with it.
+    let mut pids = std::collections::BTreeSet::new();
+    running.retain(|n| pids.insert(n.pid));
     for node in &running {
         signal(node.pid.expect("a running node has a pid"), libc::SIGTERM)
-            .with_context(|| format!("SIGTERM to {}", node.name()))?;
+            .with_context(|| format!("SIGTERM to {}", node.process_name()))?;
     }
     let stubborn = wait_gone(&running, grace).await;
     for node in &stubborn {
-        eprintln!("{} did not stop within {grace:?}: SIGKILL", node.name());
+        eprintln!(
+            "{} did not stop within {grace:?}: SIGKILL",
+            node.process_name()
+        );
         signal(node.pid.expect("a running node has a pid"), libc::SIGKILL)
-            .with_context(|| format!("SIGKILL to {}", node.name()))?;
+            .with_context(|| format!("SIGKILL to {}", node.process_name()))?;
     }
     let left = wait_gone(&stubborn, KILL_WAIT).await;
     if !left.is_empty() {
-        let names: Vec<String> = left.iter().map(|n| n.name()).collect();
+        let names: Vec<String> = left.iter().map(|n| n.process_name()).collect();
         bail!("still running after SIGKILL: {}", names.join(", "));
     }
     println!(
@@ -1078,16 +1260,22 @@ pub async fn down(dir: &Path, grace: Duration) -> anyhow::Result<()> {
 pub async fn kill(dir: &Path, id: u32) -> anyhow::Result<()> {
     let (_lock, manifest) = open(dir)?;
     let node = &manifest.nodes[manifest.node(id)?];
+    let group = manifest
+        .processes((0..manifest.nodes.len()).filter(|&i| manifest.nodes[i].config == node.config));
+    let what = match node.host {
+        Some(_) => format!("{} ({})", node.process_name(), manifest.roles_of(&group[0])),
+        None => node.name(),
+    };
     if !node.alive() {
-        println!("{} is not running", node.name());
+        println!("{what} is not running");
         return Ok(());
     }
     let pid = node.pid.expect("a running node has a pid");
-    signal(pid, libc::SIGKILL).with_context(|| format!("SIGKILL to {}", node.name()))?;
+    signal(pid, libc::SIGKILL).with_context(|| format!("SIGKILL to {what}"))?;
     if !wait_gone(&[node], KILL_WAIT).await.is_empty() {
-        bail!("{} (pid {pid}) is still running after SIGKILL", node.name());
+        bail!("{what} (pid {pid}) is still running after SIGKILL");
     }
-    println!("killed {} (pid {pid})", node.name());
+    println!("killed {what} (pid {pid})");
     Ok(())
 }
 
@@ -1103,31 +1291,41 @@ pub async fn start(dir: &Path, id: u32, timeout: Duration) -> anyhow::Result<()>
     if node.alive() {
         bail!(
             "{} is already running (pid {})",
-            node.name(),
+            node.process_name(),
             node.pid.unwrap_or_default()
         );
     }
+    // Every role of the node's process starts with it.
+    let group: Vec<usize> = (0..manifest.nodes.len())
+        .filter(|&i| manifest.nodes[i].config == node.config)
+        .collect();
     let refreshed = refresh(&Manifest {
-        nodes: vec![node.clone()],
+        nodes: group.iter().map(|&i| manifest.nodes[i].clone()).collect(),
     })?;
-    manifest.nodes[index] = refreshed.nodes.into_iter().next().expect("one node");
+    for (&i, node) in group.iter().zip(refreshed.nodes) {
+        manifest.nodes[i] = node;
+    }
     let process = spawn(&dir, &manifest.nodes[index])?;
-    manifest.nodes[index].pid = Some(process.child.id());
+    for &i in &group {
+        manifest.nodes[i].pid = Some(process.child.id());
+    }
     manifest.write(&dir)?;
-    let mut started = vec![(index, process)];
+    let mut started = vec![(group.clone(), process)];
     let deadline = Instant::now() + timeout;
     if let Err(e) = wait_ready(&mut manifest, &mut started, deadline).await {
         stop_children(&mut started).await;
         return Err(e);
     }
     manifest.write(&dir)?;
-    let node = &manifest.nodes[index];
-    println!(
-        "started {} (pid {}): {}",
-        node.name(),
-        node.pid.unwrap_or_default(),
-        node.http.as_deref().or(node.rpc.as_deref()).unwrap_or("-")
-    );
+    for &i in &group {
+        let node = &manifest.nodes[i];
+        println!(
+            "started {} (pid {}): {}",
+            node.name(),
+            node.pid.unwrap_or_default(),
+            node.http.as_deref().or(node.rpc.as_deref()).unwrap_or("-")
+        );
+    }
     Ok(())
 }
 
@@ -1218,7 +1416,9 @@ impl DirLock {
 #[cfg(test)]
 fn cluster_of(path: &Path) -> config::ClusterFile {
     let text = fs::read_to_string(path).expect("the file was written");
-    config::parse_file(path, &text).expect("it parses").cluster
+    config::role_file(path, &text, Role::Sequencer)
+        .expect("it parses")
+        .cluster
 }
 
 #[cfg(test)]
@@ -1228,6 +1428,7 @@ mod tests {
     fn options(dir: &Path) -> UpOptions {
         UpOptions {
             dir: dir.to_path_buf(),
+            nodes: None,
             sequencers: None,
             storage: None,
             gateways: None,
@@ -1299,6 +1500,83 @@ mod tests {
                 (&b.rpc, &b.http, &b.data_dir)
             );
         }
+    }
+
+    #[test]
+    fn with_nodes_each_process_hosts_a_sequencer_a_storage_node_and_a_gateway() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options(dir.path());
+        o.nodes = Some(3);
+        let manifest = create(dir.path(), &o).unwrap();
+        let ids: Vec<(u32, Role, u32)> = manifest
+            .nodes
+            .iter()
+            .map(|n| (n.host.unwrap(), n.role, n.id))
+            .collect();
+        let expected: Vec<(u32, Role, u32)> = (0..3)
+            .flat_map(|k| {
+                [
+                    (k, Role::Sequencer, k),
+                    (k, Role::Storage, 10 + k),
+                    (k, Role::Gateway, 20 + k),
+                ]
+            })
+            .collect();
+        assert_eq!(ids, expected);
+        assert_eq!(manifest.hosts(), 3);
+        let groups = manifest.processes(0..manifest.nodes.len());
+        assert_eq!(groups, [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8]]);
+        for node in &manifest.nodes {
+            let k = node.host.unwrap();
+            assert_eq!(node.config, dir.path().join(format!("node-{k}.toml")));
+            assert_eq!(node.log, dir.path().join(format!("node-{k}.log")));
+            let (_, options) = load_node(node.role, &node.config).unwrap();
+            match options {
+                config::RoleOptions::Sequencer(s) => {
+                    assert_eq!(Some(&s.data_dir), node.data_dir.as_ref());
+                    assert!(s.data_dir.ends_with(format!("node-{k}/sequencer")));
+                    assert_eq!(s.replication, 3);
+                }
+                config::RoleOptions::Storage(s) => assert!(s.data_dir.is_dir()),
+                config::RoleOptions::Gateway(g) => {
+                    assert_eq!(node.http, Some(format!("http://{}", g.http)))
+                }
+            }
+        }
+        let roles = config::load_host(&manifest.nodes[0].config).unwrap();
+        assert_eq!(roles.len(), 3);
+        assert_eq!(roles[0].1, manifest.nodes[0].rpc);
+        assert_eq!(roles[1].1, manifest.nodes[1].rpc);
+        // The same files on a restart, and --nodes must agree with them.
+        let read = Manifest::read(dir.path()).unwrap();
+        assert_eq!(read.nodes[4].host, Some(1));
+        refresh(&read).unwrap();
+        check_restart(&read, &o).unwrap();
+        let mut two = o.clone();
+        two.nodes = Some(2);
+        let error = check_restart(&read, &two).unwrap_err().to_string();
+        assert!(
+            error.contains("--nodes 2 differs") && error.contains("3 nodes"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn nodes_refuses_role_counts_and_sizes_out_of_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options(dir.path());
+        o.nodes = Some(3);
+        o.storage = Some(3);
+        let error = layout(&o).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            error.contains("--storage cannot be given with it"),
+            "{error}"
+        );
+        o.storage = None;
+        o.nodes = Some(0);
+        assert!(layout(&o).is_err());
+        o.nodes = Some(1);
+        assert_eq!(layout(&o).unwrap().replication, 1);
     }
 
     #[test]

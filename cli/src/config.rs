@@ -322,6 +322,139 @@ pub fn load(role: Role, path: Option<&Path>, flags: NodeFile) -> anyhow::Result<
 
 /// Parses the text of a node file; errors name the file and line.
 pub fn parse_file(path: &Path, text: &str) -> anyhow::Result<NodeFile> {
+    parse(path, text)
+}
+
+/// A node file of one process that hosts several roles (`tally node --config FILE`): the
+/// roles it runs, a table per role with that role's own keys (as a one-role file has them),
+/// the directory the roles' data directories default under, and the `[cluster]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFile {
+    pub roles: Vec<Role>,
+    /// A sequencer's data directory defaults to `DATA_DIR/sequencer`, a storage node's to
+    /// `DATA_DIR/storage`.
+    pub data_dir: Option<PathBuf>,
+    pub sequencer: Option<NodeFile>,
+    pub storage: Option<NodeFile>,
+    pub gateway: Option<NodeFile>,
+    #[serde(default)]
+    pub cluster: ClusterFile,
+}
+
+impl HostFile {
+    /// Checks the roles against the tables; errors name the file.
+    fn check(&self, path: &Path) -> anyhow::Result<()> {
+        let at = path.display();
+        if self.roles.is_empty() {
+            bail!("{at}: `roles` is empty; list sequencer, storage and/or gateway");
+        }
+        let mut seen = BTreeSet::new();
+        for role in &self.roles {
+            if !seen.insert(*role) {
+                bail!("{at}: `roles` lists {role} twice");
+            }
+        }
+        for role in [Role::Sequencer, Role::Storage, Role::Gateway] {
+            match (seen.contains(&role), self.table(role).is_some()) {
+                (true, false) => {
+                    bail!("{at}: `roles` lists {role}, but there is no [{role}] table")
+                }
+                (false, true) => {
+                    bail!("{at}: there is a [{role}] table, but `roles` does not list {role}")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn table(&self, role: Role) -> Option<&NodeFile> {
+        match role {
+            Role::Sequencer => self.sequencer.as_ref(),
+            Role::Storage => self.storage.as_ref(),
+            Role::Gateway => self.gateway.as_ref(),
+        }
+    }
+
+    /// Role `role`'s part as a one-role node file would say it: its table, the shared
+    /// `[cluster]` section, and its data directory under `data_dir` unless the table names one.
+    fn role_file(&self, path: &Path, role: Role) -> anyhow::Result<NodeFile> {
+        let at = path.display();
+        let Some(table) = self.table(role) else {
+            bail!("{at}: this node runs no {role} (`roles` does not list it)");
+        };
+        if table.role.is_some_and(|r| r != role) {
+            bail!(
+                "{at}: the [{role}] table says role = \"{}\"",
+                table.role.unwrap()
+            );
+        }
+        if table.cluster != ClusterFile::default() {
+            bail!("{at}: [{role}.cluster] is not read; the [cluster] section is shared by the node's roles");
+        }
+        let mut file = table.clone();
+        file.role = Some(role);
+        file.cluster = self.cluster.clone();
+        if role != Role::Gateway && file.data_dir.is_none() {
+            file.data_dir = self.data_dir.as_ref().map(|d| d.join(role.name()));
+        }
+        Ok(file)
+    }
+}
+
+/// Whether `text` is a node file of several roles (it has `roles`) rather than of one.
+pub fn hosts_roles(text: &str) -> bool {
+    text.parse::<toml::Table>()
+        .is_ok_and(|table| table.contains_key("roles"))
+}
+
+/// Role `role`'s file, from a one-role node file or from a node file of several roles.
+pub fn role_file(path: &Path, text: &str, role: Role) -> anyhow::Result<NodeFile> {
+    if !hosts_roles(text) {
+        return parse_file(path, text);
+    }
+    let host: HostFile = parse(path, text)?;
+    host.check(path)?;
+    host.role_file(path, role)
+}
+
+/// Reads a node file of several roles (`tally node --config FILE`) and checks each role's
+/// part as that role would; returns their options in the file's order, each with the address
+/// the `[cluster]` section says the others dial it at (none for a gateway).
+pub fn load_host(path: &Path) -> anyhow::Result<Vec<(RoleOptions, Option<String>)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    if !hosts_roles(&text) {
+        bail!(
+            "{}: no `roles` list; `tally node` runs the roles it lists (`tally <role> --config` \
+             runs a one-role file)",
+            path.display()
+        );
+    }
+    let host: HostFile = parse(path, &text)?;
+    host.check(path)?;
+    host.roles
+        .iter()
+        .map(|&role| {
+            let file = host.role_file(path, role)?;
+            let map = match role {
+                Role::Sequencer => &host.cluster.sequencers,
+                Role::Storage => &host.cluster.storage,
+                Role::Gateway => &None,
+            };
+            let dialled = file
+                .id
+                .and_then(|id| map.as_ref()?.get(&id.to_string()).cloned());
+            let options = resolve(role, Some((path, file)), NodeFile::default())
+                .with_context(|| format!("the [{role}] table of {}", path.display()))?;
+            Ok((options, dialled))
+        })
+        .collect()
+}
+
+/// Parses a TOML file; errors name the file and line.
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> anyhow::Result<T> {
     toml::from_str(text).map_err(|e| {
         let line = e
             .span()
@@ -1328,5 +1461,101 @@ sequencers = { 0 = "127.0.0.1:7000" }
         assert!(parse_node_map("0=a:1,0=b:2").unwrap_err().contains("twice"));
         assert!(parse_node_map("0").unwrap_err().contains("ID=HOST:PORT"));
         assert!(parse_node_map("").is_err());
+    }
+
+    #[test]
+    fn the_example_node_file_gives_each_role_its_table_and_a_data_dir_under_the_node_s() {
+        let path = Path::new("node.toml");
+        let text = include_str!("../examples/node.toml");
+        let roles: Vec<RoleOptions> = [Role::Sequencer, Role::Storage, Role::Gateway]
+            .into_iter()
+            .map(|role| {
+                let file = role_file(path, text, role).expect("the example is valid");
+                assert_eq!(file.role, Some(role));
+                resolve(role, Some((path, file)), NodeFile::default()).expect("each role checks")
+            })
+            .collect();
+        match &roles[..] {
+            [RoleOptions::Sequencer(s), RoleOptions::Storage(t), RoleOptions::Gateway(g)] => {
+                assert_eq!((s.id, t.id, g.id), (NodeId(0), NodeId(10), NodeId(20)));
+                assert_eq!(s.data_dir, Path::new("/var/lib/tally/sequencer"));
+                assert_eq!(t.data_dir, Path::new("/var/lib/tally/storage"));
+                assert_eq!(s.storage.len(), 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A one-role file reads as before through the same function.
+        let one = role_file(path, SEQUENCER, Role::Storage).unwrap();
+        assert_eq!(one.role, Some(Role::Sequencer));
+    }
+
+    #[test]
+    fn a_node_file_refuses_roles_and_tables_that_do_not_match() {
+        let cluster = "[cluster]\nsequencers = { 0 = \"127.0.0.1:7000\" }\n\
+                       storage = { 10 = \"127.0.0.1:7100\" }\n";
+        let cases = [
+            ("roles = []\n", "`roles` is empty"),
+            (
+                "roles = [\"storage\", \"storage\"]\n[storage]\nid = 10\n",
+                "lists storage twice",
+            ),
+            (
+                "roles = [\"sequencer\", \"storage\"]\n[sequencer]\nid = 0\n",
+                "lists storage, but there is no [storage] table",
+            ),
+            (
+                "roles = [\"storage\"]\n[storage]\nid = 10\n[gateway]\nid = 20\n",
+                "a [gateway] table, but `roles` does not list gateway",
+            ),
+            (
+                "roles = [\"storage\"]\n[storage]\nid = 10\n[storage.cluster]\nreplication = 1\n",
+                "[storage.cluster] is not read",
+            ),
+            (
+                "roles = [\"storage\"]\n[storage]\nrole = \"gateway\"\nid = 10\n",
+                "says role = \"gateway\"",
+            ),
+            (
+                "roles = [\"storage\"]\n[storage]\nid = 10\nport = 1\n",
+                "unknown field",
+            ),
+        ];
+        for (text, expect) in cases {
+            let text = format!("{text}{cluster}");
+            let error = role_file(Path::new("n.toml"), &text, Role::Storage)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expect), "{text}: {error}");
+            assert!(error.contains("n.toml"), "{error}");
+        }
+        let gateway = format!("roles = [\"storage\"]\n[storage]\nid = 10\n{cluster}");
+        let error = role_file(Path::new("n.toml"), &gateway, Role::Gateway).unwrap_err();
+        assert!(error.to_string().contains("runs no gateway"), "{error}");
+    }
+
+    #[test]
+    fn load_host_checks_every_role_and_names_the_address_it_is_dialled_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let text = format!(
+            "roles = [\"storage\", \"gateway\"]\ndata_dir = {:?}\n\
+             [storage]\nid = 10\n[gateway]\nid = 20\nhttp = \"127.0.0.1:0\"\n\
+             [cluster]\nsequencers = {{ 0 = \"127.0.0.1:7000\" }}\n\
+             storage = {{ 10 = \"localhost:7100\" }}\nreplication = 1\n",
+            dir.path().display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+        let roles = load_host(&path).unwrap();
+        assert_eq!(roles.len(), 2);
+        assert!(
+            matches!(&roles[0].0, RoleOptions::Storage(o) if o.data_dir == dir.path().join("storage"))
+        );
+        assert_eq!(roles[0].1.as_deref(), Some("localhost:7100"));
+        assert!(matches!(roles[1], (RoleOptions::Gateway(_), None)));
+        // A one-role file is not a node's.
+        std::fs::write(&path, SEQUENCER).unwrap();
+        let error = load_host(&path).unwrap_err().to_string();
+        assert!(error.contains("no `roles` list"), "{error}");
     }
 }

@@ -66,9 +66,20 @@ enum Command {
     Storage(StorageArgs),
     /// Run one gateway of a cluster (HTTP, functions, one shard of the log).
     Gateway(GatewayArgs),
+    /// Run several roles of a cluster in one process, as its node file's `roles` lists them
+    /// (see cli/examples/node.toml); co-located roles talk through memory, not TCP.
+    Node(HostArgs),
     /// Start, watch and stop a multi-process cluster on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+}
+
+/// `tally node`: the node file of a process hosting several roles.
+#[derive(Args)]
+struct HostArgs {
+    /// The node's TOML file: `roles = [...]`, a table per role, and `[cluster]`.
+    #[arg(long)]
+    config: PathBuf,
 }
 
 /// What every role takes. Flags override the config file's values.
@@ -175,6 +186,10 @@ enum ClusterCommand {
     Up {
         #[command(flatten)]
         dir: ClusterDirArg,
+        /// Nodes that each run a sequencer, a storage node and a gateway in one process
+        /// (`tally node`; node K hosts ids K, 10+K and 20+K), instead of a process per role.
+        #[arg(long, conflicts_with_all = ["sequencers", "storage", "gateways"])]
+        nodes: Option<usize>,
         /// Sequencers, ids 0, 1, ... (default 3).
         #[arg(long)]
         sequencers: Option<usize>,
@@ -815,6 +830,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Storage(args) => run_role(Role::Storage, args.into()).await,
             Command::Gateway(args) => run_role(Role::Gateway, args.into()).await,
             Command::Cluster(cmd) => cluster_command(cmd).await,
+            Command::Node(args) => {
+                let roles = config::load_host(&args.config)?;
+                tally_cli::roles::host::run(roles).await
+            }
         }
     })
 }
@@ -883,6 +902,7 @@ async fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
         ClusterCommand::Up {
             dir,
+            nodes,
             sequencers,
             storage,
             gateways,
@@ -893,6 +913,7 @@ async fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<()> {
         } => {
             cluster::up(cluster::UpOptions {
                 dir: dir.dir,
+                nodes,
                 sequencers,
                 storage,
                 gateways,

@@ -258,6 +258,16 @@ impl Cluster {
         Cluster::up_with(dir, sequencers, storage, gateways, &[])
     }
 
+    /// `tally cluster up --nodes N`: N processes, node K hosting sequencer K, storage node
+    /// 10+K and gateway 20+K (`tally node`); `extra` flags as for `up_with`.
+    pub fn up_nodes(dir: &Path, nodes: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let nodes = nodes.to_string();
+        let mut args = vec!["cluster", "up", "--dir", &dir_arg, "--nodes", &nodes];
+        args.extend_from_slice(extra);
+        Cluster::start_with(dir, &args)
+    }
+
     /// `up` with more flags for `tally cluster up` (`--replication 2`, `--durability async`).
     pub fn up_with(
         dir: &Path,
@@ -285,7 +295,12 @@ impl Cluster {
             &counts[2],
         ];
         args.extend_from_slice(extra);
-        if let Err(e) = run_tally(&args) {
+        Cluster::start_with(dir, &args)
+    }
+
+    /// Runs `tally` with `args` (a `cluster up`) and reads the cluster it started.
+    fn start_with(dir: &Path, args: &[&str]) -> anyhow::Result<Cluster> {
+        if let Err(e) = run_tally(args) {
             bail!("{e:#}\n{}", logs_tail(dir));
         }
         let mut cluster = Cluster {

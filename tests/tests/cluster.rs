@@ -287,6 +287,59 @@ fn a_killed_gateway_loses_no_acknowledged_append() {
     }
 }
 
+/// `tally cluster up --nodes 3`: three processes, each hosting a sequencer, a storage node
+/// and a gateway. The node whose sequencer leads is SIGKILLed under load, taking a leader, a
+/// storage replica and a gateway at once: appends go on at the other two nodes, and once
+/// started again the node serves every acknowledged append.
+#[test]
+fn a_killed_co_located_node_loses_no_acknowledged_append() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::up_nodes(&dir.path().join("cluster"), 3, &[]).expect("cluster up");
+    assert_eq!(cluster.ids("sequencer"), [0, 1, 2]);
+    assert_eq!(cluster.ids("storage"), [10, 11, 12]);
+    assert_eq!(cluster.ids("gateway"), [20, 21, 22]);
+    let leader = cluster.leader().expect("a leader");
+    let doomed_gateway = 20 + leader;
+    let pid = cluster.node(leader).unwrap().pid;
+    assert_eq!(cluster.node(doomed_gateway).unwrap().pid, pid);
+    assert_eq!(
+        cluster.node(10 + leader).unwrap().pid,
+        pid,
+        "one process per node"
+    );
+    let url = |cluster: &Cluster, id: u32| cluster.node(id).unwrap().http.clone().unwrap();
+    let survivors: Vec<String> = cluster
+        .ids("gateway")
+        .into_iter()
+        .filter(|g| *g != doomed_gateway)
+        .map(|g| url(&cluster, g))
+        .collect();
+    let (acks_a, acks_b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
+    let survivor = bench(&survivors, &acks_a, 12);
+    let doomed = bench(&[url(&cluster, doomed_gateway)], &acks_b, 12);
+    wait_acks(&acks_b, 200, &cluster);
+    wait_acks(&acks_a, 200, &cluster);
+    cluster.kill(leader).unwrap();
+    let at_kill = ack_lines(&acks_a);
+    wait_until(WAIT, || cluster.leader().is_some_and(|l| l != leader)).expect("a new leader");
+    wait_acks(&acks_a, at_kill + 500, &cluster);
+    finish(survivor);
+    let _ = doomed.wait_with_output();
+
+    cluster.start(leader).unwrap();
+    assert!(cluster.node(doomed_gateway).unwrap().pid != pid);
+    let (a, b) = (acks_of(&acks_a), acks_of(&acks_b));
+    let records = read_book(
+        &url(&cluster, doomed_gateway),
+        max_seqnum(&a).max(max_seqnum(&b)),
+    );
+    // Each bench's clients count from 0, so each log is checked on its own.
+    for acks in [a, b] {
+        check_acks(&records, &acks);
+    }
+}
+
 #[test]
 fn a_whole_cluster_restart_keeps_everything_acknowledged() {
     whole_cluster_restart(&[]);

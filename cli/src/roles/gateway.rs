@@ -8,7 +8,8 @@
 //! view. It serves HTTP only once it is in a view and has applied the metalog up to it.
 
 use super::{
-    channel, fetch, fetch_range, GatewayOptions, SequencerClients, FETCH_RECORDS_MAX, HEDGE_DELAY,
+    channel, fetch, fetch_range, local, GatewayOptions, SequencerClients, FETCH_RECORDS_MAX,
+    HEDGE_DELAY,
 };
 use anyhow::Context;
 use async_trait::async_trait;
@@ -125,13 +126,14 @@ impl ClusterShard {
             .get(&View::shard_of(self.id))
             .cloned()
             .unwrap_or_default();
-        let mut nodes: Vec<(bool, String)> = view
+        // A node of this process first (`tally node`), then the own shard's replicas.
+        let mut nodes: Vec<(bool, bool, String)> = view
             .storage
             .iter()
-            .map(|(node, addr)| (!own.contains(node), addr.clone()))
+            .map(|(node, addr)| (!local::is_hosted(addr), !own.contains(node), addr.clone()))
             .collect();
         nodes.sort();
-        nodes.into_iter().map(|(_, addr)| addr).collect()
+        nodes.into_iter().map(|(_, _, addr)| addr).collect()
     }
 }
 
@@ -776,7 +778,9 @@ async fn recent_index(
         .expect("index sources lock")
         .get(&cut_shard)
         .copied();
-    replicas.sort_by_key(|node| Some(*node) != answered_last);
+    // A replica in this process first (`tally node`), then the one that answered last.
+    let hosted = |node: &NodeId| view.storage.get(node).is_some_and(|a| local::is_hosted(a));
+    replicas.sort_by_key(|node| (!hosted(node), Some(*node) != answered_last));
     let ask = |node: NodeId| async move {
         let addr = view.storage.get(&node)?;
         let channel = channel(addr).ok()?;

@@ -5,6 +5,8 @@
 //! once it serves, which `tally cluster up` and tests wait for.
 
 pub mod gateway;
+pub mod host;
+pub mod local;
 pub mod sequencer;
 pub mod storage;
 
@@ -104,7 +106,11 @@ pub fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
     if let Some(channel) = channels.get(addr) {
         return Ok(channel.clone());
     }
-    let channel = endpoint(addr)?.connect_lazy();
+    // A role of this process is reached through memory (`tally node`), others over TCP.
+    let channel = match local::connector(addr) {
+        Some(connector) => endpoint(addr)?.connect_with_connector_lazy(connector),
+        None => endpoint(addr)?.connect_lazy(),
+    };
     channels.insert(addr.to_string(), channel.clone());
     Ok(channel)
 }

@@ -141,7 +141,10 @@ pub async fn run(options: SequencerOptions) -> anyhow::Result<()> {
     println!("tally sequencer {} ready: {local}", options.id.0);
     tonic::transport::Server::builder()
         .add_service(SequencerServer::new(Service { shared }))
-        .serve_with_incoming(super::incoming(listener))
+        .serve_with_incoming(super::local::incoming(
+            listener,
+            &options.listen.to_string(),
+        ))
         .await
         .context("serving gRPC")?;
     Ok(())

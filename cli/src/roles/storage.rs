@@ -246,7 +246,10 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     println!("tally storage {} ready: {local}", options.id.0);
     tonic::transport::Server::builder()
         .add_service(StorageServer::new(Service { node: node.clone() }))
-        .serve_with_incoming(super::incoming(listener))
+        .serve_with_incoming(super::local::incoming(
+            listener,
+            &options.listen.to_string(),
+        ))
         .await
         .context("serving gRPC")?;
     Ok(())
