@@ -2,20 +2,24 @@
 # Tally's log appends side by side with NATS JetStream publishes, in one invocation, on this
 # machine, on 127.0.0.1 only.
 #
-#   R1: one nats-server with JetStream (file storage) against `tally up`, run twice
-#       (--durability fsync and --durability async).
+#   R1: one nats-server with JetStream (file storage) against `tally up`, in both durability
+#       modes (--durability fsync and --durability async).
 #   R3: a 3-node JetStream cluster (stream with 3 replicas, file storage) against Tally
 #       clusters in both durability modes: a process per role (`tally cluster up --sequencers 3
 #       --storage 3 --gateways 2`) and three co-located nodes, each a sequencer, a storage node
 #       and a gateway in one process (`tally cluster up --nodes 3`, rows "nodes"). Skipped,
 #       with a message, when this `tally` has no `cluster` command.
 #
+# Tally is driven over HTTP and over its log protocol (gRPC, `tally bench append --protocol
+# grpc`, rows "grpc"): the same closed loop, a connection per client.
+#
 # Both load generators are closed loops with the same client count and record sizes: a client
 # appends (Tally: HTTP POST /log/0/append; JetStream: publish, await the PubAck) and appends
 # again. Every run starts its system afresh in a temp dir; each cell is the median of RUNS runs.
 #
 # Environment: CLIENTS (32), DURATION seconds per run (10), RUNS (3), SIZES ("100 1024"),
-# CONFIGS ("r1 r3"), LAYOUTS ("roles nodes": which Tally clusters R3 runs),
+# CONFIGS ("r1 r3"), LAYOUTS ("roles nodes": which Tally clusters R3 runs), PROTOCOLS
+# ("http grpc": how Tally is driven),
 # OUT (bench/results/jetstream-<date>.json), QUICK=1 (one run of 2 s, 1 KiB
 # records: a smoke check), BENCH_TMPDIR (/var/tmp: where the data dirs go; a disk, not tmpfs),
 # KEEP_WORK=1 (keep the temp dir and its logs; a failed run keeps them anyway).
@@ -31,6 +35,7 @@ RUNS="${RUNS:-3}"
 SIZES="${SIZES:-100 1024}"
 CONFIGS="${CONFIGS:-r1 r3}"
 LAYOUTS="${LAYOUTS:-roles nodes}"
+PROTOCOLS="${PROTOCOLS:-http grpc}"
 OUT="${OUT:-$ROOT/bench/results/jetstream-$(date -u +%Y%m%d-%H%M%S).json}"
 READY_TIMEOUT_S=60
 
@@ -48,6 +53,9 @@ for config in $CONFIGS; do
 done
 for layout in $LAYOUTS; do
     [[ "$layout" == roles || "$layout" == nodes ]] || die "LAYOUTS takes roles and nodes, not '$layout'"
+done
+for protocol in $PROTOCOLS; do
+    [[ "$protocol" == http || "$protocol" == grpc ]] || die "PROTOCOLS takes http and grpc, not '$protocol'"
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +191,12 @@ start_tally() {
     pid=$!
     PIDS+=("$pid")
     wait_for_line "$dir/tally.log" "^listening on http://" "$pid" "tally up"
-    ENDPOINTS="$(sed -n 's|^listening on \(http://[^ ]*\).*|\1|p' "$dir/tally.log" | head -n 1)"
+    if [[ "$PROTOCOL" == grpc ]]; then
+        ENDPOINTS="$(sed -n 's|^the log protocol (tally-client) at \([^ ]*\).*|\1|p' "$dir/tally.log" | head -n 1)"
+        [[ -n "$ENDPOINTS" ]] || die "tally up printed no log protocol address"
+    else
+        ENDPOINTS="$(sed -n 's|^listening on \(http://[^ ]*\).*|\1|p' "$dir/tally.log" | head -n 1)"
+    fi
     STOP="stop_pid $pid"
 }
 
@@ -204,17 +217,19 @@ start_tally_cluster() {
     CLUSTER_DIRS+=("$dir/cluster")
     for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
         if [[ -f "$dir/cluster/cluster.json" ]]; then
-            gateways="$(python3 - "$dir/cluster/cluster.json" <<'EOF' || true
+            gateways="$(python3 - "$dir/cluster/cluster.json" "$PROTOCOL" <<'EOF' || true
 import json, sys
 nodes = json.load(open(sys.argv[1])).get("nodes", [])
-print(",".join(n["http"] for n in nodes if n.get("role") == "gateway" and n.get("http")))
+# The log protocol is served at a gateway's worker address.
+key = "workers" if sys.argv[2] == "grpc" else "http"
+print(",".join(n[key] for n in nodes if n.get("role") == "gateway" and n.get(key)))
 EOF
 )"
         fi
-        if [[ -z "$gateways" ]]; then
+        if [[ -z "$gateways" && "$PROTOCOL" == http ]]; then
             gateways="$(grep -Eo 'http://127\.0\.0\.1:[0-9]+' "$dir/cluster.log" | sort -u | paste -sd, || true)"
         fi
-        [[ $(tr ',' '\n' <<<"$gateways" | grep -c http || true) -ge 2 ]] && break
+        [[ $(tr ',' '\n' <<<"$gateways" | grep -c 127 || true) -ge 2 ]] && break
         gateways=""
         # `up` may return once the cluster runs; only a failing exit is an error.
         if [[ $up_exited == 0 ]] && ! kill -0 "$pid" 2>/dev/null; then
@@ -250,7 +265,7 @@ bench_command() {
     local system=$1 replicas=$2 clients=$3 bytes=$4 duration=$5 json=$6
     case "$system" in
     jetstream) BENCH=("$BENCH_JS" --server "$ENDPOINTS" --replicas "$replicas") ;;
-    *) BENCH=("$TALLY" bench append --addr "$ENDPOINTS") ;;
+    *) BENCH=("$TALLY" bench append --addr "$ENDPOINTS" --protocol "$PROTOCOL") ;;
     esac
     BENCH+=(--clients "$clients" --record-bytes "$bytes" --duration "$duration")
     if [[ -n "$json" ]]; then BENCH+=(--json "$json"); fi
@@ -263,11 +278,15 @@ run_one() {
     name="$config-$bytes-$system-$run"
     dir="$WORK/$name"
     mkdir -p "$dir"
+    # tally[-nodes][-grpc]-DURABILITY: the cluster's layout, the protocol, the durability.
+    local rest=${system#tally-} layout=roles
+    PROTOCOL=http
+    if [[ "$rest" == nodes-* ]]; then layout=nodes rest=${rest#nodes-}; fi
+    if [[ "$rest" == grpc-* ]]; then PROTOCOL=grpc rest=${rest#grpc-}; fi
     case "$config/$system" in
     */jetstream) start_jetstream "$dir" "$replicas" ;;
-    r1/tally-*) start_tally "$dir" "${system#tally-}" ;;
-    r3/tally-nodes-*) start_tally_cluster "$dir" "${system#tally-nodes-}" nodes ;;
-    r3/tally-*) start_tally_cluster "$dir" "${system#tally-}" roles ;;
+    r1/tally-*) start_tally "$dir" "$rest" ;;
+    r3/tally-*) start_tally_cluster "$dir" "$rest" "$layout" ;;
     esac
     probe "$system" "$replicas" "$dir"
     # In the background and waited for, so a signal stops the script at once, not after the run.
@@ -294,12 +313,17 @@ EOF
 
 SKIPPED=()
 for config in $CONFIGS; do
-    systems="jetstream tally-fsync tally-async"
-    if [[ "$config" == r3 ]]; then
-        systems="jetstream"
-        [[ " $LAYOUTS " == *" roles "* ]] && systems+=" tally-fsync tally-async"
-        [[ " $LAYOUTS " == *" nodes "* ]] && systems+=" tally-nodes-fsync tally-nodes-async"
-    fi
+    layouts="roles"
+    [[ "$config" == r3 ]] && layouts="$LAYOUTS"
+    systems="jetstream"
+    for layout in $layouts; do
+        for protocol in $PROTOCOLS; do
+            prefix="tally-"
+            [[ "$layout" == nodes ]] && prefix+="nodes-"
+            [[ "$protocol" == grpc ]] && prefix+="grpc-"
+            systems+=" ${prefix}fsync ${prefix}async"
+        done
+    done
     if [[ "$config" == r3 && "$HAS_TALLY_CLUSTER" == 0 ]]; then
         systems="jetstream"
         SKIPPED+=("R3 Tally rows: this tally has no cluster command (\`tally cluster --help\` failed)")
@@ -322,7 +346,7 @@ mkdir -p "$(dirname "$OUT")"
 SKIPPED_TEXT="$(printf '%s\n' "${SKIPPED[@]}")" \
     NATS_VERSION="$NATS_VERSION" DURABILITY_NOTE="$DURABILITY_NOTE" \
     TALLY_COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
-    CLIENTS="$CLIENTS" DURATION="$DURATION" RUNS="$RUNS" SIZES="$SIZES" CONFIGS="$CONFIGS" LAYOUTS="$LAYOUTS" \
+    CLIENTS="$CLIENTS" DURATION="$DURATION" RUNS="$RUNS" SIZES="$SIZES" CONFIGS="$CONFIGS" LAYOUTS="$LAYOUTS" PROTOCOLS="$PROTOCOLS" \
     QUICK="${QUICK:-0}" python3 - "$RESULTS" "$OUT" <<'EOF'
 import glob, json, os, platform, statistics, sys, time
 
@@ -332,8 +356,12 @@ SYSTEMS = {
     "jetstream": ("jetstream", "ack without fsync"),
     "tally-fsync": ("tally", "fsync"),
     "tally-async": ("tally", "async"),
+    "tally-grpc-fsync": ("tally", "grpc, fsync"),
+    "tally-grpc-async": ("tally", "grpc, async"),
     "tally-nodes-fsync": ("tally", "nodes, fsync"),
     "tally-nodes-async": ("tally", "nodes, async"),
+    "tally-nodes-grpc-fsync": ("tally", "nodes, grpc, fsync"),
+    "tally-nodes-grpc-async": ("tally", "nodes, grpc, async"),
 }
 runs = {}
 for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
@@ -413,6 +441,7 @@ report = {
     "params": {"clients": int(env["CLIENTS"]), "duration_s": int(env["DURATION"]),
                "runs": int(env["RUNS"]), "record_bytes": [int(s) for s in env["SIZES"].split()],
                "configs": env["CONFIGS"].split(), "layouts": env["LAYOUTS"].split(),
+               "protocols": env["PROTOCOLS"].split(),
                "quick": env["QUICK"] == "1"},
     "durability_note": env["DURABILITY_NOTE"],
     "skipped": skipped,

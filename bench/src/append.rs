@@ -1,6 +1,7 @@
 //! The append benchmark against Tally: closed-loop clients (see `closed_loop`), spread
-//! round-robin over the gateway addresses, each append a record over HTTP, wait for its
-//! seqnum, and append again until the duration ends.
+//! round-robin over the gateway addresses, each append a record (over HTTP, or over the log
+//! protocol with a connection of its own), wait for its seqnum, and append again until the
+//! duration ends.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,11 +20,23 @@ pub const TAGS_MAX: usize = 1 << 20;
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How appends reach the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// `POST /log/{book}/append` at the gateway's HTTP address.
+    Http,
+    /// The log protocol (gRPC, `tally-client`) at the gateway's worker address.
+    Grpc,
+}
+
 /// What to run. `Default` gives one local gateway, 4 clients, 1 KiB records for 10 s.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AppendConfig {
     /// Gateway addresses, "host:port" or "http://host:port"; clients are spread round-robin.
+    /// With `Protocol::Grpc`, the addresses of the log protocol.
     pub addrs: Vec<String>,
+    pub protocol: Protocol,
     /// Concurrent closed-loop clients, each with one append in flight.
     pub clients: usize,
     pub record_bytes: usize,
@@ -48,6 +61,7 @@ impl Default for AppendConfig {
     fn default() -> AppendConfig {
         AppendConfig {
             addrs: vec!["127.0.0.1:8080".to_string()],
+            protocol: Protocol::Http,
             clients: 4,
             record_bytes: 1024,
             duration: Duration::from_secs(10),
@@ -96,8 +110,13 @@ impl RunConfig for AppendConfig {
             0 => "0 (untagged)".to_string(),
             n => format!("{n} (round-robin over 1..={n})"),
         };
+        let protocol = match self.protocol {
+            Protocol::Http => "http (POST /log/{book}/append)",
+            Protocol::Grpc => "grpc (the log protocol, a connection per client)",
+        };
         let mut lines = vec![
             ("addrs", self.addrs.join(", ")),
+            ("protocol", protocol.to_string()),
             ("book", self.book.to_string()),
             ("clients", self.clients.to_string()),
             ("record_bytes", self.record_bytes.to_string()),
@@ -187,15 +206,47 @@ impl Gateway {
     }
 }
 
+/// The tag of a client's `counter`-th record: round-robin over 1..=tags, each client starting
+/// at its own; 0 (untagged) when `tags` is 0.
+fn tag_of(tags: u64, client: u32, counter: u64) -> u64 {
+    match tags {
+        0 => 0,
+        tags => 1 + (u64::from(client) % tags + counter % tags) % tags,
+    }
+}
+
 impl closed_loop::Target for Gateway {
     const OPERATION: &'static str = "append";
 
     async fn attempt(&self, client: u32, counter: u64, record: Bytes) -> Result<u64, Failure> {
-        let tag = match self.tags {
-            0 => 0,
-            tags => 1 + (u64::from(client) % tags + counter % tags) % tags,
+        append_once(self, tag_of(self.tags, client, counter), record).await
+    }
+}
+
+/// One client's connection to the log protocol.
+struct LogProtocol {
+    client: tally_client::LogClient,
+    book: logbook::BookId,
+    tags: u64,
+}
+
+impl closed_loop::Target for LogProtocol {
+    const OPERATION: &'static str = "append";
+
+    async fn attempt(&self, client: u32, counter: u64, record: Bytes) -> Result<u64, Failure> {
+        let tags = match tag_of(self.tags, client, counter) {
+            0 => Vec::new(),
+            tag => vec![logbook::Tag(tag)],
         };
-        append_once(self, tag, record).await
+        match self.client.append(self.book, &tags, record).await {
+            Ok(seqnum) => Ok(seqnum.0),
+            Err(
+                e @ tally_client::Error::Append {
+                    retryable: true, ..
+                },
+            ) => Err(Failure::Retryable(e.to_string())),
+            Err(e) => Err(Failure::Fatal(e.to_string())),
+        }
     }
 }
 
@@ -206,6 +257,23 @@ impl closed_loop::Target for Gateway {
 /// refused").
 pub async fn run_append(config: AppendConfig, progress: bool) -> anyhow::Result<AppendReport> {
     config.validate()?;
+    if config.protocol == Protocol::Grpc {
+        // A connection per client, clients spread round-robin over the addresses.
+        let mut targets = Vec::with_capacity(config.clients);
+        for i in 0..config.clients {
+            let addr = &config.addrs[i % config.addrs.len()];
+            let client = tally_client::LogClient::connect(addr).await?;
+            targets.push(Arc::new(LogProtocol {
+                client,
+                book: logbook::BookId(config.book),
+                tags: config.tags as u64,
+            }));
+        }
+        let label = progress.then_some("bench append");
+        let measured =
+            closed_loop::run(&config.load(), &targets, config.ack_log.as_deref(), label).await?;
+        return Ok(AppendReport::new(config, measured));
+    }
     let pool_size = config.clients.div_ceil(config.addrs.len());
     let gateways = config
         .addrs
@@ -387,6 +455,7 @@ mod tests {
     fn config(addr: &str, duration_ms: u64, ack_log: Option<&Path>) -> AppendConfig {
         AppendConfig {
             addrs: vec![addr.to_string()],
+            protocol: Protocol::Http,
             clients: 3,
             record_bytes: 64,
             duration: Duration::from_millis(duration_ms),
@@ -412,6 +481,43 @@ mod tests {
         seqnums.sort_unstable();
         seqnums.dedup();
         assert_eq!(seqnums.len(), acks.len(), "a seqnum was acknowledged twice");
+    }
+
+    /// Over the log protocol, against the gateway's real `LogService` on an in-memory log:
+    /// every ack is the stored record its client wrote, under the tag it chose.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_the_log_protocol_every_ack_is_a_stored_record_of_its_client() {
+        use logbook::{BookId, LogBook, Seqnum, Tag};
+        let log = Arc::new(logbook::memory::MemoryLogBook::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let service = gateway::log_service::LogService::new(log.clone());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let ack_log = temp_path("acks-grpc");
+        let mut config = config(&addr, 400, Some(&ack_log));
+        config.protocol = Protocol::Grpc;
+        let report = run_append(config.clone(), false).await.unwrap();
+        server.abort();
+        assert!(report.appends > 10, "{report:?}");
+        assert_eq!((report.errors, report.retried), (0, 0));
+        let acks = crate::read_ack_log(&ack_log).unwrap();
+        assert!(acks.len() as u64 >= report.appends);
+        for ack in &acks {
+            let record = log
+                .read_next(BookId(config.book), Tag::ANY, Seqnum(ack.seqnum))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(record.seqnum, Seqnum(ack.seqnum));
+            assert_eq!(filler_origin(&record.data), Some((ack.client, ack.counter)));
+            let tag = tag_of(config.tags as u64, ack.client, ack.counter);
+            assert_eq!(record.tags, vec![Tag(tag)]);
+        }
+        let _ = std::fs::remove_file(&ack_log);
     }
 
     #[tokio::test]

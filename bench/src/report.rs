@@ -326,6 +326,7 @@ mod tests {
         AppendReport {
             config: AppendConfig {
                 addrs: vec!["127.0.0.1:8080".into()],
+                protocol: crate::append::Protocol::Http,
                 clients: 4,
                 record_bytes: 1024,
                 duration: Duration::from_millis(2500),
@@ -363,6 +364,7 @@ mod tests {
             "started_unix_ms": 1_700_000_000_123u64,
             "config": {
                 "addrs": ["127.0.0.1:8080"],
+                "protocol": "http",
                 "clients": 4,
                 "record_bytes": 1024,
                 "duration_s": 2.5,

@@ -22,6 +22,8 @@ use tally_cli::node::{Node, NodeConfig};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Where `tally up` takes workers and serves the log protocol unless told otherwise.
+const DEFAULT_WORKER_ADDR: &str = "127.0.0.1:8081";
 
 #[derive(Parser)]
 #[command(
@@ -249,6 +251,12 @@ enum ClusterCommand {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProtocolArg {
+    Http,
+    Grpc,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum DurabilityArg {
     /// Acknowledge an append after it is fsynced (group commit).
@@ -299,7 +307,7 @@ struct UpArgs {
     #[arg(long)]
     object_retention_s: Option<u64>,
     /// Where worker processes attach to serve functions (gRPC; port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8081", env = "TALLY_WORKER_ADDR")]
+    #[arg(long, default_value = DEFAULT_WORKER_ADDR, env = "TALLY_WORKER_ADDR")]
     worker_addr: SocketAddr,
     /// A package file of classes (TOML) to install, after the example package; repeatable.
     #[arg(long = "package", value_name = "FILE")]
@@ -636,6 +644,11 @@ enum BenchCommand {
         tags: usize,
         #[arg(long, default_value_t = 0)]
         book: u32,
+        /// How appends travel: http (`POST /log/{book}/append` at --addr) or grpc (the log
+        /// protocol, a connection per client; --addr is then the worker address `tally up`
+        /// prints, 127.0.0.1:8081 by default).
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Http)]
+        protocol: ProtocolArg,
         /// Write the figures and the configuration as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -989,6 +1002,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .add_service(gateway::worker::WorkerService::new(
                 state.dispatcher.clone(),
             ))
+            .add_service(gateway::log_service::LogService::new(node.log.clone()))
             .serve_with_incoming(tally_cli::roles::incoming(workers)),
     );
     let app = gateway::http::router(state);
@@ -1006,6 +1020,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     );
     println!("workers attach at {workers_addr}");
+    println!("the log protocol (tally-client) at {workers_addr}");
     println!("listening on http://{addr}");
     println!("try: curl -X POST http://{addr}/function/echo -d hi");
     std::io::stdout().flush().ok();
@@ -1515,6 +1530,7 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             duration,
             tags,
             book,
+            protocol,
             json,
             ack_log,
         } => {
@@ -1525,8 +1541,19 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                 logbook::RECORD_BYTES_MAX
             );
             anyhow::ensure!(duration > 0, "--duration must be at least 1 second");
+            // The log protocol's default address is the worker address, not the HTTP one.
+            let addr = match protocol {
+                ProtocolArg::Grpc if addr == [DEFAULT_HTTP_ADDR] => {
+                    vec![DEFAULT_WORKER_ADDR.to_string()]
+                }
+                _ => addr,
+            };
             let config = bench::AppendConfig {
                 addrs: addr,
+                protocol: match protocol {
+                    ProtocolArg::Http => bench::Protocol::Http,
+                    ProtocolArg::Grpc => bench::Protocol::Grpc,
+                },
                 clients,
                 record_bytes,
                 duration: Duration::from_secs(duration),

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod functions;
 pub mod http;
 pub mod invocations;
+pub mod log_service;
 pub mod metrics;
 pub mod runtime;
 pub mod triggers;

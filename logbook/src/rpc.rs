@@ -23,6 +23,12 @@ pub mod worker_pb {
     include!(concat!(env!("OUT_DIR"), "/tally.worker.v1.rs"));
 }
 
+/// The generated code of `proto/log.proto`: the log client protocol.
+#[allow(clippy::all, missing_docs)]
+pub mod log_pb {
+    include!(concat!(env!("OUT_DIR"), "/tally.log.v1.rs"));
+}
+
 /// A message that does not decode into the domain type.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("malformed message: {0}")]

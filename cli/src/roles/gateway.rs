@@ -443,7 +443,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the worker address {}", options.workers))?;
     println!(
-        "tally gateway {} workers attach at {}",
+        "tally gateway {} workers attach at {} (the log protocol too)",
         id.0,
         workers.local_addr()?
     );
@@ -452,6 +452,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
             .add_service(gateway::worker::WorkerService::new(
                 state.dispatcher.clone(),
             ))
+            .add_service(gateway::log_service::LogService::new(state.log.clone()))
             .serve_with_incoming(super::incoming(workers)),
     );
     let app = gateway::http::router(state);

@@ -1,0 +1,318 @@
+//! A client of Tally's log protocol (`logbook/proto/log.proto`): appends and tailing reads
+//! over gRPC, for producers and consumers outside functions. One connection carries every
+//! append in flight, each answered as soon as it is durable and ordered; a read streams the
+//! records of one stream of a book and, when asked, follows it as records are appended.
+//!
+//! `tally up` serves the protocol on the address it prints as "the log protocol at" (its
+//! `--worker-addr`, 127.0.0.1:8081 by default); a cluster gateway on its `workers` address.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), tally_client::Error> {
+//! use futures::StreamExt as _;
+//! use logbook::{BookId, Seqnum, Tag};
+//! use tally_client::{Follow, LogClient};
+//!
+//! let log = LogClient::connect("127.0.0.1:8081").await?;
+//! let first = log.append(BookId(1), &[Tag(7)], "hello").await?;
+//! // Appends from many tasks share the connection; each waits only for its own answer.
+//! let (a, b) = tokio::join!(
+//!     log.append(BookId(1), &[Tag(7)], "a"),
+//!     log.append_batch(BookId(1), vec![(vec![Tag(7)], "b".into()), (vec![Tag(7)], "c".into())]),
+//! );
+//! let mut records = log.read(BookId(1), Tag(7), first, Follow::No).await?;
+//! while let Some(record) = records.next().await {
+//!     let record = record?;
+//!     println!("{} {:?}", record.seqnum.0, record.data);
+//! }
+//! # let _ = (a, b); Ok(()) }
+//! ```
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use logbook::rpc::log_pb::log_client::LogClient as Grpc;
+use logbook::rpc::log_pb::{AppendRecord, AppendReply, AppendRequest, ReadRequest};
+use logbook::{BookId, Seqnum, Tag};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+
+/// Appends a connection queues before `append` waits for room.
+const QUEUED_MAX: usize = 4096;
+/// How long `connect` tries to reach the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest message either side sends (a batch of records, a read reply).
+const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+/// What can go wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    /// The log refused or failed the append; none of its records is in the log.
+    #[error("append failed: {message}")]
+    Append { message: String, retryable: bool },
+    /// The connection ended while appends were in flight: each may or may not be in the log.
+    #[error("the connection to {addr} ended: {message}")]
+    Disconnected { addr: String, message: String },
+    /// A read failed (a bad book, or the log is not serving).
+    #[error("read failed: {message}")]
+    Read { message: String, retryable: bool },
+}
+
+impl Error {
+    /// Whether the same call may succeed when made again (on this client, or for
+    /// `Disconnected`, on a new one; an append whose connection ended may then be in the log
+    /// twice).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Disconnected { .. } => true,
+            Error::Append { retryable, .. } | Error::Read { retryable, .. } => *retryable,
+        }
+    }
+}
+
+/// A record as a read returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seqnum: Seqnum,
+    pub tags: Vec<Tag>,
+    pub data: Bytes,
+}
+
+/// Whether a read ends at the stream's tail or waits there for more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// The records there are now, then the end.
+    No,
+    /// Every record from `from` on, including those appended later; never ends by itself.
+    Yes,
+}
+
+/// Appends waiting for their answer, by request id; once the connection ended, why.
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Result<Vec<Seqnum>, Error>>>,
+    ended: Option<String>,
+}
+
+/// A connection to a Tally log. Cheap to share (`Arc`) between tasks: appends from all of them
+/// go out on the one append stream and are answered independently.
+pub struct LogClient {
+    addr: String,
+    grpc: Grpc<Channel>,
+    appends: mpsc::Sender<AppendRequest>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU64,
+}
+
+impl LogClient {
+    /// Connects to the log protocol at `addr` (`host:port` or `http://host:port`).
+    pub async fn connect(addr: &str) -> Result<LogClient, Error> {
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let connect_error = |message: String| Error::Connect {
+            addr: addr.to_string(),
+            message,
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| connect_error(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| connect_error(root_cause(&e)))?;
+        let mut grpc = Grpc::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let (appends, requests) = mpsc::channel(QUEUED_MAX);
+        let replies = grpc
+            .append(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await
+            .map_err(|e| connect_error(e.message().to_string()))?
+            .into_inner();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        tokio::spawn(answer(replies, pending.clone()));
+        Ok(LogClient {
+            addr: addr.to_string(),
+            grpc,
+            appends,
+            pending,
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// Appends one record to `book` under `tags`; returns its seqnum once it is durable and
+    /// ordered.
+    pub async fn append(
+        &self,
+        book: BookId,
+        tags: &[Tag],
+        data: impl Into<Bytes>,
+    ) -> Result<Seqnum, Error> {
+        let seqnums = self.send(book, vec![(tags.to_vec(), data.into())]).await?;
+        Ok(seqnums[0])
+    }
+
+    /// Appends several records as one batch, in order, all or none; returns their seqnums.
+    pub async fn append_batch(
+        &self,
+        book: BookId,
+        records: Vec<(Vec<Tag>, Bytes)>,
+    ) -> Result<Vec<Seqnum>, Error> {
+        self.send(book, records).await
+    }
+
+    async fn send(
+        &self,
+        book: BookId,
+        records: Vec<(Vec<Tag>, Bytes)>,
+    ) -> Result<Vec<Seqnum>, Error> {
+        let count = records.len();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, answer) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            if let Some(message) = &pending.ended {
+                return Err(self.disconnected(message.clone()));
+            }
+            pending.waiting.insert(id, done);
+        }
+        let request = AppendRequest {
+            id,
+            book: book.0,
+            records: records
+                .into_iter()
+                .map(|(tags, data)| AppendRecord {
+                    tags: tags.into_iter().map(|t| t.0).collect(),
+                    data,
+                })
+                .collect(),
+        };
+        if self.appends.send(request).await.is_err() {
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .waiting
+                .remove(&id);
+            return Err(self.disconnected("the append stream is closed".into()));
+        }
+        let seqnums = match answer.await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                let ended = self.pending.lock().expect("pending lock").ended.clone();
+                return Err(self.disconnected(ended.unwrap_or_else(|| "no answer came".into())));
+            }
+        };
+        if seqnums.len() != count {
+            return Err(Error::Append {
+                message: format!("{} seqnums for {count} records", seqnums.len()),
+                retryable: false,
+            });
+        }
+        Ok(seqnums)
+    }
+
+    /// The records of `tag`'s stream of `book` (`Tag::ANY`: every record of the book) from
+    /// `from` on, in order; with `Follow::Yes` it waits for records appended later.
+    pub async fn read(
+        &self,
+        book: BookId,
+        tag: Tag,
+        from: Seqnum,
+        follow: Follow,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Record, Error>>, Error> {
+        let request = ReadRequest {
+            book: book.0,
+            tag: tag.0,
+            from: from.0,
+            follow: follow == Follow::Yes,
+        };
+        let replies = self
+            .grpc
+            .clone()
+            .read(request)
+            .await
+            .map_err(read_error)?
+            .into_inner();
+        Ok(replies
+            .flat_map(|reply| {
+                let records: Vec<Result<Record, Error>> = match reply {
+                    Ok(reply) => reply
+                        .records
+                        .into_iter()
+                        .map(|r| {
+                            Ok(Record {
+                                seqnum: Seqnum(r.seqnum),
+                                tags: r.tags.into_iter().map(Tag).collect(),
+                                data: r.data,
+                            })
+                        })
+                        .collect(),
+                    Err(status) => vec![Err(read_error(status))],
+                };
+                futures::stream::iter(records)
+            })
+            .boxed())
+    }
+
+    fn disconnected(&self, message: String) -> Error {
+        Error::Disconnected {
+            addr: self.addr.clone(),
+            message,
+        }
+    }
+}
+
+/// Hands each reply to the append waiting for it; when the stream ends, fails every append
+/// still waiting and every later one.
+async fn answer(mut replies: tonic::Streaming<AppendReply>, pending: Arc<Mutex<Pending>>) {
+    let ended = loop {
+        match replies.message().await {
+            Ok(Some(reply)) => {
+                let waiting = pending
+                    .lock()
+                    .expect("pending lock")
+                    .waiting
+                    .remove(&reply.id);
+                let Some(waiting) = waiting else { continue };
+                let answer = if reply.error.is_empty() {
+                    Ok(reply.seqnums.into_iter().map(Seqnum).collect())
+                } else {
+                    Err(Error::Append {
+                        message: reply.error,
+                        retryable: reply.retryable,
+                    })
+                };
+                let _ = waiting.send(answer);
+            }
+            Ok(None) => break "the server ended the append stream".to_string(),
+            Err(status) => break status.message().to_string(),
+        }
+    };
+    let mut pending = pending.lock().expect("pending lock");
+    pending.ended = Some(ended);
+    // Dropping the senders fails their appends with `Disconnected`.
+    pending.waiting.clear();
+}
+
+fn read_error(status: tonic::Status) -> Error {
+    Error::Read {
+        message: status.message().to_string(),
+        retryable: status.code() == tonic::Code::Unavailable,
+    }
+}
+
+/// The innermost cause of a connection error ("Connection refused"), which says the most.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,186 @@
+//! The log client protocol's server (`proto/log.proto`, service `Log`): pipelined appends and
+//! tailing reads over gRPC streams, for producers and consumers outside functions. It serves
+//! any `LogBook`: `tally up`'s and a cluster gateway's, beside the worker protocol.
+
+use crate::invocations::INVOCATIONS_BOOK;
+use futures::StreamExt as _;
+use logbook::rpc::log_pb::log_server::{Log, LogServer};
+use logbook::rpc::log_pb::{AppendReply, AppendRequest, ReadRecord, ReadReply, ReadRequest};
+use logbook::{AppendRequest as Append, BookId, LogBook, LogError, ReadRange, Seqnum, Tag};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Replies an append stream may hold unsent before its appends wait for the client to read.
+const REPLIES_BUFFERED: usize = 1024;
+/// Records one read reply carries, at most.
+const READ_BATCH: usize = 256;
+/// How long a following read waits for a record before it looks again.
+const FOLLOW_WAIT: Duration = Duration::from_secs(5);
+
+/// The `Log` service over a log.
+pub struct LogService {
+    log: Arc<dyn LogBook>,
+}
+
+impl LogService {
+    pub fn new(log: Arc<dyn LogBook>) -> LogServer<LogService> {
+        LogServer::new(LogService { log })
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+/// A book a client may use: not the one invocations are kept in.
+fn user_book(book: u32) -> Result<BookId, LogError> {
+    if BookId(book) == INVOCATIONS_BOOK {
+        return Err(LogError::BadArgument(format!(
+            "book {book} is reserved for invocations"
+        )));
+    }
+    Ok(BookId(book))
+}
+
+/// Appends one request's records: one record alone, several as a batch.
+async fn append(log: &dyn LogBook, request: AppendRequest) -> Result<Vec<u64>, LogError> {
+    let book = user_book(request.book)?;
+    let mut records: Vec<Append> = request
+        .records
+        .into_iter()
+        .map(|r| Append::new(r.tags.into_iter().map(Tag).collect::<Vec<_>>(), r.data))
+        .collect();
+    let seqnums = match records.len() {
+        0 => return Err(LogError::BadArgument("an append of no records".into())),
+        1 => {
+            let record = records.pop().expect("one record");
+            vec![log.append(book, &record.tags, record.data).await?]
+        }
+        _ => log.append_batch(book, records).await?,
+    };
+    Ok(seqnums.into_iter().map(|s| s.0).collect())
+}
+
+type ReplyStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Log for LogService {
+    type AppendStream = ReplyStream<AppendReply>;
+    type ReadStream = ReplyStream<ReadReply>;
+
+    async fn append(
+        &self,
+        request: Request<Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStream>, Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(REPLIES_BUFFERED);
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            // Every request is appended at once, so many are in flight; each answers when done.
+            let mut running = futures::stream::FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    next = requests.next() => match next {
+                        Some(Ok(request)) => {
+                            let log = log.clone();
+                            running.push(async move {
+                                let id = request.id;
+                                match append(&*log, request).await {
+                                    Ok(seqnums) => AppendReply { id, seqnums, ..Default::default() },
+                                    Err(e) => AppendReply {
+                                        id,
+                                        seqnums: Vec::new(),
+                                        error: e.to_string(),
+                                        retryable: e.is_retryable(),
+                                    },
+                                }
+                            });
+                        }
+                        // The client closed its side or broke: finish what runs, then end.
+                        _ => break,
+                    },
+                    Some(reply) = running.next(), if !running.is_empty() => {
+                        if tx.send(Ok(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            while let Some(reply) = running.next().await {
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let request = request.into_inner();
+        let book = user_book(request.book).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let tag = Tag(request.tag);
+        let (tx, rx) = mpsc::channel(4);
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            let mut from = Seqnum(request.from);
+            loop {
+                let range = ReadRange {
+                    from,
+                    to: Seqnum::MAX,
+                    limit: READ_BATCH,
+                };
+                let records = match log.read_range(book, tag, range).await {
+                    Ok(records) if records.is_empty() && request.follow => {
+                        match log.read_next_blocking(book, tag, from, FOLLOW_WAIT).await {
+                            Ok(Some(record)) => vec![record],
+                            Ok(None) if tx.is_closed() => return,
+                            Ok(None) => continue,
+                            Err(e) => {
+                                let _ = tx.send(Err(status_of(e))).await;
+                                return;
+                            }
+                        }
+                    }
+                    Ok(records) if records.is_empty() => return,
+                    Ok(records) => records,
+                    Err(e) => {
+                        let _ = tx.send(Err(status_of(e))).await;
+                        return;
+                    }
+                };
+                from = Seqnum(records.last().expect("not empty").seqnum.0 + 1);
+                let reply = ReadReply {
+                    records: records
+                        .into_iter()
+                        .map(|r| ReadRecord {
+                            seqnum: r.seqnum.0,
+                            tags: r.tags.into_iter().map(|t| t.0).collect(),
+                            data: r.data,
+                        })
+                        .collect(),
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// A read's failure as a gRPC status: retryable ones as UNAVAILABLE.
+fn status_of(e: LogError) -> Status {
+    if e.is_retryable() {
+        Status::unavailable(e.to_string())
+    } else {
+        Status::invalid_argument(e.to_string())
+    }
+}
