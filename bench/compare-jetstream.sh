@@ -3,7 +3,9 @@
 # machine, on 127.0.0.1 only.
 #
 #   R1: one nats-server with JetStream (file storage) against `tally up`, in both durability
-#       modes (--durability fsync and --durability async).
+#       modes (--durability fsync and --durability async); and Debian's redis-server with
+#       `appendonly yes` and `appendfsync always` (an XADD is acknowledged once the AOF is
+#       fsynced: Tally fsync's durability), driven by `bench-redis append` (rows "redis").
 #   R3: a 3-node JetStream cluster (stream with 3 replicas, file storage) against Tally
 #       clusters in both durability modes: a process per role (`tally cluster up --sequencers 3
 #       --storage 3 --gateways 2`) and three co-located nodes, each a sequencer, a storage node
@@ -19,7 +21,7 @@
 #
 # Environment: CLIENTS (32), DURATION seconds per run (10), RUNS (3), SIZES ("100 1024"),
 # CONFIGS ("r1 r3"), LAYOUTS ("roles nodes": which Tally clusters R3 runs), PROTOCOLS
-# ("http grpc": how Tally is driven),
+# ("http grpc": how Tally is driven), REDIS (1: the R1 Redis rows; 0: none),
 # OUT (bench/results/jetstream-<date>.json), QUICK=1 (one run of 2 s, 1 KiB
 # records: a smoke check), BENCH_TMPDIR (/var/tmp: where the data dirs go; a disk, not tmpfs),
 # KEEP_WORK=1 (keep the temp dir and its logs; a failed run keeps them anyway).
@@ -36,6 +38,7 @@ SIZES="${SIZES:-100 1024}"
 CONFIGS="${CONFIGS:-r1 r3}"
 LAYOUTS="${LAYOUTS:-roles nodes}"
 PROTOCOLS="${PROTOCOLS:-http grpc}"
+REDIS="${REDIS:-1}"
 OUT="${OUT:-$ROOT/bench/results/jetstream-$(date -u +%Y%m%d-%H%M%S).json}"
 READY_TIMEOUT_S=60
 
@@ -115,17 +118,26 @@ apt_install() {
 command -v python3 >/dev/null || apt_install python3
 command -v nats-server >/dev/null || apt_install nats-server
 NATS_VERSION="$(nats-server --version 2>&1 | head -n 1)"
+REDIS_VERSION=""
+if [[ "$REDIS" == 1 && " $CONFIGS " == *" r1 "* ]]; then
+    # Debian's package may start a service of its own where systemd runs; this script starts
+    # its own servers on free ports and never uses that one.
+    command -v redis-server >/dev/null || apt_install redis-server
+    REDIS_VERSION="$(redis-server --version 2>&1 | head -n 1)"
+fi
 
-log "building tally and bench-jetstream (release)"
+log "building tally, bench-jetstream and bench-redis (release)"
 (
     cd "$ROOT"
     cargo build --release --quiet --bin tally
-    cargo build --release --quiet -p bench --features jetstream --bin bench-jetstream
+    cargo build --release --quiet -p bench --features "jetstream redis" \
+        --bin bench-jetstream --bin bench-redis
 )
 TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 TALLY="$TARGET_DIR/release/tally"
 BENCH_JS="$TARGET_DIR/release/bench-jetstream"
+BENCH_REDIS="$TARGET_DIR/release/bench-redis"
 
 HAS_TALLY_CLUSTER=0
 if "$TALLY" cluster --help >/dev/null 2>&1; then HAS_TALLY_CLUSTER=1; fi
@@ -137,7 +149,9 @@ later) acknowledges a publish once the stream leader (R1) or a quorum of replica
 written it, without fsync: its file store syncs every 2 minutes by default (sync_interval). \
 Tally's async mode acknowledges once written and syncs every 10 ms; its fsync mode (the \
 default) acknowledges only after fdatasync. Equal durability: compare JetStream with Tally \
-async; Tally's default: compare with Tally fsync."
+async; Tally's default: compare with Tally fsync${REDIS_VERSION:+, and with Redis (\
+${REDIS_VERSION%% sha=*}, appendonly yes, appendfsync always: an XADD is acknowledged once the \
+AOF is fsynced)}."
 
 cat >&2 <<EOF
 == Tally vs NATS JetStream ==
@@ -182,6 +196,20 @@ start_jetstream() {
             "nats-server n$((i + 1))"
     done
     ENDPOINTS="$urls"
+}
+
+# redis-server in DIR with `appendonly yes` and `appendfsync always`, on a free port.
+start_redis() {
+    local dir=$1 port pid
+    port=$(free_ports 1)
+    mkdir -p "$dir/redis"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/redis" --save "" \
+        --appendonly yes --appendfsync always >"$dir/redis.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_for_line "$dir/redis.log" "Ready to accept connections" "$pid" "redis-server"
+    ENDPOINTS="redis://127.0.0.1:$port"
+    STOP="stop_pid $pid"
 }
 
 start_tally() {
@@ -265,6 +293,7 @@ bench_command() {
     local system=$1 replicas=$2 clients=$3 bytes=$4 duration=$5 json=$6
     case "$system" in
     jetstream) BENCH=("$BENCH_JS" --server "$ENDPOINTS" --replicas "$replicas") ;;
+    redis) BENCH=("$BENCH_REDIS" append --server "$ENDPOINTS") ;;
     *) BENCH=("$TALLY" bench append --addr "$ENDPOINTS" --protocol "$PROTOCOL") ;;
     esac
     BENCH+=(--clients "$clients" --record-bytes "$bytes" --duration "$duration")
@@ -285,6 +314,7 @@ run_one() {
     if [[ "$rest" == grpc-* ]]; then PROTOCOL=grpc rest=${rest#grpc-}; fi
     case "$config/$system" in
     */jetstream) start_jetstream "$dir" "$replicas" ;;
+    r1/redis) start_redis "$dir" ;;
     r1/tally-*) start_tally "$dir" "$rest" ;;
     r3/tally-*) start_tally_cluster "$dir" "$rest" "$layout" ;;
     esac
@@ -308,7 +338,7 @@ errors = f"  errors {r['errors']}" if r["errors"] else ""
 print(f"  {sys.argv[2]:<28} {r['appends_per_s']:>10,.0f} appends/s  p50 {l['p50']/1000:.2f} ms"
       f"  p99 {l['p99']/1000:.2f} ms{errors}")
 EOF
-    rm -rf "$dir/data" "$dir/cluster" "$dir"/n[0-9]
+    rm -rf "$dir/data" "$dir/cluster" "$dir"/n[0-9] "$dir/redis"
 }
 
 SKIPPED=()
@@ -316,6 +346,7 @@ for config in $CONFIGS; do
     layouts="roles"
     [[ "$config" == r3 ]] && layouts="$LAYOUTS"
     systems="jetstream"
+    [[ "$config" == r1 && "$REDIS" == 1 ]] && systems+=" redis"
     for layout in $layouts; do
         for protocol in $PROTOCOLS; do
             prefix="tally-"
@@ -344,7 +375,7 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 SKIPPED_TEXT="$(printf '%s\n' "${SKIPPED[@]}")" \
-    NATS_VERSION="$NATS_VERSION" DURABILITY_NOTE="$DURABILITY_NOTE" \
+    NATS_VERSION="$NATS_VERSION" REDIS_VERSION="$REDIS_VERSION" DURABILITY_NOTE="$DURABILITY_NOTE" \
     TALLY_COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
     CLIENTS="$CLIENTS" DURATION="$DURATION" RUNS="$RUNS" SIZES="$SIZES" CONFIGS="$CONFIGS" LAYOUTS="$LAYOUTS" PROTOCOLS="$PROTOCOLS" \
     QUICK="${QUICK:-0}" python3 - "$RESULTS" "$OUT" <<'EOF'
@@ -354,6 +385,7 @@ results_dir, out = sys.argv[1], sys.argv[2]
 env = os.environ
 SYSTEMS = {
     "jetstream": ("jetstream", "ack without fsync"),
+    "redis": ("redis", "AOF appendfsync always"),
     "tally-fsync": ("tally", "fsync"),
     "tally-async": ("tally", "async"),
     "tally-grpc-fsync": ("tally", "grpc, fsync"),
@@ -405,6 +437,14 @@ for c in cells:
             "p50": ratio(m["p50_us"], j["p50_us"]),
             "p99": ratio(m["p99_us"], j["p99_us"]),
         }
+    redis = by_key.get((c["config"], c["record_bytes"], "redis", SYSTEMS["redis"][1]))
+    if c["system"] == "tally" and c["mode"].endswith("fsync") and redis:
+        m, r = c["median"], redis["median"]
+        c["ratio_vs_redis"] = {
+            "throughput": round(m["appends_per_s"] / r["appends_per_s"], 3),
+            "p50": round(m["p50_us"] / r["p50_us"], 3),
+            "p99": round(m["p99_us"] / r["p99_us"], 3),
+        }
 
 def size_text(n):
     return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} B"
@@ -427,6 +467,11 @@ print("\n".join(lines))
 print(f"\nmedians of {env['RUNS']} run(s) of {env['DURATION']} s, {env['CLIENTS']} closed-loop clients"
       " per system; T/J = Tally / JetStream (throughput above 1: Tally faster; latency above 1:"
       " Tally slower)")
+for c in cells:
+    r = c.get("ratio_vs_redis")
+    if r:
+        print(f"{c['config']} {size_text(c['record_bytes'])} tally {c['mode']} / redis AOF always:"
+              f" throughput {r['throughput']:.2f}, p50 {r['p50']:.2f}, p99 {r['p99']:.2f}")
 print(env["DURABILITY_NOTE"])
 skipped = [s for s in env.get("SKIPPED_TEXT", "").split("\n") if s]
 for s in skipped:
@@ -438,6 +483,7 @@ report = {
     "host": {"cores": os.cpu_count(), "kernel": platform.release()},
     "tally_commit": env["TALLY_COMMIT"],
     "nats_server_version": env["NATS_VERSION"],
+    "redis_server_version": env.get("REDIS_VERSION") or None,
     "params": {"clients": int(env["CLIENTS"]), "duration_s": int(env["DURATION"]),
                "runs": int(env["RUNS"]), "record_bytes": [int(s) for s in env["SIZES"].split()],
                "configs": env["CONFIGS"].split(), "layouts": env["LAYOUTS"].split(),

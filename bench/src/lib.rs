@@ -33,6 +33,8 @@ mod object;
 mod progress;
 mod queue;
 #[cfg(feature = "redis")]
+mod redis_append;
+#[cfg(feature = "redis")]
 mod redis_queue;
 mod report;
 mod store;
@@ -57,6 +59,8 @@ pub use queue::{
     default_shards, run_queue, QueueArgs, QueueConfig, QueueReport, QueueTarget, GROUP,
     MESSAGE_BYTES_MAX, POP_WAIT, QUEUE_CLIENTS_MAX, SHARDS_MAX,
 };
+#[cfg(feature = "redis")]
+pub use redis_append::{run_redis_append, RedisAppendConfig};
 pub use report::{AppendReport, CallReport, Percentiles, RunConfig};
 pub use store::{
     run_store, Distribution, StoreConfig, StoreReport, StoreTarget, TransferMode, Workload,

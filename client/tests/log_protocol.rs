@@ -170,8 +170,16 @@ async fn appends_fail_as_disconnected_once_the_server_is_gone_and_connect_says_w
     assert!(failed.is_retryable());
     assert!(failed.to_string().contains(&addr), "{failed}");
 
-    let refused = LogClient::connect(&addr).await.map(|_| ()).unwrap_err();
+    // A port nothing listens on refuses, and connect says so.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let refused = LogClient::connect(&closed_addr)
+        .await
+        .map(|_| ())
+        .unwrap_err();
     assert!(matches!(refused, Error::Connect { .. }), "{refused}");
+    assert!(refused.to_string().contains(&closed_addr), "{refused}");
     assert!(
         refused.to_string().to_lowercase().contains("refused"),
         "{refused}"

@@ -15,6 +15,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Replies an append stream may hold unsent before its appends wait for the client to read.
 const REPLIES_BUFFERED: usize = 1024;
+/// Appends one stream may have in flight; past it the stream reads no more requests until one
+/// completes, so a client that sends faster than the log appends is slowed, not buffered.
+pub const IN_FLIGHT_MAX: usize = 4096;
 /// Records one read reply carries, at most.
 const READ_BATCH: usize = 256;
 /// How long a following read waits for a record before it looks again.
@@ -81,7 +84,7 @@ impl Log for LogService {
             let mut running = futures::stream::FuturesUnordered::new();
             loop {
                 tokio::select! {
-                    next = requests.next() => match next {
+                    next = requests.next(), if running.len() < IN_FLIGHT_MAX => match next {
                         Some(Ok(request)) => {
                             let log = log.clone();
                             running.push(async move {
