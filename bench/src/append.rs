@@ -11,7 +11,7 @@ use anyhow::{ensure, Context};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::closed_loop::{self, Failure, Load, Payload};
+use crate::closed_loop::{self, Failure, Load};
 use crate::report::{AppendReport, RunConfig};
 
 pub use crate::closed_loop::{CLIENTS_MAX, DURATION_MAX, RECORD_BYTES_MAX};
@@ -19,6 +19,29 @@ pub const TAGS_MAX: usize = 1 << 20;
 
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The size of an append benchmark's closed loop, as every append benchmark's command line
+/// takes it (`tally bench append`, `bench-jetstream`, `bench-redis append`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadArgs {
+    /// Concurrent clients, each with its own connection and one append in flight.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    pub record_bytes: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+}
+
+impl LoadArgs {
+    /// The duration, checked to be at least a second.
+    pub fn duration(&self) -> anyhow::Result<Duration> {
+        ensure!(self.duration > 0, "--duration must be at least 1 second");
+        Ok(Duration::from_secs(self.duration))
+    }
+}
 
 /// How appends reach the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -89,14 +112,7 @@ impl AppendConfig {
     }
 
     fn load(&self) -> Load {
-        Load {
-            clients: self.clients,
-            payload: Payload::Filler {
-                bytes: self.record_bytes,
-            },
-            duration: self.duration,
-            warmup: self.warmup,
-        }
+        Load::filler(self.clients, self.record_bytes, self.duration, self.warmup)
     }
 }
 
@@ -121,14 +137,7 @@ impl RunConfig for AppendConfig {
             ("clients", self.clients.to_string()),
             ("record_bytes", self.record_bytes.to_string()),
             ("tags", tags),
-            (
-                "duration_s",
-                format!(
-                    "{:.1} (warmup {:.1})",
-                    self.duration.as_secs_f64(),
-                    self.warmup.as_secs_f64()
-                ),
-            ),
+            closed_loop::duration_line(self.duration, self.warmup),
         ];
         if let Some(path) = &self.ack_log {
             lines.push(("ack_log", path.display().to_string()));

@@ -55,6 +55,35 @@ pub(crate) struct Load {
     pub warmup: Duration,
 }
 
+impl Load {
+    /// `clients` clients appending records of `bytes` made by `filler`.
+    pub(crate) fn filler(
+        clients: usize,
+        bytes: usize,
+        duration: Duration,
+        warmup: Duration,
+    ) -> Load {
+        Load {
+            clients,
+            payload: Payload::Filler { bytes },
+            duration,
+            warmup,
+        }
+    }
+}
+
+/// The `duration_s` line of a configuration's description: the window and its warmup.
+pub(crate) fn duration_line(duration: Duration, warmup: Duration) -> (&'static str, String) {
+    (
+        "duration_s",
+        format!(
+            "{:.1} (warmup {:.1})",
+            duration.as_secs_f64(),
+            warmup.as_secs_f64()
+        ),
+    )
+}
+
 /// What each operation sends.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Payload {

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::append::{as_secs_f64, root_cause, scheme_url, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
-use crate::closed_loop::{self, Failure, Load, Payload};
+use crate::closed_loop::{self, Failure, Load};
 use crate::report::{AppendReport, RunConfig};
 
 /// JetStream's own limit on a stream's replicas.
@@ -78,14 +78,7 @@ impl JetStreamConfig {
     }
 
     fn load(&self) -> Load {
-        Load {
-            clients: self.clients,
-            payload: Payload::Filler {
-                bytes: self.record_bytes,
-            },
-            duration: self.duration,
-            warmup: self.warmup,
-        }
+        Load::filler(self.clients, self.record_bytes, self.duration, self.warmup)
     }
 }
 
@@ -102,14 +95,7 @@ impl RunConfig for JetStreamConfig {
             ("replicas", self.replicas.to_string()),
             ("clients", self.clients.to_string()),
             ("record_bytes", self.record_bytes.to_string()),
-            (
-                "duration_s",
-                format!(
-                    "{:.1} (warmup {:.1})",
-                    self.duration.as_secs_f64(),
-                    self.warmup.as_secs_f64()
-                ),
-            ),
+            closed_loop::duration_line(self.duration, self.warmup),
         ]
     }
 }

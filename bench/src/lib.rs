@@ -44,8 +44,8 @@ mod workflow;
 
 pub use ack_log::{read_ack_log, Ack};
 pub use append::{
-    base_url, root_cause, run_append, AppendConfig, ErrorBody, ErrorReply, Protocol, CLIENTS_MAX,
-    DURATION_MAX, RECORD_BYTES_MAX, TAGS_MAX,
+    base_url, root_cause, run_append, AppendConfig, ErrorBody, ErrorReply, LoadArgs, Protocol,
+    CLIENTS_MAX, DURATION_MAX, RECORD_BYTES_MAX, TAGS_MAX,
 };
 pub use call::{function_url, run_calls, CallConfig, ID_PLACEHOLDER, INPUT_BYTES_MAX};
 pub use filler::{filler, filler_origin, FILLER_HEADER_BYTES};

@@ -15,7 +15,7 @@ use redis::AsyncConnectionConfig;
 use serde::Serialize;
 
 use crate::append::{as_secs_f64, root_cause, scheme_url, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
-use crate::closed_loop::{self, Failure, Load, Payload};
+use crate::closed_loop::{self, Failure, Load};
 use crate::report::{AppendReport, RunConfig};
 
 /// The field each entry holds its record in.
@@ -49,14 +49,7 @@ impl RedisAppendConfig {
     }
 
     fn load(&self) -> Load {
-        Load {
-            clients: self.clients,
-            payload: Payload::Filler {
-                bytes: self.record_bytes,
-            },
-            duration: self.duration,
-            warmup: self.warmup,
-        }
+        Load::filler(self.clients, self.record_bytes, self.duration, self.warmup)
     }
 }
 
@@ -71,14 +64,7 @@ impl RunConfig for RedisAppendConfig {
             ("stream", self.stream.clone()),
             ("clients", self.clients.to_string()),
             ("record_bytes", self.record_bytes.to_string()),
-            (
-                "duration_s",
-                format!(
-                    "{:.1} (warmup {:.1})",
-                    self.duration.as_secs_f64(),
-                    self.warmup.as_secs_f64()
-                ),
-            ),
+            closed_loop::duration_line(self.duration, self.warmup),
         ]
     }
 }

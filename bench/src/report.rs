@@ -147,6 +147,16 @@ impl<C: RunConfig> AppendReport<C> {
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         write_json(&self.to_json(), path)
     }
+
+    /// Prints the report, and writes its JSON to `json` when given (saying where).
+    pub fn show(&self, json: Option<&Path>) -> anyhow::Result<()> {
+        self.print_human();
+        if let Some(path) = json {
+            self.write_json(path)?;
+            println!("wrote {}", path.display());
+        }
+        Ok(())
+    }
 }
 
 /// What one closed-loop run of function calls measured. Counts cover the measured window only

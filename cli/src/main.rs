@@ -630,15 +630,8 @@ enum BenchCommand {
         /// Gateway address (repeat or comma-separate for several; clients spread over them).
         #[arg(long, default_value = DEFAULT_HTTP_ADDR, value_delimiter = ',')]
         addr: Vec<String>,
-        /// Concurrent clients, each with one append in flight.
-        #[arg(long, default_value_t = 32)]
-        clients: usize,
-        /// Bytes per record.
-        #[arg(long, default_value_t = 1024)]
-        record_bytes: usize,
-        /// How long to run, in seconds.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
+        #[command(flatten)]
+        load: bench::LoadArgs,
         /// Spread records over this many tags (0: untagged).
         #[arg(long, default_value_t = 1)]
         tags: usize,
@@ -1525,22 +1518,19 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Append {
             addr,
-            clients,
-            record_bytes,
-            duration,
+            load,
             tags,
             book,
             protocol,
             json,
             ack_log,
         } => {
-            anyhow::ensure!(clients > 0, "--clients must be at least 1");
+            anyhow::ensure!(load.clients > 0, "--clients must be at least 1");
             anyhow::ensure!(
-                record_bytes > 0 && record_bytes <= logbook::RECORD_BYTES_MAX,
+                load.record_bytes > 0 && load.record_bytes <= logbook::RECORD_BYTES_MAX,
                 "--record-bytes must be 1..={}",
                 logbook::RECORD_BYTES_MAX
             );
-            anyhow::ensure!(duration > 0, "--duration must be at least 1 second");
             // The log protocol's default address is the worker address, not the HTTP one.
             let addr = match protocol {
                 ProtocolArg::Grpc if addr == [DEFAULT_HTTP_ADDR] => {
@@ -1554,20 +1544,17 @@ async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                     ProtocolArg::Http => bench::Protocol::Http,
                     ProtocolArg::Grpc => bench::Protocol::Grpc,
                 },
-                clients,
-                record_bytes,
-                duration: Duration::from_secs(duration),
+                clients: load.clients,
+                record_bytes: load.record_bytes,
+                duration: load.duration()?,
                 tags,
                 book,
                 warmup: Duration::ZERO,
                 ack_log,
             };
-            let report = bench::run_append(config, true).await?;
-            report.print_human();
-            if let Some(path) = json {
-                report.write_json(&path)?;
-                println!("wrote {}", path.display());
-            }
+            bench::run_append(config, true)
+                .await?
+                .show(json.as_deref())?;
         }
         BenchCommand::Call {
             name,

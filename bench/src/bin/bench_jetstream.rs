@@ -41,15 +41,8 @@ struct Args {
     /// NATS server (repeat or comma-separate for several; clients spread over them).
     #[arg(long, default_value = "nats://127.0.0.1:4222", value_delimiter = ',')]
     server: Vec<String>,
-    /// Concurrent clients, each with its own connection and one publish in flight.
-    #[arg(long, default_value_t = 32)]
-    clients: usize,
-    /// Bytes per record.
-    #[arg(long, default_value_t = 1024)]
-    record_bytes: usize,
-    /// How long to run, in seconds.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
+    #[command(flatten)]
+    load: bench::LoadArgs,
     /// The stream to publish to (its subject is STREAM.append).
     #[arg(long, default_value = "TALLY_BENCH")]
     stream: String,
@@ -78,24 +71,18 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.duration > 0, "--duration must be at least 1 second");
     let config = bench::JetStreamConfig {
         servers: args.server,
         subject: format!("{}.append", args.stream),
         stream: args.stream,
         replicas: args.replicas,
-        clients: args.clients,
-        record_bytes: args.record_bytes,
-        duration: Duration::from_secs(args.duration),
+        clients: args.load.clients,
+        record_bytes: args.load.record_bytes,
+        duration: args.load.duration()?,
         warmup: Duration::ZERO,
     };
     let report = bench::run_jetstream(config, true).await?;
-    report.print_human();
-    if let Some(path) = args.json {
-        report.write_json(&path)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    report.show(args.json.as_deref())
 }
 
 #[cfg(test)]
@@ -111,7 +98,7 @@ mod tests {
         };
         let cli = parse(&["--server", "nats://127.0.0.1:1", "--clients", "2"]).unwrap();
         assert!(cli.command.is_none());
-        assert_eq!(cli.append.clients, 2);
+        assert_eq!(cli.append.load.clients, 2);
         let cli = parse(&["queue", "--nats", "nats://127.0.0.1:1", "--consumers", "3"]).unwrap();
         let Some(Command::Queue(queue)) = cli.command else {
             panic!("not the queue subcommand");

@@ -35,15 +35,8 @@ struct AppendArgs {
     /// The Redis server.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     server: String,
-    /// Concurrent clients, each with its own connection and one XADD in flight.
-    #[arg(long, default_value_t = 32)]
-    clients: usize,
-    /// Bytes per record.
-    #[arg(long, default_value_t = 1024)]
-    record_bytes: usize,
-    /// How long to run, in seconds.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
+    #[command(flatten)]
+    load: bench::LoadArgs,
     /// The stream's key.
     #[arg(long, default_value = "tally-bench-append")]
     stream: String,
@@ -69,22 +62,16 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn append(args: AppendArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.duration > 0, "--duration must be at least 1 second");
     let config = bench::RedisAppendConfig {
         server: args.server,
         stream: args.stream,
-        clients: args.clients,
-        record_bytes: args.record_bytes,
-        duration: Duration::from_secs(args.duration),
+        clients: args.load.clients,
+        record_bytes: args.load.record_bytes,
+        duration: args.load.duration()?,
         warmup: Duration::ZERO,
     };
     let report = bench::run_redis_append(config, true).await?;
-    report.print_human();
-    if let Some(path) = args.json {
-        report.write_json(&path)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    report.show(args.json.as_deref())
 }
 
 #[cfg(test)]
@@ -112,7 +99,7 @@ mod tests {
         let Some(Command::Append(args)) = cli.command else {
             panic!("not the append subcommand");
         };
-        assert_eq!(args.clients, 2);
+        assert_eq!(args.load.clients, 2);
         assert!(parse(&["--consumers", "2", "append"]).is_err());
     }
 }
