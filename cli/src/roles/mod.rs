@@ -1,5 +1,5 @@
-//! The roles of a multi-process cluster, each a long-running process: `tally sequencer`,
-//! `tally storage` and `tally gateway`. They talk gRPC (`logbook::rpc`, proto/tally.proto).
+//! The roles of a multi-process cluster, each a long-running process (`tally sequencer`,
+//! `tally storage` and `tally gateway`), or several in one (`tally node`, `host`). They talk gRPC (`logbook::rpc`, proto/tally.proto).
 //! Each `Options` struct is what a role needs, built from the node's TOML file and flags
 //! (`crate::config`). Every role prints one line `tally <role> <id> ready: <addr>` on stdout
 //! once it serves, which `tally cluster up` and tests wait for.
