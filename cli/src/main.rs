@@ -995,7 +995,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .add_service(gateway::worker::WorkerService::new(
                 state.dispatcher.clone(),
             ))
-            .add_service(gateway::log_service::LogService::new(node.log.clone()))
+            .add_service(gateway::log_service::LogService::new(
+                state.log.clone(),
+                state.engine.clone(),
+            ))
             .serve_with_incoming(tally_cli::roles::incoming(workers)),
     );
     let app = gateway::http::router(state);

@@ -9,8 +9,8 @@
 //! ```no_run
 //! # async fn f() -> Result<(), tally_client::Error> {
 //! use futures::StreamExt as _;
-//! use logbook::{BookId, Seqnum, Tag};
-//! use tally_client::{Follow, LogClient};
+//! use logbook::{BookId, Tag};
+//! use tally_client::LogClient;
 //!
 //! let log = LogClient::connect("127.0.0.1:8081").await?;
 //! let first = log.append(BookId(1), &[Tag(7)], "hello").await?;
@@ -19,13 +19,19 @@
 //!     log.append(BookId(1), &[Tag(7)], "a"),
 //!     log.append_batch(BookId(1), vec![(vec![Tag(7)], "b".into()), (vec![Tag(7)], "c".into())]),
 //! );
-//! let mut records = log.read(BookId(1), Tag(7), first, Follow::No).await?;
+//! let mut records = log.read(BookId(1), Tag(7)).from(first).await?;
 //! while let Some(record) = records.next().await {
 //!     let record = record?;
 //!     println!("{} {:?}", record.seqnum.0, record.data);
 //! }
-//! # let _ = (a, b); Ok(()) }
+//! // Every record of the book from here on, waiting at the tail for new ones.
+//! let mut tail = log.read(BookId(1), Tag::ANY).from(first).follow().await?;
+//! # let _ = (a, b, tail.next().await); Ok(()) }
 //! ```
+//!
+//! A client's reads see its own appends at any gateway of a cluster: a read starts once the
+//! gateway's log covers the newest seqnum this client has seen. To see another client's
+//! appends, pass its `seen()` to `Read::seen`.
 
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -82,15 +88,6 @@ pub struct Record {
     pub data: Bytes,
 }
 
-/// Whether a read ends at the stream's tail or waits there for more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Follow {
-    /// The records there are now, then the end.
-    No,
-    /// Every record from `from` on, including those appended later; never ends by itself.
-    Yes,
-}
-
 /// Appends waiting for their answer, by request id; once the connection ended, why.
 #[derive(Default)]
 struct Pending {
@@ -106,6 +103,8 @@ pub struct LogClient {
     appends: mpsc::Sender<AppendRequest>,
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU64,
+    /// One past the newest seqnum this client has seen (appended or read); 0: none.
+    seen_end: Arc<AtomicU64>,
 }
 
 impl LogClient {
@@ -144,6 +143,7 @@ impl LogClient {
             appends,
             pending,
             next_id: AtomicU64::new(0),
+            seen_end: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -215,50 +215,35 @@ impl LogClient {
                 retryable: false,
             });
         }
+        if let Some(last) = seqnums.iter().max() {
+            self.seen_end.fetch_max(last.0 + 1, Ordering::Relaxed);
+        }
         Ok(seqnums)
     }
 
-    /// The records of `tag`'s stream of `book` (`Tag::ANY`: every record of the book) from
-    /// `from` on, in order; with `Follow::Yes` it waits for records appended later.
-    pub async fn read(
-        &self,
-        book: BookId,
-        tag: Tag,
-        from: Seqnum,
-        follow: Follow,
-    ) -> Result<futures::stream::BoxStream<'static, Result<Record, Error>>, Error> {
-        let request = ReadRequest {
-            book: book.0,
-            tag: tag.0,
-            from: from.0,
-            follow: follow == Follow::Yes,
-        };
-        let replies = self
-            .grpc
-            .clone()
-            .read(request)
-            .await
-            .map_err(read_error)?
-            .into_inner();
-        Ok(replies
-            .flat_map(|reply| {
-                let records: Vec<Result<Record, Error>> = match reply {
-                    Ok(reply) => reply
-                        .records
-                        .into_iter()
-                        .map(|r| {
-                            Ok(Record {
-                                seqnum: Seqnum(r.seqnum),
-                                tags: r.tags.into_iter().map(Tag).collect(),
-                                data: r.data,
-                            })
-                        })
-                        .collect(),
-                    Err(status) => vec![Err(read_error(status))],
-                };
-                futures::stream::iter(records)
-            })
-            .boxed())
+    /// A read of `tag`'s stream of `book` (`Tag::ANY`: every record of the book): from its
+    /// start, to its tail, unless the returned `Read` says otherwise; awaiting it opens the
+    /// stream of records, in order.
+    pub fn read(&self, book: BookId, tag: Tag) -> Read<'_> {
+        Read {
+            client: self,
+            request: ReadRequest {
+                book: book.0,
+                tag: tag.0,
+                from: 0,
+                follow: false,
+                seen_end: 0,
+            },
+        }
+    }
+
+    /// The newest seqnum this client has seen, appended or read: pass it to another client's
+    /// `Read::seen` so that its read sees everything this one did.
+    pub fn seen(&self) -> Option<Seqnum> {
+        self.seen_end
+            .load(Ordering::Relaxed)
+            .checked_sub(1)
+            .map(Seqnum)
     }
 
     fn disconnected(&self, message: String) -> Error {
@@ -266,6 +251,77 @@ impl LogClient {
             addr: self.addr.clone(),
             message,
         }
+    }
+}
+
+/// A read being set up (`LogClient::read`); awaiting it opens the stream of records.
+#[must_use = "a read starts when awaited"]
+pub struct Read<'a> {
+    client: &'a LogClient,
+    request: ReadRequest,
+}
+
+impl Read<'_> {
+    /// Starts at the first record at or after `seqnum` (by default the stream's first).
+    pub fn from(mut self, seqnum: Seqnum) -> Self {
+        self.request.from = seqnum.0;
+        self
+    }
+
+    /// Waits at the tail for records appended later: the stream never ends by itself.
+    pub fn follow(mut self) -> Self {
+        self.request.follow = true;
+        self
+    }
+
+    /// Starts only once the gateway's log covers `seqnum` (another client's `seen()`), as well
+    /// as everything this client has seen.
+    pub fn seen(mut self, seqnum: Seqnum) -> Self {
+        self.request.seen_end = self.request.seen_end.max(seqnum.0 + 1);
+        self
+    }
+}
+
+impl<'a> std::future::IntoFuture for Read<'a> {
+    type Output = Result<futures::stream::BoxStream<'static, Result<Record, Error>>, Error>;
+    type IntoFuture = futures::future::BoxFuture<'a, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let Read {
+                client,
+                mut request,
+            } = self;
+            let seen = client.seen_end.clone();
+            request.seen_end = request.seen_end.max(seen.load(Ordering::Relaxed));
+            let replies = client
+                .grpc
+                .clone()
+                .read(request)
+                .await
+                .map_err(read_error)?
+                .into_inner();
+            Ok(replies
+                .flat_map(move |reply| {
+                    let records: Vec<Result<Record, Error>> = match reply {
+                        Ok(reply) => reply
+                            .records
+                            .into_iter()
+                            .map(|r| {
+                                seen.fetch_max(r.seqnum + 1, Ordering::Relaxed);
+                                Ok(Record {
+                                    seqnum: Seqnum(r.seqnum),
+                                    tags: r.tags.into_iter().map(Tag).collect(),
+                                    data: r.data,
+                                })
+                            })
+                            .collect(),
+                        Err(status) => vec![Err(read_error(status))],
+                    };
+                    futures::stream::iter(records)
+                })
+                .boxed())
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use logbook::memory::MemoryLogBook;
 use logbook::{BookId, LogBook, Seqnum, Tag};
 use std::sync::Arc;
 use std::time::Duration;
-use tally_client::{Error, Follow, LogClient, Record};
+use tally_client::{Error, LogClient, Record};
 
 const BOOK: BookId = BookId(3);
 
@@ -44,7 +44,7 @@ fn serve(log: Arc<dyn LogBook>) -> Server {
     runtime.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         tonic::transport::Server::builder()
-            .add_service(gateway::log_service::LogService::new(log))
+            .add_service(gateway::log_service::LogService::new(log, None))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
             .unwrap();
@@ -65,7 +65,7 @@ async fn next(tail: &mut futures::stream::BoxStream<'static, Result<Record, Erro
 }
 
 async fn all(client: &LogClient, tag: Tag, from: Seqnum) -> Vec<Record> {
-    let records = client.read(BOOK, tag, from, Follow::No).await.unwrap();
+    let records = client.read(BOOK, tag).from(from).await.unwrap();
     records.map(|r| r.unwrap()).collect().await
 }
 
@@ -124,7 +124,7 @@ async fn a_batch_lands_in_order_and_bad_appends_fail_alone() {
         other => panic!("{other:?}"),
     }
     assert!(client.append(BOOK, &[Tag(1)], "").await.is_err());
-    let read = client.read(BookId(u32::MAX), Tag::ANY, Seqnum::ZERO, Follow::No);
+    let read = client.read(BookId(u32::MAX), Tag::ANY);
     assert!(matches!(read.await.map(|_| ()), Err(Error::Read { .. })));
     let after = client.append(BOOK, &[Tag(9)], "after").await.unwrap();
     assert!(after > seqnums[9]);
@@ -137,7 +137,12 @@ async fn a_following_read_sees_records_appended_after_it_started() {
     let server = serve(log.clone());
     let client = LogClient::connect(&server.addr).await.unwrap();
     let first = client.append(BOOK, &[Tag(4)], "before").await.unwrap();
-    let mut tail = client.read(BOOK, Tag(4), first, Follow::Yes).await.unwrap();
+    let mut tail = client
+        .read(BOOK, Tag(4))
+        .from(first)
+        .follow()
+        .await
+        .unwrap();
     assert_eq!(next(&mut tail).await.data, "before");
     // Records of another tag do not show; later ones of this tag do, in order.
     client.append(BOOK, &[Tag(5)], "other").await.unwrap();

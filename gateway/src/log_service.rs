@@ -3,6 +3,7 @@
 //! any `LogBook`: `tally up`'s and a cluster gateway's, beside the worker protocol.
 
 use crate::invocations::INVOCATIONS_BOOK;
+use crate::runtime::GatewayLog;
 use futures::StreamExt as _;
 use logbook::rpc::log_pb::log_server::{Log, LogServer};
 use logbook::rpc::log_pb::{AppendReply, AppendRequest, ReadRecord, ReadReply, ReadRequest};
@@ -22,15 +23,20 @@ pub const IN_FLIGHT_MAX: usize = 4096;
 const READ_BATCH: usize = 256;
 /// How long a following read waits for a record before it looks again.
 const FOLLOW_WAIT: Duration = Duration::from_secs(5);
+/// How long a read waits for this gateway to cover what its reader has seen.
+const SEEN_WAIT: Duration = Duration::from_secs(10);
 
 /// The `Log` service over a log.
 pub struct LogService {
     log: Arc<dyn LogBook>,
+    /// The gateway's log, whose coverage reads with `seen_end` wait for; none for a log that
+    /// is always up to date with itself.
+    engine: Option<Arc<GatewayLog>>,
 }
 
 impl LogService {
-    pub fn new(log: Arc<dyn LogBook>) -> LogServer<LogService> {
-        LogServer::new(LogService { log })
+    pub fn new(log: Arc<dyn LogBook>, engine: Option<Arc<GatewayLog>>) -> LogServer<LogService> {
+        LogServer::new(LogService { log, engine })
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
     }
@@ -127,6 +133,12 @@ impl Log for LogService {
     ) -> Result<Response<Self::ReadStream>, Status> {
         let request = request.into_inner();
         let book = user_book(request.book).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let (Some(seen), Some(engine)) = (request.seen_end.checked_sub(1), &self.engine) {
+            engine
+                .wait_covered(Seqnum(seen), SEEN_WAIT)
+                .await
+                .map_err(status_of)?;
+        }
         let tag = Tag(request.tag);
         let (tx, rx) = mpsc::channel(4);
         let log = self.log.clone();

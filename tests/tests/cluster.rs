@@ -340,6 +340,45 @@ fn a_killed_co_located_node_loses_no_acknowledged_append() {
     }
 }
 
+/// Over the log protocol, a client appends at one gateway and another client reads at the other
+/// right after, passing the first one's `seen()`: the read waits until its gateway covers the
+/// append, so every read finds the record that was just appended elsewhere.
+#[test]
+fn a_read_at_another_gateway_sees_what_the_reader_was_told_of() {
+    use futures::StreamExt as _;
+    use logbook::{BookId, Tag};
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(&dir.path().join("cluster"), 3, 3, 2).expect("cluster up");
+    let workers: Vec<String> = cluster
+        .ids("gateway")
+        .into_iter()
+        .map(|id| cluster.node(id).unwrap().workers.clone().unwrap())
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let writer = tally_client::LogClient::connect(&workers[0]).await.unwrap();
+        let reader = tally_client::LogClient::connect(&workers[1]).await.unwrap();
+        for i in 0..50u32 {
+            let tag = Tag(1000 + u64::from(i));
+            let seqnum = writer
+                .append(BookId(0), &[tag], i.to_string())
+                .await
+                .unwrap();
+            assert_eq!(writer.seen(), Some(seqnum));
+            let records: Vec<_> = reader
+                .read(BookId(0), tag)
+                .seen(writer.seen().unwrap())
+                .await
+                .unwrap()
+                .collect()
+                .await;
+            let seqnums: Vec<_> = records.into_iter().map(|r| r.unwrap().seqnum).collect();
+            assert_eq!(seqnums, [seqnum], "append {i} at the other gateway");
+        }
+    });
+}
+
 #[test]
 fn a_whole_cluster_restart_keeps_everything_acknowledged() {
     whole_cluster_restart(&[]);

@@ -452,7 +452,10 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
             .add_service(gateway::worker::WorkerService::new(
                 state.dispatcher.clone(),
             ))
-            .add_service(gateway::log_service::LogService::new(state.log.clone()))
+            .add_service(gateway::log_service::LogService::new(
+                state.log.clone(),
+                state.engine.clone(),
+            ))
             .serve_with_incoming(super::incoming(workers)),
     );
     let app = gateway::http::router(state);
