@@ -266,36 +266,43 @@ impl closed_loop::Target for LogProtocol {
 /// refused").
 pub async fn run_append(config: AppendConfig, progress: bool) -> anyhow::Result<AppendReport> {
     config.validate()?;
-    if config.protocol == Protocol::Grpc {
-        // A connection per client, clients spread round-robin over the addresses.
-        let mut targets = Vec::with_capacity(config.clients);
-        for i in 0..config.clients {
-            let addr = &config.addrs[i % config.addrs.len()];
-            let client = tally_client::LogClient::connect(addr).await?;
-            targets.push(Arc::new(LogProtocol {
-                client,
-                book: logbook::BookId(config.book),
-                tags: config.tags as u64,
-            }));
+    match config.protocol {
+        Protocol::Http => {
+            let pool_size = config.clients.div_ceil(config.addrs.len());
+            let gateways = config
+                .addrs
+                .iter()
+                .map(|addr| {
+                    Gateway::new(addr, pool_size, config.book, config.tags as u64).map(Arc::new)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            measure(config, &gateways, progress).await
         }
-        let label = progress.then_some("bench append");
-        let measured =
-            closed_loop::run(&config.load(), &targets, config.ack_log.as_deref(), label).await?;
-        return Ok(AppendReport::new(config, measured));
+        Protocol::Grpc => {
+            // A connection per client, clients spread round-robin over the addresses.
+            let mut clients = Vec::with_capacity(config.clients);
+            for i in 0..config.clients {
+                let addr = &config.addrs[i % config.addrs.len()];
+                clients.push(Arc::new(LogProtocol {
+                    client: tally_client::LogClient::connect(addr).await?,
+                    book: logbook::BookId(config.book),
+                    tags: config.tags as u64,
+                }));
+            }
+            measure(config, &clients, progress).await
+        }
     }
-    let pool_size = config.clients.div_ceil(config.addrs.len());
-    let gateways = config
-        .addrs
-        .iter()
-        .map(|addr| Gateway::new(addr, pool_size, config.book, config.tags as u64).map(Arc::new))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let measured = closed_loop::run(
-        &config.load(),
-        &gateways,
-        config.ack_log.as_deref(),
-        progress.then_some("bench append"),
-    )
-    .await?;
+}
+
+/// One closed-loop run of `config` against `targets`.
+async fn measure<T: closed_loop::Target>(
+    config: AppendConfig,
+    targets: &[Arc<T>],
+    progress: bool,
+) -> anyhow::Result<AppendReport> {
+    let label = progress.then_some("bench append");
+    let measured =
+        closed_loop::run(&config.load(), targets, config.ack_log.as_deref(), label).await?;
     Ok(AppendReport::new(config, measured))
 }
 

@@ -169,21 +169,24 @@ impl Manifest {
         self.nodes.iter().filter(move |n| n.role == role)
     }
 
-    /// The entries of `indices` grouped by process (roles sharing a config file share one),
-    /// in the order their processes first appear.
-    fn processes(&self, indices: impl IntoIterator<Item = usize>) -> Vec<Vec<usize>> {
+    /// The entries grouped by process (roles sharing a config file share one), in the order
+    /// their processes first appear.
+    fn processes(&self) -> Vec<Vec<usize>> {
         let mut groups: Vec<Vec<usize>> = Vec::new();
-        for index in indices {
-            let config = &self.nodes[index].config;
-            match groups
-                .iter_mut()
-                .find(|g| &self.nodes[g[0]].config == config)
-            {
-                Some(group) => group.push(index),
-                None => groups.push(vec![index]),
+        for index in 0..self.nodes.len() {
+            if !groups.iter().any(|g| g.contains(&index)) {
+                groups.push(self.process_of(index));
             }
         }
         groups
+    }
+
+    /// The entries the process of entry `index` runs: those sharing its config file.
+    fn process_of(&self, index: usize) -> Vec<usize> {
+        let config = &self.nodes[index].config;
+        (0..self.nodes.len())
+            .filter(|&i| &self.nodes[i].config == config)
+            .collect()
     }
 
     /// How many processes host several roles (`--nodes`).
@@ -269,7 +272,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
 
     let mut started = Vec::new();
     let result = async {
-        for group in manifest.processes(0..manifest.nodes.len()) {
+        for group in manifest.processes() {
             let process = spawn(&dir, &manifest.nodes[group[0]])?;
             for &index in &group {
                 manifest.nodes[index].pid = Some(process.child.id());
@@ -430,7 +433,7 @@ fn refresh(manifest: &Manifest) -> anyhow::Result<Manifest> {
             file.id,
             node.id
         );
-        let (rpc, http) = addresses(node.role, node.id, &file, &options);
+        let (rpc, http) = addresses(&file, &options);
         nodes.push(NodeEntry {
             rpc,
             http,
@@ -449,18 +452,8 @@ fn load_node(role: Role, path: &Path) -> anyhow::Result<(NodeFile, config::RoleO
 }
 
 /// A node's gRPC address (as the other nodes dial it) and HTTP URL.
-fn addresses(
-    role: Role,
-    id: u32,
-    file: &NodeFile,
-    options: &config::RoleOptions,
-) -> (Option<String>, Option<String>) {
-    let map = match role {
-        Role::Sequencer => &file.cluster.sequencers,
-        Role::Storage => &file.cluster.storage,
-        Role::Gateway => &None,
-    };
-    let rpc = map.as_ref().and_then(|m| m.get(&id.to_string()).cloned());
+fn addresses(file: &NodeFile, options: &config::RoleOptions) -> (Option<String>, Option<String>) {
+    let rpc = file.dialled_addr();
     let http = match options {
         config::RoleOptions::Gateway(g) => Some(format!("http://{}", g.http)),
         _ => None,
@@ -1259,11 +1252,14 @@ pub async fn down(dir: &Path, grace: Duration) -> anyhow::Result<()> {
 /// `tally cluster kill --node ID`: SIGKILL to one node; returns once it is gone.
 pub async fn kill(dir: &Path, id: u32) -> anyhow::Result<()> {
     let (_lock, manifest) = open(dir)?;
-    let node = &manifest.nodes[manifest.node(id)?];
-    let group = manifest
-        .processes((0..manifest.nodes.len()).filter(|&i| manifest.nodes[i].config == node.config));
+    let index = manifest.node(id)?;
+    let node = &manifest.nodes[index];
     let what = match node.host {
-        Some(_) => format!("{} ({})", node.process_name(), manifest.roles_of(&group[0])),
+        Some(_) => format!(
+            "{} ({})",
+            node.process_name(),
+            manifest.roles_of(&manifest.process_of(index))
+        ),
         None => node.name(),
     };
     if !node.alive() {
@@ -1296,9 +1292,7 @@ pub async fn start(dir: &Path, id: u32, timeout: Duration) -> anyhow::Result<()>
         );
     }
     // Every role of the node's process starts with it.
-    let group: Vec<usize> = (0..manifest.nodes.len())
-        .filter(|&i| manifest.nodes[i].config == node.config)
-        .collect();
+    let group = manifest.process_of(index);
     let refreshed = refresh(&Manifest {
         nodes: group.iter().map(|&i| manifest.nodes[i].clone()).collect(),
     })?;
@@ -1524,7 +1518,7 @@ mod tests {
             .collect();
         assert_eq!(ids, expected);
         assert_eq!(manifest.hosts(), 3);
-        let groups = manifest.processes(0..manifest.nodes.len());
+        let groups = manifest.processes();
         assert_eq!(groups, [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8]]);
         for node in &manifest.nodes {
             let k = node.host.unwrap();

@@ -403,6 +403,19 @@ impl HostFile {
     }
 }
 
+impl NodeFile {
+    /// The gRPC address the `[cluster]` section says the other nodes dial this node at: its id
+    /// in its role's map (none for a gateway, which is no member of one).
+    pub fn dialled_addr(&self) -> Option<String> {
+        let map = match self.role? {
+            Role::Sequencer => &self.cluster.sequencers,
+            Role::Storage => &self.cluster.storage,
+            Role::Gateway => &None,
+        };
+        map.as_ref()?.get(&self.id?.to_string()).cloned()
+    }
+}
+
 /// Whether `text` is a node file of several roles (it has `roles`) rather than of one.
 pub fn hosts_roles(text: &str) -> bool {
     text.parse::<toml::Table>()
@@ -414,9 +427,14 @@ pub fn role_file(path: &Path, text: &str, role: Role) -> anyhow::Result<NodeFile
     if !hosts_roles(text) {
         return parse_file(path, text);
     }
+    parse_host(path, text)?.role_file(path, role)
+}
+
+/// Parses a node file of several roles and checks its roles against its tables.
+fn parse_host(path: &Path, text: &str) -> anyhow::Result<HostFile> {
     let host: HostFile = parse(path, text)?;
     host.check(path)?;
-    host.role_file(path, role)
+    Ok(host)
 }
 
 /// Reads a node file of several roles (`tally node --config FILE`) and checks each role's
@@ -432,20 +450,12 @@ pub fn load_host(path: &Path) -> anyhow::Result<Vec<(RoleOptions, Option<String>
             path.display()
         );
     }
-    let host: HostFile = parse(path, &text)?;
-    host.check(path)?;
+    let host = parse_host(path, &text)?;
     host.roles
         .iter()
         .map(|&role| {
             let file = host.role_file(path, role)?;
-            let map = match role {
-                Role::Sequencer => &host.cluster.sequencers,
-                Role::Storage => &host.cluster.storage,
-                Role::Gateway => &None,
-            };
-            let dialled = file
-                .id
-                .and_then(|id| map.as_ref()?.get(&id.to_string()).cloned());
+            let dialled = file.dialled_addr();
             let options = resolve(role, Some((path, file)), NodeFile::default())
                 .with_context(|| format!("the [{role}] table of {}", path.display()))?;
             Ok((options, dialled))

@@ -9,7 +9,6 @@ pub use objects::{HISTORY_LIMIT_DEFAULT, VERSION_HEADER};
 pub use queues::{Queues, POP_WAIT_MS_MAX, QUEUE_HANDLES_MAX, QUEUE_TRIM_EVERY};
 
 use crate::functions::{Dispatcher, Invocation, InvokeError, Request, Status, CALL_DEPTH_MAX};
-use crate::invocations::INVOCATIONS_BOOK;
 use crate::metrics::Metrics;
 use crate::runtime::GatewayLog;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -36,8 +35,6 @@ pub const BOOK_HEADER: &str = "x-tally-book";
 /// the client has now seen. Threading it through gives read-your-writes and monotonic reads
 /// across gateways.
 pub const SEEN_HEADER: &str = "x-tally-seen";
-/// How long a read waits for the gateway to catch up with `SEEN_HEADER`.
-const SEEN_WAIT: Duration = Duration::from_secs(10);
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Longest idempotency key, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
@@ -1194,13 +1191,7 @@ fn parse_book(raw: &str) -> Result<BookId, ApiError> {
 
 /// Refuses the book Tally keeps its invocations in.
 fn user_book(book: BookId) -> Result<BookId, ApiError> {
-    if book == INVOCATIONS_BOOK {
-        return Err(ApiError::bad_request(format!(
-            "book {} is reserved for invocations",
-            book.0
-        )));
-    }
-    Ok(book)
+    crate::invocations::user_book(book).map_err(ApiError::bad_request)
 }
 
 fn single_tag(q: &LogQuery) -> Result<Tag, ApiError> {
@@ -1234,10 +1225,7 @@ fn seen_of(headers: &HeaderMap) -> Result<Option<Seqnum>, ApiError> {
 
 /// Waits until this gateway covers what the caller has seen.
 async fn catch_up(state: &AppState, seen: Option<Seqnum>) -> Result<(), ApiError> {
-    if let (Some(seen), Some(engine)) = (seen, &state.engine) {
-        engine.wait_covered(seen, SEEN_WAIT).await?;
-    }
-    Ok(())
+    Ok(crate::runtime::catch_up(state.engine.as_deref(), seen).await?)
 }
 
 /// A JSON reply carrying the highest seqnum the caller has seen.

@@ -34,6 +34,14 @@ use tokio::sync::{watch, OnceCell};
 
 /// The book durable invocations live in; no user may read or write it.
 pub const INVOCATIONS_BOOK: BookId = BookId(u32::MAX);
+
+/// `book`, unless it is `INVOCATIONS_BOOK`: why a user may not use it.
+pub fn user_book(book: BookId) -> Result<BookId, String> {
+    if book == INVOCATIONS_BOOK {
+        return Err(format!("book {} is reserved for invocations", book.0));
+    }
+    Ok(book)
+}
 const OWNERS_TAG: Tag = Tag(1);
 const RETIRED_TAG: Tag = Tag(2);
 const OWNER_TAG_BIT: u64 = 1 << 60;

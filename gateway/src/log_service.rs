@@ -2,7 +2,6 @@
 //! tailing reads over gRPC streams, for producers and consumers outside functions. It serves
 //! any `LogBook`: `tally up`'s and a cluster gateway's, beside the worker protocol.
 
-use crate::invocations::INVOCATIONS_BOOK;
 use crate::runtime::GatewayLog;
 use futures::StreamExt as _;
 use logbook::rpc::log_pb::log_server::{Log, LogServer};
@@ -23,8 +22,6 @@ pub const IN_FLIGHT_MAX: usize = 4096;
 const READ_BATCH: usize = 256;
 /// How long a following read waits for a record before it looks again.
 const FOLLOW_WAIT: Duration = Duration::from_secs(5);
-/// How long a read waits for this gateway to cover what its reader has seen.
-const SEEN_WAIT: Duration = Duration::from_secs(10);
 
 /// The `Log` service over a log.
 pub struct LogService {
@@ -44,12 +41,7 @@ impl LogService {
 
 /// A book a client may use: not the one invocations are kept in.
 fn user_book(book: u32) -> Result<BookId, LogError> {
-    if BookId(book) == INVOCATIONS_BOOK {
-        return Err(LogError::BadArgument(format!(
-            "book {book} is reserved for invocations"
-        )));
-    }
-    Ok(BookId(book))
+    crate::invocations::user_book(BookId(book)).map_err(LogError::BadArgument)
 }
 
 /// Appends one request's records: one record alone, several as a batch.
@@ -133,12 +125,10 @@ impl Log for LogService {
     ) -> Result<Response<Self::ReadStream>, Status> {
         let request = request.into_inner();
         let book = user_book(request.book).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if let (Some(seen), Some(engine)) = (request.seen_end.checked_sub(1), &self.engine) {
-            engine
-                .wait_covered(Seqnum(seen), SEEN_WAIT)
-                .await
-                .map_err(status_of)?;
-        }
+        let seen = request.seen_end.checked_sub(1).map(Seqnum);
+        crate::runtime::catch_up(self.engine.as_deref(), seen)
+            .await
+            .map_err(status_of)?;
         let tag = Tag(request.tag);
         let (tx, rx) = mpsc::channel(4);
         let log = self.log.clone();

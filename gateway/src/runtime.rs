@@ -93,6 +93,18 @@ pub struct RuntimeStats {
     pub storage_reads: u64,
 }
 
+/// How long a read waits for its gateway to cover what its reader has seen.
+pub const SEEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits (up to `SEEN_WAIT`) until `engine` covers `seen`, what a reader has seen (HTTP's
+/// `X-Tally-Seen`, the log protocol's `seen_end`); nothing to wait for without either.
+pub async fn catch_up(engine: Option<&GatewayLog>, seen: Option<Seqnum>) -> Result<(), LogError> {
+    match (engine, seen) {
+        (Some(engine), Some(seen)) => engine.wait_covered(seen, SEEN_WAIT).await,
+        _ => Ok(()),
+    }
+}
+
 /// The real `LogBook` of one gateway.
 pub struct GatewayLog {
     inner: Mutex<Inner>,
