@@ -417,15 +417,12 @@ impl Writer {
 
     /// fdatasyncs the active segment (and the directory if a segment was created).
     fn sync_active(&mut self) -> Result<(), StoreError> {
-        let result = self
-            .ring
-            .fdatasync(self.active.file.as_raw_fd())
-            .and_then(|()| {
-                if self.dir_dirty {
-                    self.ring.fsync(self.dir_file.as_raw_fd())?;
-                }
-                Ok(())
-            });
+        let result = self.active.file.sync_data().and_then(|()| {
+            if self.dir_dirty {
+                self.dir_file.sync_all()?;
+            }
+            Ok(())
+        });
         if let Err(e) = result {
             return Err(self.fail(format!("sync segment {}", self.active.number), &e));
         }
@@ -454,32 +451,11 @@ impl Writer {
         let fsync = self.durability == Durability::Fsync
             && (self.sync_metalog || std::mem::take(&mut self.batch_has_records));
         self.batch_has_records = false;
-        if fsync && !self.buf.is_empty() {
-            self.write_buf_synced()?;
-        } else {
-            self.write_buf()?;
-        }
+        self.write_buf()?;
         if self.dirty && (fsync || self.dir_dirty) {
             self.sync_active()?;
         }
         self.publish();
-        Ok(())
-    }
-
-    /// Writes the buffer and fdatasyncs the active segment in one linked submission.
-    fn write_buf_synced(&mut self) -> Result<(), StoreError> {
-        let fd = self.active.file.as_raw_fd();
-        let result = self
-            .ring
-            .write_all_at_and_fdatasync(fd, &self.buf, self.active.written);
-        if let Err(e) = result {
-            return Err(self.fail(format!("write and sync segment {}", self.active.number), &e));
-        }
-        self.buffer_written();
-        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        // Synced, unless a segment was created: its directory entry still needs a sync.
-        self.dirty = self.dir_dirty;
-        self.last_sync = Instant::now();
         Ok(())
     }
 
@@ -555,7 +531,7 @@ impl Writer {
             }
         }
         if !deleted.is_empty() {
-            if let Err(e) = self.ring.fsync(self.dir_file.as_raw_fd()) {
+            if let Err(e) = self.dir_file.sync_all() {
                 error.get_or_insert(StoreError::io("sync data directory", &e));
             }
         }
