@@ -59,10 +59,26 @@ impl Stream {
         visible.get(visible.partition_point(|s| *s < min)).copied()
     }
 
+    /// The newest visible seqnum at or below `max`. Readers ask mostly for records near the
+    /// stream's end, so the search gallops back from it: steps of 1, 2, 4, ... until one lands
+    /// at or below `max`, then a binary search between the last two steps.
     fn prev(&self, max: Seqnum) -> Option<Seqnum> {
-        let visible = self.visible();
-        let i = visible.partition_point(|s| *s <= max);
-        i.checked_sub(1).map(|i| visible[i])
+        let seqnums = &self.seqnums;
+        // Every seqnum at `hi` or above is above `max`; every one below `lo` is at or below.
+        let (mut lo, mut hi, mut step) = (0, seqnums.len(), 1);
+        while hi > 0 {
+            let probe = hi.saturating_sub(step);
+            if seqnums[probe] <= max {
+                lo = probe;
+                break;
+            }
+            hi = probe;
+            step *= 2;
+        }
+        let end = lo + seqnums[lo..hi].partition_point(|s| *s <= max);
+        end.checked_sub(1)
+            .map(|i| seqnums[i])
+            .filter(|s| *s >= self.trimmed_below)
     }
 
     fn range(&self, from: Seqnum, to: Seqnum, limit: usize) -> Vec<Seqnum> {
@@ -405,6 +421,33 @@ mod tests {
         assert_eq!(index.prev(BookId(0), Tag(6), Seqnum(2)), Some(Seqnum(2)));
         assert_eq!(index.prev(BookId(0), Tag(5), Seqnum(0)), None);
         assert_eq!(index.next(BookId(1), Tag::ANY, Seqnum(0)), None);
+    }
+
+    #[test]
+    fn prev_finds_the_newest_visible_seqnum_at_or_below() {
+        // Every stream length, trim point and bound, against a plain scan of the stream.
+        for len in 0..40u64 {
+            let seqnums: Vec<Seqnum> = (0..len).map(|i| Seqnum(3 * i + 1)).collect();
+            for trimmed_below in 0..3 * len + 3 {
+                let stream = Stream {
+                    seqnums: seqnums.clone(),
+                    trimmed_below: Seqnum(trimmed_below),
+                    ..Stream::default()
+                };
+                for max in 0..3 * len + 3 {
+                    let expected = seqnums
+                        .iter()
+                        .rev()
+                        .find(|s| s.0 <= max && s.0 >= trimmed_below)
+                        .copied();
+                    assert_eq!(
+                        stream.prev(Seqnum(max)),
+                        expected,
+                        "{len} {trimmed_below} {max}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
