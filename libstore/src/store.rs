@@ -23,7 +23,7 @@ use crate::Error;
 use bytes::Bytes;
 use logbook::{BookId, ReadRange, Record, Seqnum, Tag, READ_RANGE_RECORDS_MAX, RECORD_BYTES_MAX};
 use serde_json::{Number, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +130,45 @@ struct Views {
     objects: BTreeMap<ObjectId, BTreeMap<Seqnum, Cached>>,
     /// Views kept, over all objects.
     count: usize,
+    /// Views in the order they were kept (some since given up), oldest first.
+    order: VecDeque<(ObjectId, Seqnum)>,
+}
+
+impl Views {
+    /// Keeps `view`, as of `as_of`, among the object's views: its newest
+    /// `VERSIONS_CACHED_MAX`, and `limit` over all objects.
+    fn keep(&mut self, object: &ObjectId, as_of: Seqnum, view: Cached, limit: usize) {
+        let Views {
+            objects,
+            count,
+            order,
+        } = self;
+        let versions = objects.entry(object.clone()).or_default();
+        if versions.insert(as_of, view).is_none() {
+            *count += 1;
+            order.push_back((object.clone(), as_of));
+        }
+        if versions.len() > VERSIONS_CACHED_MAX {
+            versions.pop_first();
+            *count -= 1;
+        }
+        // The view kept longest ago goes first: an object in use keeps its newest views.
+        // `order` also holds views already gone (an object's oldest, given up above); it is
+        // kept at most twice the limit long.
+        while *count > limit || order.len() > 2 * limit {
+            let Some((of, as_of)) = order.pop_front() else {
+                break;
+            };
+            if let Some(versions) = objects.get_mut(&of) {
+                if versions.remove(&as_of).is_some() {
+                    *count -= 1;
+                    if versions.is_empty() {
+                        objects.remove(&of);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Durable JSON objects in the book of a `Ctx`. Cheap to clone; clones share their caches.
@@ -392,14 +431,17 @@ impl Store {
         transaction: &OneShot,
         document_bytes_max: usize,
     ) -> Result<Outcome, Error> {
-        let evaluated = self
+        let (evaluated, depths) = self
             .evaluate_oneshot(seqnum, transaction, document_bytes_max, None)
             .await?;
         let mut aux = Aux::default();
         let outcome = match evaluated {
             Ok(Evaluated { reads, written }) => {
                 for (object, doc) in written {
-                    let depth = self.view_at(&object, below(seqnum)).await?.depth + 1;
+                    let depth = match depths.get(&object) {
+                        Some(depth) => depth + 1,
+                        None => self.view_at(&object, below(seqnum)).await?.depth + 1,
+                    };
                     let view = View {
                         doc,
                         version: seqnum,
@@ -453,7 +495,9 @@ impl Store {
                     doc: w.doc.clone(),
                     version: seqnum,
                 };
-                aux.put_view(&w.object, Cached { view, depth });
+                let cached = Cached { view, depth };
+                self.cache_view(&w.object, seqnum, cached.clone());
+                aux.put_view(&w.object, cached);
             }
         }
         self.set_aux(seqnum, &aux).await;
@@ -697,7 +741,7 @@ impl Store {
                 document_bytes_max,
                 ..
             } => {
-                let evaluated = self
+                let (evaluated, _) = self
                     .evaluate_oneshot(first, &transaction, document_bytes_max, None)
                     .await?;
                 Ok(match evaluated {
@@ -782,32 +826,15 @@ impl Store {
             .cloned()
     }
 
-    /// Keeps `view`, as of `as_of`, among the object's views: its newest
-    /// `VERSIONS_CACHED_MAX`, and `VIEWS_CACHED_MAX` over all objects.
+    /// Keeps `view`, as of `as_of`, among the object's views in memory (`Views::keep`, with
+    /// `VIEWS_CACHED_MAX` over all objects).
     fn cache_view(&self, object: &ObjectId, as_of: Seqnum, view: Cached) {
         let mut views = self
             .shared
             .views
             .lock()
             .expect("no panics while holding the views");
-        let Views { objects, count } = &mut *views;
-        let versions = objects.entry(object.clone()).or_default();
-        if versions.insert(as_of, view).is_none() {
-            *count += 1;
-        }
-        if versions.len() > VERSIONS_CACHED_MAX {
-            versions.pop_first();
-            *count -= 1;
-        }
-        while *count > VIEWS_CACHED_MAX {
-            // The first object in name order gives up its oldest view.
-            let mut first = objects.first_entry().expect("views are counted");
-            first.get_mut().pop_first();
-            *count -= 1;
-            if first.get().is_empty() {
-                first.remove();
-            }
-        }
+        views.keep(object, as_of, view, VIEWS_CACHED_MAX);
     }
 
     /// A kept view of the object as of a seqnum in `[newest, at]`: `newest` being the
@@ -1503,6 +1530,7 @@ impl Store {
         let decision = match self
             .evaluate_oneshot(seqnum, transaction, document_bytes_max, known)
             .await?
+            .0
         {
             Ok(_) => Decision::Committed,
             Err(reason) => Decision::Aborted(reason),
@@ -1511,23 +1539,29 @@ impl Store {
     }
 
     /// Evaluates a one-shot transaction on its objects just below `seqnum` (`known`: one
-    /// object's view there, if the caller has it).
+    /// object's view there, if the caller has it). Also returns the depth of each view it
+    /// computed (records since its last checkpoint), for the views the transaction makes.
     async fn evaluate_oneshot(
         &self,
         seqnum: Seqnum,
         transaction: &OneShot,
         document_bytes_max: usize,
         known: Option<(&ObjectId, &View)>,
-    ) -> Result<Result<Evaluated, String>, Error> {
+    ) -> Result<(Result<Evaluated, String>, BTreeMap<ObjectId, u64>), Error> {
         let mut docs = BTreeMap::new();
+        let mut depths = BTreeMap::new();
         for object in transaction.objects() {
             let doc = match known {
                 Some((of, view)) if of == object => view.doc.clone(),
-                _ => self.view(object, below(seqnum)).await?.doc,
+                _ => {
+                    let cached = self.view_at(object, below(seqnum)).await?;
+                    depths.insert(object.clone(), cached.depth);
+                    cached.view.doc
+                }
             };
             docs.insert(object.clone(), doc);
         }
-        Ok(transaction.evaluate(&docs, document_bytes_max))
+        Ok((transaction.evaluate(&docs, document_bytes_max), depths))
     }
 }
 
@@ -1715,5 +1749,55 @@ impl Object {
                 .await?,
         );
         Ok(swapped == Value::Bool(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(version: u64) -> Cached {
+        Cached {
+            view: View {
+                doc: Some(Value::from(version)),
+                version: Seqnum(version),
+            },
+            depth: 0,
+        }
+    }
+
+    #[test]
+    fn views_over_the_limit_give_up_the_one_kept_longest_ago() {
+        let limit = 64;
+        let mut views = Views::default();
+        // "a" is first in name order and written all along; 1,000 others once each.
+        let hot = ObjectId::new("accounts", "a");
+        let mut seqnum = 0;
+        for i in 0..1_000 {
+            seqnum += 1;
+            views.keep(
+                &ObjectId::new("accounts", &format!("k{i}")),
+                Seqnum(seqnum),
+                view(seqnum),
+                limit,
+            );
+            if i % 10 == 0 {
+                seqnum += 1;
+                views.keep(&hot, Seqnum(seqnum), view(seqnum), limit);
+            }
+            assert!(views.count <= limit);
+            assert!(views.order.len() <= 2 * limit);
+            let kept: usize = views.objects.values().map(BTreeMap::len).sum();
+            assert_eq!(kept, views.count);
+        }
+        // The object in use keeps its newest view; the cold ones kept longest ago are gone.
+        let newest = views.objects[&hot].last_key_value().map(|(s, _)| *s);
+        assert_eq!(newest, Some(Seqnum(seqnum - 9)));
+        assert!(!views.objects.contains_key(&ObjectId::new("accounts", "k0")));
+        assert!(views
+            .objects
+            .contains_key(&ObjectId::new("accounts", "k999")));
+        // Each object keeps at most its newest VERSIONS_CACHED_MAX.
+        assert!(views.objects[&hot].len() <= VERSIONS_CACHED_MAX);
     }
 }
