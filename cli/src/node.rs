@@ -18,11 +18,11 @@ use gateway::{GatewayLog, Restore, Shard};
 use logbook::wire::{LocalId, LogRecord, MetalogEntry, NodeId, ShardId, ShardProgress};
 use logbook::{IndexCheckpoint, LogError, Record, Seqnum, ViewId};
 use sequencer::{SequencerConfig, SequencerEngine};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use storage_node::{Durability, Store, StoreConfig, StoreError};
+use storage_node::{Durability, Store, StoreConfig, StoreError, METALOG_IN_FLIGHT_MAX};
 use tokio::sync::{mpsc, oneshot};
 
 const SHARD: ShardId = ShardId(0);
@@ -228,9 +228,11 @@ fn sequencer_engine(view: ViewId, next_position: u64) -> anyhow::Result<Sequence
 }
 
 /// The sequencer role: turns the shard's progress into metalog entries, makes each entry
-/// durable, then hands it to the gateway. One entry is in flight at a time, so while one is
-/// being synced the next cut gathers everything that arrives meanwhile; entries are at least
-/// `interval` apart.
+/// durable, then hands it to the gateway. Up to `METALOG_IN_FLIGHT_MAX` entries are in
+/// flight, each continuing the one before it: an entry is cut as soon as records are queued
+/// (at least `interval` after the previous cut), so it is queued right behind them and shares
+/// their group commit, instead of waiting for the previous entry's sync and missing the next.
+/// The store makes entries durable in the order they were queued; they are applied in it.
 struct SequencerTask {
     engine: SequencerEngine,
     rx: mpsc::Receiver<ProgressReport>,
@@ -251,19 +253,21 @@ struct InFlight {
 
 impl SequencerTask {
     async fn run(mut self) {
-        let mut in_flight: Option<InFlight> = None;
+        self.engine.set_max_in_flight(METALOG_IN_FLIGHT_MAX);
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut next_cut = tokio::time::Instant::now();
         let mut taken: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             // One reading of the clock per turn: deciding "not yet" with one reading and "no
             // need to wait" with a later one would leave progress uncut until the next message.
             let now = tokio::time::Instant::now();
-            if in_flight.is_none() && now >= next_cut {
+            let room = in_flight.len() < METALOG_IN_FLIGHT_MAX;
+            if room && now >= next_cut {
                 if let Some(entry) = self.engine.on_tick() {
                     next_cut = now + self.interval;
                     let commit = Box::pin(self.store.append_metalog(entry.clone()));
                     let started = std::time::Instant::now();
-                    in_flight = Some(InFlight {
+                    in_flight.push_back(InFlight {
                         entry,
                         commit,
                         started,
@@ -273,13 +277,14 @@ impl SequencerTask {
             for sender in taken.drain(..) {
                 let _ = sender.send(());
             }
-            let wait_for_cut = in_flight.is_none() && next_cut > now;
+            let wait_for_cut = in_flight.len() < METALOG_IN_FLIGHT_MAX && next_cut > now;
             tokio::select! {
                 biased;
-                result = async { in_flight.as_mut().expect("guarded").commit.as_mut().await },
-                    if in_flight.is_some() =>
+                // The oldest entry: entries become durable in order.
+                result = async { in_flight.front_mut().expect("guarded").commit.as_mut().await },
+                    if !in_flight.is_empty() =>
                 {
-                    let done = in_flight.take().expect("guarded");
+                    let done = in_flight.pop_front().expect("guarded");
                     if !self.apply(done, result) {
                         return;
                     }

@@ -38,6 +38,8 @@ pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 pub const SEGMENT_BYTES_MIN: u64 = 4096;
 /// Requests queued for or held by the IO thread at once; callers beyond it wait.
 pub const INFLIGHT_REQUESTS_MAX: usize = 1024;
+/// Metalog entries a caller may have queued and not yet durable at once (`append_metalog`).
+pub const METALOG_IN_FLIGHT_MAX: usize = 4;
 
 /// When an append or metalog entry counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,8 +270,8 @@ impl Store {
             index.clone(),
             stats.clone(),
         )?;
-        // Room for the permitted requests, the metalog entry in flight, and a shutdown.
-        let (tx, rx) = sync_channel(INFLIGHT_REQUESTS_MAX + 2);
+        // Room for the permitted requests, the metalog entries in flight, and a shutdown.
+        let (tx, rx) = sync_channel(INFLIGHT_REQUESTS_MAX + METALOG_IN_FLIGHT_MAX + 1);
         let thread = std::thread::Builder::new()
             .name("storage-io".into())
             .spawn(move || writer.run(rx))
@@ -328,8 +330,9 @@ impl Store {
     /// Persists a metalog entry (it orders records already stored); the returned future
     /// resolves once it is durable. The entry is queued before this returns, so requests made
     /// after the call are written after it, usually in the same group commit. Entries must come
-    /// in position order without gaps, one at a time: a metalog entry takes no in-flight
-    /// permit, the channel keeps a slot for it.
+    /// in position order without gaps, at most `METALOG_IN_FLIGHT_MAX` not yet durable at once:
+    /// a metalog entry takes no in-flight permit, the channel keeps slots for them. They become
+    /// durable in the order they were queued.
     pub fn append_metalog(
         &self,
         entry: MetalogEntry,

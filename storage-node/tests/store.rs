@@ -347,6 +347,42 @@ async fn concurrent_appends_share_fsyncs() {
 }
 
 #[tokio::test]
+async fn metalog_entries_queued_together_are_durable_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(config(dir.path()));
+    let max = storage_node::METALOG_IN_FLIGHT_MAX as u64;
+    // Each round: records queued, then their entry queued behind them before the records (or
+    // any earlier entry) are durable, as a pipelining sequencer does.
+    let mut pending = Vec::new();
+    for round in 0..3 * max {
+        let durable = store
+            .enqueue_records(ShardId(0), id(0, round), vec![record(round, "r")])
+            .await
+            .expect("queue records");
+        pending.push(tokio::spawn(durable));
+        let committed = store.append_metalog(entry(round, 0, round, &[(0, round, 1)]));
+        pending.push(tokio::spawn(committed));
+        if pending.len() as u64 >= 2 * max {
+            for p in pending.drain(..2) {
+                p.await.expect("join").expect("durable");
+            }
+        }
+    }
+    for p in pending {
+        p.await.expect("join").expect("durable");
+    }
+    store.shutdown();
+    let (store, recovery) = open(config(dir.path()));
+    let positions: Vec<u64> = recovery.metalog.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (0..3 * max).collect::<Vec<_>>());
+    for p in 0..3 * max {
+        let got = store.read(seq(0, p)).await.expect("read").expect("ordered");
+        assert_eq!(got.record.tags, vec![Tag(p)]);
+    }
+    store.shutdown();
+}
+
+#[tokio::test]
 async fn segment_roll_and_reclaim_delete_only_an_ordered_prefix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let small = || StoreConfig {
