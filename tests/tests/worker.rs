@@ -240,10 +240,14 @@ fn a_class_s_methods_run_in_a_worker() {
         status, 503,
         "no worker for the shared method either: {body}"
     );
-    let _worker = start_worker(&tally.workers_addr());
+    let mut worker = start_worker(&tally.workers_addr());
     let coins = tally.url("/objects/wallet/w1/coins");
-    wait_until(Duration::from_secs(30), || post(&http, &coins, "").0 == 200).unwrap();
-    let (_, body) = post(&http, &coins, "");
+    let served = wait_until(Duration::from_secs(30), || post(&http, &coins, "").0 == 200);
+    let body = post(&http, &coins, "").1;
+    // The worker goes with the test, whatever it found.
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    served.unwrap();
     let seen: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         seen["coins"], 7,
