@@ -5,7 +5,8 @@
 //! `bench/compare-restate.sh` measures: `noop`, which answers its input without touching the
 //! log, and `append3`, which appends three records one after the other. And the example
 //! workflows (`workflows`): `steps`, which counts N steps in a table and appends a record in
-//! each; `approval`, which waits for a signal or a timeout; `travel`, a saga over `search`
+//! each; `fanout`, which runs N `steps` instances at once as its children; `approval`, which
+//! waits for a signal or a timeout; `travel`, a saga over `search`
 //! and the `reserve_KIND`/`cancel_KIND` functions; and `writes`, N table writes in a chosen
 //! protocol. And two over libstore's objects: `bank` (accounts and transfers, `bank.rs`) and
 //! `retwis` (users, followers, posts and timelines, `retwis.rs`).
@@ -72,6 +73,7 @@ pub const WORKFLOW_CONFIG: crate::functions::FunctionConfig = crate::functions::
 pub fn workflows() -> libflow::Workflows {
     let mut workflows = libflow::Workflows::new();
     workflows.register("steps", steps);
+    workflows.register("fanout", fanout);
     workflows.register("approval", approval);
     workflows.register("travel", travel);
     workflows.register("writes", writes);
@@ -274,6 +276,35 @@ async fn steps(
     }
     let count: u64 = counters.get(&id).await?.unwrap_or(0);
     Ok(json!({ "count": count }))
+}
+
+/// Most children one `fanout` instance runs.
+pub const FANOUT_MAX: u64 = 100;
+
+/// `{"children": C, "steps": N}` in: C child instances of `steps` (`{"steps": N}` each, ids
+/// `ID:1` to `ID:C`) run at once; `{"count": C×N, "children": C}` out, the sum of their
+/// counts. Each child costs the parent's log two records: its start, and its end, which is
+/// also the parent's record of the call.
+async fn fanout(
+    flow: libflow::Flow,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, libflow::Error> {
+    let n = steps_of(&input)?;
+    let children = input["children"]
+        .as_u64()
+        .filter(|c| (1..=FANOUT_MAX).contains(c))
+        .ok_or_else(|| {
+            libflow::Error::terminal(format!(
+                "input: {{\"children\": C, \"steps\": N}} with C from 1 to {FANOUT_MAX}"
+            ))
+        })?;
+    let runs =
+        (0..children).map(|_| flow.child::<serde_json::Value>("steps", &json!({ "steps": n })));
+    let mut count = 0;
+    for ended in flow.join_all(runs).await {
+        count += ended?["count"].as_u64().unwrap_or(0);
+    }
+    Ok(json!({ "count": count, "children": children }))
 }
 
 /// `{"ms": N}` in: waits N milliseconds (the function's timeout still applies), then

@@ -66,6 +66,10 @@ pub enum Op {
         workflow: String,
         input: Value,
         protocols: BTreeMap<String, Protocol>,
+        /// The instance whose child this one is (`Flow::child`): its end is the parent's
+        /// record of the call (`Child`), and only the parent's execution drives it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<String>,
     },
     /// A step's result after `attempts` tries.
     Step {
@@ -75,6 +79,21 @@ pub enum Op {
     },
     /// A synchronous child call's result.
     Call { function: String, outcome: Outcome },
+    /// A child workflow's end (`Flow::child`): one record in the parent's step stream (the
+    /// call's result) and in the child's (its last record, in place of an `End`).
+    Child {
+        workflow: String,
+        instance: String,
+        status: Status,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// The call failed before the child ran (no such workflow, or the id is another
+        /// instance's): the record is not in the child's stream.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        refused: bool,
+    },
     /// An asynchronous child call's invocation id.
     CallAsync {
         function: String,
@@ -121,6 +140,14 @@ impl Op {
     pub(crate) fn into_outcome(self) -> Outcome {
         match self {
             Op::Step { outcome, .. } | Op::Call { outcome, .. } => outcome,
+            Op::Child {
+                status: Status::Succeeded,
+                output,
+                ..
+            } => Outcome::Ok(output.unwrap_or(Value::Null)),
+            Op::Child { status, error, .. } => Outcome::Err(
+                error.unwrap_or_else(|| format!("the child workflow ended {status:?}")),
+            ),
             other => unreachable!("{} has no outcome", other.describe()),
         }
     }
@@ -131,6 +158,7 @@ impl Op {
             Op::Start { workflow, .. } => format!("the start of workflow {workflow:?}"),
             Op::Step { name, .. } => format!("step {name:?}"),
             Op::Call { function, .. } => format!("call of {function:?}"),
+            Op::Child { workflow, .. } => format!("child workflow {workflow:?}"),
             Op::CallAsync { function, .. } => format!("asynchronous call of {function:?}"),
             Op::Timer { .. } => "a timer".to_string(),
             Op::Signal { name, .. } => format!("a wait for signal {name:?}"),
@@ -149,6 +177,11 @@ impl Op {
 /// The step stream of instance `id`.
 pub fn steps_tag(id: &str) -> Tag {
     Tag::named(&["libflow", "steps", id])
+}
+
+/// The id of the child instance started at `position` of instance `parent`.
+pub fn child_id(parent: &str, position: u64) -> String {
+    format!("{parent}:{position}")
 }
 
 /// The versions of `key` in `table`.

@@ -19,7 +19,7 @@
 //! `version`, timers' records and steps marked `internal()` do not wait.
 
 use crate::entry::{
-    key_tag, now_ms, signal_tag, steps_tag, waits_tag, Entry, Op, Outcome, SignalRecord,
+    key_tag, now_ms, signal_tag, steps_tag, waits_tag, Entry, Op, Outcome, SignalRecord, Status,
     WaitRecord, Write,
 };
 use crate::table::{Protocol, Table};
@@ -99,6 +99,9 @@ pub(crate) struct Setup {
     pub retry: RetryPolicy,
     /// A wait longer than this gives up the instance's task (`Error::Suspended`).
     pub suspend_after: Duration,
+    /// The instance whose child this one is: a child never gives up its task (its parent's
+    /// execution waits for it, and only that execution drives it).
+    pub parent: Option<String>,
 }
 
 struct Inner {
@@ -290,10 +293,29 @@ impl Flow {
     ) -> CallBuilder<T> {
         CallBuilder {
             flow: self.clone(),
+            child: false,
             function: function.to_string(),
             input: serde_json::to_value(input).map_err(Error::from),
             compensation: None,
             _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Runs workflow `workflow` with `input` as a child instance of this one and returns its
+    /// output (or fails with its error). The child's id is this instance's id and the
+    /// call's position (`{id}:{position}`, `GET /workflows/{id}:{position}` shows it); it runs
+    /// once for this position however often this instance is replayed, and its end is one
+    /// record in both step streams: the child costs its start and that record, Halfmoon's one
+    /// append per invocation edge. A child never gives up its task while it waits, and only
+    /// its parent's execution drives it: a signal sent to it is kept for its wait.
+    pub fn child<T: DeserializeOwned + Send + 'static>(
+        &self,
+        workflow: &str,
+        input: &(impl Serialize + ?Sized),
+    ) -> CallBuilder<T> {
+        CallBuilder {
+            child: true,
+            ..self.call(workflow, input)
         }
     }
 
@@ -321,7 +343,7 @@ impl Flow {
         let key = self.child_key(slot.pos);
         let invocation = match self.ctx().invoke_async_keyed(function, &key, input).await {
             Ok(id) => id,
-            Err(e) => return Err(stop_or_fail(e)),
+            Err(e) => return Err(slot.give_up_if_stopped(stop_or_fail(e))),
         };
         slot.commit(Op::CallAsync {
             function: function.to_string(),
@@ -357,7 +379,7 @@ impl Flow {
     /// away and nothing else of the instance is under way: an invocation of the workflow,
     /// in the log and due at the deadline, drives it on from its history.
     async fn suspend_for_timer(&self, deadline_ms: u64) -> Result<(), Error> {
-        if !self.far(deadline_ms) {
+        if !self.may_suspend() || !self.far(deadline_ms) {
             return Ok(());
         }
         // The instance goes on from its history in the log: all of it must be there.
@@ -376,6 +398,16 @@ impl Flow {
         let e = Error::Suspended(until);
         self.stop(e.clone());
         e
+    }
+
+    /// The instance whose child this one is.
+    pub(crate) fn parent(&self) -> Option<&str> {
+        self.inner.setup.parent.as_deref()
+    }
+
+    /// Whether this execution may give up its task to wait: a child's may not.
+    fn may_suspend(&self) -> bool {
+        self.inner.setup.parent.is_none()
     }
 
     /// Whether `deadline_ms` is far enough away to give up the task until then.
@@ -558,6 +590,11 @@ impl Flow {
     /// Takes the next position for a record that also carries `write`, flushing the buffered
     /// writes first if they and `write` would not fit one record's tags.
     pub(crate) async fn slot_with(&self, write: Option<Write>) -> Result<Slot, Error> {
+        self.slot_for(write, 0).await
+    }
+
+    /// `slot_with`, for a record with `extra` tags besides its stream's and its writes'.
+    async fn slot_for(&self, write: Option<Write>, extra: usize) -> Result<Slot, Error> {
         let flush = {
             let state = self.state();
             let mut keys: Vec<Tag> = state
@@ -568,7 +605,7 @@ impl Flow {
                 .collect();
             keys.sort_unstable();
             keys.dedup();
-            keys.len() >= TAGS_PER_RECORD_MAX
+            keys.len() + extra >= TAGS_PER_RECORD_MAX
         };
         let flush = flush.then(|| self.slot());
         let mut slot = self.slot();
@@ -805,6 +842,69 @@ impl Flow {
     // -----------------------------------------------------------------------------------
     // Operations with more than one part
 
+    /// Runs child workflow `workflow` at the next position and returns the position and the
+    /// child's outcome (from the history, on a replay). The child's function is called
+    /// without a durable invocation of its own: this instance's history is what drives it
+    /// again, and its step stream what makes a second run a replay.
+    async fn run_child(&self, workflow: &str, input: Value) -> Result<(u64, Outcome), Error> {
+        // The record carries the child's stream's tag too.
+        let mut slot = self.slot_for(None, 1).await?;
+        let pos = slot.pos;
+        let instance = crate::entry::child_id(&self.inner.id, pos);
+        let probe = Op::Child {
+            workflow: workflow.to_string(),
+            instance: instance.clone(),
+            status: Status::Running,
+            output: None,
+            error: None,
+            refused: false,
+        };
+        if let Some((_, entry)) = slot.replayed(&probe)? {
+            return Ok((pos, entry.op.into_outcome()));
+        }
+        // The child is seen outside the instance: what it depends on must be in the log.
+        self.barrier().await?;
+        let start = crate::workflows::child_input(&instance, input, &self.inner.id);
+        // The call failed before the child ran (no such workflow, or the id is another
+        // instance's): the record is the parent's alone.
+        let refused = |error: String| Op::Child {
+            workflow: workflow.to_string(),
+            instance: instance.clone(),
+            status: Status::Failed,
+            output: None,
+            error: Some(error),
+            refused: true,
+        };
+        let op = match self.ctx().invoke(workflow, start).await {
+            Ok(output) => match serde_json::from_slice::<crate::Ended>(&output) {
+                Ok(ended) if ended.status != Status::Running => Op::Child {
+                    workflow: workflow.to_string(),
+                    instance: instance.clone(),
+                    status: ended.status,
+                    output: ended.output,
+                    error: ended.error,
+                    refused: false,
+                },
+                Ok(_) => {
+                    let e = Error::Log(LogError::Unavailable(format!(
+                        "child {instance} stopped before its end"
+                    )));
+                    return Err(slot.give_up(e));
+                }
+                Err(_) => refused(format!("{workflow} is not a workflow")),
+            },
+            Err(e) => match stop_or_fail(e) {
+                Error::Failed { message, .. } => refused(message),
+                stop => return Err(slot.give_up(stop)),
+            },
+        };
+        let outcome = op.clone().into_outcome();
+        // The child's records are in the log (it waited for them before it answered): this
+        // one lands after them in its stream.
+        slot.commit(op).await?;
+        Ok((pos, outcome))
+    }
+
     async fn value(&self, name: &str, make: impl FnOnce() -> Value) -> Result<Value, Error> {
         let mut slot = self.slot();
         let probe = Op::Value {
@@ -874,7 +974,8 @@ impl Flow {
         // With nothing else under way, a wait for a signal not sent yet gives up the task: the
         // signal's own invocation drives the instance on (a wait with a deadline keeps its
         // task until then, unless the deadline is far: then its timer's invocation does).
-        let suspend = self.quiet(slot.pos) && deadline_ms.is_none_or(|d| self.far(d));
+        let suspend =
+            self.may_suspend() && self.quiet(slot.pos) && deadline_ms.is_none_or(|d| self.far(d));
         let wait = if suspend { Some(now_ms()) } else { deadline_ms };
         let payload = self.find_signal(name, index, wait).await?;
         if suspend && payload.is_none() {
@@ -995,6 +1096,23 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Leaves the position empty and stops the execution with `e`: the execution that drives
+    /// the instance again fills it.
+    fn give_up(mut self, e: Error) -> Error {
+        self.done = true;
+        self.flow.stop(e.clone());
+        e
+    }
+
+    /// `give_up` if `e` stops the execution; otherwise `e`, and the position is abandoned.
+    fn give_up_if_stopped(self, e: Error) -> Error {
+        if e.stops_execution() {
+            self.give_up(e)
+        } else {
+            e
+        }
+    }
+
     /// The history's record at this position, if there is one and it is the same operation
     /// as `probe`; a different one is a non-determinism error.
     pub(crate) fn replayed(&mut self, probe: &Op) -> Result<Option<(Seqnum, Entry)>, Error> {
@@ -1087,8 +1205,15 @@ impl Slot {
             at_ms: now_ms(),
         };
         let mut tags = vec![flow.inner.steps];
-        if matches!(entry.op, Op::Start { .. }) {
-            tags.push(crate::entry::instances_tag());
+        match &entry.op {
+            Op::Start { .. } => tags.push(crate::entry::instances_tag()),
+            // The child's end: the last record of its stream too.
+            Op::Child {
+                instance,
+                refused: false,
+                ..
+            } => tags.push(crate::entry::steps_tag(instance)),
+            _ => {}
         }
         for w in &entry.writes {
             let tag = key_tag(&w.table, &w.key);
@@ -1168,6 +1293,18 @@ fn same_op(history: &Op, code: &Op) -> bool {
     match (history, code) {
         (Op::Step { name: a, .. }, Op::Step { name: b, .. }) => a == b,
         (Op::Call { function: a, .. }, Op::Call { function: b, .. }) => a == b,
+        (
+            Op::Child {
+                workflow: a,
+                instance: i,
+                ..
+            },
+            Op::Child {
+                workflow: b,
+                instance: j,
+                ..
+            },
+        ) => a == b && i == j,
         (Op::CallAsync { function: a, .. }, Op::CallAsync { function: b, .. }) => a == b,
         (Op::Timer { .. }, Op::Timer { .. }) => true,
         (Op::Signal { name: a, .. }, Op::Signal { name: b, .. }) => a == b,
@@ -1400,6 +1537,8 @@ where
 #[must_use = "a call runs when awaited"]
 pub struct CallBuilder<T> {
     flow: Flow,
+    /// A child workflow (`Flow::child`) rather than a function.
+    child: bool,
     function: String,
     input: Result<Value, Error>,
     compensation: Option<Result<(String, Value), Error>>,
@@ -1426,12 +1565,19 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for CallBuilder<T> {
     fn into_future(self) -> BoxFuture<T> {
         let CallBuilder {
             flow,
+            child,
             function,
             input,
             compensation,
             ..
         } = self;
         Box::pin(async move {
+            if child {
+                let input = input?;
+                let compensation = compensation.transpose()?;
+                let (pos, outcome) = flow.run_child(&function, input).await?;
+                return flow.settle(pos, outcome, compensation);
+            }
             let mut slot = flow.slot();
             let pos = slot.pos;
             let input = input?;
@@ -1452,7 +1598,7 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for CallBuilder<T> {
                         Ok(output) => Outcome::Ok(value_of_output(&output)),
                         Err(e) => match stop_or_fail(e) {
                             Error::Failed { message, .. } => Outcome::Err(message),
-                            stop => return Err(stop),
+                            stop => return Err(slot.give_up(stop)),
                         },
                     };
                     slot.commit(Op::Call {

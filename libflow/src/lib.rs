@@ -11,6 +11,8 @@
 //!   `step_with_key(name, |key| async { .. })` also hands it a key that is the same in every
 //!   run and try of the step (for a keyed libstore store: its writes take effect once).
 //! - `flow.call(function, &input)` / `call_async`: child invocations, once per position.
+//! - `flow.child(workflow, &input)`: a child instance (`{id}:{position}`), whose end is one
+//!   record in both step streams (Halfmoon's invocation edge).
 //! - `flow.sleep(d)`, `wait_signal(name)`, `wait_signal_timeout(name, d)`: durable timers and
 //!   events from outside (`signal`).
 //! - `flow.join_all(..)`: fan-out and fan-in, deterministic on replay.

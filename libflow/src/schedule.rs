@@ -105,6 +105,7 @@ async fn run(flow: Flow, schedule: Schedule) -> Result<Value, Error> {
     let start = StartInput {
         instance: id.clone(),
         input: schedule.input.clone(),
+        parent: None,
         signal: None,
     };
     flow.call_async(&schedule.workflow, &start).await?;
@@ -115,6 +116,7 @@ async fn run(flow: Flow, schedule: Schedule) -> Result<Value, Error> {
     let chain = StartInput {
         instance: Schedule::chain_id(&next.name, next.tick),
         input: serde_json::to_value(&next)?,
+        parent: None,
         signal: None,
     };
     flow.call_async(SCHEDULE_WORKFLOW, &chain).await?;

@@ -202,9 +202,7 @@ impl Workflows {
                 if let Some(signal) = &start.signal {
                     deliver(&ctx, &start.instance, signal).await?;
                 }
-                let ended = workflows
-                    .drive(&definition, &name, ctx, &start.instance, start.input)
-                    .await?;
+                let ended = workflows.drive(&definition, &name, ctx, &start).await?;
                 tally_sdk::json::output(&ended)
             }) as tally_sdk::BoxFuture
         }))
@@ -231,13 +229,13 @@ impl Workflows {
         definition: &Definition,
         name: &str,
         ctx: Ctx,
-        id: &str,
-        input: Value,
+        start: &StartInput,
     ) -> Result<Ended, FunctionError> {
+        let id = &start.instance;
         check_instance_id(id).map_err(FunctionError::bad_input)?;
         for _ in 0..=REDRIVES_MAX {
             let driven = self
-                .drive_once(definition, name, ctx.clone(), id, input.clone())
+                .drive_once(definition, name, ctx.clone(), start)
                 .await?;
             if let Some(ended) = driven {
                 return Ok(ended);
@@ -255,11 +253,11 @@ impl Workflows {
         definition: &Definition,
         name: &str,
         ctx: Ctx,
-        id: &str,
-        input: Value,
+        start: &StartInput,
     ) -> Result<Option<Ended>, FunctionError> {
+        let (id, input, parent) = (&start.instance, start.input.clone(), start.parent.clone());
         let history = read_history(&ctx, id).await.map_err(stopped)?;
-        if let Some(ended) = ended(&history) {
+        if let Some(ended) = ended(&history, id) {
             return Ok(Some(ended));
         }
         let protocols = match history.first() {
@@ -268,8 +266,23 @@ impl Workflows {
                     workflow,
                     input: first,
                     protocols,
+                    parent: first_parent,
                     ..
                 } => {
+                    if first_parent.is_some() && parent.is_none() {
+                        // A signal's delivery to a child: its parent's execution drives it.
+                        return Ok(Some(Ended {
+                            status: Status::Running,
+                            output: None,
+                            error: Some("driven by its parent".to_string()),
+                        }));
+                    }
+                    if *first_parent != parent {
+                        return Err(FunctionError::bad_input(format!(
+                            "instance {id} is not a child of {}",
+                            parent.as_deref().unwrap_or("nothing")
+                        )));
+                    }
                     if workflow != name {
                         return Err(FunctionError::bad_input(format!(
                             "instance {id} is an instance of workflow {workflow}, not {name}"
@@ -305,6 +318,7 @@ impl Workflows {
                 .suspend_after
                 .read()
                 .expect("no panics under the settings lock"),
+            parent: parent.clone(),
         };
         if history.is_empty() {
             // Position 0 is the start: an execution that loses it lost the instance.
@@ -315,6 +329,7 @@ impl Workflows {
                     workflow: name.to_string(),
                     input: input.clone(),
                     protocols,
+                    parent,
                 },
                 writes: Vec::new(),
                 at_ms: now_ms(),
@@ -399,8 +414,16 @@ impl Workflows {
                 }
             }
         };
+        if flow.parent().is_some() {
+            // A child's end is its parent's record of the call, which lands after the child's
+            // records: they must be in the log before the parent has the outcome.
+            if let Err(e) = flow.barrier().await {
+                return self.after_stop(ctx, id, e).await;
+            }
+            return Ok(end_of_op(&end, id));
+        }
         match flow.end(end).await {
-            Ok(entry) => end_of(&entry)
+            Ok(entry) => end_of(&entry, id)
                 .map(Some)
                 .ok_or_else(|| FunctionError::new("the instance's end is not in its stream")),
             Err(e) => self.after_stop(ctx, id, e).await,
@@ -444,7 +467,7 @@ impl Workflows {
             match ctx.read_next_blocking(tag, from, wait).await {
                 Ok(Some(record)) => {
                     from = Seqnum(record.seqnum.0 + 1);
-                    if let Some(ended) = entry_of(&record).and_then(|e| end_of(&e)) {
+                    if let Some(ended) = entry_of(&record).and_then(|e| end_of(&e, id)) {
                         return Ok(Some(ended));
                     }
                 }
@@ -481,8 +504,10 @@ impl Flow {
 
 /// A log error stops an execution without ending the instance: the invocation fails, and is
 /// driven again.
+/// An execution that stopped before the end: unavailable for now, to be driven again (a
+/// parent whose child stopped stops too, rather than take it for the child's failure).
 fn stopped(e: impl Into<Error>) -> FunctionError {
-    FunctionError::new(format!("the instance stopped before its end: {}", e.into()))
+    FunctionError::unavailable(format!("the instance stopped before its end: {}", e.into()))
 }
 
 /// An instance id: 1 to `INSTANCE_ID_BYTES_MAX` bytes of letters, digits and `-_.:`.
@@ -510,6 +535,9 @@ pub struct StartInput {
     pub instance: String,
     #[serde(default)]
     pub input: Value,
+    /// The parent of a child instance (`Flow::child`), which drives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// A signal this invocation delivers before it drives the instance on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<Delivery>,
@@ -550,6 +578,7 @@ pub fn signal_input(id: &str, input: Value, signal_id: &str, name: &str, payload
         serde_json::to_vec(&StartInput {
             instance: id.to_string(),
             input,
+            parent: None,
             signal: Some(Delivery {
                 id: signal_id.to_string(),
                 name: name.to_string(),
@@ -629,7 +658,7 @@ pub async fn collect(ctx: &Ctx, retention: Duration) -> Result<Collected, Error>
             // Collected before.
             continue;
         };
-        let end = entry_of(&last).filter(|e| end_of(e).is_some());
+        let end = entry_of(&last).filter(|e| end_of(e, &instance).is_some());
         match end {
             Some(end) if end.at_ms.saturating_add(retention.as_millis() as u64) <= now => {
                 dead.push(instance);
@@ -730,7 +759,7 @@ pub async fn list(
             let last = ctx.check_tail(steps_tag(&instance)).await?;
             let now = last.as_ref().map(|last| {
                 entry_of(last)
-                    .and_then(|e| end_of(&e))
+                    .and_then(|e| end_of(&e, &instance))
                     .map_or(Status::Running, |e| e.status)
             });
             if let Some(now) = now.filter(|now| status.is_none_or(|s| s == *now)) {
@@ -757,6 +786,20 @@ pub fn start_input(id: &str, input: Value) -> Bytes {
         serde_json::to_vec(&StartInput {
             instance: id.to_string(),
             input,
+            parent: None,
+            signal: None,
+        })
+        .expect("JSON values serialize"),
+    )
+}
+
+/// The input that runs instance `id` with `input` as a child of `parent`.
+pub(crate) fn child_input(id: &str, input: Value, parent: &str) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&StartInput {
+            instance: id.to_string(),
+            input,
+            parent: Some(parent.to_string()),
             signal: None,
         })
         .expect("JSON values serialize"),
@@ -773,8 +816,14 @@ pub struct Ended {
     pub error: Option<String>,
 }
 
-fn end_of(entry: &Entry) -> Option<Ended> {
-    match &entry.op {
+/// How instance `id` ended, if `entry` of its stream is its end: an `End`, or its parent's
+/// record of it (a child's).
+fn end_of(entry: &Entry, id: &str) -> Option<Ended> {
+    end_of_op(&entry.op, id)
+}
+
+fn end_of_op(op: &Op, id: &str) -> Option<Ended> {
+    match op {
         Op::End {
             status,
             output,
@@ -784,12 +833,24 @@ fn end_of(entry: &Entry) -> Option<Ended> {
             output: output.clone(),
             error: error.clone(),
         }),
+        Op::Child {
+            instance,
+            status,
+            output,
+            error,
+            refused: false,
+            ..
+        } if instance == id => Some(Ended {
+            status: *status,
+            output: output.clone(),
+            error: error.clone(),
+        }),
         _ => None,
     }
 }
 
-fn ended(history: &[(Seqnum, Entry)]) -> Option<Ended> {
-    history.last().and_then(|(_, e)| end_of(e))
+fn ended(history: &[(Seqnum, Entry)], id: &str) -> Option<Ended> {
+    history.last().and_then(|(_, e)| end_of(e, id))
 }
 
 fn entry_of(record: &Record) -> Option<Entry> {
@@ -859,6 +920,9 @@ pub struct Instance {
     pub workflow: String,
     pub status: Status,
     pub input: Value,
+    /// The instance whose child this one is (`Flow::child`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -884,7 +948,10 @@ pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
         return Ok(None);
     };
     let Op::Start {
-        workflow, input, ..
+        workflow,
+        input,
+        parent,
+        ..
     } = first.op
     else {
         return Ok(None);
@@ -894,6 +961,7 @@ pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
         workflow,
         status: Status::Running,
         input,
+        parent,
         output: None,
         error: None,
         waiting: None,
@@ -925,6 +993,32 @@ pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
                 None,
             ),
             Op::CallAsync { function, .. } => ("call_async", Some(function.clone()), None, None),
+            op @ Op::Child {
+                instance: child,
+                workflow,
+                ..
+            } => match end_of_op(op, id) {
+                // The parent's record of this child: its end.
+                Some(end) if child == id => {
+                    instance.status = end.status;
+                    instance.output = end.output;
+                    instance.error = end.error;
+                    instance.ended_at_ms = Some(entry.at_ms);
+                    ("end", None, None, None)
+                }
+                _ => {
+                    let status = match op.clone().into_outcome() {
+                        Outcome::Ok(_) => "ok",
+                        Outcome::Err(_) => "failed",
+                    };
+                    (
+                        "child",
+                        Some(format!("{workflow} {child}")),
+                        Some(status.to_string()),
+                        None,
+                    )
+                }
+            },
             Op::Timer { deadline_ms } => {
                 instance.waiting = (*deadline_ms > now_ms())
                     .then(|| format!("a timer until {deadline_ms} ms since the epoch"));

@@ -14,14 +14,15 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A workflow that mixes table reads and writes, a sync and an async call, a timer, a signal,
-/// a step and a random number.
+/// A workflow that mixes table reads and writes, a sync and an async call, a child workflow,
+/// a timer, a signal, a step and a random number.
 async fn mixed(flow: Flow, _input: Value) -> Result<Value, Error> {
     let accounts = flow.table("accounts");
     let before: u64 = accounts.get("a").await?.unwrap_or(0);
     accounts.put("a", &(before + 10)).await?;
     let charged: Value = flow.call("charge", &json!({ "amount": 10 })).await?;
     let job = flow.call_async("notify", &json!({ "to": "a" })).await?;
+    let settled: Value = flow.child("settle", &json!({ "amount": 5 })).await?;
     flow.sleep(Duration::from_millis(5)).await?;
     let approval: Value = flow.wait_signal("approve").await?;
     let doubled = accounts
@@ -35,8 +36,19 @@ async fn mixed(flow: Flow, _input: Value) -> Result<Value, Error> {
     let lucky = flow.random().await?;
     Ok(json!({
         "before": before, "charged": charged, "job": job, "approval": approval,
-        "doubled": doubled, "stamp": stamp, "b": b, "lucky": lucky,
+        "doubled": doubled, "stamp": stamp, "b": b, "lucky": lucky, "settled": settled,
     }))
+}
+
+/// `mixed`'s child: a table write and a call of its own.
+async fn settle(flow: Flow, input: Value) -> Result<Value, Error> {
+    let amount = input["amount"].as_u64().unwrap_or(0);
+    let accounts = flow.table("accounts");
+    let c = accounts
+        .update("c", |v: Option<u64>| v.unwrap_or(0) + amount)
+        .await?;
+    let charged: Value = flow.call("charge", &json!({ "amount": amount })).await?;
+    Ok(json!({ "c": c, "charged": charged }))
 }
 
 /// Reads the table's keys (a new instance after the others).
@@ -45,12 +57,15 @@ async fn peek(flow: Flow, _input: Value) -> Result<Value, Error> {
     Ok(json!({
         "a": accounts.get::<u64>("a").await?,
         "b": accounts.get::<u64>("b").await?,
+        "c": accounts.get::<u64>("c").await?,
     }))
 }
 
 fn workflows(protocol: Protocol) -> Workflows {
     let mut w = Workflows::new();
-    w.register("mixed", mixed).register("peek", peek);
+    w.register("mixed", mixed)
+        .register("peek", peek)
+        .register("settle", settle);
     w.set_protocol("accounts", protocol);
     w
 }
@@ -86,6 +101,21 @@ async fn shape(log: &Arc<MemoryLogBook>, id: &str) -> Vec<(u64, String, Option<S
         .collect()
 }
 
+/// The id of instance `id`'s child, from the parent's history.
+async fn child_of(log: &Arc<MemoryLogBook>, id: &str) -> String {
+    let instance = libflow::describe(&outside(log), id).await.unwrap().unwrap();
+    let step = instance.steps.iter().find(|s| s.op == "child").unwrap();
+    let name = step.name.as_deref().unwrap();
+    let (_, child) = name.split_once(' ').unwrap();
+    let child_instance = libflow::describe(&outside(log), child)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(child_instance.parent.as_deref(), Some(id));
+    assert_eq!(child_instance.status, Status::Succeeded);
+    child.to_string()
+}
+
 async fn check_mixed(protocol: Protocol) {
     let w = workflows(protocol);
     // The failure-free run, and how many appends it makes.
@@ -96,6 +126,13 @@ async fn check_mixed(protocol: Protocol) {
     signal.await.unwrap();
     assert_eq!(clean.status, Status::Succeeded, "{clean:?}");
     let clean_shape = shape(&log, "m").await;
+    let child = child_of(&log, "m").await;
+    let clean_child_shape = shape(&log, &child).await;
+    assert_eq!(
+        clean_child_shape.last().map(|s| s.1.as_str()),
+        Some("end"),
+        "the parent's record of the child ends the child's stream: {clean_child_shape:?}"
+    );
     let output = clean.output.clone().unwrap();
     assert_eq!(output["doubled"], 20);
     assert_eq!(output["b"], 2);
@@ -119,9 +156,10 @@ async fn check_mixed(protocol: Protocol) {
                 "{protocol:?} {crash:?}: {ended:?}"
             );
             assert_eq!(got, output, "{protocol:?} {crash:?}");
+            // Once by the instance, once by its child.
             assert_eq!(
                 kids.runs_of("charge"),
-                1,
+                2,
                 "{protocol:?} {crash:?}: charge ran"
             );
             assert_eq!(
@@ -134,13 +172,21 @@ async fn check_mixed(protocol: Protocol) {
                 clean_shape,
                 "{protocol:?} {crash:?}"
             );
+            assert_eq!(
+                shape(&log, &child).await,
+                clean_child_shape,
+                "{protocol:?} {crash:?}: the child's history"
+            );
             // Every table write took effect once.
             let (peeked, _) = run_in(&w, &log, &kids, None, "peek", "p", json!({})).await;
-            assert_eq!(peeked.unwrap().output.unwrap(), json!({ "a": 20, "b": 2 }));
+            assert_eq!(
+                peeked.unwrap().output.unwrap(),
+                json!({ "a": 20, "b": 2, "c": 5 })
+            );
             // Resubmitting the finished instance answers its result and runs nothing (EO-3).
             let (again, _) = run_in(&w, &log, &kids, None, "mixed", "m", json!({})).await;
             assert_eq!(again.unwrap(), ended);
-            assert_eq!(kids.runs_of("charge"), 1);
+            assert_eq!(kids.runs_of("charge"), 2);
             points += 1;
         }
     }
@@ -177,9 +223,12 @@ async fn concurrent_executions_of_one_instance_give_one_result_and_one_set_of_ef
         for (ended, _) in &results {
             assert_eq!(ended.as_ref(), Some(&first), "{protocol:?}");
         }
-        assert_eq!(kids.runs_of("charge"), 1, "{protocol:?}");
+        assert_eq!(kids.runs_of("charge"), 2, "{protocol:?}");
         let (peeked, _) = run_in(&w, &log, &kids, None, "peek", "p", json!({})).await;
-        assert_eq!(peeked.unwrap().output.unwrap(), json!({ "a": 20, "b": 2 }));
+        assert_eq!(
+            peeked.unwrap().output.unwrap(),
+            json!({ "a": 20, "b": 2, "c": 5 })
+        );
     }
 }
 
@@ -236,6 +285,118 @@ async fn each_protocol_logs_what_its_table_says() {
         println!("{:>9}: read {reads}, write {writes}", protocol.name());
         assert_eq!((reads, writes), (per_read, per_write), "{protocol:?}");
     }
+}
+
+/// Calls `children` child instances of `empty`, one after the other.
+async fn parent(flow: Flow, input: Value) -> Result<u64, Error> {
+    let mut sum = 0;
+    for i in 0..input["children"].as_u64().unwrap() {
+        sum += flow.child::<u64>("empty", &json!({ "n": i })).await?;
+    }
+    Ok(sum)
+}
+
+async fn empty(_flow: Flow, input: Value) -> Result<u64, Error> {
+    Ok(input["n"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn a_child_workflow_costs_its_start_and_one_record_of_its_end_in_both_streams() {
+    let mut w = Workflows::new();
+    w.register("parent", parent).register("empty", empty);
+    let kids = Children::default();
+    let records = |children: u64| {
+        let (w, kids) = (w.clone(), kids.clone());
+        async move {
+            let log = Arc::new(MemoryLogBook::new());
+            let input = json!({ "children": children });
+            let (ended, _) = run_in(&w, &log, &kids, None, "parent", "p", input).await;
+            let ended = ended.unwrap();
+            assert_eq!(ended.status, Status::Succeeded);
+            assert_eq!(ended.output.unwrap(), json!((0..children).sum::<u64>()));
+            let all = logbook::ReadRange {
+                from: logbook::Seqnum(0),
+                to: logbook::Seqnum::MAX,
+                limit: 10_000,
+            };
+            let n = log
+                .read_range(common::BOOK, logbook::Tag::ANY, all)
+                .await
+                .unwrap()
+                .len() as u64;
+            (n, log)
+        }
+    };
+    let (base, _) = records(0).await;
+    assert_eq!(base, 2, "the parent's start and end");
+    let (with, log) = records(10).await;
+    assert_eq!(
+        (with - base) / 10,
+        2,
+        "per child: its start, and its end in the parent's slot"
+    );
+    // The parent's record of a child is the child's last record: one record, in both streams.
+    let ctx = outside(&log);
+    let p = libflow::describe(&ctx, "p").await.unwrap().unwrap();
+    let calls: Vec<_> = p.steps.iter().filter(|s| s.op == "child").collect();
+    assert_eq!(calls.len(), 10);
+    for call in calls {
+        let id = call.name.as_deref().unwrap().split_once(' ').unwrap().1;
+        let child = libflow::describe(&ctx, id).await.unwrap().unwrap();
+        assert_eq!(child.status, Status::Succeeded);
+        assert_eq!(child.parent.as_deref(), Some("p"));
+        let end = child.steps.last().unwrap();
+        assert_eq!((end.op.as_str(), end.seqnum), ("end", call.seqnum), "{id}");
+    }
+    // A call of something that is not a workflow fails the call, not the child's stream.
+    async fn bad(flow: Flow, _input: Value) -> Result<Value, Error> {
+        flow.child::<Value>("charge", &json!({})).await
+    }
+    w.register("bad", bad);
+    let kids = children();
+    let log = Arc::new(MemoryLogBook::new());
+    let (ended, _) = run_in(&w, &log, &kids, None, "bad", "b", json!({})).await;
+    let ended = ended.unwrap();
+    assert_eq!(ended.status, Status::Failed);
+    assert!(ended.error.unwrap().contains("not a workflow"));
+    assert!(libflow::describe(&outside(&log), "b:1")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_waits_for_its_signal_in_its_parents_execution() {
+    async fn outer(flow: Flow, _input: Value) -> Result<Value, Error> {
+        flow.child::<Value>("inner", &json!({})).await
+    }
+    async fn inner(flow: Flow, _input: Value) -> Result<Value, Error> {
+        flow.wait_signal("go").await
+    }
+    let mut w = Workflows::new();
+    w.register("outer", outer).register("inner", inner);
+    // Even a wait this short would give up a root instance's task.
+    w.set_suspend_after(Duration::from_millis(1));
+    let log = Arc::new(MemoryLogBook::new());
+    let kids = Children::default();
+    let run = {
+        let (w, log, kids) = (w.clone(), log.clone(), kids.clone());
+        tokio::spawn(async move {
+            run_in(&w, &log, &kids, None, "outer", "o", json!({}))
+                .await
+                .0
+        })
+    };
+    // Delivered as the gateway delivers any signal: the delivery drives nothing, the
+    // parent's execution takes it.
+    send_signal(&w, &log, &kids, "inner", "o:1", "go", json!("went")).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the parent ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.status, Status::Succeeded, "{ended:?}");
+    assert_eq!(ended.output.unwrap(), json!("went"));
 }
 
 async fn v1(flow: Flow, _input: Value) -> Result<&'static str, Error> {

@@ -80,6 +80,7 @@ fn welcome_calls_greet_and_signs_the_guestbook_and_the_cli_lists_functions() {
             "counter.reset",
             "echo",
             "editor.retitle",
+            "fanout",
             "greet",
             "group.describe",
             "guestbook",

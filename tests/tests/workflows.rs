@@ -39,9 +39,14 @@ fn steps_instances_survive_a_sigkill_of_tally_up_and_each_counts_exactly_its_ste
             .unwrap();
         assert_eq!(response.status(), 202, "{}", response.text().unwrap());
     }
+    // And an instance whose children are `steps` instances.
+    let children = 4;
+    let fanout = json!({ "children": children, "steps": STEPS });
+    start(&http, &tally, "fanout", "f", fanout);
     // Kill it once some instance has logged a few steps while others still run (both seen in
     // the same look over the instances, right before the kill).
     let mut running_at_kill = 0;
+    let mut fanout_running = false;
     wait_until(Duration::from_secs(30), || {
         let views: Vec<Option<Value>> = (0..INSTANCES)
             .map(|i| instance(&http, &tally, &format!("s{i}")))
@@ -54,6 +59,7 @@ fn steps_instances_survive_a_sigkill_of_tally_up_and_each_counts_exactly_its_ste
             .iter()
             .filter(|v| v.as_ref().is_none_or(|v| v["status"] == "running"))
             .count();
+        fanout_running = instance(&http, &tally, "f").is_none_or(|v| v["status"] == "running");
         started
     })
     .unwrap();
@@ -81,11 +87,42 @@ fn steps_instances_survive_a_sigkill_of_tally_up_and_each_counts_exactly_its_ste
             assert_eq!(step["position"], n as u64 + 1, "{id}");
         }
     }
+    // The parent's output sums its children's; each child ran its steps once, and its last
+    // record is the parent's record of it.
+    let f = wait_end(&http, &tally, "f", Duration::from_secs(60));
+    assert_eq!(
+        f["output"],
+        json!({ "count": children * STEPS, "children": children })
+    );
+    let calls: Vec<&Value> = f["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["op"] == "child")
+        .collect();
+    assert_eq!(calls.len() as u64, children, "{f}");
+    for (n, call) in calls.iter().enumerate() {
+        let id = format!("f:{}", n + 1);
+        assert_eq!(call["name"], format!("steps {id}"));
+        let child = instance(&http, &tally, &id).unwrap();
+        assert_eq!(child["status"], "succeeded", "{id}: {child}");
+        assert_eq!(child["parent"], "f");
+        assert_eq!(child["output"], json!({ "count": STEPS }), "{id}");
+        let steps = child["steps"].as_array().unwrap();
+        assert_eq!(steps.len() as u64, 2 * STEPS + 1, "{id}");
+        let end = steps.last().unwrap();
+        assert_eq!(
+            (&end["op"], &end["seqnum"]),
+            (&json!("end"), &call["seqnum"]),
+            "{id}"
+        );
+    }
     println!("{running_at_kill} of {INSTANCES} instances were running at the kill");
     assert!(
         running_at_kill > 0,
         "the kill came after every instance ended"
     );
+    assert!(fanout_running, "the kill came after the fanout ended");
 
     // A query answers from the instance and its table, and changes nothing.
     let before = instance(&http, &tally, "s0").unwrap();

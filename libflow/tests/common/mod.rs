@@ -111,7 +111,9 @@ impl Children {
 }
 
 /// A process's invoker: dead once its process crashed. An asynchronous call of a workflow
-/// (an instance's timer) runs it in a process of its own once due, as a gateway would.
+/// (an instance's timer) runs it in a process of its own once due, as a gateway would; a
+/// synchronous one (a child instance) runs it in this process.
+#[derive(Clone)]
 struct ProcessInvoker {
     process: Arc<Process>,
     children: Children,
@@ -126,6 +128,12 @@ impl Invoker for ProcessInvoker {
             return Err(FunctionError::unavailable("the process crashed"));
         }
         let Some(key) = call.key else {
+            if let Some(handler) = self.workflows.handler(call.function) {
+                let invoker = Arc::new(self.clone());
+                let log = self.process.log.clone();
+                let ctx = Ctx::with_invoker(log, BOOK, "child".into(), invoker, call.depth);
+                return handler(ctx, call.input.clone()).await;
+            }
             return self.children.run(call.function, &call.input);
         };
         // One run per key, even for calls at once (the results stay locked through the run).
