@@ -291,6 +291,10 @@ struct UpArgs {
     /// Record cache size, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_mb: usize,
+    /// Size at which a segment file of the log is sealed and the next begun, in MiB. Space
+    /// comes back from sealed segments only.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    segment_mib: u64,
     /// A TOML file of `[functions.NAME]` tables: each function's max_concurrency,
     /// timeout_ms, retries and backoff_ms.
     #[arg(long)]
@@ -958,6 +962,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     config.cut_interval_us = args.cut_interval_us;
     config.cache_bytes_max = args.cache_mb * 1024 * 1024;
+    config.segment_bytes_max = args.segment_mib * 1024 * 1024;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
     let node = Node::start(config).await?;

@@ -32,6 +32,9 @@ const STORAGE_NODE: NodeId = NodeId(0);
 pub const CUT_INTERVAL_US_DEFAULT: u64 = 200;
 /// Messages queued for the sequencer task, at most.
 const SEQUENCER_QUEUE_MAX: usize = 4096;
+/// A sealed segment is rewritten once the payloads of its trimmed records are this share of
+/// its bytes.
+const COMPACT_DEAD_FRACTION: f64 = 0.1;
 
 /// How a single node is set up.
 #[derive(Debug, Clone)]
@@ -124,6 +127,37 @@ impl Shard for LocalShard {
             data: stored.record.data,
             aux: None,
         }))
+    }
+
+    async fn compact(&self, visible: gateway::runtime::Visibility) -> Result<(), LogError> {
+        let store = self.store.clone();
+        let compacted = tokio::task::spawn_blocking(move || {
+            let mut freed = (0u64, 0u64);
+            for (number, _) in store.sealed_segments() {
+                let dead = |seqnums: &[Seqnum]| visible(seqnums).into_iter().map(|v| !v).collect();
+                match store.compact(number, COMPACT_DEAD_FRACTION, dead) {
+                    Ok(done) if done.rewritten => {
+                        freed.0 += 1;
+                        freed.1 += done.bytes_before - done.bytes_after;
+                    }
+                    Ok(_) => {}
+                    // Reclaimed meanwhile.
+                    Err(StoreError::BadArgument(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(freed)
+        })
+        .await
+        .map_err(|e| LogError::Unavailable(format!("compaction task: {e}")))??;
+        if compacted.0 > 0 {
+            tracing::info!(
+                segments = compacted.0,
+                bytes = compacted.1,
+                "dropped the payloads of trimmed records"
+            );
+        }
+        Ok(())
     }
 
     async fn reclaim(&self, checkpoint: IndexCheckpoint) -> Result<(), LogError> {

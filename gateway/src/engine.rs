@@ -755,6 +755,12 @@ impl LogEngine {
         self.view
     }
 
+    /// Whether the record at `seqnum` is still visible (in some book, under some stream of
+    /// its tags); what the index has not reached yet counts as visible.
+    pub fn shows(&self, seqnum: Seqnum) -> bool {
+        self.index.shows(seqnum)
+    }
+
     /// The seqnum after the last record the index has applied: every record below it is in
     /// the index (or trimmed).
     pub fn applied_end(&self) -> Seqnum {

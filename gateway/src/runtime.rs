@@ -30,6 +30,13 @@ const DISCARDED_RETRIES: usize = 5;
 const READ_MANY_CHUNK: usize = 256;
 /// How often parked blocking reads are checked for their deadline.
 const TICK_INTERVAL_MS: u64 = 5;
+/// How long after a trim the housekeeping pass it asks for starts (so one pass serves the
+/// trims made together), and the least time between two passes.
+const HOUSEKEEPING_DELAY: Duration = Duration::from_secs(1);
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Answers, per seqnum, whether the record there is still visible (`Shard::compact`).
+pub type Visibility = Arc<dyn Fn(&[Seqnum]) -> Vec<bool> + Send + Sync>;
 
 /// Where a gateway's records go: its shard's storage replicas.
 #[async_trait]
@@ -50,6 +57,12 @@ pub trait Shard: Send + Sync + 'static {
     /// Trims made every record below `checkpoint.below` invisible: the storage replicas may
     /// delete the segments that hold only such records, keeping the checkpoint for recovery.
     async fn reclaim(&self, checkpoint: IndexCheckpoint) -> Result<(), LogError>;
+    /// Trims made records invisible here and there: the storage replicas may drop their
+    /// payloads from sealed segments, asking `visible` which records still show. By default
+    /// nothing is dropped.
+    async fn compact(&self, _visible: Visibility) -> Result<(), LogError> {
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -115,6 +128,8 @@ pub struct GatewayLog {
     stats: Mutex<RuntimeStats>,
     metrics: Arc<Metrics>,
     reclaiming: tokio::sync::Mutex<()>,
+    /// Told of every trim: the housekeeping task reclaims and compacts after trims.
+    trimmed: Arc<tokio::sync::Notify>,
 }
 
 impl GatewayLog {
@@ -146,9 +161,11 @@ impl GatewayLog {
             stats: Mutex::new(RuntimeStats::default()),
             metrics,
             reclaiming: tokio::sync::Mutex::new(()),
+            trimmed: Arc::new(tokio::sync::Notify::new()),
         });
         tokio::spawn(replicate_loop(Arc::downgrade(&log), replicate_rx));
         tokio::spawn(tick_loop(Arc::downgrade(&log)));
+        tokio::spawn(housekeeping_loop(Arc::downgrade(&log), log.trimmed.clone()));
         log
     }
 
@@ -156,6 +173,20 @@ impl GatewayLog {
         self.inner
             .lock()
             .expect("no panics while holding the engine lock")
+    }
+
+    /// Has the shard reclaim the prefix of the log trims made invisible, if it grew.
+    async fn reclaim_trimmed(&self) {
+        // One reclaim at a time, so checkpoints reach storage in increasing order.
+        let _reclaiming = self.reclaiming.lock().await;
+        let checkpoint = self.lock().engine.reclaim_checkpoint();
+        if let Some(checkpoint) = checkpoint {
+            // The trim holds whether or not space comes back now; a later trim retries.
+            match self.shard.reclaim(checkpoint.clone()).await {
+                Ok(()) => self.lock().engine.reclaimed(&checkpoint),
+                Err(e) => tracing::warn!(error = %e, "reclaiming trimmed segments failed"),
+            }
+        }
     }
 
     fn now_us(&self) -> u64 {
@@ -356,6 +387,40 @@ fn stopped(cause: LogError) -> LogError {
     ))
 }
 
+/// After trims, in the background: reclaims the prefix of the log they made invisible, then
+/// has the shard drop the payloads of records no stream shows any more. A pass starts a
+/// moment after the trim that asks for it and at least `HOUSEKEEPING_INTERVAL` after the
+/// last one; it ends with the log.
+async fn housekeeping_loop(log: std::sync::Weak<GatewayLog>, trimmed: Arc<tokio::sync::Notify>) {
+    loop {
+        let asked = tokio::time::timeout(HOUSEKEEPING_INTERVAL, trimmed.notified()).await;
+        if log.strong_count() == 0 {
+            return;
+        }
+        if asked.is_err() {
+            continue;
+        }
+        tokio::time::sleep(HOUSEKEEPING_DELAY).await;
+        let Some(strong) = log.upgrade() else { return };
+        strong.reclaim_trimmed().await;
+        let weak = log.clone();
+        let visible: Visibility = Arc::new(move |seqnums: &[Seqnum]| match weak.upgrade() {
+            Some(log) => {
+                let inner = log.lock();
+                seqnums.iter().map(|s| inner.engine.shows(*s)).collect()
+            }
+            // Gone: nothing is dropped.
+            None => vec![true; seqnums.len()],
+        });
+        let shard = strong.shard.clone();
+        drop(strong);
+        if let Err(e) = shard.compact(visible).await {
+            tracing::warn!(error = %e, "compacting trimmed records failed");
+        }
+        tokio::time::sleep(HOUSEKEEPING_INTERVAL.saturating_sub(HOUSEKEEPING_DELAY)).await;
+    }
+}
+
 async fn tick_loop(log: std::sync::Weak<GatewayLog>) {
     let mut interval = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -475,17 +540,9 @@ impl LogBook for GatewayLog {
         )
         .await?;
         if tag == Tag::ANY {
-            // One reclaim at a time, so checkpoints reach storage in increasing order.
-            let _reclaiming = self.reclaiming.lock().await;
-            let checkpoint = self.lock().engine.reclaim_checkpoint();
-            if let Some(checkpoint) = checkpoint {
-                // The trim holds whether or not space comes back now; a later trim retries.
-                match self.shard.reclaim(checkpoint.clone()).await {
-                    Ok(()) => self.lock().engine.reclaimed(&checkpoint),
-                    Err(e) => tracing::warn!(error = %e, "reclaiming trimmed segments failed"),
-                }
-            }
+            self.reclaim_trimmed().await;
         }
+        self.trimmed.notify_one();
         Ok(())
     }
 

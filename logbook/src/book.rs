@@ -78,7 +78,10 @@ pub trait LogBook: Send + Sync {
     async fn set_aux_data(&self, book: BookId, seqnum: Seqnum, aux: Bytes) -> Result<(), LogError>;
 
     /// Removes the records of `tag`'s stream (`Tag::ANY`: of the whole book) below `below`.
-    /// Trims only move forward; a lower trim point than an earlier one changes nothing.
+    /// Trims only move forward; a lower trim point than an earlier one changes nothing. A
+    /// record that no stream of its tags shows any more leaves the book too (reads with
+    /// `Tag::ANY`), and its space may be reclaimed; a record without tags leaves only with
+    /// the book.
     async fn trim(&self, book: BookId, tag: Tag, below: Seqnum) -> Result<(), LogError>;
 
     /// The records with `tag` in `range`, in seqnum order: at most `range.limit` records and,

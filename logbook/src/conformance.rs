@@ -355,40 +355,38 @@ pub async fn blocking_read_times_out_empty(log: &dyn LogBook) {
     );
 }
 
-/// Trim removes the records below its point from reads; later trims never move it back.
+/// Trim removes the records below its point from reads; later trims never move it back. A
+/// record leaves the book once every stream of its tags is trimmed past it; one without tags,
+/// only with the book.
 pub async fn trim_removes_a_prefix(log: &dyn LogBook) {
     let s: Vec<Seqnum> = futures_free_appends(log, 4, &[70]).await;
+    let both = append(log, B, &[70, 71], "both tags").await;
+    let untagged = append(log, B, &[], "no tags").await;
+    let seqnums = |records: Vec<(Seqnum, String)>| records.iter().map(|r| r.0).collect::<Vec<_>>();
     log.trim(B, Tag(70), s[1]).await.expect("trim a tag");
     assert_eq!(
-        read_all(log, B, Tag(70))
-            .await
-            .iter()
-            .map(|r| r.0)
-            .collect::<Vec<_>>(),
-        s[1..].to_vec()
+        seqnums(read_all(log, B, Tag(70)).await),
+        [&s[1..], &[both]].concat()
     );
     assert_eq!(
-        read_all(log, B, Tag::ANY).await.len(),
-        4,
-        "a tag trim leaves the book's other streams"
+        seqnums(read_all(log, B, Tag::ANY).await),
+        [&s[1..], &[both, untagged]].concat(),
+        "s0 had no other stream: it left the book"
     );
-    log.trim(B, Tag::ANY, s[3]).await.expect("trim the book");
+    log.trim(B, Tag(70), untagged)
+        .await
+        .expect("trim the tag past both");
     assert_eq!(
-        read_all(log, B, Tag::ANY)
-            .await
-            .iter()
-            .map(|r| r.0)
-            .collect::<Vec<_>>(),
-        vec![s[3]]
+        seqnums(read_all(log, B, Tag::ANY).await),
+        vec![both, untagged],
+        "a record another stream still shows stays in the book"
     );
-    assert_eq!(
-        read_all(log, B, Tag(70))
-            .await
-            .iter()
-            .map(|r| r.0)
-            .collect::<Vec<_>>(),
-        vec![s[3]]
-    );
+    assert_eq!(seqnums(read_all(log, B, Tag(71)).await), vec![both]);
+    log.trim(B, Tag::ANY, untagged)
+        .await
+        .expect("trim the book");
+    assert_eq!(seqnums(read_all(log, B, Tag::ANY).await), vec![untagged]);
+    assert!(read_all(log, B, Tag(71)).await.is_empty());
     log.trim(B, Tag::ANY, s[0])
         .await
         .expect("a lower trim is accepted");

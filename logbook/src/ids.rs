@@ -15,7 +15,8 @@ pub struct BookId(pub u32);
 pub struct Tag(pub u64);
 
 impl Tag {
-    /// In a read: any record of the book. Never carried by a record.
+    /// In a read: any record of the book (that some stream of its tags still shows). Never
+    /// carried by a record.
     pub const ANY: Tag = Tag(0);
     /// Reserved: never carried by a record, never meaningful in a read.
     pub const RESERVED: Tag = Tag(u64::MAX);

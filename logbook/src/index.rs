@@ -32,7 +32,14 @@ struct Stream {
     trimmed_below: Seqnum,
     /// The token of the stream's newest record (`Cond::token`; 0 for a plain record).
     last_token: u64,
+    /// A book's stream of every record only (empty for a tag's): per seqnum, in how many of
+    /// its tags' streams the record is still visible (`UNTAGGED` for a record without tags).
+    /// A tagged record visible in none of them is gone from this stream too.
+    live: Vec<u8>,
 }
+
+/// `Stream::live` of a record without tags: only a trim of the whole book hides it.
+const UNTAGGED: u8 = u8::MAX;
 
 impl Stream {
     fn len(&self) -> u64 {
@@ -48,15 +55,25 @@ impl Stream {
         self.trimmed_below = self.trimmed_below.max(below);
     }
 
-    /// Visible seqnums: those at or above the trim point.
-    fn visible(&self) -> &[Seqnum] {
-        let start = self.seqnums.partition_point(|s| *s < self.trimmed_below);
-        &self.seqnums[start..]
+    /// Where the seqnums at or above the trim point start.
+    fn first_visible(&self) -> usize {
+        self.seqnums.partition_point(|s| *s < self.trimmed_below)
+    }
+
+    /// Whether the record at index `i` of `seqnums`, at or above the trim point, is visible:
+    /// in a tag's stream always, in a book's while some stream of its tags shows it.
+    fn alive(&self, i: usize) -> bool {
+        self.live.get(i).is_none_or(|&l| l != 0)
+    }
+
+    /// The indexes of the visible seqnums at or after `start`.
+    fn visible_from(&self, start: usize) -> impl Iterator<Item = usize> + '_ {
+        (start.max(self.first_visible())..self.seqnums.len()).filter(|&i| self.alive(i))
     }
 
     fn next(&self, min: Seqnum) -> Option<Seqnum> {
-        let visible = self.visible();
-        visible.get(visible.partition_point(|s| *s < min)).copied()
+        let start = self.seqnums.partition_point(|s| *s < min);
+        self.visible_from(start).next().map(|i| self.seqnums[i])
     }
 
     /// The newest visible seqnum at or below `max`. Readers ask mostly for records near the
@@ -76,24 +93,38 @@ impl Stream {
             step *= 2;
         }
         let end = lo + seqnums[lo..hi].partition_point(|s| *s <= max);
-        end.checked_sub(1)
+        (0..end)
+            .rev()
+            .take_while(|&i| seqnums[i] >= self.trimmed_below)
+            .find(|&i| self.alive(i))
             .map(|i| seqnums[i])
-            .filter(|s| *s >= self.trimmed_below)
     }
 
     fn range(&self, from: Seqnum, to: Seqnum, limit: usize) -> Vec<Seqnum> {
-        let visible = self.visible();
-        let start = visible.partition_point(|s| *s < from);
-        visible[start..]
-            .iter()
-            .take_while(|s| **s < to)
+        let start = self.seqnums.partition_point(|s| *s < from);
+        self.visible_from(start)
+            .map(|i| self.seqnums[i])
+            .take_while(|s| *s < to)
             .take(limit)
-            .copied()
             .collect()
     }
 
     fn contains(&self, seqnum: Seqnum) -> bool {
-        self.visible().binary_search(&seqnum).is_ok()
+        seqnum >= self.trimmed_below
+            && self
+                .seqnums
+                .binary_search(&seqnum)
+                .is_ok_and(|i| self.alive(i))
+    }
+
+    /// One stream of the record at `seqnum` no longer shows it (a book's stream only).
+    fn hide_in_one_stream(&mut self, seqnum: Seqnum) {
+        if let Ok(i) = self.seqnums.binary_search(&seqnum) {
+            let live = &mut self.live[i];
+            if *live != UNTAGGED {
+                *live = live.saturating_sub(1);
+            }
+        }
     }
 
     /// Records below `below`, compacted or not.
@@ -104,6 +135,7 @@ impl Stream {
     fn compact(&mut self, below: Seqnum) {
         let cut = self.seqnums.partition_point(|s| *s < below);
         self.seqnums.drain(..cut);
+        self.live.drain(..cut.min(self.live.len()));
         self.compacted += cut as u64;
     }
 
@@ -124,6 +156,7 @@ impl Stream {
             compacted: cp.len,
             trimmed_below: cp.trimmed_below,
             last_token: cp.last_token,
+            live: Vec::new(),
         }
     }
 }
@@ -211,7 +244,19 @@ impl TagIndex {
                         stream.trim(below);
                     }
                 } else {
-                    book.stream_mut(tag).trim(below);
+                    // The records this trim hides leave the book's stream once no stream
+                    // of theirs shows them.
+                    let stream = book.stream_mut(tag);
+                    let from = stream.first_visible();
+                    let hidden: Vec<Seqnum> = stream.seqnums[from..]
+                        .iter()
+                        .take_while(|s| **s < below)
+                        .copied()
+                        .collect();
+                    stream.trim(below);
+                    for seqnum in hidden {
+                        book.all.hide_in_one_stream(seqnum);
+                    }
                 }
                 Applied::Trimmed
             }
@@ -235,14 +280,25 @@ impl TagIndex {
     }
 
     fn index(book: &mut BookIndex, entry: &IndexEntry) {
-        book.all.push(entry.seqnum, 0);
+        let mut live = 0u8;
         for &tag in &entry.tags {
             let token = match entry.kind {
                 RecordKind::Cond(c) if c.tag == tag => c.token,
                 _ => 0,
             };
-            book.stream_mut(tag).push(entry.seqnum, token);
+            let stream = book.stream_mut(tag);
+            stream.push(entry.seqnum, token);
+            // A stream trimmed past it (restored from a checkpoint) never shows it.
+            if stream.trimmed_below <= entry.seqnum {
+                live = live.saturating_add(1);
+            }
         }
+        book.all.push(entry.seqnum, 0);
+        book.all.live.push(if entry.tags.is_empty() {
+            UNTAGGED
+        } else {
+            live.min(UNTAGGED - 1)
+        });
     }
 
     /// The first visible seqnum with `tag` at or after `min`.
@@ -270,11 +326,18 @@ impl TagIndex {
             .map_or_else(Vec::new, |s| s.range(from, to, limit))
     }
 
-    /// Whether `seqnum` is a visible record of `book` (not trimmed, not a lost condition).
+    /// Whether `seqnum` is a visible record of `book`: not trimmed, not a lost condition, and
+    /// shown by some stream of its tags if it has any.
     pub fn contains(&self, book: BookId, seqnum: Seqnum) -> bool {
         self.books
             .get(&book)
             .is_some_and(|b| b.all.contains(seqnum))
+    }
+
+    /// Whether the record at `seqnum`, of whatever book, is still visible; a seqnum the index
+    /// has not reached yet counts as visible.
+    pub fn shows(&self, seqnum: Seqnum) -> bool {
+        seqnum >= self.applied_end || self.books.values().any(|b| b.all.contains(seqnum))
     }
 
     /// The trim point of `book` as a whole.
@@ -448,6 +511,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_record_leaves_the_books_stream_once_every_stream_of_its_tags_is_trimmed_past_it() {
+        let tag_trim = |seqnum: u64, tag: u64, below: u64| IndexEntry {
+            kind: RecordKind::Trim {
+                tag: Tag(tag),
+                below: Seqnum(below),
+            },
+            ..data(seqnum, 0, &[])
+        };
+        let entries = vec![
+            data(1, 0, &[5, 6]),
+            data(2, 0, &[]),
+            data(3, 0, &[5]),
+            tag_trim(4, 5, 4),
+            data(5, 0, &[6]),
+            tag_trim(6, 6, 2),
+            data(7, 0, &[5]),
+        ];
+        let mut index = TagIndex::new();
+        for e in &entries {
+            index.apply(e);
+        }
+        let any = |i: &TagIndex| i.range(BookId(0), Tag::ANY, Seqnum::ZERO, Seqnum::MAX, 10);
+        // 1 is gone from 5 and 6; 2 has no tags; 3 is gone from 5, its only stream.
+        assert_eq!(any(&index), vec![Seqnum(2), Seqnum(5), Seqnum(7)]);
+        assert!(!index.contains(BookId(0), Seqnum(1)));
+        assert!(!index.contains(BookId(0), Seqnum(3)));
+        assert!(index.contains(BookId(0), Seqnum(2)));
+        assert_eq!(index.next(BookId(0), Tag::ANY, Seqnum(0)), Some(Seqnum(2)));
+        assert_eq!(index.next(BookId(0), Tag::ANY, Seqnum(3)), Some(Seqnum(5)));
+        assert_eq!(index.prev(BookId(0), Tag::ANY, Seqnum(4)), Some(Seqnum(2)));
+        assert_eq!(index.prev(BookId(0), Tag::ANY, Seqnum(1)), None);
+        // Positions stay: a tag's stream still counts its trimmed records.
+        assert_eq!(index.stream_len(BookId(0), Tag(5)), 3);
+        assert_eq!(index.reclaimable_below(), Seqnum(2));
+        // A checkpoint restored and the rest replayed decides alike.
+        let checkpoint = index.checkpoint(Seqnum(2));
+        let mut restored = TagIndex::from_checkpoint(&checkpoint);
+        for e in &entries[1..] {
+            restored.apply(e);
+        }
+        assert_eq!(any(&restored), any(&index));
+        // A trim of the whole book hides the untagged record too.
+        index.apply(&IndexEntry {
+            kind: RecordKind::Trim {
+                tag: Tag::ANY,
+                below: Seqnum(3),
+            },
+            ..data(8, 0, &[])
+        });
+        assert_eq!(any(&index), vec![Seqnum(5), Seqnum(7)]);
+        assert_eq!(index.reclaimable_below(), Seqnum(5));
     }
 
     #[test]

@@ -990,9 +990,13 @@ impl World {
             let end = gateway.engine.applied_end();
             seen.push((*id, end, gateway.stream(logbook::Tag::ANY)));
         }
-        let observer = &self.observer;
-        crate::invariants::one_order::check(&seen, |upto| {
-            observer.trim_point(logbook::Tag::ANY, upto)
+        let (observer, ground) = (&self.observer, &self.ground);
+        crate::invariants::one_order::check(&seen, |seqnum, upto| {
+            let tags = observer
+                .locate(seqnum)
+                .and_then(|(shard, id)| ground.record(shard, id))
+                .map_or_else(Vec::new, |r| r.tags.clone());
+            observer.shows_upto(seqnum, &tags, upto)
         })
     }
 

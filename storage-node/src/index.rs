@@ -16,6 +16,8 @@ pub(crate) struct Slot {
     pub segment: u64,
     pub offset: u64,
     pub len: u32,
+    /// Bytes of the record's payload in the frame (what compaction may drop).
+    pub data_len: u32,
 }
 
 /// The frames of one shard's records in one view, by local counter from `first_counter`.
@@ -293,6 +295,60 @@ impl Index {
                 }
             }
         })
+    }
+
+    /// The ordered records of segment `number`: seqnum and payload bytes of each.
+    pub fn ordered_in(&self, number: u64) -> Vec<(Seqnum, u32)> {
+        let Some(meta) = self.segments.get(&number) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for (&(shard, view), &(first, end)) in &meta.runs {
+            let Some(run) = self.runs.get(&(shard, view)) else {
+                continue;
+            };
+            for counter in first..end {
+                let Some(seqnum) = self.seq_of(shard, view, counter) else {
+                    continue;
+                };
+                let slot = counter
+                    .checked_sub(run.first_counter)
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| run.slots.get(i))
+                    .filter(|s| s.segment == number);
+                if let Some(slot) = slot {
+                    found.push((seqnum, slot.data_len));
+                }
+            }
+        }
+        found
+    }
+
+    /// Segment `number` was rewritten into `file` of `bytes`: its records are at `moved`.
+    pub fn relocate(
+        &mut self,
+        number: u64,
+        file: Arc<File>,
+        bytes: u64,
+        moved: &[(ShardId, LocalId, Slot)],
+    ) {
+        if let Some(meta) = self.segments.get_mut(&number) {
+            meta.file = file;
+            meta.bytes = bytes;
+        }
+        for &(shard, id, slot) in moved {
+            let Some(run) = self.runs.get_mut(&(shard, id.view())) else {
+                continue;
+            };
+            let Some(i) = id.counter().checked_sub(run.first_counter) else {
+                continue;
+            };
+            if let Some(s) = usize::try_from(i).ok().and_then(|i| run.slots.get_mut(i)) {
+                if s.segment == number {
+                    *s = slot;
+                }
+            }
+        }
     }
 
     /// Forgets deleted segments and everything below `below`.

@@ -128,6 +128,22 @@ pub struct Reclaimed {
     pub bytes: u64,
 }
 
+/// What compacting a segment did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Whether the segment was rewritten (it held enough dead payload bytes).
+    pub rewritten: bool,
+    /// Records whose payload the rewrite dropped.
+    pub records: u64,
+    /// The segment's size before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The suffix of a segment being rewritten by `compact`; a leftover of a crash is removed at
+/// open.
+const COMPACTING_SUFFIX: &str = ".compacting";
+
 /// Counters since open.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -139,6 +155,7 @@ pub(crate) struct Stats {
     bytes_written: AtomicU64,
     segments_created: AtomicU64,
     segments_deleted: AtomicU64,
+    bytes_compacted: AtomicU64,
 }
 
 /// A snapshot of the store's counters since open.
@@ -155,6 +172,8 @@ pub struct StoreStats {
     pub bytes_written: u64,
     pub segments_created: u64,
     pub segments_deleted: u64,
+    /// Bytes compaction took off sealed segments.
+    pub bytes_compacted: u64,
 }
 
 /// The durable store of one storage node. Cheap to clone; all clones share one IO thread.
@@ -164,6 +183,7 @@ pub struct Store {
 }
 
 struct Inner {
+    dir: PathBuf,
     tx: SyncSender<Request>,
     permits: Arc<Semaphore>,
     index: Arc<RwLock<index::Index>>,
@@ -236,6 +256,23 @@ impl Inner {
     }
 }
 
+/// Removes what a crash left of a segment being compacted: the segment itself is intact.
+fn remove_compaction_leftovers(dir: &Path) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StoreError::io(format!("list {}", dir.display()), &e))?;
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(COMPACTING_SUFFIX))
+        {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StoreError::io(format!("remove {}", entry.path().display()), &e))?;
+        }
+    }
+    Ok(())
+}
+
 /// The file name of segment `number`.
 pub fn segment_name(number: u64) -> String {
     format!("{number:020}.seg")
@@ -260,6 +297,7 @@ impl Store {
             ),
             errno: e.raw_os_error(),
         })?;
+        remove_compaction_leftovers(&config.data_dir)?;
         let recovered = recovery::recover(&config.data_dir)?;
         let index = Arc::new(RwLock::new(recovered.index));
         let stats = Arc::new(Stats::default());
@@ -278,6 +316,7 @@ impl Store {
             .map_err(|e| StoreError::io("spawn the storage IO thread", &e))?;
         let store = Store {
             inner: Arc::new(Inner {
+                dir: config.data_dir.clone(),
                 tx,
                 permits: Arc::new(Semaphore::new(INFLIGHT_REQUESTS_MAX)),
                 index,
@@ -352,6 +391,174 @@ impl Store {
         }
     }
 
+    /// The sealed segments (every one but the newest, which the IO thread writes), oldest
+    /// first, with their sizes in bytes.
+    pub fn sealed_segments(&self) -> Vec<(u64, u64)> {
+        let idx = self.inner.index.read().expect("index lock poisoned");
+        let newest = idx.segments.keys().next_back().copied();
+        idx.segments
+            .iter()
+            .filter(|(n, _)| Some(**n) != newest)
+            .map(|(n, meta)| (*n, meta.bytes))
+            .collect()
+    }
+
+    /// Rewrites sealed segment `number` without the payloads of the ordered records `dead`
+    /// marks (called once with the seqnums of the segment's ordered records that still have a
+    /// payload; it answers one flag each), if those payloads are at least `min_fraction` of
+    /// the segment's bytes: that much is known from memory, without reading the file.
+    /// Every frame stays, a dead record's with an empty payload, so recovery rebuilds the
+    /// same index and the same streams; reads of the live records go on throughout (a read
+    /// that located a record before the switch reads the old file). Blocking: it reads and
+    /// writes the whole segment. The new file is synced and renamed over the old one, so a
+    /// crash leaves one or the other.
+    pub fn compact(
+        &self,
+        number: u64,
+        min_fraction: f64,
+        dead: impl FnOnce(&[Seqnum]) -> Vec<bool>,
+    ) -> Result<Compacted, StoreError> {
+        let path = segment_path(&self.inner.dir, number);
+        let Some((_, size)) = self
+            .sealed_segments()
+            .into_iter()
+            .find(|(n, _)| *n == number)
+        else {
+            return Err(StoreError::BadArgument(format!(
+                "segment {number} is not a sealed segment of this store"
+            )));
+        };
+        let mut done = Compacted {
+            bytes_before: size,
+            bytes_after: size,
+            ..Compacted::default()
+        };
+        let candidates: Vec<(Seqnum, u32)> = self
+            .inner
+            .index
+            .read()
+            .expect("index lock poisoned")
+            .ordered_in(number)
+            .into_iter()
+            .filter(|(_, data_len)| *data_len > 0)
+            .collect();
+        let asked: Vec<Seqnum> = candidates.iter().map(|(s, _)| *s).collect();
+        let flags = dead(&asked);
+        assert_eq!(flags.len(), asked.len(), "one flag per record asked about");
+        let doomed: std::collections::BTreeSet<Seqnum> = asked
+            .iter()
+            .zip(flags)
+            .filter(|(_, dead)| *dead)
+            .map(|(s, _)| *s)
+            .collect();
+        let dead_bytes: u64 = candidates
+            .iter()
+            .filter(|(s, _)| doomed.contains(s))
+            .map(|(_, len)| u64::from(*len))
+            .sum();
+        if doomed.is_empty() || (dead_bytes as f64) < min_fraction * size as f64 {
+            return Ok(done);
+        }
+        let bytes = Bytes::from(
+            std::fs::read(&path)
+                .map_err(|e| StoreError::io(format!("read {}", path.display()), &e))?,
+        );
+        let corrupt = |(offset, reason): (usize, String)| StoreError::Corrupt {
+            segment: segment_name(number),
+            offset_bytes: offset as u64,
+            reason,
+        };
+        let scan = codec::scan(&bytes, false).map_err(corrupt)?;
+        let seqnums: Vec<Option<Seqnum>> = {
+            let idx = self.inner.index.read().expect("index lock poisoned");
+            scan.frames
+                .iter()
+                .map(|(_, _, frame)| match frame {
+                    codec::Frame::Record(r) => {
+                        idx.seq_of(r.shard, r.local_id.view(), r.local_id.counter())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // The new file: every frame as it was, but a dead record's without its payload.
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut moved = Vec::new();
+        let mut emptied = 0;
+        for ((offset, len, frame), seqnum) in scan.frames.iter().zip(seqnums) {
+            let at = out.len() as u64;
+            let doomed = match frame {
+                codec::Frame::Record(r) if !r.record.data.is_empty() => {
+                    seqnum.is_some_and(|s| doomed.contains(&s))
+                }
+                _ => false,
+            };
+            let written = match frame {
+                codec::Frame::Record(r) if doomed => {
+                    emptied += 1;
+                    let emptied = LogRecord {
+                        data: Bytes::new(),
+                        ..r.record.clone()
+                    };
+                    codec::encode_record(r.shard, r.local_id, &emptied, &mut out)
+                }
+                _ => {
+                    out.extend_from_slice(&bytes[*offset..offset + len]);
+                    *len
+                }
+            };
+            if let codec::Frame::Record(r) = frame {
+                let slot = index::Slot {
+                    segment: number,
+                    offset: at,
+                    len: written as u32,
+                    data_len: if doomed {
+                        0
+                    } else {
+                        r.record.data.len() as u32
+                    },
+                };
+                moved.push((r.shard, r.local_id, slot));
+            }
+        }
+        let tmp = self
+            .inner
+            .dir
+            .join(format!("{}{COMPACTING_SUFFIX}", segment_name(number)));
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| StoreError::io(format!("create {}", tmp.display()), &e))?;
+        file.write_all_at(&out, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| StoreError::io(format!("write {}", tmp.display()), &e))?;
+        drop(file);
+        let dir = std::fs::File::open(&self.inner.dir)
+            .map_err(|e| StoreError::io(format!("open {}", self.inner.dir.display()), &e))?;
+        {
+            // Under the index lock, which a reclaim holds while it deletes segments: the
+            // segment is either still there and switched here, or gone and left alone.
+            let mut idx = self.inner.index.write().expect("index lock poisoned");
+            if !idx.segments.contains_key(&number) {
+                drop(idx);
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(done);
+            }
+            std::fs::rename(&tmp, &path)
+                .and_then(|()| dir.sync_all())
+                .map_err(|e| StoreError::io(format!("rename {}", tmp.display()), &e))?;
+            let file = std::fs::File::open(&path)
+                .map_err(|e| StoreError::io(format!("open {}", path.display()), &e))?;
+            idx.relocate(number, Arc::new(file), out.len() as u64, &moved);
+        }
+        done.rewritten = true;
+        done.records = emptied;
+        done.bytes_after = out.len() as u64;
+        self.inner
+            .stats
+            .bytes_compacted
+            .fetch_add(done.bytes_before - done.bytes_after, Ordering::Relaxed);
+        Ok(done)
+    }
+
     /// The ordered record at `seqnum`: None if no such ordered record is stored here, or it
     /// was reclaimed.
     pub async fn read(&self, seqnum: Seqnum) -> Result<Option<StoredRecord>, StoreError> {
@@ -424,6 +631,7 @@ impl Store {
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
             segments_created: s.segments_created.load(Ordering::Relaxed),
             segments_deleted: s.segments_deleted.load(Ordering::Relaxed),
+            bytes_compacted: s.bytes_compacted.load(Ordering::Relaxed),
         }
     }
 

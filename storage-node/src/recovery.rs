@@ -107,6 +107,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
                         segment: number,
                         offset: offset as u64,
                         len: len as u32,
+                        data_len: r.record.data.len() as u32,
                     };
                     index
                         .apply_record(r.shard, r.local_id, slot)

@@ -283,6 +283,7 @@ impl Writer {
                     segment: self.active.number,
                     offset,
                     len: len as u32,
+                    data_len: record.data.len() as u32,
                 },
             });
             index::advance(&mut self.cursors, shard, id);
@@ -515,6 +516,9 @@ impl Writer {
         let mut freed = Reclaimed::default();
         let mut deleted = Vec::new();
         let mut error = None;
+        // Under the index lock, which a compaction holds while it switches a segment's file:
+        // it never puts back a segment deleted here.
+        let mut idx = self.index.write().expect("index lock poisoned");
         // Oldest first, stopping at the first failure, so only a prefix is ever deleted.
         for &(n, bytes) in &doomed {
             let path = segment_path(&self.dir, n);
@@ -535,11 +539,9 @@ impl Writer {
                 error.get_or_insert(StoreError::io("sync data directory", &e));
             }
         }
-        {
-            let mut idx = self.index.write().expect("index lock poisoned");
-            idx.checkpoint = Some((below, checkpoint.clone()));
-            idx.drop_segments(&deleted, below);
-        }
+        idx.checkpoint = Some((below, checkpoint.clone()));
+        idx.drop_segments(&deleted, below);
+        drop(idx);
         self.stats
             .segments_deleted
             .fetch_add(freed.segments as u64, Ordering::Relaxed);

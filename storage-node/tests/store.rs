@@ -472,6 +472,92 @@ async fn segment_roll_and_reclaim_delete_only_an_ordered_prefix() {
 }
 
 #[tokio::test]
+async fn compaction_drops_the_payloads_of_dead_records_and_recovery_finds_the_same_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = || StoreConfig {
+        segment_bytes_max: 8192,
+        ..config(dir.path())
+    };
+    let (store, before) = open(small());
+    assert!(before.ordered.is_empty());
+    let payload = "p".repeat(300);
+    for batch in 0..6u64 {
+        for c in batch * 10..batch * 10 + 10 {
+            store
+                .append_records(ShardId(0), id(0, c), vec![record(c + 1, &payload)])
+                .await
+                .expect("append");
+        }
+        store
+            .append_metalog(entry(batch, 0, batch * 10, &[(0, batch * 10, 10)]))
+            .await
+            .expect("metalog");
+    }
+    let sealed = store.sealed_segments();
+    assert!(sealed.len() >= 2, "{sealed:?}");
+    let (number, bytes) = sealed[0];
+    // Odd positions are dead.
+    let dead =
+        |asked: &[Seqnum]| -> Vec<bool> { asked.iter().map(|s| s.position() % 2 == 1).collect() };
+    // Too few dead bytes for the fraction asked: nothing changes.
+    let kept = store.compact(number, 0.99, dead).expect("compact");
+    assert!(!kept.rewritten);
+    assert_eq!(
+        std::fs::metadata(segment_path(dir.path(), number))
+            .unwrap()
+            .len(),
+        bytes
+    );
+    let done = store.compact(number, 0.2, dead).expect("compact");
+    assert!(done.rewritten && done.records > 0, "{done:?}");
+    assert_eq!(done.bytes_before, bytes);
+    assert_eq!(done.bytes_after, bytes - done.records * 300, "{done:?}");
+    assert_eq!(
+        std::fs::metadata(segment_path(dir.path(), number))
+            .unwrap()
+            .len(),
+        done.bytes_after
+    );
+    assert_eq!(store.stats().bytes_compacted, bytes - done.bytes_after);
+    // Live records read back whole from the new file, dead ones with no payload; later
+    // segments are untouched.
+    let check = |got: storage_node::StoredRecord, p: u64| {
+        assert_eq!(got.record.tags, vec![Tag(p + 1)]);
+        let expected = if p % 2 == 1 && got.local_id.counter() < done.records * 2 {
+            ""
+        } else {
+            payload.as_str()
+        };
+        assert_eq!(got.record.data, expected.as_bytes(), "{p}");
+    };
+    for p in 0..60 {
+        check(store.read(seq(0, p)).await.expect("read").expect("kept"), p);
+    }
+    // A second pass finds nothing more to drop; the newest segment is not compacted.
+    assert!(!store.compact(number, 0.0, dead).expect("compact").rewritten);
+    let newest = list_segments(dir.path()).len() as u64 - 1;
+    assert!(store.compact(newest, 0.0, dead).is_err());
+    store.shutdown();
+    // A leftover of a compaction cut short is removed; recovery finds every record.
+    std::fs::write(
+        dir.path().join("00000000000000000001.seg.compacting"),
+        b"torn",
+    )
+    .unwrap();
+    let (store, after) = open(small());
+    let seqnums: Vec<u64> = after.ordered.iter().map(|e| e.seqnum.position()).collect();
+    assert_eq!(seqnums, (0..60).collect::<Vec<_>>());
+    assert!(after.ordered.iter().all(|e| e.tags.len() == 1));
+    for p in 0..60 {
+        check(store.read(seq(0, p)).await.expect("read").expect("kept"), p);
+    }
+    assert!(!dir
+        .path()
+        .join("00000000000000000001.seg.compacting")
+        .exists());
+}
+
+#[tokio::test]
 async fn unordered_leftovers_of_an_older_view_are_reclaimed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let small = || StoreConfig {

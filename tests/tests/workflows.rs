@@ -368,11 +368,28 @@ fn metric(http: &Client, tally: &Tally, name: &str) -> f64 {
     tally_tests::metric(http, &tally.url(""), name)
 }
 
+/// The log's segment files under `data`: name and bytes, oldest first.
+fn segments(data: &std::path::Path) -> Vec<(String, u64)> {
+    let mut found: Vec<(String, u64)> = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.metadata().map_or(0, |m| m.len()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 #[test]
 fn a_thousand_ended_instances_are_collected_after_their_retention() {
     const N: usize = 1000;
     let dir = tempfile::tempdir().unwrap();
-    let tally = Tally::up(&dir.path().join("data"), &["--workflow-retention-s", "1"]).unwrap();
+    let data = dir.path().join("data");
+    let args = ["--workflow-retention-s", "1", "--segment-mib", "1"];
+    let tally = Tally::up(&data, &args).unwrap();
     let next = std::sync::atomic::AtomicUsize::new(0);
     // Records each instance's step stream holds at its end, from the answers.
     let records_each = std::sync::atomic::AtomicU64::new(0);
@@ -399,8 +416,12 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
             });
         }
     });
+    // The segments sealed by now (all but the newest) hold ended instances only.
+    let mut sealed = segments(&data);
+    sealed.pop();
+    assert!(!sealed.is_empty(), "no segment was sealed: {sealed:?}");
     let http = client();
-    let listed = |http: &Client| -> usize {
+    let listed = |http: &Client, tally: &Tally| -> usize {
         let v: Value = get_json(http, tally.url("/workflows?limit=1000"));
         v["instances"].as_array().map_or(0, Vec::len)
     };
@@ -409,7 +430,11 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
         metric(&http, &tally, "tally_workflows_collected_total") >= N as f64
     })
     .unwrap();
-    assert_eq!(listed(&http), 0, "every instance is out of the list");
+    assert_eq!(
+        listed(&http, &tally),
+        0,
+        "every instance is out of the list"
+    );
     for n in [0, 499, 999] {
         assert!(
             instance(&http, &tally, &format!("g{n}")).is_none(),
@@ -422,13 +447,43 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
         metric(&http, &tally, "tally_workflows_kept")
     );
     assert!(records >= (N as u64 * records_each) as f64);
-    // A collected id starts nothing again.
-    let again = http
-        .post(tally.url("/workflows/writes/g0?wait_ms=5000"))
-        .json(&json!({ "steps": 2 }))
-        .send()
-        .unwrap();
-    assert_eq!(again.status(), 410, "{}", again.text().unwrap());
+    // The space of what was trimmed comes back: each sealed segment loses the payloads of
+    // the records no stream shows any more (the instances' starts and ends; their table
+    // writes stay, the newest versions of their keys, and so do their invocations' records
+    // until the idempotency retention).
+    let now = |name: &str| {
+        segments(&data)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, bytes)| bytes)
+    };
+    let came_back = wait_until(Duration::from_secs(30), || {
+        sealed
+            .iter()
+            .all(|(name, bytes)| now(name) < bytes * 9 / 10)
+    });
+    let before: u64 = sealed.iter().map(|(_, bytes)| bytes).sum();
+    let after: u64 = sealed.iter().map(|(name, _)| now(name)).sum();
+    println!(
+        "{} sealed segments: {before} bytes when the last instance ended, {after} after collection",
+        sealed.len()
+    );
+    assert!(came_back.is_ok(), "no space came back: {sealed:?}");
+    // A collected id starts nothing again, also after a restart over the compacted segments
+    // (a stream keeps its length when its records' payloads are gone).
+    let again = |tally: &Tally| {
+        http.post(tally.url("/workflows/writes/g0?wait_ms=5000"))
+            .json(&json!({ "steps": 2 }))
+            .send()
+            .unwrap()
+    };
+    let refused = again(&tally);
+    assert_eq!(refused.status(), 410, "{}", refused.text().unwrap());
+    tally.stop().unwrap();
+    let tally = Tally::up(&data, &args).unwrap();
+    let refused = again(&tally);
+    assert_eq!(refused.status(), 410, "{}", refused.text().unwrap());
+    assert_eq!(listed(&http, &tally), 0);
     tally.stop().unwrap();
 }
 

@@ -27,12 +27,12 @@ pub fn on_ack(acked: &mut BTreeMap<Seqnum, Op>, seqnum: Seqnum, op: &Op) -> Resu
 
 /// At the end: every acknowledged append is in `index` (a gateway's whole book, in order),
 /// and the record the metalog put at its seqnum is its record.
-/// A record below the book's trim point is gone by design (`trims` checks that it is), and a
-/// trim record is never in the index.
+/// A record below the book's trim point, or trimmed from every stream of its tags, is gone by
+/// design (`trims` checks that it is), and a trim record is never in the index.
 pub fn check(ground: &Ground, observer: &Observer, index: &[Seqnum]) -> Result<(), Broken> {
-    let trimmed_below = observer.trim_point(logbook::Tag::ANY, Seqnum::MAX);
     for (seqnum, op) in &ground.acked {
-        let visible = *seqnum >= trimmed_below && !matches!(op.kind, RecordKind::Trim { .. });
+        let visible =
+            observer.shows(*seqnum, &op.tags) && !matches!(op.kind, RecordKind::Trim { .. });
         if visible && index.binary_search(seqnum).is_err() {
             return Err((
                 NAME,

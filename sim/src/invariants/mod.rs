@@ -183,6 +183,18 @@ impl Observer {
 
     /// Where the trims ordered below `upto` put `tag`'s stream (`Tag::ANY`: the whole book's):
     /// its records below the returned seqnum are trimmed. A book trim trims every tag.
+    /// Whether a book still shows the record at `seqnum` with `tags` once every trim is
+    /// applied: at or above the book's trim point, and untagged or in some stream of its tags.
+    pub fn shows(&self, seqnum: Seqnum, tags: &[Tag]) -> bool {
+        self.shows_upto(seqnum, tags, Seqnum::MAX)
+    }
+
+    /// `shows`, under the trims ordered below `upto` only.
+    pub fn shows_upto(&self, seqnum: Seqnum, tags: &[Tag], upto: Seqnum) -> bool {
+        seqnum >= self.trim_point(Tag::ANY, upto)
+            && (tags.is_empty() || tags.iter().any(|t| seqnum >= self.trim_point(*t, upto)))
+    }
+
     pub fn trim_point(&self, tag: Tag, upto: Seqnum) -> Seqnum {
         self.trims
             .iter()

@@ -1,6 +1,7 @@
 //! Trims remove only a prefix: at the end, a gateway's book holds no record below the book's
-//! trim point and every acknowledged plain or won conditional append at or above it, and each
-//! tag's stream holds nothing below the tag's trim point. (That the rest of each stream is the
+//! trim point and every acknowledged plain or won conditional append at or above it that is
+//! untagged or still in some stream of its tags, and each tag's stream holds nothing below
+//! the tag's trim point. (That the rest of each stream is the
 //! tag's records is `tag_index`.)
 
 use super::{Broken, Ground, Observer};
@@ -27,7 +28,8 @@ pub fn check(
         ));
     }
     for (seqnum, op) in ground.acknowledged_appends() {
-        let kept = *seqnum >= book_start;
+        // A record every stream of whose tags is trimmed past it leaves the book too.
+        let kept = observer.shows(*seqnum, &op.tags);
         let data = !matches!(op.kind, RecordKind::Trim { .. });
         if data && kept != index.binary_search(seqnum).is_ok() {
             return Err((
