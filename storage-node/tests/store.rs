@@ -382,6 +382,23 @@ async fn metalog_entries_queued_together_are_durable_in_order() {
     store.shutdown();
 }
 
+/// Appends `batches` batches of 10 records of shard 0 (record `c` tagged `c + 1`), each
+/// ordered by a metalog entry of its own.
+async fn append_ordered(store: &Store, batches: u64, payload: &str) {
+    for batch in 0..batches {
+        for c in batch * 10..batch * 10 + 10 {
+            store
+                .append_records(ShardId(0), id(0, c), vec![record(c + 1, payload)])
+                .await
+                .expect("append");
+        }
+        store
+            .append_metalog(entry(batch, 0, batch * 10, &[(0, batch * 10, 10)]))
+            .await
+            .expect("metalog");
+    }
+}
+
 #[tokio::test]
 async fn segment_roll_and_reclaim_delete_only_an_ordered_prefix() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -391,18 +408,7 @@ async fn segment_roll_and_reclaim_delete_only_an_ordered_prefix() {
     };
     let (store, _) = open(small());
     let payload = "p".repeat(200);
-    for batch in 0..10u64 {
-        for c in batch * 10..batch * 10 + 10 {
-            store
-                .append_records(ShardId(0), id(0, c), vec![record(c + 1, &payload)])
-                .await
-                .expect("append");
-        }
-        store
-            .append_metalog(entry(batch, 0, batch * 10, &[(0, batch * 10, 10)]))
-            .await
-            .expect("metalog");
-    }
+    append_ordered(&store, 10, &payload).await;
     let segments_before = list_segments(dir.path());
     assert!(
         segments_before.len() >= 5,
@@ -481,18 +487,7 @@ async fn compaction_drops_the_payloads_of_dead_records_and_recovery_finds_the_sa
     let (store, before) = open(small());
     assert!(before.ordered.is_empty());
     let payload = "p".repeat(300);
-    for batch in 0..6u64 {
-        for c in batch * 10..batch * 10 + 10 {
-            store
-                .append_records(ShardId(0), id(0, c), vec![record(c + 1, &payload)])
-                .await
-                .expect("append");
-        }
-        store
-            .append_metalog(entry(batch, 0, batch * 10, &[(0, batch * 10, 10)]))
-            .await
-            .expect("metalog");
-    }
+    append_ordered(&store, 6, &payload).await;
     let sealed = store.sealed_segments();
     assert!(sealed.len() >= 2, "{sealed:?}");
     let (number, bytes) = sealed[0];
