@@ -291,6 +291,19 @@ struct UpArgs {
     /// Record cache size, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_mb: usize,
+    /// How long a client may take to send a request's headers, in ms (then the connection
+    /// is closed).
+    #[arg(long, default_value_t = gateway::serve::HEADER_TIMEOUT_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    http_header_timeout_ms: u64,
+    /// How long a client may take to send a request's body, in ms (then 408).
+    #[arg(long, default_value_t = gateway::serve::BODY_TIMEOUT_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    http_body_timeout_ms: u64,
+    /// How long a connection may sit idle between requests, in ms (then it is closed).
+    #[arg(long, default_value_t = gateway::serve::IDLE_TIMEOUT_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    http_idle_timeout_ms: u64,
+    /// Connections the HTTP API keeps open at once; past it a new one is answered 503.
+    #[arg(long, default_value_t = gateway::serve::CONNECTIONS_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..1_000_000))]
+    http_connections_max: u64,
     /// Size at which a segment file of the log is sealed and the next begun, in MiB. Space
     /// comes back from sealed segments only.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -1026,8 +1039,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("try: curl -X POST http://{addr}/function/echo -d hi");
     std::io::stdout().flush().ok();
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    let limits = gateway::serve::HttpLimits {
+        header_timeout: Duration::from_millis(args.http_header_timeout_ms),
+        body_timeout: Duration::from_millis(args.http_body_timeout_ms),
+        idle_timeout: Duration::from_millis(args.http_idle_timeout_ms),
+        connections_max: args.http_connections_max as usize,
+    };
+    gateway::serve::serve(listener, app, limits, shutdown_signal())
         .await
         .context("serving HTTP")?;
     node.shutdown();

@@ -17,6 +17,7 @@ pub mod invocations;
 pub mod log_service;
 pub mod metrics;
 pub mod runtime;
+pub mod serve;
 pub mod triggers;
 pub mod worker;
 

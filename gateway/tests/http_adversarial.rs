@@ -596,3 +596,143 @@ proptest! {
         });
     }
 }
+
+/// Serves the example app under `limits` on a loopback port; its address.
+async fn serve_limited(limits: gateway::serve::HttpLimits) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(gateway::serve::serve(
+        listener,
+        app(),
+        limits,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Reads what the server sends until it closes the connection, if it does before `deadline`.
+async fn until_closed(
+    stream: &mut tokio::net::TcpStream,
+    deadline: tokio::time::Instant,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    match tokio::time::timeout_at(deadline, stream.read_to_end(&mut answer)).await {
+        Ok(_) => Some(answer),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_within_their_timeouts_while_normal_calls_go_on() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let timeout = Duration::from_millis(1000);
+    let addr = serve_limited(gateway::serve::HttpLimits {
+        header_timeout: timeout,
+        body_timeout: timeout,
+        idle_timeout: timeout,
+        connections_max: 4000,
+    })
+    .await;
+    // Thousands of slow clients: a third send half their headers, a third their headers and
+    // half the body they declare, a third nothing at all.
+    const SLOW: usize = 2400;
+    let mut slow = Vec::with_capacity(SLOW);
+    for i in 0..SLOW {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let sent: &[u8] = match i % 3 {
+            0 => b"POST /function/echo HTTP/1.1\r\nhost: x\r\ncontent-le",
+            1 => b"POST /function/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nhalf",
+            _ => b"",
+        };
+        stream.write_all(sent).await.expect("send");
+        slow.push((i % 3, stream));
+    }
+    let opened = tokio::time::Instant::now();
+    // Calls from well-behaved clients are answered meanwhile.
+    for _ in 0..20 {
+        let (status, body) = raw(
+            addr,
+            b"POST /function/echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+              content-length: 2\r\n\r\nhi",
+        )
+        .await
+        .expect("an answer");
+        assert_eq!((status, body.as_slice()), (200, b"hi".as_slice()));
+    }
+    // Every slow connection is closed by the gateway within its timeout, plus slack for a
+    // loaded machine; one that sent part of a body is told 408 in the API's JSON shape.
+    let deadline = opened + timeout + Duration::from_secs(5);
+    let mut body_timeouts = 0;
+    for (kind, stream) in &mut slow {
+        let answer = until_closed(stream, deadline)
+            .await
+            .unwrap_or_else(|| panic!("a slow connection (kind {kind}) still open"));
+        if *kind == 1 {
+            let text = String::from_utf8_lossy(&answer);
+            assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+            let at = answer
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("a head")
+                + 4;
+            assert_eq!(error_code("a late body", &answer[at..]), "request_timeout");
+            body_timeouts += 1;
+        }
+    }
+    assert_eq!(body_timeouts, SLOW / 3);
+    println!(
+        "{SLOW} slow connections closed {:?} after they were opened",
+        opened.elapsed()
+    );
+    // And the gateway still serves.
+    let (status, _) = raw(
+        addr,
+        b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_with_503_until_one_closes() {
+    use std::time::Duration;
+    let addr = serve_limited(gateway::serve::HttpLimits {
+        idle_timeout: Duration::from_millis(500),
+        connections_max: 10,
+        ..Default::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // The gateway takes connections in order: wait until it has all ten.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = raw(
+        addr,
+        b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 503);
+    assert_eq!(error_code("past the limit", &body), "too_many_connections");
+    // The idle ones are closed after their idle timeout, and a new one is served.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for stream in &mut held {
+        until_closed(stream, deadline)
+            .await
+            .expect("closed when idle");
+    }
+    let (status, _) = raw(
+        addr,
+        b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 200);
+}

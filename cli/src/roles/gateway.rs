@@ -459,7 +459,10 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
             .serve_with_incoming(super::incoming(workers)),
     );
     let app = gateway::http::router(state);
-    axum::serve(listener, app).await.context("serving HTTP")?;
+    let limits = gateway::serve::HttpLimits::default();
+    gateway::serve::serve(listener, app, limits, std::future::pending())
+        .await
+        .context("serving HTTP")?;
     Ok(())
 }
 
