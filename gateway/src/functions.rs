@@ -536,6 +536,7 @@ impl Dispatcher {
             me: me.clone(),
         });
         tokio::spawn(recover(Arc::downgrade(&dispatcher)));
+        tokio::spawn(collect(Arc::downgrade(&dispatcher)));
         dispatcher
     }
 
@@ -637,6 +638,8 @@ impl Dispatcher {
             None => None,
         };
         let reused = || InvokeError::KeyReused(idempotency_key.unwrap_or_default().to_string());
+        // The key's stream is this long at least: a collection may have trimmed all of it.
+        let mut generations = 0;
         loop {
             let mut key = None;
             if let Some(scope) = &scope {
@@ -653,7 +656,7 @@ impl Dispatcher {
                     KeyState::Free(generation) => {
                         key = Some(KeyRef {
                             scope: scope.clone(),
-                            generation,
+                            generation: generation.max(generations),
                         })
                     }
                 }
@@ -691,8 +694,12 @@ impl Dispatcher {
                     );
                     return Ok(rx);
                 }
-                // Another gateway took the key's generation first: look again.
-                Err(LogError::CondFailed { .. }) if scope.is_some() => continue,
+                // Another gateway took the key's generation first, or its stream was
+                // collected: look again, past what the stream holds.
+                Err(LogError::CondFailed { stream_len, .. }) if scope.is_some() => {
+                    generations = generations.max(stream_len);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -1138,6 +1145,29 @@ impl Dispatcher {
 /// The recovery loop of a dispatcher: a pass at start, on every change of peers or worker
 /// registration, and now and then: soon after a pass that claimed something (to retire what it finished), less and less
 /// often while what is left is nothing this gateway can run. It ends with the dispatcher.
+/// Trims the durable invocations that ended longer than the key retention ago, every half
+/// retention (1 s to a minute), until the dispatcher is dropped.
+async fn collect(dispatcher: std::sync::Weak<Dispatcher>) {
+    loop {
+        let Some(every) = dispatcher.upgrade().map(|d| {
+            (d.journal.key_retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        }) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(d) = dispatcher.upgrade() else {
+            return;
+        };
+        match d.journal.collect().await {
+            Ok(done) => d.metrics.invocations_collected.inc_by(done.invocations),
+            Err(e) => {
+                tracing::warn!(error = %e, "collecting ended invocations");
+                0
+            }
+        };
+    }
+}
+
 async fn recover(dispatcher: std::sync::Weak<Dispatcher>) {
     let Some((mut peers, registered)) = dispatcher
         .upgrade()

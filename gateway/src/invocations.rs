@@ -433,9 +433,10 @@ impl Journal {
                 "idempotency key {scope:?} shares its stream with another key; use another key"
             )));
         };
-        let history = self.history(&id).await?.ok_or_else(|| {
-            LogError::BadArgument(format!("invocation {id} has a key but no history"))
-        })?;
+        let Some(history) = self.history(&id).await? else {
+            // Collected between the two reads: it was past the retention.
+            return Ok(KeyState::Free(key.generation + 1));
+        };
         let expired = history.created_at_ms + (self.key_retention.as_millis() as u64) < now_ms();
         let failed = history.finished.as_ref().is_some_and(|f| !f.ok);
         if expired || failed {
@@ -567,6 +568,94 @@ impl Journal {
     }
 }
 
+/// What one collection of durable invocations did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Invocations that ended longer than the retention ago, trimmed now.
+    pub invocations: u64,
+    /// Invocations kept: under way, or ended within the retention.
+    pub kept: u64,
+}
+
+impl Journal {
+    /// Trims the invocations that ended longer than the key retention ago: their streams,
+    /// their key's stream up to them, and their owners' streams up to the first invocation
+    /// kept. `GET /invocations/{id}` then no longer finds one, and its key starts a new
+    /// invocation, as it would anyway once the retention is past. Their records leave the log
+    /// once no stream shows them.
+    pub async fn collect(&self) -> Result<Collected, LogError> {
+        use futures::StreamExt;
+        let retention = self.key_retention.as_millis() as u64;
+        let now = now_ms();
+        let owners = read_all(&*self.log, OWNERS_TAG).await?.len() as u32;
+        let mut done = Collected::default();
+        // Invocation id -> whether it goes (decided once, from its history).
+        let mut verdicts: BTreeMap<String, bool> = BTreeMap::new();
+        let mut trims: Vec<(Tag, Seqnum)> = Vec::new();
+        for owner in 0..owners {
+            let tag = owner_tag(owner);
+            let records = read_all(&*self.log, tag).await?;
+            let Some(last) = records.last() else {
+                continue;
+            };
+            let mut first_kept: Option<Seqnum> = None;
+            for record in &records {
+                let id = match decode(&record.data)?.0 {
+                    Entry::Accepted { id, .. }
+                    | Entry::Claimed { id, .. }
+                    | Entry::Finished { id, .. } => id,
+                    _ => continue,
+                };
+                let goes = match verdicts.get(&id) {
+                    Some(goes) => *goes,
+                    None => {
+                        let goes = match self.history(&id).await? {
+                            // Collected before.
+                            None => true,
+                            Some(history) => {
+                                let ended = history.finished.as_ref().map(|f| f.finished_at_ms);
+                                let goes =
+                                    ended.is_some_and(|at| at.saturating_add(retention) < now);
+                                if goes {
+                                    done.invocations += 1;
+                                    trims.push((
+                                        invocation_tag(&id).expect("a logged id"),
+                                        Seqnum::MAX,
+                                    ));
+                                    if let Some(key) = &history.key {
+                                        // Its generation and those before it; later ones stay.
+                                        trims.push((
+                                            key_tag(&key.scope),
+                                            history.accepted_at.next(),
+                                        ));
+                                    }
+                                } else {
+                                    done.kept += 1;
+                                }
+                                goes
+                            }
+                        };
+                        verdicts.insert(id, goes);
+                        goes
+                    }
+                };
+                if !goes && first_kept.is_none() {
+                    first_kept = Some(record.seqnum);
+                }
+            }
+            trims.push((tag, first_kept.unwrap_or(last.seqnum.next())));
+        }
+        // Each trim is an append: many at once share the log's syncs.
+        let mut trimming = futures::stream::iter(trims)
+            .map(|(tag, below)| self.log.trim(INVOCATIONS_BOOK, tag, below))
+            .buffer_unordered(64);
+        while let Some(trimmed) = trimming.next().await {
+            trimmed?;
+        }
+        Ok(done)
+    }
+}
+
 /// Every record of `tag`'s stream in `INVOCATIONS_BOOK`, in order.
 async fn read_all(log: &dyn LogBook, tag: Tag) -> Result<Vec<Record>, LogError> {
     let mut out = Vec::new();
@@ -674,6 +763,117 @@ mod tests {
         assert_eq!((back, payload.as_ref()), (entry, &b"payload"[..]));
         assert!(decode(&Bytes::from_static(b"\x01")).is_err());
         assert!(decode(&Bytes::from_static(b"\xff\0\0\0{}")).is_err());
+    }
+
+    fn finished(ok: bool) -> Finished {
+        Finished {
+            owner: 0,
+            ok,
+            bad_input: false,
+            unavailable: false,
+            attempts: 1,
+            started_at_ms: None,
+            finished_at_ms: now_ms(),
+            payload: Bytes::from_static(b"out"),
+        }
+    }
+
+    #[tokio::test]
+    async fn invocations_ended_past_the_retention_are_collected_and_leave_the_log() {
+        let log = Arc::new(logbook::memory::MemoryLogBook::new());
+        let (_peers, peers) = watch::channel(Peers::alone("me"));
+        let mut journal = Journal::new(log.clone(), peers);
+        journal.key_retention = Duration::from_millis(50);
+        let input = Bytes::from_static(b"in");
+        let accept = |id: String, key: Option<KeyRef>| {
+            let (journal, input) = (&journal, input.clone());
+            async move {
+                let id = id.clone();
+                journal
+                    .accept(&id, "f", BookId(1), &input, key, false, 0, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        let key = |generation| KeyRef {
+            scope: "f/k".into(),
+            generation,
+        };
+        let keyed = journal.next_id().await.unwrap();
+        let plain = journal.next_id().await.unwrap();
+        let open = journal.next_id().await.unwrap();
+        let a = accept(keyed.clone(), Some(key(0))).await;
+        let b = accept(plain.clone(), None).await;
+        accept(open.clone(), None).await;
+        assert!(journal.finish(&keyed, 1, &finished(true)).await.unwrap());
+        assert!(journal.finish(&plain, 1, &finished(false)).await.unwrap());
+        let all = |log: Arc<logbook::memory::MemoryLogBook>| async move {
+            let range = ReadRange {
+                from: Seqnum::ZERO,
+                to: Seqnum::MAX,
+                limit: 1000,
+            };
+            let records = log.read_range(INVOCATIONS_BOOK, Tag::ANY, range).await;
+            records
+                .unwrap()
+                .iter()
+                .map(|r| r.seqnum)
+                .collect::<Vec<_>>()
+        };
+        assert!(all(log.clone()).await.contains(&a.seqnum));
+        // Within the retention nothing goes.
+        let kept = journal.collect().await.unwrap();
+        assert_eq!(
+            kept,
+            Collected {
+                invocations: 0,
+                kept: 3
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let done = journal.collect().await.unwrap();
+        assert_eq!(
+            done,
+            Collected {
+                invocations: 2,
+                kept: 1
+            }
+        );
+        assert!(journal.history(&keyed).await.unwrap().is_none());
+        assert!(journal.history(&plain).await.unwrap().is_none());
+        assert!(journal.history(&open).await.unwrap().is_some());
+        // Their records left the book (every stream of their tags is trimmed past them).
+        let left = all(log.clone()).await;
+        assert!(
+            !left.contains(&a.seqnum) && !left.contains(&b.seqnum),
+            "{left:?}"
+        );
+        // The key starts a new invocation, one generation on: its stream kept its length.
+        assert!(matches!(
+            journal.key_state("f/k").await.unwrap(),
+            KeyState::Free(0)
+        ));
+        let again = journal.next_id().await.unwrap();
+        let refused = journal
+            .accept(&again, "f", BookId(1), &input, Some(key(0)), false, 0, None)
+            .await;
+        assert!(matches!(
+            refused,
+            Err(LogError::CondFailed { stream_len: 1, .. })
+        ));
+        accept(again.clone(), Some(key(1))).await;
+        assert!(matches!(
+            journal.key_state("f/k").await.unwrap(),
+            KeyState::Taken(h) if h.id == again
+        ));
+        // The one under way stays, and a second pass changes nothing.
+        assert_eq!(
+            journal.collect().await.unwrap(),
+            Collected {
+                invocations: 0,
+                kept: 2
+            }
+        );
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub function_running: Family<FunctionName, Gauge>,
     /// Durable invocations this gateway took over from a dead one.
     pub redriven: Counter,
+    /// Durable invocations trimmed after the key retention.
+    pub invocations_collected: Counter,
     /// Workflow instances garbage-collected, and their records trimmed.
     pub workflows_collected: Counter,
     pub workflow_records_collected: Counter,
@@ -114,6 +116,7 @@ impl Metrics {
             function_queued: Family::default(),
             function_running: Family::default(),
             redriven: Counter::default(),
+            invocations_collected: Counter::default(),
             workflows_collected: Counter::default(),
             workflow_records_collected: Counter::default(),
             workflows_kept: Gauge::default(),
@@ -180,6 +183,11 @@ impl Metrics {
             "invocations_redriven",
             "Durable invocations taken over from a gateway that died",
             m.redriven.clone(),
+        );
+        registry.register(
+            "invocations_collected",
+            "Ended durable invocations trimmed after the idempotency retention",
+            m.invocations_collected.clone(),
         );
         registry.register(
             "workflows_collected",

@@ -388,7 +388,15 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
     const N: usize = 1000;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let args = ["--workflow-retention-s", "1", "--segment-mib", "1"];
+    // Their invocations' records are kept as long as their idempotency keys: 1 s here too.
+    let args = [
+        "--workflow-retention-s",
+        "1",
+        "--idempotency-retention-s",
+        "1",
+        "--segment-mib",
+        "1",
+    ];
     let tally = Tally::up(&data, &args).unwrap();
     let next = std::sync::atomic::AtomicUsize::new(0);
     // Records each instance's step stream holds at its end, from the answers.
@@ -448,9 +456,8 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
     );
     assert!(records >= (N as u64 * records_each) as f64);
     // The space of what was trimmed comes back: each sealed segment loses the payloads of
-    // the records no stream shows any more (the instances' starts and ends; their table
-    // writes stay, the newest versions of their keys, and so do their invocations' records
-    // until the idempotency retention).
+    // the records no stream shows any more (the instances' starts and ends, their
+    // invocations' records; their table writes stay, the newest versions of their keys).
     let now = |name: &str| {
         segments(&data)
             .into_iter()
@@ -469,6 +476,10 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
         sealed.len()
     );
     assert!(came_back.is_ok(), "no space came back: {sealed:?}");
+    wait_until(Duration::from_secs(30), || {
+        metric(&http, &tally, "tally_invocations_collected_total") >= N as f64
+    })
+    .expect("the instances' invocations are collected");
     // A collected id starts nothing again, also after a restart over the compacted segments
     // (a stream keeps its length when its records' payloads are gone).
     let again = |tally: &Tally| {
