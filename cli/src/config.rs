@@ -109,6 +109,13 @@ pub struct NodeFile {
     /// How long an object's versions are kept before they are collected, in seconds
     /// (gateways).
     pub object_retention_s: Option<u64>,
+    /// The HTTP limits against slow and greedy clients (gateways): the time to send a
+    /// request's headers, its body, the idle time between requests, in ms, and the open
+    /// connections at most.
+    pub http_header_timeout_ms: Option<u64>,
+    pub http_body_timeout_ms: Option<u64>,
+    pub http_idle_timeout_ms: Option<u64>,
+    pub http_connections_max: Option<u64>,
     #[serde(default)]
     pub cluster: ClusterFile,
     /// `[functions.NAME]` tables (gateways): each function's limits.
@@ -117,6 +124,11 @@ pub struct NodeFile {
     /// Package files of classes to install (gateways), relative to the config file.
     pub packages: Option<Vec<PathBuf>>,
 }
+
+/// Longest an HTTP timeout may be, in ms: a day.
+pub const HTTP_TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// Most connections a gateway's HTTP API may be allowed at once.
+pub const HTTP_CONNECTIONS_MAX: u64 = 1_000_000;
 
 /// Longest an idempotency key may be kept: ten years.
 pub const IDEMPOTENCY_RETENTION_S_MAX: u64 = 10 * 365 * 24 * 60 * 60;
@@ -741,6 +753,14 @@ impl Merged {
                     role,
                     "only a gateway collects object versions",
                 )?;
+                for (value, key) in [
+                    (&v.http_header_timeout_ms, "http_header_timeout_ms"),
+                    (&v.http_body_timeout_ms, "http_body_timeout_ms"),
+                    (&v.http_idle_timeout_ms, "http_idle_timeout_ms"),
+                    (&v.http_connections_max, "http_connections_max"),
+                ] {
+                    self.refuse(value, key, role, "only a gateway serves HTTP")?;
+                }
                 let storage = storage.as_ref().ok_or_else(|| {
                     self.missing("storage", "every storage node as ID = \"HOST:PORT\"")
                 })?;
@@ -828,6 +848,7 @@ impl Merged {
                     .map_err(|e| anyhow!("{}: {e}", self.at("workflow_retention_s")))?;
                 let object_retention = object_retention(v.object_retention_s)
                     .map_err(|e| anyhow!("{}: {e}", self.at("object_retention_s")))?;
+                let http_limits = self.http_limits()?;
                 let source = self
                     .path
                     .as_ref()
@@ -845,6 +866,7 @@ impl Merged {
                     triggers: queue_triggers(&v.functions, &source)?,
                     workers,
                     packages: self.packages()?,
+                    http_limits,
                 }))
             }
         }
@@ -906,6 +928,42 @@ impl Merged {
             self.at("listen"),
             self.at(map_key)
         )
+    }
+
+    /// A gateway's HTTP limits: each key if given, else its default.
+    fn http_limits(&self) -> anyhow::Result<::gateway::serve::HttpLimits> {
+        use ::gateway::serve::{
+            BODY_TIMEOUT_DEFAULT, CONNECTIONS_MAX_DEFAULT, HEADER_TIMEOUT_DEFAULT,
+            IDLE_TIMEOUT_DEFAULT,
+        };
+        let v = &self.values;
+        let ms = |key: &str, value: Option<u64>, default: Duration| {
+            self.duration(key, value, default.as_millis() as u64, HTTP_TIMEOUT_MS_MAX)
+                .map(Duration::from_millis)
+        };
+        Ok(::gateway::serve::HttpLimits {
+            header_timeout: ms(
+                "http_header_timeout_ms",
+                v.http_header_timeout_ms,
+                HEADER_TIMEOUT_DEFAULT,
+            )?,
+            body_timeout: ms(
+                "http_body_timeout_ms",
+                v.http_body_timeout_ms,
+                BODY_TIMEOUT_DEFAULT,
+            )?,
+            idle_timeout: ms(
+                "http_idle_timeout_ms",
+                v.http_idle_timeout_ms,
+                IDLE_TIMEOUT_DEFAULT,
+            )?,
+            connections_max: self.duration(
+                "http_connections_max",
+                v.http_connections_max,
+                CONNECTIONS_MAX_DEFAULT as u64,
+                HTTP_CONNECTIONS_MAX,
+            )? as usize,
+        })
     }
 
     fn duration(
@@ -1123,6 +1181,36 @@ sequencers = { 0 = "127.0.0.1:7000" }
             panic!("not a gateway")
         };
         assert_eq!(o.object_retention, Duration::from_secs(90));
+        assert_eq!(o.http_limits, ::gateway::serve::HttpLimits::default());
+        let limited = GATEWAY.replace(
+            "[cluster]",
+            "http_header_timeout_ms = 500\nhttp_connections_max = 64\n[cluster]",
+        );
+        let RoleOptions::Gateway(o) =
+            load_text(Role::Gateway, &limited, NodeFile::default()).expect("valid config")
+        else {
+            panic!("not a gateway")
+        };
+        assert_eq!(o.http_limits.header_timeout, Duration::from_millis(500));
+        assert_eq!(o.http_limits.connections_max, 64);
+        assert_eq!(
+            o.http_limits.body_timeout,
+            ::gateway::serve::BODY_TIMEOUT_DEFAULT
+        );
+        let zero = GATEWAY.replace("[cluster]", "http_idle_timeout_ms = 0\n[cluster]");
+        check_error(
+            Role::Gateway,
+            &zero,
+            NodeFile::default(),
+            "`http_idle_timeout_ms` in node.toml is 0",
+        );
+        let on_sequencer = SEQUENCER.replace("[cluster]", "http_connections_max = 9\n[cluster]");
+        check_error(
+            Role::Sequencer,
+            &on_sequencer,
+            NodeFile::default(),
+            "only a gateway serves HTTP",
+        );
         let never = GATEWAY.replace("[cluster]", "workflow_retention_s = 0\n[cluster]");
         check_error(
             Role::Gateway,

@@ -459,8 +459,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
             .serve_with_incoming(super::incoming(workers)),
     );
     let app = gateway::http::router(state);
-    let limits = gateway::serve::HttpLimits::default();
-    gateway::serve::serve(listener, app, limits, std::future::pending())
+    gateway::serve::serve(listener, app, options.http_limits, std::future::pending())
         .await
         .context("serving HTTP")?;
     Ok(())

@@ -81,6 +81,8 @@ pub struct GatewayOptions {
     pub triggers: Vec<::gateway::triggers::QueueTrigger>,
     /// Packages of classes installed at start (`packages` in the node's file).
     pub packages: Vec<libobject::Package>,
+    /// The HTTP API's limits against slow and greedy clients.
+    pub http_limits: ::gateway::serve::HttpLimits,
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).
