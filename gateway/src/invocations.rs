@@ -589,7 +589,7 @@ impl Journal {
         let now = now_ms();
         let owners = read_all(&*self.log, OWNERS_TAG).await?.len() as u32;
         let mut done = Collected::default();
-        // Invocation id -> whether it goes (decided once, from its history).
+        // Invocation id -> whether it goes (decided once per collection).
         let mut verdicts: BTreeMap<String, bool> = BTreeMap::new();
         let mut trims: Vec<(Tag, Seqnum)> = Vec::new();
         for owner in 0..owners {
@@ -598,49 +598,46 @@ impl Journal {
             let Some(last) = records.last() else {
                 continue;
             };
-            let mut first_kept: Option<Seqnum> = None;
+            let mut ids = Vec::with_capacity(records.len());
+            // When the invocations this owner finished ended: those within the retention
+            // are kept without reading their streams.
+            let mut ended_at: BTreeMap<String, u64> = BTreeMap::new();
             for record in &records {
                 let id = match decode(&record.data)?.0 {
-                    Entry::Accepted { id, .. }
-                    | Entry::Claimed { id, .. }
-                    | Entry::Finished { id, .. } => id,
+                    Entry::Accepted { id, .. } | Entry::Claimed { id, .. } => id,
+                    Entry::Finished { id, at_ms, .. } => {
+                        ended_at.insert(id.clone(), at_ms);
+                        id
+                    }
                     _ => continue,
                 };
+                ids.push((record.seqnum, id));
+            }
+            let mut first_kept: Option<Seqnum> = None;
+            for (seqnum, id) in ids {
                 let goes = match verdicts.get(&id) {
                     Some(goes) => *goes,
                     None => {
-                        let goes = match self.history(&id).await? {
-                            // Collected before.
-                            None => true,
-                            Some(history) => {
-                                let ended = history.finished.as_ref().map(|f| f.finished_at_ms);
-                                let goes =
-                                    ended.is_some_and(|at| at.saturating_add(retention) < now);
-                                if goes {
-                                    done.invocations += 1;
-                                    trims.push((
-                                        invocation_tag(&id).expect("a logged id"),
-                                        Seqnum::MAX,
-                                    ));
-                                    if let Some(key) = &history.key {
-                                        // Its generation and those before it; later ones stay.
-                                        trims.push((
-                                            key_tag(&key.scope),
-                                            history.accepted_at.next(),
-                                        ));
-                                    }
-                                } else {
-                                    done.kept += 1;
-                                }
-                                goes
-                            }
+                        let recent = ended_at
+                            .get(&id)
+                            .is_some_and(|at| at.saturating_add(retention) >= now);
+                        let fate = if recent {
+                            Fate::Kept
+                        } else {
+                            self.fate(&id, retention, now, &mut trims).await?
                         };
+                        match fate {
+                            Fate::Goes => done.invocations += 1,
+                            Fate::Kept => done.kept += 1,
+                            Fate::Gone => {}
+                        }
+                        let goes = fate != Fate::Kept;
                         verdicts.insert(id, goes);
                         goes
                     }
                 };
                 if !goes && first_kept.is_none() {
-                    first_kept = Some(record.seqnum);
+                    first_kept = Some(seqnum);
                 }
             }
             trims.push((tag, first_kept.unwrap_or(last.seqnum.next())));
@@ -654,6 +651,41 @@ impl Journal {
         }
         Ok(done)
     }
+
+    /// What becomes of invocation `id` in a collection at `now`: gone already, going (it ended
+    /// longer than `retention` ms ago: the trims that take it are added to `trims`), or kept.
+    async fn fate(
+        &self,
+        id: &str,
+        retention: u64,
+        now: u64,
+        trims: &mut Vec<(Tag, Seqnum)>,
+    ) -> Result<Fate, LogError> {
+        let Some(history) = self.history(id).await? else {
+            return Ok(Fate::Gone);
+        };
+        let ended = history.finished.as_ref().map(|f| f.finished_at_ms);
+        if ended.is_none_or(|at| at.saturating_add(retention) >= now) {
+            return Ok(Fate::Kept);
+        }
+        trims.push((invocation_tag(id).expect("a logged id"), Seqnum::MAX));
+        if let Some(key) = &history.key {
+            // Its generation and those before it; later ones stay.
+            trims.push((key_tag(&key.scope), history.accepted_at.next()));
+        }
+        Ok(Fate::Goes)
+    }
+}
+
+/// What a collection does with one invocation (`Journal::fate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Collected before.
+    Gone,
+    /// Ended past the retention: trimmed now.
+    Goes,
+    /// Under way, or ended within the retention.
+    Kept,
 }
 
 /// Every record of `tag`'s stream in `INVOCATIONS_BOOK`, in order.

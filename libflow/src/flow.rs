@@ -407,7 +407,7 @@ impl Flow {
 
     /// Whether this execution may give up its task to wait: a child's may not.
     fn may_suspend(&self) -> bool {
-        self.inner.setup.parent.is_none()
+        self.parent().is_none()
     }
 
     /// Whether `deadline_ms` is far enough away to give up the task until then.

@@ -502,10 +502,9 @@ impl Flow {
     }
 }
 
-/// A log error stops an execution without ending the instance: the invocation fails, and is
-/// driven again.
-/// An execution that stopped before the end: unavailable for now, to be driven again (a
-/// parent whose child stopped stops too, rather than take it for the child's failure).
+/// A log error stops an execution without ending the instance: the invocation fails as
+/// unavailable, and is driven again (a parent whose child stopped stops too, rather than
+/// take it for the child's failure).
 fn stopped(e: impl Into<Error>) -> FunctionError {
     FunctionError::unavailable(format!("the instance stopped before its end: {}", e.into()))
 }
@@ -574,19 +573,17 @@ async fn deliver(ctx: &Ctx, id: &str, signal: &Delivery) -> Result<(), FunctionE
 /// of a workflow started with `input`, then drives it on: started under the idempotency key
 /// `signal_key(id, signal_id)`, a signal is delivered once even if sent again.
 pub fn signal_input(id: &str, input: Value, signal_id: &str, name: &str, payload: Value) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&StartInput {
-            instance: id.to_string(),
-            input,
-            parent: None,
-            signal: Some(Delivery {
-                id: signal_id.to_string(),
-                name: name.to_string(),
-                payload,
-            }),
-        })
-        .expect("JSON values serialize"),
-    )
+    StartInput {
+        instance: id.to_string(),
+        input,
+        parent: None,
+        signal: Some(Delivery {
+            id: signal_id.to_string(),
+            name: name.to_string(),
+            payload,
+        }),
+    }
+    .to_bytes()
 }
 
 /// The idempotency key of the invocation that delivers signal `signal_id` to instance `id`.
@@ -782,28 +779,31 @@ pub async fn list(
 
 /// The input that starts instance `id` with `input`.
 pub fn start_input(id: &str, input: Value) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&StartInput {
-            instance: id.to_string(),
-            input,
-            parent: None,
-            signal: None,
-        })
-        .expect("JSON values serialize"),
-    )
+    StartInput {
+        instance: id.to_string(),
+        input,
+        parent: None,
+        signal: None,
+    }
+    .to_bytes()
 }
 
 /// The input that runs instance `id` with `input` as a child of `parent`.
 pub(crate) fn child_input(id: &str, input: Value, parent: &str) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&StartInput {
-            instance: id.to_string(),
-            input,
-            parent: Some(parent.to_string()),
-            signal: None,
-        })
-        .expect("JSON values serialize"),
-    )
+    StartInput {
+        instance: id.to_string(),
+        input,
+        parent: Some(parent.to_string()),
+        signal: None,
+    }
+    .to_bytes()
+}
+
+impl StartInput {
+    /// The JSON a workflow's function takes.
+    fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("JSON values serialize"))
+    }
 }
 
 /// How an instance ended: what its function answers.
@@ -975,41 +975,44 @@ pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
         let Some(entry) = entry_of(record) else {
             continue;
         };
-        let (op, name, status, attempts) = match &entry.op {
-            Op::Step {
-                name,
-                outcome,
-                attempts,
-            } => (
-                "step",
-                Some(name.clone()),
-                Some(outcome_status(outcome).to_string()),
-                Some(*attempts),
-            ),
-            Op::Call { function, outcome } => (
-                "call",
-                Some(function.clone()),
-                Some(outcome_status(outcome).to_string()),
-                None,
-            ),
-            Op::CallAsync { function, .. } => ("call_async", Some(function.clone()), None, None),
-            op @ Op::Child {
-                instance: child,
-                workflow,
-                ..
-            } => match end_of_op(op, id) {
-                // The parent's record of this child: its end.
-                Some(end) if child == id => {
-                    instance.status = end.status;
-                    instance.output = end.output;
-                    instance.error = end.error;
-                    instance.ended_at_ms = Some(entry.at_ms);
-                    ("end", None, None, None)
+        // The instance's end: its `End`, or as a child its parent's record of it.
+        let (op, name, status, attempts) = if let Some(end) = end_of(&entry, id) {
+            instance.status = end.status;
+            instance.output = end.output;
+            instance.error = end.error;
+            instance.ended_at_ms = Some(entry.at_ms);
+            ("end", None, None, None)
+        } else {
+            match &entry.op {
+                Op::Step {
+                    name,
+                    outcome,
+                    attempts,
+                } => (
+                    "step",
+                    Some(name.clone()),
+                    Some(outcome_status(outcome).to_string()),
+                    Some(*attempts),
+                ),
+                Op::Call { function, outcome } => (
+                    "call",
+                    Some(function.clone()),
+                    Some(outcome_status(outcome).to_string()),
+                    None,
+                ),
+                Op::CallAsync { function, .. } => {
+                    ("call_async", Some(function.clone()), None, None)
                 }
-                _ => {
-                    let status = match op.clone().into_outcome() {
-                        Outcome::Ok(_) => "ok",
-                        Outcome::Err(_) => "failed",
+                Op::Child {
+                    instance: child,
+                    workflow,
+                    status,
+                    ..
+                } => {
+                    let status = if *status == Status::Succeeded {
+                        "ok"
+                    } else {
+                        "failed"
                     };
                     (
                         "child",
@@ -1018,36 +1021,26 @@ pub async fn describe(ctx: &Ctx, id: &str) -> Result<Option<Instance>, Error> {
                         None,
                     )
                 }
-            },
-            Op::Timer { deadline_ms } => {
-                instance.waiting = (*deadline_ms > now_ms())
-                    .then(|| format!("a timer until {deadline_ms} ms since the epoch"));
-                ("timer", None, None, None)
-            }
-            Op::Signal { name, payload } => (
-                "signal",
-                Some(name.clone()),
-                Some(if payload.is_some() { "ok" } else { "timed_out" }.to_string()),
-                None,
-            ),
-            Op::Read { table, key, .. } => ("read", Some(format!("{table}/{key}")), None, None),
-            Op::Write { table, key } => ("write", Some(format!("{table}/{key}")), None, None),
-            Op::Value { name, .. } => ("value", Some(name.clone()), None, None),
-            Op::Version { change, .. } => ("version", Some(change.clone()), None, None),
-            Op::Flush => ("flush", None, None, None),
-            Op::Abandoned => ("abandoned", None, None, None),
-            Op::Cancelled => ("cancelled", None, None, None),
-            Op::Start { .. } => ("start", None, None, None),
-            Op::End {
-                status,
-                output,
-                error,
-            } => {
-                instance.status = *status;
-                instance.output = output.clone();
-                instance.error = error.clone();
-                instance.ended_at_ms = Some(entry.at_ms);
-                ("end", None, None, None)
+                Op::Timer { deadline_ms } => {
+                    instance.waiting = (*deadline_ms > now_ms())
+                        .then(|| format!("a timer until {deadline_ms} ms since the epoch"));
+                    ("timer", None, None, None)
+                }
+                Op::Signal { name, payload } => (
+                    "signal",
+                    Some(name.clone()),
+                    Some(if payload.is_some() { "ok" } else { "timed_out" }.to_string()),
+                    None,
+                ),
+                Op::Read { table, key, .. } => ("read", Some(format!("{table}/{key}")), None, None),
+                Op::Write { table, key } => ("write", Some(format!("{table}/{key}")), None, None),
+                Op::Value { name, .. } => ("value", Some(name.clone()), None, None),
+                Op::Version { change, .. } => ("version", Some(change.clone()), None, None),
+                Op::Flush => ("flush", None, None, None),
+                Op::Abandoned => ("abandoned", None, None, None),
+                Op::Cancelled => ("cancelled", None, None, None),
+                Op::Start { .. } => ("start", None, None, None),
+                Op::End { .. } => unreachable!("an end is the instance's end, taken above"),
             }
         };
         if !matches!(entry.op, Op::Timer { .. }) {

@@ -445,17 +445,14 @@ impl Store {
         let asked: Vec<Seqnum> = candidates.iter().map(|(s, _)| *s).collect();
         let flags = dead(&asked);
         assert_eq!(flags.len(), asked.len(), "one flag per record asked about");
-        let doomed: std::collections::BTreeSet<Seqnum> = asked
-            .iter()
-            .zip(flags)
-            .filter(|(_, dead)| *dead)
-            .map(|(s, _)| *s)
-            .collect();
-        let dead_bytes: u64 = candidates
-            .iter()
-            .filter(|(s, _)| doomed.contains(s))
-            .map(|(_, len)| u64::from(*len))
-            .sum();
+        let mut doomed = std::collections::BTreeSet::new();
+        let mut dead_bytes = 0u64;
+        for (&(seqnum, data_len), dead) in candidates.iter().zip(flags) {
+            if dead {
+                doomed.insert(seqnum);
+                dead_bytes += u64::from(data_len);
+            }
+        }
         if doomed.is_empty() || (dead_bytes as f64) < min_fraction * size as f64 {
             return Ok(done);
         }
