@@ -143,7 +143,11 @@ impl Views {
             count,
             order,
         } = self;
-        let versions = objects.entry(object.clone()).or_default();
+        // Looked up before an insert: most views kept are of objects kept already.
+        let versions = match objects.get_mut(object) {
+            Some(versions) => versions,
+            None => objects.entry(object.clone()).or_default(),
+        };
         if versions.insert(as_of, view).is_none() {
             *count += 1;
             order.push_back((object.clone(), as_of));
@@ -408,7 +412,7 @@ impl Store {
             document_bytes_max,
             key,
         };
-        let seqnum = self.append(&tags, &entry).await?;
+        let (seqnum, entry) = self.append(&tags, entry).await?;
         if let Some(key) = entry.key() {
             if let Some(first) = self.first_of_key(seqnum, key).await? {
                 self.remember(seqnum, Decision::Duplicate(first));
@@ -476,19 +480,30 @@ impl Store {
             .collect();
         tags.extend(commit.key.as_deref().map(key_tag));
         check_tags(&tags)?;
-        let entry = Entry::Commit(commit);
-        let seqnum = self.append(&tags, &entry).await?;
-        let Entry::Commit(commit) = &entry else {
+        let (seqnum, entry) = self.append(&tags, Entry::Commit(commit)).await?;
+        let Entry::Commit(commit) = &*entry else {
             unreachable!("made a commit above")
         };
-        let decision = self.decide_commit(seqnum, None, commit, None).await?;
+        // Decided here unless a reader of the object got there first; either way the record's
+        // aux data is set once, with the decision and the views after it.
+        let (decision, mut depths) = match self.remembered(seqnum) {
+            Some(decision) => (decision, BTreeMap::new()),
+            None => {
+                let (decision, depths) = self.validate(seqnum, commit, None).await?;
+                self.remember(seqnum, decision.clone());
+                (decision, depths)
+            }
+        };
         let mut aux = Aux {
             decision: Some(decision.clone()),
             ..Aux::default()
         };
         if decision == Decision::Committed {
             for w in &commit.writes {
-                let depth = self.view_at(&w.object, below(seqnum)).await?.depth + 1;
+                let depth = match depths.remove(&w.object) {
+                    Some(depth) => depth,
+                    None => self.view_at(&w.object, below(seqnum)).await?.depth,
+                } + 1;
                 let view = View {
                     doc: w.doc.clone(),
                     version: seqnum,
@@ -562,12 +577,12 @@ impl Store {
             document_bytes_max,
             key,
         };
-        let seqnum = self.append(&tags, &entry).await?;
+        let (seqnum, entry) = self.append(&tags, entry).await?;
         let first = match entry.key() {
             Some(key) => self.first_of_key(seqnum, key).await?,
             None => None,
         };
-        let Entry::Ops { ops, .. } = &entry else {
+        let Entry::Ops { ops, .. } = &*entry else {
             unreachable!("made ops above")
         };
         let before = self.view_at(object, below(seqnum)).await?;
@@ -778,8 +793,10 @@ impl Store {
         }
     }
 
-    async fn append(&self, tags: &[Tag], entry: &Entry) -> Result<Seqnum, Error> {
-        let data = serde_json::to_vec(entry).expect("an entry serializes");
+    /// Appends `entry` and keeps it among the parsed records, so that no reader of this
+    /// store parses it again.
+    async fn append(&self, tags: &[Tag], entry: Entry) -> Result<(Seqnum, Arc<Entry>), Error> {
+        let data = serde_json::to_vec(&entry).expect("an entry serializes");
         if data.len() > RECORD_BYTES_MAX {
             return Err(Error::TooLarge {
                 what: "the record",
@@ -787,7 +804,10 @@ impl Store {
                 max: RECORD_BYTES_MAX,
             });
         }
-        Ok(self.ctx.append(tags, data).await?)
+        let seqnum = self.ctx.append(tags, data).await?;
+        let entry = Arc::new(entry);
+        self.keep_entry(seqnum, entry.clone());
+        Ok((seqnum, entry))
     }
 
     /// Attaches `aux` to a record. A cache: if it cannot be set, reads replay a little more.
@@ -865,16 +885,20 @@ impl Store {
             return Ok(entry);
         }
         let entry = Arc::new(parse(record)?);
+        self.keep_entry(record.seqnum, entry.clone());
+        Ok(entry)
+    }
+
+    fn keep_entry(&self, seqnum: Seqnum, entry: Arc<Entry>) {
         let mut records = self
             .shared
             .records
             .lock()
             .expect("no panics while holding the records");
-        records.insert(record.seqnum, entry.clone());
+        records.insert(seqnum, entry);
         if records.len() > RECORDS_CACHED_MAX {
             records.pop_first();
         }
-        Ok(entry)
     }
 
     /// The object's view after every record up to `at` (`Seqnum::MAX`: the newest).
@@ -1004,7 +1028,7 @@ impl Store {
                         as_of,
                         view: cached.view.clone(),
                     };
-                    self.append(&[tag], &checkpoint).await?;
+                    self.append(&[tag], checkpoint).await?;
                     c.checkpoints.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -1079,7 +1103,7 @@ impl Store {
             at_ms: now,
             horizon,
         };
-        self.append(&[marks_tag()], &mark).await?;
+        self.append(&[marks_tag()], mark).await?;
         let mut collected = Collected {
             horizon,
             ..Collected::default()
@@ -1130,7 +1154,7 @@ impl Store {
                 as_of: below(horizon),
                 view,
             };
-            let base = self.append(&[base_tag(&object)], &base).await?;
+            let (base, _) = self.append(&[base_tag(&object)], base).await?;
             ctx.trim(object_tag(&object), horizon).await?;
             ctx.trim(base_tag(&object), base).await?;
             collected.objects += 1;
@@ -1440,29 +1464,45 @@ impl Store {
                 self.remember(seqnum, decision.clone());
                 return Ok(decision);
             }
-            if let Some(key) = &commit.key {
-                if let Some(first) = self.first_of_key(seqnum, key).await? {
-                    return Ok(self
-                        .keep_decision(seqnum, aux, Decision::Duplicate(first))
-                        .await);
-                }
-            }
-            let mut decision = Decision::Committed;
-            for touched in commit.validated() {
-                let version = match known {
-                    Some((object, view)) if *object == touched.object => view.version,
-                    _ => self.view(&touched.object, below(seqnum)).await?.version,
-                };
-                if version != touched.version {
-                    decision = Decision::Aborted(format!(
-                        "{} changed at seqnum {} after the snapshot at {}",
-                        touched.object, version.0, commit.snapshot.0
-                    ));
-                    break;
-                }
-            }
+            let (decision, _) = self.validate(seqnum, commit, known).await?;
             Ok(self.keep_decision(seqnum, aux, decision).await)
         })
+    }
+
+    /// Decides the commit record at `seqnum` from the log (`decide_commit` without the
+    /// caches): a repeat of its key's first record, or committed iff every object it
+    /// validates has the version it read just below the record. Also the depth of each view
+    /// it computed there, for the views the commit makes.
+    async fn validate(
+        &self,
+        seqnum: Seqnum,
+        commit: &Commit,
+        known: Option<(&ObjectId, &View)>,
+    ) -> Result<(Decision, BTreeMap<ObjectId, u64>), Error> {
+        let mut depths = BTreeMap::new();
+        if let Some(key) = &commit.key {
+            if let Some(first) = self.first_of_key(seqnum, key).await? {
+                return Ok((Decision::Duplicate(first), depths));
+            }
+        }
+        for touched in commit.validated() {
+            let version = match known {
+                Some((object, view)) if *object == touched.object => view.version,
+                _ => {
+                    let cached = self.view_at(&touched.object, below(seqnum)).await?;
+                    depths.insert(touched.object.clone(), cached.depth);
+                    cached.view.version
+                }
+            };
+            if version != touched.version {
+                let reason = format!(
+                    "{} changed at seqnum {} after the snapshot at {}",
+                    touched.object, version.0, commit.snapshot.0
+                );
+                return Ok((Decision::Aborted(reason), depths));
+            }
+        }
+        Ok((Decision::Committed, depths))
     }
 
     /// Keeps a record's decision in memory and in its aux data; returns it.

@@ -1,5 +1,6 @@
-//! The record cache: recent appends and reads, keyed by seqnum, evicted least recently used
-//! first once its bytes exceed the limit. It holds records and their aux data only; what is
+//! The record cache: recent appends and reads, keyed by seqnum, evicted once its bytes exceed
+//! the limit by a clock: a hand goes round the records in seqnum order and takes the first
+//! one not used since the hand last passed it (a use costs a flag, not a reordering). It holds records and their aux data only; what is
 //! visible is the index's business, so a stale cached record is harmless (reads look it up
 //! by a seqnum the index chose).
 
@@ -8,7 +9,7 @@ use logbook::{BookId, Record, Seqnum};
 use std::collections::BTreeMap;
 
 /// Bytes charged per cached record on top of its data, tags and aux: the `Record` itself and
-/// the two map entries that track it.
+/// the map entry that tracks it.
 pub const CACHE_RECORD_OVERHEAD_BYTES: usize = 96;
 
 /// What a record costs the cache, in bytes.
@@ -23,8 +24,8 @@ pub fn cache_record_bytes(record: &Record) -> usize {
 struct Slot {
     record: Record,
     bytes: usize,
-    /// The slot's key in `RecordCache::lru`.
-    stamp: u64,
+    /// Used since the hand last passed it.
+    used: bool,
 }
 
 #[derive(Debug)]
@@ -32,9 +33,9 @@ pub(super) struct RecordCache {
     bytes_max: usize,
     bytes: usize,
     slots: BTreeMap<Seqnum, Slot>,
-    /// Use stamp to seqnum, least recently used first.
-    lru: BTreeMap<u64, Seqnum>,
-    next_stamp: u64,
+    /// Where the clock's hand is: the next record it looks at is the first at or above it
+    /// (or, past the last, the first).
+    hand: Seqnum,
     pub(super) hits: u64,
     pub(super) misses: u64,
 }
@@ -45,8 +46,7 @@ impl RecordCache {
             bytes_max,
             bytes: 0,
             slots: BTreeMap::new(),
-            lru: BTreeMap::new(),
-            next_stamp: 0,
+            hand: Seqnum::ZERO,
             hits: 0,
             misses: 0,
         }
@@ -60,21 +60,18 @@ impl RecordCache {
         self.slots.len()
     }
 
-    /// The cached record, marked as just used; counts a hit or a miss.
+    /// The cached record, marked as used; counts a hit or a miss.
     pub(super) fn get(&mut self, seqnum: Seqnum) -> Option<Record> {
-        let stamp = self.stamp();
         let Some(slot) = self.slots.get_mut(&seqnum) else {
             self.misses += 1;
             return None;
         };
         self.hits += 1;
-        self.lru.remove(&slot.stamp);
-        slot.stamp = stamp;
-        self.lru.insert(stamp, seqnum);
+        slot.used = true;
         Some(slot.record.clone())
     }
 
-    /// Caches `record` as the most recently used. A record already cached keeps its aux
+    /// Caches `record`, marked as used (the hand passes it once before it may go). A record already cached keeps its aux
     /// data unless the new copy carries some (storage does not keep aux data).
     pub(super) fn insert(&mut self, mut record: Record) {
         // A record's data may be a slice of a larger buffer (an HTTP request's read buffer):
@@ -90,14 +87,12 @@ impl RecordCache {
         if bytes > self.bytes_max {
             return;
         }
-        let stamp = self.stamp();
-        self.lru.insert(stamp, record.seqnum);
         self.slots.insert(
             record.seqnum,
             Slot {
                 record,
                 bytes,
-                stamp,
+                used: true,
             },
         );
         self.bytes += bytes;
@@ -105,12 +100,20 @@ impl RecordCache {
     }
 
     /// Attaches aux data to a cached record; false if it is not cached.
+    /// The record is marked as used.
     pub(super) fn set_aux(&mut self, seqnum: Seqnum, aux: Bytes) -> bool {
-        let Some(mut record) = self.remove(seqnum) else {
+        let Some(slot) = self.slots.get_mut(&seqnum) else {
             return false;
         };
-        record.aux = Some(aux);
-        self.insert(record);
+        slot.record.aux = Some(aux);
+        slot.used = true;
+        let bytes = cache_record_bytes(&slot.record);
+        self.bytes = self.bytes - slot.bytes + bytes;
+        slot.bytes = bytes;
+        if bytes > self.bytes_max {
+            self.remove(seqnum);
+        }
+        self.evict();
         true
     }
 
@@ -129,33 +132,94 @@ impl RecordCache {
 
     pub(super) fn clear(&mut self) {
         self.slots.clear();
-        self.lru.clear();
         self.bytes = 0;
     }
 
     fn remove(&mut self, seqnum: Seqnum) -> Option<Record> {
         let slot = self.slots.remove(&seqnum)?;
-        self.lru.remove(&slot.stamp);
         self.bytes -= slot.bytes;
         Some(slot.record)
     }
 
+    /// Moves the hand until the cache fits: a record used since the hand last passed is
+    /// marked unused and kept, the first one not used is dropped. Two turns at most.
     fn evict(&mut self) {
         while self.bytes > self.bytes_max {
-            let (_, seqnum) = self
-                .lru
-                .pop_first()
-                .expect("a cache over its limit holds a record");
-            let slot = self
-                .slots
-                .remove(&seqnum)
-                .expect("every lru stamp names a slot");
-            self.bytes -= slot.bytes;
+            let (seqnum, slot) = match self.slots.range_mut(self.hand..).next() {
+                Some(next) => next,
+                None => self
+                    .slots
+                    .iter_mut()
+                    .next()
+                    .expect("a cache over its limit holds a record"),
+            };
+            let seqnum = *seqnum;
+            self.hand = seqnum.next();
+            if slot.used {
+                slot.used = false;
+            } else {
+                self.remove(seqnum);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seqnum: u64) -> Record {
+        Record {
+            seqnum: Seqnum(seqnum),
+            book: BookId(1),
+            tags: Vec::new(),
+            data: Bytes::from(vec![0u8; 4]),
+            aux: None,
         }
     }
 
-    fn stamp(&mut self) -> u64 {
-        self.next_stamp += 1;
-        self.next_stamp
+    /// Room for `n` records of `record`'s size.
+    fn cache_of(n: usize) -> RecordCache {
+        RecordCache::new(n * cache_record_bytes(&record(0)))
+    }
+
+    fn cached(cache: &RecordCache) -> Vec<u64> {
+        cache.slots.keys().map(|s| s.0).collect()
+    }
+
+    #[test]
+    fn the_hand_takes_the_first_record_not_used_since_it_passed() {
+        let mut cache = cache_of(3);
+        for s in 1..=4 {
+            cache.insert(record(s));
+        }
+        // A record comes in as used: the hand passed them all once, then took the oldest.
+        assert_eq!(cached(&cache), [2, 3, 4]);
+        assert!(cache.get(Seqnum(3)).is_some());
+        cache.insert(record(5));
+        assert_eq!(cached(&cache), [3, 4, 5], "2 was not used since the hand passed");
+        cache.insert(record(6));
+        assert_eq!(cached(&cache), [3, 5, 6], "3 was used since the hand passed, 4 not");
+        assert!(cache.set_aux(Seqnum(3), Bytes::new()));
+        cache.insert(record(7));
+        assert_eq!(cached(&cache), [3, 6, 7], "3 had aux data set, 5 was passed");
+        assert!(cache.get(Seqnum(2)).is_none());
+        assert_eq!((cache.hits, cache.misses), (1, 1));
+    }
+
+    #[test]
+    fn aux_data_counts_toward_the_bytes() {
+        let mut cache = cache_of(3);
+        for s in 1..=3 {
+            cache.insert(record(s));
+        }
+        let one = cache_record_bytes(&record(0));
+        assert!(cache.set_aux(Seqnum(2), Bytes::from(vec![1u8; 10])));
+        assert_eq!(cached(&cache), [2, 3], "over the limit, 1 made room");
+        assert_eq!(cache.bytes(), 2 * one + 10);
+        assert_eq!(cache.get(Seqnum(2)).unwrap().aux.unwrap().len(), 10);
+        assert!(!cache.set_aux(Seqnum(1), Bytes::new()));
+        assert!(cache.set_aux(Seqnum(3), Bytes::from(vec![1u8; 4 * one])));
+        assert_eq!((cached(&cache), cache.bytes()), (vec![2], one + 10), "too large for the cache");
     }
 }

@@ -468,7 +468,7 @@ fn cache_eviction_by_bytes_keeps_the_newest() {
         engine.read_next(BOOK, Tag(1), s(1)),
         ReadPlan::Cached(record(s(1), &[1], "bbbb"))
     );
-    // s(1) was just used, so fetching s(0) back evicts s(2), the least recently used.
+    // s(1) was just used, so fetching s(0) back evicts s(2): the hand passed it, unused.
     engine.cache_insert(record(s(0), &[1], "aaaa"));
     assert_eq!(
         engine.read_prev(BOOK, Tag(1), s(2)),
