@@ -917,6 +917,8 @@ impl Store {
             // The seqnum the view will be as of: `at`, or for the newest view, the newest
             // record (every record below one that is readable is readable).
             let mut as_of = (at != Seqnum::MAX).then_some(at);
+            // Whether the view is one kept in memory, as it was: it need not be kept again.
+            let mut kept = false;
             let start = loop {
                 let Some(record) = ctx.read_prev(tag, cursor).await? else {
                     // The stream's start, or a collection's trim: then the base holds the
@@ -947,6 +949,7 @@ impl Store {
                         if let Some(as_of) = as_of.as_mut() {
                             *as_of = (*as_of).max(kept_as_of);
                         }
+                        kept = true;
                     }
                     break cached;
                 }
@@ -1021,7 +1024,9 @@ impl Store {
                 .await;
             }
             if let Some(as_of) = as_of {
-                self.cache_view(object, as_of, cached.clone());
+                if !kept {
+                    self.cache_view(object, as_of, cached.clone());
+                }
                 if cached.depth > self.shared.settings.checkpoint_every as u64 {
                     let checkpoint = Entry::Checkpoint {
                         object: object.clone(),
