@@ -29,6 +29,9 @@ use storage_node::{Durability, SEGMENT_BYTES_MAX_DEFAULT};
 pub const FLUSH_INTERVAL_MS_DEFAULT: u64 = 5;
 /// A gateway's record cache, in MiB.
 pub const CACHE_MB_DEFAULT: usize = 256;
+/// A storage node's segment size (`segment_mib`, `tally up --segment-mib`), in MiB.
+pub const SEGMENT_MIB_DEFAULT: u64 = SEGMENT_BYTES_MAX_DEFAULT / (1024 * 1024);
+pub const SEGMENT_MIB_MAX: u64 = 4096;
 pub const CACHE_MB_MAX: usize = 1024 * 1024;
 /// A gateway's HTTP address when none is given: loopback, like `tally up`.
 pub const GATEWAY_HTTP_DEFAULT: &str = "127.0.0.1:8080";
@@ -116,6 +119,9 @@ pub struct NodeFile {
     pub http_body_timeout_ms: Option<u64>,
     pub http_idle_timeout_ms: Option<u64>,
     pub http_connections_max: Option<u64>,
+    /// Size at which a segment file of the log is sealed and the next begun, in MiB (storage
+    /// nodes; 64). Space comes back from sealed segments only.
+    pub segment_mib: Option<u64>,
     #[serde(default)]
     pub cluster: ClusterFile,
     /// `[functions.NAME]` tables (gateways): each function's limits.
@@ -783,6 +789,21 @@ impl Merged {
                 if data_dir.as_os_str().is_empty() {
                     bail!("{} is empty", self.at("data_dir"));
                 }
+                if role == Role::Sequencer {
+                    self.refuse(
+                        &v.segment_mib,
+                        "segment_mib",
+                        role,
+                        "only a storage node keeps segment files",
+                    )?;
+                }
+                let segment_mib = v.segment_mib.unwrap_or(SEGMENT_MIB_DEFAULT);
+                if !(1..=SEGMENT_MIB_MAX).contains(&segment_mib) {
+                    bail!(
+                        "{} is {segment_mib}; it must be 1..={SEGMENT_MIB_MAX}",
+                        self.at("segment_mib")
+                    );
+                }
                 Ok(match role {
                     Role::Sequencer => RoleOptions::Sequencer(SequencerOptions {
                         id: node,
@@ -805,11 +826,17 @@ impl Merged {
                             DurabilityMode::Fsync => Durability::Fsync,
                             DurabilityMode::Async => Durability::Async { flush_interval_ms },
                         },
-                        segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+                        segment_bytes_max: segment_mib * 1024 * 1024,
                     }),
                 })
             }
             Role::Gateway => {
+                self.refuse(
+                    &v.segment_mib,
+                    "segment_mib",
+                    role,
+                    "only a storage node keeps segment files",
+                )?;
                 self.refuse(
                     &v.data_dir,
                     "data_dir",
@@ -1146,6 +1173,12 @@ sequencers = { 0 = "127.0.0.1:7000" }
             }
         );
         assert_eq!(o.segment_bytes_max, SEGMENT_BYTES_MAX_DEFAULT);
+        let small = STORAGE.replace("[cluster]", "segment_mib = 2\n[cluster]");
+        let Ok(RoleOptions::Storage(o)) = load_text(Role::Storage, &small, NodeFile::default())
+        else {
+            panic!("a valid storage node")
+        };
+        assert_eq!(o.segment_bytes_max, 2 * 1024 * 1024);
         assert_eq!(
             o.sequencers.keys().copied().collect::<Vec<_>>(),
             [NodeId(0)]
@@ -1482,6 +1515,9 @@ sequencers = { 0 = "127.0.0.1:7000" }
             (Role::Gateway, GATEWAY.replace("[cluster]", "data_dir = \"/x\"\n[cluster]"), "a gateway has no data_dir"),
             (Role::Gateway, GATEWAY.replace("[cluster]", "listen = \"127.0.0.1:1\"\n[cluster]"), "a gateway has no listen"),
             (Role::Gateway, GATEWAY.replace("[cluster]", "cache_mb = 0\n[cluster]"), "`cache_mb` in node.toml is 0"),
+            (Role::Storage, STORAGE.replace("[cluster]", "segment_mib = 0\n[cluster]"), "`segment_mib` in node.toml is 0; it must be 1..=4096"),
+            (Role::Sequencer, SEQUENCER.replace("[cluster]", "segment_mib = 1\n[cluster]"), "a sequencer has no segment_mib"),
+            (Role::Gateway, GATEWAY.replace("[cluster]", "segment_mib = 1\n[cluster]"), "a gateway has no segment_mib"),
         ];
         for (role, text, expect) in cases {
             check_error(role, &text, NodeFile::default(), expect);

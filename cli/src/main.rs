@@ -306,7 +306,7 @@ struct UpArgs {
     http_connections_max: u64,
     /// Size at which a segment file of the log is sealed and the next begun, in MiB. Space
     /// comes back from sealed segments only.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, default_value_t = config::SEGMENT_MIB_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=config::SEGMENT_MIB_MAX))]
     segment_mib: u64,
     /// A TOML file of `[functions.NAME]` tables: each function's max_concurrency,
     /// timeout_ms, retries and backoff_ms.

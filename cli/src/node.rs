@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use storage_node::{Durability, Store, StoreConfig, StoreError, METALOG_IN_FLIGHT_MAX};
+use storage_node::{
+    Durability, Store, StoreConfig, StoreError, COMPACT_DEAD_FRACTION, METALOG_IN_FLIGHT_MAX,
+};
 use tokio::sync::{mpsc, oneshot};
 
 const SHARD: ShardId = ShardId(0);
@@ -32,9 +34,6 @@ const STORAGE_NODE: NodeId = NodeId(0);
 pub const CUT_INTERVAL_US_DEFAULT: u64 = 200;
 /// Messages queued for the sequencer task, at most.
 const SEQUENCER_QUEUE_MAX: usize = 4096;
-/// A sealed segment is rewritten once the payloads of its trimmed records are this share of
-/// its bytes.
-const COMPACT_DEAD_FRACTION: f64 = 0.1;
 
 /// How a single node is set up.
 #[derive(Debug, Clone)]

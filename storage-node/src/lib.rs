@@ -36,6 +36,9 @@ use writer::{Op, Request, Writer};
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Smallest accepted `segment_bytes_max`, in bytes.
 pub const SEGMENT_BYTES_MIN: u64 = 4096;
+/// The share of a sealed segment's bytes that dead payloads must reach before `compact`
+/// rewrites it: below it, a rewrite would cost more than the space it gives back.
+pub const COMPACT_DEAD_FRACTION: f64 = 0.1;
 /// Requests queued for or held by the IO thread at once; callers beyond it wait.
 pub const INFLIGHT_REQUESTS_MAX: usize = 1024;
 /// Metalog entries a caller may have queued and not yet durable at once (`append_metalog`).
@@ -433,15 +436,7 @@ impl Store {
             bytes_after: size,
             ..Compacted::default()
         };
-        let candidates: Vec<(Seqnum, u32)> = self
-            .inner
-            .index
-            .read()
-            .expect("index lock poisoned")
-            .ordered_in(number)
-            .into_iter()
-            .filter(|(_, data_len)| *data_len > 0)
-            .collect();
+        let candidates = self.payloads_in(number);
         let asked: Vec<Seqnum> = candidates.iter().map(|(s, _)| *s).collect();
         let flags = dead(&asked);
         assert_eq!(flags.len(), asked.len(), "one flag per record asked about");
@@ -554,6 +549,23 @@ impl Store {
             .bytes_compacted
             .fetch_add(done.bytes_before - done.bytes_after, Ordering::Relaxed);
         Ok(done)
+    }
+
+    /// The ordered records of segment `number` that still have a payload, with its size, in
+    /// seqnum order: what `compact` asks about.
+    pub fn payloads_in(&self, number: u64) -> Vec<(Seqnum, u32)> {
+        let mut payloads: Vec<(Seqnum, u32)> = self
+            .inner
+            .index
+            .read()
+            .expect("index lock poisoned")
+            .ordered_in(number)
+            .into_iter()
+            .filter(|(_, data_len)| *data_len > 0)
+            .collect();
+        // Runs of several shards share a segment.
+        payloads.sort_unstable();
+        payloads
     }
 
     /// The ordered record at `seqnum`: None if no such ordered record is stored here, or it

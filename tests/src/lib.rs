@@ -240,6 +240,22 @@ pub use tally_cli::cluster::NodeEntry as ClusterNode;
 /// A multi-process cluster on loopback, started by `tally cluster up` in `dir`. Dropping it
 /// runs `tally cluster down` (data stays in `dir`). A cluster brought down can be started
 /// again on the same `dir` with `Cluster::up`: same ids, ports and data.
+/// The segment files of a log in `dir` (`tally up`'s `DATA/log`, a storage node's data dir),
+/// with their sizes, by name (oldest first).
+pub fn segments(dir: &Path) -> Vec<(String, u64)> {
+    let mut found: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.metadata().map_or(0, |m| m.len()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<ClusterNode>,

@@ -1,7 +1,9 @@
 //! A multi-process cluster on loopback (3 sequencers, 3 storage nodes, 2 gateways) under load
 //! from several clients, with one role killed in each test. Each test ends by checking that
 //! every acknowledged append is in the log at its seqnum with its client's data, in its
-//! client's order. The tests share the machine's two cores, so they run one at a time.
+//! client's order. The tests share the machine's two cores, so they run one at a time. One
+//! more test, on a smaller cluster, checks that trimmed records give their space back on the
+//! storage nodes.
 
 use bench::Ack;
 use serde_json::Value;
@@ -10,6 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tally_cli::config::Role;
 use tally_tests::history::{
     ack_lines, check_acks, check_no_duplicates, read_book, read_tag, Stored,
 };
@@ -424,4 +427,104 @@ fn whole_cluster_restart(extra: &[&str]) {
         .unwrap();
     let seqnum: u64 = out.trim().parse().unwrap();
     assert!(seqnum > *first.keys().last().unwrap());
+}
+
+#[test]
+fn trimmed_records_give_their_space_back_on_the_storage_nodes() {
+    const N: usize = 1000;
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("cluster");
+    let args = ["--replication", "2"];
+    let mut cluster = Cluster::up_with(&cluster_dir, 1, 2, 1, &args).expect("cluster up");
+    // Segments of 1 MiB; ended workflow instances and their invocations kept for 1 s.
+    cluster.down().unwrap();
+    for node in &cluster.nodes {
+        let keys = match node.role {
+            Role::Storage => "segment_mib = 1\n",
+            Role::Gateway => "workflow_retention_s = 1\nidempotency_retention_s = 1\n",
+            Role::Sequencer => continue,
+        };
+        let text = std::fs::read_to_string(&node.config).unwrap();
+        let text = text.replacen("\n[cluster]", &format!("\n{keys}[cluster]"), 1);
+        std::fs::write(&node.config, text).unwrap();
+    }
+    drop(cluster);
+    let mut cluster = Cluster::up_with(&cluster_dir, 1, 2, 1, &args).expect("cluster up again");
+    let gateway = cluster.gateways()[0].clone();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let http = tally_tests::client();
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n >= N {
+                        return;
+                    }
+                    let url = format!("{gateway}/workflows/writes/g{n}?wait_ms=30000");
+                    let (status, ended) =
+                        tally_tests::send(http.post(url).json(&serde_json::json!({"steps": 2})));
+                    assert_eq!(
+                        (status, &ended["status"]),
+                        (200, &"succeeded".into()),
+                        "{ended}"
+                    );
+                }
+            });
+        }
+    });
+    let storage: Vec<(u32, std::path::PathBuf)> = (cluster.nodes.iter())
+        .filter(|n| n.role == Role::Storage)
+        .map(|n| (n.id, n.data_dir.clone().unwrap()))
+        .collect();
+    // The segments sealed by now (all but each node's newest; not the one sealed almost empty
+    // by the restart) hold ended instances only.
+    let sealed: Vec<Vec<(String, u64)>> = (storage.iter())
+        .map(|(_, dir)| {
+            let mut sealed = tally_tests::segments(dir);
+            sealed.pop();
+            sealed.retain(|(_, bytes)| *bytes > 64 * 1024);
+            sealed
+        })
+        .collect();
+    assert!(
+        sealed.iter().all(|s| !s.is_empty()),
+        "no segment was sealed: {sealed:?}"
+    );
+    let http = tally_tests::client();
+    wait_until(WAIT, || {
+        tally_tests::metric(&http, &gateway, "tally_workflows_collected_total") >= N as f64
+    })
+    .unwrap();
+    // Each storage node rewrites its sealed segments without the payloads of what was trimmed.
+    let shrunk = |(_, dir): &(u32, std::path::PathBuf), sealed: &[(String, u64)]| {
+        let now = tally_tests::segments(dir);
+        sealed.iter().all(|(name, before)| {
+            now.iter()
+                .any(|(n, bytes)| n == name && *bytes < before * 9 / 10)
+        })
+    };
+    let came_back = wait_until(WAIT, || {
+        storage.iter().zip(&sealed).all(|(n, s)| shrunk(n, s))
+    });
+    let after: Vec<_> = storage
+        .iter()
+        .map(|(_, dir)| tally_tests::segments(dir))
+        .collect();
+    println!("sealed segments before: {sealed:?}\nafter: {after:?}");
+    came_back.unwrap();
+    let status = cluster.status().unwrap();
+    println!("{status}");
+    // A storage node restarted recovers its compacted segments, and the cluster goes on.
+    let (id, _) = storage[0];
+    cluster.kill(id).unwrap();
+    cluster.start(id).unwrap();
+    let url = format!("{gateway}/workflows/writes/after?wait_ms=30000");
+    let (status, ended) = tally_tests::send(http.post(url).json(&serde_json::json!({"steps": 2})));
+    assert_eq!(
+        (status, &ended["status"]),
+        (200, &"succeeded".into()),
+        "{ended}"
+    );
 }

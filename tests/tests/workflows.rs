@@ -7,7 +7,7 @@ use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tally_tests::client;
-use tally_tests::{run_tally, wait_until, Tally};
+use tally_tests::{run_tally, segments, wait_until, Tally};
 
 const INSTANCES: usize = 40;
 const STEPS: u64 = 50;
@@ -369,20 +369,6 @@ fn metric(http: &Client, tally: &Tally, name: &str) -> f64 {
 }
 
 /// The log's segment files under `data`: name and bytes, oldest first.
-fn segments(data: &std::path::Path) -> Vec<(String, u64)> {
-    let mut found: Vec<(String, u64)> = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (name, e.metadata().map_or(0, |m| m.len()))
-        })
-        .collect();
-    found.sort();
-    found
-}
-
 #[test]
 fn a_thousand_ended_instances_are_collected_after_their_retention() {
     const N: usize = 1000;
@@ -425,7 +411,7 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
         }
     });
     // The segments sealed by now (all but the newest) hold ended instances only.
-    let mut sealed = segments(&data);
+    let mut sealed = segments(&data.join("log"));
     sealed.pop();
     assert!(!sealed.is_empty(), "no segment was sealed: {sealed:?}");
     let http = client();
@@ -459,7 +445,7 @@ fn a_thousand_ended_instances_are_collected_after_their_retention() {
     // the records no stream shows any more (the instances' starts and ends, their
     // invocations' records; their table writes stay, the newest versions of their keys).
     let now = |name: &str| {
-        segments(&data)
+        segments(&data.join("log"))
             .into_iter()
             .find(|(n, _)| n == name)
             .map_or(0, |(_, bytes)| bytes)

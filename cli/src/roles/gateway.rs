@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use gateway::engine::EngineConfig;
 use gateway::invocations::Peers;
 use gateway::metrics::Metrics;
-use gateway::runtime::{GatewayLog, Restore, Shard};
+use gateway::runtime::{GatewayLog, Restore, Shard, Visibility};
 use logbook::rpc::pb::storage_client::StorageClient;
 use logbook::rpc::pb::{self};
 use logbook::wire::{
@@ -26,6 +26,7 @@ use logbook::{IndexCheckpoint, LogError, Record, Seqnum, ViewId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use storage_node::COMPACT_DEAD_FRACTION;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -113,6 +114,18 @@ impl ClusterShard {
         let replica = Replica { tx, acked };
         replicas.insert((view.id, node), replica.clone());
         Some(replica)
+    }
+
+    /// The addresses of this gateway's shard's replicas in the newest view.
+    fn own_replicas(&self) -> Vec<String> {
+        let views = self.views.borrow();
+        let Some(view) = views.latest() else {
+            return Vec::new();
+        };
+        let own = view.shards.get(&View::shard_of(self.id));
+        (own.into_iter().flatten())
+            .filter_map(|node| view.storage.get(node).cloned())
+            .collect()
     }
 
     /// The storage nodes of the newest view, the shard's own replicas first.
@@ -252,10 +265,117 @@ impl Shard for ClusterShard {
     }
 
     async fn reclaim(&self, _checkpoint: IndexCheckpoint) -> Result<(), LogError> {
-        // In a cluster, trimmed records are hidden by every gateway's index; their space on
-        // the storage nodes is not reclaimed yet.
+        // In a cluster, a trimmed prefix is hidden by every gateway's index, and its records
+        // stay on the storage nodes (whole segments are not deleted yet): `compact` drops
+        // their payloads.
         Ok(())
     }
+
+    /// Has each replica of this gateway's shard drop the payloads of the records this
+    /// gateway's index no longer shows from its sealed segments (which may hold other shards'
+    /// records too: the index knows every record). A replica that fails is tried again after
+    /// the next trims.
+    async fn compact(&self, visible: Visibility) -> Result<(), LogError> {
+        for addr in self.own_replicas() {
+            match compact_node(&addr, &visible).await {
+                Ok((0, _)) => {}
+                Ok((segments, bytes)) => tracing::info!(
+                    node = %addr,
+                    segments,
+                    bytes,
+                    "a storage node dropped the payloads of trimmed records"
+                ),
+                Err(e) => tracing::warn!(node = %addr, error = %e, "compaction failed"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The dead records of a segment's list (records with a payload, in seqnum order) as ranges
+/// of seqnums `[from[i], to[i])`, each over consecutive records of the list: the records
+/// between two of the list's are not the segment's (or have no payload), so a range may span
+/// them.
+#[derive(Debug, Default)]
+struct DeadRanges {
+    from: Vec<u64>,
+    to: Vec<u64>,
+    /// Their payload bytes.
+    bytes: u64,
+    /// Whether the last record added was dead.
+    last_dead: bool,
+}
+
+impl DeadRanges {
+    /// The next record of the list, and whether the index still shows it.
+    fn add(&mut self, seqnum: u64, len: u32, shows: bool) {
+        if shows {
+            self.last_dead = false;
+            return;
+        }
+        self.bytes += u64::from(len);
+        match self.to.last_mut() {
+            Some(to) if self.last_dead => *to = seqnum + 1,
+            _ => {
+                self.from.push(seqnum);
+                self.to.push(seqnum + 1);
+            }
+        }
+        self.last_dead = true;
+    }
+}
+
+/// Compacts the sealed segments of the storage node at `addr` in which the payloads of the
+/// records `visible` says are gone reach `COMPACT_DEAD_FRACTION` of the bytes. The segments
+/// rewritten and the bytes given back.
+async fn compact_node(addr: &str, visible: &Visibility) -> anyhow::Result<(u64, u64)> {
+    let mut client = StorageClient::new(channel(addr)?).max_decoding_message_size(64 << 20);
+    let segments = client
+        .sealed_segments(pb::SealedSegmentsRequest {})
+        .await?
+        .into_inner()
+        .segments;
+    let mut freed = (0, 0);
+    for segment in segments {
+        let mut dead = DeadRanges::default();
+        let mut from_seqnum = 0;
+        loop {
+            let page = client
+                .segment_payloads(pb::SegmentPayloadsRequest {
+                    number: segment.number,
+                    from_seqnum,
+                    limit: super::storage::SEGMENT_PAYLOADS_MAX as u32,
+                })
+                .await?
+                .into_inner();
+            let seqnums: Vec<Seqnum> = page.seqnums.iter().map(|s| Seqnum(*s)).collect();
+            let shows = visible(&seqnums);
+            for ((seqnum, len), shows) in page.seqnums.iter().zip(&page.lens).zip(shows) {
+                dead.add(*seqnum, *len, shows);
+            }
+            match page.seqnums.last() {
+                Some(last) if page.more => from_seqnum = last + 1,
+                _ => break,
+            }
+        }
+        if dead.bytes == 0 || (dead.bytes as f64) < COMPACT_DEAD_FRACTION * segment.bytes as f64 {
+            continue;
+        }
+        let done = client
+            .compact(pb::CompactRequest {
+                number: segment.number,
+                dead_from: dead.from,
+                dead_to: dead.to,
+                min_fraction: COMPACT_DEAD_FRACTION,
+            })
+            .await?
+            .into_inner();
+        if done.rewritten {
+            freed.0 += 1;
+            freed.1 += done.bytes_before.saturating_sub(done.bytes_after);
+        }
+    }
+    Ok(freed)
 }
 
 /// Sends batches to one replica over a replication stream, in order, and publishes what it
@@ -858,4 +978,35 @@ fn index_entries(records: Vec<pb::FetchedRecord>) -> Vec<IndexEntry> {
         .into_iter()
         .filter_map(|r| r.record?.index_entry(Seqnum(r.seqnum)).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeadRanges;
+
+    #[test]
+    fn dead_records_make_ranges_that_cover_no_live_one() {
+        // (seqnum, payload bytes, shown by the index)
+        let list = [
+            (1, 10, false),
+            (2, 10, false),
+            (4, 10, true),
+            (5, 7, false),
+            (9, 3, false),
+            (12, 1, true),
+            (13, 2, false),
+        ];
+        let mut dead = DeadRanges::default();
+        for (seqnum, len, shows) in list {
+            dead.add(seqnum, len, shows);
+        }
+        assert_eq!(dead.from, [1, 5, 13]);
+        assert_eq!(dead.to, [3, 10, 14]);
+        assert_eq!(dead.bytes, 32);
+        let in_range =
+            |s: u64| (dead.from.iter().zip(&dead.to)).any(|(f, t)| (*f..*t).contains(&s));
+        for (seqnum, _, shows) in list {
+            assert_eq!(in_range(seqnum), !shows, "seqnum {seqnum}");
+        }
+    }
 }

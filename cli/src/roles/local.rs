@@ -236,6 +236,24 @@ mod tests {
                     json: "\"in memory\"".into(),
                 }))
             }
+            async fn sealed_segments(
+                &self,
+                _: tonic::Request<pb::SealedSegmentsRequest>,
+            ) -> Result<tonic::Response<pb::SealedSegmentsReply>, tonic::Status> {
+                Err(tonic::Status::unimplemented("sealed_segments"))
+            }
+            async fn segment_payloads(
+                &self,
+                _: tonic::Request<pb::SegmentPayloadsRequest>,
+            ) -> Result<tonic::Response<pb::SegmentPayloadsReply>, tonic::Status> {
+                Err(tonic::Status::unimplemented("segment_payloads"))
+            }
+            async fn compact(
+                &self,
+                _: tonic::Request<pb::CompactRequest>,
+            ) -> Result<tonic::Response<pb::CompactReply>, tonic::Status> {
+                Err(tonic::Status::unimplemented("compact"))
+            }
         }
 
         // A TCP listener for the server, and a name for it in-process that nothing serves

@@ -35,6 +35,8 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 const REPLICATE_QUEUE: usize = 64;
 /// Committed events taken from the subscription and not applied yet, at most.
 const BACKLOG_MAX: usize = 64;
+/// Records one `SegmentPayloads` answer lists at most.
+pub const SEGMENT_PAYLOADS_MAX: usize = 65_536;
 
 /// The node: its store, and the engine that decides what goes into it. The engine's lock is
 /// held while a batch it accepted is queued in the store, so the store sees writes in the
@@ -245,7 +247,10 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     println!("tally storage {} ready: {local}", options.id.0);
     tonic::transport::Server::builder()
-        .add_service(StorageServer::new(Service { node: node.clone() }))
+        .add_service(StorageServer::new(Service {
+            node: node.clone(),
+            compacting: tokio::sync::Mutex::new(()),
+        }))
         .serve_with_incoming(super::local::incoming(
             listener,
             &options.listen.to_string(),
@@ -510,6 +515,8 @@ fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
 
 struct Service {
     node: Arc<Node>,
+    /// One compaction at a time: the gateways of several shards may ask this node.
+    compacting: tokio::sync::Mutex<()>,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::ReplicateAck, Status>> + Send>>;
@@ -653,9 +660,80 @@ impl Storage for Service {
             "waits_on": engine.stall().map(|stall| format!("{stall:?}")),
             "records_written": stats.records,
             "fsyncs": stats.fsyncs,
+            "bytes_compacted": stats.bytes_compacted,
         });
         Ok(Response::new(pb::StatusReply {
             json: json.to_string(),
+        }))
+    }
+
+    async fn sealed_segments(
+        &self,
+        _request: Request<pb::SealedSegmentsRequest>,
+    ) -> Result<Response<pb::SealedSegmentsReply>, Status> {
+        let segments = (self.node.store().sealed_segments().into_iter())
+            .map(|(number, bytes)| pb::SealedSegment { number, bytes })
+            .collect();
+        Ok(Response::new(pb::SealedSegmentsReply { segments }))
+    }
+
+    async fn segment_payloads(
+        &self,
+        request: Request<pb::SegmentPayloadsRequest>,
+    ) -> Result<Response<pb::SegmentPayloadsReply>, Status> {
+        let request = request.into_inner();
+        let limit = (request.limit as usize).clamp(1, SEGMENT_PAYLOADS_MAX);
+        let payloads = self.node.store().payloads_in(request.number);
+        let from = payloads.partition_point(|(s, _)| s.0 < request.from_seqnum);
+        let page = &payloads[from..payloads.len().min(from + limit)];
+        Ok(Response::new(pb::SegmentPayloadsReply {
+            seqnums: page.iter().map(|(s, _)| s.0).collect(),
+            lens: page.iter().map(|(_, len)| *len).collect(),
+            more: from + page.len() < payloads.len(),
+        }))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactReply>, Status> {
+        let request = request.into_inner();
+        if request.dead_from.len() != request.dead_to.len() {
+            return Err(Status::invalid_argument(
+                "dead_from and dead_to name ranges: they have one entry each",
+            ));
+        }
+        let dead: Vec<(u64, u64)> = request.dead_from.into_iter().zip(request.dead_to).collect();
+        let _one = self.compacting.lock().await;
+        let store = self.node.store();
+        let number = request.number;
+        let compacted = tokio::task::spawn_blocking(move || {
+            store.compact(number, request.min_fraction, |asked| {
+                (asked.iter())
+                    .map(|s| dead.iter().any(|(from, to)| (*from..*to).contains(&s.0)))
+                    .collect()
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("compaction task: {e}")))?;
+        let done = match compacted {
+            Ok(done) => done,
+            // Not a sealed segment (reclaimed meanwhile, or never one): nothing to do.
+            Err(StoreError::BadArgument(_)) => storage_node::Compacted::default(),
+            Err(e) => return Err(Status::internal(e.to_string())),
+        };
+        if done.rewritten {
+            tracing::info!(
+                segment = number,
+                records = done.records,
+                bytes = done.bytes_before - done.bytes_after,
+                "dropped the payloads of trimmed records"
+            );
+        }
+        Ok(Response::new(pb::CompactReply {
+            rewritten: done.rewritten,
+            bytes_before: done.bytes_before,
+            bytes_after: done.bytes_after,
         }))
     }
 }

@@ -197,12 +197,24 @@ mod tests {
         assert_eq!(cached(&cache), [2, 3, 4]);
         assert!(cache.get(Seqnum(3)).is_some());
         cache.insert(record(5));
-        assert_eq!(cached(&cache), [3, 4, 5], "2 was not used since the hand passed");
+        assert_eq!(
+            cached(&cache),
+            [3, 4, 5],
+            "2 was not used since the hand passed"
+        );
         cache.insert(record(6));
-        assert_eq!(cached(&cache), [3, 5, 6], "3 was used since the hand passed, 4 not");
+        assert_eq!(
+            cached(&cache),
+            [3, 5, 6],
+            "3 was used since the hand passed, 4 not"
+        );
         assert!(cache.set_aux(Seqnum(3), Bytes::new()));
         cache.insert(record(7));
-        assert_eq!(cached(&cache), [3, 6, 7], "3 had aux data set, 5 was passed");
+        assert_eq!(
+            cached(&cache),
+            [3, 6, 7],
+            "3 had aux data set, 5 was passed"
+        );
         assert!(cache.get(Seqnum(2)).is_none());
         assert_eq!((cache.hits, cache.misses), (1, 1));
     }
@@ -220,6 +232,10 @@ mod tests {
         assert_eq!(cache.get(Seqnum(2)).unwrap().aux.unwrap().len(), 10);
         assert!(!cache.set_aux(Seqnum(1), Bytes::new()));
         assert!(cache.set_aux(Seqnum(3), Bytes::from(vec![1u8; 4 * one])));
-        assert_eq!((cached(&cache), cache.bytes()), (vec![2], one + 10), "too large for the cache");
+        assert_eq!(
+            (cached(&cache), cache.bytes()),
+            (vec![2], one + 10),
+            "too large for the cache"
+        );
     }
 }
