@@ -176,6 +176,8 @@ pub struct LogEngine {
     ops: BTreeMap<OpId, PendingOp>,
     index: TagIndex,
     cache: RecordCache,
+    /// Trim records applied (this gateway's and others'), since start.
+    trims_applied: u64,
     /// The metalog position of the next entry to apply.
     metalog_position: u64,
     /// Entries at or after `metalog_position`, waiting for a gap or for index data.
@@ -208,6 +210,7 @@ impl LogEngine {
             ops: BTreeMap::new(),
             index: TagIndex::new(),
             cache: RecordCache::new(config.cache_bytes_max),
+            trims_applied: 0,
             metalog_position: 0,
             entries: BTreeMap::new(),
             index_data: BTreeMap::new(),
@@ -482,6 +485,9 @@ impl LogEngine {
 
     fn apply_one(&mut self, entry: &IndexEntry, touched: &mut BTreeSet<(BookId, Tag)>) -> Applied {
         let applied = self.index.apply(entry);
+        if applied == Applied::Trimmed {
+            self.trims_applied += 1;
+        }
         match (applied, entry.kind) {
             (Applied::Indexed, _) => {
                 touched.insert((entry.book, Tag::ANY));
@@ -765,6 +771,12 @@ impl LogEngine {
     /// the index (or trimmed).
     pub fn applied_end(&self) -> Seqnum {
         self.index.applied_end()
+    }
+
+    /// Trim records applied since start, whoever appended them: a change tells that records
+    /// may have left the index.
+    pub fn trims_applied(&self) -> u64 {
+        self.trims_applied
     }
 
     /// The metalog position of the next entry to apply: entries before it are in the index.

@@ -204,9 +204,14 @@ impl GatewayLog {
     /// A committed metalog entry, in position order.
     pub fn on_metalog(&self, entry: &MetalogEntry) {
         let mut inner = self.lock();
+        let trims = inner.engine.trims_applied();
         let commands = inner.engine.on_metalog(entry);
         inner.execute(commands);
         self.covered.send_replace(inner.engine.applied_end());
+        if inner.engine.trims_applied() != trims {
+            // Another gateway's trims too: this one's shard holds their records as well.
+            self.trimmed.notify_one();
+        }
     }
 
     /// Waits until the index holds every record at or below `seqnum` (a seqnum the caller
@@ -227,9 +232,13 @@ impl GatewayLog {
     /// earlier run), needed before the metalog entries that order them can apply.
     pub fn on_index_data(&self, entries: Vec<logbook::wire::IndexEntry>) {
         let mut inner = self.lock();
+        let trims = inner.engine.trims_applied();
         let commands = inner.engine.on_index_data(entries);
         inner.execute(commands);
         self.covered.send_replace(inner.engine.applied_end());
+        if inner.engine.trims_applied() != trims {
+            self.trimmed.notify_one();
+        }
     }
 
     /// The view before `next` is sealed: pending appends fail with the retryable `Discarded`

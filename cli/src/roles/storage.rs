@@ -703,14 +703,20 @@ impl Storage for Service {
                 "dead_from and dead_to name ranges: they have one entry each",
             ));
         }
-        let dead: Vec<(u64, u64)> = request.dead_from.into_iter().zip(request.dead_to).collect();
+        let mut dead: Vec<(u64, u64)> =
+            request.dead_from.into_iter().zip(request.dead_to).collect();
+        dead.sort_unstable();
         let _one = self.compacting.lock().await;
         let store = self.node.store();
         let number = request.number;
         let compacted = tokio::task::spawn_blocking(move || {
             store.compact(number, request.min_fraction, |asked| {
+                // The range that starts last at or below each seqnum (ranges do not overlap).
                 (asked.iter())
-                    .map(|s| dead.iter().any(|(from, to)| (*from..*to).contains(&s.0)))
+                    .map(|s| {
+                        let after = dead.partition_point(|(from, _)| *from <= s.0);
+                        after > 0 && s.0 < dead[after - 1].1
+                    })
                     .collect()
             })
         })

@@ -499,12 +499,14 @@ fn trim_hides_records_drops_them_from_the_cache_and_is_acknowledged() {
         vec![data(&[5], "a"), data(&[5], "b"), data(&[6], "c")],
     );
     engine.on_metalog(&entry(0, 0, &[(OWN, 0, 3)]));
+    assert_eq!(engine.trims_applied(), 0);
     append_ok(&mut engine, 2, vec![trim(0, s(2))]);
     append_ok(&mut engine, 3, vec![trim(6, s(3))]);
     assert_eq!(
         engine.on_metalog(&entry(1, 3, &[(OWN, 3, 2)])),
         vec![appended(2, &[s(3)]), appended(3, &[s(4)])]
     );
+    assert_eq!(engine.trims_applied(), 2, "housekeeping is told of them");
     assert_eq!(
         engine.read_next(BOOK, Tag::ANY, s(0)),
         ReadPlan::Empty,
