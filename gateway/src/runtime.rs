@@ -34,6 +34,8 @@ const TICK_INTERVAL_MS: u64 = 5;
 /// trims made together), and the least time between two passes.
 const HOUSEKEEPING_DELAY: Duration = Duration::from_secs(1);
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+/// Records whose visibility one hold of the engine's lock answers, at most.
+const VISIBILITY_CHUNK: usize = 1024;
 
 /// Answers, per seqnum, whether the record there is still visible (`Shard::compact`).
 pub type Visibility = Arc<dyn Fn(&[Seqnum]) -> Vec<bool> + Send + Sync>;
@@ -414,10 +416,16 @@ async fn housekeeping_loop(log: std::sync::Weak<GatewayLog>, trimmed: Arc<tokio:
         strong.reclaim_trimmed().await;
         let weak = log.clone();
         let visible: Visibility = Arc::new(move |seqnums: &[Seqnum]| match weak.upgrade() {
-            Some(log) => {
-                let inner = log.lock();
-                seqnums.iter().map(|s| inner.engine.shows(*s)).collect()
-            }
+            // The engine's lock is taken for a chunk at a time: appends go on between them.
+            Some(log) => (seqnums.chunks(VISIBILITY_CHUNK))
+                .flat_map(|chunk| {
+                    let inner = log.lock();
+                    chunk
+                        .iter()
+                        .map(|s| inner.engine.shows(*s))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
             // Gone: nothing is dropped.
             None => vec![true; seqnums.len()],
         });
