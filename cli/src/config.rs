@@ -712,6 +712,14 @@ impl Merged {
             );
         }
         let node = NodeId(id);
+        if role != Role::Storage {
+            self.refuse(
+                &v.segment_mib,
+                "segment_mib",
+                role,
+                "only a storage node keeps segment files",
+            )?;
+        }
 
         match role {
             Role::Sequencer | Role::Storage => {
@@ -789,14 +797,6 @@ impl Merged {
                 if data_dir.as_os_str().is_empty() {
                     bail!("{} is empty", self.at("data_dir"));
                 }
-                if role == Role::Sequencer {
-                    self.refuse(
-                        &v.segment_mib,
-                        "segment_mib",
-                        role,
-                        "only a storage node keeps segment files",
-                    )?;
-                }
                 let segment_mib = v.segment_mib.unwrap_or(SEGMENT_MIB_DEFAULT);
                 if !(1..=SEGMENT_MIB_MAX).contains(&segment_mib) {
                     bail!(
@@ -831,12 +831,6 @@ impl Merged {
                 })
             }
             Role::Gateway => {
-                self.refuse(
-                    &v.segment_mib,
-                    "segment_mib",
-                    role,
-                    "only a storage node keeps segment files",
-                )?;
                 self.refuse(
                     &v.data_dir,
                     "data_dir",
