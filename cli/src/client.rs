@@ -769,10 +769,9 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_gateway_says_cannot_connect() {
-        let addr = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().to_string()
-        };
+        // Port 1 on loopback: nothing listens there. (A port picked free and closed again
+        // may be taken meanwhile by another test of this process.)
+        let addr = "127.0.0.1:1".to_string();
         let error = Client::new(&addr).unwrap().health().await.unwrap_err();
         let expect =
             format!("cannot connect to {addr}: connection refused (is `tally up` running?)");
