@@ -680,25 +680,25 @@ impl Merged {
                 );
             }
         }
-        let cut_interval_us = self.duration(
+        let cut_interval_us = self.bounded(
             "cut_interval_us",
             c.cut_interval_us,
             CUT_INTERVAL_US_DEFAULT,
             CUT_INTERVAL_US_MAX,
         )?;
-        let flush_interval_ms = self.duration(
+        let flush_interval_ms = self.bounded(
             "flush_interval_ms",
             c.flush_interval_ms,
             FLUSH_INTERVAL_MS_DEFAULT,
             FLUSH_INTERVAL_MS_MAX,
         )?;
-        let gateway_timeout_ms = self.duration(
+        let gateway_timeout_ms = self.bounded(
             "gateway_timeout_ms",
             c.gateway_timeout_ms,
             GATEWAY_TIMEOUT_MS_DEFAULT,
             GATEWAY_TIMEOUT_MS_MAX,
         )?;
-        let raft_tick_ms = self.duration(
+        let raft_tick_ms = self.bounded(
             "raft_tick_ms",
             c.raft_tick_ms,
             RAFT_TICK_MS_DEFAULT,
@@ -797,13 +797,12 @@ impl Merged {
                 if data_dir.as_os_str().is_empty() {
                     bail!("{} is empty", self.at("data_dir"));
                 }
-                let segment_mib = v.segment_mib.unwrap_or(SEGMENT_MIB_DEFAULT);
-                if !(1..=SEGMENT_MIB_MAX).contains(&segment_mib) {
-                    bail!(
-                        "{} is {segment_mib}; it must be 1..={SEGMENT_MIB_MAX}",
-                        self.at("segment_mib")
-                    );
-                }
+                let segment_mib = self.bounded(
+                    "segment_mib",
+                    v.segment_mib,
+                    SEGMENT_MIB_DEFAULT,
+                    SEGMENT_MIB_MAX,
+                )?;
                 Ok(match role {
                     Role::Sequencer => RoleOptions::Sequencer(SequencerOptions {
                         id: node,
@@ -959,7 +958,7 @@ impl Merged {
         };
         let v = &self.values;
         let ms = |key: &str, value: Option<u64>, default: Duration| {
-            self.duration(key, value, default.as_millis() as u64, HTTP_TIMEOUT_MS_MAX)
+            self.bounded(key, value, default.as_millis() as u64, HTTP_TIMEOUT_MS_MAX)
                 .map(Duration::from_millis)
         };
         Ok(::gateway::serve::HttpLimits {
@@ -978,7 +977,7 @@ impl Merged {
                 v.http_idle_timeout_ms,
                 IDLE_TIMEOUT_DEFAULT,
             )?,
-            connections_max: self.duration(
+            connections_max: self.bounded(
                 "http_connections_max",
                 v.http_connections_max,
                 CONNECTIONS_MAX_DEFAULT as u64,
@@ -987,7 +986,8 @@ impl Merged {
         })
     }
 
-    fn duration(
+    /// `value` (or `default`), which must be 1..=`max`.
+    fn bounded(
         &self,
         key: &str,
         value: Option<u64>,

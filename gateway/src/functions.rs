@@ -1142,9 +1142,6 @@ impl Dispatcher {
     }
 }
 
-/// The recovery loop of a dispatcher: a pass at start, on every change of peers or worker
-/// registration, and now and then: soon after a pass that claimed something (to retire what it finished), less and less
-/// often while what is left is nothing this gateway can run. It ends with the dispatcher.
 /// Trims the durable invocations that ended longer than the key retention ago, every half
 /// retention (1 s to a minute), until the dispatcher is dropped.
 async fn collect(dispatcher: std::sync::Weak<Dispatcher>) {
@@ -1159,15 +1156,17 @@ async fn collect(dispatcher: std::sync::Weak<Dispatcher>) {
             return;
         };
         match d.journal.collect().await {
-            Ok(done) => d.metrics.invocations_collected.inc_by(done.invocations),
-            Err(e) => {
-                tracing::warn!(error = %e, "collecting ended invocations");
-                0
+            Ok(done) => {
+                d.metrics.invocations_collected.inc_by(done.invocations);
             }
-        };
+            Err(e) => tracing::warn!(error = %e, "collecting ended invocations"),
+        }
     }
 }
 
+/// The recovery loop of a dispatcher: a pass at start, on every change of peers or worker
+/// registration, and now and then: soon after a pass that claimed something (to retire what it finished), less and less
+/// often while what is left is nothing this gateway can run. It ends with the dispatcher.
 async fn recover(dispatcher: std::sync::Weak<Dispatcher>) {
     let Some((mut peers, registered)) = dispatcher
         .upgrade()

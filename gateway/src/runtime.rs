@@ -130,7 +130,8 @@ pub struct GatewayLog {
     stats: Mutex<RuntimeStats>,
     metrics: Arc<Metrics>,
     reclaiming: tokio::sync::Mutex<()>,
-    /// Told of every trim: the housekeeping task reclaims and compacts after trims.
+    /// Told of every trim the index applies: the housekeeping task reclaims and compacts
+    /// after trims.
     trimmed: Arc<tokio::sync::Notify>,
 }
 
@@ -205,13 +206,19 @@ impl GatewayLog {
 
     /// A committed metalog entry, in position order.
     pub fn on_metalog(&self, entry: &MetalogEntry) {
+        self.apply(|engine| engine.on_metalog(entry));
+    }
+
+    /// Applies log entries to the index with `apply`, runs the commands that answers, tells
+    /// readers waiting for coverage, and has the housekeeping task run after the trims
+    /// applied (any gateway's: this one's shard holds their records too).
+    fn apply(&self, apply: impl FnOnce(&mut LogEngine) -> Vec<Command>) {
         let mut inner = self.lock();
         let trims = inner.engine.trims_applied();
-        let commands = inner.engine.on_metalog(entry);
+        let commands = apply(&mut inner.engine);
         inner.execute(commands);
         self.covered.send_replace(inner.engine.applied_end());
         if inner.engine.trims_applied() != trims {
-            // Another gateway's trims too: this one's shard holds their records as well.
             self.trimmed.notify_one();
         }
     }
@@ -233,14 +240,7 @@ impl GatewayLog {
     /// Index data for records this gateway did not append (other shards', or its own from an
     /// earlier run), needed before the metalog entries that order them can apply.
     pub fn on_index_data(&self, entries: Vec<logbook::wire::IndexEntry>) {
-        let mut inner = self.lock();
-        let trims = inner.engine.trims_applied();
-        let commands = inner.engine.on_index_data(entries);
-        inner.execute(commands);
-        self.covered.send_replace(inner.engine.applied_end());
-        if inner.engine.trims_applied() != trims {
-            self.trimmed.notify_one();
-        }
+        self.apply(|engine| engine.on_index_data(entries));
     }
 
     /// The view before `next` is sealed: pending appends fail with the retryable `Discarded`
@@ -559,7 +559,7 @@ impl LogBook for GatewayLog {
         if tag == Tag::ANY {
             self.reclaim_trimmed().await;
         }
-        self.trimmed.notify_one();
+        // The trim, applied, has asked for housekeeping (`apply`).
         Ok(())
     }
 
