@@ -507,7 +507,8 @@ mod tests {
         let log = Arc::new(logbook::memory::MemoryLogBook::new());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let service = gateway::log_service::LogService::new(log.clone(), None);
+        let tokens = gateway::auth::Tokens::unread(log.clone(), None);
+        let service = gateway::log_service::LogService::new(log.clone(), None, tokens);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)

@@ -65,6 +65,16 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
+/// The HTTP client of every request, sending `headers` with each.
+fn http_client(headers: reqwest::header::HeaderMap) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .default_headers(headers)
+        .build()
+        .context("building the HTTP client")
+}
+
 #[derive(Deserialize)]
 struct RecordWire {
     seqnum: u64,
@@ -108,13 +118,51 @@ impl Client {
         let url = bench::base_url(addr)?;
         let base = reqwest::Url::parse(&url).expect("base_url returns a parsed URL");
         let addr = addr.trim().trim_end_matches('/');
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .context("building the HTTP client")?;
+        let http = http_client(reqwest::header::HeaderMap::new())?;
         let addr = addr.strip_prefix("http://").unwrap_or(addr).to_string();
         Ok(Client { addr, base, http })
+    }
+
+    /// Sends `token` (`Authorization: Bearer`) with every request; `None` sends none.
+    pub fn with_token(mut self, token: Option<&str>) -> anyhow::Result<Client> {
+        let Some(token) = token else { return Ok(self) };
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .context("the token holds characters an HTTP header cannot carry")?;
+        value.set_sensitive(true);
+        self.http = http_client(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            value,
+        )]))?;
+        Ok(self)
+    }
+
+    /// Makes a token with `scopes`: its listing, and `token`, shown only now.
+    pub async fn token_create(
+        &self,
+        name: &str,
+        scopes: &[String],
+    ) -> anyhow::Result<serde_json::Value> {
+        let body = serde_json::json!({ "name": name, "scopes": scopes });
+        self.call(
+            self.http.post(self.url(&["tokens"])).json(&body),
+            "create a token",
+        )
+        .await
+    }
+
+    /// Every live token, without secrets.
+    pub async fn tokens(&self) -> anyhow::Result<serde_json::Value> {
+        self.call(self.http.get(self.url(&["tokens"])), "list tokens")
+            .await
+    }
+
+    /// Revokes the token with `id`.
+    pub async fn token_revoke(&self, id: &str) -> anyhow::Result<()> {
+        let url = self.url(&["tokens", id]);
+        let _: serde_json::Value = self
+            .call(self.http.delete(url), &format!("revoke token {id}"))
+            .await?;
+        Ok(())
     }
 
     /// Appends `data` to `book` under `tags`; returns its seqnum.

@@ -119,6 +119,8 @@ pub struct NodeFile {
     pub http_body_timeout_ms: Option<u64>,
     pub http_idle_timeout_ms: Option<u64>,
     pub http_connections_max: Option<u64>,
+    /// Serve beyond loopback while no API token exists (gateways).
+    pub insecure: Option<bool>,
     /// Size at which a segment file of the log is sealed and the next begun, in MiB (storage
     /// nodes; 64). Space comes back from sealed segments only.
     pub segment_mib: Option<u64>,
@@ -557,6 +559,7 @@ impl Merged {
         over!(http, "http");
         over!(cache_mb, "cache_mb");
         over!(workers, "workers");
+        over!(insecure, "insecure");
         over!(idempotency_retention_s, "idempotency_retention_s");
         over!(workflow_retention_s, "workflow_retention_s");
         over!(object_retention_s, "object_retention_s");
@@ -775,6 +778,12 @@ impl Merged {
                 ] {
                     self.refuse(value, key, role, "only a gateway serves HTTP")?;
                 }
+                self.refuse(
+                    &v.insecure,
+                    "insecure",
+                    role,
+                    "only a gateway asks for tokens",
+                )?;
                 let storage = storage.as_ref().ok_or_else(|| {
                     self.missing("storage", "every storage node as ID = \"HOST:PORT\"")
                 })?;
@@ -887,6 +896,7 @@ impl Merged {
                     workers,
                     packages: self.packages()?,
                     http_limits,
+                    insecure: v.insecure.unwrap_or(false),
                 }))
             }
         }

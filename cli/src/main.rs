@@ -67,6 +67,9 @@ enum Command {
     /// Install and list packages of classes.
     #[command(subcommand)]
     Package(PackageCommand),
+    /// Make, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Append to and read from a LogBook.
     #[command(subcommand)]
     Log(LogCommand),
@@ -183,6 +186,9 @@ struct GatewayArgs {
     /// The address worker processes attach at (default 127.0.0.1:8081; port 0 picks one).
     #[arg(long)]
     workers: Option<String>,
+    /// Serve beyond loopback even though no API token exists yet (`insecure = true`).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -340,6 +346,10 @@ struct UpArgs {
     /// A package file of classes (TOML) to install, after the example package; repeatable.
     #[arg(long = "package", value_name = "FILE")]
     packages: Vec<PathBuf>,
+    /// Serve beyond loopback even though no API token exists yet: anyone who reaches the
+    /// gateway may then call every function and read every book.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -347,6 +357,15 @@ struct AddrArg {
     /// Address of a gateway.
     #[arg(long, default_value = DEFAULT_HTTP_ADDR, env = "TALLY_ADDR")]
     addr: String,
+    /// The API token to send, once the gateway asks for tokens (`tally token create`).
+    #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AddrArg {
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.addr)?.with_token(self.token.as_deref())
+    }
 }
 
 #[derive(Args)]
@@ -862,6 +881,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Object(cmd) => object(cmd).await,
             Command::Queue(cmd) => queue(cmd).await,
             Command::Package(cmd) => package(cmd).await,
+            Command::Token(cmd) => token(cmd).await,
             Command::Functions(args) => functions(args).await,
             Command::Log(cmd) => log(cmd).await,
             Command::Bench(cmd) => bench(cmd).await,
@@ -921,6 +941,7 @@ impl From<GatewayArgs> for RoleArgs {
         overrides.http = args.http;
         overrides.cache_mb = args.cache_mb;
         overrides.workers = args.workers;
+        overrides.insecure = args.insecure.then_some(true);
         RoleArgs {
             config: args.node.config,
             overrides,
@@ -995,6 +1016,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
     let node = Node::start(config).await?;
+    let tokens = gateway::auth::Tokens::load(node.log.clone(), None)
+        .await
+        .context("reading the API tokens")?;
+    tally_cli::roles::refuse_exposure(
+        &[
+            ("--http-addr", args.http_addr),
+            ("--worker-addr", args.worker_addr),
+        ],
+        &tokens,
+        args.insecure,
+    )?;
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding the HTTP gateway to {}", args.http_addr))?;
@@ -1016,6 +1048,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         object_retention: tally_cli::config::object_retention(args.object_retention_s)
             .context("--object-retention-s")?,
         packages: tally_cli::config::load_packages(&args.packages).context("--package")?,
+        tokens: tokens.clone(),
     };
     let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), setup)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;
@@ -1028,10 +1061,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .add_service(gateway::worker::WorkerService::new(
                 state.dispatcher.clone(),
+                tokens.clone(),
             ))
             .add_service(gateway::log_service::LogService::new(
                 state.log.clone(),
                 state.engine.clone(),
+                tokens,
             ))
             .serve_with_incoming(tally_cli::roles::incoming(workers)),
     );
@@ -1093,7 +1128,7 @@ async fn functions(args: FunctionsArgs) -> anyhow::Result<()> {
         None => vec![args.addr.addr.clone()],
     };
     for gateway in gateways {
-        let client = Client::new(&gateway)?;
+        let client = Client::new(&gateway)?.with_token(args.addr.token.as_deref())?;
         for name in client.functions().await? {
             println!("{gateway} {name}");
         }
@@ -1102,7 +1137,7 @@ async fn functions(args: FunctionsArgs) -> anyhow::Result<()> {
 }
 
 async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.addr.addr)?;
+    let client = args.addr.client()?;
     let input = args.input.unwrap_or_default().into_bytes();
     let output = client
         .invoke(
@@ -1141,12 +1176,12 @@ async fn workflow(cmd: WorkflowCommand) -> anyhow::Result<()> {
         } => {
             let input = json_arg("input", input)?;
             let wait = (wait_ms > 0).then_some(wait_ms);
-            Client::new(&addr.addr)?
+            addr.client()?
                 .workflow_start(&name, &id, input, book, wait)
                 .await?
         }
         WorkflowCommand::Cancel { id, book, addr } => {
-            Client::new(&addr.addr)?.workflow_cancel(&id, book).await?
+            addr.client()?.workflow_cancel(&id, book).await?
         }
         WorkflowCommand::List {
             status,
@@ -1154,7 +1189,8 @@ async fn workflow(cmd: WorkflowCommand) -> anyhow::Result<()> {
             book,
             addr,
         } => {
-            let list = Client::new(&addr.addr)?
+            let list = addr
+                .client()?
                 .workflow_list(status.as_deref(), limit, book)
                 .await?;
             for i in list["instances"].as_array().into_iter().flatten() {
@@ -1167,9 +1203,7 @@ async fn workflow(cmd: WorkflowCommand) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        WorkflowCommand::Show { id, book, addr } => {
-            Client::new(&addr.addr)?.workflow_show(&id, book).await?
-        }
+        WorkflowCommand::Show { id, book, addr } => addr.client()?.workflow_show(&id, book).await?,
         WorkflowCommand::Signal {
             id,
             name,
@@ -1179,7 +1213,7 @@ async fn workflow(cmd: WorkflowCommand) -> anyhow::Result<()> {
             addr,
         } => {
             let payload = json_arg("payload", payload)?;
-            Client::new(&addr.addr)?
+            addr.client()?
                 .workflow_signal(&id, &name, payload, book, idempotency_key.as_deref())
                 .await?
         }
@@ -1209,7 +1243,7 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
             book,
             addr,
         } => {
-            Client::new(&addr.addr)?
+            addr.client()?
                 .object_get(&collection, &key, path.as_deref(), book)
                 .await?
         }
@@ -1221,7 +1255,7 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
             addr,
         } => {
             let doc = json_input("document", &doc, false)?;
-            Client::new(&addr.addr)?
+            addr.client()?
                 .object_put(&collection, &key, &doc, book)
                 .await?
         }
@@ -1233,7 +1267,7 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
             addr,
         } => {
             let ops = json_input("list of operations", &ops, false)?;
-            Client::new(&addr.addr)?
+            addr.client()?
                 .object_patch(&collection, &key, &ops, book)
                 .await?
         }
@@ -1243,7 +1277,7 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
             book,
             addr,
         } => {
-            Client::new(&addr.addr)?
+            addr.client()?
                 .object_delete(&collection, &key, book)
                 .await?
         }
@@ -1256,7 +1290,8 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
             book,
             addr,
         } => {
-            let page = Client::new(&addr.addr)?
+            let page = addr
+                .client()?
                 .object_history(&collection, &key, after, limit, book)
                 .await?;
             if json {
@@ -1307,7 +1342,7 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
                 Some(text) => json_input("input", &text, false)?,
                 None => Value::Null,
             };
-            Client::new(&addr.addr)?
+            addr.client()?
                 .object_call(
                     (&class, &key, &method),
                     &input,
@@ -1319,9 +1354,7 @@ async fn object(cmd: ObjectCommand) -> anyhow::Result<()> {
         }
         ObjectCommand::Tx { file, book, addr } => {
             let transaction = json_input("transaction", &file, true)?;
-            Client::new(&addr.addr)?
-                .transaction(&transaction, book)
-                .await?
+            addr.client()?.transaction(&transaction, book).await?
         }
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -1360,7 +1393,7 @@ async fn package(cmd: PackageCommand) -> anyhow::Result<()> {
             let name = named
                 .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
                 .context("the package has no name")?;
-            let described = Client::new(&addr.addr)?.package_put(&name, text).await?;
+            let described = addr.client()?.package_put(&name, text).await?;
             let classes: Vec<&str> = described["classes"]
                 .as_array()
                 .into_iter()
@@ -1370,7 +1403,7 @@ async fn package(cmd: PackageCommand) -> anyhow::Result<()> {
             println!("installed {name}: {}", classes.join(", "));
         }
         PackageCommand::List { addr } => {
-            let listed = Client::new(&addr.addr)?.packages(None).await?;
+            let listed = addr.client()?.packages(None).await?;
             for package in listed["packages"].as_array().into_iter().flatten() {
                 for class in package["classes"].as_array().into_iter().flatten() {
                     let methods: Vec<&String> = class["methods"]
@@ -1391,8 +1424,77 @@ async fn package(cmd: PackageCommand) -> anyhow::Result<()> {
             }
         }
         PackageCommand::Show { name, addr } => {
-            let package = Client::new(&addr.addr)?.packages(Some(&name)).await?;
+            let package = addr.client()?.packages(Some(&name)).await?;
             println!("{}", serde_json::to_string_pretty(&package)?);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token and print it: the only time its secret is shown. The first token may be
+    /// made without one, on a gateway that listens on loopback; from then on every request
+    /// needs a token (this one needs scope admin).
+    Create {
+        /// What the token may do, once or more: admin, invoke, invoke:f,g, read, read:1,2,
+        /// append, append:1,2, metrics, worker.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// A name to tell it by in `tally token list`.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// List the live tokens, `ID NAME SCOPES CREATED` a line (never their secrets).
+    List {
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Revoke a token by its id (the 12 hex digits after `tly_`). The last admin token stays.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+}
+
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { scopes, name, addr } => {
+            let made = addr.client()?.token_create(&name, &scopes).await?;
+            let token = made["token"]
+                .as_str()
+                .context("the gateway answered no token")?;
+            eprintln!(
+                "token {} ({}): shown once; keep it (TALLY_TOKEN={token} for the CLI)",
+                made["id"].as_str().unwrap_or("?"),
+                scopes.join(" ")
+            );
+            println!("{token}");
+        }
+        TokenCommand::List { addr } => {
+            let listed = addr.client()?.tokens().await?;
+            for token in listed["tokens"].as_array().into_iter().flatten() {
+                let scopes: Vec<&str> = token["scopes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str())
+                    .collect();
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    token["id"].as_str().unwrap_or(""),
+                    token["name"].as_str().unwrap_or(""),
+                    scopes.join(" "),
+                    token["created_ms"].as_u64().unwrap_or(0)
+                );
+            }
+        }
+        TokenCommand::Revoke { id, addr } => {
+            addr.client()?.token_revoke(&id).await?;
+            println!("revoked {id}");
         }
     }
     Ok(())
@@ -1407,7 +1509,7 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<()> {
             book,
             addr,
         } => {
-            let client = Client::new(&addr.addr)?;
+            let client = addr.client()?;
             let made = client.queue_create(&name, shards, book).await?;
             for group in &groups {
                 client.queue_create_group(&name, group, book).await?;
@@ -1430,7 +1532,8 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<()> {
             } else {
                 data.into_bytes()
             };
-            let pushed = Client::new(&addr.addr)?
+            let pushed = addr
+                .client()?
                 .queue_push(&name, data, key.as_deref(), shards, book)
                 .await?;
             println!("{}", pushed["id"].as_str().unwrap_or_default());
@@ -1444,7 +1547,7 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<()> {
             book,
             addr,
         } => {
-            let client = Client::new(&addr.addr)?;
+            let client = addr.client()?;
             let Some(delivery) = client
                 .queue_pop(&name, &group, wait_ms, visibility_timeout_ms, book)
                 .await?
@@ -1474,12 +1577,12 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<()> {
             book,
             addr,
         } => {
-            Client::new(&addr.addr)?
+            addr.client()?
                 .queue_ack(&name, &group, &id, receipt, book)
                 .await?;
         }
         QueueCommand::Stat { name, book, addr } => {
-            let stat = Client::new(&addr.addr)?.queue_stat(&name, book).await?;
+            let stat = addr.client()?.queue_stat(&name, book).await?;
             println!("{}", serde_json::to_string_pretty(&stat)?);
         }
     }
@@ -1494,7 +1597,8 @@ async fn log(cmd: LogCommand) -> anyhow::Result<()> {
             tags,
             data,
         } => {
-            let seqnum = Client::new(&addr.addr)?
+            let seqnum = addr
+                .client()?
                 .append(book, &tags, data.into_bytes())
                 .await?;
             println!("{seqnum}");
@@ -1506,7 +1610,7 @@ async fn log(cmd: LogCommand) -> anyhow::Result<()> {
             from,
             limit,
         } => {
-            let client = Client::new(&addr.addr)?;
+            let client = addr.client()?;
             let mut from = from;
             let mut left = limit.unwrap_or(usize::MAX);
             while left > 0 {
@@ -1527,7 +1631,7 @@ async fn log(cmd: LogCommand) -> anyhow::Result<()> {
             tag,
             from,
         } => {
-            let client = Client::new(&addr.addr)?;
+            let client = addr.client()?;
             let mut from = match from {
                 Some(f) => f,
                 None => {

@@ -29,6 +29,9 @@
 //! # let _ = (a, b, tail.next().await); Ok(()) }
 //! ```
 //!
+//! A gateway that asks for API tokens takes one with `LogClient::connect_with_token` (scopes
+//! `read` and `append` on the books used; `tally token create`).
+//!
 //! A client's reads see its own appends at any gateway of a cluster: a read starts once the
 //! gateway's log covers the newest seqnum this client has seen. To see another client's
 //! appends, pass its `seen()` to `Read::seen`.
@@ -105,11 +108,19 @@ pub struct LogClient {
     next_id: AtomicU64,
     /// One past the newest seqnum this client has seen (appended or read); 0: none.
     seen_end: Arc<AtomicU64>,
+    /// `Bearer <token>`, sent with every call, if a token was given.
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl LogClient {
     /// Connects to the log protocol at `addr` (`host:port` or `http://host:port`).
     pub async fn connect(addr: &str) -> Result<LogClient, Error> {
+        LogClient::connect_with_token(addr, None).await
+    }
+
+    /// Connects as `connect` does, sending `token` (an API token, `tly_...`) with every call
+    /// when given.
+    pub async fn connect_with_token(addr: &str, token: Option<&str>) -> Result<LogClient, Error> {
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
@@ -129,9 +140,23 @@ impl LogClient {
         let mut grpc = Grpc::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let authorization = match token {
+            None => None,
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse::<tonic::metadata::AsciiMetadataValue>()
+                    .map_err(|_| {
+                        connect_error(
+                            "the token holds characters gRPC metadata cannot carry".into(),
+                        )
+                    })?,
+            ),
+        };
         let (appends, requests) = mpsc::channel(QUEUED_MAX);
+        let mut stream = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
+        authorize(&mut stream, &authorization);
         let replies = grpc
-            .append(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .append(stream)
             .await
             .map_err(|e| connect_error(e.message().to_string()))?
             .into_inner();
@@ -144,6 +169,7 @@ impl LogClient {
             pending,
             next_id: AtomicU64::new(0),
             seen_end: Arc::new(AtomicU64::new(0)),
+            authorization,
         })
     }
 
@@ -294,6 +320,8 @@ impl<'a> std::future::IntoFuture for Read<'a> {
             } = self;
             let seen = client.seen_end.clone();
             request.seen_end = request.seen_end.max(seen.load(Ordering::Relaxed));
+            let mut request = tonic::Request::new(request);
+            authorize(&mut request, &client.authorization);
             let replies = client
                 .grpc
                 .clone()
@@ -371,4 +399,16 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+/// Puts `authorization` into `request`'s metadata, if there is one.
+fn authorize<T>(
+    request: &mut tonic::Request<T>,
+    authorization: &Option<tonic::metadata::AsciiMetadataValue>,
+) {
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
 }

@@ -30,6 +30,9 @@ struct Args {
     /// Also register `echo` (a gateway that serves `echo` itself refuses this worker).
     #[arg(long)]
     also_echo: bool,
+    /// An API token of scope `worker`, once the gateway asks for tokens.
+    #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 async fn hello(_ctx: Ctx, input: Bytes) -> FunctionResult {
@@ -95,6 +98,9 @@ async fn main() -> std::process::ExitCode {
         .register("wallet.coins", libobject::method(wallet_coins));
     if args.also_echo {
         worker.register("echo", |_ctx, input| async move { Ok(input) });
+    }
+    if let Some(token) = &args.token {
+        worker.token(token);
     }
     match worker.serve(&args.gateway).await {
         Ok(()) => {

@@ -1,7 +1,9 @@
 //! Calls of functions this gateway does not serve, sent to a peer gateway that does (a worker
 //! attached elsewhere, say). The peer gets the call over its HTTP API with the caller's book,
 //! idempotency key, call depth and this gateway's log progress (`X-Tally-Seen`), so the callee
-//! sees every record the caller could; it never forwards the call again.
+//! sees every record the caller could; it never forwards the call again. Once tokens are asked
+//! for, the call carries this gateway's own `peer` token (`auth::Tokens::peer_token`): the
+//! caller's token, if any, was checked here.
 
 use crate::invocations::Peers;
 use bytes::Bytes;
@@ -58,12 +60,14 @@ pub struct Forwarder {
     progress: Arc<dyn Fn() -> Option<Seqnum> + Send + Sync>,
     /// Function name to the base URL of the peer that served it last.
     known: Mutex<HashMap<String, String>>,
+    tokens: Arc<crate::auth::Tokens>,
 }
 
 impl Forwarder {
     pub fn new(
         peers: watch::Receiver<Peers>,
         progress: Arc<dyn Fn() -> Option<Seqnum> + Send + Sync>,
+        tokens: Arc<crate::auth::Tokens>,
     ) -> Forwarder {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -74,6 +78,7 @@ impl Forwarder {
             peers,
             progress,
             known: Mutex::new(HashMap::new()),
+            tokens,
         }
     }
 
@@ -125,7 +130,7 @@ impl Forwarder {
             .expect("no panics under the forwarder's map")
     }
 
-    async fn send(&self, peer: &str, call: &Call<'_>) -> Result<Answer, reqwest::Error> {
+    async fn send(&self, peer: &str, call: &Call<'_>) -> Result<Answer, String> {
         let path = if call.asynchronous {
             "asyncFunction"
         } else {
@@ -144,7 +149,12 @@ impl Forwarder {
         if let Some(seen) = (self.progress)() {
             request = request.header(crate::http::SEEN_HEADER, seen.0);
         }
-        let response = request.send().await?;
+        let token = (self.tokens.peer_token().await)
+            .map_err(|e| format!("making this gateway's peer token: {e}"))?;
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -157,7 +167,7 @@ impl Forwarder {
             .and_then(|s| s.parse().ok())
             .map(Seqnum);
         let mut id = header("x-tally-invocation");
-        let body = response.bytes().await?;
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
         if call.asynchronous && status == 202 {
             id = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()

@@ -2,6 +2,7 @@
 //! (`objects`), classes' objects and packages (`classes`), queues (`queues`), the log, health and metrics. Every error is JSON: `{"error": {"code": "...", "message":
 //! "..."}}`.
 
+mod access;
 mod classes;
 mod objects;
 mod queues;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub classes: libobject::Objects,
     /// How far this gateway read the packages installed over HTTP.
     pub packages: crate::classes::Packages,
+    /// The API tokens, and whether any is asked for.
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 /// An error response.
@@ -176,7 +179,11 @@ pub fn default_state(
     );
     let engine = log.clone();
     let progress = Arc::new(move || engine.applied_end().0.checked_sub(1).map(Seqnum));
-    dispatcher.set_forwarder(crate::forward::Forwarder::new(setup.peers, progress));
+    dispatcher.set_forwarder(crate::forward::Forwarder::new(
+        setup.peers,
+        progress,
+        setup.tokens.clone(),
+    ));
     let state = Arc::new(AppState {
         dispatcher,
         log: metered,
@@ -188,8 +195,10 @@ pub fn default_state(
         queues: Queues::default(),
         classes,
         packages: Default::default(),
+        tokens: setup.tokens,
     });
     tokio::spawn(crate::classes::refresh_packages(Arc::downgrade(&state)));
+    tokio::spawn(crate::auth::Tokens::follow(Arc::downgrade(&state.tokens)));
     tokio::spawn(collect_workflows(
         Arc::downgrade(&state),
         setup.workflow_retention,
@@ -312,6 +321,8 @@ pub struct Setup {
     /// Packages of classes to install after the example package (a later one replaces an
     /// earlier one of the same name).
     pub packages: Vec<libobject::Package>,
+    /// The API tokens (`auth::Tokens::load`, over the same log).
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 /// How long an ended workflow instance is kept, by default: a week.
@@ -381,6 +392,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/log/{book}/next", get(log_next))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route(
+            "/tokens",
+            post(access::create_token).get(access::list_tokens),
+        )
+        .route("/tokens/{id}", axum::routing::delete(access::revoke_token))
+        // After the routes: it applies to those already added, not to the fallbacks.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
+        ))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // After the routes: it applies to those already added.
         .method_not_allowed_fallback(|| async {

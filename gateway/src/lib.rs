@@ -1,12 +1,13 @@
 //! The gateway: the log engine that orders a shard's appends and indexes the whole log
 //! (`engine`, sans-IO), the tokio runtime that drives it as a `LogBook` (`runtime`), the
 //! function registry and dispatcher (`functions`), durable invocations in the log
-//! (`invocations`), the HTTP API (`http`), metrics, and the
+//! (`invocations`), API tokens (`auth`), the HTTP API (`http`), metrics, and the
 //! example functions `tally up` ships.
 //!
 //! The gateway does not store records: it hands them to its shard through the `Shard` trait
 //! and learns their order from metalog entries.
 
+pub mod auth;
 pub mod classes;
 pub mod engine;
 pub mod examples;

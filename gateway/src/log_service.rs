@@ -2,6 +2,7 @@
 //! tailing reads over gRPC streams, for producers and consumers outside functions. It serves
 //! any `LogBook`: `tally up`'s and a cluster gateway's, beside the worker protocol.
 
+use crate::auth::{Grant, Need, Refusal};
 use crate::runtime::GatewayLog;
 use futures::StreamExt as _;
 use logbook::rpc::log_pb::log_server::{Log, LogServer};
@@ -29,13 +30,24 @@ pub struct LogService {
     /// The gateway's log, whose coverage reads with `seen_end` wait for; none for a log that
     /// is always up to date with itself.
     engine: Option<Arc<GatewayLog>>,
+    tokens: Arc<crate::auth::Tokens>,
 }
 
 impl LogService {
-    pub fn new(log: Arc<dyn LogBook>, engine: Option<Arc<GatewayLog>>) -> LogServer<LogService> {
-        LogServer::new(LogService { log, engine })
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+    /// Once tokens are asked for, a stream needs one (`authorization` metadata): reads need
+    /// `read` on their book, each append `append` on its own.
+    pub fn new(
+        log: Arc<dyn LogBook>,
+        engine: Option<Arc<GatewayLog>>,
+        tokens: Arc<crate::auth::Tokens>,
+    ) -> LogServer<LogService> {
+        LogServer::new(LogService {
+            log,
+            engine,
+            tokens,
+        })
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
     }
 }
 
@@ -44,9 +56,16 @@ fn user_book(book: u32) -> Result<BookId, LogError> {
     crate::invocations::user_book(BookId(book)).map_err(LogError::BadArgument)
 }
 
-/// Appends one request's records: one record alone, several as a batch.
-async fn append(log: &dyn LogBook, request: AppendRequest) -> Result<Vec<u64>, LogError> {
+/// Appends one request's records (one record alone, several as a batch), if `grant` covers
+/// the book.
+async fn append(
+    log: &dyn LogBook,
+    grant: &Option<Grant>,
+    request: AppendRequest,
+) -> Result<Vec<u64>, LogError> {
     let book = user_book(request.book)?;
+    Refusal::unless_allowed(grant, &Need::Append(book))
+        .map_err(|r| LogError::BadArgument(r.into_status().message().to_string()))?;
     let mut records: Vec<Append> = request
         .records
         .into_iter()
@@ -74,6 +93,11 @@ impl Log for LogService {
         &self,
         request: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendStream>, Status> {
+        let grant = self
+            .tokens
+            .check_grpc(request.metadata(), &Need::AnyToken)
+            .await?;
+        let grant = Arc::new(grant);
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(REPLIES_BUFFERED);
         let log = self.log.clone();
@@ -85,9 +109,10 @@ impl Log for LogService {
                     next = requests.next(), if running.len() < IN_FLIGHT_MAX => match next {
                         Some(Ok(request)) => {
                             let log = log.clone();
+                            let grant = grant.clone();
                             running.push(async move {
                                 let id = request.id;
-                                match append(&*log, request).await {
+                                match append(&*log, &grant, request).await {
                                     Ok(seqnums) => AppendReply { id, seqnums, ..Default::default() },
                                     Err(e) => AppendReply {
                                         id,
@@ -123,8 +148,12 @@ impl Log for LogService {
         &self,
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        let book = user_book(request.get_ref().book)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.tokens
+            .check_grpc(request.metadata(), &Need::Read(book))
+            .await?;
         let request = request.into_inner();
-        let book = user_book(request.book).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let seen = request.seen_end.checked_sub(1).map(Seqnum);
         crate::runtime::catch_up(self.engine.as_deref(), seen)
             .await

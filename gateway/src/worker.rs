@@ -35,11 +35,16 @@ const WORKER_QUEUE: usize = 4096;
 /// The gateway's `Workers` service.
 pub struct WorkerService {
     dispatcher: Arc<Dispatcher>,
+    tokens: Arc<crate::auth::Tokens>,
 }
 
 impl WorkerService {
-    pub fn new(dispatcher: Arc<Dispatcher>) -> WorkersServer<WorkerService> {
-        WorkersServer::new(WorkerService { dispatcher })
+    /// Workers attach with a token of scope `worker` once tokens are asked for.
+    pub fn new(
+        dispatcher: Arc<Dispatcher>,
+        tokens: Arc<crate::auth::Tokens>,
+    ) -> WorkersServer<WorkerService> {
+        WorkersServer::new(WorkerService { dispatcher, tokens })
     }
 }
 
@@ -119,6 +124,9 @@ impl Workers for WorkerService {
         &self,
         request: Request<Streaming<FromWorker>>,
     ) -> Result<Response<ToWorkerStream>, Status> {
+        self.tokens
+            .check_grpc(request.metadata(), &crate::auth::Need::Worker)
+            .await?;
         let mut inbound = request.into_inner();
         let register = match inbound.message().await? {
             Some(FromWorker {

@@ -40,6 +40,7 @@ pub struct Limits {
 pub struct Worker {
     name: String,
     functions: BTreeMap<String, (wpb::FunctionSpec, Handler)>,
+    token: Option<String>,
 }
 
 impl Worker {
@@ -48,7 +49,15 @@ impl Worker {
         Worker {
             name: name.to_string(),
             functions: BTreeMap::new(),
+            token: None,
         }
+    }
+
+    /// Attaches with `token` (an API token of scope `worker`), which a gateway asks for once
+    /// any token exists.
+    pub fn token(&mut self, token: &str) -> &mut Worker {
+        self.token = Some(token.trim().to_string());
+        self
     }
 
     /// Serves `handler` as `name`, with the gateway's default limits.
@@ -132,8 +141,15 @@ impl Worker {
         })
         .await
         .map_err(|_| anyhow::anyhow!("the worker's stream closed"))?;
+        let mut attach = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                anyhow::anyhow!("the token holds characters gRPC metadata cannot carry")
+            })?;
+            attach.metadata_mut().insert("authorization", value);
+        }
         let mut inbound = client
-            .attach(ReceiverStream::new(rx))
+            .attach(attach)
             .await
             .map_err(|e| anyhow::anyhow!("the gateway refused the worker: {}", e.message()))?
             .into_inner();

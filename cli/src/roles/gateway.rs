@@ -545,6 +545,14 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         .wait_for(|ready| *ready)
         .await
         .context("the gateway stopped before it joined a view")?;
+    let tokens = gateway::auth::Tokens::load(log.clone(), Some(peers.clone()))
+        .await
+        .context("reading the API tokens")?;
+    super::refuse_exposure(
+        &[("http", http_addr), ("workers", options.workers)],
+        &tokens,
+        options.insecure,
+    )?;
     println!("tally gateway {} ready: http://{http_addr}", id.0);
     use std::io::Write;
     std::io::stdout().flush().ok();
@@ -555,6 +563,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         workflow_retention: options.workflow_retention,
         object_retention: options.object_retention,
         packages: options.packages.clone(),
+        tokens: tokens.clone(),
     };
     let state = gateway::http::default_state(log, metrics, setup)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;
@@ -571,10 +580,12 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .add_service(gateway::worker::WorkerService::new(
                 state.dispatcher.clone(),
+                tokens.clone(),
             ))
             .add_service(gateway::log_service::LogService::new(
                 state.log.clone(),
                 state.engine.clone(),
+                tokens,
             ))
             .serve_with_incoming(super::incoming(workers)),
     );

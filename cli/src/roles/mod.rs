@@ -17,6 +17,28 @@ use std::path::PathBuf;
 use std::time::Duration;
 use storage_node::Durability;
 
+/// Refuses to serve on any of `addrs` (each with the flag or key that set it) beyond loopback
+/// while no API token exists, unless `insecure`: anyone who reached it could call every
+/// function and read every book.
+pub fn refuse_exposure(
+    addrs: &[(&str, SocketAddr)],
+    tokens: &::gateway::auth::Tokens,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    if insecure || tokens.enforcing() {
+        return Ok(());
+    }
+    if let Some((flag, addr)) = addrs.iter().find(|(_, a)| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "refusing to serve on {addr} ({flag}) without API tokens: anyone who reaches it \
+             could call every function and read every book. Make a token first (on a gateway \
+             listening on 127.0.0.1: `tally token create --scope admin`), or start with \
+             --insecure (`insecure = true` in a gateway's file) to serve without tokens"
+        );
+    }
+    Ok(())
+}
+
 /// Sequencer defaults.
 pub const CUT_INTERVAL_US_DEFAULT: u64 = 1000;
 pub const RAFT_TICK_MS_DEFAULT: u64 = 50;
@@ -83,6 +105,8 @@ pub struct GatewayOptions {
     pub packages: Vec<libobject::Package>,
     /// The HTTP API's limits against slow and greedy clients.
     pub http_limits: ::gateway::serve::HttpLimits,
+    /// Serve beyond loopback without API tokens (`insecure`).
+    pub insecure: bool,
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).

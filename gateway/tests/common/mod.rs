@@ -11,17 +11,24 @@ use std::sync::Arc;
 
 /// The router of a fresh gateway. Needs a tokio runtime (the dispatcher starts its recovery
 /// task).
+#[allow(dead_code)] // Not every test file uses it.
 pub fn app() -> Router {
-    let log: Arc<dyn LogBook> = Arc::new(MemoryLogBook::new());
+    app_over(Arc::new(MemoryLogBook::new())).0
+}
+
+/// The router of a fresh gateway over `log`, and its tokens.
+#[allow(dead_code)] // Not every test file asks for the tokens.
+pub fn app_over(log: Arc<dyn LogBook>) -> (Router, Arc<gateway::auth::Tokens>) {
     let metrics = Metrics::new();
     let mut registry = Registry::new();
     let objects = libstore::Stores::new();
     let workflows = gateway::examples::register(&mut registry, &objects);
     let classes = gateway::classes::objects(&mut registry, &[]).expect("the example package");
     let dispatcher = Dispatcher::new(registry, log.clone(), metrics.clone());
-    router(Arc::new(AppState {
+    let tokens = gateway::auth::Tokens::unread(log.clone(), None);
+    let app = router(Arc::new(AppState {
         dispatcher,
-        log,
+        log: log.clone(),
         metrics,
         engine: None,
         workflow_books: Default::default(),
@@ -30,5 +37,7 @@ pub fn app() -> Router {
         queues: Default::default(),
         classes,
         packages: Default::default(),
-    }))
+        tokens: tokens.clone(),
+    }));
+    (app, tokens)
 }
