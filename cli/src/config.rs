@@ -1248,6 +1248,20 @@ sequencers = { 0 = "127.0.0.1:7000" }
             NodeFile::default(),
             "only a gateway serves HTTP",
         );
+        let on_storage = STORAGE.replace("[cluster]", "insecure = true\n[cluster]");
+        check_error(
+            Role::Storage,
+            &on_storage,
+            NodeFile::default(),
+            "only a gateway asks for tokens",
+        );
+        let insecure = GATEWAY.replace("[cluster]", "insecure = true\n[cluster]");
+        let RoleOptions::Gateway(o) =
+            load_text(Role::Gateway, &insecure, NodeFile::default()).expect("valid config")
+        else {
+            panic!("not a gateway")
+        };
+        assert!(o.insecure);
         let never = GATEWAY.replace("[cluster]", "workflow_retention_s = 0\n[cluster]");
         check_error(
             Role::Gateway,

@@ -194,3 +194,44 @@ async fn appends_fail_as_disconnected_once_the_server_is_gone_and_connect_says_w
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn a_gateway_that_asks_for_tokens_takes_reads_and_appends_their_scopes_cover() {
+    let log: Arc<dyn LogBook> = Arc::new(MemoryLogBook::new());
+    let server = serve(log.clone());
+    let tokens = gateway::auth::Tokens::load(log.clone(), None)
+        .await
+        .unwrap();
+    let scopes = |list: &[&str]| -> Vec<gateway::auth::Scope> {
+        list.iter()
+            .map(|s| gateway::auth::Scope::parse(s).unwrap())
+            .collect()
+    };
+    let (token, _) = tokens
+        .create("app", &scopes(&["read:3", "append:3"]))
+        .await
+        .unwrap();
+    let client = LogClient::connect_with_token(&server.addr, Some(&token))
+        .await
+        .unwrap();
+    let seqnum = client.append(BOOK, &[Tag(1)], "mine").await.unwrap();
+    assert_eq!(all(&client, Tag(1), Seqnum::ZERO).await[0].seqnum, seqnum);
+    // Another book: each append is refused alone, not retryable; reads fail at once.
+    let refused = client
+        .append(BookId(4), &[Tag(1)], "theirs")
+        .await
+        .unwrap_err();
+    assert!(!refused.is_retryable());
+    assert!(refused.to_string().contains("lacks the scope"), "{refused}");
+    let refused = client.read(BookId(4), Tag(1)).await.err().expect("refused");
+    assert!(refused.to_string().contains("lacks the scope"), "{refused}");
+    // Without a token, or with a forged one: no connection.
+    for token in [None, Some("tly_0123456789ab_forged")] {
+        let refused = LogClient::connect_with_token(&server.addr, token)
+            .await
+            .err()
+            .expect("refused");
+        assert!(refused.to_string().contains("token"), "{refused}");
+    }
+    assert_eq!(all(&client, Tag::ANY, Seqnum::ZERO).await.len(), 1);
+}

@@ -146,13 +146,14 @@ impl Forwarder {
         if let Some(key) = call.key {
             request = request.header(crate::http::IDEMPOTENCY_HEADER, key);
         }
-        if let Some(seen) = (self.progress)() {
-            request = request.header(crate::http::SEEN_HEADER, seen.0);
-        }
+        // The token first: the progress sent covers it, so the peer knows it.
         let token = (self.tokens.peer_token().await)
             .map_err(|e| format!("making this gateway's peer token: {e}"))?;
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if let Some(seen) = (self.progress)() {
+            request = request.header(crate::http::SEEN_HEADER, seen.0);
         }
         let response = request.send().await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();

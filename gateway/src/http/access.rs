@@ -1,7 +1,7 @@
 //! Who may use which route: what each route needs of a token (`need_of`), the layer that
 //! checks it before the route runs (`authorize`), and the token routes themselves.
 
-use super::{book_of, parse_book, ApiError, AppState};
+use super::{book_of, catch_up, parse_book, seen_of, ApiError, AppState};
 use crate::auth::{Need, Refusal, RevokeError, Scope, NAME_BYTES_MAX, SCOPES_MAX};
 use axum::extract::{MatchedPath, Path, RawPathParams, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -99,6 +99,15 @@ pub(crate) async fn authorize(
         Ok(need) => need,
         Err(e) => return e.into_response(),
     };
+    // A caller that has seen a seqnum (a forwarding peer, whose token may be that new) is
+    // checked against a log that covers it.
+    let seen = match seen_of(request.headers()) {
+        Ok(seen) => seen,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = catch_up(&state, seen).await {
+        return e.into_response();
+    }
     let authorization = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
