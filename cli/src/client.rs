@@ -141,8 +141,12 @@ impl Client {
         &self,
         name: &str,
         scopes: &[String],
+        rate_per_s: Option<u32>,
     ) -> anyhow::Result<serde_json::Value> {
-        let body = serde_json::json!({ "name": name, "scopes": scopes });
+        let mut body = serde_json::json!({ "name": name, "scopes": scopes });
+        if let Some(rate) = rate_per_s {
+            body["rate_per_s"] = rate.into();
+        }
         self.call(
             self.http.post(self.url(&["tokens"])).json(&body),
             "create a token",

@@ -121,6 +121,9 @@ pub struct NodeFile {
     pub http_connections_max: Option<u64>,
     /// Serve beyond loopback while no API token exists (gateways).
     pub insecure: Option<bool>,
+    /// Requests a second each API token may make at this gateway, unless made with its own
+    /// rate (gateways; 0: no limit).
+    pub rate_per_token: Option<u32>,
     /// Size at which a segment file of the log is sealed and the next begun, in MiB (storage
     /// nodes; 64). Space comes back from sealed segments only.
     pub segment_mib: Option<u64>,
@@ -560,6 +563,7 @@ impl Merged {
         over!(cache_mb, "cache_mb");
         over!(workers, "workers");
         over!(insecure, "insecure");
+        over!(rate_per_token, "rate_per_token");
         over!(idempotency_retention_s, "idempotency_retention_s");
         over!(workflow_retention_s, "workflow_retention_s");
         over!(object_retention_s, "object_retention_s");
@@ -784,6 +788,12 @@ impl Merged {
                     role,
                     "only a gateway asks for tokens",
                 )?;
+                self.refuse(
+                    &v.rate_per_token,
+                    "rate_per_token",
+                    role,
+                    "only a gateway asks for tokens",
+                )?;
                 let storage = storage.as_ref().ok_or_else(|| {
                     self.missing("storage", "every storage node as ID = \"HOST:PORT\"")
                 })?;
@@ -897,6 +907,7 @@ impl Merged {
                     packages: self.packages()?,
                     http_limits,
                     insecure: v.insecure.unwrap_or(false),
+                    rate_per_token: self.rate_per_token()?,
                 }))
             }
         }
@@ -994,6 +1005,19 @@ impl Merged {
                 HTTP_CONNECTIONS_MAX,
             )? as usize,
         })
+    }
+
+    /// A gateway's `rate_per_token`, 0..=`RATE_PER_TOKEN_MAX` (0: no limit).
+    fn rate_per_token(&self) -> anyhow::Result<u32> {
+        use ::gateway::auth::{RATE_PER_TOKEN_DEFAULT, RATE_PER_TOKEN_MAX};
+        let rate = self.values.rate_per_token.unwrap_or(RATE_PER_TOKEN_DEFAULT);
+        if rate > RATE_PER_TOKEN_MAX {
+            bail!(
+                "{} is {rate}; it must be 0 (no limit) to {RATE_PER_TOKEN_MAX}",
+                self.at("rate_per_token")
+            );
+        }
+        Ok(rate)
     }
 
     /// `value` (or `default`), which must be 1..=`max`.

@@ -350,6 +350,10 @@ struct UpArgs {
     /// gateway may then call every function and read every book.
     #[arg(long)]
     insecure: bool,
+    /// Requests a second each API token may make, unless made with its own `--rate`; past
+    /// it, 429 (0: no limit).
+    #[arg(long, default_value_t = gateway::auth::RATE_PER_TOKEN_DEFAULT, value_parser = clap::value_parser!(u32).range(0..=gateway::auth::RATE_PER_TOKEN_MAX as i64))]
+    rate_per_token: u32,
 }
 
 #[derive(Args)]
@@ -1019,6 +1023,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let tokens = gateway::auth::Tokens::load(node.log.clone(), None)
         .await
         .context("reading the API tokens")?;
+    tokens.set_rate_default(args.rate_per_token);
     tally_cli::roles::refuse_exposure(
         &[
             ("--http-addr", args.http_addr),
@@ -1444,6 +1449,10 @@ enum TokenCommand {
         /// A name to tell it by in `tally token list`.
         #[arg(long, default_value = "")]
         name: String,
+        /// Requests a second it may make at each gateway (default: the gateway's
+        /// --rate-per-token); past it, 429.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=gateway::auth::RATE_PER_TOKEN_MAX as i64))]
+        rate: Option<u32>,
         #[command(flatten)]
         addr: AddrArg,
     },
@@ -1462,8 +1471,13 @@ enum TokenCommand {
 
 async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create { scopes, name, addr } => {
-            let made = addr.client()?.token_create(&name, &scopes).await?;
+        TokenCommand::Create {
+            scopes,
+            name,
+            rate,
+            addr,
+        } => {
+            let made = addr.client()?.token_create(&name, &scopes, rate).await?;
             let token = made["token"]
                 .as_str()
                 .context("the gateway answered no token")?;

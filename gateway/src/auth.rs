@@ -21,8 +21,11 @@ use bytes::Bytes;
 use logbook::{BookId, Cond, LogBook, LogError, Seqnum, Tag};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -40,6 +43,12 @@ pub const SCOPES_MAX: usize = 32;
 pub const NAME_BYTES_MAX: usize = 100;
 /// Conditional appends tried before a write gives up on a busy stream.
 const WRITE_TRIES: usize = 16;
+/// Requests a second one token may make at one gateway, unless the token or the gateway's
+/// setting says otherwise: far above what a healthy client of one gateway sends, it stops a
+/// runaway one.
+pub const RATE_PER_TOKEN_DEFAULT: u32 = 10_000;
+/// The highest request rate a token may be given, a second.
+pub const RATE_PER_TOKEN_MAX: u32 = 1_000_000;
 
 /// One thing a token may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +193,8 @@ impl Need {
 pub struct Grant {
     pub id: String,
     pub scopes: Vec<Scope>,
+    /// The token's own request rate a second, if it was made with one.
+    pub rate_per_s: Option<u32>,
 }
 
 impl Grant {
@@ -229,6 +240,8 @@ pub enum Refusal {
     Forbidden(String),
     /// The token stream could not be read: 503.
     Unavailable(String),
+    /// The token made more requests than its rate allows: 429, try again after this long.
+    RateLimited { id: String, retry_after: Duration },
 }
 
 impl Refusal {
@@ -238,14 +251,9 @@ impl Refusal {
             Refusal::Unauthenticated(m) => tonic::Status::unauthenticated(m),
             Refusal::Forbidden(m) => tonic::Status::permission_denied(m),
             Refusal::Unavailable(m) => tonic::Status::unavailable(m),
-        }
-    }
-
-    /// Whether `grant` (`None`: no token is asked for) covers `need`.
-    pub fn unless_allowed(grant: &Option<Grant>, need: &Need) -> Result<(), Refusal> {
-        match grant {
-            Some(grant) if !grant.allows(need) => Err(Refusal::forbidden(grant, need)),
-            _ => Ok(()),
+            Refusal::RateLimited { id, retry_after } => tonic::Status::resource_exhausted(format!(
+                "token {id} made more requests than its rate; try again in {retry_after:?}"
+            )),
         }
     }
 
@@ -268,6 +276,9 @@ pub struct TokenInfo {
     /// The gateway a `peer` token belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// Requests a second the token may make at each gateway (else the gateway's setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_s: Option<u32>,
 }
 
 /// A record of the token stream.
@@ -325,6 +336,10 @@ pub struct Tokens {
     peers: Option<watch::Receiver<Peers>>,
     /// This gateway's own `peer` token, once made.
     peer_token: tokio::sync::OnceCell<String>,
+    /// Requests a second for tokens made without a rate of their own (0: no limit).
+    rate_default: AtomicU32,
+    /// Each token's rate limiter here, by id.
+    limiters: Mutex<HashMap<String, Arc<governor::DefaultDirectRateLimiter>>>,
 }
 
 impl Tokens {
@@ -346,6 +361,55 @@ impl Tokens {
             reading: tokio::sync::Mutex::new(()),
             peers,
             peer_token: tokio::sync::OnceCell::new(),
+            rate_default: AtomicU32::new(RATE_PER_TOKEN_DEFAULT),
+            limiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether `grant` (`None`: no token is asked for) covers `need`, counting the request
+    /// against its token's rate: what a stream checks for each request after its first.
+    pub fn permit(&self, grant: &Option<Grant>, need: &Need) -> Result<(), Refusal> {
+        let Some(grant) = grant else { return Ok(()) };
+        if !grant.allows(need) {
+            return Err(Refusal::forbidden(grant, need));
+        }
+        self.admit(grant)
+    }
+
+    /// Sets the request rate a second of tokens made without one (0: no limit).
+    pub fn set_rate_default(&self, per_s: u32) {
+        self.rate_default.store(per_s, Ordering::Relaxed);
+    }
+
+    /// Counts one request of `grant`'s token against its rate; refused past it. Peers (a
+    /// gateway forwarding calls) are not limited: their callers were.
+    fn admit(&self, grant: &Grant) -> Result<(), Refusal> {
+        if grant.scopes.contains(&Scope::Peer) {
+            return Ok(());
+        }
+        let rate = grant
+            .rate_per_s
+            .unwrap_or_else(|| self.rate_default.load(Ordering::Relaxed));
+        let Some(rate) = NonZeroU32::new(rate) else {
+            return Ok(());
+        };
+        let limiter = self
+            .limiters
+            .lock()
+            .expect("no panics under the limiters lock")
+            .entry(grant.id.clone())
+            .or_insert_with(|| {
+                Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                    rate,
+                )))
+            })
+            .clone();
+        limiter.check().map_err(|until| {
+            use governor::clock::Clock as _;
+            Refusal::RateLimited {
+                id: grant.id.clone(),
+                retry_after: until.wait_time_from(governor::clock::DefaultClock::default().now()),
+            }
         })
     }
 
@@ -457,11 +521,11 @@ impl Tokens {
             .unwrap_or(value)
             .trim();
         let grant = self.authenticate(token).await?;
-        if grant.allows(need) {
-            Ok(Some(grant))
-        } else {
-            Err(Refusal::forbidden(&grant, need))
+        if !grant.allows(need) {
+            return Err(Refusal::forbidden(&grant, need));
         }
+        self.admit(&grant)?;
+        Ok(Some(grant))
     }
 
     /// `check` for a gRPC call: the `authorization` metadata of `metadata`, and the refusal as
@@ -510,6 +574,7 @@ impl Tokens {
         Ok(Grant {
             id: id.to_string(),
             scopes: known.scopes.clone(),
+            rate_per_s: known.info.rate_per_s,
         })
     }
 
@@ -525,7 +590,17 @@ impl Tokens {
         name: &str,
         scopes: &[Scope],
     ) -> Result<(String, TokenInfo), LogError> {
-        self.make(name, scopes, None).await
+        self.make(name, scopes, None, None).await
+    }
+
+    /// `create`, for a token limited to `rate_per_s` requests a second at each gateway.
+    pub async fn create_limited(
+        &self,
+        name: &str,
+        scopes: &[Scope],
+        rate_per_s: u32,
+    ) -> Result<(String, TokenInfo), LogError> {
+        self.make(name, scopes, None, Some(rate_per_s)).await
     }
 
     async fn make(
@@ -533,6 +608,7 @@ impl Tokens {
         name: &str,
         scopes: &[Scope],
         gateway: Option<String>,
+        rate_per_s: Option<u32>,
     ) -> Result<(String, TokenInfo), LogError> {
         let (token, id) = generate();
         let info = TokenInfo {
@@ -541,6 +617,7 @@ impl Tokens {
             scopes: scopes.iter().map(Scope::to_string).collect(),
             created_ms: now_ms(),
             gateway,
+            rate_per_s,
         };
         let sha256 = hex(&Sha256::digest(token.as_bytes()));
         let event = Event::Created {
@@ -628,7 +705,12 @@ impl Tokens {
             .peer_token
             .get_or_try_init(|| async {
                 let (token, _) = self
-                    .make(&format!("gateway {me}"), &[Scope::Peer], Some(me.clone()))
+                    .make(
+                        &format!("gateway {me}"),
+                        &[Scope::Peer],
+                        Some(me.clone()),
+                        None,
+                    )
                     .await?;
                 Ok::<_, LogError>(token)
             })
@@ -712,6 +794,7 @@ mod tests {
         let g = |list: &[&str]| Grant {
             id: "x".into(),
             scopes: scopes(list),
+            rate_per_s: None,
         };
         let (b0, b1) = (BookId(0), BookId(1));
         assert!(g(&["admin"]).allows(&Need::Admin));
@@ -731,6 +814,7 @@ mod tests {
         let peer = Grant {
             id: "p".into(),
             scopes: vec![Scope::Peer],
+            rate_per_s: None,
         };
         assert!(peer.allows(&Need::Invoke("f".into())) && !peer.allows(&Need::Read(b0)));
     }
@@ -838,5 +922,60 @@ mod tests {
             tokens.authenticate(&token).await,
             Err(Refusal::Unauthenticated(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_token_past_its_rate_is_refused_until_its_cells_come_back() {
+        let log: Arc<dyn LogBook> = Arc::new(MemoryLogBook::new());
+        let tokens = Tokens::load(log.clone(), None).await.unwrap();
+        tokens.set_rate_default(0);
+        let (slow, _) = tokens
+            .create_limited("slow", &scopes(&["read"]), 1)
+            .await
+            .unwrap();
+        let (free, _) = tokens.create("free", &scopes(&["read"])).await.unwrap();
+        let need = Need::Read(BookId(0));
+        let mut limited = None;
+        // One request a second: of several at once, all but the first are refused (unless
+        // the machine stalls a second between each, when none would be).
+        for _ in 0..5 {
+            if let Err(refusal) = tokens.check(Some(&slow), &need).await {
+                limited = Some(refusal);
+            }
+        }
+        match limited {
+            Some(Refusal::RateLimited { retry_after, .. }) => {
+                assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}")
+            }
+            other => panic!("not limited: {other:?}"),
+        }
+        // Another token is not held back, and with no default rate nothing limits it.
+        for _ in 0..1000 {
+            tokens.check(Some(&free), &need).await.unwrap();
+        }
+        // The gateway's default applies to tokens made without a rate.
+        tokens.set_rate_default(1);
+        let (default, _) = tokens.create("default", &scopes(&["read"])).await.unwrap();
+        let refused = (0..5)
+            .filter(|_| {
+                matches!(
+                    tokens.permit(&Some(tokens_grant(&tokens, &default)), &need),
+                    Err(Refusal::RateLimited { .. })
+                )
+            })
+            .count();
+        assert!(refused > 0);
+    }
+
+    /// The grant of a token already known.
+    fn tokens_grant(tokens: &Tokens, token: &str) -> Grant {
+        let (id, _) = split(token).unwrap();
+        let table = tokens.lock();
+        let known = &table.live[id];
+        Grant {
+            id: id.to_string(),
+            scopes: known.scopes.clone(),
+            rate_per_s: known.info.rate_per_s,
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! tailing reads over gRPC streams, for producers and consumers outside functions. It serves
 //! any `LogBook`: `tally up`'s and a cluster gateway's, beside the worker protocol.
 
-use crate::auth::{Grant, Need, Refusal};
+use crate::auth::{Grant, Need, Refusal, Tokens};
 use crate::runtime::GatewayLog;
 use futures::StreamExt as _;
 use logbook::rpc::log_pb::log_server::{Log, LogServer};
@@ -60,12 +60,23 @@ fn user_book(book: u32) -> Result<BookId, LogError> {
 /// the book.
 async fn append(
     log: &dyn LogBook,
+    tokens: &Tokens,
     grant: &Option<Grant>,
     request: AppendRequest,
 ) -> Result<Vec<u64>, LogError> {
     let book = user_book(request.book)?;
-    Refusal::unless_allowed(grant, &Need::Append(book))
-        .map_err(|r| LogError::BadArgument(r.into_status().message().to_string()))?;
+    tokens
+        .permit(grant, &Need::Append(book))
+        .map_err(|refusal| {
+            let retryable = matches!(refusal, Refusal::RateLimited { .. });
+            let message = refusal.into_status().message().to_string();
+            // Past its rate an append may succeed later; out of its scopes, never.
+            if retryable {
+                LogError::Unavailable(message)
+            } else {
+                LogError::BadArgument(message)
+            }
+        })?;
     let mut records: Vec<Append> = request
         .records
         .into_iter()
@@ -101,6 +112,7 @@ impl Log for LogService {
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(REPLIES_BUFFERED);
         let log = self.log.clone();
+        let tokens = self.tokens.clone();
         tokio::spawn(async move {
             // Every request is appended at once, so many are in flight; each answers when done.
             let mut running = futures::stream::FuturesUnordered::new();
@@ -110,9 +122,10 @@ impl Log for LogService {
                         Some(Ok(request)) => {
                             let log = log.clone();
                             let grant = grant.clone();
+                            let tokens = tokens.clone();
                             running.push(async move {
                                 let id = request.id;
-                                match append(&*log, &grant, request).await {
+                                match append(&*log, &tokens, &grant, request).await {
                                     Ok(seqnums) => AppendReply { id, seqnums, ..Default::default() },
                                     Err(e) => AppendReply {
                                         id,

@@ -352,3 +352,50 @@ async fn tokens_are_made_listed_and_revoked_over_http() {
         (StatusCode::CONFLICT, Some("last_admin"))
     );
 }
+
+#[tokio::test]
+async fn a_token_past_its_rate_is_answered_429_with_retry_after() {
+    let log: Arc<dyn LogBook> = Arc::new(MemoryLogBook::new());
+    let (app, tokens) = common::app_over(log.clone());
+    let (status, made) = send(
+        &app,
+        "POST",
+        "/tokens",
+        r#"{"name":"slow","scopes":["read"],"rate_per_s":1}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["rate_per_s"], 1);
+    let slow = made["token"].as_str().unwrap().to_string();
+    let mut limited = None;
+    for _ in 0..5 {
+        let request = Request::builder()
+            .uri("/log/1/records")
+            .header("authorization", format!("Bearer {slow}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let json: Value = serde_json::from_slice(&body).unwrap();
+            limited = Some((retry_after, json));
+        }
+    }
+    let (retry_after, json) = limited.expect("one request a second: some of 5 at once refused");
+    assert_eq!(retry_after, "1");
+    assert_eq!(json["error"]["code"], "rate_limited");
+    // A rate out of bounds is a 400.
+    let admin = tokens.create("ops", &[Scope::Admin]).await.unwrap().0;
+    for rate in ["0", "1000001", "-1"] {
+        let body = format!(r#"{{"scopes":["read"],"rate_per_s":{rate}}}"#);
+        let (status, json) = send(&app, "POST", "/tokens", &body, Some(&admin)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{rate}: {json}");
+    }
+}

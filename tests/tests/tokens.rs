@@ -115,6 +115,22 @@ fn the_first_token_closes_the_gateway_and_scopes_hold_over_the_cli() {
     let out = tally(&addr, Some(&admin), &["token", "revoke", admin_id]);
     assert!(stderr(&out).contains("last_admin"), "{}", stderr(&out));
 
+    // A token made with a rate of its own: past it, 429 (the CLI says rate_limited).
+    let out = tally(
+        &addr,
+        Some(&admin),
+        &["token", "create", "--scope", "read:1", "--rate", "1"],
+    );
+    let slow = stdout(&out);
+    let limited = (0..5)
+        .map(|_| tally(&addr, Some(&slow), &["log", "read", "--book", "1"]))
+        .filter(|out| stderr(out).contains("rate_limited"))
+        .count();
+    assert!(
+        limited > 0,
+        "one request a second: some of 5 at once are refused"
+    );
+
     // Tokens outlive a restart: they are in the log.
     tally_up.stop().unwrap();
     let tally_up = Tally::up(&dir.path().join("data"), &[]).unwrap();

@@ -548,6 +548,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     let tokens = gateway::auth::Tokens::load(log.clone(), Some(peers.clone()))
         .await
         .context("reading the API tokens")?;
+    tokens.set_rate_default(options.rate_per_token);
     super::refuse_exposure(
         &[("http", http_addr), ("workers", options.workers)],
         &tokens,

@@ -107,6 +107,8 @@ pub struct GatewayOptions {
     pub http_limits: ::gateway::serve::HttpLimits,
     /// Serve beyond loopback without API tokens (`insecure`).
     pub insecure: bool,
+    /// Requests a second each API token may make here, unless it has its own rate.
+    pub rate_per_token: u32,
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).

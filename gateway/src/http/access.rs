@@ -2,7 +2,9 @@
 //! checks it before the route runs (`authorize`), and the token routes themselves.
 
 use super::{book_of, catch_up, parse_book, seen_of, ApiError, AppState};
-use crate::auth::{Need, Refusal, RevokeError, Scope, NAME_BYTES_MAX, SCOPES_MAX};
+use crate::auth::{
+    Need, Refusal, RevokeError, Scope, NAME_BYTES_MAX, RATE_PER_TOKEN_MAX, SCOPES_MAX,
+};
 use axum::extract::{MatchedPath, Path, RawPathParams, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -136,6 +138,22 @@ pub(crate) fn refused(refusal: Refusal) -> Response {
         Refusal::Unavailable(message) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).into_response()
         }
+        Refusal::RateLimited { id, retry_after } => {
+            let message = format!(
+                "token {id} made more requests than its rate allows; try again in {} ms",
+                retry_after.as_millis().max(1)
+            );
+            let mut response =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                    .into_response();
+            // Whole seconds, rounded up.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from(seconds.max(1)),
+            );
+            response
+        }
     }
 }
 
@@ -145,6 +163,8 @@ pub(crate) struct CreateToken {
     #[serde(default)]
     name: String,
     scopes: Vec<String>,
+    /// Requests a second at each gateway; the gateway's setting if absent.
+    rate_per_s: Option<u32>,
 }
 
 /// `POST /tokens`: `{"name": ..., "scopes": [...]}`; answers 201 with the token, once.
@@ -173,7 +193,20 @@ pub(crate) async fn create_token(
         .map(|s| Scope::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ApiError::bad_request)?;
-    let (token, info) = state.tokens.create(&request.name, &scopes).await?;
+    let (token, info) = match request.rate_per_s {
+        None => state.tokens.create(&request.name, &scopes).await?,
+        Some(rate) if (1..=RATE_PER_TOKEN_MAX).contains(&rate) => {
+            state
+                .tokens
+                .create_limited(&request.name, &scopes, rate)
+                .await?
+        }
+        Some(rate) => {
+            return Err(ApiError::bad_request(format!(
+                "rate_per_s is {rate}; it must be 1..={RATE_PER_TOKEN_MAX}"
+            )))
+        }
+    };
     let mut body = serde_json::to_value(&info).expect("a token's listing serializes");
     body["token"] = json!(token);
     Ok((StatusCode::CREATED, Json(body)).into_response())
