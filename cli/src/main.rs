@@ -862,21 +862,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a terminal only: not in a node's log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting tokio")?;
+    // Logs to stderr; traces to an OTLP collector if one is configured (its exporter needs
+    // the runtime). Dropped last: what is left of the traces is flushed on the way out.
+    let _telemetry = {
+        let _entered = runtime.enter();
+        gateway::telemetry::init("tally", cli.log_format == LogFormat::Json)?
+    };
     runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up(args).await,

@@ -82,18 +82,21 @@ async fn visit(ctx: Ctx, input: Bytes) -> FunctionResult {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs, and traces when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let _telemetry = match gateway::telemetry::init("hello-worker", false) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let args = Args::parse();
     let mut worker = Worker::new(&args.name);
     worker
         .register("hello", hello)
         .register("visit", visit)
         .register("welcome-worker", gateway::examples::welcome)
+        .register("search-worker", gateway::examples::search)
         .register("wallet.add", libobject::method(wallet_add))
         .register("wallet.coins", libobject::method(wallet_coins));
     if args.also_echo {

@@ -156,8 +156,10 @@ fn stable_tag_suffix(kind: &str) -> u32 {
 /// The resources `travel` reserves, in order.
 pub const TRAVEL_RESOURCES: [&str; 3] = ["flight", "hotel", "car"];
 
-/// `{"trip": T, "fail": "car", "traveller": X, "protocol": P}` in (all optional): reads the
-/// traveller's profile from the table `trips-P` (in protocol P, default write-log), searches,
+/// `{"trip": T, "fail": "car", "traveller": X, "protocol": P, "search": F}` in (all
+/// optional): reads the traveller's profile from the table `trips-P` (in protocol P, default
+/// write-log), searches (calls F, default `search`: `search-worker` is served by the
+/// `hello-worker` example),
 /// then reserves a flight, a hotel and a car at once, each a call of `reserve_KIND` (which
 /// keeps its reservations in its own stream of the log) undone by `cancel_KIND` if the trip
 /// fails: a failed reservation
@@ -179,8 +181,9 @@ async fn travel(
     // and the traveller's count of trips written.
     let trips = flow.table(&format!("trips-{}", protocol.name()));
     let profile: Option<serde_json::Value> = trips.get(&format!("profile:{traveller}")).await?;
+    let search = input["search"].as_str().unwrap_or("search");
     let options: serde_json::Value = flow
-        .call("search", &json!({ "trip": trip, "profile": profile }))
+        .call(search, &json!({ "trip": trip, "profile": profile }))
         .await?;
     let reserve = |kind: &str| {
         let request = json!({ "trip": trip, "fail": fail == kind, "option": options[kind] });
@@ -201,8 +204,9 @@ async fn travel(
     Ok(json!({ "trip": trip, "reservations": reservations, "trips": count }))
 }
 
-/// `search`: the options for a trip (a stand-in for a search service).
-async fn search(_ctx: Ctx, input: Bytes) -> FunctionResult {
+/// `search`: the options for a trip (a stand-in for a search service). The `hello-worker`
+/// example serves it as `search-worker` too.
+pub async fn search(_ctx: Ctx, input: Bytes) -> FunctionResult {
     let trip: serde_json::Value = tally_sdk::json::input(&input)?;
     tally_sdk::json::output(&json!({
         "trip": trip["trip"],

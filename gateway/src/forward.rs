@@ -155,6 +155,10 @@ impl Forwarder {
         if let Some(seen) = (self.progress)() {
             request = request.header(crate::http::SEEN_HEADER, seen.0);
         }
+        // The call goes on in the caller's trace.
+        if let Some(traceparent) = tally_sdk::trace::current_traceparent() {
+            request = request.header(tally_sdk::trace::TRACEPARENT, traceparent);
+        }
         let response = request.send().await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         let header = |name: &str| {

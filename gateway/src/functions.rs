@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::invocations::{
     key_scope, now_ms, payload_bytes_max, stable_hash, Finished, History, Journal, KeyRef,
@@ -94,7 +95,7 @@ fn gone(name: &str) -> Handler {
 /// gateway), stopped at the function's timeout.
 async fn run_once(target: &Function, function: &str, ctx: Ctx, input: Bytes) -> FunctionResult {
     let timeout = target.config.timeout;
-    let call = tokio::spawn((target.handler)(ctx, input));
+    let call = tokio::spawn((target.handler)(ctx, input).in_current_span());
     let abort = call.abort_handle();
     match tokio::time::timeout(timeout, call).await {
         Ok(joined) => {
@@ -887,11 +888,18 @@ impl Dispatcher {
     ) {
         let ctx = Ctx::with_invoker(self.log.clone(), book, id.clone(), self.me(), depth);
         let dispatcher = self.me();
-        tokio::spawn(async move {
-            let function = dispatcher
-                .get(&id)
-                .map(|inv| inv.function)
-                .unwrap_or_default();
+        let function = self.get(&id).map(|inv| inv.function).unwrap_or_default();
+        // A child of what called it: an HTTP request, or the function that made the call.
+        let span = tracing::info_span!(
+            target: "tally::trace",
+            parent: tracing::Span::current(),
+            "invoke",
+            otel.name = format!("invoke {function}"),
+            function = %function,
+            invocation = %id,
+            book = book.0,
+        );
+        let run = async move {
             // A timer: nothing of the call runs or holds a slot until it is due.
             if let Some(due) = not_before_ms {
                 let now = now_ms();
@@ -961,7 +969,8 @@ impl Dispatcher {
                 }
             }
             dispatcher.finished(&id, done);
-        });
+        };
+        tokio::spawn(run.instrument(span));
     }
 
     /// Writes `done`'s result at `position` of invocation `id`'s stream. An output too large

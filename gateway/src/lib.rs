@@ -19,6 +19,7 @@ pub mod log_service;
 pub mod metrics;
 pub mod runtime;
 pub mod serve;
+pub mod telemetry;
 pub mod triggers;
 pub mod worker;
 

@@ -393,7 +393,9 @@ impl MeteredLog {
 macro_rules! timed {
     ($self:ident, $op:literal, $call:expr) => {{
         let started = Instant::now();
-        let result = $call.await;
+        // A span per call, for traces (`telemetry`): a child of the invocation making it.
+        let span = tracing::info_span!(target: "tally::trace", "log", otel.name = concat!("log ", $op));
+        let result = tracing::Instrument::instrument($call, span).await;
         $self.metrics.observe($op, started, result.is_ok());
         result
     }};

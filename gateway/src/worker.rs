@@ -58,8 +58,9 @@ struct Attached {
     calls: Mutex<Option<Running>>,
 }
 
-/// A worker's running calls, by call number: where each result goes, and the call's context.
-type Running = HashMap<u64, (oneshot::Sender<FunctionResult>, Ctx)>;
+/// A worker's running calls, by call number: where each result goes, the call's context, and
+/// its span (what the worker's requests for it are traced under).
+type Running = HashMap<u64, (oneshot::Sender<FunctionResult>, Ctx, tracing::Span)>;
 
 impl Attached {
     /// Sends a call to the worker and waits for its result.
@@ -72,10 +73,11 @@ impl Attached {
             book: ctx.book().0,
             input,
             invocation_id: ctx.invocation_id().to_string(),
+            traceparent: tally_sdk::trace::current_traceparent().unwrap_or_default(),
         };
         let gone = || FunctionError::unavailable(format!("the worker serving {function} is gone"));
         match self.calls.lock().expect("calls lock").as_mut() {
-            Some(calls) => calls.insert(id, (done, ctx)),
+            Some(calls) => calls.insert(id, (done, ctx, tracing::Span::current())),
             None => return Err(gone()),
         };
         // However this ends (answered, refused, or dropped at the function's timeout), the
@@ -90,13 +92,13 @@ impl Attached {
         result.await.unwrap_or_else(|_| Err(gone()))
     }
 
-    fn ctx_of(&self, call: u64) -> Option<Ctx> {
+    fn ctx_of(&self, call: u64) -> Option<(Ctx, tracing::Span)> {
         self.calls
             .lock()
             .expect("calls lock")
             .as_ref()?
             .get(&call)
-            .map(|(_, ctx)| ctx.clone())
+            .map(|(_, ctx, span)| (ctx.clone(), span.clone()))
     }
 }
 
@@ -201,12 +203,12 @@ impl Workers for WorkerService {
                             .expect("calls lock")
                             .as_mut()
                             .and_then(|calls| calls.remove(&done.call));
-                        if let Some((result, _)) = waiting {
+                        if let Some((result, _, _)) = waiting {
                             let _ = result.send(call_result(done.result));
                         }
                     }
                     Some(from_worker::Kind::Request(req)) => {
-                        let Some(ctx) = attached.ctx_of(req.call) else {
+                        let Some((ctx, span)) = attached.ctx_of(req.call) else {
                             let failure = log_failure(&LogError::BadArgument(format!(
                                 "call {} is not running",
                                 req.call
@@ -219,13 +221,14 @@ impl Workers for WorkerService {
                             continue;
                         };
                         let tx = tx.clone();
-                        tokio::spawn(async move {
+                        let serving = async move {
                             let reply = wpb::Reply {
                                 request: req.request,
                                 result: Some(serve(&ctx, req.op).await),
                             };
                             let _ = tx.send(Ok(to_worker_reply(reply))).await;
-                        });
+                        };
+                        tokio::spawn(tracing::Instrument::instrument(serving, span));
                     }
                     Some(from_worker::Kind::Register(_)) | None => {}
                 }
@@ -238,7 +241,7 @@ impl Workers for WorkerService {
                 .expect("calls lock")
                 .take()
                 .unwrap_or_default();
-            for (_, (result, _)) in running {
+            for (_, (result, _, _)) in running {
                 let _ = result.send(Err(FunctionError::unavailable(format!(
                     "worker {worker} disconnected during the call"
                 ))));

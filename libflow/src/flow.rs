@@ -1487,49 +1487,53 @@ where
             compensation,
             ..
         } = self;
-        Box::pin(async move {
-            let mut slot = flow.slot();
-            let pos = slot.pos;
-            let compensation = compensation.transpose()?;
-            let probe = Op::Step {
-                name: name.clone(),
-                outcome: Outcome::Ok(Value::Null),
-                attempts: 0,
-            };
-            let outcome = match slot.replayed(&probe)? {
-                Some((_, entry)) => entry.op.into_outcome(),
-                None => {
-                    if !internal {
-                        flow.barrier().await?;
-                    }
-                    let key = flow.step_key(pos);
-                    let mut attempts = 0;
-                    let outcome = loop {
-                        attempts += 1;
-                        match f.start(&key).await {
-                            Ok(value) => break Outcome::Ok(serde_json::to_value(&value)?),
-                            Err(e) if e.stops_execution() => return Err(e),
-                            Err(Error::Failed { message, retryable }) => {
-                                if !retryable || attempts >= retry.max_attempts.max(1) {
-                                    break Outcome::Err(message);
-                                }
-                                tracing::debug!(step = %name, attempts, %message, "step failed; retrying");
-                                tokio::time::sleep(retry.backoff(attempts)).await;
-                            }
-                            Err(e) => break Outcome::Err(e.to_string()),
+        let span = tracing::info_span!(target: "tally::trace", "step", otel.name = format!("step {name}"), step = %name);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let mut slot = flow.slot();
+                let pos = slot.pos;
+                let compensation = compensation.transpose()?;
+                let probe = Op::Step {
+                    name: name.clone(),
+                    outcome: Outcome::Ok(Value::Null),
+                    attempts: 0,
+                };
+                let outcome = match slot.replayed(&probe)? {
+                    Some((_, entry)) => entry.op.into_outcome(),
+                    None => {
+                        if !internal {
+                            flow.barrier().await?;
                         }
-                    };
-                    slot.commit(Op::Step {
-                        name: name.clone(),
-                        outcome: outcome.clone(),
-                        attempts,
-                    })
-                    .await?;
-                    outcome
-                }
-            };
-            flow.settle(pos, outcome, compensation)
-        })
+                        let key = flow.step_key(pos);
+                        let mut attempts = 0;
+                        let outcome = loop {
+                            attempts += 1;
+                            match f.start(&key).await {
+                                Ok(value) => break Outcome::Ok(serde_json::to_value(&value)?),
+                                Err(e) if e.stops_execution() => return Err(e),
+                                Err(Error::Failed { message, retryable }) => {
+                                    if !retryable || attempts >= retry.max_attempts.max(1) {
+                                        break Outcome::Err(message);
+                                    }
+                                    tracing::debug!(step = %name, attempts, %message, "step failed; retrying");
+                                    tokio::time::sleep(retry.backoff(attempts)).await;
+                                }
+                                Err(e) => break Outcome::Err(e.to_string()),
+                            }
+                        };
+                        slot.commit(Op::Step {
+                            name: name.clone(),
+                            outcome: outcome.clone(),
+                            attempts,
+                        })
+                        .await?;
+                        outcome
+                    }
+                };
+                flow.settle(pos, outcome, compensation)
+            },
+            span,
+        ))
     }
 }
 
@@ -1571,46 +1575,50 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for CallBuilder<T> {
             compensation,
             ..
         } = self;
-        Box::pin(async move {
-            if child {
+        let span = tracing::info_span!(target: "tally::trace", "call", otel.name = format!("call {function}"), function = %function, child);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                if child {
+                    let input = input?;
+                    let compensation = compensation.transpose()?;
+                    let (pos, outcome) = flow.run_child(&function, input).await?;
+                    return flow.settle(pos, outcome, compensation);
+                }
+                let mut slot = flow.slot();
+                let pos = slot.pos;
                 let input = input?;
                 let compensation = compensation.transpose()?;
-                let (pos, outcome) = flow.run_child(&function, input).await?;
-                return flow.settle(pos, outcome, compensation);
-            }
-            let mut slot = flow.slot();
-            let pos = slot.pos;
-            let input = input?;
-            let compensation = compensation.transpose()?;
-            let probe = Op::Call {
-                function: function.clone(),
-                outcome: Outcome::Ok(Value::Null),
-            };
-            let outcome = match slot.replayed(&probe)? {
-                Some((_, entry)) => entry.op.into_outcome(),
-                None => {
-                    // The child is seen outside the instance: what it depends on must be in
-                    // the log.
-                    flow.barrier().await?;
-                    let key = flow.child_key(pos);
-                    let input = serde_json::to_vec(&input)?;
-                    let outcome = match flow.ctx().invoke_keyed(&function, &key, input).await {
-                        Ok(output) => Outcome::Ok(value_of_output(&output)),
-                        Err(e) => match stop_or_fail(e) {
-                            Error::Failed { message, .. } => Outcome::Err(message),
-                            stop => return Err(slot.give_up(stop)),
-                        },
-                    };
-                    slot.commit(Op::Call {
-                        function: function.clone(),
-                        outcome: outcome.clone(),
-                    })
-                    .await?;
-                    outcome
-                }
-            };
-            flow.settle(pos, outcome, compensation)
-        })
+                let probe = Op::Call {
+                    function: function.clone(),
+                    outcome: Outcome::Ok(Value::Null),
+                };
+                let outcome = match slot.replayed(&probe)? {
+                    Some((_, entry)) => entry.op.into_outcome(),
+                    None => {
+                        // The child is seen outside the instance: what it depends on must be in
+                        // the log.
+                        flow.barrier().await?;
+                        let key = flow.child_key(pos);
+                        let input = serde_json::to_vec(&input)?;
+                        let outcome = match flow.ctx().invoke_keyed(&function, &key, input).await {
+                            Ok(output) => Outcome::Ok(value_of_output(&output)),
+                            Err(e) => match stop_or_fail(e) {
+                                Error::Failed { message, .. } => Outcome::Err(message),
+                                stop => return Err(slot.give_up(stop)),
+                            },
+                        };
+                        slot.commit(Op::Call {
+                            function: function.clone(),
+                            outcome: outcome.clone(),
+                        })
+                        .await?;
+                        outcome
+                    }
+                };
+                flow.settle(pos, outcome, compensation)
+            },
+            span,
+        ))
     }
 }
 

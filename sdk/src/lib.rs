@@ -27,6 +27,7 @@
 mod ctx;
 mod error;
 pub mod json;
+pub mod trace;
 #[doc(hidden)]
 pub mod wire;
 mod worker;

@@ -173,7 +173,17 @@ impl Worker {
                     };
                     let handler = handler.clone();
                     let link = link.clone();
-                    tokio::spawn(async move {
+                    // The worker's span for the call, in the trace of the gateway's.
+                    let span = tracing::info_span!(
+                        target: "tally::trace",
+                        parent: None,
+                        "worker call",
+                        otel.name = format!("worker {}", call.function),
+                        function = %call.function,
+                        invocation = %call.invocation_id,
+                    );
+                    crate::trace::set_remote_parent(&span, Some(&call.traceparent));
+                    let serve_call = async move {
                         let remote = Arc::new(Remote {
                             link: link.clone(),
                             call: call.call,
@@ -185,7 +195,9 @@ impl Worker {
                             remote,
                             0,
                         );
-                        let result = match tokio::spawn(handler(ctx, call.input)).await {
+                        let running =
+                            tracing::Instrument::in_current_span(handler(ctx, call.input));
+                        let result = match tokio::spawn(running).await {
                             Ok(Ok(output)) => wpb::call_done::Result::Output(output),
                             Ok(Err(e)) => wpb::call_done::Result::Failure(failure(&e)),
                             Err(e) => wpb::call_done::Result::Failure(wpb::Failure {
@@ -203,7 +215,8 @@ impl Worker {
                                 kind: Some(from_worker::Kind::Done(done)),
                             })
                             .await;
-                    });
+                    };
+                    tokio::spawn(tracing::Instrument::instrument(serve_call, span));
                 }
                 Some(to_worker::Kind::Reply(reply)) => {
                     let waiting = link

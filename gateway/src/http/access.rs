@@ -13,6 +13,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 /// What a request needs its token to allow: a function of its route, method, path parameters
 /// and book (`X-Tally-Book`, for the routes over objects, transactions and queues).
@@ -78,9 +79,38 @@ pub(crate) fn need_of(
     })
 }
 
-/// The layer before every route: answers 401 or 403 unless the request's token (if tokens
-/// are asked for) covers what its route needs.
+/// The layer before every route: a span for the request (in the trace its `traceparent`
+/// names, if any), then 401 or 403 unless the request's token (if tokens are asked for) covers
+/// what its route needs.
 pub(crate) async fn authorize(
+    state: State<Arc<AppState>>,
+    route: MatchedPath,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let span = tracing::info_span!(
+        target: "tally::trace",
+        "http",
+        otel.name = format!("{} {}", request.method(), route.as_str()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = route.as_str(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get(tally_sdk::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    tally_sdk::trace::set_remote_parent(&span, traceparent);
+    let response = authorize_in(state, route, params, request, next)
+        .instrument(span.clone())
+        .await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+async fn authorize_in(
     State(state): State<Arc<AppState>>,
     route: MatchedPath,
     params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
