@@ -26,6 +26,8 @@ pub struct Client {
     addr: String,
     base: reqwest::Url,
     http: reqwest::Client,
+    /// The CA an https:// gateway is trusted by.
+    ca: Option<reqwest::Certificate>,
 }
 
 /// A record as read back from the gateway.
@@ -65,14 +67,21 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-/// The HTTP client of every request, sending `headers` with each.
-fn http_client(headers: reqwest::header::HeaderMap) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// The HTTP client of every request, sending `headers` with each, trusting `ca` (alone) for
+/// https:// gateways.
+fn http_client(
+    headers: reqwest::header::HeaderMap,
+    ca: Option<&reqwest::Certificate>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
         .default_headers(headers)
-        .build()
-        .context("building the HTTP client")
+        .use_rustls_tls();
+    if let Some(ca) = ca {
+        builder = builder.add_root_certificate(ca.clone());
+    }
+    builder.build().context("building the HTTP client")
 }
 
 #[derive(Deserialize)]
@@ -115,12 +124,39 @@ struct NextReply {
 impl Client {
     /// A client for the gateway at `addr`: "host:port" or "http://host:port". Connects lazily.
     pub fn new(addr: &str) -> anyhow::Result<Client> {
-        let url = bench::base_url(addr)?;
+        Client::with_ca(addr, None)
+    }
+
+    /// A client for the gateway at `addr`, which may be `https://host:port`: then trusted
+    /// by the CA certificate at `ca` (PEM) if given, else by no one (every certificate is
+    /// refused).
+    pub fn with_ca(addr: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Client> {
+        let url = match addr.trim().strip_prefix("https://") {
+            // The same checks as for plain HTTP, then the scheme back.
+            Some(rest) => bench::base_url(rest)?.replacen("http://", "https://", 1),
+            None => bench::base_url(addr)?,
+        };
         let base = reqwest::Url::parse(&url).expect("base_url returns a parsed URL");
+        let ca = match ca {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+                Some(
+                    reqwest::Certificate::from_pem(&pem)
+                        .with_context(|| format!("{}: not a PEM certificate", path.display()))?,
+                )
+            }
+        };
         let addr = addr.trim().trim_end_matches('/');
-        let http = http_client(reqwest::header::HeaderMap::new())?;
+        let http = http_client(reqwest::header::HeaderMap::new(), ca.as_ref())?;
         let addr = addr.strip_prefix("http://").unwrap_or(addr).to_string();
-        Ok(Client { addr, base, http })
+        Ok(Client {
+            addr,
+            base,
+            http,
+            ca,
+        })
     }
 
     /// Sends `token` (`Authorization: Bearer`) with every request; `None` sends none.
@@ -129,10 +165,10 @@ impl Client {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
             .context("the token holds characters an HTTP header cannot carry")?;
         value.set_sensitive(true);
-        self.http = http_client(reqwest::header::HeaderMap::from_iter([(
-            reqwest::header::AUTHORIZATION,
-            value,
-        )]))?;
+        self.http = http_client(
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]),
+            self.ca.as_ref(),
+        )?;
         Ok(self)
     }
 
@@ -773,7 +809,8 @@ mod tests {
         check("127.0.0.1:8080", "http://127.0.0.1:8080/log/1/append");
         check("http://localhost:9/", "http://localhost:9/log/1/append");
         check("[::1]:80", "http://[::1]/log/1/append");
-        assert!(Client::new("https://x:1").is_err());
+        check("https://localhost:9", "https://localhost:9/log/1/append");
+        assert!(Client::new("https://x:1/path").is_err());
         assert!(Client::new("x:1/path").is_err());
     }
 

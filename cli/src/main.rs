@@ -70,6 +70,9 @@ enum Command {
     /// Make, list and revoke API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Make a certificate authority and node certificates for HTTPS.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Append to and read from a LogBook.
     #[command(subcommand)]
     Log(LogCommand),
@@ -350,6 +353,13 @@ struct UpArgs {
     /// gateway may then call every function and read every book.
     #[arg(long)]
     insecure: bool,
+    /// Serve the HTTP API as HTTPS with this certificate chain (PEM; `tally cert node`), and
+    /// `--tls-key`.
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     /// Requests a second each API token may make, unless made with its own `--rate`; past
     /// it, 429 (0: no limit).
     #[arg(long, default_value_t = gateway::auth::RATE_PER_TOKEN_DEFAULT, value_parser = clap::value_parser!(u32).range(0..=gateway::auth::RATE_PER_TOKEN_MAX as i64))]
@@ -364,11 +374,14 @@ struct AddrArg {
     /// The API token to send, once the gateway asks for tokens (`tally token create`).
     #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For an https:// gateway: the CA certificate (PEM) it is trusted by (`tally cert ca`).
+    #[arg(long, env = "TALLY_CA", value_name = "PEM")]
+    ca: Option<PathBuf>,
 }
 
 impl AddrArg {
     fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.addr)?.with_token(self.token.as_deref())
+        Client::with_ca(&self.addr, self.ca.as_deref())?.with_token(self.token.as_deref())
     }
 }
 
@@ -881,6 +894,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Queue(cmd) => queue(cmd).await,
             Command::Package(cmd) => package(cmd).await,
             Command::Token(cmd) => token(cmd).await,
+            Command::Cert(cmd) => cert(cmd),
             Command::Functions(args) => functions(args).await,
             Command::Log(cmd) => log(cmd).await,
             Command::Bench(cmd) => bench(cmd).await,
@@ -1014,6 +1028,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.segment_bytes_max = args.segment_mib * 1024 * 1024;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(gateway::serve::tls_acceptor(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
     let node = Node::start(config).await?;
     let tokens = gateway::auth::Tokens::load(node.log.clone(), None)
         .await
@@ -1086,8 +1105,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("workers attach at {workers_addr}");
     println!("the log protocol (tally-client) at {workers_addr}");
-    println!("listening on http://{addr}");
-    println!("try: curl -X POST http://{addr}/function/echo -d hi");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
+    println!("try: curl -X POST {scheme}://{addr}/function/echo -d hi");
     std::io::stdout().flush().ok();
 
     let limits = gateway::serve::HttpLimits {
@@ -1096,7 +1116,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_millis(args.http_idle_timeout_ms),
         connections_max: args.http_connections_max as usize,
     };
-    gateway::serve::serve(listener, app, limits, shutdown_signal())
+    gateway::serve::serve(listener, app, limits, tls, shutdown_signal())
         .await
         .context("serving HTTP")?;
     node.shutdown();
@@ -1426,6 +1446,45 @@ async fn package(cmd: PackageCommand) -> anyhow::Result<()> {
         PackageCommand::Show { name, addr } => {
             let package = addr.client()?.packages(Some(&name)).await?;
             println!("{}", serde_json::to_string_pretty(&package)?);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Make a certificate authority: DIR/ca.pem (give it to clients: --ca, TALLY_CA) and
+    /// DIR/ca-key.pem (keep it).
+    Ca {
+        #[arg(long, default_value = "tally-certs")]
+        dir: PathBuf,
+        /// The CA's name, as certificates show it.
+        #[arg(long, default_value = "Tally local CA")]
+        name: String,
+    },
+    /// Make NAME's certificate, signed by the CA in DIR: DIR/NAME.pem (then the CA's) and
+    /// DIR/NAME-key.pem, for `tally up --tls-cert DIR/NAME.pem --tls-key DIR/NAME-key.pem`.
+    Node {
+        name: String,
+        #[arg(long, default_value = "tally-certs")]
+        dir: PathBuf,
+        /// A host name or IP address clients reach the node by; once or more.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+}
+
+fn cert(cmd: CertCommand) -> anyhow::Result<()> {
+    match cmd {
+        CertCommand::Ca { dir, name } => {
+            let made = tally_cli::cert::make_ca(&dir, &name)?;
+            println!("{}", made.display());
+        }
+        CertCommand::Node { name, dir, hosts } => {
+            let made = tally_cli::cert::make_node(&dir, &name, &hosts)?;
+            let (_, key) = tally_cli::cert::node_files(&dir, &name);
+            println!("{}", made.display());
+            println!("{}", key.display());
         }
     }
     Ok(())

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 
 /// How long a client may take to send a request's headers, by default.
 pub const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
@@ -76,6 +77,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = app.layer(axum::middleware::from_fn_with_state(limits, read_body));
@@ -101,36 +103,20 @@ pub async fn serve(
             continue;
         };
         let app = app.clone();
-        let mut closing = closing.clone();
+        let closing = closing.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let busy = Arc::new(AtomicUsize::new(0));
-            let io = TokioIo::new(IdleStream::new(stream, limits.idle_timeout, busy.clone()));
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let guard = Busy::new(busy.clone());
-                    let app = app.clone();
-                    async move {
-                        let response =
-                            tower::ServiceExt::oneshot(app, request.map(Body::new)).await;
-                        drop(guard);
-                        response
+            match tls {
+                None => connection(stream, app, limits, closing).await,
+                Some(tls) => {
+                    // The handshake within the header timeout, as a request's headers.
+                    let handshake = tokio::time::timeout(limits.header_timeout, tls.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => connection(stream, app, limits, closing).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "a TLS handshake failed"),
+                        Err(_) => tracing::debug!("a TLS handshake timed out"),
                     }
-                });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let connection = builder.serve_connection(io, service);
-            let mut connection = std::pin::pin!(connection);
-            let closed = async move {
-                let _ = closing.wait_for(|c| *c).await;
-            };
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = closed => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
                 }
             }
         });
@@ -139,6 +125,74 @@ pub async fn serve(
     // Wait for the connections to finish what they are on, each holding a slot.
     let _ = slots.acquire_many(limits.connections_max as u32).await;
     Ok(())
+}
+
+/// Serves one connection's requests until it ends, or ends it gracefully once `closing`.
+async fn connection<S>(
+    stream: S,
+    app: Router,
+    limits: HttpLimits,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let busy = Arc::new(AtomicUsize::new(0));
+    let io = TokioIo::new(IdleStream::new(stream, limits.idle_timeout, busy.clone()));
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let guard = Busy::new(busy.clone());
+        let app = app.clone();
+        async move {
+            let response = tower::ServiceExt::oneshot(app, request.map(Body::new)).await;
+            drop(guard);
+            response
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let connection = builder.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let closed = async move {
+        let _ = closing.wait_for(|c| *c).await;
+    };
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = closed => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// The TLS side of a gateway's HTTPS: its certificate chain and private key, PEM files.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context as _;
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let chain = rustls_pemfile::certs(&mut &read(cert)?[..])
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: not PEM certificates", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
+    let private = rustls_pemfile::private_key(&mut &read(key)?[..])
+        .with_context(|| format!("{}: not a PEM private key", key.display()))?
+        .with_context(|| format!("{} holds no private key", key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .with_context(|| {
+            format!(
+                "{} and {} do not make a certificate and its key",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Answers a connection past the limit with a 503 in the API's JSON shape and closes it.
@@ -225,15 +279,15 @@ impl Drop for Busy {
 
 /// A connection that fails its reads once it has had no request under way and received
 /// nothing for `idle`: hyper then closes it.
-struct IdleStream {
-    inner: TcpStream,
+struct IdleStream<S> {
+    inner: S,
     idle: Duration,
     busy: Arc<AtomicUsize>,
     timer: Pin<Box<Sleep>>,
 }
 
-impl IdleStream {
-    fn new(inner: TcpStream, idle: Duration, busy: Arc<AtomicUsize>) -> IdleStream {
+impl<S> IdleStream<S> {
+    fn new(inner: S, idle: Duration, busy: Arc<AtomicUsize>) -> IdleStream<S> {
         IdleStream {
             inner,
             idle,
@@ -248,7 +302,7 @@ impl IdleStream {
     }
 }
 
-impl AsyncRead for IdleStream {
+impl<S: AsyncRead + Unpin> AsyncRead for IdleStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -280,7 +334,7 @@ impl AsyncRead for IdleStream {
     }
 }
 
-impl AsyncWrite for IdleStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -607,6 +607,7 @@ async fn serve_limited(limits: gateway::serve::HttpLimits) -> std::net::SocketAd
         listener,
         app(),
         limits,
+        None,
         std::future::pending(),
     ));
     addr

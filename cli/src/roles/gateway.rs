@@ -591,9 +591,15 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
             .serve_with_incoming(super::incoming(workers)),
     );
     let app = gateway::http::router(state);
-    gateway::serve::serve(listener, app, options.http_limits, std::future::pending())
-        .await
-        .context("serving HTTP")?;
+    gateway::serve::serve(
+        listener,
+        app,
+        options.http_limits,
+        None,
+        std::future::pending(),
+    )
+    .await
+    .context("serving HTTP")?;
     Ok(())
 }
 
