@@ -93,10 +93,13 @@ pub fn init(service: &str, json: bool) -> anyhow::Result<Telemetry> {
     } else {
         (None, None)
     };
-    tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
-        .with(traces)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("installing logging: {e}"))?;
+    // Two stacks rather than an `Option` layer: an absent layer counts as interested in every
+    // span, which would have the registry record each one of them for nothing.
+    let logging = tracing_subscriber::registry().with(logs.with_filter(filter));
+    match traces {
+        Some(traces) => logging.with(traces).try_init(),
+        None => logging.try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("installing logging: {e}"))?;
     Ok(Telemetry { provider })
 }
