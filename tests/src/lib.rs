@@ -201,6 +201,44 @@ pub fn metric(http: &reqwest::blocking::Client, base: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Starts `tally up --data-dir DATA ARGS...` (the addresses are the caller's to give) and
+/// returns it with the URL it listens on, once it says so; or, if it exits first, its exit
+/// code and stderr. Its stdout is read on to the end, so it never writes to a closed pipe.
+pub fn start_up(data: &Path, args: &[&str]) -> Result<(Child, String), String> {
+    let mut child = Command::new(tally_bin())
+        .arg("up")
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning tally up: {e}"))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            let url = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            std::thread::spawn(move || for _ in lines {});
+            // Its stderr too, for the same reason.
+            if let Some(stderr) = child.stderr.take() {
+                std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+            }
+            return Ok((child, url));
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    Err(format!(
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
 /// Runs `tally` with `args` and returns its stdout; fails with its stderr on a non-zero exit.
 pub fn run_tally(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(tally_bin())

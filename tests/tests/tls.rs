@@ -1,9 +1,8 @@
 //! HTTPS with real processes: `tally cert` makes a CA and a node certificate, `tally up`
 //! serves its API over TLS with them, and the CLI reaches it only when it trusts that CA.
 
-use std::io::BufRead as _;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use tally_tests::tally_bin;
 
 fn run(args: &[&str]) -> Output {
@@ -27,28 +26,19 @@ fn ok(args: &[&str]) -> String {
 
 /// `tally up` over TLS; the child and the URL it printed.
 fn up_tls(data: &Path, certs: &Path) -> (Child, String) {
-    let mut child = Command::new(tally_bin())
-        .args(["up", "--data-dir"])
-        .arg(data)
-        .args(["--http-addr", "127.0.0.1:0", "--worker-addr", "127.0.0.1:0"])
-        .arg("--tls-cert")
-        .arg(certs.join("gw.pem"))
-        .arg("--tls-key")
-        .arg(certs.join("gw-key.pem"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            let url = rest.split_whitespace().next().unwrap().to_string();
-            std::thread::spawn(move || for _ in lines {});
-            return (child, url);
-        }
-    }
-    panic!("tally up exited before listening: {:?}", child.wait());
+    let cert = certs.join("gw.pem");
+    let key = certs.join("gw-key.pem");
+    let args = [
+        "--http-addr",
+        "127.0.0.1:0",
+        "--worker-addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    tally_tests::start_up(data, &args).unwrap_or_else(|e| panic!("tally up: {e}"))
 }
 
 #[test]

@@ -145,61 +145,30 @@ fn the_first_token_closes_the_gateway_and_scopes_hold_over_the_cli() {
     tally_up.stop().unwrap();
 }
 
-/// Starts `tally up` on `data` listening on every interface; its child and what it printed
-/// until it listened or exited.
-fn up_everywhere(data: &std::path::Path, extra: &[&str]) -> (Child, Result<u16, String>) {
-    let mut child = Command::new(tally_bin())
-        .args(["up", "--data-dir"])
-        .arg(data)
-        .args(["--http-addr", "0.0.0.0:0", "--worker-addr", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("listening on http://") {
-            let port = rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap();
-            // Keep reading, so it never writes to a closed pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, Ok(port.parse().unwrap()));
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    let code = out.status.code();
-    let child = Command::new("true").spawn().unwrap();
-    (
-        child,
-        Err(format!(
-            "exit {code:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )),
-    )
+/// Starts `tally up` on `data` listening on every interface; its child and port, or why it
+/// did not start.
+fn up_everywhere(data: &std::path::Path, extra: &[&str]) -> Result<(Child, u16), String> {
+    let mut args = vec!["--http-addr", "0.0.0.0:0", "--worker-addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let (child, url) = tally_tests::start_up(data, &args)?;
+    let port = url.rsplit(':').next().and_then(|p| p.parse().ok());
+    Ok((child, port.ok_or_else(|| format!("no port in {url}"))?))
 }
 
 #[test]
 fn a_gateway_on_every_interface_refuses_to_start_without_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_, started) = up_everywhere(&data, &[]);
-    let error = started.expect_err("refused without tokens");
+    let error = up_everywhere(&data, &[])
+        .err()
+        .expect("refused without tokens");
     assert!(
         error.contains("without API tokens") && error.contains("--insecure"),
         "{error}"
     );
 
     // --insecure: it serves, and the first token can be made there.
-    let (mut child, started) = up_everywhere(&data, &["--insecure"]);
-    let port = started.expect("starts with --insecure");
+    let (mut child, port) = up_everywhere(&data, &["--insecure"]).expect("starts with --insecure");
     let addr = format!("127.0.0.1:{port}");
     wait_until(Duration::from_secs(30), || {
         tally(&addr, None, &["log", "read", "--book", "1"])
@@ -212,8 +181,7 @@ fn a_gateway_on_every_interface_refuses_to_start_without_tokens() {
     child.wait().unwrap();
 
     // With a token in the log it starts without being told, and asks for tokens.
-    let (mut child, started) = up_everywhere(&data, &[]);
-    let port = started.expect("starts once a token exists");
+    let (mut child, port) = up_everywhere(&data, &[]).expect("starts once a token exists");
     let addr = format!("127.0.0.1:{port}");
     let out = tally(&addr, None, &["log", "read", "--book", "1"]);
     assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
