@@ -159,9 +159,7 @@ fn up_everywhere(data: &std::path::Path, extra: &[&str]) -> Result<(Child, u16),
 fn a_gateway_on_every_interface_refuses_to_start_without_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let error = up_everywhere(&data, &[])
-        .err()
-        .expect("refused without tokens");
+    let error = up_everywhere(&data, &[]).expect_err("refused without tokens");
     assert!(
         error.contains("without API tokens") && error.contains("--insecure"),
         "{error}"
