@@ -123,14 +123,24 @@ fn a_workflow_s_trace_goes_through_a_forwarded_call_and_a_worker() {
     })
     .expect("the trip is booked");
 
-    // Every span of the run, once the worker's is in: the last to end in another process.
+    // Every span of the run, once each one checked below is in. (A span ends once its
+    // children have: the request's only after the workflow's invocation, so it may come late.)
     let trace: BTreeMap<Vec<u8>, Received> = {
         let mut trace = BTreeMap::new();
         let wanted = |t: &BTreeMap<Vec<u8>, Received>| {
-            t.values().any(|s| s.name == "worker search-worker")
-                && ["flight", "hotel", "car"]
-                    .iter()
-                    .all(|k| t.values().any(|s| s.name == format!("invoke reserve_{k}")))
+            let mut names = vec![
+                "POST /workflows/{name}/{id}".to_string(),
+                "invoke travel".into(),
+                "call search-worker".into(),
+                "POST /function/{name}".into(),
+                "invoke search-worker".into(),
+                "worker search-worker".into(),
+            ];
+            for kind in ["flight", "hotel", "car"] {
+                names.push(format!("call reserve_{kind}"));
+                names.push(format!("invoke reserve_{kind}"));
+            }
+            names.iter().all(|n| t.values().any(|s| &s.name == n))
         };
         let found = wait_until(Duration::from_secs(30), || {
             let spans = spans.lock().unwrap();
