@@ -712,10 +712,36 @@ impl Tokens {
                         None,
                     )
                     .await?;
+                self.retire_predecessors(&me).await;
                 Ok::<_, LogError>(token)
             })
             .await?;
         Ok(Some(token.clone()))
+    }
+
+    /// Revokes the peer tokens of this gateway's earlier processes (the same node, another
+    /// incarnation: `g20.xxxx` for `g20.yyyy`), so a node's restarts leave one live peer
+    /// token, not one each. Best effort: one left behind is refused anyway, its gateway gone.
+    async fn retire_predecessors(&self, me: &str) {
+        let node = |name: &str| name.split('.').next().unwrap_or_default().to_string();
+        let mine = node(me);
+        let old: Vec<String> = self
+            .lock()
+            .live
+            .values()
+            .filter(|k| {
+                k.info
+                    .gateway
+                    .as_deref()
+                    .is_some_and(|g| g != me && node(g) == mine)
+            })
+            .map(|k| k.info.id.clone())
+            .collect();
+        for id in old {
+            if let Err(e) = self.revoke(&id).await {
+                tracing::debug!(token = %id, error = %e, "revoking an earlier process's peer token");
+            }
+        }
     }
 }
 
@@ -899,7 +925,7 @@ mod tests {
     #[tokio::test]
     async fn a_peer_token_is_valid_while_its_gateway_is_live() {
         let log: Arc<dyn LogBook> = Arc::new(MemoryLogBook::new());
-        let (peers_tx, peers) = watch::channel(Peers::alone("g1"));
+        let (peers_tx, peers) = watch::channel(Peers::alone("g1.first"));
         let tokens = Tokens::load(log.clone(), Some(peers)).await.unwrap();
         assert_eq!(
             tokens.peer_token().await.unwrap(),
@@ -922,6 +948,20 @@ mod tests {
             tokens.authenticate(&token).await,
             Err(Refusal::Unauthenticated(_))
         ));
+        // The same node started again: its new process's peer token retires the old one.
+        let peer_tokens = |t: &Tokens| t.list().into_iter().filter(|i| i.gateway.is_some()).count();
+        assert_eq!(peer_tokens(&tokens), 1);
+        let (_, again) = watch::channel(Peers::alone("g1.second"));
+        let restarted = Tokens::load(log.clone(), Some(again)).await.unwrap();
+        restarted.peer_token().await.unwrap().unwrap();
+        tokens.refresh().await.unwrap();
+        assert_eq!(peer_tokens(&restarted), 1, "{:?}", restarted.list());
+        assert_eq!(peer_tokens(&tokens), 1);
+        // Another node's is its own.
+        let (_, other) = watch::channel(Peers::alone("g2.first"));
+        let other = Tokens::load(log.clone(), Some(other)).await.unwrap();
+        other.peer_token().await.unwrap().unwrap();
+        assert_eq!(peer_tokens(&other), 2);
     }
 
     #[tokio::test]
