@@ -26,8 +26,6 @@ pub struct Client {
     addr: String,
     base: reqwest::Url,
     http: reqwest::Client,
-    /// The CA an https:// gateway is trusted by.
-    ca: Option<reqwest::Certificate>,
 }
 
 /// A record as read back from the gateway.
@@ -124,13 +122,17 @@ struct NextReply {
 impl Client {
     /// A client for the gateway at `addr`: "host:port" or "http://host:port". Connects lazily.
     pub fn new(addr: &str) -> anyhow::Result<Client> {
-        Client::with_ca(addr, None)
+        Client::configured(addr, None, None)
     }
 
     /// A client for the gateway at `addr`, which may be `https://host:port`: then trusted
     /// by the CA certificate at `ca` (PEM) if given, else by no one (every certificate is
-    /// refused).
-    pub fn with_ca(addr: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    /// refused). It sends `token` (`Authorization: Bearer`) with every request, if given.
+    pub fn configured(
+        addr: &str,
+        ca: Option<&std::path::Path>,
+        token: Option<&str>,
+    ) -> anyhow::Result<Client> {
         let url = match addr.trim().strip_prefix("https://") {
             // The same checks as for plain HTTP, then the scheme back.
             Some(rest) => bench::base_url(rest)?.replacen("http://", "https://", 1),
@@ -148,28 +150,18 @@ impl Client {
                 )
             }
         };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                    .context("the token holds characters an HTTP header cannot carry")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let addr = addr.trim().trim_end_matches('/');
-        let http = http_client(reqwest::header::HeaderMap::new(), ca.as_ref())?;
+        let http = http_client(headers, ca.as_ref())?;
         let addr = addr.strip_prefix("http://").unwrap_or(addr).to_string();
-        Ok(Client {
-            addr,
-            base,
-            http,
-            ca,
-        })
-    }
-
-    /// Sends `token` (`Authorization: Bearer`) with every request; `None` sends none.
-    pub fn with_token(mut self, token: Option<&str>) -> anyhow::Result<Client> {
-        let Some(token) = token else { return Ok(self) };
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-            .context("the token holds characters an HTTP header cannot carry")?;
-        value.set_sensitive(true);
-        self.http = http_client(
-            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]),
-            self.ca.as_ref(),
-        )?;
-        Ok(self)
+        Ok(Client { addr, base, http })
     }
 
     /// Makes a token with `scopes`: its listing, and `token`, shown only now.

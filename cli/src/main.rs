@@ -381,7 +381,12 @@ struct AddrArg {
 
 impl AddrArg {
     fn client(&self) -> anyhow::Result<Client> {
-        Client::with_ca(&self.addr, self.ca.as_deref())?.with_token(self.token.as_deref())
+        self.client_of(&self.addr)
+    }
+
+    /// A client of the gateway at `addr` with this argument's CA and token.
+    fn client_of(&self, addr: &str) -> anyhow::Result<Client> {
+        Client::configured(addr, self.ca.as_deref(), self.token.as_deref())
     }
 }
 
@@ -1148,7 +1153,7 @@ async fn functions(args: FunctionsArgs) -> anyhow::Result<()> {
         None => vec![args.addr.addr.clone()],
     };
     for gateway in gateways {
-        let client = Client::new(&gateway)?.with_token(args.addr.token.as_deref())?;
+        let client = args.addr.client_of(&gateway)?;
         for name in client.functions().await? {
             println!("{gateway} {name}");
         }
