@@ -1073,6 +1073,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .context("--object-retention-s")?,
         packages: tally_cli::config::load_packages(&args.packages).context("--package")?,
         tokens: tokens.clone(),
+        cluster: None,
     };
     let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), setup)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;

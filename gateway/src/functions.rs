@@ -23,7 +23,7 @@ use crate::invocations::{
 
 /// Finished invocations kept for `GET /invocations/{id}` and idempotency keys, at most.
 pub const INVOCATIONS_MAX: usize = 100_000;
-/// Bytes of output the kept invocations may hold, at most.
+/// Bytes of input and output the kept invocations may hold, at most.
 pub const INVOCATION_OUTPUT_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Longest a function name may be, in bytes.
 pub const FUNCTION_NAME_BYTES_MAX: usize = 128;
@@ -272,7 +272,7 @@ pub fn valid_function_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
@@ -297,6 +297,9 @@ pub struct Invocation {
     pub attempts: u32,
     /// In the log: it survives this gateway, and any gateway can show it.
     pub durable: bool,
+    /// What it was called with (empty for a call forwarded to a peer, which keeps it).
+    #[serde(skip)]
+    pub input: Bytes,
     /// The seqnum of its `Accepted` record, for a durable one: a reader at another gateway
     /// passes it as `X-Tally-Seen` to be sure to find it.
     #[serde(skip)]
@@ -316,6 +319,7 @@ impl Invocation {
             finished_at_ms: None,
             attempts: 0,
             durable,
+            input: Bytes::new(),
             accepted_at: None,
         }
     }
@@ -325,6 +329,7 @@ impl Invocation {
         let mut inv = Invocation {
             created_at_ms: h.created_at_ms,
             accepted_at: Some(h.accepted_at),
+            input: h.input.clone(),
             ..Invocation::new(h.id.clone(), &h.function, BookId(h.book), true)
         };
         if let Some(f) = &h.finished {
@@ -370,6 +375,11 @@ fn output_len(inv: &Invocation) -> usize {
         Some(Err(e)) => e.message.len(),
         None => 0,
     }
+}
+
+/// Bytes an invocation holds in the table: its input and output.
+fn held_len(inv: &Invocation) -> usize {
+    inv.input.len() + output_len(inv)
 }
 
 /// Why an invocation could not start.
@@ -618,7 +628,11 @@ impl Dispatcher {
                 table.next_id += 1;
                 format!("s{:08x}{:08x}", self.node_tag, table.next_id)
             };
-            let rx = self.insert(Invocation::new(id.clone(), function, book, false), None);
+            let inv = Invocation {
+                input: input.clone(),
+                ..Invocation::new(id.clone(), function, book, false)
+            };
+            let rx = self.insert(inv, None);
             self.spawn_run(target, id, book, input, depth, mode.retried, None, None);
             return Ok(rx);
         }
@@ -680,6 +694,7 @@ impl Dispatcher {
                 Ok(accepted) => {
                     let inv = Invocation {
                         accepted_at: Some(accepted.seqnum),
+                        input: input.clone(),
                         ..Invocation::new(id.clone(), function, book, true)
                     };
                     let rx = self.insert(inv, scope.as_ref().map(|s| (s.clone(), hash)));
@@ -817,14 +832,17 @@ impl Dispatcher {
         // Kept already (followed, then claimed from a dead gateway): the same channel, so
         // whoever waits on it sees how it ends.
         if let Some(tx) = table.invocations.get(&id) {
+            let (was, bytes) = (held_len(&tx.borrow()), held_len(&inv));
             tx.send_replace(inv);
             let rx = tx.subscribe();
+            table.output_bytes = table.output_bytes - was.min(table.output_bytes) + bytes;
             if let Some((scope, hash)) = key {
                 table.by_key.insert(scope.clone(), (id.clone(), hash));
                 table.key_of.insert(id, scope);
             }
             return rx;
         }
+        table.output_bytes += held_len(&inv);
         let (tx, rx) = watch::channel(inv);
         table.invocations.insert(id.clone(), tx);
         if let Some((scope, hash)) = key {
@@ -1027,9 +1045,9 @@ impl Dispatcher {
         let Some(tx) = table.invocations.get(id) else {
             return;
         };
-        let was = output_len(&tx.borrow());
+        let was = held_len(&tx.borrow());
         tx.send_replace(done);
-        let bytes = output_len(&tx.borrow());
+        let bytes = held_len(&tx.borrow());
         table.output_bytes = table.output_bytes - was.min(table.output_bytes) + bytes;
         self.evict(&mut table);
     }
@@ -1060,6 +1078,7 @@ impl Dispatcher {
             let inv = Invocation {
                 created_at_ms: history.created_at_ms,
                 accepted_at: Some(history.accepted_at),
+                input: history.input.clone(),
                 ..Invocation::new(
                     history.id.clone(),
                     &history.function,
@@ -1106,7 +1125,7 @@ impl Dispatcher {
                 running.push(oldest);
                 continue;
             }
-            table.output_bytes -= output_len(&tx.borrow()).min(table.output_bytes);
+            table.output_bytes -= held_len(&tx.borrow()).min(table.output_bytes);
             table.invocations.remove(&oldest);
             if let Some(key) = table.key_of.remove(&oldest) {
                 if table.by_key.get(&key).is_some_and(|(id, _)| *id == oldest) {
@@ -1117,6 +1136,35 @@ impl Dispatcher {
         for id in running.into_iter().rev() {
             table.order.push_front(id);
         }
+    }
+
+    /// The invocations this gateway keeps in memory, newest first: at most `limit` of those
+    /// of `function` and in `status` (any, for `None`), created before id `before` (the
+    /// last id of the previous page).
+    pub fn recent(
+        &self,
+        function: Option<&str>,
+        status: Option<Status>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Vec<Invocation> {
+        let table = self.table();
+        let newest = table.order.iter().rev();
+        let start = match before {
+            // One no longer kept: nothing older is either.
+            Some(before) => match table.order.iter().position(|id| id == before) {
+                Some(at) => table.order.len() - at,
+                None => table.order.len(),
+            },
+            None => 0,
+        };
+        newest
+            .skip(start)
+            .filter_map(|id| table.invocations.get(id).map(|tx| tx.borrow().clone()))
+            .filter(|inv| function.is_none_or(|f| inv.function == f))
+            .filter(|inv| status.is_none_or(|s| inv.status == s))
+            .take(limit)
+            .collect()
     }
 
     /// The invocation with this id, if this gateway still keeps it in memory.

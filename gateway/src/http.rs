@@ -4,8 +4,10 @@
 
 mod access;
 mod classes;
+mod console;
 mod objects;
 mod queues;
+pub use console::{ClusterStatus, INVOCATION_LIST_MAX};
 pub use objects::{HISTORY_LIMIT_DEFAULT, VERSION_HEADER};
 pub use queues::{Queues, POP_WAIT_MS_MAX, QUEUE_HANDLES_MAX, QUEUE_TRIM_EVERY};
 
@@ -62,6 +64,8 @@ pub struct AppState {
     pub packages: crate::classes::Packages,
     /// The API tokens, and whether any is asked for.
     pub tokens: Arc<crate::auth::Tokens>,
+    /// The rest of the cluster, as `GET /cluster` shows it (none for `tally up`).
+    pub cluster: Option<ClusterStatus>,
 }
 
 /// An error response.
@@ -196,6 +200,7 @@ pub fn default_state(
         classes,
         packages: Default::default(),
         tokens: setup.tokens,
+        cluster: setup.cluster,
     });
     tokio::spawn(crate::classes::refresh_packages(Arc::downgrade(&state)));
     tokio::spawn(crate::auth::Tokens::follow(Arc::downgrade(&state.tokens)));
@@ -323,6 +328,8 @@ pub struct Setup {
     pub packages: Vec<libobject::Package>,
     /// The API tokens (`auth::Tokens::load`, over the same log).
     pub tokens: Arc<crate::auth::Tokens>,
+    /// The statuses of the cluster's other roles, for `GET /cluster` (none for `tally up`).
+    pub cluster: Option<ClusterStatus>,
 }
 
 /// How long an ended workflow instance is kept, by default: a week.
@@ -335,6 +342,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/function/{name}", post(call_function))
         .route("/asyncFunction/{name}", post(call_function_async))
+        .route("/invocations", get(console::list_invocations))
         .route("/invocations/{id}", get(get_invocation))
         .route("/functions", get(list_functions))
         .route("/workflows/{name}/{id}", post(start_workflow))
@@ -370,6 +378,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/transactions/{id}",
             get(classes::transaction).post(classes::transact),
         )
+        .route("/queues", get(console::list_queues))
         .route("/queues/{name}", get(queues::stat).put(queues::create))
         .route(
             "/queues/{name}/groups/{group}",
@@ -391,6 +400,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/log/{book}/records", get(log_records))
         .route("/log/{book}/next", get(log_next))
         .route("/health", get(health))
+        .route("/cluster", get(console::cluster))
+        .route("/console", get(console::page))
+        .route("/console/{file}", get(console::file))
         .route("/metrics", get(metrics))
         .route(
             "/tokens",

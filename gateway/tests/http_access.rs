@@ -60,6 +60,7 @@ const ANY: &[&str] = &[
 const ROUTES: &[(&str, &str, &str, &[&str])] = &[
     ("POST", "/function/hello", "hi", INVOKE_HELLO),
     ("POST", "/asyncFunction/hello", "hi", INVOKE_HELLO),
+    ("GET", "/invocations", "", INVOKE_ANY),
     ("GET", "/invocations/0000000000000001", "", INVOKE_ANY),
     ("GET", "/functions", "", ANY),
     ("POST", "/workflows/travel/t1", "{}", INVOKE_ANY),
@@ -91,6 +92,7 @@ const ROUTES: &[(&str, &str, &str, &[&str])] = &[
     ("POST", "/transactions", "{}", READ_APPEND_1),
     ("GET", "/transactions/x1", "", READ_1),
     ("POST", "/transactions/x1", "{}", READ_APPEND_1),
+    ("GET", "/queues", "", READ_1),
     ("GET", "/queues/q1", "", READ_1),
     ("PUT", "/queues/q1", "", APPEND_1),
     ("PUT", "/queues/q1/groups/g1", "", APPEND_1),
@@ -119,10 +121,14 @@ const ROUTES: &[(&str, &str, &str, &[&str])] = &[
     ("GET", "/log/1/records", "", READ_1),
     ("GET", "/log/1/next?timeout_ms=0", "", READ_1),
     ("GET", "/metrics", "", METRICS),
+    ("GET", "/cluster", "", METRICS),
     ("POST", "/tokens", "{\"scopes\":[\"read\"]}", ADMIN),
     ("GET", "/tokens", "", ADMIN),
     ("DELETE", "/tokens/000000000000", "", ADMIN),
 ];
+
+/// The routes that need no token.
+const OPEN: &[&str] = &["/health", "/console", "/console/console.js"];
 
 /// Sends a request with `token` (if any) in book 1; its status and JSON body.
 async fn send(
@@ -229,11 +235,15 @@ async fn every_route_lets_through_the_tokens_its_scopes_name_and_only_those() {
             );
         }
     }
-    // Health is for load balancers: no token.
-    assert_eq!(
-        send(&app, "GET", "/health", "", None).await.0,
-        StatusCode::OK
-    );
+    // Health is for load balancers, and the console's page and script read nothing: no
+    // token.
+    for uri in OPEN {
+        assert_eq!(
+            send(&app, "GET", uri, "", None).await.0,
+            StatusCode::OK,
+            "{uri}"
+        );
+    }
 }
 
 #[test]
@@ -260,10 +270,11 @@ fn the_table_names_every_route_of_the_router() {
             (pattern.split('/').collect(), uri.split('/').collect());
         p.len() == u.len() && p.iter().zip(&u).all(|(p, u)| p.starts_with('{') || p == u)
     };
-    // `/health` asks for no token: the test above tries it without one.
-    for pattern in patterns.into_iter().filter(|p| *p != "/health") {
+    // The routes that ask for no token: the test above tries them without one.
+    for pattern in patterns {
         assert!(
-            ROUTES.iter().any(|(_, uri, _, _)| matches(pattern, uri)),
+            ROUTES.iter().any(|(_, uri, _, _)| matches(pattern, uri))
+                || OPEN.iter().any(|uri| matches(pattern, uri)),
             "route {pattern} has no row in ROUTES"
         );
     }

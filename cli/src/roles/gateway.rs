@@ -540,6 +540,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         to_seal: None,
     };
+    let cluster = cluster_status(sequencers.clone(), shard.views.clone());
     tokio::spawn(event_loop(follower, sequencers));
     ready_rx
         .wait_for(|ready| *ready)
@@ -565,6 +566,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         object_retention: options.object_retention,
         packages: options.packages.clone(),
         tokens: tokens.clone(),
+        cluster: Some(cluster),
     };
     let state = gateway::http::default_state(log, metrics, setup)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;
@@ -638,6 +640,65 @@ const EVENT_BATCH_MAX: usize = 512;
 
 /// Applies committed events in order, resubscribing after any break, and when another member
 /// says it leads (the stream of a stopped leader is silent rather than broken).
+/// `GET /cluster`'s view of the other roles: every sequencer's and every storage node's
+/// status (of the newest view this gateway applied), asked all at once; an error for a node
+/// that does not answer.
+fn cluster_status(
+    sequencers: Arc<SequencerClients>,
+    views: watch::Receiver<Views>,
+) -> gateway::http::ClusterStatus {
+    use futures::future::join_all;
+    // A node that does not answer within this is shown as not answering.
+    const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+    async fn json(
+        reply: impl std::future::Future<
+            Output = Result<tonic::Response<pb::StatusReply>, tonic::Status>,
+        >,
+    ) -> serde_json::Value {
+        match tokio::time::timeout(STATUS_TIMEOUT, reply).await {
+            Ok(Ok(reply)) => serde_json::from_str(&reply.into_inner().json)
+                .unwrap_or_else(|e| serde_json::json!({"error": format!("not JSON: {e}")})),
+            Ok(Err(status)) => serde_json::json!({"error": status.message()}),
+            Err(_) => serde_json::json!({"error": "no answer within a second"}),
+        }
+    }
+    Arc::new(move || {
+        let members = sequencers.members();
+        let storage: Vec<(NodeId, String)> = views
+            .borrow()
+            .latest()
+            .map(|v| v.storage.iter().map(|(id, a)| (*id, a.clone())).collect())
+            .unwrap_or_default();
+        Box::pin(async move {
+            let sequencers = join_all(members.into_iter().map(|(id, mut client)| async move {
+                let status = json(client.status(pb::StatusRequest {})).await;
+                (id.0.to_string(), status)
+            }));
+            let storage = join_all(storage.into_iter().map(|(id, addr)| async move {
+                let status = match channel(&addr) {
+                    Ok(channel) => {
+                        json(StorageClient::new(channel).status(pb::StatusRequest {})).await
+                    }
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                };
+                (id.0.to_string(), status)
+            }));
+            let (sequencers, storage) = tokio::join!(sequencers, storage);
+            // The leader of the highest term, if any says it leads.
+            let leader = sequencers
+                .iter()
+                .filter(|(_, s)| s["is_leader"] == true)
+                .max_by_key(|(_, s)| s["term"].as_u64())
+                .map(|(id, _)| id.clone());
+            serde_json::json!({
+                "leader": leader,
+                "sequencers": sequencers.into_iter().collect::<serde_json::Map<_, _>>(),
+                "storage": storage.into_iter().collect::<serde_json::Map<_, _>>(),
+            })
+        })
+    })
+}
+
 async fn event_loop(mut follower: Follower, sequencers: Arc<SequencerClients>) {
     loop {
         let (leader, mut stream) = sequencers.subscribe(follower.log.metalog_position()).await;

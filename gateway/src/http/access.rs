@@ -28,8 +28,9 @@ pub(crate) fn need_of(
     let path_book = || parse_book(&param("book").unwrap_or_default());
     let function = || param("name").unwrap_or_default();
     Ok(match route {
-        "/health" => Need::Nothing,
-        "/metrics" => Need::Metrics,
+        // The console's page and script: what it shows, it reads with the user's token.
+        "/health" | "/console" | "/console/{file}" => Need::Nothing,
+        "/metrics" | "/cluster" => Need::Metrics,
         "/tokens" | "/tokens/{id}" => Need::Admin,
         "/functions" | "/packages" => Need::AnyToken,
         "/packages/{name}" if reads => Need::AnyToken,
@@ -37,7 +38,8 @@ pub(crate) fn need_of(
         "/function/{name}" | "/asyncFunction/{name}" | "/workflows/{name}/{id}" => {
             Need::Invoke(function())
         }
-        "/invocations/{id}"
+        "/invocations"
+        | "/invocations/{id}"
         | "/workflows"
         | "/workflows/{id}"
         | "/workflows/{id}/signals/{name}"
@@ -52,6 +54,7 @@ pub(crate) fn need_of(
         | "/objects/{collection}/{key}/history"
         | "/objects/{class}"
         | "/transactions/{id}"
+        | "/queues"
         | "/queues/{name}"
         | "/queues/{name}/groups/{group}/dead-letters"
             if reads =>

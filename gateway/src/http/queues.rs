@@ -68,6 +68,16 @@ pub struct Queues {
 }
 
 impl Queues {
+    /// The names of the queues of `book` this gateway has opened.
+    pub fn names(&self, book: BookId) -> Vec<String> {
+        let queues = self.queues.lock().expect("queues lock");
+        queues
+            .keys()
+            .filter(|(b, _)| *b == book)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
     /// Notes that queue `name` was pushed to or popped from: the next trims look at it.
     pub fn touch(&self, book: BookId, name: &str) {
         self.active

@@ -38,6 +38,7 @@ pub fn app_over(log: Arc<dyn LogBook>) -> (Router, Arc<gateway::auth::Tokens>) {
         classes,
         packages: Default::default(),
         tokens: tokens.clone(),
+        cluster: None,
     }));
     (app, tokens)
 }
