@@ -146,14 +146,11 @@ impl RunConfig for AppendConfig {
     }
 }
 
-/// A gateway address, "host:port" or "http://host:port[/]", as "http://host:port".
+/// A gateway address, "host:port" or "http(s)://host:port[/]", as "http://host:port" (or
+/// "https://...": `TALLY_CA` names the CA to trust, `http::client_builder`).
 pub fn base_url(addr: &str) -> anyhow::Result<String> {
     let addr = addr.trim().trim_end_matches('/');
-    ensure!(
-        !addr.starts_with("https://"),
-        "{addr}: https is not supported, gateways speak plain HTTP"
-    );
-    let url = if addr.starts_with("http://") {
+    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
@@ -198,7 +195,7 @@ struct Gateway {
 
 impl Gateway {
     fn new(addr: &str, pool_size: usize, book: u32, tags: u64) -> anyhow::Result<Gateway> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()?
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(pool_size)
@@ -643,10 +640,8 @@ mod tests {
         };
         assert!(AppendConfig::default().validate().is_ok());
         check(|c| c.addrs.clear(), "no gateway address");
-        check(
-            |c| c.addrs = vec!["https://x:1".into()],
-            "https is not supported",
-        );
+        assert_eq!(base_url("https://x:1/").unwrap(), "https://x:1");
+        assert_eq!(base_url("x:1").unwrap(), "http://x:1");
         check(|c| c.addrs = vec!["x:1/path".into()], "expected host:port");
         check(|c| c.clients = 0, "clients must be");
         check(|c| c.clients = CLIENTS_MAX + 1, "clients must be");

@@ -154,8 +154,10 @@ fn endpoint_url(url: &str) -> anyhow::Result<EndpointUrl> {
     let checked = url.replace(ID_PLACEHOLDER, "bench-0-0-0");
     let parsed = reqwest::Url::parse(&checked).with_context(|| format!("bad URL {url:?}"))?;
     ensure!(
-        parsed.scheme() == "http" && parsed.host().is_some() && parsed.path() != "/",
-        "bad URL {url:?}: expected http://host:port/path (https is not supported)"
+        matches!(parsed.scheme(), "http" | "https")
+            && parsed.host().is_some()
+            && parsed.path() != "/",
+        "bad URL {url:?}: expected http(s)://host:port/path"
     );
     if per_call {
         Ok(EndpointUrl::PerCall(url.to_string()))
@@ -190,7 +192,7 @@ impl Endpoint {
         request_timeout: Duration,
         run_id: &str,
     ) -> anyhow::Result<Endpoint> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()?
             .timeout(request_timeout)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(config.clients.div_ceil(config.urls.len()))
@@ -451,11 +453,19 @@ mod tests {
         };
         assert!(CallConfig::default().validate().is_ok());
         check(|c| c.urls.clear(), "no endpoint URL");
+        let https = CallConfig {
+            urls: vec!["https://x:1/f".into()],
+            ..CallConfig::default()
+        };
+        assert!(https.validate().is_ok());
         check(
-            |c| c.urls = vec!["https://x:1/f".into()],
-            "expected http://",
+            |c| c.urls = vec!["ftp://x:1/f".into()],
+            "expected http(s)://",
         );
-        check(|c| c.urls = vec!["http://x:1".into()], "expected http://");
+        check(
+            |c| c.urls = vec!["http://x:1".into()],
+            "expected http(s)://",
+        );
         check(|c| c.urls = vec!["x:1/f".into()], "bad URL");
         check(|c| c.input = "not json".into(), "the input must be JSON");
         check(|c| c.input = " ".repeat(INPUT_BYTES_MAX + 1), "at most");

@@ -25,6 +25,7 @@ mod call;
 mod closed_loop;
 mod cpu;
 mod filler;
+mod http;
 #[cfg(feature = "jetstream")]
 mod jetstream;
 #[cfg(feature = "jetstream")]

@@ -705,7 +705,7 @@ async fn post(
 }
 
 fn http_client(pool: usize) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    crate::http::client_builder()?
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_max_idle_per_host(pool)
@@ -1178,10 +1178,6 @@ mod tests {
         check(
             &["--workload", "counter", "--duration", "0"],
             "duration must be above 0",
-        );
-        check(
-            &["--workload", "counter", "--addr", "https://h:1"],
-            "https is not supported",
         );
         check(
             &["--workload", "counter", "--restate", "http://h:1/x"],

@@ -487,7 +487,7 @@ struct TallyDelivery {
 
 impl TallyClient {
     fn new(base: &str, queue: &str) -> anyhow::Result<TallyClient> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()?
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

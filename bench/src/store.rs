@@ -435,7 +435,7 @@ struct TallyConnection {
 
 impl TallyConnection {
     fn new(base: &str) -> anyhow::Result<TallyConnection> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()?
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()

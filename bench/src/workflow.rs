@@ -283,10 +283,6 @@ mod tests {
         check(|c| c.name = "{n}".into(), "bad workflow name");
         check(|c| c.input = "not json".into(), "the input must be JSON");
         check(|c| c.clients = 0, "clients must be");
-        check(
-            |c| c.addrs = vec!["https://h:1".into()],
-            "https is not supported",
-        );
     }
 
     #[test]

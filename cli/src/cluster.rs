@@ -69,6 +69,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub nodes: Vec<NodeEntry>,
+    /// For a cluster made with `--tls`: the certificate, key and CA the CLI's own gRPC calls
+    /// to its nodes use (its nodes ask for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<config::TlsFile>,
 }
 
 /// One node in cluster.json.
@@ -139,7 +143,21 @@ impl Manifest {
             ),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let manifest: Manifest =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        manifest.use_tls()?;
+        Ok(manifest)
+    }
+
+    /// For a cluster with TLS, whose nodes take mutual TLS only: this process's calls to them
+    /// present the CLI's certificate.
+    fn use_tls(&self) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            crate::roles::tls::install(crate::roles::tls::RoleTls::load(
+                &tls.cert, &tls.key, &tls.ca,
+            )?)?;
+        }
+        Ok(())
     }
 
     /// Replaces cluster.json atomically, so a reader never sees half of it.
@@ -229,6 +247,9 @@ pub struct UpOptions {
     pub durability: Option<DurabilityMode>,
     pub cut_interval_us: Option<u64>,
     pub timeout: Duration,
+    /// Make a CA and a certificate per process (in DIR/certs), and have every node speak
+    /// mutual TLS and every gateway HTTPS.
+    pub tls: bool,
 }
 
 /// `tally cluster up`: creates the cluster's files (or reuses them), starts every node, waits
@@ -267,7 +288,9 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         println!("restarting the cluster in {} from its files", dir.display());
         manifest
     } else {
-        create(&dir, &options)?
+        let manifest = create(&dir, &options)?;
+        manifest.use_tls()?;
+        manifest
     };
 
     let mut started = Vec::new();
@@ -338,6 +361,9 @@ fn count(n: usize, noun: &str) -> String {
 /// On a restart, flags must agree with what the files say: they describe the cluster being
 /// started, and changing them silently would not happen anyway.
 fn check_restart(manifest: &Manifest, options: &UpOptions) -> anyhow::Result<()> {
+    if options.tls && manifest.tls.is_none() {
+        bail!("--tls makes a new cluster's certificates; this cluster was made without it");
+    }
     let counts = [
         (
             "--sequencers",
@@ -441,7 +467,10 @@ fn refresh(manifest: &Manifest) -> anyhow::Result<Manifest> {
             ..node.clone()
         });
     }
-    Ok(Manifest { nodes })
+    Ok(Manifest {
+        nodes,
+        tls: manifest.tls.clone(),
+    })
 }
 
 fn load_node(role: Role, path: &Path) -> anyhow::Result<(NodeFile, config::RoleOptions)> {
@@ -454,8 +483,9 @@ fn load_node(role: Role, path: &Path) -> anyhow::Result<(NodeFile, config::RoleO
 /// A node's gRPC address (as the other nodes dial it) and HTTP URL.
 fn addresses(file: &NodeFile, options: &config::RoleOptions) -> (Option<String>, Option<String>) {
     let rpc = file.dialled_addr();
+    let scheme = if file.tls.is_some() { "https" } else { "http" };
     let http = match options {
-        config::RoleOptions::Gateway(g) => Some(format!("http://{}", g.http)),
+        config::RoleOptions::Gateway(g) => Some(format!("{scheme}://{}", g.http)),
         _ => None,
     };
     (rpc, http)
@@ -570,14 +600,38 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
         cut_interval_us,
     );
 
+    let certs = options.tls.then(|| dir.join(CERTS_DIR));
+    let tls = match &certs {
+        Some(certs) => {
+            crate::cert::make_ca(certs, "tally cluster CA")?;
+            Some(tls_files(certs, "cli")?)
+        }
+        None => None,
+    };
+    // A process's `[tls]` section (its own certificate), and its URLs' scheme.
+    let tls_section = |stem: &str| -> anyhow::Result<String> {
+        let Some(certs) = &certs else {
+            return Ok(String::new());
+        };
+        let files = tls_files(certs, stem)?;
+        Ok(format!(
+            "\n[tls]\ncert = {}\nkey = {}\nca = {}\n",
+            toml_string(&files.cert.to_string_lossy()),
+            toml_string(&files.key.to_string_lossy()),
+            toml_string(&files.ca.to_string_lossy()),
+        ))
+    };
+    let scheme = if options.tls { "https" } else { "http" };
     if options.nodes.is_some() {
         let nodes = create_hosts(
             dir,
             &cluster,
             [&sequencer_map, &storage_map, &gateway_map],
             &workers_map,
+            &tls_section,
+            scheme,
         )?;
-        return finish_create(dir, Manifest { nodes });
+        return finish_create(dir, Manifest { nodes, tls });
     }
     let mut nodes = Vec::new();
     let plan = [
@@ -607,6 +661,7 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
                 }
             }
             text += &cluster;
+            text += &tls_section(&stem)?;
             fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
             if let Some(data_dir) = &data_dir {
                 fs::create_dir_all(data_dir)
@@ -617,7 +672,7 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
                 id,
                 pid: None,
                 rpc: (role != Role::Gateway).then(|| addr.clone()),
-                http: (role == Role::Gateway).then(|| format!("http://{addr}")),
+                http: (role == Role::Gateway).then(|| format!("{scheme}://{addr}")),
                 workers: (role == Role::Gateway).then(|| workers_map[&id].clone()),
                 data_dir,
                 config,
@@ -626,7 +681,20 @@ fn create(dir: &Path, options: &UpOptions) -> anyhow::Result<Manifest> {
             });
         }
     }
-    finish_create(dir, Manifest { nodes })
+    finish_create(dir, Manifest { nodes, tls })
+}
+
+/// Where `--tls` puts the cluster's CA and certificates, under the cluster's directory.
+pub const CERTS_DIR: &str = "certs";
+
+/// Makes the certificate of process `stem` (for 127.0.0.1 and localhost, where the cluster
+/// runs), signed by the CA in `certs`; its files.
+fn tls_files(certs: &Path, stem: &str) -> anyhow::Result<config::TlsFile> {
+    let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+    let cert = crate::cert::make_node(certs, stem, &hosts)?;
+    let (_, key) = crate::cert::node_files(certs, stem);
+    let (ca, _) = crate::cert::ca_files(certs);
+    Ok(config::TlsFile { cert, key, ca })
 }
 
 /// Checks every file of a new cluster as its node will, then writes cluster.json.
@@ -645,6 +713,8 @@ fn create_hosts(
     cluster: &str,
     maps: [&BTreeMap<u32, String>; 3],
     workers: &BTreeMap<u32, String>,
+    tls_section: &dyn Fn(&str) -> anyhow::Result<String>,
+    scheme: &str,
 ) -> anyhow::Result<Vec<NodeEntry>> {
     let [sequencers, storage, gateways] = maps;
     let mut nodes = Vec::new();
@@ -655,7 +725,7 @@ fn create_hosts(
         let stem = format!("node-{host}");
         let config = dir.join(format!("{stem}.toml"));
         let data_dir = dir.join(&stem);
-        let text = format!(
+        let mut text = format!(
             "# Written by `tally cluster up`; `tally cluster up --dir {}` starts the cluster\n\
              # again from these files. The [cluster] section is the same in every node's file.\n\
              # `tally node --config` runs every role `roles` lists in one process.\n\
@@ -670,6 +740,7 @@ fn create_hosts(
             toml_string(http),
             toml_string(&workers[&gateway]),
         );
+        text += &tls_section(&stem)?;
         fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
         let entry = |role: Role, id: u32| NodeEntry {
             role,
@@ -680,7 +751,7 @@ fn create_hosts(
                 Role::Storage => Some(store_addr.clone()),
                 Role::Gateway => None,
             },
-            http: (role == Role::Gateway).then(|| format!("http://{http}")),
+            http: (role == Role::Gateway).then(|| format!("{scheme}://{http}")),
             workers: (role == Role::Gateway).then(|| workers[&gateway].clone()),
             data_dir: (role != Role::Gateway).then(|| data_dir.join(role.name())),
             config: config.clone(),
@@ -988,10 +1059,14 @@ async fn statuses(manifest: &Manifest, role: Role) -> BTreeMap<u32, Result<Value
 }
 
 async fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(grpc_uri(addr))
+    let tls = crate::roles::tls::installed();
+    let mut endpoint = tonic::transport::Endpoint::from_shared(grpc_uri(addr, tls.is_some()))
         .with_context(|| format!("bad address {addr}"))?
         .connect_timeout(STATUS_TIMEOUT)
         .timeout(STATUS_TIMEOUT);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client())?;
+    }
     endpoint.connect().await.context("connecting")
 }
 
@@ -1295,6 +1370,7 @@ pub async fn start(dir: &Path, id: u32, timeout: Duration) -> anyhow::Result<()>
     let group = manifest.process_of(index);
     let refreshed = refresh(&Manifest {
         nodes: group.iter().map(|&i| manifest.nodes[i].clone()).collect(),
+        tls: manifest.tls.clone(),
     })?;
     for (&i, node) in group.iter().zip(refreshed.nodes) {
         manifest.nodes[i] = node;
@@ -1430,7 +1506,49 @@ mod tests {
             durability: None,
             cut_interval_us: None,
             timeout: Duration::from_secs(1),
+            tls: false,
         }
+    }
+
+    #[test]
+    fn with_tls_every_process_has_its_certificate_and_gateways_serve_https() {
+        let dir = tempfile::tempdir().unwrap();
+        for nodes in [None, Some(3)] {
+            let dir = dir.path().join(format!("{nodes:?}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let options = UpOptions {
+                nodes,
+                tls: true,
+                ..options(&dir)
+            };
+            let manifest = create(&dir, &options).unwrap();
+            let cli = manifest.tls.clone().expect("the CLI's certificate");
+            assert_eq!(cli.cert, dir.join("certs/cli.pem"));
+            let mut certs = std::collections::BTreeSet::new();
+            for node in &manifest.nodes {
+                let tls = config::load_tls(&node.config)
+                    .unwrap()
+                    .expect("a [tls] section");
+                assert_eq!(tls.ca, dir.join("certs/ca.pem"));
+                certs.insert(tls.cert.clone());
+                if node.role == Role::Gateway {
+                    assert!(node.http.as_deref().unwrap().starts_with("https://"));
+                }
+            }
+            // One certificate per process: 8 processes, or 3 nodes of three roles.
+            assert_eq!(certs.len(), if nodes.is_some() { 3 } else { 8 });
+            // A restart reads the same files; --tls on a cluster made without it is refused.
+            assert_eq!(refresh(&manifest).unwrap().tls, manifest.tls);
+        }
+        let plain = dir.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        let manifest = create(&plain, &options(&plain)).unwrap();
+        let again = UpOptions {
+            tls: true,
+            ..options(&plain)
+        };
+        let error = check_restart(&manifest, &again).unwrap_err().to_string();
+        assert!(error.contains("made without it"), "{error}");
     }
 
     #[test]

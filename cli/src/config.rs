@@ -134,6 +134,45 @@ pub struct NodeFile {
     pub functions: BTreeMap<String, FunctionFile>,
     /// Package files of classes to install (gateways), relative to the config file.
     pub packages: Option<Vec<PathBuf>>,
+    /// `[tls]`: the node's certificate, its key and the cluster's CA (`load_tls`).
+    pub tls: Option<TlsFile>,
+}
+
+/// The `[tls]` section of a node file: PEM files, relative to the file. With it, the node's
+/// roles speak mutual TLS to each other (each presents its certificate, and trusts only
+/// certificates the CA signed), and a gateway serves HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// The `[tls]` section of the node file at `path` (of one role or several), its files read
+/// and checked; `None` without one.
+pub fn load_tls(path: &Path) -> anyhow::Result<Option<crate::roles::tls::RoleTls>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let tls = if hosts_roles(&text) {
+        parse_host(path, &text)?.tls
+    } else {
+        parse_file(path, &text)?.tls
+    };
+    let Some(tls) = tls else {
+        return Ok(None);
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let at = |p: &Path| {
+        if p.is_relative() {
+            dir.join(p)
+        } else {
+            p.to_path_buf()
+        }
+    };
+    crate::roles::tls::RoleTls::load(&at(&tls.cert), &at(&tls.key), &at(&tls.ca))
+        .map(Some)
+        .with_context(|| format!("the [tls] section of {}", path.display()))
 }
 
 /// Longest an HTTP timeout may be, in ms: a day.
@@ -363,6 +402,8 @@ pub struct HostFile {
     pub gateway: Option<NodeFile>,
     #[serde(default)]
     pub cluster: ClusterFile,
+    /// Shared by the node's roles: one process, one certificate.
+    pub tls: Option<TlsFile>,
 }
 
 impl HostFile {
@@ -416,9 +457,15 @@ impl HostFile {
         if table.cluster != ClusterFile::default() {
             bail!("{at}: [{role}.cluster] is not read; the [cluster] section is shared by the node's roles");
         }
+        if table.tls.is_some() {
+            bail!(
+                "{at}: [{role}.tls] is not read; the [tls] section is shared by the node's roles"
+            );
+        }
         let mut file = table.clone();
         file.role = Some(role);
         file.cluster = self.cluster.clone();
+        file.tls = self.tls.clone();
         if role != Role::Gateway && file.data_dir.is_none() {
             file.data_dir = self.data_dir.as_ref().map(|d| d.join(role.name()));
         }
@@ -1692,6 +1739,10 @@ sequencers = { 0 = "127.0.0.1:7000" }
                 "says role = \"gateway\"",
             ),
             (
+                "roles = [\"storage\"]\n[storage]\nid = 10\n[storage.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n",
+                "[storage.tls] is not read",
+            ),
+            (
                 "roles = [\"storage\"]\n[storage]\nid = 10\nport = 1\n",
                 "unknown field",
             ),
@@ -1733,5 +1784,53 @@ sequencers = { 0 = "127.0.0.1:7000" }
         std::fs::write(&path, SEQUENCER).unwrap();
         let error = load_host(&path).unwrap_err().to_string();
         assert!(error.contains("no `roles` list"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    /// `[tls]` paths are read relative to the file; a missing file, a key that is not the
+    /// certificate's and an unknown key are errors naming the file.
+    #[test]
+    fn the_tls_section_is_read_relative_to_its_file_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        crate::cert::make_ca(&certs, "test CA").unwrap();
+        crate::cert::make_node(&certs, "a", &["127.0.0.1".to_string()]).unwrap();
+        crate::cert::make_node(&certs, "b", &["127.0.0.1".to_string()]).unwrap();
+        let file = dir.path().join("seq.toml");
+        let write = |tls: &str| {
+            std::fs::write(
+                &file,
+                format!("role = \"sequencer\"\nid = 0\n\n[tls]\n{tls}"),
+            )
+            .unwrap()
+        };
+        write("cert = \"certs/a.pem\"\nkey = \"certs/a-key.pem\"\nca = \"certs/ca.pem\"\n");
+        let tls = load_tls(&file).unwrap().expect("a [tls] section");
+        assert_eq!(tls.cert, dir.path().join("certs/a.pem"));
+        for (tls, expect) in [
+            (
+                "cert = \"certs/a.pem\"\nkey = \"certs/b-key.pem\"\nca = \"certs/ca.pem\"\n",
+                "do not make a certificate and its key",
+            ),
+            (
+                "cert = \"certs/a.pem\"\nkey = \"certs/a-key.pem\"\nca = \"certs/none.pem\"\n",
+                "none.pem",
+            ),
+            (
+                "cert = \"certs/a.pem\"\nkey = \"certs/a-key.pem\"\n",
+                "missing field `ca`",
+            ),
+        ] {
+            write(tls);
+            let error = format!("{:#}", load_tls(&file).unwrap_err());
+            assert!(error.contains(expect), "{error}");
+            assert!(error.contains("seq.toml"), "{error}");
+        }
+        std::fs::write(&file, "role = \"sequencer\"\nid = 0\n").unwrap();
+        assert!(load_tls(&file).unwrap().is_none());
     }
 }

@@ -233,6 +233,10 @@ enum ClusterCommand {
         /// How long to wait for the cluster to be ready, in seconds.
         #[arg(long, default_value_t = cluster::READY_TIMEOUT_SECS_DEFAULT)]
         timeout_secs: u64,
+        /// Make a CA and a certificate per process (in DIR/certs): the nodes speak mutual TLS
+        /// to each other, gateways serve HTTPS (a new cluster only).
+        #[arg(long)]
+        tls: bool,
     },
     /// Print the nodes, the leader, the view and the progress of shards and nodes.
     Status {
@@ -360,6 +364,10 @@ struct UpArgs {
     /// The private key of `--tls-cert` (PEM).
     #[arg(long, value_name = "PEM")]
     tls_key: Option<PathBuf>,
+    /// With `--tls-cert`: the worker address takes mutual TLS only, workers and log clients
+    /// showing a certificate this CA signed (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// Requests a second each API token may make, unless made with its own `--rate`; past
     /// it, 429 (0: no limit).
     #[arg(long, default_value_t = gateway::auth::RATE_PER_TOKEN_DEFAULT, value_parser = clap::value_parser!(u32).range(0..=gateway::auth::RATE_PER_TOKEN_MAX as i64))]
@@ -909,6 +917,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Cluster(cmd) => cluster_command(cmd).await,
             Command::Node(args) => {
                 let roles = config::load_host(&args.config)?;
+                if let Some(tls) = config::load_tls(&args.config)? {
+                    tally_cli::roles::tls::install(tls)?;
+                }
                 tally_cli::roles::host::run(roles).await
             }
         }
@@ -969,6 +980,15 @@ impl From<GatewayArgs> for RoleArgs {
 
 async fn run_role(role: Role, args: RoleArgs) -> anyhow::Result<()> {
     let options = config::load(role, args.config.as_deref(), args.overrides)?;
+    if let Some(tls) = args
+        .config
+        .as_deref()
+        .map(config::load_tls)
+        .transpose()?
+        .flatten()
+    {
+        tally_cli::roles::tls::install(tls)?;
+    }
     match options {
         RoleOptions::Sequencer(o) => tally_cli::roles::sequencer::run(o).await,
         RoleOptions::Storage(o) => tally_cli::roles::storage::run(o).await,
@@ -988,6 +1008,7 @@ async fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<()> {
             durability,
             cut_interval_us,
             timeout_secs,
+            tls,
         } => {
             cluster::up(cluster::UpOptions {
                 dir: dir.dir,
@@ -999,6 +1020,7 @@ async fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<()> {
                 durability: durability.map(DurabilityArg::mode),
                 cut_interval_us,
                 timeout: Duration::from_secs(timeout_secs),
+                tls,
             })
             .await
         }
@@ -1038,6 +1060,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("--tls-cert and --tls-key go together"),
     };
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        tally_cli::roles::tls::install(tally_cli::roles::tls::RoleTls::load(cert, key, ca)?)?;
+    }
     let node = Node::start(config).await?;
     let tokens = gateway::auth::Tokens::load(node.log.clone(), None)
         .await
@@ -1074,6 +1099,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         packages: tally_cli::config::load_packages(&args.packages).context("--package")?,
         tokens: tokens.clone(),
         cluster: None,
+        peer_ca: None,
     };
     let state = gateway::http::default_state(node.log.clone(), node.metrics.clone(), setup)
         .map_err(|e| anyhow::anyhow!("--functions: {e}"))?;
@@ -1093,7 +1119,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 state.engine.clone(),
                 tokens,
             ))
-            .serve_with_incoming(tally_cli::roles::incoming(workers)),
+            .serve_with_incoming(tally_cli::roles::local::incoming(workers, "")?),
     );
     let app = gateway::http::router(state);
 

@@ -121,8 +121,21 @@ impl LogClient {
     /// Connects as `connect` does, sending `token` (an API token, `tly_...`) with every call
     /// when given.
     pub async fn connect_with_token(addr: &str, token: Option<&str>) -> Result<LogClient, Error> {
+        LogClient::connect_with(addr, token, None).await
+    }
+
+    /// Connects as `connect_with_token` does, over mutual TLS when `tls` is given (showing its
+    /// certificate, trusting its CA alone): what a gateway whose node has a `[tls]` section
+    /// asks of log clients.
+    pub async fn connect_with(
+        addr: &str,
+        token: Option<&str>,
+        tls: Option<&logbook::rpc::ClientTls>,
+    ) -> Result<LogClient, Error> {
         let uri = if addr.contains("://") {
             addr.to_string()
+        } else if tls.is_some() {
+            format!("https://{addr}")
         } else {
             format!("http://{addr}")
         };
@@ -130,10 +143,16 @@ impl LogClient {
             addr: addr.to_string(),
             message,
         };
-        let channel = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| connect_error(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls.config())
+                .map_err(|e| connect_error(root_cause(&e)))?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| connect_error(root_cause(&e)))?;

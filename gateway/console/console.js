@@ -31,12 +31,26 @@ async function api(path, options = {}) {
   const reply = await fetch(path, { ...options, headers });
   const text = await reply.text();
   let body = null;
-  try { body = text ? JSON.parse(text) : null; } catch (_) { body = text; }
+  try { body = text ? parseJson(text) : null; } catch (_) { body = text; }
   if (!reply.ok) {
     const e = body && body.error ? body.error : { code: String(reply.status), message: text };
     throw new ApiError(reply.status, e.code, e.message);
   }
   return body;
+}
+
+// JSON with its integers beyond 2^53 (tags are 64-bit) kept exact, as BigInt, where the
+// browser passes the reviver the number's source text.
+function parseJson(text) {
+  return JSON.parse(text, (_, value, context) =>
+    typeof value === "number" && !Number.isSafeInteger(value) && context && /^-?\d+$/.test(context.source)
+      ? BigInt(context.source) : value);
+}
+
+// JSON text of a value that may hold BigInts, written as the integers they are.
+function jsonText(value, indent) {
+  return JSON.stringify(value, (_, v) => typeof v === "bigint"
+    ? (JSON.rawJSON ? JSON.rawJSON(v.toString()) : v.toString()) : v, indent);
 }
 
 async function metricsText() {
@@ -112,9 +126,9 @@ function humanTimes(text) {
 
 function pretty(value) {
   if (typeof value === "string") {
-    try { return JSON.stringify(JSON.parse(value), null, 2); } catch (_) { return value; }
+    try { return jsonText(parseJson(value), 2); } catch (_) { return value; }
   }
-  return JSON.stringify(value, null, 2);
+  return jsonText(value, 2);
 }
 
 // A record's data: text if it is UTF-8, else base64.
@@ -283,7 +297,7 @@ views.log = {
     this.pages = [0];
     this.next = null;
     const form = el("form", { class: "bar", id: "log-form", onsubmit: e => { e.preventDefault(); this.pages = [Number(form.from.value) || 0]; this.refresh(); } },
-      el("label", {}, "Tag (empty: every record)", el("input", { name: "tag", id: "log-tag", type: "number", min: "0" })),
+      el("label", {}, "Tag (empty: every record)", el("input", { name: "tag", id: "log-tag", inputmode: "numeric", pattern: "[0-9]*" })),
       el("label", {}, "From seqnum", el("input", { name: "from", id: "log-from", type: "number", min: "0", value: "0" })),
       el("label", {}, "Per page", el("input", { name: "limit", id: "log-limit", type: "number", min: "1", max: "1000", value: "50" })),
       el("label", {}, "Live tail", el("input", { name: "tail", id: "log-tail", type: "checkbox" })),
@@ -291,13 +305,50 @@ views.log = {
       el("button", { type: "button", class: "secondary", id: "log-prev", onclick: () => { if (this.pages.length > 1) this.pages.pop(); this.refresh(); } }, "Previous page"),
       el("button", { type: "button", class: "secondary", id: "log-next", onclick: () => { if (this.next !== null) this.pages.push(this.next); this.refresh(); } }, "Next page"));
     this.form = form;
-    root.append(el("h1", {}, "Log: book ", el("span", { id: "log-book" }, settings.book)), form, el("div", { id: "log-body" }));
+    this.tagsAfter = [null];
+    root.append(el("h1", {}, "Log: book ", el("span", { id: "log-book" }, settings.book)),
+      el("div", { class: "split" },
+        el("div", {}, el("h2", {}, "Books"), el("div", { id: "books-body" })),
+        el("div", {}, el("h2", {}, "Tags of this book"), el("div", { id: "tags-body" }))),
+      el("h2", {}, "Records"), form, el("div", { id: "log-body" }));
+  },
+  // The books and this book's tags: a click on one reads it.
+  async refreshCatalog() {
+    const books = document.getElementById("books-body");
+    try {
+      const list = await api("/log");
+      books.replaceChildren(table("books", ["Book", "Records #", "Tags #"], list.books.map(b =>
+        el("tr", { "data-book": b.book, class: "pick" + (b.book === settings.book ? " chosen" : ""), onclick: () => {
+          settings.book = b.book;
+          document.getElementById("book").value = b.book;
+          route();
+        } }, el("td", {}, b.book), el("td", { class: "num" }, b.records), el("td", { class: "num" }, b.tags)))));
+    } catch (e) {
+      books.replaceChildren(el("p", { class: "muted" }, e.message));
+    }
+    const after = this.tagsAfter[this.tagsAfter.length - 1];
+    const tags = await api(`/log/${settings.book}/tags?limit=20` + (after === null ? "" : "&after=" + after));
+    this.tagsNext = tags.next ?? null;
+    document.getElementById("tags-body").replaceChildren(
+      table("tags", ["Tag", "Records #"], tags.tags.map(t => el("tr", { "data-tag": t.tag, class: "pick", onclick: () => {
+        this.form.tag.value = t.tag;
+        this.form.from.value = "0";
+        this.pages = [0];
+        this.refresh();
+      } }, el("td", {}, t.tag), el("td", { class: "num" }, t.records)))),
+      el("p", {},
+        el("button", { type: "button", class: "secondary", id: "tags-prev", disabled: this.tagsAfter.length < 2,
+          onclick: () => { this.tagsAfter.pop(); this.refresh(); } }, "Previous tags"), " ",
+        el("button", { type: "button", class: "secondary", id: "tags-next", disabled: this.tagsNext === null,
+          onclick: () => { this.tagsAfter.push(this.tagsNext); this.refresh(); } }, "More tags")));
   },
   async refresh() {
+    await this.refreshCatalog();
     const f = this.form;
     const tail = f.tail.checked;
     const limit = Math.min(Math.max(Number(f.limit.value) || 50, 1), 1000);
-    const tag = f.tag.value === "" ? "" : "&tag=" + Number(f.tag.value);
+    // Tags are 64-bit: the digits go as they are.
+    const tag = f.tag.value.trim() === "" ? "" : "&tag=" + encodeURIComponent(f.tag.value.trim());
     let records;
     if (tail) {
       // The newest records: read from where the last page ended until the log's end.
@@ -471,9 +522,9 @@ views.workflows = {
   async signal(form) {
     const result = document.getElementById("action-result");
     let payload;
-    try { payload = JSON.parse(form.payload.value || "null"); } catch (e) { result.textContent = "The payload is not JSON: " + e.message; return; }
+    try { payload = parseJson(form.payload.value || "null"); } catch (e) { result.textContent = "The payload is not JSON: " + e.message; return; }
     await act(result, () => api(`/workflows/${encodeURIComponent(this.id)}/signals/${encodeURIComponent(form.name.value)}`,
-      { method: "POST", body: JSON.stringify(payload), headers: { "Content-Type": "application/json" } }), "Signal " + form.name.value + " sent.");
+      { method: "POST", body: jsonText(payload), headers: { "Content-Type": "application/json" } }), "Signal " + form.name.value + " sent.");
     this.refresh();
   },
   async cancel() {
@@ -523,7 +574,7 @@ views.objects = {
       el("h2", {}, "State"), el("pre", { id: "object-doc" }, doc === undefined ? "(no such object)" : pretty(doc)),
       el("h2", {}, "History"),
       table("history", ["Seqnum #", "Kind", "Operations", "Took effect"], changes.reverse().map(ch => el("tr", { "data-seqnum": ch.seqnum },
-        el("td", { class: "num" }, ch.seqnum), el("td", {}, ch.kind), el("td", {}, el("code", {}, JSON.stringify(ch.ops))),
+        el("td", { class: "num" }, ch.seqnum), el("td", {}, ch.kind), el("td", {}, el("code", {}, jsonText(ch.ops))),
         el("td", {}, ch.applied ? badge("ok") : el("span", { class: "bad" }, "no: " + (ch.reason || "")))))));
   },
 };

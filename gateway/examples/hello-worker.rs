@@ -33,6 +33,14 @@ struct Args {
     /// An API token of scope `worker`, once the gateway asks for tokens.
     #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Attach over mutual TLS (a gateway with a `[tls]` section asks for it): the cluster's
+    /// CA, and this worker's certificate and key (`tally cert node`), PEM files.
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<std::path::PathBuf>,
+    #[arg(long, requires = "ca")]
+    cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "ca")]
+    key: Option<std::path::PathBuf>,
 }
 
 async fn hello(_ctx: Ctx, input: Bytes) -> FunctionResult {
@@ -104,6 +112,15 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(token) = &args.token {
         worker.token(token);
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (&args.ca, &args.cert, &args.key) {
+        match logbook::rpc::ClientTls::from_files(ca, cert, key) {
+            Ok(tls) => worker.tls(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     }
     match worker.serve(&args.gateway).await {
         Ok(()) => {

@@ -779,6 +779,16 @@ impl LogEngine {
         self.trims_applied
     }
 
+    /// Every book the index holds (`TagIndex::books`).
+    pub fn books(&self) -> Vec<logbook::BookSummary> {
+        self.index.books()
+    }
+
+    /// The tags of `book` after `after`, at most `limit` (`TagIndex::tags`).
+    pub fn tags(&self, book: BookId, after: Option<Tag>, limit: usize) -> Vec<(Tag, u64)> {
+        self.index.tags(book, after, limit)
+    }
+
     /// The metalog position of the next entry to apply: entries before it are in the index.
     pub fn metalog_position(&self) -> u64 {
         self.metalog_position

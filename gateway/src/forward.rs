@@ -68,11 +68,19 @@ impl Forwarder {
         peers: watch::Receiver<Peers>,
         progress: Arc<dyn Fn() -> Option<Seqnum> + Send + Sync>,
         tokens: Arc<crate::auth::Tokens>,
+        peer_ca: Option<reqwest::Certificate>,
     ) -> Forwarder {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+        let mut http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        // Peers that serve HTTPS have certificates of the cluster's CA, trusted alone.
+        if let Some(ca) = peer_ca {
+            http = http
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+        }
+        let http = http
             .build()
-            .expect("an HTTP client with default TLS-free settings builds");
+            .expect("an HTTP client of these settings builds");
         Forwarder {
             http,
             peers,

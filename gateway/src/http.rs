@@ -7,7 +7,7 @@ mod classes;
 mod console;
 mod objects;
 mod queues;
-pub use console::{ClusterStatus, INVOCATION_LIST_MAX};
+pub use console::{ClusterStatus, INVOCATION_LIST_MAX, TAG_LIST_MAX};
 pub use objects::{HISTORY_LIMIT_DEFAULT, VERSION_HEADER};
 pub use queues::{Queues, POP_WAIT_MS_MAX, QUEUE_HANDLES_MAX, QUEUE_TRIM_EVERY};
 
@@ -187,6 +187,7 @@ pub fn default_state(
         setup.peers,
         progress,
         setup.tokens.clone(),
+        setup.peer_ca,
     ));
     let state = Arc::new(AppState {
         dispatcher,
@@ -330,6 +331,8 @@ pub struct Setup {
     pub tokens: Arc<crate::auth::Tokens>,
     /// The statuses of the cluster's other roles, for `GET /cluster` (none for `tally up`).
     pub cluster: Option<ClusterStatus>,
+    /// The CA of the peers' HTTPS certificates, when the gateways serve HTTPS.
+    pub peer_ca: Option<reqwest::Certificate>,
 }
 
 /// How long an ended workflow instance is kept, by default: a week.
@@ -396,6 +399,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/queues/{name}/groups/{group}/{action}",
             post(queues::requeue_or_discard),
         )
+        .route("/log", get(console::list_books))
+        .route("/log/{book}/tags", get(console::list_tags))
         .route("/log/{book}/append", post(log_append))
         .route("/log/{book}/records", get(log_records))
         .route("/log/{book}/next", get(log_next))

@@ -259,6 +259,21 @@ impl GatewayLog {
         *self.covered.borrow()
     }
 
+    /// Every book the index holds, and its records and tags.
+    pub fn books(&self) -> Vec<logbook::BookSummary> {
+        self.lock().engine.books()
+    }
+
+    /// The tags of `book` after `after`, at most `limit`, each with its stream's length.
+    pub fn tags(
+        &self,
+        book: logbook::BookId,
+        after: Option<logbook::Tag>,
+        limit: usize,
+    ) -> Vec<(logbook::Tag, u64)> {
+        self.lock().engine.tags(book, after, limit)
+    }
+
     /// The metalog position of the next entry to apply.
     pub fn metalog_position(&self) -> u64 {
         self.lock().engine.metalog_position()

@@ -167,6 +167,19 @@ async fn connection<S>(
 
 /// The TLS side of a gateway's HTTPS: its certificate chain and private key, PEM files.
 pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    let config = tls_server_config(cert, key, None, &[b"http/1.1"])?;
+    Ok(TlsAcceptor::from(config))
+}
+
+/// A TLS server's settings from PEM files: its certificate chain and private key, and with
+/// `client_ca`, a certificate asked of every client and checked against that CA (mutual TLS).
+/// `alpn`: the protocols it speaks (`h2` for gRPC).
+pub fn tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
     use anyhow::Context as _;
     let read = |path: &std::path::Path| {
         std::fs::read(path).with_context(|| format!("reading {}", path.display()))
@@ -179,20 +192,40 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
         .with_context(|| format!("{}: not a PEM private key", key.display()))?
         .with_context(|| format!("{} holds no private key", key.display()))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+    let builder = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .with_context(|| {
-            format!(
-                "{} and {} do not make a certificate and its key",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        .context("TLS protocol versions")?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+            for root in rustls_pemfile::certs(&mut &read(ca)?[..]) {
+                let root =
+                    root.with_context(|| format!("{}: not PEM certificates", ca.display()))?;
+                roots
+                    .add(root)
+                    .with_context(|| format!("{}: not a CA certificate", ca.display()))?;
+            }
+            anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", ca.display());
+            let verifier =
+                tokio_rustls::rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .with_context(|| format!("checking clients against {}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, private).with_context(|| {
+        format!(
+            "{} and {} do not make a certificate and its key",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 /// Answers a connection past the limit with a 503 in the API's JSON shape and closes it.

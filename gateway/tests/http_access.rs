@@ -119,6 +119,8 @@ const ROUTES: &[(&str, &str, &str, &[&str])] = &[
     ("POST", "/queues/q1/groups/g1/requeue?id=1:1", "", APPEND_1),
     ("POST", "/log/1/append?tag=5", "r", APPEND_1),
     ("GET", "/log/1/records", "", READ_1),
+    ("GET", "/log/1/tags", "", READ_1),
+    ("GET", "/log", "", METRICS),
     ("GET", "/log/1/next?timeout_ms=0", "", READ_1),
     ("GET", "/metrics", "", METRICS),
     ("GET", "/cluster", "", METRICS),

@@ -212,6 +212,18 @@ impl BookIndex {
     }
 }
 
+/// A book as `TagIndex::books` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookSummary {
+    pub book: BookId,
+    /// Records its stream of every record has held (trimmed ones included).
+    pub records: u64,
+    /// Tags with a stream.
+    pub tags: usize,
+    /// Below this seqnum, the whole book is trimmed.
+    pub trimmed_below: Seqnum,
+}
+
 /// The index of every book of one physical log.
 #[derive(Debug, Default)]
 pub struct TagIndex {
@@ -345,6 +357,40 @@ impl TagIndex {
         self.books
             .get(&book)
             .map_or(Seqnum::ZERO, |b| b.all.trimmed_below)
+    }
+
+    /// Every book with a record, and how many records it and its tags' streams have held.
+    pub fn books(&self) -> Vec<BookSummary> {
+        self.books
+            .iter()
+            .map(|(book, index)| BookSummary {
+                book: *book,
+                records: index.all.len(),
+                tags: index.tags.len(),
+                trimmed_below: index.all.trimmed_below,
+            })
+            .collect()
+    }
+
+    /// The tags of `book` after `after` (all, for `None`), in tag order, at most `limit`, each
+    /// with how many records its stream has held.
+    pub fn tags(&self, book: BookId, after: Option<Tag>, limit: usize) -> Vec<(Tag, u64)> {
+        let Some(index) = self.books.get(&book) else {
+            return Vec::new();
+        };
+        // The streams are hashed: one pass picks the `limit` smallest tags after `after`.
+        let mut tags: Vec<(Tag, u64)> = index
+            .tags
+            .iter()
+            .filter(|(tag, _)| after.is_none_or(|after| **tag > after))
+            .map(|(tag, stream)| (*tag, stream.len()))
+            .collect();
+        if tags.len() > limit {
+            tags.select_nth_unstable(limit);
+            tags.truncate(limit);
+        }
+        tags.sort_unstable();
+        tags
     }
 
     /// How many records `tag`'s stream has ever held (the next conditional position).
@@ -484,6 +530,36 @@ mod tests {
         assert_eq!(index.prev(BookId(0), Tag(6), Seqnum(2)), Some(Seqnum(2)));
         assert_eq!(index.prev(BookId(0), Tag(5), Seqnum(0)), None);
         assert_eq!(index.next(BookId(1), Tag::ANY, Seqnum(0)), None);
+    }
+
+    #[test]
+    fn books_and_their_tags_are_listed_in_order_a_page_at_a_time() {
+        let mut index = TagIndex::new();
+        for (i, tag) in [9u64, 3, 7, 3, 1, 5].into_iter().enumerate() {
+            index.apply(&data(i as u64 + 1, 0, &[tag]));
+        }
+        index.apply(&data(7, 2, &[]));
+        let books = index.books();
+        assert_eq!(
+            books
+                .iter()
+                .map(|b| (b.book.0, b.records, b.tags))
+                .collect::<Vec<_>>(),
+            [(0, 6, 5), (2, 1, 0)]
+        );
+        let page = |after: Option<u64>, limit| {
+            index
+                .tags(BookId(0), after.map(Tag), limit)
+                .into_iter()
+                .map(|(t, n)| (t.0, n))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(page(None, 2), [(1, 1), (3, 2)]);
+        assert_eq!(page(Some(3), 2), [(5, 1), (7, 1)]);
+        assert_eq!(page(Some(7), 2), [(9, 1)]);
+        assert_eq!(page(Some(9), 2), []);
+        assert_eq!(page(None, 10).len(), 5);
+        assert!(index.tags(BookId(1), None, 10).is_empty());
     }
 
     #[test]

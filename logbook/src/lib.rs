@@ -31,7 +31,9 @@ pub use book::{
 };
 pub use error::LogError;
 pub use ids::{BookId, Seqnum, Tag, ViewId};
-pub use index::{Applied, BookCheckpoint, IndexCheckpoint, StreamCheckpoint, TagIndex};
+pub use index::{
+    Applied, BookCheckpoint, BookSummary, IndexCheckpoint, StreamCheckpoint, TagIndex,
+};
 pub use record::{AppendRequest, Cond, Record};
 
 /// Largest payload a record may carry, in bytes (Boki's limit was 2,496 B).

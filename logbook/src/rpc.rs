@@ -373,3 +373,56 @@ mod tests {
         assert!(MetalogEntry::try_from(shard_twice).is_err());
     }
 }
+
+/// A client's side of mutual TLS: the CA it trusts alone, and the certificate and key it
+/// shows (PEM). Workers and log clients use it for a gateway's worker port, and the roles of
+/// a cluster for each other, when the cluster speaks TLS (`[tls]` in its node files).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.write_str("ClientTls { .. }")
+    }
+}
+
+impl ClientTls {
+    /// From PEM text.
+    pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> ClientTls {
+        ClientTls {
+            ca_pem: ca_pem.to_string(),
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        }
+    }
+
+    /// From PEM files (`tally cert`): the CA's certificate, this client's certificate and its
+    /// key. An error names the file it could not read.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> std::io::Result<ClientTls> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
+            })
+        };
+        Ok(ClientTls::new(&read(ca)?, &read(cert)?, &read(key)?))
+    }
+
+    /// The settings of a tonic channel (an `https://` endpoint's).
+    pub fn config(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+    }
+}

@@ -41,6 +41,7 @@ pub struct Worker {
     name: String,
     functions: BTreeMap<String, (wpb::FunctionSpec, Handler)>,
     token: Option<String>,
+    tls: Option<logbook::rpc::ClientTls>,
 }
 
 impl Worker {
@@ -50,7 +51,15 @@ impl Worker {
             name: name.to_string(),
             functions: BTreeMap::new(),
             token: None,
+            tls: None,
         }
+    }
+
+    /// Attaches over mutual TLS, showing `tls`'s certificate and trusting its CA alone: what a
+    /// gateway whose node has a `[tls]` section asks of its workers.
+    pub fn tls(&mut self, tls: logbook::rpc::ClientTls) -> &mut Worker {
+        self.tls = Some(tls);
+        self
     }
 
     /// Attaches with `token` (an API token of scope `worker`), which a gateway asks for once
@@ -119,14 +128,24 @@ impl Worker {
     /// gateway cannot be reached or refuses the functions; returns `Ok` when the gateway
     /// closes the stream.
     pub async fn serve(&self, gateway: &str) -> anyhow::Result<()> {
-        let uri = if gateway.starts_with("http://") {
+        let uri = if gateway.contains("://") {
             gateway.to_string()
+        } else if self.tls.is_some() {
+            format!("https://{gateway}")
         } else {
             format!("http://{gateway}")
         };
-        let mut client = WorkersClient::connect(uri.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to the gateway at {uri}: {e}"))?;
+        let connect = async {
+            let mut endpoint = tonic::transport::Endpoint::from_shared(uri.clone())?;
+            if let Some(tls) = &self.tls {
+                endpoint = endpoint.tls_config(tls.config())?;
+            }
+            endpoint.connect().await
+        };
+        let mut client =
+            WorkersClient::new(connect.await.map_err(|e| {
+                anyhow::anyhow!("connecting to the gateway at {uri}: {}", causes(&e))
+            })?);
         let (tx, rx) = mpsc::channel::<FromWorker>(WORKER_QUEUE);
         let register = wpb::Register {
             worker: self.name.clone(),
@@ -468,4 +487,18 @@ fn invoke_pb(call: Call<'_>) -> wpb::Invoke {
         idempotency_key: call.key.map(str::to_string),
         not_before_ms: call.not_before_ms,
     }
+}
+
+/// An error with the causes under it (a refused certificate is a cause of a transport error).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }

@@ -24,6 +24,16 @@ pub fn read_tag(base: &str, tag: u64, seen: Option<u64>) -> BTreeMap<u64, Stored
         .timeout(Duration::from_secs(60))
         .build()
         .expect("an HTTP client");
+    read_tag_with(&http, base, tag, seen)
+}
+
+/// `read_tag` with `http` (an HTTPS gateway's client, say).
+pub fn read_tag_with(
+    http: &Client,
+    base: &str,
+    tag: u64,
+    seen: Option<u64>,
+) -> BTreeMap<u64, Stored> {
     let mut records = BTreeMap::new();
     let mut from = 0u64;
     loop {

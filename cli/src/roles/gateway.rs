@@ -495,6 +495,12 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the HTTP gateway to {}", options.http))?;
     let http_addr = listener.local_addr()?;
+    // With the node's TLS, the HTTP API is HTTPS, with the node's certificate.
+    let tls = super::tls::installed();
+    let https = tls
+        .map(|t| gateway::serve::tls_acceptor(&t.cert, &t.key))
+        .transpose()?;
+    let scheme = if https.is_some() { "https" } else { "http" };
     let (views_tx, views_rx) = watch::channel(Views::default());
     let (applied_tx, applied_rx) = watch::channel(0u64);
     let shard = Arc::new(ClusterShard {
@@ -520,7 +526,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
     let member = pb::GatewayMember {
         node: id.0,
         incarnation,
-        http_addr: format!("http://{http_addr}"),
+        http_addr: format!("{scheme}://{http_addr}"),
     };
     tokio::spawn(heartbeats(sequencers.clone(), member, log.clone()));
     let (ready_tx, mut ready_rx) = watch::channel(false);
@@ -555,7 +561,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         &tokens,
         options.insecure,
     )?;
-    println!("tally gateway {} ready: http://{http_addr}", id.0);
+    println!("tally gateway {} ready: {scheme}://{http_addr}", id.0);
     use std::io::Write;
     std::io::stdout().flush().ok();
     let setup = gateway::http::Setup {
@@ -567,6 +573,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
         packages: options.packages.clone(),
         tokens: tokens.clone(),
         cluster: Some(cluster),
+        peer_ca: tls.map(|t| t.http_root()).transpose()?,
     };
     let state = gateway::http::default_state(log, metrics, setup)
         .map_err(|e| anyhow::anyhow!("function config: {e}"))?;
@@ -590,14 +597,14 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
                 state.engine.clone(),
                 tokens,
             ))
-            .serve_with_incoming(super::incoming(workers)),
+            .serve_with_incoming(super::local::incoming(workers, "")?),
     );
     let app = gateway::http::router(state);
     gateway::serve::serve(
         listener,
         app,
         options.http_limits,
-        None,
+        https,
         std::future::pending(),
     )
     .await

@@ -101,6 +101,8 @@ impl tower::Service<http::Uri> for Connector {
 /// One connection a role's server accepted: over TCP, or from a role of this process.
 pub enum Conn {
     Tcp(tokio::net::TcpStream),
+    /// Over TCP with mutual TLS (`super::tls`): the client showed a certificate of the CA.
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
     Local(DuplexStream),
 }
 
@@ -118,6 +120,7 @@ impl AsyncRead for Conn {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Conn::Local(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -131,6 +134,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Conn::Local(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -138,6 +142,7 @@ impl AsyncWrite for Conn {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Conn::Local(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -145,6 +150,7 @@ impl AsyncWrite for Conn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Conn::Local(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -156,6 +162,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Conn::Local(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -163,19 +170,26 @@ impl AsyncWrite for Conn {
     fn is_write_vectored(&self) -> bool {
         match self {
             Conn::Tcp(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
             Conn::Local(s) => s.is_write_vectored(),
         }
     }
 }
 
-/// The connections a role's server at `listen` accepts: from `listener` (Nagle off), and from
-/// this process when `listen` was hosted here.
+/// The connections a role's server at `listen` accepts: from `listener` (Nagle off; with this
+/// process's TLS installed, only those whose TLS handshake shows a certificate of the CA), and
+/// from this process when `listen` was hosted here (in memory, without TLS).
 pub fn incoming(
     listener: tokio::net::TcpListener,
     listen: &str,
-) -> impl futures::Stream<Item = std::io::Result<Conn>> + Send + 'static {
+) -> anyhow::Result<impl futures::Stream<Item = std::io::Result<Conn>> + Send + 'static> {
     use futures::StreamExt as _;
-    let tcp = super::incoming(listener).map(|conn| conn.map(Conn::Tcp));
+    let tcp = match super::tls::installed() {
+        Some(tls) => tls_incoming(listener, tls.acceptor()?).boxed(),
+        None => super::incoming(listener)
+            .map(|conn| conn.map(Conn::Tcp))
+            .boxed(),
+    };
     let local = hosted().accept.remove(&key(listen));
     let local = match local {
         Some(accept) => tokio_stream::wrappers::UnboundedReceiverStream::new(accept)
@@ -183,7 +197,69 @@ pub fn incoming(
             .boxed(),
         None => futures::stream::empty().boxed(),
     };
-    futures::stream::select(tcp, local)
+    Ok(futures::stream::select(tcp, local))
+}
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The TCP connections of `listener` whose TLS handshake succeeds, each handshake on its own
+/// task (a slow one holds up no other). A refused one is said in the log, with why.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl futures::Stream<Item = std::io::Result<Conn>> + Send + 'static {
+    use futures::StreamExt as _;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut tcp = super::incoming(listener);
+        while let Some(conn) = tcp.next().await {
+            let stream = match conn {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let peer = stream.peer_addr().ok();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(Conn::Tls(Box::new(tls)))).await;
+                    }
+                    Ok(Err(e)) => refused(peer, &e.to_string()),
+                    Err(_) => refused(peer, "no TLS handshake within 10 s"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Says in the log that a connection was refused, at most once every few seconds (with how
+/// many were refused since), so that a stranger's retries do not flood it.
+fn refused(peer: Option<std::net::SocketAddr>, why: &str) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    static LAST: Mutex<Option<(std::time::Instant, u64)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match &mut *last {
+        Some((at, quiet)) if at.elapsed() < EVERY => *quiet += 1,
+        _ => {
+            let quiet = match last.as_ref().map_or(0, |(_, quiet)| *quiet) {
+                0 => String::new(),
+                n => format!("; {n} more refused since the last such line"),
+            };
+            let peer = peer.map_or("?".to_string(), |p| p.to_string());
+            tracing::warn!(
+                %peer,
+                "refused a connection: {why} (the cluster's roles take clients with a certificate of its CA only{quiet})"
+            );
+            *last = Some((std::time::Instant::now(), 0));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -265,7 +341,7 @@ mod tests {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(StorageServer::new(Answers))
-                .serve_with_incoming(incoming(listener, &listen)),
+                .serve_with_incoming(incoming(listener, &listen).unwrap()),
         );
         let mut client =
             pb::storage_client::StorageClient::new(super::super::channel(&addr).unwrap());

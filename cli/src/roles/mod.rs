@@ -9,6 +9,7 @@ pub mod host;
 pub mod local;
 pub mod sequencer;
 pub mod storage;
+pub mod tls;
 
 use logbook::wire::NodeId;
 use std::collections::BTreeMap;
@@ -112,9 +113,11 @@ pub struct GatewayOptions {
 }
 
 /// The `http://` URI of a gRPC address given as `host:port` (or already a URI).
-pub fn grpc_uri(addr: &str) -> String {
+pub fn grpc_uri(addr: &str, tls: bool) -> String {
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
@@ -145,12 +148,19 @@ pub fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
 
 /// How every role dials another: a short connect timeout, no Nagle, HTTP/2 keep-alives that
 /// notice a dead peer within seconds.
+/// With TLS installed (`tls::install`), it presents this node's certificate and trusts only
+/// the cluster's CA, unless `addr` is served in this process (reached through memory).
 pub fn endpoint(addr: &str) -> anyhow::Result<tonic::transport::Endpoint> {
-    Ok(tonic::transport::Endpoint::from_shared(grpc_uri(addr))?
+    let tls = tls::installed().filter(|_| !local::is_hosted(addr));
+    let endpoint = tonic::transport::Endpoint::from_shared(grpc_uri(addr, tls.is_some()))?
         .connect_timeout(std::time::Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(1))
-        .keep_alive_timeout(std::time::Duration::from_secs(3)))
+        .keep_alive_timeout(std::time::Duration::from_secs(3));
+    match tls {
+        Some(tls) => Ok(endpoint.tls_config(tls.client())?),
+        None => Ok(endpoint),
+    }
 }
 
 /// The longest a unary call may take before it fails.
@@ -287,7 +297,11 @@ impl SequencerClients {
         from: u64,
     ) -> (NodeId, tonic::Streaming<logbook::rpc::pb::Event>) {
         use futures::StreamExt as _;
+        // Said at once, then at most this often while no member answers.
+        const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+        let mut warned: Option<std::time::Instant> = None;
         loop {
+            let mut failures = Vec::new();
             let mut attempts: futures::stream::FuturesUnordered<_> = self
                 .members()
                 .into_iter()
@@ -299,14 +313,45 @@ impl SequencerClients {
                 })
                 .collect();
             while let Some((id, opened)) = attempts.next().await {
-                if let Ok(stream) = opened {
-                    self.note_leader_is(id);
-                    return (id, stream);
+                match opened {
+                    Ok(stream) => {
+                        self.note_leader_is(id);
+                        return (id, stream);
+                    }
+                    Err(status) => failures.push(format!("sequencer {}: {}", id.0, why(&status))),
                 }
+            }
+            if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                warned = Some(std::time::Instant::now());
+                let hint = if tls::installed().is_some() {
+                    " (with TLS, a node whose certificate the cluster's CA did not sign is \
+                     refused by the others: their logs say so)"
+                } else {
+                    ""
+                };
+                tracing::warn!(
+                    "no sequencer takes a subscription (retrying): {}{hint}",
+                    failures.join("; ")
+                );
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+}
+
+/// What a failed call says, with the causes under it (a refused TLS certificate is a cause of
+/// a transport error).
+pub fn why(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// The connections a role's gRPC server accepts on `listener`, with Nagle's algorithm off:

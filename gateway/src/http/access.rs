@@ -30,7 +30,7 @@ pub(crate) fn need_of(
     Ok(match route {
         // The console's page and script: what it shows, it reads with the user's token.
         "/health" | "/console" | "/console/{file}" => Need::Nothing,
-        "/metrics" | "/cluster" => Need::Metrics,
+        "/metrics" | "/cluster" | "/log" => Need::Metrics,
         "/tokens" | "/tokens/{id}" => Need::Admin,
         "/functions" | "/packages" => Need::AnyToken,
         "/packages/{name}" if reads => Need::AnyToken,
@@ -48,7 +48,7 @@ pub(crate) fn need_of(
         | "/schedules"
         | "/schedules/{name}" => Need::InvokeAny,
         "/log/{book}/append" => Need::Append(path_book()?),
-        "/log/{book}/records" | "/log/{book}/next" => Need::Read(path_book()?),
+        "/log/{book}/records" | "/log/{book}/next" | "/log/{book}/tags" => Need::Read(path_book()?),
         // Reading objects, their history, queue stats and dead letters, a transaction's outcome.
         "/objects/{collection}/{key}"
         | "/objects/{collection}/{key}/history"

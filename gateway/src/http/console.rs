@@ -139,6 +139,77 @@ pub(super) async fn list_invocations(
     Ok(Json(json!({ "invocations": invocations })))
 }
 
+/// Tags `GET /log/{book}/tags` lists at most.
+pub const TAG_LIST_MAX: usize = 1000;
+
+/// `GET /log`: every book of the log (the reserved book aside), with how many records it and
+/// its tags have held and where the whole book is trimmed.
+pub(super) async fn list_books(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(engine) = &state.engine else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "this gateway serves a log without an index to list",
+        ));
+    };
+    let books: Vec<Value> = engine
+        .books()
+        .into_iter()
+        .filter(|b| b.book != crate::invocations::INVOCATIONS_BOOK)
+        .map(|b| {
+            json!({
+                "book": b.book.0,
+                "records": b.records,
+                "tags": b.tags,
+                "trimmed_below": b.trimmed_below.0,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "books": books })))
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct TagsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /log/{book}/tags?after=T&limit=N`: the book's tags in order, each with how many
+/// records its stream has held; `next` continues.
+pub(super) async fn list_tags(
+    State(state): State<Arc<AppState>>,
+    book: Result<Path<String>, PathRejection>,
+    query: Result<Query<TagsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(book) = book?;
+    let book = super::user_book(super::parse_book(&book)?)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > TAG_LIST_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={TAG_LIST_MAX}"
+        )));
+    }
+    let Some(engine) = &state.engine else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "this gateway serves a log without an index to list",
+        ));
+    };
+    let tags = engine.tags(book, query.after.map(logbook::Tag), limit);
+    let next = (tags.len() == limit)
+        .then(|| tags.last().map(|(t, _)| t.0))
+        .flatten();
+    let tags: Vec<Value> = tags
+        .into_iter()
+        .map(|(tag, records)| json!({"tag": tag.0, "records": records}))
+        .collect();
+    Ok(Json(json!({ "tags": tags, "next": next })))
+}
+
 /// `GET /queues`: the queues of the book this gateway has opened since it started (pushed
 /// to, popped from, created, or read; and those of its queue triggers).
 pub(super) async fn list_queues(
