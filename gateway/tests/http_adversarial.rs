@@ -280,7 +280,7 @@ async fn unknown_routes_wrong_methods_and_bad_paths_are_json_errors() {
     for uri in [
         "/",
         "/nope",
-        "/log",
+        "/logs",
         "/log/0",
         "/log/0/append/extra",
         "/function/",

@@ -426,3 +426,18 @@ impl ClientTls {
             ))
     }
 }
+
+/// What an error says (`head`), with the causes under it (from `source` on) that add
+/// something: a refused TLS certificate, say, is a cause of a transport error.
+pub fn causes(head: String, source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut text = head;
+    let mut cause = source;
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = e.source();
+    }
+    text
+}

@@ -142,10 +142,12 @@ impl Worker {
             }
             endpoint.connect().await
         };
-        let mut client =
-            WorkersClient::new(connect.await.map_err(|e| {
-                anyhow::anyhow!("connecting to the gateway at {uri}: {}", causes(&e))
-            })?);
+        let mut client = WorkersClient::new(connect.await.map_err(|e| {
+            anyhow::anyhow!(
+                "connecting to the gateway at {uri}: {}",
+                logbook::rpc::causes(e.to_string(), std::error::Error::source(&e))
+            )
+        })?);
         let (tx, rx) = mpsc::channel::<FromWorker>(WORKER_QUEUE);
         let register = wpb::Register {
             worker: self.name.clone(),
@@ -487,18 +489,4 @@ fn invoke_pb(call: Call<'_>) -> wpb::Invoke {
         idempotency_key: call.key.map(str::to_string),
         not_before_ms: call.not_before_ms,
     }
-}
-
-/// An error with the causes under it (a refused certificate is a cause of a transport error).
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    text
 }

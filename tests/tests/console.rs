@@ -173,6 +173,27 @@ async fn all(c: &Client, css: &str) -> Vec<Element> {
     c.find_all(Locator::Css(css)).await.expect("a query")
 }
 
+/// The numbers `field` of the objects of an API answer's list `list`.
+fn numbers(answer: &Value, list: &str, field: &str) -> Vec<u64> {
+    answer[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no list {list} in {answer}"))
+        .iter()
+        .map(|item| item[field].as_u64().expect("a number"))
+        .collect()
+}
+
+/// The numbers the rows at `rows` carry in attribute `attr`, in page order.
+async fn shown(c: &Client, rows: &str, attr: &str) -> Vec<u64> {
+    let mut numbers = Vec::new();
+    for row in all(c, &format!("{rows}[{attr}]")).await {
+        if let Ok(Some(n)) = row.attr(attr).await {
+            numbers.push(n.parse().expect("a number"));
+        }
+    }
+    numbers
+}
+
 /// Opens console page `hash` and waits until it has shown data.
 async fn open(c: &Client, base: &str, hash: &str) {
     c.goto(&format!("{base}/console#/{hash}"))
@@ -323,20 +344,17 @@ fn every_console_page_shows_what_the_api_says() {
 
         // Log: book 0's first page, record by record.
         open(&c, &base, "log").await;
-        let records = api.get("/log/0/records?limit=50").await;
-        let want: Vec<u64> = records["records"]
-            .as_array()
-            .expect("records")
-            .iter()
-            .map(|r| r["seqnum"].as_u64().expect("a seqnum"))
-            .collect();
+        let want = numbers(
+            &api.get("/log/0/records?limit=50").await,
+            "records",
+            "seqnum",
+        );
         assert!(!want.is_empty());
-        let mut shown = Vec::new();
-        for row in all(&c, "#records tbody tr[data-seqnum]").await {
-            let seqnum = row.attr("data-seqnum").await.expect("an attribute");
-            shown.push(seqnum.expect("a seqnum").parse::<u64>().expect("a number"));
-        }
-        assert_eq!(shown, want, "the log page shows the API's first page");
+        assert_eq!(
+            shown(&c, "#records tbody tr", "data-seqnum").await,
+            want,
+            "the log page shows the API's first page"
+        );
         // The books and book 0's tags as the API lists them; a click on a tag reads its records.
         let books = api.get("/log").await;
         let book0 = books["books"]
@@ -349,29 +367,16 @@ fn every_console_page_shows_what_the_api_says() {
             Some(t) == book0["records"].as_u64().map(|n| n.to_string()).as_deref()
         })
         .await;
-        let tags = api.get("/log/0/tags?limit=20").await;
-        let tags: Vec<u64> = tags["tags"]
-            .as_array()
-            .expect("tags")
-            .iter()
-            .map(|t| t["tag"].as_u64().expect("a tag"))
-            .collect();
+        let tags = numbers(&api.get("/log/0/tags?limit=20").await, "tags", "tag");
         assert!(!tags.is_empty());
-        let mut listed = Vec::new();
-        for row in all(&c, "#tags tbody tr[data-tag]").await {
-            let tag = row.attr("data-tag").await.expect("an attribute");
-            listed.push(tag.expect("a tag").parse::<u64>().expect("a number"));
-        }
-        assert_eq!(listed, tags);
+        assert_eq!(shown(&c, "#tags tbody tr", "data-tag").await, tags);
         screenshot(&c, &shots, "log").await;
         let tag = tags[0];
-        let want: Vec<u64> = api.get(&format!("/log/0/records?tag={tag}&limit=50")).await
-            ["records"]
-            .as_array()
-            .expect("records")
-            .iter()
-            .map(|r| r["seqnum"].as_u64().expect("a seqnum"))
-            .collect();
+        let want = numbers(
+            &api.get(&format!("/log/0/records?tag={tag}&limit=50")).await,
+            "records",
+            "seqnum",
+        );
         c.find(Locator::Css(&format!("tr[data-tag='{tag}']")))
             .await
             .expect("the tag's row")
@@ -380,12 +385,7 @@ fn every_console_page_shows_what_the_api_says() {
             .expect("a click");
         let start = Instant::now();
         loop {
-            let mut shown = Vec::new();
-            for row in all(&c, "#records tbody tr[data-seqnum]").await {
-                if let Ok(Some(seqnum)) = row.attr("data-seqnum").await {
-                    shown.push(seqnum.parse::<u64>().expect("a number"));
-                }
-            }
+            let shown = shown(&c, "#records tbody tr", "data-seqnum").await;
             if shown == want {
                 break;
             }

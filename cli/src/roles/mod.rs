@@ -318,7 +318,14 @@ impl SequencerClients {
                         self.note_leader_is(id);
                         return (id, stream);
                     }
-                    Err(status) => failures.push(format!("sequencer {}: {}", id.0, why(&status))),
+                    Err(status) => failures.push(format!(
+                        "sequencer {}: {}",
+                        id.0,
+                        logbook::rpc::causes(
+                            status.message().to_string(),
+                            std::error::Error::source(&status)
+                        )
+                    )),
                 }
             }
             if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
@@ -337,21 +344,6 @@ impl SequencerClients {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
-}
-
-/// What a failed call says, with the causes under it (a refused TLS certificate is a cause of
-/// a transport error).
-pub fn why(status: &tonic::Status) -> String {
-    let mut text = status.message().to_string();
-    let mut cause = std::error::Error::source(status);
-    while let Some(e) = cause {
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = e.source();
-    }
-    text
 }
 
 /// The connections a role's gRPC server accepts on `listener`, with Nagle's algorithm off:
