@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use tonic::transport::ClientTlsConfig;
 
 /// A node's certificate and key, and the CA that signs every node's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RoleTls {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -19,6 +19,17 @@ pub struct RoleTls {
     cert_pem: String,
     key_pem: String,
     ca_pem: String,
+}
+
+impl std::fmt::Debug for RoleTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The files, never the key's text.
+        f.debug_struct("RoleTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
 }
 
 static INSTALLED: OnceLock<RoleTls> = OnceLock::new();
