@@ -208,6 +208,16 @@ async fn open(c: &Client, base: &str, hash: &str) {
         .expect("the view shows its data");
 }
 
+/// Clicks the element at `css` (`what` it is, for a failure's message).
+async fn click(c: &Client, css: &str, what: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .click()
+        .await
+        .expect("a click");
+}
+
 /// Whether the SVG element at `css` is drawn with some width.
 async fn is_drawn(c: &Client, css: &str) -> bool {
     let script = "const e = document.querySelector(arguments[0]); \
@@ -302,12 +312,7 @@ fn every_console_page_shows_what_the_api_says() {
         text_when(&c, "#error", |t| t.contains("asks for a token")).await;
         let token = c.find(Locator::Css("#token")).await.expect("a token field");
         token.send_keys(&api.token).await.expect("typing");
-        c.find(Locator::Css("#settings button"))
-            .await
-            .expect("the button")
-            .click()
-            .await
-            .expect("a click");
+        click(&c, "#settings button", "the button").await;
 
         // Cluster: the leader, and every sequencer and storage node, healthy.
         let status = api.get("/cluster").await;
@@ -316,21 +321,11 @@ fn every_console_page_shows_what_the_api_says() {
             t == format!("sequencer {leader}")
         })
         .await;
-        for id in cluster.ids("sequencer") {
-            text_when(
-                &c,
-                &format!("tr[data-node='sequencer-{id}'] td:nth-child(3)"),
-                |t| t == "ok",
-            )
-            .await;
-        }
-        for id in cluster.ids("storage") {
-            text_when(
-                &c,
-                &format!("tr[data-node='storage-{id}'] td:nth-child(3)"),
-                |t| t == "ok",
-            )
-            .await;
+        for role in ["sequencer", "storage"] {
+            for id in cluster.ids(role) {
+                let health = format!("tr[data-node='{role}-{id}'] td:nth-child(3)");
+                text_when(&c, &health, |t| t == "ok").await;
+            }
         }
         let shards = status["sequencers"][&leader]["shards"]
             .as_object()
@@ -377,12 +372,7 @@ fn every_console_page_shows_what_the_api_says() {
             "records",
             "seqnum",
         );
-        c.find(Locator::Css(&format!("tr[data-tag='{tag}']")))
-            .await
-            .expect("the tag's row")
-            .click()
-            .await
-            .expect("a click");
+        click(&c, &format!("tr[data-tag='{tag}']"), "the tag's row").await;
         let start = Instant::now();
         loop {
             let shown = shown(&c, "#records tbody tr", "data-seqnum").await;
@@ -418,12 +408,12 @@ fn every_console_page_shows_what_the_api_says() {
         let invocations = api.get("/invocations?function=echo").await;
         let newest = &invocations["invocations"][0];
         let id = newest["id"].as_str().expect("an id");
-        c.find(Locator::Css(&format!("tr[data-invocation='{id}']")))
-            .await
-            .expect("the newest echo is listed")
-            .click()
-            .await
-            .expect("a click");
+        click(
+            &c,
+            &format!("tr[data-invocation='{id}']"),
+            "the newest echo is listed",
+        )
+        .await;
         let output = text(&c, "#invocation-output").await;
         assert_eq!(output, newest["output"].as_str().expect("an output"));
         assert_eq!(text(&c, "#invocation-input").await, output, "echo echoes");
@@ -440,12 +430,7 @@ fn every_console_page_shows_what_the_api_says() {
             .await;
         }
         screenshot(&c, &shots, "workflows").await;
-        c.find(Locator::Css("tr[data-instance='to-approve']"))
-            .await
-            .expect("listed")
-            .click()
-            .await
-            .expect("a click");
+        click(&c, "tr[data-instance='to-approve']", "listed").await;
         text_when(&c, "#wf-waiting", |t| t.contains("approve")).await;
         let instance = api.get("/workflows/to-approve").await;
         assert_eq!(
@@ -465,12 +450,7 @@ fn every_console_page_shows_what_the_api_says() {
             .expect("payload");
         payload.clear().await.expect("cleared");
         payload.send_keys(r#""the console""#).await.expect("typing");
-        c.find(Locator::Css("#signal-send"))
-            .await
-            .expect("the button")
-            .click()
-            .await
-            .expect("a click");
+        click(&c, "#signal-send", "the button").await;
         text_when(&c, "#wf-state", |t| t == "succeeded").await;
         let approved = api.get("/workflows/to-approve").await;
         assert_eq!(approved["status"], "succeeded");
@@ -486,12 +466,7 @@ fn every_console_page_shows_what_the_api_says() {
 
         // The other one cancelled from its page.
         open(&c, &base, "workflows/to-cancel").await;
-        c.find(Locator::Css("#cancel"))
-            .await
-            .expect("the button")
-            .click()
-            .await
-            .expect("a click");
+        click(&c, "#cancel", "the button").await;
         text_when(&c, "#wf-state", |t| t == "cancelled").await;
         assert_eq!(api.get("/workflows/to-cancel").await["status"], "cancelled");
         screenshot(&c, &shots, "workflow-cancelled").await;
