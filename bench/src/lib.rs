@@ -50,6 +50,7 @@ pub use append::{
 };
 pub use call::{function_url, run_calls, CallConfig, ID_PLACEHOLDER, INPUT_BYTES_MAX};
 pub use filler::{filler, filler_origin, FILLER_HEADER_BYTES};
+pub use http::client_builder_for;
 #[cfg(feature = "jetstream")]
 pub use jetstream::{run_jetstream, JetStreamConfig, REPLICAS_MAX};
 pub use object::{

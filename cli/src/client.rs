@@ -65,23 +65,6 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-/// The HTTP client of every request, sending `headers` with each, trusting `ca` (alone) for
-/// https:// gateways.
-fn http_client(
-    headers: reqwest::header::HeaderMap,
-    ca: Option<&reqwest::Certificate>,
-) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .default_headers(headers)
-        .use_rustls_tls();
-    if let Some(ca) = ca {
-        builder = builder.add_root_certificate(ca.clone());
-    }
-    builder.build().context("building the HTTP client")
-}
-
 #[derive(Deserialize)]
 struct RecordWire {
     seqnum: u64,
@@ -133,33 +116,14 @@ impl Client {
         ca: Option<&std::path::Path>,
         token: Option<&str>,
     ) -> anyhow::Result<Client> {
-        let url = match addr.trim().strip_prefix("https://") {
-            // The same checks as for plain HTTP, then the scheme back.
-            Some(rest) => bench::base_url(rest)?.replacen("http://", "https://", 1),
-            None => bench::base_url(addr)?,
-        };
+        let url = bench::base_url(addr)?;
         let base = reqwest::Url::parse(&url).expect("base_url returns a parsed URL");
-        let ca = match ca {
-            None => None,
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading the CA certificate {}", path.display()))?;
-                Some(
-                    reqwest::Certificate::from_pem(&pem)
-                        .with_context(|| format!("{}: not a PEM certificate", path.display()))?,
-                )
-            }
-        };
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = token {
-            let mut value =
-                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-                    .context("the token holds characters an HTTP header cannot carry")?;
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
+        let http = bench::client_builder_for(token, ca)?
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
         let addr = addr.trim().trim_end_matches('/');
-        let http = http_client(headers, ca.as_ref())?;
         let addr = addr.strip_prefix("http://").unwrap_or(addr).to_string();
         Ok(Client { addr, base, http })
     }

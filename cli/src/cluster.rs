@@ -23,7 +23,7 @@
 //! running `tally <role> --config FILE` on each (README, "Run a cluster").
 
 use crate::config::{self, DurabilityMode, NodeFile, Role};
-use crate::roles::{grpc_uri, CUT_INTERVAL_US_DEFAULT, REPLICATION_DEFAULT};
+use crate::roles::{CUT_INTERVAL_US_DEFAULT, REPLICATION_DEFAULT};
 use anyhow::{anyhow, bail, Context as _};
 use logbook::rpc::pb;
 use serde::{Deserialize, Serialize};
@@ -1059,14 +1059,11 @@ async fn statuses(manifest: &Manifest, role: Role) -> BTreeMap<u32, Result<Value
 }
 
 async fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
-    let tls = crate::roles::tls::installed();
-    let mut endpoint = tonic::transport::Endpoint::from_shared(grpc_uri(addr, tls.is_some()))
+    // As a role dials (the cluster's certificate, if it has one), with the status timeouts.
+    let endpoint = crate::roles::endpoint(addr)
         .with_context(|| format!("bad address {addr}"))?
         .connect_timeout(STATUS_TIMEOUT)
         .timeout(STATUS_TIMEOUT);
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls.client())?;
-    }
     endpoint.connect().await.context("connecting")
 }
 
@@ -1655,7 +1652,7 @@ mod tests {
                 }
             }
         }
-        let roles = config::load_host(&manifest.nodes[0].config).unwrap();
+        let (roles, _) = config::load_host(&manifest.nodes[0].config).unwrap();
         assert_eq!(roles.len(), 3);
         assert_eq!(roles[0].1, manifest.nodes[0].rpc);
         assert_eq!(roles[1].1, manifest.nodes[1].rpc);

@@ -12,6 +12,7 @@
 //!
 //! This module reads the one file it is given and resolves addresses; it starts nothing.
 
+use crate::roles::tls::RoleTls;
 use crate::roles::{
     GatewayOptions, SequencerOptions, StorageOptions, CUT_INTERVAL_US_DEFAULT,
     ELECTION_TICKS_DEFAULT, GATEWAY_TIMEOUT_MS_DEFAULT, RAFT_TICK_MS_DEFAULT, REPLICATION_DEFAULT,
@@ -151,7 +152,7 @@ pub struct TlsFile {
 
 /// The `[tls]` section of the node file at `path` (of one role or several), its files read
 /// and checked; `None` without one.
-pub fn load_tls(path: &Path) -> anyhow::Result<Option<crate::roles::tls::RoleTls>> {
+pub fn load_tls(path: &Path) -> anyhow::Result<Option<RoleTls>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the config file {}", path.display()))?;
     let tls = if hosts_roles(&text) {
@@ -159,6 +160,12 @@ pub fn load_tls(path: &Path) -> anyhow::Result<Option<crate::roles::tls::RoleTls
     } else {
         parse_file(path, &text)?.tls
     };
+    tls_of(path, tls.as_ref())
+}
+
+/// The `[tls]` section `tls` of the node file at `path`, its files (relative to it) read and
+/// checked.
+fn tls_of(path: &Path, tls: Option<&TlsFile>) -> anyhow::Result<Option<RoleTls>> {
     let Some(tls) = tls else {
         return Ok(None);
     };
@@ -170,7 +177,7 @@ pub fn load_tls(path: &Path) -> anyhow::Result<Option<crate::roles::tls::RoleTls
             p.to_path_buf()
         }
     };
-    crate::roles::tls::RoleTls::load(&at(&tls.cert), &at(&tls.key), &at(&tls.ca))
+    RoleTls::load(&at(&tls.cert), &at(&tls.key), &at(&tls.ca))
         .map(Some)
         .with_context(|| format!("the [tls] section of {}", path.display()))
 }
@@ -370,7 +377,12 @@ pub enum RoleOptions {
 
 /// Reads `path` (if any), applies `flags` over it, and checks the result as the config of a
 /// `role` node.
-pub fn load(role: Role, path: Option<&Path>, flags: NodeFile) -> anyhow::Result<RoleOptions> {
+/// With them, the file's `[tls]` section, its files read and checked (`load_tls`).
+pub fn load(
+    role: Role,
+    path: Option<&Path>,
+    flags: NodeFile,
+) -> anyhow::Result<(RoleOptions, Option<RoleTls>)> {
     let file = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -379,7 +391,11 @@ pub fn load(role: Role, path: Option<&Path>, flags: NodeFile) -> anyhow::Result<
         }
         None => None,
     };
-    resolve(role, file, flags)
+    let tls = match &file {
+        Some((path, file)) => tls_of(path, file.tls.as_ref())?,
+        None => None,
+    };
+    Ok((resolve(role, file, flags)?, tls))
 }
 
 /// Parses the text of a node file; errors name the file and line.
@@ -510,7 +526,8 @@ fn parse_host(path: &Path, text: &str) -> anyhow::Result<HostFile> {
 /// Reads a node file of several roles (`tally node --config FILE`) and checks each role's
 /// part as that role would; returns their options in the file's order, each with the address
 /// the `[cluster]` section says the others dial it at (none for a gateway).
-pub fn load_host(path: &Path) -> anyhow::Result<Vec<(RoleOptions, Option<String>)>> {
+/// With them, the file's `[tls]` section, shared by the roles, its files read and checked.
+pub fn load_host(path: &Path) -> anyhow::Result<HostRoles> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the config file {}", path.display()))?;
     if !hosts_roles(&text) {
@@ -521,7 +538,8 @@ pub fn load_host(path: &Path) -> anyhow::Result<Vec<(RoleOptions, Option<String>
         );
     }
     let host = parse_host(path, &text)?;
-    host.roles
+    let roles = host
+        .roles
         .iter()
         .map(|&role| {
             let file = host.role_file(path, role)?;
@@ -530,8 +548,13 @@ pub fn load_host(path: &Path) -> anyhow::Result<Vec<(RoleOptions, Option<String>
                 .with_context(|| format!("the [{role}] table of {}", path.display()))?;
             Ok((options, dialled))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((roles, tls_of(path, host.tls.as_ref())?))
 }
+
+/// The roles of a node file of several roles, each with the address the others dial it at
+/// (none for a gateway), and the file's TLS.
+pub type HostRoles = (Vec<(RoleOptions, Option<String>)>, Option<RoleTls>);
 
 /// Parses a TOML file; errors name the file and line.
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> anyhow::Result<T> {
@@ -1773,7 +1796,8 @@ sequencers = { 0 = "127.0.0.1:7000" }
             dir.path().display().to_string()
         );
         std::fs::write(&path, text).unwrap();
-        let roles = load_host(&path).unwrap();
+        let (roles, tls) = load_host(&path).unwrap();
+        assert!(tls.is_none());
         assert_eq!(roles.len(), 2);
         assert!(
             matches!(&roles[0].0, RoleOptions::Storage(o) if o.data_dir == dir.path().join("storage"))

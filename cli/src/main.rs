@@ -916,8 +916,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Gateway(args) => run_role(Role::Gateway, args.into()).await,
             Command::Cluster(cmd) => cluster_command(cmd).await,
             Command::Node(args) => {
-                let roles = config::load_host(&args.config)?;
-                if let Some(tls) = config::load_tls(&args.config)? {
+                let (roles, tls) = config::load_host(&args.config)?;
+                if let Some(tls) = tls {
                     tally_cli::roles::tls::install(tls)?;
                 }
                 tally_cli::roles::host::run(roles).await
@@ -979,14 +979,8 @@ impl From<GatewayArgs> for RoleArgs {
 }
 
 async fn run_role(role: Role, args: RoleArgs) -> anyhow::Result<()> {
-    let options = config::load(role, args.config.as_deref(), args.overrides)?;
-    if let Some(tls) = args
-        .config
-        .as_deref()
-        .map(config::load_tls)
-        .transpose()?
-        .flatten()
-    {
+    let (options, tls) = config::load(role, args.config.as_deref(), args.overrides)?;
+    if let Some(tls) = tls {
         tally_cli::roles::tls::install(tls)?;
     }
     match options {
@@ -1119,7 +1113,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 state.engine.clone(),
                 tokens,
             ))
-            .serve_with_incoming(tally_cli::roles::local::incoming(workers, "")?),
+            .serve_with_incoming(tally_cli::roles::local::incoming(workers, "")),
     );
     let app = gateway::http::router(state);
 

@@ -132,13 +132,7 @@ impl LogClient {
         token: Option<&str>,
         tls: Option<&logbook::rpc::ClientTls>,
     ) -> Result<LogClient, Error> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else if tls.is_some() {
-            format!("https://{addr}")
-        } else {
-            format!("http://{addr}")
-        };
+        let uri = logbook::rpc::grpc_uri(addr, tls.is_some());
         let connect_error = |message: String| Error::Connect {
             addr: addr.to_string(),
             message,

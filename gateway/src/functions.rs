@@ -307,7 +307,7 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    fn new(id: String, function: &str, book: BookId, durable: bool) -> Invocation {
+    fn new(id: String, function: &str, book: BookId, durable: bool, input: Bytes) -> Invocation {
         Invocation {
             id,
             function: function.to_string(),
@@ -319,7 +319,7 @@ impl Invocation {
             finished_at_ms: None,
             attempts: 0,
             durable,
-            input: Bytes::new(),
+            input,
             accepted_at: None,
         }
     }
@@ -329,8 +329,13 @@ impl Invocation {
         let mut inv = Invocation {
             created_at_ms: h.created_at_ms,
             accepted_at: Some(h.accepted_at),
-            input: h.input.clone(),
-            ..Invocation::new(h.id.clone(), &h.function, BookId(h.book), true)
+            ..Invocation::new(
+                h.id.clone(),
+                &h.function,
+                BookId(h.book),
+                true,
+                h.input.clone(),
+            )
         };
         if let Some(f) = &h.finished {
             inv.status = if f.ok {
@@ -364,8 +369,8 @@ struct Table {
     key_of: HashMap<String, String>,
     /// Ids in creation order, for evicting the oldest finished invocations.
     order: VecDeque<String>,
-    /// Output bytes held by finished invocations.
-    output_bytes: usize,
+    /// Input and output bytes the kept invocations hold (`held_len`).
+    held_bytes: usize,
     next_id: u64,
 }
 
@@ -380,6 +385,13 @@ fn output_len(inv: &Invocation) -> usize {
 /// Bytes an invocation holds in the table: its input and output.
 fn held_len(inv: &Invocation) -> usize {
     inv.input.len() + output_len(inv)
+}
+
+/// Puts `inv` in place of what `tx` holds, keeping `held` (the table's bytes) in step.
+fn replace(held: &mut usize, tx: &watch::Sender<Invocation>, inv: Invocation) {
+    let bytes = held_len(&inv);
+    let was = held_len(&tx.send_replace(inv));
+    *held = *held - was.min(*held) + bytes;
 }
 
 /// Why an invocation could not start.
@@ -628,10 +640,7 @@ impl Dispatcher {
                 table.next_id += 1;
                 format!("s{:08x}{:08x}", self.node_tag, table.next_id)
             };
-            let inv = Invocation {
-                input: input.clone(),
-                ..Invocation::new(id.clone(), function, book, false)
-            };
+            let inv = Invocation::new(id.clone(), function, book, false, input.clone());
             let rx = self.insert(inv, None);
             self.spawn_run(target, id, book, input, depth, mode.retried, None, None);
             return Ok(rx);
@@ -694,8 +703,7 @@ impl Dispatcher {
                 Ok(accepted) => {
                     let inv = Invocation {
                         accepted_at: Some(accepted.seqnum),
-                        input: input.clone(),
-                        ..Invocation::new(id.clone(), function, book, true)
+                        ..Invocation::new(id.clone(), function, book, true, input.clone())
                     };
                     let rx = self.insert(inv, scope.as_ref().map(|s| (s.clone(), hash)));
                     self.spawn_run(
@@ -746,11 +754,13 @@ impl Dispatcher {
             Some(Ok(answer)) => answer,
         };
         let mode = request.mode();
+        // The peer keeps the input.
         let mut inv = Invocation::new(
             answer.id.clone().unwrap_or_default(),
             request.function,
             request.book,
             mode.durable,
+            Bytes::new(),
         );
         inv.accepted_at = answer.seen;
         let failed = |message: &str| {
@@ -831,18 +841,17 @@ impl Dispatcher {
         let mut table = self.table();
         // Kept already (followed, then claimed from a dead gateway): the same channel, so
         // whoever waits on it sees how it ends.
+        let table = &mut *table;
         if let Some(tx) = table.invocations.get(&id) {
-            let (was, bytes) = (held_len(&tx.borrow()), held_len(&inv));
-            tx.send_replace(inv);
+            replace(&mut table.held_bytes, tx, inv);
             let rx = tx.subscribe();
-            table.output_bytes = table.output_bytes - was.min(table.output_bytes) + bytes;
             if let Some((scope, hash)) = key {
                 table.by_key.insert(scope.clone(), (id.clone(), hash));
                 table.key_of.insert(id, scope);
             }
             return rx;
         }
-        table.output_bytes += held_len(&inv);
+        table.held_bytes += held_len(&inv);
         let (tx, rx) = watch::channel(inv);
         table.invocations.insert(id.clone(), tx);
         if let Some((scope, hash)) = key {
@@ -852,7 +861,7 @@ impl Dispatcher {
             table.key_of.insert(id.clone(), scope);
         }
         table.order.push_back(id);
-        self.evict(&mut table);
+        self.evict(table);
         rx
     }
 
@@ -973,7 +982,13 @@ impl Dispatcher {
                 finished_at_ms: Some(now_ms()),
                 output: Some(result),
                 ..dispatcher.get(&id).unwrap_or_else(|| {
-                    Invocation::new(id.clone(), &function, book, position.is_some())
+                    Invocation::new(
+                        id.clone(),
+                        &function,
+                        book,
+                        position.is_some(),
+                        Bytes::new(),
+                    )
                 })
             };
             if let Some(position) = position {
@@ -1042,14 +1057,12 @@ impl Dispatcher {
     /// Invocation `id` ended as `done` says.
     fn finished(&self, id: &str, done: Invocation) {
         let mut table = self.table();
+        let table = &mut *table;
         let Some(tx) = table.invocations.get(id) else {
             return;
         };
-        let was = held_len(&tx.borrow());
-        tx.send_replace(done);
-        let bytes = held_len(&tx.borrow());
-        table.output_bytes = table.output_bytes - was.min(table.output_bytes) + bytes;
-        self.evict(&mut table);
+        replace(&mut table.held_bytes, tx, done);
+        self.evict(table);
     }
 
     /// Claims and runs the durable invocations of dead gateways this gateway can run.
@@ -1078,12 +1091,12 @@ impl Dispatcher {
             let inv = Invocation {
                 created_at_ms: history.created_at_ms,
                 accepted_at: Some(history.accepted_at),
-                input: history.input.clone(),
                 ..Invocation::new(
                     history.id.clone(),
                     &history.function,
                     BookId(history.book),
                     true,
+                    history.input.clone(),
                 )
             };
             self.insert(inv, scope);
@@ -1112,8 +1125,7 @@ impl Dispatcher {
     /// log.)
     fn evict(&self, table: &mut Table) {
         let mut running = Vec::new();
-        while table.order.len() > INVOCATIONS_MAX
-            || table.output_bytes > INVOCATION_OUTPUT_BYTES_MAX
+        while table.order.len() > INVOCATIONS_MAX || table.held_bytes > INVOCATION_OUTPUT_BYTES_MAX
         {
             let Some(oldest) = table.order.pop_front() else {
                 break;
@@ -1125,7 +1137,7 @@ impl Dispatcher {
                 running.push(oldest);
                 continue;
             }
-            table.output_bytes -= held_len(&tx.borrow()).min(table.output_bytes);
+            table.held_bytes -= held_len(&tx.borrow()).min(table.held_bytes);
             table.invocations.remove(&oldest);
             if let Some(key) = table.key_of.remove(&oldest) {
                 if table.by_key.get(&key).is_some_and(|(id, _)| *id == oldest) {

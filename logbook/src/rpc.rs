@@ -374,6 +374,18 @@ mod tests {
     }
 }
 
+/// The URI of a gRPC address given as `host:port`: `https://` over TLS, else `http://`; an
+/// address that is a URI already stays as it is.
+pub fn grpc_uri(addr: &str, tls: bool) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 /// A client's side of mutual TLS: the CA it trusts alone, and the certificate and key it
 /// shows (PEM). Workers and log clients use it for a gateway's worker port, and the roles of
 /// a cluster for each other, when the cluster speaks TLS (`[tls]` in its node files).

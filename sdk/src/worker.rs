@@ -128,13 +128,7 @@ impl Worker {
     /// gateway cannot be reached or refuses the functions; returns `Ok` when the gateway
     /// closes the stream.
     pub async fn serve(&self, gateway: &str) -> anyhow::Result<()> {
-        let uri = if gateway.contains("://") {
-            gateway.to_string()
-        } else if self.tls.is_some() {
-            format!("https://{gateway}")
-        } else {
-            format!("http://{gateway}")
-        };
+        let uri = logbook::rpc::grpc_uri(gateway, self.tls.is_some());
         let connect = async {
             let mut endpoint = tonic::transport::Endpoint::from_shared(uri.clone())?;
             if let Some(tls) = &self.tls {

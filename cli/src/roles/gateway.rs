@@ -597,7 +597,7 @@ pub async fn run(options: GatewayOptions) -> anyhow::Result<()> {
                 state.engine.clone(),
                 tokens,
             ))
-            .serve_with_incoming(super::local::incoming(workers, "")?),
+            .serve_with_incoming(super::local::incoming(workers, "")),
     );
     let app = gateway::http::router(state);
     gateway::serve::serve(
@@ -645,8 +645,6 @@ async fn heartbeats(
 /// Most events taken from the stream and applied together.
 const EVENT_BATCH_MAX: usize = 512;
 
-/// Applies committed events in order, resubscribing after any break, and when another member
-/// says it leads (the stream of a stopped leader is silent rather than broken).
 /// `GET /cluster`'s view of the other roles: every sequencer's and every storage node's
 /// status (of the newest view this gateway applied), asked all at once; an error for a node
 /// that does not answer.
@@ -706,6 +704,8 @@ fn cluster_status(
     })
 }
 
+/// Applies committed events in order, resubscribing after any break, and when another member
+/// says it leads (the stream of a stopped leader is silent rather than broken).
 async fn event_loop(mut follower: Follower, sequencers: Arc<SequencerClients>) {
     loop {
         let (leader, mut stream) = sequencers.subscribe(follower.log.metalog_position()).await;

@@ -182,10 +182,10 @@ impl AsyncWrite for Conn {
 pub fn incoming(
     listener: tokio::net::TcpListener,
     listen: &str,
-) -> anyhow::Result<impl futures::Stream<Item = std::io::Result<Conn>> + Send + 'static> {
+) -> impl futures::Stream<Item = std::io::Result<Conn>> + Send + 'static {
     use futures::StreamExt as _;
     let tcp = match super::tls::installed() {
-        Some(tls) => tls_incoming(listener, tls.acceptor()?).boxed(),
+        Some(tls) => tls_incoming(listener, tls.acceptor()).boxed(),
         None => super::incoming(listener)
             .map(|conn| conn.map(Conn::Tcp))
             .boxed(),
@@ -197,7 +197,7 @@ pub fn incoming(
             .boxed(),
         None => futures::stream::empty().boxed(),
     };
-    Ok(futures::stream::select(tcp, local))
+    futures::stream::select(tcp, local)
 }
 
 /// How long a client may take to finish its TLS handshake.
@@ -341,7 +341,7 @@ mod tests {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(StorageServer::new(Answers))
-                .serve_with_incoming(incoming(listener, &listen).unwrap()),
+                .serve_with_incoming(incoming(listener, &listen)),
         );
         let mut client =
             pb::storage_client::StorageClient::new(super::super::channel(&addr).unwrap());

@@ -112,17 +112,6 @@ pub struct GatewayOptions {
     pub rate_per_token: u32,
 }
 
-/// The `http://` URI of a gRPC address given as `host:port` (or already a URI).
-pub fn grpc_uri(addr: &str, tls: bool) -> String {
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else if tls {
-        format!("https://{addr}")
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 /// A gRPC channel to `addr`, connected lazily (the first call connects; a broken connection
 /// is re-established by a later call). Channels are shared per address: one HTTP/2
 /// connection carries every call to a node.
@@ -152,7 +141,8 @@ pub fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
 /// the cluster's CA, unless `addr` is served in this process (reached through memory).
 pub fn endpoint(addr: &str) -> anyhow::Result<tonic::transport::Endpoint> {
     let tls = tls::installed().filter(|_| !local::is_hosted(addr));
-    let endpoint = tonic::transport::Endpoint::from_shared(grpc_uri(addr, tls.is_some()))?
+    let uri = logbook::rpc::grpc_uri(addr, tls.is_some());
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)?
         .connect_timeout(std::time::Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(1))

@@ -144,7 +144,7 @@ pub async fn run(options: SequencerOptions) -> anyhow::Result<()> {
         .serve_with_incoming(super::local::incoming(
             listener,
             &options.listen.to_string(),
-        )?)
+        ))
         .await
         .context("serving gRPC")?;
     Ok(())

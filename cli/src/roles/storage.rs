@@ -254,7 +254,7 @@ pub async fn run(options: StorageOptions) -> anyhow::Result<()> {
         .serve_with_incoming(super::local::incoming(
             listener,
             &options.listen.to_string(),
-        )?)
+        ))
         .await
         .context("serving gRPC")?;
     Ok(())

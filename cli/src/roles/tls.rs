@@ -10,14 +10,17 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tonic::transport::ClientTlsConfig;
 
-/// A node's certificate and key, and the CA that signs every node's.
-#[derive(Clone, PartialEq, Eq)]
+/// A node's certificate and key, and the CA that signs every node's: read once, as its
+/// servers and its channels use them.
+#[derive(Clone)]
 pub struct RoleTls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
-    cert_pem: String,
-    key_pem: String,
+    /// Its gRPC servers' settings: its certificate, a client certificate of the CA required.
+    server: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    /// What its channels show and trust.
+    client: logbook::rpc::ClientTls,
     ca_pem: String,
 }
 
@@ -47,29 +50,28 @@ impl RoleTls {
             read(key, "key")?,
             read(ca, "CA certificate")?,
         );
-        // The chain parses, the key is its, and the CA file holds CA certificates.
-        ::gateway::serve::tls_server_config(cert, key, Some(ca), &[b"h2"])?;
+        // It also checks that the chain parses, the key is its, and the CA file holds CA
+        // certificates.
+        let server = ::gateway::serve::tls_server_config(cert, key, Some(ca), &[b"h2"])?;
         Ok(RoleTls {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             ca: ca.to_path_buf(),
-            cert_pem,
-            key_pem,
+            server,
+            client: logbook::rpc::ClientTls::new(&ca_pem, &cert_pem, &key_pem),
             ca_pem,
         })
     }
 
     /// What a gRPC server of this node accepts connections with (`local::incoming`): its
     /// certificate, and a client certificate required, signed by the CA.
-    pub fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-        let config =
-            ::gateway::serve::tls_server_config(&self.cert, &self.key, Some(&self.ca), &[b"h2"])?;
-        Ok(tokio_rustls::TlsAcceptor::from(config))
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.server.clone())
     }
 
     /// What a channel this node dials presents (its certificate) and trusts (the CA alone).
     pub fn client(&self) -> ClientTlsConfig {
-        logbook::rpc::ClientTls::new(&self.ca_pem, &self.cert_pem, &self.key_pem).config()
+        self.client.config()
     }
 
     /// The CA as an HTTP client trusts it (a gateway forwarding to its peers over HTTPS).
@@ -82,8 +84,9 @@ impl RoleTls {
 /// Makes `tls` this process's: every role of it serves and dials with it. A process installs
 /// one; installing another is refused (the roles of one `tally node` share its `[tls]`).
 pub fn install(tls: RoleTls) -> anyhow::Result<()> {
+    let files = |t: &RoleTls| (t.cert.clone(), t.key.clone(), t.ca.clone());
     let installed = INSTALLED.get_or_init(|| tls.clone());
-    if *installed != tls {
+    if files(installed) != files(&tls) {
         bail!(
             "this process already serves with {}; one process has one certificate",
             installed.cert.display()

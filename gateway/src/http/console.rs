@@ -139,6 +139,18 @@ pub(super) async fn list_invocations(
     Ok(Json(json!({ "invocations": invocations })))
 }
 
+/// The engine whose index `GET /log` and `GET /log/{book}/tags` list; 501 for a gateway over
+/// another `LogBook`.
+fn index_of(state: &AppState) -> Result<&crate::runtime::GatewayLog, ApiError> {
+    state.engine.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "this gateway serves a log without an index to list",
+        )
+    })
+}
+
 /// Tags `GET /log/{book}/tags` lists at most.
 pub const TAG_LIST_MAX: usize = 1000;
 
@@ -147,13 +159,7 @@ pub const TAG_LIST_MAX: usize = 1000;
 pub(super) async fn list_books(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(engine) = &state.engine else {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "this gateway serves a log without an index to list",
-        ));
-    };
+    let engine = index_of(&state)?;
     let books: Vec<Value> = engine
         .books()
         .into_iter()
@@ -192,13 +198,7 @@ pub(super) async fn list_tags(
             "limit must be 1..={TAG_LIST_MAX}"
         )));
     }
-    let Some(engine) = &state.engine else {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "this gateway serves a log without an index to list",
-        ));
-    };
+    let engine = index_of(&state)?;
     let tags = engine.tags(book, query.after.map(logbook::Tag), limit);
     let next = (tags.len() == limit)
         .then(|| tags.last().map(|(t, _)| t.0))
